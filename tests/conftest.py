@@ -1,0 +1,80 @@
+"""Shared fixtures: a fresh PostgreSQL database and a private Redis DB per session.
+
+Real servers only (the machine's, or those named by ICLAIM_TEST_PG_URL /
+ICLAIM_TEST_REDIS_URL)."""
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator, Awaitable
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+PG_ADMIN_URL = os.environ.get("ICLAIM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE_URL = os.environ.get("ICLAIM_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+def _db_url(name: str) -> str:
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def _create_db() -> tuple[str, str]:
+    name = f"iclaim_test_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name, _db_url(name)
+
+
+async def _drop_db(name: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def make_database() -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """Factory: each call creates an empty database and returns its URL."""
+    created: list[str] = []
+
+    async def make() -> str:
+        name, url = await _create_db()
+        created.append(name)
+        return url
+
+    yield make
+    for name in created:
+        await _drop_db(name)
+
+
+@pytest.fixture
+async def database_url(make_database: Callable[[], Awaitable[str]]) -> str:
+    return await make_database()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis logical DB of its own (1..15), flushed before and after."""
+    db = int(os.environ.get("ICLAIM_TEST_REDIS_DB", "9"))
+    url = f"{REDIS_BASE_URL}/{db}"
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
