@@ -1,0 +1,49 @@
+"""A principal's credentials: who it is, its signing key, its decryption key."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from iclaim.crypto.signing import b64url_decode
+
+DEV_CREDENTIALS = Path(".iclaim/dev/credentials.json")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    gateway: str
+    ca_cert: Path | None
+    code: str
+    key_id: str
+    secret: bytes
+    encryption_private_jwk: dict[str, Any]
+
+    def with_gateway(self, gateway: str) -> Credentials:
+        return Credentials(
+            gateway, self.ca_cert, self.code, self.key_id, self.secret, self.encryption_private_jwk
+        )
+
+
+def load_dev_credentials(code: str | None = None, path: Path | None = None) -> Credentials:
+    """Reads `.iclaim/dev/credentials.json` (written by `make run`) for one
+    principal: a hospital or TESTPULL; the first hospital by default."""
+    data = json.loads((path or DEV_CREDENTIALS).read_text())
+    entries = [*data.get("hospitals", []), *data.get("insurers", [])]
+    if code is None:
+        entry = data["hospitals"][0]
+    else:
+        matches = [e for e in entries if e["code"] == code]
+        if not matches:
+            raise KeyError(f"no credentials for {code} in {path or DEV_CREDENTIALS}")
+        entry = matches[0]
+    ca = data.get("ca_cert")
+    return Credentials(
+        gateway=data["gateway"],
+        ca_cert=Path(ca) if ca else None,
+        code=entry["code"],
+        key_id=entry["key_id"],
+        secret=b64url_decode(entry["secret"]),
+        encryption_private_jwk=entry["encryption_private_jwk"],
+    )

@@ -1,0 +1,159 @@
+"""What an HIS needs: list insurers, seal and submit claims, follow and open decisions."""
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from iclaim.client.channel import gateway_channel
+from iclaim.client.credentials import Credentials
+from iclaim.crypto.envelope import ProtectedHeader, open_envelope, seal
+from iclaim.v1 import claim_service_pb2 as pb
+from iclaim.v1 import claim_service_pb2_grpc
+
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class DecisionVerificationError(ValueError):
+    """A decision envelope whose authenticated header disagrees with the claim."""
+
+
+@dataclass(frozen=True)
+class OpenedDecision:
+    header: ProtectedHeader
+    claim_response: dict[str, Any]
+
+
+class HospitalClient:
+    def __init__(self, creds: Credentials) -> None:
+        self.creds = creds
+        self.channel = gateway_channel(creds)
+        self.stub = claim_service_pb2_grpc.ClaimServiceStub(self.channel)
+        self._insurers: dict[str, pb.Insurer] = {}
+
+    async def __aenter__(self) -> HospitalClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def list_insurers(self) -> list[pb.Insurer]:
+        insurers: list[pb.Insurer] = []
+        token = ""
+        while True:
+            resp = await self.stub.ListInsurers(
+                pb.ListInsurersRequest(page_size=100, page_token=token), timeout=DEFAULT_TIMEOUT_S
+            )
+            insurers.extend(resp.insurers)
+            token = resp.next_page_token
+            if not token:
+                break
+        self._insurers = {i.code: i for i in insurers}
+        return insurers
+
+    async def insurer_key(self, insurer_code: str) -> dict[str, Any]:
+        """The insurer's current encryption key (the first listed), refreshed on miss."""
+        if insurer_code not in self._insurers:
+            await self.list_insurers()
+        insurer = self._insurers.get(insurer_code)
+        if insurer is None or not insurer.keys:
+            raise KeyError(f"insurer {insurer_code} is not in the directory or has no key")
+        return dict(json.loads(insurer.keys[-1].jwk))
+
+    async def seal_claim(
+        self, fhir_claim: bytes, *, insurer_code: str, claim_ref: str, amount_satang: int
+    ) -> str:
+        return seal(
+            fhir_claim,
+            await self.insurer_key(insurer_code),
+            sender=self.creds.code,
+            recipient=insurer_code,
+            claim_ref=claim_ref,
+            amount_satang=amount_satang,
+        )
+
+    async def submit_claim(
+        self,
+        fhir_claim: bytes,
+        *,
+        insurer_code: str,
+        claim_ref: str,
+        amount_satang: int,
+        decision_timeout_s: float = 0.0,
+        envelope: str | None = None,
+    ) -> pb.Claim:
+        """Seals (unless `envelope` is given) and submits; safe to call again with
+        the same claim_ref and envelope after any failure."""
+        if envelope is None:
+            envelope = await self.seal_claim(
+                fhir_claim, insurer_code=insurer_code, claim_ref=claim_ref, amount_satang=amount_satang
+            )
+        timeout = Duration()
+        timeout.FromNanoseconds(int(decision_timeout_s * 1e9))
+        resp = await self.stub.SubmitClaim(
+            pb.SubmitClaimRequest(
+                claim_ref=claim_ref,
+                insurer_code=insurer_code,
+                billed_amount_satang=amount_satang,
+                envelope=envelope,
+                decision_timeout=timeout,
+            ),
+            timeout=DEFAULT_TIMEOUT_S + decision_timeout_s,
+        )
+        return resp.claim
+
+    async def get_claim(self, transaction_id: str) -> pb.Claim:
+        return await self.stub.GetClaim(
+            pb.GetClaimRequest(transaction_id=transaction_id), timeout=DEFAULT_TIMEOUT_S
+        )
+
+    async def watch_claim(
+        self, transaction_id: str, timeout_s: float = 120.0
+    ) -> AsyncIterator[pb.Claim]:
+        call = self.stub.WatchClaim(
+            pb.WatchClaimRequest(transaction_id=transaction_id), timeout=timeout_s
+        )
+        async for claim in call:
+            yield claim
+
+    async def list_claims(self, **filters: Any) -> list[pb.Claim]:
+        claims: list[pb.Claim] = []
+        token = ""
+        while True:
+            resp = await self.stub.ListClaims(
+                pb.ListClaimsRequest(page_size=200, page_token=token, **filters),
+                timeout=DEFAULT_TIMEOUT_S,
+            )
+            claims.extend(resp.claims)
+            token = resp.next_page_token
+            if not token:
+                return claims
+
+    async def cancel_claim(self, transaction_id: str, reason: str = "") -> pb.Claim:
+        return await self.stub.CancelClaim(
+            pb.CancelClaimRequest(transaction_id=transaction_id, reason=reason),
+            timeout=DEFAULT_TIMEOUT_S,
+        )
+
+    def open_decision(self, claim: pb.Claim) -> OpenedDecision:
+        """Decrypts the decision and checks its authenticated header against the claim."""
+        header, plaintext = open_envelope(claim.decision_envelope, self.creds.encryption_private_jwk)
+        if (
+            header.sender != claim.insurer_code
+            or header.recipient != self.creds.code
+            or header.claim_ref != claim.claim_ref
+            or header.amount_satang != claim.approved_amount_satang
+        ):
+            raise DecisionVerificationError("decision envelope header does not match the claim")
+        return OpenedDecision(header=header, claim_response=json.loads(plaintext))
+
+
+def is_retryable(err: grpc.aio.AioRpcError) -> bool:
+    return err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)

@@ -1,0 +1,94 @@
+"""What a directly integrated insurer needs: pull claims, look up hospitals, post decisions."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf.duration_pb2 import Duration
+
+from iclaim.client.channel import gateway_channel
+from iclaim.client.credentials import Credentials
+from iclaim.crypto.envelope import ProtectedHeader, open_envelope, seal
+from iclaim.v1 import claim_service_pb2 as pb
+from iclaim.v1 import insurer_service_pb2 as ipb
+from iclaim.v1 import insurer_service_pb2_grpc
+
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class InsurerClient:
+    def __init__(self, creds: Credentials) -> None:
+        self.creds = creds
+        self.channel = gateway_channel(creds)
+        self.stub = insurer_service_pb2_grpc.InsurerServiceStub(self.channel)
+
+    async def __aenter__(self) -> InsurerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.channel.close()
+
+    async def pull(self, max_claims: int = 10, wait_s: float = 0.0) -> list[ipb.ClaimDelivery]:
+        wait = Duration()
+        wait.FromNanoseconds(int(wait_s * 1e9))
+        resp = await self.stub.PullClaims(
+            ipb.PullClaimsRequest(max_claims=max_claims, wait=wait),
+            timeout=DEFAULT_TIMEOUT_S + wait_s,
+        )
+        return list(resp.deliveries)
+
+    def open_claim(self, delivery: ipb.ClaimDelivery) -> tuple[ProtectedHeader, bytes]:
+        return open_envelope(delivery.envelope, self.creds.encryption_private_jwk)
+
+    async def hospital_key(self, hospital_code: str) -> dict[str, Any]:
+        hospital = await self.stub.GetHospital(
+            ipb.GetHospitalRequest(hospital_code=hospital_code), timeout=DEFAULT_TIMEOUT_S
+        )
+        if not hospital.keys:
+            raise KeyError(f"hospital {hospital_code} has no encryption key")
+        return dict(json.loads(hospital.keys[-1].jwk))
+
+    async def decide(
+        self,
+        delivery: ipb.ClaimDelivery,
+        *,
+        state: int,
+        approved_amount_satang: int,
+        claim_response: bytes,
+        reason_code: str = "",
+    ) -> pb.Claim:
+        envelope = seal(
+            claim_response,
+            await self.hospital_key(delivery.hospital_code),
+            sender=self.creds.code,
+            recipient=delivery.hospital_code,
+            claim_ref=delivery.claim_ref,
+            amount_satang=approved_amount_satang,
+        )
+        return await self.post_decision(
+            delivery.transaction_id,
+            state=state,
+            approved_amount_satang=approved_amount_satang,
+            decision_envelope=envelope,
+            reason_code=reason_code,
+        )
+
+    async def post_decision(
+        self,
+        transaction_id: str,
+        *,
+        state: int,
+        approved_amount_satang: int,
+        decision_envelope: str,
+        reason_code: str = "",
+    ) -> pb.Claim:
+        return await self.stub.PostDecision(
+            ipb.PostDecisionRequest(
+                transaction_id=transaction_id,
+                state=state,  # type: ignore[arg-type]
+                approved_amount_satang=approved_amount_satang,
+                decision_envelope=decision_envelope,
+                reason_code=reason_code,
+            ),
+            timeout=DEFAULT_TIMEOUT_S,
+        )

@@ -1,0 +1,225 @@
+"""Runs the whole clearinghouse as child processes: the services, the gateway's
+auth service and Envoy, with health-checked start-up and a clean stop that
+leaves no process behind. Used by `iclaim up` and by the integration tests."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+STOP_GRACE_S = 10.0
+START_TIMEOUT_S = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Ports:
+    gateway: int = 8443
+    envoy_admin: int = 9901
+    router: int = 50051
+    adapter: int = 50061
+    audit: int = 50071
+    billing: int = 50081
+    authz: int = 50091
+    router_metrics: int = 9101
+    adapter_metrics: int = 9102
+    audit_metrics: int = 9103
+    billing_metrics: int = 9104
+    authz_metrics: int = 9105
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(**{f.name: _free_port() for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    module: str
+    grpc_port_field: str | None  # health-checked over gRPC when set
+
+
+SERVICES = (
+    ServiceSpec("audit_log", "services.audit_log", "audit"),
+    ServiceSpec("billing", "services.billing", "billing"),
+    ServiceSpec("claim_router", "services.claim_router", "router"),
+    ServiceSpec("insurer_adapter", "services.insurer_adapter", "adapter"),
+    ServiceSpec("authz", "gateway.authz", "authz"),
+)
+ENVOY = ServiceSpec("envoy", "gateway.envoy", None)
+
+
+@dataclass
+class Stack:
+    state_dir: Path
+    database_url: str
+    redis_url: str
+    master_key: str
+    ports: Ports = field(default_factory=Ports)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+
+    @property
+    def gateway(self) -> str:
+        return f"127.0.0.1:{self.ports.gateway}"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def access_log(self) -> Path:
+        return self.state_dir / "envoy-access.log"
+
+    def env(self) -> dict[str, str]:
+        p = self.ports
+        env = dict(os.environ)
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "ICLAIM_STATE_DIR": str(self.state_dir),
+                "ICLAIM_DATABASE_URL": self.database_url,
+                "ICLAIM_REDIS_URL": self.redis_url,
+                "ICLAIM_MASTER_KEY": self.master_key,
+                "ICLAIM_ENVOY_ACCESS_LOG": str(self.access_log),
+                "ICLAIM_GATEWAY_ADDR": self.gateway,
+                "ICLAIM_ENVOY_ADMIN_ADDR": f"127.0.0.1:{p.envoy_admin}",
+                "ICLAIM_ROUTER_ADDR": f"127.0.0.1:{p.router}",
+                "ICLAIM_ADAPTER_ADDR": f"127.0.0.1:{p.adapter}",
+                "ICLAIM_AUDIT_ADDR": f"127.0.0.1:{p.audit}",
+                "ICLAIM_BILLING_ADDR": f"127.0.0.1:{p.billing}",
+                "ICLAIM_AUTHZ_ADDR": f"127.0.0.1:{p.authz}",
+                "ICLAIM_ROUTER_TARGET": f"127.0.0.1:{p.router}",
+                "ICLAIM_ADAPTER_TARGET": f"127.0.0.1:{p.adapter}",
+                "ICLAIM_AUDIT_TARGET": f"127.0.0.1:{p.audit}",
+                "ICLAIM_BILLING_TARGET": f"127.0.0.1:{p.billing}",
+                "ICLAIM_AUTHZ_TARGET": f"127.0.0.1:{p.authz}",
+                "ICLAIM_ROUTER_METRICS_PORT": str(p.router_metrics),
+                "ICLAIM_ADAPTER_METRICS_PORT": str(p.adapter_metrics),
+                "ICLAIM_AUDIT_METRICS_PORT": str(p.audit_metrics),
+                "ICLAIM_BILLING_METRICS_PORT": str(p.billing_metrics),
+                "ICLAIM_AUTHZ_METRICS_PORT": str(p.authz_metrics),
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    # --- processes -------------------------------------------------------------------
+    async def start_process(self, spec: ServiceSpec) -> None:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs_dir / f"{spec.name}.log", "ab")  # noqa: SIM115 - owned by child
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                spec.module,
+                env=self.env(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                # Own session: a terminal's Ctrl-C reaches only us; we stop children in order.
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self.procs[spec.name] = proc
+
+    async def wait_healthy(self, spec: ServiceSpec, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            proc = self.procs.get(spec.name)
+            if proc is not None and proc.returncode is not None:
+                raise RuntimeError(
+                    f"{spec.name} exited with {proc.returncode}; see {self.logs_dir / spec.name}.log"
+                )
+            if await self._healthy(spec):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{spec.name} not healthy after {timeout_s:.0f} s")
+            await asyncio.sleep(0.1)
+
+    async def _healthy(self, spec: ServiceSpec) -> bool:
+        if spec.grpc_port_field is None:
+            return await self._envoy_ready()
+        port = getattr(self.ports, spec.grpc_port_field)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            try:
+                resp = await health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=1.0
+                )
+            except grpc.aio.AioRpcError:
+                return False
+            return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def _envoy_ready(self) -> bool:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", self.ports.envoy_admin), 1.0
+            )
+        except (OSError, TimeoutError):
+            return False
+        try:
+            writer.write(b"GET /ready HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            await writer.drain()
+            data = await asyncio.wait_for(reader.read(), 1.0)
+            return b" 200 " in data.split(b"\r\n", 1)[0] + b" "
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            writer.close()
+
+    async def start(self) -> None:
+        try:
+            for spec in SERVICES:
+                await self.start_process(spec)
+            await asyncio.gather(*(self.wait_healthy(s) for s in SERVICES))
+            await self.start_process(ENVOY)
+            await self.wait_healthy(ENVOY)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def restart(self, name: str) -> None:
+        spec = next(s for s in (*SERVICES, ENVOY) if s.name == name)
+        await self.start_process(spec)
+        await self.wait_healthy(spec)
+
+    async def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        await proc.wait()
+
+    async def stop(self) -> None:
+        """SIGTERM in reverse start order (gateway first), SIGKILL after the grace."""
+        order = [ENVOY.name, *(s.name for s in reversed(SERVICES))]
+        for name in order:
+            proc = self.procs.get(name)
+            if proc is not None and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for name in order:
+            proc = self.procs.get(name)
+            if proc is None:
+                continue
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        self.procs.clear()

@@ -1,0 +1,3 @@
+from services.claim_router.server import main
+
+main()

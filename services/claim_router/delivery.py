@@ -1,0 +1,111 @@
+"""Durable push delivery to the insurer adapter.
+
+A committed claim stays due (delivered_at IS NULL) until the adapter has
+acknowledged it; a lease hides it while one attempt is in flight, so a crash
+anywhere means a later redelivery, which the adapter deduplicates by
+transaction_id. At-least-once on the wire, exactly-once at the insurer.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+
+import grpc
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from iclaim.internal.v1 import insurer_adapter_pb2, insurer_adapter_pb2_grpc
+from services.claim_router.domain import State
+from services.claim_router.events import state_change_events
+from services.claim_router.store import ClaimRecord, PgClaimStore
+
+log = structlog.get_logger("claim_router.delivery")
+
+DELIVER_TIMEOUT_S = 5.0
+LEASE_S = 15.0
+POLL_INTERVAL_S = 1.0
+RETRY_DELAY_S = 1.0
+BATCH = 32
+
+
+class PushDeliverer:
+    def __init__(self, store: PgClaimStore, channel: grpc.aio.Channel) -> None:
+        self._store = store
+        self._stub = insurer_adapter_pb2_grpc.InsurerAdapterServiceStub(channel)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    def kick(self, transaction_id: str) -> None:
+        """Delivers a just-committed claim now instead of at the next poll."""
+        task = asyncio.create_task(self._deliver_due(only=transaction_id))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._deliver_due(only=None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("delivery_loop_error")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_INTERVAL_S):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def _deliver_due(self, only: str | None) -> None:
+        leased = await self._store.lease_push(BATCH, LEASE_S, only)
+        if leased:
+            await asyncio.gather(*(self._deliver(rec) for rec in leased))
+
+    async def _deliver(self, rec: ClaimRecord) -> None:
+        submitted = Timestamp()
+        submitted.FromDatetime(rec.submitted_at)
+        request = insurer_adapter_pb2.DeliverClaimRequest(
+            transaction_id=rec.transaction_id,
+            hospital_code=rec.hospital_code,
+            insurer_code=rec.insurer_code,
+            claim_ref=rec.claim_ref,
+            billed_amount_satang=rec.billed_amount_satang,
+            envelope=rec.envelope,
+            submitted_at=submitted,
+        )
+        try:
+            await self._stub.DeliverClaim(request, timeout=DELIVER_TIMEOUT_S)
+        except grpc.aio.AioRpcError as err:
+            log.warning(
+                "delivery_failed",
+                transaction_id=rec.transaction_id,
+                code=err.code().name,
+            )
+            await self._store.retry_push_later(rec.transaction_id, RETRY_DELAY_S)
+            return
+        await self._store.transition(rec.transaction_id, _mark_delivered)
+        log.info("delivered", transaction_id=rec.transaction_id, insurer=rec.insurer_code)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for task in list(self._inflight):
+            task.cancel()
+
+
+def _mark_delivered(current: ClaimRecord) -> tuple[ClaimRecord | None, list[tuple[str, bytes]]]:
+    if current.delivered_at is not None:
+        return None, []
+    now = datetime.now(UTC)
+    if current.state == State.RECEIVED:
+        new = current.with_changes(state=State.DELIVERED, delivered_at=now, updated_at=now)
+        return new, state_change_events(
+            new, actor="ICLAIM", route="/iclaim.internal.v1.InsurerAdapterService/DeliverClaim"
+        )
+    # A decision already came back (fast insurer): only record the delivery.
+    return current.with_changes(delivered_at=now), []

@@ -1,0 +1,242 @@
+"""Claim routing rules: validation, header checks, decision rules, paging.
+
+Pure: no grpc, asyncpg or redis. Raises the shared error tree.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from enum import IntEnum
+
+from iclaim.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from iclaim.crypto.envelope import (
+    MAX_ENVELOPE_BYTES,
+    EnvelopeError,
+    ProtectedHeader,
+    parse_protected_header,
+)
+from iclaim.registry.model import Principal
+
+CLAIM_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
+INSURER_CODE_RE = re.compile(r"^[A-Z0-9_]{2,16}$")
+HOSPITAL_CODE_RE = re.compile(r"^[0-9]{5}$")
+TRANSACTION_ID_RE = re.compile(r"^txn_[0-9a-f]{28}$")
+REASON_CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+MAX_AMOUNT_SATANG = 10**13  # 100 billion THB: above any single claim
+MAX_DECISION_TIMEOUT_S = 30.0
+MAX_PULL_WAIT_S = 30.0
+MAX_PULL_CLAIMS = 100
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+CANCEL_REASON_MAX = 256
+
+
+class State(IntEnum):
+    UNSPECIFIED = 0
+    RECEIVED = 1
+    DELIVERED = 2
+    PENDING_REVIEW = 3
+    APPROVED = 4
+    PARTIALLY_APPROVED = 5
+    DENIED = 6
+    CANCELLED = 7
+    FAILED = 8
+    PAID = 9
+
+
+OPEN_STATES = frozenset({State.RECEIVED, State.DELIVERED, State.PENDING_REVIEW})
+DECIDED_STATES = frozenset({State.APPROVED, State.PARTIALLY_APPROVED, State.DENIED})
+# WatchClaim ends after these.
+TERMINAL_STATES = DECIDED_STATES | {State.CANCELLED, State.FAILED, State.PAID}
+POSTABLE_STATES = frozenset({State.PENDING_REVIEW}) | DECIDED_STATES
+BILLABLE_STATES = frozenset({State.APPROVED, State.PARTIALLY_APPROVED})
+
+
+def new_transaction_id() -> str:
+    """Time-ordered (ms) then random: unique, unguessable, sortable."""
+    return f"txn_{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
+
+
+def check_transaction_id(value: str) -> str:
+    if not TRANSACTION_ID_RE.fullmatch(value):
+        # Same answer as "not yours": a malformed id names no claim.
+        raise NotFound("claim not found", reason="CLAIM_NOT_FOUND")
+    return value
+
+
+@dataclass(frozen=True)
+class SubmitInput:
+    hospital_code: str
+    claim_ref: str
+    insurer_code: str
+    billed_amount_satang: int
+    envelope: str
+    decision_timeout_s: float
+
+
+def validate_submit(s: SubmitInput) -> None:
+    if not CLAIM_REF_RE.fullmatch(s.claim_ref):
+        raise InvalidArgument(
+            "claim_ref must be 1-64 chars of [A-Za-z0-9._:/-]", reason="CLAIM_REF_INVALID"
+        )
+    if not INSURER_CODE_RE.fullmatch(s.insurer_code):
+        raise InvalidArgument("insurer_code is malformed", reason="INSURER_CODE_INVALID")
+    if not 0 < s.billed_amount_satang <= MAX_AMOUNT_SATANG:
+        raise InvalidArgument(
+            f"billed_amount_satang must be 1..{MAX_AMOUNT_SATANG}", reason="AMOUNT_INVALID"
+        )
+    if not s.envelope:
+        raise InvalidArgument("envelope is required", reason="ENVELOPE_MALFORMED")
+    if len(s.envelope.encode("utf-8")) > MAX_ENVELOPE_BYTES:
+        raise InvalidArgument(
+            f"envelope exceeds {MAX_ENVELOPE_BYTES} bytes", reason="ENVELOPE_TOO_LARGE"
+        )
+    if not 0 <= s.decision_timeout_s <= MAX_DECISION_TIMEOUT_S:
+        raise InvalidArgument("decision_timeout must be 0-30 s", reason="DECISION_TIMEOUT_INVALID")
+
+
+def read_header(envelope: str) -> ProtectedHeader:
+    try:
+        return parse_protected_header(envelope)
+    except EnvelopeError as err:
+        raise InvalidArgument(err.message, reason=err.reason) from None
+
+
+def check_envelope_routing(
+    header: ProtectedHeader,
+    *,
+    sender: str,
+    recipient: Principal,
+    claim_ref: str,
+    amount_satang: int,
+) -> None:
+    """§4: the authenticated header must agree with the request and the caller."""
+    mismatches = []
+    if header.sender != sender:
+        mismatches.append("x-iclaim-sender")
+    if header.recipient != recipient.code:
+        mismatches.append("x-iclaim-recipient")
+    if header.claim_ref != claim_ref:
+        mismatches.append("x-iclaim-claim-ref")
+    if header.amount_satang != amount_satang:
+        mismatches.append("x-iclaim-amount-satang")
+    if mismatches:
+        raise InvalidArgument(
+            "envelope header does not match the request: " + ", ".join(mismatches),
+            reason="ENVELOPE_HEADER_MISMATCH",
+            metadata={"fields": ",".join(mismatches)},
+        )
+    if header.kid not in recipient.accepted_kids():
+        raise InvalidArgument(
+            "envelope kid is not a current or previous key of the recipient",
+            reason="ENVELOPE_KID_UNKNOWN",
+        )
+
+
+def check_insurer_routable(insurer: Principal | None, code: str) -> Principal:
+    if insurer is None or insurer.role != "insurer":
+        raise NotFound(f"insurer {code} is not in the directory", reason="INSURER_NOT_FOUND")
+    if not insurer.available or insurer.suspended:
+        raise FailedPrecondition(
+            f"insurer {code} is not accepting claims", reason="INSURER_UNAVAILABLE"
+        )
+    return insurer
+
+
+@dataclass(frozen=True)
+class DecisionInput:
+    transaction_id: str
+    insurer_code: str
+    state: State
+    approved_amount_satang: int
+    decision_envelope: str
+    reason_code: str
+
+
+def validate_decision_shape(d: DecisionInput, billed: int) -> None:
+    if d.state not in POSTABLE_STATES:
+        raise InvalidArgument(
+            "state must be PENDING_REVIEW, APPROVED, PARTIALLY_APPROVED or DENIED",
+            reason="DECISION_STATE_INVALID",
+        )
+    if d.reason_code and not REASON_CODE_RE.fullmatch(d.reason_code):
+        raise InvalidArgument("reason_code must be UPPER_SNAKE", reason="REASON_CODE_INVALID")
+    amount = d.approved_amount_satang
+    ok = {
+        State.PENDING_REVIEW: amount == 0,
+        State.DENIED: amount == 0,
+        State.APPROVED: amount == billed,
+        State.PARTIALLY_APPROVED: 0 < amount < billed,
+    }[d.state]
+    if not ok:
+        raise InvalidArgument(
+            "approved_amount_satang does not fit the decision state "
+            "(APPROVED = billed, PARTIALLY_APPROVED = 1..billed-1, otherwise 0)",
+            reason="DECISION_AMOUNT_INVALID",
+        )
+    if d.state in DECIDED_STATES and not d.decision_envelope:
+        raise InvalidArgument("decision_envelope is required", reason="ENVELOPE_MALFORMED")
+
+
+def decision_matches(
+    current_state: State,
+    current_amount: int,
+    current_envelope: str,
+    current_reason: str,
+    d: DecisionInput,
+) -> bool:
+    return (
+        current_state == d.state
+        and current_amount == d.approved_amount_satang
+        and current_envelope == d.decision_envelope
+        and current_reason == d.reason_code
+    )
+
+
+def check_cancellable(state: State) -> None:
+    if state not in OPEN_STATES:
+        raise FailedPrecondition(
+            f"claim is {state.name}; only undecided claims can be cancelled",
+            reason="CLAIM_NOT_CANCELLABLE",
+        )
+
+
+# --- paging -------------------------------------------------------------------
+
+def page_size_of(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument("page_size must not be negative", reason="PAGE_SIZE_INVALID")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode_page_token(fields: dict[str, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(fields, sort_keys=True).encode()).decode()
+
+
+def decode_page_token(token: str, keys: tuple[str, ...]) -> dict[str, str] | None:
+    if not token:
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+    except (ValueError, binascii.Error, UnicodeEncodeError):
+        data = None
+    if (
+        not isinstance(data, dict)
+        or set(data) != set(keys)
+        or not all(isinstance(v, str) and len(v) <= 128 for v in data.values())
+    ):
+        raise InvalidArgument("page_token is not valid", reason="PAGE_TOKEN_INVALID")
+    return data
+
+
+class AlreadyExistsClaimRef(AlreadyExists):
+    def __init__(self, claim_ref: str) -> None:
+        super().__init__(
+            f"claim_ref {claim_ref} was already used for a different envelope",
+            reason="CLAIM_REF_CONFLICT",
+        )

@@ -1,0 +1,11 @@
+"""Router domain metrics (RPC counts/latency come from the shared interceptor)."""
+from prometheus_client import Counter, Histogram
+
+CLAIM_OUTCOMES = Counter(
+    "iclaim_claims_total", "Claims received and decided, by state.", ["state"]
+)
+DECISION_LATENCY = Histogram(
+    "iclaim_claim_decision_seconds",
+    "Submit-to-decision time of decided claims.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 300),
+)

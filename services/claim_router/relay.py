@@ -1,0 +1,126 @@
+"""Relays the router's outbox to the audit log and billing until acknowledged.
+
+Both receivers deduplicate (audit by event_id, billing by transaction_id), so
+a crash between send and mark-sent only causes a harmless resend.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+
+import grpc
+import structlog
+
+from iclaim.internal.v1 import (
+    audit_log_pb2,
+    audit_log_pb2_grpc,
+    billing_intake_pb2,
+    billing_intake_pb2_grpc,
+)
+from services.claim_router.events import TOPIC_AUDIT, TOPIC_BILLING
+from services.claim_router.store import PgClaimStore
+
+log = structlog.get_logger("claim_router.relay")
+
+SEND_TIMEOUT_S = 5.0
+IDLE_S = 0.5
+BATCH = 200
+
+
+_RETRYABLE = frozenset({
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.UNIMPLEMENTED,
+})
+
+
+async def _send_or_drop(call: Awaitable[object], *, topic: str) -> None:
+    """Retryable failures propagate (the batch stays unsent); a permanent
+    rejection is logged and dropped so it cannot wedge the outbox."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        if err.code() in _RETRYABLE:
+            raise
+        log.error("relay_event_rejected", topic=topic, code=err.code().name)
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        store: PgClaimStore,
+        audit_channel: grpc.aio.Channel | None,
+        billing_channel: grpc.aio.Channel | None,
+    ) -> None:
+        self._store = store
+        self._audit = (
+            audit_log_pb2_grpc.AuditLogServiceStub(audit_channel) if audit_channel else None
+        )
+        self._billing = (
+            billing_intake_pb2_grpc.BillingIntakeServiceStub(billing_channel)
+            if billing_channel
+            else None
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        if self._audit is not None:
+            self._tasks.append(asyncio.create_task(self._loop(TOPIC_AUDIT, self._send_audit)))
+        if self._billing is not None:
+            self._tasks.append(asyncio.create_task(self._loop(TOPIC_BILLING, self._send_billing)))
+
+    async def _loop(self, topic: str, send: object) -> None:
+        backoff = IDLE_S
+        while True:
+            try:
+                batch = await self._store.outbox_batch(topic, BATCH)
+                if batch:
+                    await send(batch)  # type: ignore[operator]
+                    await self._store.outbox_mark_sent([i for i, _ in batch])
+                    backoff = IDLE_S
+                    continue
+                await asyncio.sleep(IDLE_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("relay_failed", topic=topic, error=type(exc).__name__)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _send_audit(self, batch: list[tuple[int, bytes]]) -> None:
+        assert self._audit is not None
+        events = [audit_log_pb2.AuditEvent.FromString(p) for _, p in batch]
+        try:
+            await self._audit.Append(
+                audit_log_pb2.AppendRequest(events=events), timeout=SEND_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() in _RETRYABLE:
+                raise
+            # One bad event must not block the rest: send singly, drop the rejected.
+            for event in events:
+                await _send_or_drop(
+                    self._audit.Append(audit_log_pb2.AppendRequest(events=[event]),
+                                       timeout=SEND_TIMEOUT_S),
+                    topic=TOPIC_AUDIT,
+                )
+
+    async def _send_billing(self, batch: list[tuple[int, bytes]]) -> None:
+        assert self._billing is not None
+        for _, payload in batch:
+            request = billing_intake_pb2.RecordClaimDecisionRequest.FromString(payload)
+            await _send_or_drop(
+                self._billing.RecordClaimDecision(request, timeout=SEND_TIMEOUT_S),
+                topic=TOPIC_BILLING,
+            )
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,161 @@
+"""claim_router wiring: config, stores, workers, servicers, health, reflection."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from grpc_health.v1.health import aio as _health_aio
+
+from iclaim.common.config import env_addr, env_int, env_str
+from iclaim.common.db import create_pool
+from iclaim.common.logging import configure_logging
+from iclaim.common.metrics import start_metrics_server
+from iclaim.common.server import (
+    CLIENT_OPTIONS,
+    add_health_and_reflection,
+    mark_serving,
+    new_server,
+    run_until_signal,
+)
+from iclaim.crypto.secretbox import SecretBox
+from iclaim.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
+from iclaim.registry.cache import DirectoryCache
+from iclaim.registry.store import RegistryStore
+from iclaim.v1 import (
+    billing_service_pb2,
+    claim_service_pb2,
+    claim_service_pb2_grpc,
+    insurer_service_pb2,
+    insurer_service_pb2_grpc,
+)
+from services.claim_router.delivery import PushDeliverer
+from services.claim_router.relay import OutboxRelay
+from services.claim_router.service import (
+    ClaimRouter,
+    ClaimServicer,
+    ClaimSettlementServicer,
+    DecisionIntakeServicer,
+    InsurerServicer,
+)
+from services.claim_router.store import PgClaimStore
+from services.claim_router.watch import ChangeHub
+
+HealthServicer = _health_aio.HealthServicer
+log = structlog.get_logger("claim_router")
+
+PUBLIC_SERVICES = [
+    claim_service_pb2.DESCRIPTOR.services_by_name["ClaimService"].full_name,
+    insurer_service_pb2.DESCRIPTOR.services_by_name["InsurerService"].full_name,
+    # Served by billing; listed here because the gateway sends reflection to us.
+    billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
+]
+INTERNAL_SERVICES = [
+    decision_intake_pb2.DESCRIPTOR.services_by_name["DecisionIntakeService"].full_name,
+    decision_intake_pb2.DESCRIPTOR.services_by_name["ClaimSettlementService"].full_name,
+]
+
+
+@dataclass(frozen=True)
+class Config:
+    listen_addr: str
+    metrics_port: int
+    database_url: str
+    adapter_target: str
+    audit_target: str
+    billing_target: str
+
+    @classmethod
+    def from_env(cls) -> Config:
+        return cls(
+            listen_addr=env_addr("ICLAIM_ROUTER_ADDR", "127.0.0.1:50051"),
+            metrics_port=env_int("ICLAIM_ROUTER_METRICS_PORT", 9101, lo=-1, hi=65535),
+            database_url=env_str("ICLAIM_DATABASE_URL"),
+            adapter_target=env_addr("ICLAIM_ADAPTER_TARGET", "127.0.0.1:50061"),
+            audit_target=env_str("ICLAIM_AUDIT_TARGET", "127.0.0.1:50071"),
+            billing_target=env_str("ICLAIM_BILLING_TARGET", "127.0.0.1:50081"),
+        )
+
+
+@dataclass
+class RouterApp:
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    router: ClaimRouter
+    cleanup: Callable[[], Awaitable[None]]
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def close(self, grace: float = 2.0) -> None:
+        await self.server.stop(grace)
+        await self.cleanup()
+
+
+def _channel(target: str) -> grpc.aio.Channel | None:
+    if not target or target == "off":
+        return None
+    return grpc.aio.insecure_channel(target, options=CLIENT_OPTIONS)
+
+
+async def build_server(config: Config, box: SecretBox) -> RouterApp:
+    pool = await create_pool(config.database_url, max_size=20)
+    registry = RegistryStore(pool, box)
+    await registry.migrate()
+    store = PgClaimStore(pool)
+    await store.migrate()
+    hub = ChangeHub(config.database_url)
+    await hub.start()
+
+    adapter_channel = _channel(config.adapter_target)
+    deliverer = PushDeliverer(store, adapter_channel) if adapter_channel else None
+    audit_channel = _channel(config.audit_target)
+    billing_channel = _channel(config.billing_target)
+    relay = OutboxRelay(store, audit_channel, billing_channel)
+
+    router = ClaimRouter(store, DirectoryCache(registry), deliverer, hub)
+    server = new_server()
+    claim_service_pb2_grpc.add_ClaimServiceServicer_to_server(ClaimServicer(router), server)
+    insurer_service_pb2_grpc.add_InsurerServiceServicer_to_server(InsurerServicer(router), server)
+    decision_intake_pb2_grpc.add_DecisionIntakeServiceServicer_to_server(
+        DecisionIntakeServicer(router), server
+    )
+    decision_intake_pb2_grpc.add_ClaimSettlementServiceServicer_to_server(
+        ClaimSettlementServicer(router), server
+    )
+    health = add_health_and_reflection(server, PUBLIC_SERVICES + INTERNAL_SERVICES)
+    port = server.add_insecure_port(config.listen_addr)
+    await mark_serving(health, PUBLIC_SERVICES + INTERNAL_SERVICES)
+    if deliverer is not None:
+        deliverer.start()
+    relay.start()
+
+    async def close_all() -> None:
+        if deliverer is not None:
+            await deliverer.close()
+        await relay.close()
+        await hub.close()
+        for ch in (adapter_channel, audit_channel, billing_channel):
+            if ch is not None:
+                await ch.close()
+        await pool.close()
+
+    return RouterApp(server=server, port=port, health=health, router=router, cleanup=close_all)
+
+
+async def serve() -> None:
+    config = Config.from_env()
+    box = SecretBox.from_env()
+    app = await build_server(config, box)
+    metrics_port = start_metrics_server(config.metrics_port)
+    await app.start()
+    log.info("serving", addr=config.listen_addr, port=app.port, metrics_port=metrics_port)
+    await run_until_signal(app.server, app.health, on_stop=app.cleanup)
+
+
+def main() -> None:
+    configure_logging()
+    asyncio.run(serve())

@@ -1,0 +1,270 @@
+"""PostgreSQL storage of claims and the router's outbox (schema `router`)."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import asyncpg
+
+from iclaim.common.db import apply_migrations
+from services.claim_router.domain import State
+
+SCHEMA = "router"
+MIGRATIONS = Path(__file__).parent / "migrations"
+NOTIFY_CHANNEL = "iclaim_claim_changed"
+PULL_NOTIFY_CHANNEL = "iclaim_pull_ready"
+
+
+@dataclass(frozen=True)
+class ClaimRecord:
+    transaction_id: str
+    hospital_code: str
+    insurer_code: str
+    claim_ref: str
+    state: State
+    billed_amount_satang: int
+    approved_amount_satang: int
+    envelope: str
+    envelope_sha256: str
+    decision_envelope: str
+    status_reason: str
+    delivery_mode: str
+    submitted_at: datetime
+    decided_at: datetime | None
+    updated_at: datetime
+    delivered_at: datetime | None = None
+
+    def with_changes(self, **changes: object) -> ClaimRecord:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+Event = tuple[str, bytes]  # (outbox topic, payload)
+# Given the locked current row, returns the new row (None: unchanged) and events.
+Mutation = Callable[[ClaimRecord], tuple[ClaimRecord | None, Sequence[Event]]]
+
+_COLUMNS = (
+    "transaction_id, hospital_code, insurer_code, claim_ref, state, billed_amount_satang,"
+    " approved_amount_satang, envelope, envelope_sha256, decision_envelope, status_reason,"
+    " delivery_mode, submitted_at, decided_at, updated_at, delivered_at"
+)
+
+
+def _record(row: asyncpg.Record) -> ClaimRecord:
+    return ClaimRecord(
+        transaction_id=row["transaction_id"],
+        hospital_code=row["hospital_code"],
+        insurer_code=row["insurer_code"],
+        claim_ref=row["claim_ref"],
+        state=State(row["state"]),
+        billed_amount_satang=row["billed_amount_satang"],
+        approved_amount_satang=row["approved_amount_satang"],
+        envelope=row["envelope"],
+        envelope_sha256=row["envelope_sha256"],
+        decision_envelope=row["decision_envelope"],
+        status_reason=row["status_reason"],
+        delivery_mode=row["delivery_mode"],
+        submitted_at=row["submitted_at"],
+        decided_at=row["decided_at"],
+        updated_at=row["updated_at"],
+        delivered_at=row["delivered_at"],
+    )
+
+
+class ClaimStore(Protocol):
+    async def insert(self, rec: ClaimRecord, events: Sequence[Event]) -> tuple[ClaimRecord, bool]: ...
+    async def get(self, transaction_id: str) -> ClaimRecord | None: ...
+    async def transition(self, transaction_id: str, mutate: Mutation) -> ClaimRecord | None: ...
+
+
+class PgClaimStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def migrate(self) -> None:
+        await apply_migrations(self.pool, SCHEMA, MIGRATIONS)
+
+    async def insert(self, rec: ClaimRecord, events: Sequence[Event]) -> tuple[ClaimRecord, bool]:
+        """Stores a new claim unless (hospital, claim_ref) exists; returns (stored, created)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"INSERT INTO router.claims ({_COLUMNS}) VALUES"
+                " ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,now(),NULL,now(),NULL)"
+                " ON CONFLICT (hospital_code, claim_ref) DO NOTHING"
+                f" RETURNING {_COLUMNS}",
+                rec.transaction_id,
+                rec.hospital_code,
+                rec.insurer_code,
+                rec.claim_ref,
+                int(rec.state),
+                rec.billed_amount_satang,
+                rec.approved_amount_satang,
+                rec.envelope,
+                rec.envelope_sha256,
+                rec.decision_envelope,
+                rec.status_reason,
+                rec.delivery_mode,
+            )
+            if row is None:
+                existing = await conn.fetchrow(
+                    f"SELECT {_COLUMNS} FROM router.claims WHERE hospital_code = $1 AND claim_ref = $2",
+                    rec.hospital_code,
+                    rec.claim_ref,
+                )
+                assert existing is not None
+                return _record(existing), False
+            stored = _record(row)
+            await self._emit(conn, stored.with_changes(), events)
+            if stored.delivery_mode == "pull":
+                await conn.execute("SELECT pg_notify($1, $2)", PULL_NOTIFY_CHANNEL, stored.insurer_code)
+            return stored, True
+
+    async def get(self, transaction_id: str) -> ClaimRecord | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM router.claims WHERE transaction_id = $1", transaction_id
+        )
+        return None if row is None else _record(row)
+
+    async def list_for_hospital(
+        self,
+        hospital_code: str,
+        *,
+        state: State | None,
+        insurer_code: str | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[ClaimRecord]:
+        rows = await self.pool.fetch(
+            f"SELECT {_COLUMNS} FROM router.claims WHERE hospital_code = $1"
+            " AND ($2::smallint IS NULL OR state = $2)"
+            " AND ($3::text IS NULL OR insurer_code = $3)"
+            " AND ($4::timestamptz IS NULL OR (submitted_at, transaction_id) > ($4, $5))"
+            " ORDER BY submitted_at, transaction_id LIMIT $6",
+            hospital_code,
+            None if state is None else int(state),
+            insurer_code,
+            None if after is None else after[0],
+            None if after is None else after[1],
+            limit,
+        )
+        return [_record(r) for r in rows]
+
+    async def transition(self, transaction_id: str, mutate: Mutation) -> ClaimRecord | None:
+        """Runs `mutate` on the locked row; stores its result and events atomically."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"SELECT {_COLUMNS} FROM router.claims WHERE transaction_id = $1 FOR UPDATE",
+                transaction_id,
+            )
+            if row is None:
+                return None
+            current = _record(row)
+            new, events = mutate(current)
+            if new is None:
+                return current
+            updated = await conn.fetchrow(
+                "UPDATE router.claims SET state = $2::smallint, approved_amount_satang = $3,"
+                " decision_envelope = $4, status_reason = $5, decided_at = $6,"
+                " delivered_at = $7, updated_at = now(),"
+                " lease_until = CASE WHEN $2::smallint = 3 THEN NULL ELSE lease_until END"
+                f" WHERE transaction_id = $1 RETURNING {_COLUMNS}",
+                transaction_id,
+                int(new.state),
+                new.approved_amount_satang,
+                new.decision_envelope,
+                new.status_reason,
+                new.decided_at,
+                new.delivered_at,
+            )
+            assert updated is not None
+            stored = _record(updated)
+            await self._emit(conn, stored, events)
+            return stored
+
+    @staticmethod
+    async def _emit(conn: asyncpg.Connection, rec: ClaimRecord, events: Sequence[Event]) -> None:
+        if events:
+            await conn.executemany(
+                "INSERT INTO router.outbox (topic, payload) VALUES ($1, $2)", list(events)
+            )
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, rec.transaction_id)
+
+    # --- push delivery -------------------------------------------------------------
+    async def lease_push(self, limit: int, lease_s: float, only: str | None = None) -> list[ClaimRecord]:
+        """Takes due, undelivered push claims and hides them for `lease_s` while delivering."""
+        rows = await self.pool.fetch(
+            "UPDATE router.claims SET next_attempt_at = now() + make_interval(secs => $2),"
+            " delivery_attempts = delivery_attempts + 1"
+            " WHERE transaction_id IN ("
+            "  SELECT transaction_id FROM router.claims"
+            "  WHERE delivered_at IS NULL AND delivery_mode = 'simulated'"
+            "   AND next_attempt_at <= now() AND state IN (1, 2, 3)"
+            "   AND ($3::text IS NULL OR transaction_id = $3)"
+            "  ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
+            f" RETURNING {_COLUMNS}",
+            limit,
+            lease_s,
+            only,
+        )
+        return [_record(r) for r in rows]
+
+    async def retry_push_later(self, transaction_id: str, delay_s: float) -> None:
+        await self.pool.execute(
+            "UPDATE router.claims SET next_attempt_at = now() + make_interval(secs => $2)"
+            " WHERE transaction_id = $1 AND delivered_at IS NULL",
+            transaction_id,
+            delay_s,
+        )
+
+    # --- pull delivery -------------------------------------------------------------
+    async def lease_pull(
+        self,
+        insurer_code: str,
+        limit: int,
+        lease_s: float,
+        on_delivered: Callable[[ClaimRecord], Sequence[Event]],
+    ) -> list[ClaimRecord]:
+        """Offers open pull claims whose lease has passed; RECEIVED ones become DELIVERED."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT transaction_id, state FROM router.claims"
+                " WHERE insurer_code = $1 AND delivery_mode = 'pull' AND state IN (1, 2)"
+                "  AND (lease_until IS NULL OR lease_until < now())"
+                " ORDER BY submitted_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+                insurer_code,
+                limit,
+            )
+            if not rows:
+                return []
+            first_time = {r["transaction_id"] for r in rows if r["state"] == State.RECEIVED}
+            updated = await conn.fetch(
+                "UPDATE router.claims SET lease_until = now() + make_interval(secs => $2),"
+                " state = 2, delivered_at = COALESCE(delivered_at, now()),"
+                " updated_at = CASE WHEN state = 1 THEN now() ELSE updated_at END"
+                f" WHERE transaction_id = ANY($1::text[]) RETURNING {_COLUMNS}",
+                [r["transaction_id"] for r in rows],
+                lease_s,
+            )
+            records = sorted((_record(r) for r in updated), key=lambda r: r.submitted_at)
+            for rec in records:
+                if rec.transaction_id in first_time:
+                    await self._emit(conn, rec, on_delivered(rec))
+            return records
+
+    # --- outbox --------------------------------------------------------------------
+    async def outbox_batch(self, topic: str, limit: int) -> list[tuple[int, bytes]]:
+        rows = await self.pool.fetch(
+            "SELECT id, payload FROM router.outbox WHERE topic = $1 AND sent_at IS NULL"
+            " ORDER BY id LIMIT $2",
+            topic,
+            limit,
+        )
+        return [(r["id"], bytes(r["payload"])) for r in rows]
+
+    async def outbox_mark_sent(self, ids: Sequence[int]) -> None:
+        await self.pool.execute(
+            "UPDATE router.outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", list(ids)
+        )

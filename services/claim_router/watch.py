@@ -1,0 +1,100 @@
+"""Wakes waiters when a claim changes or pull work arrives, across replicas,
+via PostgreSQL LISTEN/NOTIFY on one dedicated connection."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from typing import Any
+
+import asyncpg
+import structlog
+
+from services.claim_router.store import NOTIFY_CHANNEL, PULL_NOTIFY_CHANNEL
+
+log = structlog.get_logger("claim_router.watch")
+
+
+class ChangeHub:
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._conn: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        await self._connect()
+        self._task = asyncio.create_task(self._keepalive())
+
+    async def _connect(self) -> None:
+        conn = await asyncpg.connect(self._dsn, timeout=10)
+        await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        await conn.add_listener(PULL_NOTIFY_CHANNEL, self._on_notify)
+        self._conn = conn
+
+    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+        key = payload if channel == NOTIFY_CHANNEL else f"pull:{payload}"
+        self.wake(key)
+
+    def wake(self, key: str) -> None:
+        for event in self._waiters.get(key, ()):
+            event.set()
+
+    def _wake_all(self) -> None:
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
+
+    async def _keepalive(self) -> None:
+        # A dropped LISTEN connection would silently stop wake-ups: probe it and
+        # reconnect; waiters are woken to re-read whatever they might have missed.
+        while not self._closing:
+            await asyncio.sleep(2.0)
+            try:
+                assert self._conn is not None
+                await self._conn.execute("SELECT 1", timeout=5)
+            except Exception:
+                log.warning("listen_connection_lost")
+                with contextlib.suppress(Exception):
+                    if self._conn is not None:
+                        await self._conn.close(timeout=1)
+                with contextlib.suppress(Exception):
+                    await self._connect()
+                self._wake_all()
+
+    async def wait(self, key: str, timeout: float) -> bool:
+        """True when woken for `key` within `timeout` seconds."""
+        event = asyncio.Event()
+        self._waiters[key].add(event)
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiters[key].discard(event)
+            if not self._waiters[key]:
+                del self._waiters[key]
+
+    def register(self, key: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._waiters[key].add(event)
+        return event
+
+    def unregister(self, key: str, event: asyncio.Event) -> None:
+        self._waiters[key].discard(event)
+        if not self._waiters[key]:
+            del self._waiters[key]
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close(timeout=2)
+        self._wake_all()

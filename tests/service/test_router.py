@@ -1,0 +1,407 @@
+"""claim_router in-process on port 0, real PostgreSQL; a recording fake adapter.
+
+The caller identity is set the way the gateway sets it (trusted headers)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from grpc_status import rpc_status
+
+from iclaim.common.errors import error_info_of
+from iclaim.common.server import CLIENT_OPTIONS
+from iclaim.crypto.envelope import generate_encryption_key, seal
+from iclaim.crypto.secretbox import SecretBox
+from iclaim.internal.v1 import (
+    decision_intake_pb2,
+    decision_intake_pb2_grpc,
+    insurer_adapter_pb2,
+    insurer_adapter_pb2_grpc,
+)
+from iclaim.registry.directory import dev_hospitals, pull_insurer, sample_insurers
+from iclaim.registry.store import RegistryStore
+from iclaim.v1 import claim_service_pb2 as pb
+from iclaim.v1 import claim_service_pb2_grpc, insurer_service_pb2, insurer_service_pb2_grpc
+from services.claim_router.server import Config, build_server
+
+H1, H2 = "10670", "10671"
+S = pb.ClaimState
+
+
+class RecordingAdapter(insurer_adapter_pb2_grpc.InsurerAdapterServiceServicer):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.fail_next = 0
+
+    async def DeliverClaim(self, request: Any, context: Any) -> Any:
+        if self.fail_next:
+            self.fail_next -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
+        self.calls.append(request.transaction_id)
+        return insurer_adapter_pb2.DeliverClaimResponse(
+            duplicate=self.calls.count(request.transaction_id) > 1
+        )
+
+
+@dataclass
+class Env:
+    channel: grpc.aio.Channel
+    adapter: RecordingAdapter
+    keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # code -> private jwk
+
+    def md(self, code: str, role: str = "hospital") -> tuple[tuple[str, str], ...]:
+        return (("x-iclaim-principal", code), ("x-iclaim-role", role))
+
+    @property
+    def claims(self) -> claim_service_pb2_grpc.ClaimServiceStub:
+        return claim_service_pb2_grpc.ClaimServiceStub(self.channel)
+
+    @property
+    def insurer(self) -> insurer_service_pb2_grpc.InsurerServiceStub:
+        return insurer_service_pb2_grpc.InsurerServiceStub(self.channel)
+
+    @property
+    def intake(self) -> decision_intake_pb2_grpc.DecisionIntakeServiceStub:
+        return decision_intake_pb2_grpc.DecisionIntakeServiceStub(self.channel)
+
+    def envelope(self, hospital: str, insurer: str, ref: str, amount: int, body: bytes = b"{}") -> str:
+        public = {k: v for k, v in self.keys[insurer].items() if k != "d"}
+        return seal(body, public, sender=hospital, recipient=insurer, claim_ref=ref,
+                    amount_satang=amount)
+
+    def decision(self, hospital: str, insurer: str, ref: str, amount: int) -> str:
+        public = {k: v for k, v in self.keys[hospital].items() if k != "d"}
+        return seal(b'{"resourceType":"ClaimResponse"}', public, sender=insurer,
+                    recipient=hospital, claim_ref=ref, amount_satang=amount)
+
+
+@pytest.fixture
+async def env(database_url: str) -> AsyncIterator[Env]:
+    box = SecretBox(os.urandom(32))
+    pool = await asyncpg.create_pool(database_url)
+    registry = RegistryStore(pool, box)
+    await registry.migrate()
+    keys: dict[str, dict[str, Any]] = {}
+    for p in [*dev_hospitals(), *sample_insurers()[:5], pull_insurer()]:
+        await registry.upsert_principal(p)
+        private, public = generate_encryption_key(f"{p.code}-k1")
+        await registry.add_encryption_key(p.code, public["kid"], public)
+        keys[p.code] = private
+    await pool.close()
+
+    adapter = RecordingAdapter()
+    adapter_server = grpc.aio.server()
+    insurer_adapter_pb2_grpc.add_InsurerAdapterServiceServicer_to_server(adapter, adapter_server)
+    adapter_port = adapter_server.add_insecure_port("127.0.0.1:0")
+    await adapter_server.start()
+
+    config = Config(
+        listen_addr="127.0.0.1:0",
+        metrics_port=-1,
+        database_url=database_url,
+        adapter_target=f"127.0.0.1:{adapter_port}",
+        audit_target="off",
+        billing_target="off",
+    )
+    app = await build_server(config, box)
+    await app.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}", options=CLIENT_OPTIONS)
+    yield Env(channel, adapter, keys)
+    await channel.close()
+    await app.close(0)
+    await adapter_server.stop(0)
+
+
+def reason_of(err: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(err)
+    assert status is not None, "error without grpc-status-details-bin"
+    info = error_info_of(status)
+    assert info is not None and info.domain == "iclaim.v1"
+    return info.reason
+
+
+async def submit(env: Env, hospital: str, insurer: str, ref: str, amount: int = 10_000,
+                 envelope: str | None = None, wait_s: float = 0) -> pb.Claim:
+    timeout = Duration()
+    timeout.FromNanoseconds(int(wait_s * 1e9))
+    resp = await env.claims.SubmitClaim(
+        pb.SubmitClaimRequest(
+            claim_ref=ref, insurer_code=insurer, billed_amount_satang=amount,
+            envelope=envelope or env.envelope(hospital, insurer, ref, amount),
+            decision_timeout=timeout,
+        ),
+        metadata=env.md(hospital),
+        timeout=40,
+    )
+    return resp.claim
+
+
+async def wait_state(env: Env, tid: str, state: int, hospital: str = H1) -> pb.Claim:
+    for _ in range(100):
+        claim = await env.claims.GetClaim(pb.GetClaimRequest(transaction_id=tid),
+                                          metadata=env.md(hospital))
+        if claim.state == state:
+            return claim
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"claim never reached {S.Name(state)}: {S.Name(claim.state)}")
+
+
+async def test_submit_is_stored_delivered_once_and_decided(env: Env) -> None:
+    claim = await submit(env, H1, "AIA", "REF-1", 12_345)
+    assert claim.state in (S.CLAIM_STATE_RECEIVED, S.CLAIM_STATE_DELIVERED)
+    assert claim.transaction_id.startswith("txn_")
+    assert len(claim.envelope_sha256) == 64
+    await wait_state(env, claim.transaction_id, S.CLAIM_STATE_DELIVERED)
+    assert env.adapter.calls == [claim.transaction_id]
+
+    decision = env.decision(H1, "AIA", "REF-1", 12_345)
+    request = decision_intake_pb2.RecordDecisionRequest(
+        transaction_id=claim.transaction_id, insurer_code="AIA",
+        state=S.CLAIM_STATE_APPROVED, approved_amount_satang=12_345,
+        decision_envelope=decision,
+    )
+    decided = (await env.intake.RecordDecision(request)).claim
+    assert decided.state == S.CLAIM_STATE_APPROVED
+    assert decided.decided_at.seconds > 0
+    # Same decision again: a no-op, not an error.
+    again = (await env.intake.RecordDecision(request)).claim
+    assert again.updated_at == decided.updated_at
+    # A conflicting one is refused.
+    conflicting = decision_intake_pb2.RecordDecisionRequest(
+        transaction_id=claim.transaction_id, insurer_code="AIA", state=S.CLAIM_STATE_DENIED,
+        approved_amount_satang=0, decision_envelope=env.decision(H1, "AIA", "REF-1", 0),
+        reason_code="POLICY_NOT_FOUND",
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.intake.RecordDecision(conflicting)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(err.value) == "DECISION_CONFLICT"
+
+
+async def test_resubmission_is_idempotent_and_conflicts_are_refused(env: Env) -> None:
+    envelope = env.envelope(H1, "MTL", "REF-2", 5_000)
+    first = await submit(env, H1, "MTL", "REF-2", 5_000, envelope=envelope)
+    second = await submit(env, H1, "MTL", "REF-2", 5_000, envelope=envelope)
+    assert second.transaction_id == first.transaction_id
+    await wait_state(env, first.transaction_id, S.CLAIM_STATE_DELIVERED)
+    await asyncio.sleep(0.3)
+    assert env.adapter.calls.count(first.transaction_id) == 1
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await submit(env, H1, "MTL", "REF-2", 5_000)  # fresh envelope, same claim_ref
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert reason_of(err.value) == "CLAIM_REF_CONFLICT"
+    # Another hospital may use the same claim_ref.
+    other = await submit(env, H2, "MTL", "REF-2", 5_000)
+    assert other.transaction_id != first.transaction_id
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code", "reason"),
+    [
+        (dict(sender=H2), grpc.StatusCode.INVALID_ARGUMENT, "ENVELOPE_HEADER_MISMATCH"),
+        (dict(recipient="TLI"), grpc.StatusCode.INVALID_ARGUMENT, "ENVELOPE_HEADER_MISMATCH"),
+        (dict(claim_ref="OTHER"), grpc.StatusCode.INVALID_ARGUMENT, "ENVELOPE_HEADER_MISMATCH"),
+        (dict(amount=1), grpc.StatusCode.INVALID_ARGUMENT, "ENVELOPE_HEADER_MISMATCH"),
+        (dict(envelope="a.b.c"), grpc.StatusCode.INVALID_ARGUMENT, "ENVELOPE_MALFORMED"),
+        (dict(envelope="x" * (1024 * 1024 + 1)), grpc.StatusCode.INVALID_ARGUMENT,
+         "ENVELOPE_TOO_LARGE"),
+        (dict(insurer="NOPE"), grpc.StatusCode.NOT_FOUND, "INSURER_NOT_FOUND"),
+        (dict(kid="AIA-unknown"), grpc.StatusCode.INVALID_ARGUMENT, "ENVELOPE_KID_UNKNOWN"),
+        (dict(claim_ref_req="bad ref!"), grpc.StatusCode.INVALID_ARGUMENT, "CLAIM_REF_INVALID"),
+        (dict(billed=0), grpc.StatusCode.INVALID_ARGUMENT, "AMOUNT_INVALID"),
+    ],
+)
+async def test_bad_submissions_are_refused_and_store_nothing(
+    env: Env, mutate: dict[str, Any], code: grpc.StatusCode, reason: str
+) -> None:
+    insurer = mutate.get("insurer", "AIA")
+    ref = mutate.get("claim_ref_req", "REF-BAD")
+    billed = mutate.get("billed", 7_000)
+    key_owner = "AIA"
+    public = {k: v for k, v in env.keys[key_owner].items() if k != "d"}
+    if "kid" in mutate:
+        public["kid"] = mutate["kid"]
+    envelope = mutate.get("envelope") or seal(
+        b"{}", public, sender=mutate.get("sender", H1), recipient=mutate.get("recipient", insurer),
+        claim_ref=mutate.get("claim_ref", ref), amount_satang=mutate.get("amount", billed),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.claims.SubmitClaim(
+            pb.SubmitClaimRequest(claim_ref=ref, insurer_code=insurer,
+                                  billed_amount_satang=billed, envelope=envelope),
+            metadata=env.md(H1),
+        )
+    assert err.value.code() == code
+    assert reason_of(err.value) == reason
+    listed = await env.claims.ListClaims(pb.ListClaimsRequest(), metadata=env.md(H1))
+    assert list(listed.claims) == []
+    assert env.adapter.calls == []
+
+
+async def test_hospitals_see_only_their_own_claims(env: Env) -> None:
+    claim = await submit(env, H1, "AIA", "REF-3")
+    for call in (
+        env.claims.GetClaim(pb.GetClaimRequest(transaction_id=claim.transaction_id),
+                            metadata=env.md(H2)),
+        env.claims.CancelClaim(pb.CancelClaimRequest(transaction_id=claim.transaction_id),
+                               metadata=env.md(H2)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert reason_of(err.value) == "CLAIM_NOT_FOUND"
+    mine = await env.claims.ListClaims(pb.ListClaimsRequest(), metadata=env.md(H2))
+    assert list(mine.claims) == []
+    # An insurer it was not addressed to cannot decide it.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.insurer.PostDecision(
+            insurer_service_pb2.PostDecisionRequest(
+                transaction_id=claim.transaction_id, state=S.CLAIM_STATE_DENIED,
+                decision_envelope=env.decision(H1, "MTL", "REF-3", 0)),
+            metadata=env.md("MTL", "insurer"),
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_wrong_role_is_permission_denied(env: Env) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.claims.ListInsurers(pb.ListInsurersRequest(), metadata=env.md("AIA", "insurer"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.claims.ListInsurers(pb.ListInsurersRequest())
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_watch_streams_each_change_and_ends_after_decision(env: Env) -> None:
+    claim = await submit(env, H1, "AIA", "REF-4", 900)
+    await wait_state(env, claim.transaction_id, S.CLAIM_STATE_DELIVERED)
+    stream = env.claims.WatchClaim(pb.WatchClaimRequest(transaction_id=claim.transaction_id),
+                                   metadata=env.md(H1), timeout=20)
+    seen: list[int] = []
+
+    async def consume() -> None:
+        async for c in stream:
+            seen.append(c.state)
+
+    consumer = asyncio.create_task(consume())
+    await asyncio.sleep(0.2)
+    for state, amount in ((S.CLAIM_STATE_PENDING_REVIEW, 0), (S.CLAIM_STATE_APPROVED, 900)):
+        await env.intake.RecordDecision(decision_intake_pb2.RecordDecisionRequest(
+            transaction_id=claim.transaction_id, insurer_code="AIA", state=state,
+            approved_amount_satang=amount,
+            decision_envelope=env.decision(H1, "AIA", "REF-4", amount) if amount else "",
+        ))
+        await asyncio.sleep(0.2)
+    await asyncio.wait_for(consumer, 10)
+    assert seen == [S.CLAIM_STATE_DELIVERED, S.CLAIM_STATE_PENDING_REVIEW, S.CLAIM_STATE_APPROVED]
+
+
+async def test_submit_waits_for_decision_within_timeout(env: Env) -> None:
+    async def decide_soon() -> None:
+        for _ in range(100):
+            claims = await env.claims.ListClaims(pb.ListClaimsRequest(), metadata=env.md(H1))
+            if claims.claims:
+                tid = claims.claims[0].transaction_id
+                await env.intake.RecordDecision(decision_intake_pb2.RecordDecisionRequest(
+                    transaction_id=tid, insurer_code="AIA", state=S.CLAIM_STATE_DENIED,
+                    decision_envelope=env.decision(H1, "AIA", "REF-5", 0),
+                    reason_code="POLICY_NOT_FOUND"))
+                return
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(decide_soon())
+    claim = await submit(env, H1, "AIA", "REF-5", 100, wait_s=10)
+    await task
+    assert claim.state == S.CLAIM_STATE_DENIED
+    assert claim.status_reason == "POLICY_NOT_FOUND"
+
+
+async def test_failed_delivery_is_retried_until_acknowledged(env: Env) -> None:
+    env.adapter.fail_next = 2
+    claim = await submit(env, H1, "AIA", "REF-6")
+    await wait_state(env, claim.transaction_id, S.CLAIM_STATE_DELIVERED)
+    assert env.adapter.calls == [claim.transaction_id]
+
+
+async def test_pull_insurer_leases_and_decides(env: Env) -> None:
+    claim = await submit(env, H1, "TESTPULL", "REF-7", 4_200)
+    md = env.md("TESTPULL", "insurer")
+    wait = Duration(seconds=1)
+    pulled = await env.insurer.PullClaims(
+        insurer_service_pb2.PullClaimsRequest(max_claims=10, wait=wait), metadata=md)
+    assert [d.transaction_id for d in pulled.deliveries] == [claim.transaction_id]
+    assert pulled.deliveries[0].envelope
+    # Leased: not offered again while the lease runs.
+    again = await env.insurer.PullClaims(
+        insurer_service_pb2.PullClaimsRequest(max_claims=10), metadata=md)
+    assert list(again.deliveries) == []
+    assert env.adapter.calls == []  # pull claims are never pushed
+    hospital = await env.insurer.GetHospital(
+        insurer_service_pb2.GetHospitalRequest(hospital_code=H1), metadata=md)
+    assert json.loads(hospital.keys[0].jwk)["kty"] == "OKP"
+    decided = await env.insurer.PostDecision(
+        insurer_service_pb2.PostDecisionRequest(
+            transaction_id=claim.transaction_id, state=S.CLAIM_STATE_PARTIALLY_APPROVED,
+            approved_amount_satang=4_000,
+            decision_envelope=env.decision(H1, "TESTPULL", "REF-7", 4_000)),
+        metadata=md)
+    assert decided.state == S.CLAIM_STATE_PARTIALLY_APPROVED
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.insurer.PullClaims(
+            insurer_service_pb2.PullClaimsRequest(max_claims=0), metadata=md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_pull_long_poll_wakes_on_new_claim(env: Env) -> None:
+    md = env.md("TESTPULL", "insurer")
+
+    async def later() -> None:
+        await asyncio.sleep(0.5)
+        await submit(env, H1, "TESTPULL", "REF-8", 100)
+
+    task = asyncio.create_task(later())
+    pulled = await env.insurer.PullClaims(
+        insurer_service_pb2.PullClaimsRequest(max_claims=5, wait=Duration(seconds=10)),
+        metadata=md, timeout=20)
+    await task
+    assert len(pulled.deliveries) == 1
+
+
+async def test_cancel_only_before_decision(env: Env) -> None:
+    claim = await submit(env, H1, "AIA", "REF-9", 100)
+    cancelled = await env.claims.CancelClaim(
+        pb.CancelClaimRequest(transaction_id=claim.transaction_id, reason="duplicate visit"),
+        metadata=env.md(H1))
+    assert cancelled.state == S.CLAIM_STATE_CANCELLED
+    decided = await submit(env, H1, "AIA", "REF-10", 100)
+    await env.intake.RecordDecision(decision_intake_pb2.RecordDecisionRequest(
+        transaction_id=decided.transaction_id, insurer_code="AIA", state=S.CLAIM_STATE_APPROVED,
+        approved_amount_satang=100, decision_envelope=env.decision(H1, "AIA", "REF-10", 100)))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.claims.CancelClaim(
+            pb.CancelClaimRequest(transaction_id=decided.transaction_id), metadata=env.md(H1))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(err.value) == "CLAIM_NOT_CANCELLABLE"
+
+
+async def test_list_insurers_pages_and_lists_keys(env: Env) -> None:
+    first = await env.claims.ListInsurers(pb.ListInsurersRequest(page_size=4), metadata=env.md(H1))
+    assert len(first.insurers) == 4 and first.next_page_token
+    rest = await env.claims.ListInsurers(
+        pb.ListInsurersRequest(page_size=4, page_token=first.next_page_token), metadata=env.md(H1))
+    codes = [i.code for i in [*first.insurers, *rest.insurers]]
+    assert len(codes) == len(set(codes)) == 6
+    assert all(i.keys and json.loads(i.keys[0].jwk)["crv"] == "X25519" for i in first.insurers)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.claims.ListInsurers(pb.ListInsurersRequest(page_token="garbage"),
+                                      metadata=env.md(H1))
+    assert reason_of(err.value) == "PAGE_TOKEN_INVALID"
