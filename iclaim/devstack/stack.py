@@ -173,7 +173,8 @@ class Stack:
         except (OSError, TimeoutError):
             return False
         try:
-            writer.write(b"GET /ready HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            # The admin endpoint answers 200 only to HTTP/1.1.
+            writer.write(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             await writer.drain()
             data = await asyncio.wait_for(reader.read(), 1.0)
             return b" 200 " in data.split(b"\r\n", 1)[0] + b" "

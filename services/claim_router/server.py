@@ -126,7 +126,8 @@ async def build_server(config: Config, box: SecretBox) -> RouterApp:
     decision_intake_pb2_grpc.add_ClaimSettlementServiceServicer_to_server(
         ClaimSettlementServicer(router), server
     )
-    health = add_health_and_reflection(server, PUBLIC_SERVICES + INTERNAL_SERVICES)
+    # Reflection goes through the gateway: it lists only the public contract.
+    health = add_health_and_reflection(server, PUBLIC_SERVICES)
     port = server.add_insecure_port(config.listen_addr)
     await mark_serving(health, PUBLIC_SERVICES + INTERNAL_SERVICES)
     if deliverer is not None:

@@ -1,0 +1,3 @@
+from gateway.authz.server import main
+
+main()

@@ -1,0 +1,130 @@
+"""The §3 decision for one call: who is calling, may they, is it fresh.
+
+No transport code here; service.py adapts Envoy's CheckRequest to CheckInput
+and the result back to a CheckResponse.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+
+from gateway.authz import frame, messages, policy, replay
+from gateway.authz.keys import KeyLookup
+from iclaim.common.access_log import (
+    ENVELOPE_SHA_HEADER,
+    PRINCIPAL_HEADER,
+    ROLE_HEADER,
+    TRANSACTION_HEADER,
+)
+from iclaim.common.errors import IclaimError, PermissionDenied, Unauthenticated
+from iclaim.crypto import signing
+
+# One message for unknown client, unknown key and wrong signature (no enumeration).
+BAD_SIGNATURE_MESSAGE = "request signature is not valid"
+# Verified against when the key is unknown, so every failure costs one HMAC.
+_DUMMY_SECRET = os.urandom(signing.SECRET_BYTES)
+
+
+class Unimplemented(IclaimError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "UNKNOWN_METHOD"
+
+
+class ReplayGuard(Protocol):
+    async def admit(self, client: str, nonce: str, timestamp: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class CheckInput:
+    method: str
+    headers: Mapping[str, str]  # lower-case names
+    raw_body: bytes
+    partial_body: bool = False
+
+
+@dataclass(frozen=True)
+class Allow:
+    principal: str
+    role: str
+    headers: dict[str, str]  # trusted headers for the upstream
+
+
+@dataclass(frozen=True)
+class Deny:
+    error: IclaimError
+    headers: dict[str, str] = field(default_factory=dict)  # extra response headers
+
+
+class Authorizer:
+    def __init__(
+        self,
+        keys: KeyLookup,
+        guard: ReplayGuard,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_message_bytes: int = frame.MAX_MESSAGE_BYTES,
+    ) -> None:
+        self._keys = keys
+        self._guard = guard
+        self._clock = clock
+        self._max = max_message_bytes
+
+    async def check(self, req: CheckInput) -> Allow | Deny:
+        try:
+            return await self._check(req)
+        except _Skew as skew:
+            return Deny(
+                Unauthenticated(skew.message, reason="TIMESTAMP_SKEW"),
+                {signing.H_SERVER_TIME: str(skew.server_time)},
+            )
+        except IclaimError as err:
+            return Deny(err)
+
+    async def _check(self, req: CheckInput) -> Allow:
+        if req.method not in policy.ALLOWED_ROLES:
+            raise Unimplemented("unknown method")
+        try:
+            meta = signing.parse_auth_metadata(dict(req.headers))
+        except signing.MalformedMetadata as exc:
+            raise Unauthenticated(
+                f"authentication metadata invalid: {exc}", reason="MALFORMED_METADATA"
+            ) from None
+        body = frame.message_bytes(
+            req.raw_body, partial=req.partial_body, max_message_bytes=self._max
+        )
+        now = self._clock()
+        problem = replay.skew_problem(meta.timestamp, now)
+        if problem is not None:
+            raise _Skew(problem, int(now))
+
+        key = await self._keys.signing_key(meta.client, meta.key_id)
+        ok = signing.verify(key.secret if key else _DUMMY_SECRET, meta, req.method, body)
+        if key is None or not ok:
+            raise Unauthenticated(BAD_SIGNATURE_MESSAGE, reason="BAD_SIGNATURE")
+        if key.suspended:
+            raise PermissionDenied("principal is suspended", reason="PRINCIPAL_SUSPENDED")
+        if not policy.may_call(key.role, req.method):
+            raise PermissionDenied(
+                f"a {key.role} may not call {req.method}", reason="WRONG_ROLE"
+            )
+        derived = messages.derive(req.method, body)
+        await self._guard.admit(meta.client, meta.nonce, meta.timestamp)
+
+        headers = {PRINCIPAL_HEADER: key.principal_code, ROLE_HEADER: key.role}
+        if derived.transaction_id:
+            headers[TRANSACTION_HEADER] = derived.transaction_id
+        if derived.envelope_sha256:
+            headers[ENVELOPE_SHA_HEADER] = derived.envelope_sha256
+        return Allow(key.principal_code, key.role, headers)
+
+
+class _Skew(Exception):
+    def __init__(self, message: str, server_time: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.server_time = server_time

@@ -1,0 +1,174 @@
+"""Redis nonce store with loss detection (PROTOCOL.md §3).
+
+Every admission runs one Lua script that checks the marker key still holds the
+generation this process adopted and then SET NX's the nonce with an absolute
+expiry. A missing or foreign marker means Redis was flushed or restarted empty
+(or a peer already noticed): we resync with PostgreSQL, which remembers the
+generation, and refuse the window of requests a loss could let through.
+
+Limitation: a Redis restored from an old snapshot still holds the marker and
+is not detected; run the nonce Redis without persistence, or with AOF fsync
+always.
+"""
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+
+import asyncpg
+import redis.asyncio as aioredis
+import structlog
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from gateway.authz import replay
+from gateway.authz.replay import SyncAction
+from gateway.authz.store import MarkerLedger, MarkerState
+from iclaim.common.errors import Unauthenticated, Unavailable
+
+log = structlog.get_logger("gateway.authz.nonces")
+
+PREFIX = "iclaim:gw:"
+MARKER_KEY = PREFIX + "nonce-store:marker"
+RECOVERED_KEY = PREFIX + "nonce-store:recovered-at"
+
+_ADMIT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('SET', KEYS[2], '1', 'NX', 'EXAT', ARGV[2]) then return 1 end
+return 0
+"""
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    """Short timeouts and few quick retries: a check waits on this and Envoy
+    gives the whole check a few seconds; an outage must fail fast."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 2),
+        health_check_interval=30,
+    )
+
+
+def nonce_key(client: str, nonce: str) -> str:
+    return f"{PREFIX}nonce:{client}:{nonce}"
+
+
+def _new_generation() -> str:
+    return secrets.token_hex(16)
+
+
+def recovering(recovered_at: float) -> Unavailable:
+    return Unavailable(
+        "nonce store is recovering from a loss; retry with a timestamp of at least"
+        f" {replay.retry_not_before(recovered_at)}",
+        reason="NONCE_STORE_RECOVERING",
+    )
+
+
+class RedisReplayGuard:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        ledger: MarkerLedger,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis
+        self._ledger = ledger
+        self._clock = clock
+        self._script = redis.register_script(_ADMIT)
+        self._generation: str | None = None
+        self._recovered_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def recovered_at(self) -> float | None:
+        return self._recovered_at
+
+    async def start(self) -> None:
+        await self._resync(self._generation)
+
+    async def admit(self, client: str, nonce: str, timestamp: int) -> None:
+        """Accepts (client, nonce) once; raises Unauthenticated on replay and
+        Unavailable while recovering from a loss or when Redis is down."""
+        try:
+            for _ in range(2):
+                self._check_window(timestamp)
+                seen = self._generation
+                result = await self._script(
+                    keys=[MARKER_KEY, nonce_key(client, nonce)],
+                    args=[seen or "", replay.nonce_expires_at(timestamp)],
+                )
+                if result == 1:
+                    return
+                if result == 0:
+                    raise Unauthenticated(
+                        "nonce already used: replay refused", reason="NONCE_REPLAYED"
+                    )
+                await self._resync(seen)
+        except RedisError as exc:
+            log.warning("nonce_store_unavailable", error=type(exc).__name__)
+            raise Unavailable("nonce store unavailable", reason="NONCE_STORE_UNAVAILABLE") from exc
+        self._check_window(timestamp)
+        raise Unavailable("nonce store is resynchronising", reason="NONCE_STORE_RECOVERING")
+
+    def _check_window(self, timestamp: int) -> None:
+        if self._recovered_at is not None and replay.refused_after_loss(
+            timestamp, self._recovered_at
+        ):
+            raise recovering(self._recovered_at)
+
+    async def _resync(self, seen: str | None) -> None:
+        async with self._lock:
+            if self._generation != seen:
+                return  # a concurrent admission already resynced
+            try:
+                state = await self._sync_once()
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise Unavailable(
+                    "nonce ledger unavailable", reason="NONCE_STORE_UNAVAILABLE"
+                ) from exc
+            self._generation = state.generation
+            self._recovered_at = state.recovered_at
+
+    async def _sync_once(self) -> MarkerState:
+        for _ in range(4):
+            recorded = await self._ledger.current()
+            raw = await self._redis.get(MARKER_KEY)
+            marker = raw.decode() if isinstance(raw, bytes) else raw
+            action = replay.sync_action(
+                recorded.generation if recorded else None, marker, self._generation
+            )
+            if action is SyncAction.ADOPT:
+                assert recorded is not None
+                return recorded
+            if action is SyncAction.FIRST_BOOT:
+                state = await self._ledger.create_first(_new_generation())
+                # No marker was ever recorded, so whatever Redis holds is not ours.
+                await self._redis.set(MARKER_KEY, state.generation)
+                log.info("nonce_store_initialised")
+                continue
+            if action is SyncAction.PEER_RECOVERED:
+                assert recorded is not None
+                await self._redis.set(MARKER_KEY, recorded.generation, nx=True)
+                continue
+            assert recorded is not None
+            now = self._clock()
+            fresh = _new_generation()
+            state = await self._ledger.record_loss(recorded.generation, fresh, now)
+            if state.generation == fresh:
+                await self._redis.set(RECOVERED_KEY, repr(now))
+                await self._redis.set(MARKER_KEY, state.generation)
+                log.warning(
+                    "nonce_store_loss_detected",
+                    recovered_at=now,
+                    refusing_until_timestamp=replay.retry_not_before(now),
+                )
+            else:
+                await self._redis.set(MARKER_KEY, state.generation, nx=True)
+        raise Unavailable("nonce store is resynchronising", reason="NONCE_STORE_RECOVERING")

@@ -1,0 +1,68 @@
+"""Pure rules of the §3 freshness checks: timestamp window, nonce lifetime and
+what to do when the nonce store (Redis) may have been lost.
+
+A lost store forgets which nonces were used. Any request accepted before the
+loss carried a timestamp <= loss time + ACCEPT_AHEAD_S, so refusing every
+request stamped no later than recovery time + ACCEPT_AHEAD_S makes replays of
+them impossible, at the cost of at most a minute of refusals.
+"""
+from __future__ import annotations
+
+from enum import Enum
+
+ACCEPT_BEHIND_S = 300
+ACCEPT_AHEAD_S = 60
+# Redis' clock may run a little ahead of ours; keep nonces a bit longer.
+NONCE_TTL_MARGIN_S = 5
+
+
+def skew_problem(timestamp: int, now: float) -> str | None:
+    """None when acceptable, else a message naming the skew."""
+    skew = timestamp - now
+    if skew > ACCEPT_AHEAD_S:
+        return (
+            f"timestamp is {skew:.0f} s ahead of server time"
+            f" (allowed: {ACCEPT_BEHIND_S} s behind to {ACCEPT_AHEAD_S} s ahead)"
+        )
+    if -skew > ACCEPT_BEHIND_S:
+        return (
+            f"timestamp is {-skew:.0f} s behind server time"
+            f" (allowed: {ACCEPT_BEHIND_S} s behind to {ACCEPT_AHEAD_S} s ahead)"
+        )
+    return None
+
+
+def nonce_expires_at(timestamp: int) -> int:
+    """Absolute Unix time until which a (client, nonce) must be remembered:
+    as long as its timestamp is still acceptable."""
+    return timestamp + ACCEPT_BEHIND_S + NONCE_TTL_MARGIN_S
+
+
+def refused_after_loss(timestamp: int, recovered_at: float | None) -> bool:
+    return recovered_at is not None and timestamp <= recovered_at + ACCEPT_AHEAD_S
+
+
+def retry_not_before(recovered_at: float) -> int:
+    """First timestamp accepted after a loss recovered at `recovered_at`."""
+    return int(recovered_at + ACCEPT_AHEAD_S) + 1
+
+
+class SyncAction(Enum):
+    ADOPT = "adopt"                    # Redis and PostgreSQL agree
+    FIRST_BOOT = "first_boot"          # no marker ever existed: not a loss
+    PEER_RECOVERED = "peer_recovered"  # another replica just recorded a recovery
+    LOSS = "loss"                      # PostgreSQL remembers a marker Redis lacks
+
+
+def sync_action(recorded: str | None, marker: str | None, cached: str | None) -> SyncAction:
+    """recorded: generation in PostgreSQL; marker: generation in Redis;
+    cached: the generation this process last adopted (None at start-up)."""
+    if recorded is None:
+        return SyncAction.FIRST_BOOT
+    if marker == recorded:
+        return SyncAction.ADOPT
+    if marker is None and cached is not None and cached != recorded:
+        # PostgreSQL moved on since we last looked and Redis has no marker yet:
+        # a peer is between recording the recovery and setting the marker.
+        return SyncAction.PEER_RECOVERED
+    return SyncAction.LOSS

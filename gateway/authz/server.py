@@ -1,0 +1,135 @@
+"""gateway.authz wiring: config, registry key cache, nonce store, servicer,
+health, reflection, metrics, graceful shutdown.
+
+Env: ICLAIM_AUTHZ_ADDR (127.0.0.1:50091), ICLAIM_AUTHZ_METRICS_PORT (9105),
+ICLAIM_DATABASE_URL, ICLAIM_REDIS_URL, ICLAIM_MASTER_KEY,
+ICLAIM_AUTHZ_KEY_CACHE_TTL_S (5, at most 5), ICLAIM_LOG_LEVEL.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from grpc_health.v1.health import aio as _health_aio
+
+from gateway.authz.authorizer import Authorizer
+from gateway.authz.keys import MAX_TTL_S, CachedKeys
+from gateway.authz.nonces import RedisReplayGuard, redis_client
+from gateway.authz.service import AuthorizationService
+from gateway.authz.store import PgMarkerLedger
+from iclaim.common.config import ConfigError, env_addr, env_float, env_int, env_str
+from iclaim.common.db import create_pool
+from iclaim.common.logging import configure_logging
+from iclaim.common.metrics import start_metrics_server
+from iclaim.common.server import (
+    add_health_and_reflection,
+    mark_serving,
+    new_server,
+    run_until_signal,
+)
+from iclaim.crypto.secretbox import SecretBox
+from iclaim.registry.store import RegistryStore
+
+log = structlog.get_logger("gateway.authz")
+
+SERVICE_NAME = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+
+
+@dataclass(frozen=True)
+class Config:
+    listen_addr: str
+    metrics_port: int
+    database_url: str
+    redis_url: str
+    key_cache_ttl_s: float = MAX_TTL_S
+
+    @classmethod
+    def from_env(cls) -> Config:
+        config = cls(
+            listen_addr=env_addr("ICLAIM_AUTHZ_ADDR", "127.0.0.1:50091"),
+            metrics_port=env_int("ICLAIM_AUTHZ_METRICS_PORT", 9105, lo=-1, hi=65535),
+            database_url=env_str("ICLAIM_DATABASE_URL"),
+            redis_url=env_str("ICLAIM_REDIS_URL"),
+            key_cache_ttl_s=env_float(
+                "ICLAIM_AUTHZ_KEY_CACHE_TTL_S", MAX_TTL_S, lo=0.0, hi=MAX_TTL_S
+            ),
+        )
+        if not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("ICLAIM_REDIS_URL must be a redis:// , rediss:// or unix:// URL")
+        return config
+
+
+@dataclass
+class AuthzApp:
+    server: grpc.aio.Server
+    port: int
+    health: _health_aio.HealthServicer
+    guard: RedisReplayGuard
+    cleanup: Callable[[], Awaitable[None]]
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def close(self, grace: float = 1.0) -> None:
+        await self.server.stop(grace)
+        await self.cleanup()
+
+
+async def build_server(
+    config: Config,
+    box: SecretBox,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> AuthzApp:
+    """Connects the stores, applies the `gateway` migrations, detects a lost
+    nonce store, and binds (port 0 picks a free port). Call start() to serve."""
+    pool = await create_pool(config.database_url, max_size=10)
+    redis = redis_client(config.redis_url)
+    try:
+        registry = RegistryStore(pool, box)
+        await registry.migrate()  # idempotent; the schema the key lookups read
+        ledger = PgMarkerLedger(pool)
+        await ledger.migrate()
+        guard = RedisReplayGuard(redis, ledger, clock=clock)
+        await guard.start()
+    except BaseException:
+        await redis.aclose()
+        await pool.close()
+        raise
+    keys = CachedKeys(registry, ttl_s=config.key_cache_ttl_s)
+    authorizer = Authorizer(keys, guard, clock=clock)
+
+    server = new_server()
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+        AuthorizationService(authorizer), server
+    )
+    health = add_health_and_reflection(server, [SERVICE_NAME])
+    port = server.add_insecure_port(config.listen_addr)
+    await mark_serving(health, [SERVICE_NAME])
+
+    async def close_all() -> None:
+        await redis.aclose()
+        await pool.close()
+
+    return AuthzApp(server=server, port=port, health=health, guard=guard, cleanup=close_all)
+
+
+async def serve() -> None:
+    config = Config.from_env()
+    box = SecretBox.from_env()
+    app = await build_server(config, box)
+    metrics_port = start_metrics_server(config.metrics_port)
+    await app.start()
+    log.info("serving", addr=config.listen_addr, port=app.port, metrics_port=metrics_port)
+    await run_until_signal(app.server, app.health, on_stop=app.cleanup)
+
+
+def main() -> None:
+    configure_logging(os.environ.get("ICLAIM_LOG_LEVEL", "INFO"))
+    asyncio.run(serve())

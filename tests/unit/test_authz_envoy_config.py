@@ -1,0 +1,105 @@
+"""The rendered Envoy bootstrap (gateway/envoy.py); Envoy itself runs in
+tests/service/test_gateway_envoy.py."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.authz import policy
+from gateway.envoy import MAX_REQUEST_BYTES, TRUSTED_HEADERS, envoy_binary, render_config
+from gateway.tls import TlsPaths
+from iclaim.common.access_log import ENVOY_JSON_FORMAT
+
+TLS = TlsPaths(Path("/s/ca.pem"), Path("/s/server.pem"), Path("/s/server-key.pem"))
+
+
+def _hcm(cfg: dict[str, Any]) -> dict[str, Any]:
+    [listener] = cfg["static_resources"]["listeners"]
+    [chain] = listener["filter_chains"]
+    return chain["filters"][0]["typed_config"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def cfg() -> dict[str, Any]:
+    return render_config(tls=TLS, access_log=Path("/s/access.log"))
+
+
+def test_routes_cover_exactly_the_public_methods_then_unimplemented(cfg: dict[str, Any]) -> None:
+    [vhost] = _hcm(cfg)["route_config"]["virtual_hosts"]
+    routes = vhost["routes"]
+    exact = {r["match"]["path"]: r for r in routes if "path" in r["match"]}
+    assert set(exact) == set(policy.ALLOWED_ROLES)
+    for path, r in exact.items():
+        want = "billing" if "/iclaim.v1.BillingService/" in path else "router"
+        assert r["route"]["cluster"] == want
+        assert "typed_per_filter_config" not in r  # ext_authz applies
+    last = routes[-1]
+    assert last["match"] == {"prefix": "/"} and last["direct_response"]["status"] == 404
+    assert last["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["disabled"]
+
+
+def test_health_and_reflection_skip_ext_authz(cfg: dict[str, Any]) -> None:
+    [vhost] = _hcm(cfg)["route_config"]["virtual_hosts"]
+    open_routes = {r["match"].get("prefix"): r for r in vhost["routes"]}
+    for service in ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                    "grpc.reflection.v1.ServerReflection"):
+        r = open_routes[f"/{service}/"]
+        assert r["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["disabled"]
+
+
+def test_long_calls_and_watch_get_long_timeouts(cfg: dict[str, Any]) -> None:
+    [vhost] = _hcm(cfg)["route_config"]["virtual_hosts"]
+    by_path = {r["match"].get("path"): r["route"] for r in vhost["routes"] if "route" in r}
+    assert by_path["/iclaim.v1.ClaimService/SubmitClaim"]["timeout"] == "40s"
+    assert by_path["/iclaim.v1.InsurerService/PullClaims"]["timeout"] == "40s"
+    watch = by_path["/iclaim.v1.ClaimService/WatchClaim"]
+    assert watch["timeout"] == "0s" and watch["idle_timeout"] == "300s"
+
+
+def test_trusted_headers_are_stripped_before_ext_authz(cfg: dict[str, Any]) -> None:
+    filters = _hcm(cfg)["http_filters"]
+    names = [f["name"] for f in filters]
+    assert names == ["envoy.filters.http.header_mutation", "envoy.filters.http.ext_authz",
+                     "envoy.filters.http.router"]
+    removed = {m["remove"] for m in filters[0]["typed_config"]["mutations"]["request_mutations"]}
+    assert removed == {*TRUSTED_HEADERS, "x-envoy-auth-partial-body"}
+
+
+def test_ext_authz_fails_closed_and_sees_the_body(cfg: dict[str, Any]) -> None:
+    authz = _hcm(cfg)["http_filters"][1]["typed_config"]
+    assert authz["failure_mode_allow"] is False
+    assert authz["status_on_error"]["code"] == "ServiceUnavailable"
+    assert authz["with_request_body"]["max_request_bytes"] == MAX_REQUEST_BYTES
+    assert authz["with_request_body"]["pack_as_bytes"] is True
+
+
+def test_tls_and_admin(cfg: dict[str, Any]) -> None:
+    [listener] = cfg["static_resources"]["listeners"]
+    tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+    assert tls["tls_params"]["tls_minimum_protocol_version"] == "TLSv1_2"
+    assert all(c.startswith("ECDHE-") and ("GCM" in c or "CHACHA20" in c)
+               for c in tls["tls_params"]["cipher_suites"])
+    assert tls["alpn_protocols"] == ["h2"]
+    assert cfg["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    with pytest.raises(ValueError):
+        render_config(tls=TLS, access_log=Path("/a"), admin="0.0.0.0:9901")
+
+
+def test_access_log_is_the_shared_contract(cfg: dict[str, Any]) -> None:
+    [log] = _hcm(cfg)["access_log"]
+    assert log["typed_config"]["log_format"]["json_format"] == ENVOY_JSON_FORMAT
+    assert log["typed_config"]["path"] == "/s/access.log"
+
+
+def test_hostname_upstreams_use_dns() -> None:
+    cfg = render_config(tls=TLS, access_log=Path("/a"), router="claim-router:50051")
+    clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
+    assert clusters["router"]["type"] == "STRICT_DNS"
+    assert clusters["billing"]["type"] == "STATIC"
+
+
+def test_envoy_binary_is_found() -> None:
+    path = envoy_binary()
+    assert path.name == "envoy" and path.parent.name == "_bin"
