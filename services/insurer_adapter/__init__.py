@@ -1,0 +1,1 @@
+"""insurer_adapter: simulated insurers behind InsurerAdapterService (PROTOCOL.md §8)."""

@@ -1,0 +1,3 @@
+from services.insurer_adapter.server import main
+
+main()

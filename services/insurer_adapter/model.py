@@ -1,0 +1,65 @@
+"""Adapter records (no storage or transport code here)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    transaction_id: str
+    insurer_code: str
+    hospital_code: str
+    claim_ref: str
+    billed_amount_satang: int
+    envelope: str
+    envelope_sha256: str
+    submitted_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    transaction_id: str
+    insurer_code: str
+    hospital_code: str
+    claim_ref: str
+    billed_amount_satang: int
+    envelope: str
+    received_at: datetime
+    process_attempts: int
+
+
+@dataclass(frozen=True)
+class SealedDecision:
+    seq: int
+    state: str
+    approved_satang: int
+    reason_code: str
+    delay_s: float  # after received_at
+    final: bool
+    envelope: str
+
+
+@dataclass(frozen=True)
+class PendingDecision:
+    transaction_id: str
+    seq: int
+    insurer_code: str
+    state: str
+    approved_satang: int
+    reason_code: str
+    envelope: str
+    final: bool
+    attempts: int
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class InsurerKey:
+    insurer_code: str
+    kid: str
+    public_jwk: dict[str, object]
+
+
+class DeliveryConflict(Exception):
+    """A transaction_id redelivered with different content."""
