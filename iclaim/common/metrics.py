@@ -1,6 +1,8 @@
 """Prometheus metrics shared by every server; /metrics on its own port."""
 from __future__ import annotations
 
+import os
+
 from prometheus_client import Counter, Histogram, start_http_server
 
 RPC_REQUESTS = Counter(
@@ -16,9 +18,12 @@ RPC_LATENCY = Histogram(
 )
 
 
-def start_metrics_server(port: int, host: str = "127.0.0.1") -> int:
-    """Serves /metrics; port 0 picks a free one. Returns the bound port."""
+def start_metrics_server(port: int, host: str | None = None) -> int:
+    """Serves /metrics; port 0 picks a free one, -1 disables. Returns the bound port.
+
+    Loopback unless ICLAIM_METRICS_HOST says otherwise (0.0.0.0 in a pod)."""
     if port < 0:
         return -1
-    server, _thread = start_http_server(port, addr=host)
+    addr = host or os.environ.get("ICLAIM_METRICS_HOST", "127.0.0.1")
+    server, _thread = start_http_server(port, addr=addr)
     return int(server.server_port)

@@ -1,0 +1,115 @@
+"""`make bench`: claims through Envoy vs a bare grpc.aio echo server, plus the
+audit log and billing benchmarks. Prints a table and writes JSON.
+
+Env: BENCH_CLAIMS (default 2000), BENCH_CONCURRENCY (64), BENCH_ECHO_S (10),
+BENCH_SKIP (comma list of: claims, audit, billing)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from iclaim.crypto.secretbox import SecretBox
+from iclaim.devstack.infra import Infra
+from iclaim.devstack.stack import Ports, Stack, _free_port
+from iclaim.devstack.up import prepare
+from tests.conftest import REDIS_BASE_URL, _create_db, _drop_db
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version()}
+
+
+async def _child_json(*args: str) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", *args, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args} failed")
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+async def bench_claims(total: int, concurrency: int, echo_s: float) -> dict[str, Any]:
+    name, database_url = await _create_db()
+    redis_url = f"{REDIS_BASE_URL}/14"
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    state_dir = Path(tempfile.mkdtemp(prefix="iclaim-bench-"))
+    master_key = SecretBox.new_master_key()
+    stack = Stack(state_dir, database_url, redis_url, master_key, Ports.free(),
+                  {"ICLAIM_LOG_LEVEL": "WARNING"})
+    creds = state_dir / "credentials.json"
+    await prepare(state_dir, Infra(database_url, redis_url, []), master_key, stack.gateway, creds)
+    await stack.start()
+    try:
+        # Warm-up: connections, caches, prepared statements.
+        await _child_json("bench.load", "claims", str(creds), "50", "8", "warm")
+        claims = await _child_json(
+            "bench.load", "claims", str(creds), str(total), str(concurrency), secrets.token_hex(3)
+        )
+    finally:
+        await stack.stop()
+        await _drop_db(name)
+
+    port = _free_port()
+    echo = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.echo_server", str(port), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert echo.stdout is not None
+        await echo.stdout.readline()
+        echo_result = await _child_json("bench.load", "echo", str(port), str(echo_s), str(concurrency))
+    finally:
+        echo.terminate()
+        await echo.wait()
+    claims["echo_requests_per_s"] = echo_result["requests_per_s"]
+    claims["ratio_to_echo"] = round(claims["claims_per_s"] / echo_result["requests_per_s"], 3)
+    return claims
+
+
+async def main() -> None:
+    skip = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
+    results: dict[str, Any] = {"machine": machine()}
+    if "claims" not in skip:
+        results["claims"] = await bench_claims(
+            int(os.environ.get("BENCH_CLAIMS", "2000")),
+            int(os.environ.get("BENCH_CONCURRENCY", "64")),
+            float(os.environ.get("BENCH_ECHO_S", "10")),
+        )
+        print("claims:", json.dumps(results["claims"]), flush=True)
+    for key, module, func in (
+        ("audit", "bench.audit_bench", "run_audit_bench"),
+        ("billing", "bench.billing_bench", "run_billing_bench"),
+    ):
+        if key in skip:
+            continue
+        mod = __import__(module, fromlist=[func])
+        name, url = await _create_db()
+        try:
+            outcome = getattr(mod, func)(url)
+            results[key] = await outcome if asyncio.iscoroutine(outcome) else outcome
+        finally:
+            await _drop_db(name)
+        print(f"{key}:", json.dumps(results[key]), flush=True)
+    out = Path(".iclaim/bench/results.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

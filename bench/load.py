@@ -1,0 +1,105 @@
+"""Load generators, run as their own process so they do not share the
+services' CPU accounting: sealed claims through Envoy, or bare echo calls."""
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from bench.echo_server import METHOD
+from iclaim.client.credentials import load_dev_credentials
+from iclaim.client.hospital import HospitalClient
+from iclaim.fhir.claim import PatientInfo, build_claim
+from iclaim.v1 import claim_service_pb2 as pb
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def claims_load(credentials: Path, total: int, concurrency: int, run_id: str) -> dict:
+    creds = load_dev_credentials(path=credentials)
+    insurers = ["AIA", "MTL", "TLI", "OLI", "BLA", "FWD", "AZAY", "KTAL", "PRU", "TSLI"]
+    async with HospitalClient(creds) as client:
+        await client.list_insurers()
+        work = []
+        for n in range(total):
+            insurer = insurers[n % len(insurers)]
+            ref = f"BENCH-{run_id}-{n}"
+            amount = 10_000 + n
+            body = build_claim(
+                claim_ref=ref, hospital_code=creds.code, insurer_code=insurer,
+                policy_number=f"POL-{n}", amount_satang=amount,
+                patient=PatientInfo(name="Bench Patient", citizen_id="1101700203451"),
+                diagnoses=["J18.9"],
+            )
+            envelope = await client.seal_claim(body, insurer_code=insurer, claim_ref=ref,
+                                               amount_satang=amount)
+            work.append((insurer, ref, amount, envelope))
+        latencies: list[float] = []
+        undecided = 0
+        queue: asyncio.Queue[tuple[str, str, int, str]] = asyncio.Queue()
+        for item in work:
+            queue.put_nowait(item)
+
+        async def worker() -> None:
+            nonlocal undecided
+            while not queue.empty():
+                insurer, ref, amount, envelope = queue.get_nowait()
+                start = time.perf_counter()
+                claim = await client.submit_claim(
+                    b"", insurer_code=insurer, claim_ref=ref, amount_satang=amount,
+                    decision_timeout_s=10, envelope=envelope,
+                )
+                if claim.state == pb.CLAIM_STATE_APPROVED:
+                    latencies.append(time.perf_counter() - start)
+                else:
+                    undecided += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return {
+        "claims": total,
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 3),
+        "claims_per_s": round(total / elapsed, 1),
+        "p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 1),
+        "undecided": undecided,
+    }
+
+
+async def echo_load(port: int, seconds: float, concurrency: int) -> dict:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(METHOD)
+        payload = b"x" * 600  # about a SubmitClaim's size
+        done = 0
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                await call(payload, timeout=5)
+                done += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return {"requests": done, "seconds": round(elapsed, 3), "requests_per_s": round(done / elapsed, 1)}
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "claims":
+        result = asyncio.run(claims_load(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]))
+    else:
+        result = asyncio.run(echo_load(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])))
+    print(json.dumps(result))

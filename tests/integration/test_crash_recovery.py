@@ -1,0 +1,55 @@
+"""A claim acknowledged to a hospital is delivered exactly once, whatever dies."""
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+
+import pytest
+
+from iclaim.client.hospital import HospitalClient
+from iclaim.devstack.stack import SERVICES
+from iclaim.v1 import claim_service_pb2 as pb
+from tests.integration.conftest import RunningStack
+from tests.integration.test_claims_e2e import fhir
+
+pytestmark = pytest.mark.integration
+S = pb.ClaimState
+ADAPTER = next(s for s in SERVICES if s.name == "insurer_adapter")
+
+
+async def test_router_sigkilled_before_delivery_delivers_each_claim_once(
+    running_stack: RunningStack,
+) -> None:
+    stack = running_stack.stack
+    # The adapter is down, so acknowledged claims cannot have been delivered yet.
+    await stack.kill("insurer_adapter", signal.SIGKILL)
+    acked: list[pb.Claim] = []
+    async with HospitalClient(running_stack.creds()) as client:
+        for n in range(8):
+            r = f"CRASH-{secrets.token_hex(4)}-{n}"
+            acked.append(await client.submit_claim(
+                fhir(client.creds.code, "AIA", r, "POL-CRASH", 1_000 + n),
+                insurer_code="AIA", claim_ref=r, amount_satang=1_000 + n,
+            ))
+        assert all(c.state == S.CLAIM_STATE_RECEIVED for c in acked)
+        await stack.kill("claim_router", signal.SIGKILL)
+        await stack.restart("insurer_adapter")
+        await stack.restart("claim_router")
+
+        ids = [c.transaction_id for c in acked]
+        for _ in range(300):
+            states = [(await client.get_claim(t)).state for t in ids]
+            if all(s == S.CLAIM_STATE_APPROVED for s in states):
+                break
+            await asyncio.sleep(0.1)
+        assert all(s == S.CLAIM_STATE_APPROVED for s in states), states
+
+    conn = await running_stack.db()
+    try:
+        rows = await conn.fetch(
+            "SELECT transaction_id, count(*) AS n FROM adapter.deliveries"
+            " WHERE transaction_id = ANY($1::text[]) GROUP BY transaction_id", ids)
+    finally:
+        await conn.close()
+    assert {r["transaction_id"]: r["n"] for r in rows} == {t: 1 for t in ids}

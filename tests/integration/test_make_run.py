@@ -1,0 +1,87 @@
+"""`make run`'s program (`iclaim up`): ready line, demo decisions, clean stop.
+
+Runs once with the machine's PostgreSQL/Redis (as CI has them) and once fully
+embedded (the fresh-machine path)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import REDIS_BASE_URL, _create_db, _drop_db
+
+pytestmark = pytest.mark.integration
+
+EXPECTED = ["APPROVED", "PARTIALLY_APPROVED", "DENIED", "APPROVED", "APPROVED"]
+
+
+def processes_of(state_dir: Path) -> list[int]:
+    """PIDs whose environment names this state dir: every child of the stack."""
+    marker = f"ICLAIM_STATE_DIR={state_dir}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in env.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+async def run_up(state_dir: Path, env_extra: dict[str, str]) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ICLAIM_DATABASE_URL", "ICLAIM_REDIS_URL", "ICLAIM_MASTER_KEY")}
+    env.update({"ICLAIM_STATE_DIR": str(state_dir), **env_extra})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "iclaim.cli", "up",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(180):
+            assert proc.stdout is not None
+            while True:
+                raw = await proc.stdout.readline()
+                if not raw:
+                    break
+                line = raw.decode().rstrip()
+                lines.append(line)
+                if line.startswith("demo done"):
+                    break
+        assert any("iClaim clearinghouse ready" in line for line in lines), "\n".join(lines)
+        demo = [line for line in lines if line.startswith("demo: ")]
+        assert len(demo) == len(EXPECTED), "\n".join(lines)
+        for line, state in zip(demo, EXPECTED, strict=True):
+            assert f" {state} " in line, line
+        creds = state_dir / "credentials.json"
+        assert creds.exists() and oct(creds.stat().st_mode & 0o777) == "0o600"
+        assert processes_of(state_dir), "stack children not found"
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        rest, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, rest.decode()
+    await asyncio.sleep(0.5)
+    assert processes_of(state_dir) == [], "processes left behind after SIGTERM"
+
+
+async def test_up_with_machine_postgres_and_redis(tmp_path: Path) -> None:
+    name, url = await _create_db()
+    redis_url = f"{REDIS_BASE_URL}/13"
+    redis.Redis.from_url(redis_url).flushdb()
+    try:
+        await run_up(tmp_path / "dev", {"ICLAIM_DATABASE_URL": url, "ICLAIM_REDIS_URL": redis_url})
+    finally:
+        await _drop_db(name)
+
+
+async def test_up_fully_embedded(tmp_path: Path) -> None:
+    await run_up(tmp_path / "dev", {})

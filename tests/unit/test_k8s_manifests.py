@@ -1,0 +1,760 @@
+"""deploy/k8s: render base and every overlay, validate every object.
+
+A small renderer applies exactly the kustomize subset the manifests use
+(resources, namespace, labels, images, replicas, strategic-merge patches) and
+refuses anything else, so CI needs no kustomize binary. Every rendered object
+must pass the Kubernetes JSON schemas (strict) and the house rules below.
+The mutation tests at the end prove the rules fail on broken manifests.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import ipaddress
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "deploy" / "k8s"
+K8S_VERSION = "1.33"
+TARGETS = {
+    "base": K8S / "base",
+    "dev": K8S / "overlays" / "dev",
+    "prod": K8S / "overlays" / "prod",
+}
+PROD_REPLICAS = {
+    "claim-router": 3, "authz": 3, "gateway": 3,
+    "insurer-adapter": 2, "audit-log": 2, "billing": 2,
+}
+ENVOY_MODULE = "gateway.envoy"  # TLS listener + loopback admin: no grpc/httpGet probes
+SECRET_NAME = "iclaim-secrets"
+# Variables that name a credential: only ever from a Secret, never a literal.
+SECRET_ENV = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|_URL|DSN)$")
+# Read by the manifests but not yet by the code (the lead wires them; see README).
+PENDING_CODE_SUPPORT: set[str] = set()
+
+Obj = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- renderer
+class RenderError(Exception):
+    pass
+
+
+SUPPORTED_FIELDS = frozenset({
+    "apiVersion", "kind", "resources", "namespace", "labels", "images", "replicas",
+    "patches", "patchesStrategicMerge",
+})
+CLUSTER_SCOPED = frozenset({
+    "Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass",
+    "PriorityClass", "CustomResourceDefinition", "IngressClass",
+})
+WORKLOADS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"})
+SCALABLE = frozenset({"Deployment", "StatefulSet", "ReplicaSet"})
+# patchMergeKey of the Kubernetes types for lists we may patch; other lists are replaced.
+MERGE_KEYS = {
+    "containers": "name", "initContainers": "name", "ephemeralContainers": "name",
+    "env": "name", "volumes": "name", "volumeMounts": "mountPath",
+    "imagePullSecrets": "name", "topologySpreadConstraints": "topologyKey",
+}
+
+
+def _read_yaml(path: Path, used: set[Path]) -> list[Obj]:
+    if not path.is_file():
+        raise RenderError(f"{path}: not found")
+    used.add(path.resolve())
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def render(directory: Path, used: set[Path] | None = None) -> list[Obj]:
+    """Builds a kustomization directory like `kustomize build` (for our subset)."""
+    used = set() if used is None else used
+    (kust,) = _read_yaml(directory / "kustomization.yaml", used)
+    unsupported = set(kust) - SUPPORTED_FIELDS
+    if unsupported:
+        raise RenderError(f"{directory}: kustomize fields not rendered here: {sorted(unsupported)}")
+    objs: list[Obj] = []
+    for entry in kust.get("resources", []):
+        path = (directory / entry).resolve()
+        objs.extend(render(path, used) if path.is_dir() else _read_yaml(path, used))
+    _check_unique(objs, directory)
+    # Same order as kustomize's builtin transformers.
+    for entry in kust.get("patchesStrategicMerge", []):
+        for patch in _read_yaml(directory / entry, used):
+            _apply_patch(objs, patch, None)
+    for entry in kust.get("patches", []):
+        if set(entry) - {"path", "patch", "target"}:
+            raise RenderError(f"{directory}: patch options not rendered here: {entry}")
+        docs = (_read_yaml(directory / entry["path"], used) if "path" in entry
+                else [d for d in yaml.safe_load_all(entry["patch"]) if d])
+        for patch in docs:
+            _apply_patch(objs, patch, entry.get("target"))
+    if "namespace" in kust:
+        for obj in objs:
+            if obj["kind"] not in CLUSTER_SCOPED:
+                obj["metadata"]["namespace"] = kust["namespace"]
+    for spec in kust.get("labels", []):
+        _add_labels(objs, spec)
+    for rep in kust.get("replicas", []):
+        hits = [o for o in objs if o["kind"] in SCALABLE and o["metadata"]["name"] == rep["name"]]
+        if not hits:
+            raise RenderError(f"{directory}: replicas for unknown workload {rep['name']!r}")
+        for obj in hits:
+            obj["spec"]["replicas"] = int(rep["count"])
+    for image in kust.get("images", []):
+        _set_image(objs, image)
+    return objs
+
+
+def _key(obj: Obj) -> tuple[str, str, str]:
+    return obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
+
+
+def _check_unique(objs: list[Obj], where: Path) -> None:
+    seen: set[tuple[str, str, str]] = set()
+    for obj in objs:
+        if _key(obj) in seen:
+            raise RenderError(f"{where}: duplicate {_key(obj)}")
+        seen.add(_key(obj))
+
+
+def _matches(obj: Obj, target: dict[str, str]) -> bool:
+    if set(target) - {"kind", "name", "group", "version"}:
+        raise RenderError(f"patch target fields not rendered here: {target}")
+    group, _, version = obj["apiVersion"].rpartition("/")
+    return (
+        target.get("kind", obj["kind"]) == obj["kind"]
+        and re.fullmatch(target.get("name", ".*"), obj["metadata"]["name"]) is not None
+        and target.get("group", group) == group
+        and target.get("version", version) == version
+    )
+
+
+def _apply_patch(objs: list[Obj], patch: Obj, target: dict[str, str] | None) -> None:
+    if not isinstance(patch, dict) or "kind" not in patch:
+        raise RenderError(f"only strategic-merge patches are rendered here: {patch!r}")
+    body = {k: v for k, v in patch.items() if k not in ("apiVersion", "kind")}
+    if target is None:
+        name = patch["metadata"]["name"]
+        hits = [o for o in objs if o["kind"] == patch["kind"] and o["metadata"]["name"] == name]
+    else:
+        hits = [o for o in objs if _matches(o, target)]
+        body = copy.deepcopy(body)
+        body.get("metadata", {}).pop("name", None)  # the target decides, as in kustomize
+    if not hits:
+        raise RenderError(f"patch {patch['kind']}/{patch['metadata'].get('name')} "
+                          f"(target {target}) matches nothing")
+    for obj in hits:
+        merged = _merge(obj, body, (), obj["kind"])
+        obj.clear()
+        obj.update(merged)
+
+
+def _list_merge_key(path: tuple[str, ...], kind: str) -> str | None:
+    field = path[-1]
+    if field == "ports":
+        if "containers" in path or "initContainers" in path:
+            return "containerPort"
+        return "port" if kind == "Service" and path == ("spec", "ports") else None
+    return MERGE_KEYS.get(field)
+
+
+def _merge(base: Any, patch: Any, path: tuple[str, ...], kind: str) -> Any:
+    """Strategic merge: maps merge, null deletes, keyed lists merge by key."""
+    if isinstance(patch, dict):
+        if any(k.startswith("$") for k in patch):
+            raise RenderError(f"patch directives not rendered here: {path}")
+        out = copy.deepcopy(base) if isinstance(base, dict) else {}
+        for k, v in patch.items():
+            if v is None:
+                out.pop(k, None)
+            else:
+                out[k] = _merge(out.get(k), v, (*path, k), kind)
+        return out
+    if isinstance(patch, list) and isinstance(base, list):
+        key = _list_merge_key(path, kind)
+        if key is None:
+            return copy.deepcopy(patch)
+        items: list[Any] = copy.deepcopy(base)
+        for item in patch:
+            at = next((i for i, b in enumerate(items) if b.get(key) == item.get(key)), None)
+            if at is None:
+                items.append(_merge(None, item, path, kind))
+            else:
+                items[at] = _merge(items[at], item, path, kind)
+        return items
+    return copy.deepcopy(patch)
+
+
+def _add_labels(objs: list[Obj], spec: Obj) -> None:
+    if set(spec) - {"pairs", "includeTemplates", "includeSelectors"} or spec.get("includeSelectors"):
+        raise RenderError(f"labels options not rendered here: {spec}")
+    for obj in objs:
+        obj["metadata"].setdefault("labels", {}).update(spec["pairs"])
+        if spec.get("includeTemplates") and obj["kind"] in WORKLOADS:
+            meta = obj["spec"]["template"].setdefault("metadata", {})
+            meta.setdefault("labels", {}).update(spec["pairs"])
+
+
+def _split_image(ref: str) -> tuple[str, str | None, str | None]:
+    ref, _, digest = ref.partition("@")
+    name, colon, tag = ref.rpartition(":")
+    if not colon or "/" in tag:
+        return ref, None, digest or None
+    return name, tag, digest or None
+
+
+def _set_image(objs: list[Obj], image: Obj) -> None:
+    if set(image) - {"name", "newName", "newTag", "digest"}:
+        raise RenderError(f"images options not rendered here: {image}")
+    hit = False
+    for obj in objs:
+        for container in _all_containers(obj):
+            name, tag, digest = _split_image(container["image"])
+            if name != image["name"]:
+                continue
+            hit = True
+            name = image.get("newName", name)
+            if "digest" in image:
+                container["image"] = f"{name}@{image['digest']}"
+                continue
+            tag = str(image.get("newTag", tag)) if image.get("newTag", tag) else None
+            container["image"] = name + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
+    if not hit:
+        raise RenderError(f"images: no container uses {image['name']!r}")
+
+
+# --------------------------------------------------------------------------- helpers
+def _pod_spec(obj: Obj) -> Obj:
+    spec: Obj = obj["spec"]["template"]["spec"]
+    return spec
+
+
+def _all_containers(obj: Obj) -> list[Obj]:
+    if obj["kind"] not in WORKLOADS:
+        return []
+    spec = _pod_spec(obj)
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def _ns(obj: Obj) -> str:
+    return str(obj["metadata"].get("namespace", "default"))
+
+
+def _of_kind(objs: list[Obj], kind: str) -> list[Obj]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def _ident(obj: Obj) -> str:
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def _named_port(container: Obj, name: str) -> int | None:
+    for port in container.get("ports", []):
+        if port.get("name") == name:
+            return int(port["containerPort"])
+    return None
+
+
+def _module(container: Obj) -> str | None:
+    cmd = container.get("command", [])
+    return cmd[2] if len(cmd) == 3 and cmd[1] == "-m" else None
+
+
+def _resolved_env(container: Obj, namespace: str) -> dict[str, str | None]:
+    """Values as the kubelet sets them: $(VAR) expands only earlier variables;
+    None for values from Secrets."""
+    env: dict[str, str | None] = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            def expand(m: re.Match[str]) -> str:
+                known = env.get(m.group(1))
+                return known if known is not None else m.group(0)
+            env[item["name"]] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", expand, str(item["value"]))
+        else:
+            field = item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+            env[item["name"]] = namespace if field == "metadata.namespace" else None
+    return env
+
+
+_QTY = {"m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity(value: str | int) -> float:
+    m = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(value))
+    if not m or m.group(2) not in _QTY:
+        raise ValueError(f"bad quantity {value!r}")
+    return float(m.group(1)) * _QTY[m.group(2)]
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def _strings(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _strings(v, f"{path}[{i}]")
+    elif isinstance(node, str):
+        yield path, node
+
+
+# Shapes of credentials that must never be committed: PEM blocks, URLs with a
+# password, long base64/hex tokens (a 32-byte master key is 43 characters).
+SECRET_SHAPES = [
+    re.compile(r"-----BEGIN [A-Z ]+-----"),
+    re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"),
+    re.compile(r"(?<![A-Za-z0-9_\-+/])[A-Za-z0-9_\-+/]{40,}={0,2}"),
+]
+
+
+# --------------------------------------------------------------------------- house rules
+def secret_problems(docs: list[Obj]) -> list[str]:
+    problems = []
+    for doc in docs:
+        if doc.get("kind") == "Secret":
+            problems.append(f"{_ident(doc)}: Secret objects are created by hand (README), never committed")
+        for path, text in _strings(doc):
+            if path.endswith(".image"):
+                continue  # digests are long hex by design
+            for shape in SECRET_SHAPES:
+                if shape.search(text):
+                    problems.append(f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+                                    f"{path}: looks like a secret value")
+    return problems
+
+
+def container_problems(dep: Obj, container: Obj) -> list[str]:
+    where = f"{_ident(dep)}[{container['name']}]"
+    problems: list[str] = []
+    pod = _pod_spec(dep)
+    psc, csc = pod.get("securityContext", {}), container.get("securityContext", {})
+
+    def sec(field: str) -> Any:
+        return csc.get(field, psc.get(field))
+
+    if sec("runAsNonRoot") is not True or sec("runAsUser") == 0:
+        problems.append(f"{where}: must run as non-root")
+    if csc.get("readOnlyRootFilesystem") is not True:
+        problems.append(f"{where}: root filesystem must be read-only")
+    if csc.get("allowPrivilegeEscalation") is not False or csc.get("privileged"):
+        problems.append(f"{where}: privilege escalation must be off")
+    if "ALL" not in csc.get("capabilities", {}).get("drop", []) or csc.get("capabilities", {}).get("add"):
+        problems.append(f"{where}: must drop ALL capabilities and add none")
+    if (sec("seccompProfile") or {}).get("type") != "RuntimeDefault":
+        problems.append(f"{where}: seccompProfile must be RuntimeDefault")
+
+    res = container.get("resources", {})
+    for kind in ("cpu", "memory"):
+        req, lim = res.get("requests", {}).get(kind), res.get("limits", {}).get(kind)
+        if req is None or lim is None:
+            problems.append(f"{where}: needs {kind} request and limit")
+        elif quantity(req) > quantity(lim):
+            problems.append(f"{where}: {kind} request above its limit")
+
+    grpc_port = _named_port(container, "grpc")
+    if grpc_port is None:
+        problems.append(f"{where}: needs a container port named grpc")
+    for kind in ("readinessProbe", "livenessProbe"):
+        probe = container.get(kind)
+        if probe is None:
+            problems.append(f"{where}: needs a {kind}")
+        elif _module(container) == ENVOY_MODULE:
+            if not ({"exec", "tcpSocket"} & set(probe)):
+                problems.append(f"{where}: Envoy {kind} must be exec or tcpSocket")
+        elif probe.get("grpc", {}).get("port") != grpc_port:
+            problems.append(f"{where}: {kind} must be a native gRPC probe on the grpc port")
+
+    module = _module(container)
+    source = REPO / module.replace(".", "/") if module else REPO
+    if not ((source / "__main__.py").is_file() or source.with_suffix(".py").is_file()):
+        problems.append(f"{where}: command must be python -m <existing package>, got "
+                        f"{container.get('command')}")
+    if container.get("image", "").split("@")[0].rsplit(":", 1)[0].rsplit("/", 1)[-1] != "iclaim":
+        problems.append(f"{where}: every service runs the one iclaim image")
+
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+    writable = [p for p, m in mounts.items()
+                if not m.get("readOnly") and "emptyDir" in volumes.get(m["name"], {})]
+    if "/tmp" not in writable:
+        problems.append(f"{where}: /tmp must be a writable emptyDir (read-only root)")
+
+    env = _resolved_env(container, _ns(dep))
+    for item in container.get("env", []):
+        name = item["name"]
+        if SECRET_ENV.search(name) and not str(item.get("value", "")).startswith("/"):
+            # (a path to a file on a mounted Secret volume is fine)
+            ref = item.get("valueFrom", {}).get("secretKeyRef")
+            if ref is None or ref.get("name") != SECRET_NAME:
+                problems.append(f"{where}: {name} must come from secretKeyRef {SECRET_NAME}")
+    for name, value in env.items():
+        if value is None or not value.startswith("/"):
+            continue
+        if name.endswith(("_DIR", "_LOG")) and not any(
+            value == w or value.startswith(w.rstrip("/") + "/") for w in writable
+        ):
+            problems.append(f"{where}: {name}={value} is not on a writable emptyDir")
+        if name.endswith(("_CERT", "_KEY")) and not any(value.startswith(p + "/") for p in mounts):
+            problems.append(f"{where}: {name}={value} is not on a mounted volume")
+    for name, value in env.items():
+        if value is None or not name.endswith("_ADDR"):
+            continue
+        host, _, port = value.rpartition(":")
+        host = host.strip("[]")
+        if name == "ICLAIM_ENVOY_ADMIN_ADDR":
+            if not ipaddress.ip_address(host).is_loopback:
+                problems.append(f"{where}: Envoy admin must stay on loopback")
+            if int(port) in {int(p["containerPort"]) for p in container.get("ports", [])}:
+                problems.append(f"{where}: Envoy admin port must not be a container port")
+            for text in _exec_texts(container):
+                for used in re.findall(r"127\.0\.0\.1:(\d+)", text):
+                    if used != port:
+                        problems.append(f"{where}: exec hook uses admin port {used}, env says {port}")
+        else:
+            if host not in ("0.0.0.0", "::"):
+                problems.append(f"{where}: {name} must listen on all interfaces, not {host}")
+            if int(port) != grpc_port:
+                problems.append(f"{where}: {name} port {port} is not the grpc container port")
+    metrics_port = _named_port(container, "metrics")
+    for name, value in env.items():
+        if name.endswith("_METRICS_PORT") and value is not None and int(value) != metrics_port:
+            problems.append(f"{where}: {name}={value} is not the container port named metrics")
+    return problems
+
+
+def _exec_texts(container: Obj) -> list[str]:
+    hooks = [container.get(p, {}) for p in ("readinessProbe", "livenessProbe", "startupProbe")]
+    hooks += [container.get("lifecycle", {}).get(h, {}) for h in ("preStop", "postStart")]
+    return [" ".join(h["exec"]["command"]) for h in hooks if "exec" in h]
+
+
+def deployment_problems(objs: list[Obj]) -> list[str]:
+    problems: list[str] = []
+    services = _of_kind(objs, "Service")
+    accounts = {(_ns(a), a["metadata"]["name"]): a for a in _of_kind(objs, "ServiceAccount")}
+    for dep in _of_kind(objs, "Deployment"):
+        pod = _pod_spec(dep)
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        if not _selects(dep["spec"]["selector"]["matchLabels"], labels):
+            problems.append(f"{_ident(dep)}: selector does not match its pod labels")
+        account = accounts.get((_ns(dep), pod.get("serviceAccountName", "")))
+        if account is None:
+            problems.append(f"{_ident(dep)}: needs its own ServiceAccount")
+        elif account.get("automountServiceAccountToken") is not False:
+            problems.append(f"{_ident(dep)}: ServiceAccount must not automount a token")
+        if pod.get("automountServiceAccountToken") is not False:
+            problems.append(f"{_ident(dep)}: pod must not automount a token")
+        for container in pod["containers"]:
+            problems += container_problems(dep, container)
+        mine = [s for s in services if _ns(s) == _ns(dep) and _selects(s["spec"].get("selector", {}), labels)]
+        ports = {p.get("name"): p for s in mine for p in s["spec"]["ports"]}
+        if "grpc" not in ports:
+            problems.append(f"{_ident(dep)}: needs a Service with a port named grpc")
+        for pname, sport in ports.items():
+            target = sport.get("targetPort", sport["port"])
+            if not any(_named_port(c, target) if isinstance(target, str)
+                       else target in {p["containerPort"] for p in c.get("ports", [])}
+                       for c in pod["containers"]):
+                problems.append(f"{_ident(dep)}: Service port {pname} targets no container port")
+        has_metrics = any(_named_port(c, "metrics") for c in pod["containers"])
+        if has_metrics and "metrics" not in ports:
+            problems.append(f"{_ident(dep)}: metrics container port needs a Service port named metrics")
+    return problems
+
+
+_TARGET_HOST = re.compile(r"(?P<svc>[a-z0-9-]+)\.(?P<ns>[a-z0-9-]+)\.svc(\.cluster\.local)?")
+
+
+def target_problems(objs: list[Obj]) -> list[str]:
+    """ICLAIM_*_TARGET must name a Service's grpc port by its cluster DNS name;
+    each backend's NetworkPolicy admits exactly the pods that target it."""
+    problems: list[str] = []
+    services = {(_ns(s), s["metadata"]["name"]): s for s in _of_kind(objs, "Service")}
+    callers: dict[tuple[str, str], set[str]] = {key: set() for key in services}
+    for dep in _of_kind(objs, "Deployment"):
+        app = dep["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/name", "")
+        for container in _pod_spec(dep)["containers"]:
+            for name, value in _resolved_env(container, _ns(dep)).items():
+                if not re.fullmatch(r"ICLAIM_[A-Z_]+_TARGET", name):
+                    continue
+                where = f"{_ident(dep)}: {name}={value}"
+                host, _, port = (value or "").rpartition(":")
+                m = _TARGET_HOST.fullmatch(host)
+                if m is None:
+                    problems.append(f"{where}: not <service>.<namespace>.svc:<port>")
+                    continue
+                svc = services.get((m["ns"], m["svc"]))
+                grpc = [p for p in (svc or {}).get("spec", {}).get("ports", []) if p.get("name") == "grpc"]
+                if svc is None:
+                    problems.append(f"{where}: no such Service")
+                elif not grpc or str(grpc[0]["port"]) != port:
+                    problems.append(f"{where}: not the Service's grpc port")
+                else:
+                    callers[(m["ns"], m["svc"])].add(app)
+    for (ns, name), svc in services.items():
+        if svc["spec"].get("type") == "LoadBalancer" or name == "gateway":
+            continue  # the public entry point
+        pols = [p for p in _of_kind(objs, "NetworkPolicy")
+                if _ns(p) == ns and _selects(p["spec"]["podSelector"].get("matchLabels", {}),
+                                              svc["spec"]["selector"])]
+        allowed: set[str] = set()
+        open_grpc = False
+        for pol in pols:
+            for rule in pol["spec"].get("ingress", []):
+                if not any(p.get("port") == "grpc" for p in rule.get("ports", [])):
+                    continue
+                if not rule.get("from"):
+                    open_grpc = True
+                for peer in rule.get("from", []):
+                    allowed.add(peer.get("podSelector", {}).get("matchLabels", {})
+                                .get("app.kubernetes.io/name", "<not a pod selector>"))
+        if not pols or open_grpc:
+            problems.append(f"Service/{name}: grpc port must be closed to all but its callers")
+        elif allowed != callers[(ns, name)]:
+            problems.append(f"Service/{name}: NetworkPolicy admits {sorted(allowed)}, "
+                            f"callers are {sorted(callers[(ns, name)])}")
+    return problems
+
+
+def env_name_problems(objs: list[Obj]) -> list[str]:
+    """Every ICLAIM_* variable set in a manifest is read somewhere in the code
+    (catches typos that would silently fall back to a default)."""
+    code = _source_text()
+    problems = []
+    for dep in _of_kind(objs, "Deployment"):
+        for container in _all_containers(dep):
+            for item in container.get("env", []):
+                name = item["name"]
+                if name.startswith("ICLAIM_") and name not in PENDING_CODE_SUPPORT and name not in code:
+                    problems.append(f"{_ident(dep)}: {name} is read by no code")
+    return problems
+
+
+@functools.cache
+def _source_text() -> str:
+    files = [p for d in ("iclaim", "services", "gateway") for p in (REPO / d).rglob("*.py")]
+    return "\n".join(p.read_text(errors="replace") for p in files)
+
+
+def house_problems(objs: list[Obj]) -> list[str]:
+    return (secret_problems(objs) + deployment_problems(objs) + target_problems(objs)
+            + env_name_problems(objs))
+
+
+# --------------------------------------------------------------------------- fixtures
+@functools.cache
+def _rendered(name: str) -> tuple[list[Obj], frozenset[Path]]:
+    used: set[Path] = set()
+    return render(TARGETS[name], used), frozenset(used)
+
+
+def rendered(name: str) -> list[Obj]:
+    return copy.deepcopy(_rendered(name)[0])
+
+
+def _by_name(objs: list[Obj], kind: str) -> dict[str, Obj]:
+    return {o["metadata"]["name"]: o for o in _of_kind(objs, kind)}
+
+
+# --------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_every_object_is_valid_kubernetes(target: str) -> None:
+    errors = []
+    for obj in rendered(target):
+        try:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{_ident(obj)}: {'.'.join(map(str, exc.path))}: {exc.message}")
+    assert errors == []
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_house_rules(target: str) -> None:
+    objs = rendered(target)
+    assert {d["metadata"]["name"] for d in _of_kind(objs, "Deployment")} == set(PROD_REPLICAS)
+    assert house_problems(objs) == []
+
+
+def test_no_committed_secrets_in_any_manifest_file() -> None:
+    docs = [d for p in sorted(K8S.rglob("*.y*ml")) for d in yaml.safe_load_all(p.read_text()) if d]
+    assert docs
+    assert secret_problems(docs) == []
+
+
+def test_every_manifest_file_is_rendered() -> None:
+    used = set().union(*(_rendered(t)[1] for t in TARGETS))
+    files = {p.resolve() for p in K8S.rglob("*.y*ml")}
+    assert files - used == set(), "manifest files that no kustomization uses"
+
+
+def test_readme_documents_every_secret_key() -> None:
+    readme = (K8S / "README.md").read_text()
+    keys = {item["valueFrom"]["secretKeyRef"]["key"]
+            for dep in _of_kind(rendered("prod"), "Deployment") for c in _all_containers(dep)
+            for item in c.get("env", []) if "secretKeyRef" in item.get("valueFrom", {})}
+    assert keys == {"database-url", "redis-url", "master-key"}
+    for key in keys:
+        assert f"--from-literal={key}=" in readme
+
+
+def test_dev_overlay() -> None:
+    objs = rendered("dev")
+    assert {_ns(o) for o in objs if o["kind"] != "Namespace"} == {"iclaim-dev"}
+    (ns,) = _of_kind(objs, "Namespace")
+    assert ns["metadata"]["name"] == "iclaim-dev"
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert {d["metadata"]["name"]: d["spec"]["replicas"] for d in _of_kind(objs, "Deployment")} == {
+        name: 1 for name in PROD_REPLICAS
+    }
+
+
+def test_prod_overlay() -> None:
+    objs = rendered("prod")
+    assert {_ns(o) for o in objs if o["kind"] != "Namespace"} == {"iclaim"}
+    deps = _by_name(objs, "Deployment")
+    assert {n: d["spec"]["replicas"] for n, d in deps.items()} == PROD_REPLICAS
+    for name, dep in deps.items():
+        for c in _all_containers(dep):
+            _, tag, digest = _split_image(c["image"])
+            assert digest or (tag and tag != "latest"), f"{name}: image must be pinned"
+    pdbs = _of_kind(objs, "PodDisruptionBudget")
+    for name, dep in deps.items():
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        mine = [p for p in pdbs if _selects(p["spec"]["selector"]["matchLabels"], labels)]
+        assert len(mine) == 1, f"{name}: needs exactly one PodDisruptionBudget"
+        spec = mine[0]["spec"]
+        allowed = spec.get("maxUnavailable", dep["spec"]["replicas"] - spec.get("minAvailable", 0))
+        assert 1 <= allowed < dep["spec"]["replicas"], f"{name}: PDB must allow 1..n-1 down"
+    dev = _by_name(rendered("dev"), "Deployment")
+    for name, dep in deps.items():
+        prod_lim = dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        dev_lim = dev[name]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        for kind in ("cpu", "memory"):
+            assert quantity(prod_lim[kind]) > quantity(dev_lim[kind]), f"{name}: prod {kind} limit"
+    assert _by_name(objs, "Service")["gateway"]["spec"]["type"] == "LoadBalancer"
+
+
+# --- the rules and the renderer must be able to fail ----------------------------------
+def _dep(objs: list[Obj], name: str) -> Obj:
+    return _by_name(objs, "Deployment")[name]
+
+
+def _server(objs: list[Obj], name: str) -> Obj:
+    container: Obj = _pod_spec(_dep(objs, name))["containers"][0]
+    return container
+
+
+def _env(objs: list[Obj], dep: str, var: str) -> Obj:
+    return next(e for e in _server(objs, dep)["env"] if e["name"] == var)
+
+
+def _literal(item: Obj, value: str) -> None:
+    item.pop("valueFrom")
+    item["value"] = value
+
+
+MUTATIONS: dict[str, tuple[Callable[[list[Obj]], object], str]] = {
+    "no readiness probe": (
+        lambda o: _server(o, "billing").pop("readinessProbe"), "needs a readinessProbe"),
+    "probe on metrics port": (
+        lambda o: _server(o, "authz")["livenessProbe"].update(grpc={"port": 9105}),
+        "native gRPC probe"),
+    "httpGet probe on Envoy": (
+        lambda o: _server(o, "gateway").update(
+            readinessProbe={"httpGet": {"path": "/ready", "port": 9901}}), "exec or tcpSocket"),
+    "writable root": (
+        lambda o: _server(o, "claim-router")["securityContext"].update(readOnlyRootFilesystem=False),
+        "read-only"),
+    "root user": (
+        lambda o: _pod_spec(_dep(o, "audit-log"))["securityContext"].update(runAsUser=0), "non-root"),
+    "no memory limit": (
+        lambda o: _server(o, "insurer-adapter")["resources"]["limits"].pop("memory"),
+        "memory request and limit"),
+    "literal database url": (
+        lambda o: _literal(_env(o, "billing", "ICLAIM_DATABASE_URL"),
+                           "postgresql://iclaim:hunter2@db/iclaim"), "secretKeyRef"),
+    "committed Secret": (
+        lambda o: o.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"},
+                            "stringData": {"master-key": "A" * 43}}), "Secret objects"),
+    "target to missing service": (
+        lambda o: _env(o, "claim-router", "ICLAIM_AUDIT_TARGET").update(
+            value="audit.$(POD_NAMESPACE).svc:50071"), "no such Service"),
+    "target to wrong port": (
+        lambda o: _env(o, "gateway", "ICLAIM_AUTHZ_TARGET").update(
+            value="authz.$(POD_NAMESPACE).svc:9105"), "grpc port"),
+    "loopback listen address": (
+        lambda o: _env(o, "billing", "ICLAIM_BILLING_ADDR").update(value="127.0.0.1:50081"),
+        "all interfaces"),
+    "admin exposed": (
+        lambda o: _env(o, "gateway", "ICLAIM_ENVOY_ADMIN_ADDR").update(value="0.0.0.0:9901"),
+        "loopback"),
+    "no grpc service port": (
+        lambda o: _by_name(o, "Service")["authz"]["spec"]["ports"][0].update(name="h2c"),
+        "port named grpc"),
+    "policy admits everyone": (
+        lambda o: _by_name(o, "NetworkPolicy")["authz-ingress"]["spec"]["ingress"][0].pop("from"),
+        "closed to all but its callers"),
+    "token automounted": (
+        lambda o: _by_name(o, "ServiceAccount")["billing"].update(automountServiceAccountToken=True),
+        "automount"),
+    "typo in env name": (
+        lambda o: _env(o, "audit-log", "ICLAIM_AUDIT_TAIL_ACCESS_LOG").update(
+            name="ICLAIM_AUDIT_TAIL_ACCES_LOG"), "read by no code"),
+    "wrong module": (
+        lambda o: _server(o, "billing").update(command=["python", "-m", "services.biling"]),
+        "existing package"),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_house_rules_catch(mutation: str) -> None:
+    objs = rendered("prod")
+    mutate, expected = MUTATIONS[mutation]
+    mutate(objs)
+    problems = house_problems(objs)
+    assert any(expected in p for p in problems), problems
+
+
+def test_schema_catches_a_misspelt_field() -> None:
+    dep = _dep(rendered("prod"), "claim-router")
+    _pod_spec(dep)["containers"][0]["readinessProbe"]["grcp"] = {"port": 50051}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
+
+
+def test_patch_merges_containers_by_name_and_keeps_the_rest() -> None:
+    base: Obj = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "a"},
+            "spec": {"template": {"spec": {"containers": [
+                {"name": "server", "image": "i", "env": [{"name": "A", "value": "1"}]},
+                {"name": "side", "image": "s"}]}}}}
+    patch: Obj = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "ignored"},
+             "spec": {"template": {"spec": {"containers": [
+                 {"name": "server", "env": [{"name": "B", "value": "2"}], "args": ["x"]}]}}}}
+    objs = [base]
+    _apply_patch(objs, patch, {"kind": "Deployment"})
+    server, side = objs[0]["spec"]["template"]["spec"]["containers"]
+    assert server == {"name": "server", "image": "i", "args": ["x"],
+                      "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]}
+    assert side == {"name": "side", "image": "s"}
+    assert objs[0]["metadata"]["name"] == "a"
+
+
+def test_renderer_refuses_what_it_cannot_render(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text("resources: []\nconfigMapGenerator: []\n")
+    with pytest.raises(RenderError, match="configMapGenerator"):
+        render(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        f"resources: [{TARGETS['base']}]\npatches:\n  - path: p.yaml\n")
+    (tmp_path / "p.yaml").write_text("apiVersion: v1\nkind: Service\nmetadata: {name: nope}\n")
+    with pytest.raises(RenderError, match="matches nothing"):
+        render(tmp_path)
