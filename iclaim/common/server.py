@@ -59,6 +59,12 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: IclaimError) 
     await context.abort(status.code, status.details, trailing_metadata=trailing)
 
 
+def _request_ids(request: Any) -> dict[str, str]:
+    """Binds the request's transaction id (when it has one) to every log line."""
+    tid = getattr(request, "transaction_id", "")
+    return {"transaction_id": tid} if isinstance(tid, str) and tid else {}
+
+
 def _method_parts(full: str) -> tuple[str, str]:
     _, _, rest = full.partition("/")
     service, _, method = rest.partition("/")
@@ -88,7 +94,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 start = time.perf_counter()
                 code = "OK"
-                with structlog.contextvars.bound_contextvars(**bind):
+                with structlog.contextvars.bound_contextvars(**bind, **_request_ids(request)):
                     try:
                         return await inner(request, context)
                     except IclaimError as err:
@@ -120,7 +126,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             ) -> AsyncIterator[Any]:
                 start = time.perf_counter()
                 code = "OK"
-                with structlog.contextvars.bound_contextvars(**bind):
+                with structlog.contextvars.bound_contextvars(**bind, **_request_ids(request)):
                     try:
                         async for item in inner_stream(request, context):
                             yield item

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from iclaim.common.access_log import TRANSACTION_HEADER
@@ -251,6 +252,7 @@ class ClaimServicer(claim_service_pb2_grpc.ClaimServiceServicer):
         )
         if not created and stored.envelope_sha256 != envelope_sha:
             raise domain.AlreadyExistsClaimRef(stored.claim_ref)
+        structlog.contextvars.bind_contextvars(transaction_id=stored.transaction_id)
         context.set_trailing_metadata(((TRANSACTION_HEADER, stored.transaction_id),))
         if created:
             CLAIM_OUTCOMES.labels("RECEIVED").inc()

@@ -405,3 +405,22 @@ async def test_list_insurers_pages_and_lists_keys(env: Env) -> None:
         await env.claims.ListInsurers(pb.ListInsurersRequest(page_token="garbage"),
                                       metadata=env.md(H1))
     assert reason_of(err.value) == "PAGE_TOKEN_INVALID"
+
+
+async def test_log_lines_carry_transaction_id_and_no_claim_content(env: Env) -> None:
+    import structlog
+    from structlog.testing import capture_logs
+
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        claim = await submit(env, H1, "AIA", "REF-LOG", 4_321)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await env.claims.GetClaim(pb.GetClaimRequest(transaction_id=claim.transaction_id),
+                                      metadata=env.md(H2))
+        await wait_state(env, claim.transaction_id, S.CLAIM_STATE_DELIVERED)
+    errors = [e for e in logs if e["event"] == "rpc_error"]
+    assert errors and errors[0]["transaction_id"] == claim.transaction_id
+    assert errors[0]["client"] == H2 and errors[0]["reason"] == "CLAIM_NOT_FOUND"
+    delivered = [e for e in logs if e["event"] == "delivered"]
+    assert delivered and delivered[0]["transaction_id"] == claim.transaction_id
+    text = repr(logs)
+    assert "REF-LOG" not in text  # the hospital's claim reference is not logged
