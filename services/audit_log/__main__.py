@@ -1,0 +1,3 @@
+from services.audit_log.server import main
+
+main()
