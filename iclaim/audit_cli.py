@@ -61,7 +61,7 @@ def register(subparsers: Any) -> None:
     trail.add_argument("--target", default=os.environ.get("ICLAIM_AUDIT_TARGET", DEFAULT_TARGET))
     trail.add_argument("--verifier-key", default=os.environ.get("ICLAIM_AUDIT_VERIFIER_KEY"))
     trail.add_argument("--origin", default=os.environ.get("ICLAIM_AUDIT_ORIGIN", DEFAULT_ORIGIN))
-    audit.set_defaults(audit_run=run)
+    audit.set_defaults(audit_run=run, func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
+from iclaim import audit_cli
 from iclaim.client.credentials import DEV_CREDENTIALS, load_dev_credentials
 
 
@@ -100,12 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("transaction_id")
         p.set_defaults(func=lambda a: asyncio.run(_claim(a)))
 
-    for optional in ("iclaim.audit_cli", "iclaim.billing_cli"):
-        try:
-            module = __import__(optional, fromlist=["register"])
-        except ImportError:
-            continue
-        module.register(sub)
+    audit_cli.register(sub)
     return parser
 
 

@@ -1,0 +1,125 @@
+"""Through the running stack: every gateway call (accepted or rejected) and
+every claim state change is in the audit log, and no personal data is anywhere
+but inside the end-to-end envelopes."""
+from __future__ import annotations
+
+import asyncio
+import secrets
+from pathlib import Path
+
+import grpc
+import pytest
+
+from iclaim.client.hospital import HospitalClient
+from iclaim.fhir.claim import PatientInfo, build_claim
+from iclaim.internal.v1 import audit_log_pb2, audit_log_pb2_grpc
+from iclaim.v1 import claim_service_pb2 as pb
+from tests.integration.conftest import RunningStack
+from tests.integration.helpers import raw_call
+
+pytestmark = pytest.mark.integration
+
+# Planted personal data: none of it may leave the envelope.
+CITIZEN_ID = "3100600123458"
+PATIENT = "Somchai Markerpatient"
+DIAGNOSIS = "C50.912"
+POLICY = "POL-MARKER-99887766"
+
+
+async def entries_for(stack: RunningStack, tid: str, want: int) -> list[audit_log_pb2.LogEntry]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.stack.ports.audit}") as ch:
+        stub = audit_log_pb2_grpc.AuditLogServiceStub(ch)
+        for _ in range(100):
+            resp = await stub.ListEntriesByTransaction(
+                audit_log_pb2.ListEntriesByTransactionRequest(transaction_id=tid), timeout=5)
+            if len(resp.entries) >= want:
+                return list(resp.entries)
+            await asyncio.sleep(0.1)
+    return list(resp.entries)
+
+
+async def all_entries(stack: RunningStack) -> list[audit_log_pb2.LogEntry]:
+    out: list[audit_log_pb2.LogEntry] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.stack.ports.audit}") as ch:
+        stub = audit_log_pb2_grpc.AuditLogServiceStub(ch)
+        start = 0
+        while True:
+            resp = await stub.ListEntries(
+                audit_log_pb2.ListEntriesRequest(start_index=start, max_entries=1000), timeout=5)
+            out.extend(resp.entries)
+            if resp.next_start_index >= resp.tree_size or not resp.entries:
+                return out
+            start = resp.next_start_index
+
+
+async def test_claim_lifecycle_and_rejections_are_audited_without_personal_data(
+    running_stack: RunningStack,
+) -> None:
+    creds = running_stack.creds()
+    async with HospitalClient(creds) as client:
+        ref = f"AUD-{secrets.token_hex(4)}"
+        body = build_claim(
+            claim_ref=ref, hospital_code=creds.code, insurer_code="AIA", policy_number=POLICY,
+            amount_satang=77_700, patient=PatientInfo(name=PATIENT, citizen_id=CITIZEN_ID),
+            diagnoses=[DIAGNOSIS],
+        )
+        claim = await client.submit_claim(body, insurer_code="AIA", claim_ref=ref,
+                                          amount_satang=77_700, decision_timeout_s=15)
+        assert claim.state == pb.CLAIM_STATE_APPROVED
+        await client.get_claim(claim.transaction_id)
+
+    # A forged call: rejected at the gateway, audited as unverified.
+    with pytest.raises(grpc.aio.AioRpcError):
+        await raw_call(creds, "/iclaim.v1.ClaimService/GetClaim",
+                       pb.GetClaimRequest(transaction_id=claim.transaction_id), pb.Claim,
+                       secret=b"\x07" * 32)
+
+    entries = await entries_for(running_stack, claim.transaction_id, want=6)
+    events = [e.event for e in entries]
+    states = [e.outcome_reason for e in events if e.kind == audit_log_pb2.AUDIT_EVENT_KIND_CLAIM_STATE_CHANGE]
+    assert states[:1] == ["CLAIM_STATE_RECEIVED"] and states[-1] == "CLAIM_STATE_APPROVED"
+    assert "CLAIM_STATE_DELIVERED" in states or len(states) >= 2
+    gateway = [e for e in events if e.kind == audit_log_pb2.AUDIT_EVENT_KIND_GATEWAY_CALL]
+    submit = [e for e in gateway if e.route.endswith("/SubmitClaim")]
+    assert submit and submit[0].origin_principal == creds.code
+    assert submit[0].outcome_code == "OK" and submit[0].envelope_sha256 == claim.envelope_sha256
+    assert submit[0].size_bytes > 0
+
+    # The rejected call carries no verified identity and no transaction id.
+    for _ in range(100):
+        every = await all_entries(running_stack)
+        rejected = [
+            e.event for e in every
+            if e.event.route == "/iclaim.v1.ClaimService/GetClaim"
+            and e.event.outcome_code == "UNAUTHENTICATED"
+        ]
+        if rejected:
+            break
+        await asyncio.sleep(0.1)
+    assert rejected and rejected[-1].origin_principal == f"unverified:{creds.code}"
+    assert rejected[-1].outcome_reason == "BAD_SIGNATURE"
+
+    # PDPA: the markers appear in no audit row, log line or metric.
+    audit_text = "\n".join(str(e) for e in every)
+    logs_text = "\n".join(
+        p.read_text(errors="replace") for p in Path(running_stack.stack.logs_dir).glob("*.log"))
+    access_log = running_stack.stack.access_log.read_text(errors="replace")
+    metrics_text = ""
+    p = running_stack.stack.ports
+    for port in (p.router_metrics, p.adapter_metrics, p.audit_metrics, p.billing_metrics,
+                 p.authz_metrics):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+        metrics_text += (await reader.read()).decode(errors="replace")
+        writer.close()
+    conn = await running_stack.db()
+    try:
+        rows = await conn.fetch(
+            "SELECT row_to_json(t)::text AS j FROM (SELECT * FROM audit.entry_data) t")
+    finally:
+        await conn.close()
+    db_text = "\n".join(r["j"] for r in rows)
+    for marker in (CITIZEN_ID, PATIENT, "Markerpatient", DIAGNOSIS, POLICY):
+        for where, text in (("audit", audit_text), ("logs", logs_text), ("access log", access_log),
+                            ("metrics", metrics_text), ("audit table", db_text)):
+            assert marker not in text, f"{marker!r} found in {where}"
