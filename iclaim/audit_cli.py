@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from iclaim.audit.entry import AuditEntry, entry_leaf_hash
 from iclaim.audit.merkle import MerkleError, verify_inclusion
 from iclaim.audit.note import (
@@ -126,6 +128,9 @@ async def _verify_cmd(args: argparse.Namespace) -> int:
     except NoteError as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 1
+    except asyncpg.UndefinedTableError:
+        print("no audit log in that database (schema audit is missing)", file=sys.stderr)
+        return 2
     if not args.verifier_key:
         print(f"note: trusting the key stored in the database: {vkey} (pin it with "
               "--verifier-key)", file=sys.stderr)
