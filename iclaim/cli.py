@@ -10,7 +10,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from iclaim import audit_cli
+from iclaim import audit_cli, billing_cli
 from iclaim.client.credentials import DEV_CREDENTIALS, load_dev_credentials
 
 
@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=lambda a: asyncio.run(_claim(a)))
 
     audit_cli.register(sub)
+    billing_cli.register(sub)
     return parser
 
 

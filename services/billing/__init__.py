@@ -1,0 +1,1 @@
+"""Online billing and settlement (PROTOCOL.md §9) over a double-entry ledger."""

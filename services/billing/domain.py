@@ -1,0 +1,658 @@
+"""Billing rules (PROTOCOL.md §9) as pure functions: validation, what each event
+posts to the ledger, invoice status and statement arithmetic. No grpc, no SQL.
+
+Ledger (per hospital–insurer pair; a line is + debit, - credit, in satang):
+  approval   Dr receivable A            / Cr revenue A
+  payment    Dr cash P, Dr adj_<group> J / Cr receivable (up to what is due),
+                                          Cr overpayment (the excess)
+  WO/FB      Dr overpayment R           / Cr cash R   (recovering an overpayment)
+  L6/72      Dr cash -a                 / Cr plb_<code> -a
+What the insurer owes the hospital = receivable + overpayment (overpayment is a
+credit balance, so it counts against).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+BANGKOK = ZoneInfo("Asia/Bangkok")
+MAX_SATANG = 10**15
+MAX_LINES = 1000
+DEFAULT_CREDIT_DAYS = 15
+MIN_DATE = date(2000, 1, 1)
+MAX_DATE = date(2100, 12, 31)
+CAS_GROUPS = frozenset({"CO", "PR", "OA", "PI", "CR"})
+PLB_CODES = frozenset({"WO", "FB", "L6", "72"})
+RECOVERY_CODES = frozenset({"WO", "FB"})
+APPROVED_STATES = frozenset({"APPROVED", "PARTIALLY_APPROVED"})
+OPEN_STATUSES = frozenset({"SUBMITTED", "ACKNOWLEDGED", "PARTIALLY_PAID"})
+# Accounts whose balance is what the insurer owes the hospital.
+OWED_ACCOUNTS = ("receivable", "overpayment")
+
+_HOSPITAL = re.compile(r"^[0-9]{5}$")
+_INSURER = re.compile(r"^[A-Z0-9_]{2,16}$")
+_REF = re.compile(r"^[A-Za-z0-9._/:-]{1,64}$")
+_REASON = re.compile(r"^[A-Za-z0-9]{1,8}$")
+
+
+# --- refusals (the service maps them to the §7 error model) -------------------
+class Refused(Exception):
+    kind = "invalid"
+
+    def __init__(self, message: str, reason: str, metadata: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+
+
+class Invalid(Refused):
+    kind = "invalid"
+
+
+class NotFoundErr(Refused):
+    kind = "not_found"
+
+
+class Conflict(Refused):
+    """Same idempotency key, different content."""
+
+    kind = "exists"
+
+
+class Precondition(Refused):
+    kind = "precondition"
+
+
+def offending(message: str, reason: str, problems: Mapping[str, str]) -> Precondition:
+    """Precondition failure naming the offending transaction ids (and why) in
+    ErrorInfo metadata: transaction_ids="a,b", and one key per id."""
+    ids = sorted(problems)
+    meta = {"transaction_ids": ",".join(ids)}
+    for tx in ids[:50]:
+        meta[f"tx_{_meta_key(tx)}"] = problems[tx]
+    return Precondition(f"{message}: {', '.join(ids)}", reason, meta)
+
+
+def _meta_key(tx: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", tx)[:60]
+
+
+# --- validation helpers ---------------------------------------------------------
+def check_amount(value: int, what: str, *, allow_negative: bool = False) -> int:
+    if not -MAX_SATANG <= value <= MAX_SATANG:
+        raise Invalid(f"{what} out of range (|amount| <= 10^15 satang)", "AMOUNT_OUT_OF_RANGE")
+    if value < 0 and not allow_negative:
+        raise Invalid(f"{what} must not be negative", "NEGATIVE_AMOUNT")
+    return value
+
+
+def check_sum(values: Iterable[int], what: str) -> int:
+    total = 0
+    for v in values:
+        total += v
+        if not -MAX_SATANG <= total <= MAX_SATANG:
+            raise Invalid(f"{what} overflows (|sum| <= 10^15 satang)", "AMOUNT_OUT_OF_RANGE")
+    return total
+
+
+def check_hospital(code: str) -> str:
+    if not _HOSPITAL.match(code):
+        raise Invalid("hospital code must be 5 digits", "INVALID_HOSPITAL_CODE")
+    return code
+
+
+def check_insurer(code: str) -> str:
+    if not _INSURER.match(code):
+        raise Invalid("insurer code must be 2-16 of [A-Z0-9_]", "INVALID_INSURER_CODE")
+    return code
+
+
+def check_ref(value: str, what: str, reason: str) -> str:
+    if not _REF.match(value):
+        raise Invalid(f"{what} must be 1-64 of [A-Za-z0-9._/:-]", reason)
+    return value
+
+
+def check_transaction_id(tx: str) -> str:
+    if not tx or len(tx) > 128 or not tx.isprintable() or tx.strip() != tx:
+        raise Invalid("transaction_id must be 1-128 printable characters", "INVALID_TRANSACTION_ID")
+    return tx
+
+
+def check_timestamp(ts: datetime, what: str, now: datetime) -> datetime:
+    if ts.tzinfo is None:
+        raise Invalid(f"{what} needs a time zone", "DATE_OUT_OF_RANGE")
+    if not (datetime.combine(MIN_DATE, time(), BANGKOK) <= ts <= now + timedelta(days=1)):
+        raise Invalid(f"{what} out of range (2000-01-01 .. tomorrow)", "DATE_OUT_OF_RANGE")
+    return ts
+
+
+def check_period(start: date, end: date) -> None:
+    if not (MIN_DATE <= start <= MAX_DATE and MIN_DATE <= end <= MAX_DATE):
+        raise Invalid("period dates must be within 2000-01-01 .. 2100-12-31", "DATE_OUT_OF_RANGE")
+    if start > end:
+        raise Invalid("period_start is after period_end", "DATE_OUT_OF_RANGE")
+
+
+def bangkok_date(ts: datetime) -> date:
+    return ts.astimezone(BANGKOK).date()
+
+
+def day_start(d: date) -> datetime:
+    """00:00 Asia/Bangkok of d, as an aware datetime."""
+    return datetime.combine(d, time(), BANGKOK)
+
+
+def sha256_json(obj: object) -> str:
+    raw = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+# --- ledger drafts ------------------------------------------------------------
+@dataclass(frozen=True)
+class LineDraft:
+    account_kind: str
+    amount: int  # + debit, - credit
+    transaction_id: str | None = None
+
+
+@dataclass(frozen=True)
+class JournalDraft:
+    idem_key: str
+    kind: str  # APPROVAL | PAYMENT | ADJUSTMENT | REVERSAL
+    hospital_code: str
+    insurer_code: str
+    reference: str
+    description: str
+    effective_at: datetime
+    lines: tuple[LineDraft, ...]
+
+    @property
+    def content_sha256(self) -> str:
+        return sha256_json(
+            {
+                "kind": self.kind,
+                "pair": [self.hospital_code, self.insurer_code],
+                "reference": self.reference,
+                "effective_at": self.effective_at.isoformat(),
+                "lines": [[ln.account_kind, ln.amount, ln.transaction_id] for ln in self.lines],
+            }
+        )
+
+    def check_balanced(self) -> None:
+        if sum(ln.amount for ln in self.lines) != 0 or len(self.lines) < 2:
+            raise AssertionError(f"unbalanced journal draft {self.idem_key}")
+
+
+# --- decisions ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Decision:
+    transaction_id: str
+    hospital_code: str
+    insurer_code: str
+    state: str  # APPROVED | PARTIALLY_APPROVED | DENIED (others are ignored)
+    approved_satang: int
+    decided_at: datetime
+
+    def same_as(self, other: Decision) -> bool:
+        return (self.hospital_code, self.insurer_code, self.state, self.approved_satang) == (
+            other.hospital_code, other.insurer_code, other.state, other.approved_satang
+        )
+
+
+def approval_journal(d: Decision) -> JournalDraft | None:
+    if d.state not in APPROVED_STATES or d.approved_satang == 0:
+        return None
+    a = d.approved_satang
+    return JournalDraft(
+        idem_key=f"approval:{d.transaction_id}",
+        kind="APPROVAL",
+        hospital_code=d.hospital_code,
+        insurer_code=d.insurer_code,
+        reference=d.transaction_id,
+        description=f"claim {d.transaction_id} {d.state.lower().replace('_', ' ')}",
+        effective_at=d.decided_at,
+        lines=(
+            LineDraft("receivable", a, d.transaction_id),
+            LineDraft("revenue", -a, d.transaction_id),
+        ),
+    )
+
+
+# --- claims and invoices ---------------------------------------------------------
+@dataclass(frozen=True)
+class ClaimDue:
+    transaction_id: str
+    hospital_code: str
+    insurer_code: str
+    state: str
+    approved_satang: int
+    settled_satang: int
+
+    @property
+    def remaining(self) -> int:
+        return self.approved_satang - self.settled_satang
+
+
+def plan_invoice(
+    hospital: str,
+    insurer: str,
+    transaction_ids: Sequence[str],
+    claims: Mapping[str, ClaimDue],
+    open_invoice_of: Mapping[str, str],
+) -> int:
+    """Returns the invoice total, or refuses naming every offending claim."""
+    problems: dict[str, str] = {}
+    total = 0
+    for tx in transaction_ids:
+        c = claims.get(tx)
+        if c is None or c.hospital_code != hospital or c.state not in APPROVED_STATES:
+            problems[tx] = "NOT_APPROVED"  # also another hospital's claim: no enumeration
+        elif c.insurer_code != insurer:
+            problems[tx] = "OTHER_INSURER"
+        elif tx in open_invoice_of:
+            problems[tx] = "ON_OPEN_INVOICE"
+        elif c.remaining <= 0:
+            problems[tx] = "NOTHING_DUE"
+        else:
+            total += c.approved_satang
+    if problems:
+        raise offending("claims cannot be invoiced", "CLAIMS_NOT_INVOICEABLE", problems)
+    return check_sum([total], "invoice total")
+
+
+def stored_status(total: int, paid: int, acknowledged: bool, voided: bool = False) -> str:
+    if voided:
+        return "VOID"
+    if paid >= total:
+        return "PAID"
+    if paid > 0:
+        return "PARTIALLY_PAID"
+    return "ACKNOWLEDGED" if acknowledged else "SUBMITTED"
+
+
+def shown_status(stored: str, due_date: date | None, today: date) -> str:
+    """OVERDUE is derived: an open invoice past its due date."""
+    if stored in OPEN_STATUSES and due_date is not None and today > due_date:
+        return "OVERDUE"
+    return stored
+
+
+def due_date_for(acknowledged_at: datetime, credit_days: int) -> date:
+    return bangkok_date(acknowledged_at) + timedelta(days=credit_days)
+
+
+# --- payments -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Adjustment:
+    group: str
+    reason_code: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class PaymentLine:
+    transaction_id: str
+    paid: int
+    adjustments: tuple[Adjustment, ...] = ()
+
+    @property
+    def settles(self) -> int:
+        return self.paid + sum(a.amount for a in self.adjustments)
+
+
+@dataclass(frozen=True)
+class ProviderAdjustment:
+    code: str
+    reference: str
+    amount: int
+    hospital_code: str = ""
+
+
+@dataclass(frozen=True)
+class PaymentInput:
+    insurer_code: str
+    trace_no: str
+    paid_at: datetime
+    total: int
+    lines: tuple[PaymentLine, ...]
+    provider_adjustments: tuple[ProviderAdjustment, ...] = ()
+
+    def canonical(self) -> dict[str, object]:
+        return {
+            "trace_no": self.trace_no,
+            "paid_at": self.paid_at.astimezone(BANGKOK).isoformat(),
+            "total_satang": self.total,
+            "lines": [
+                {
+                    "transaction_id": ln.transaction_id,
+                    "paid_satang": ln.paid,
+                    "adjustments": [
+                        {"group": a.group, "reason_code": a.reason_code, "amount_satang": a.amount}
+                        for a in ln.adjustments
+                    ],
+                }
+                for ln in self.lines
+            ],
+            "provider_adjustments": [
+                {
+                    "code": p.code,
+                    "reference": p.reference,
+                    "amount_satang": p.amount,
+                    "hospital_code": p.hospital_code,
+                }
+                for p in self.provider_adjustments
+            ],
+        }
+
+    @property
+    def content_sha256(self) -> str:
+        return sha256_json(self.canonical())
+
+
+def payment_from_canonical(insurer: str, body: Mapping[str, object]) -> PaymentInput:
+    lines = body["lines"]
+    plbs = body["provider_adjustments"]
+    assert isinstance(lines, list) and isinstance(plbs, list)
+    return PaymentInput(
+        insurer_code=insurer,
+        trace_no=str(body["trace_no"]),
+        paid_at=datetime.fromisoformat(str(body["paid_at"])),
+        total=int(str(body["total_satang"])),
+        lines=tuple(
+            PaymentLine(
+                ln["transaction_id"],
+                ln["paid_satang"],
+                tuple(Adjustment(a["group"], a["reason_code"], a["amount_satang"])
+                      for a in ln["adjustments"]),
+            )
+            for ln in lines
+        ),
+        provider_adjustments=tuple(
+            ProviderAdjustment(p["code"], p["reference"], p["amount_satang"], p["hospital_code"])
+            for p in plbs
+        ),
+    )
+
+
+def validate_payment(p: PaymentInput, now: datetime) -> None:
+    """Everything that can be checked without the ledger. Refuses; changes nothing."""
+    check_ref(p.trace_no, "trace_no", "INVALID_TRACE_NO")
+    check_timestamp(p.paid_at, "paid_at", now)
+    check_amount(p.total, "total_satang")
+    if not p.lines and not p.provider_adjustments:
+        raise Invalid("a payment needs lines or provider adjustments", "EMPTY_PAYMENT")
+    if len(p.lines) > MAX_LINES or len(p.provider_adjustments) > MAX_LINES:
+        raise Invalid(f"at most {MAX_LINES} lines per payment", "TOO_MANY_LINES")
+    seen: set[str] = set()
+    for ln in p.lines:
+        check_transaction_id(ln.transaction_id)
+        if ln.transaction_id in seen:
+            raise Invalid(f"claim {ln.transaction_id} appears on two lines", "DUPLICATE_LINE")
+        seen.add(ln.transaction_id)
+        check_amount(ln.paid, "paid_satang")
+        for a in ln.adjustments:
+            if a.group not in CAS_GROUPS:
+                raise Invalid("adjustment group must be CO, PR, OA, PI or CR", "INVALID_ADJUSTMENT")
+            if not _REASON.match(a.reason_code):
+                raise Invalid("adjustment reason_code must be 1-8 alphanumerics",
+                              "INVALID_ADJUSTMENT")
+            check_amount(a.amount, "adjustment amount", allow_negative=True)
+            if a.amount == 0:
+                raise Invalid("adjustment amount must not be zero", "INVALID_ADJUSTMENT")
+        settles = check_sum([ln.paid, *(a.amount for a in ln.adjustments)], "line")
+        if settles < 0:
+            raise Invalid(f"line for {ln.transaction_id} settles a negative amount",
+                          "NEGATIVE_AMOUNT")
+    for plb in p.provider_adjustments:
+        if plb.code not in PLB_CODES:
+            raise Invalid("provider adjustment code must be WO, FB, L6 or 72",
+                          "INVALID_PROVIDER_ADJUSTMENT")
+        if len(plb.reference) > 64 or not plb.reference.isprintable():
+            raise Invalid("provider adjustment reference too long", "INVALID_PROVIDER_ADJUSTMENT")
+        check_amount(plb.amount, "provider adjustment amount", allow_negative=True)
+        if plb.amount == 0:
+            raise Invalid("provider adjustment amount must not be zero",
+                          "INVALID_PROVIDER_ADJUSTMENT")
+        if plb.code in RECOVERY_CODES and plb.amount < 0:
+            raise Invalid(f"{plb.code} recovers an overpayment: amount must be positive",
+                          "INVALID_PROVIDER_ADJUSTMENT")
+        if plb.hospital_code:
+            check_hospital(plb.hospital_code)
+    paid = check_sum([ln.paid for ln in p.lines], "lines")
+    plb_sum = check_sum([a.amount for a in p.provider_adjustments], "provider adjustments")
+    if check_sum([paid, -plb_sum], "payment") != p.total:
+        raise Invalid(
+            f"total_satang {p.total} != lines {paid} - provider adjustments {plb_sum}",
+            "PAYMENT_UNBALANCED",
+        )
+
+
+@dataclass
+class PaymentPlan:
+    journals: list[JournalDraft]
+    settled: dict[str, int]  # transaction_id -> amount taken off what is due
+    now_paid: list[str]  # claims with nothing left due after this payment
+    hospitals: list[str]
+
+
+def plan_payment(
+    p: PaymentInput,
+    claims: Mapping[str, ClaimDue],
+    overpayment_held: Mapping[str, int],
+) -> PaymentPlan:
+    """What a validated payment posts, given the current dues of its claims and
+    the overpayment held per hospital (positive = owed back to the insurer)."""
+    problems = {
+        ln.transaction_id: "NOT_PAYABLE"
+        for ln in p.lines
+        if (c := claims.get(ln.transaction_id)) is None
+        or c.insurer_code != p.insurer_code
+        or c.state not in APPROVED_STATES
+    }
+    if problems:
+        raise offending("lines name claims that are not this insurer's approved claims",
+                        "CLAIMS_NOT_PAYABLE", problems)
+    hospitals = sorted({claims[ln.transaction_id].hospital_code for ln in p.lines})
+    by_hospital: dict[str, list[LineDraft]] = {}
+    settled: dict[str, int] = {}
+    now_paid: list[str] = []
+    held = {h: overpayment_held.get(h, 0) for h in hospitals}
+    for ln in p.lines:
+        c = claims[ln.transaction_id]
+        tx = c.transaction_id
+        drafts = by_hospital.setdefault(c.hospital_code, [])
+        if ln.paid:
+            drafts.append(LineDraft("cash", ln.paid, tx))
+        for a in ln.adjustments:
+            drafts.append(LineDraft(f"adj_{a.group}", a.amount, tx))
+        s = ln.settles
+        applied = min(s, c.remaining)
+        excess = s - applied
+        if applied:
+            drafts.append(LineDraft("receivable", -applied, tx))
+            settled[tx] = applied
+            if applied == c.remaining:
+                now_paid.append(tx)
+        if excess:
+            drafts.append(LineDraft("overpayment", -excess, tx))
+            held[c.hospital_code] = held.get(c.hospital_code, 0) + excess
+    journals = [
+        JournalDraft(
+            idem_key=f"payment:{p.insurer_code}:{p.trace_no}:{h}",
+            kind="PAYMENT",
+            hospital_code=h,
+            insurer_code=p.insurer_code,
+            reference=p.trace_no,
+            description=f"payment {p.trace_no}",
+            effective_at=p.paid_at,
+            lines=tuple(by_hospital[h]),
+        )
+        for h in hospitals
+        if by_hospital[h] and any(d.amount for d in by_hospital[h])
+    ]
+    # Lines that settle 0 (paid 0, no adjustments) post nothing.
+    journals = [j for j in journals if len(j.lines) >= 2]
+    all_hospitals = set(hospitals)
+    for i, plb in enumerate(p.provider_adjustments):
+        h = plb.hospital_code
+        if not h:
+            if len(hospitals) != 1:
+                raise Invalid(
+                    "provider adjustment needs hospital_code unless the lines name one hospital",
+                    "PROVIDER_ADJUSTMENT_HOSPITAL_REQUIRED",
+                )
+            h = hospitals[0]
+        all_hospitals.add(h)
+        if plb.code in RECOVERY_CODES:
+            have = held.get(h, overpayment_held.get(h, 0))
+            if plb.amount > have:
+                raise Precondition(
+                    f"{plb.code} recovers {plb.amount} but only {have} is held as overpayment "
+                    f"for hospital {h}",
+                    "NOTHING_TO_RECOVER",
+                    {"hospital_code": h, "held_satang": str(have)},
+                )
+            held[h] = have - plb.amount
+            lines = (LineDraft("overpayment", plb.amount), LineDraft("cash", -plb.amount))
+        else:
+            lines = (LineDraft("cash", -plb.amount), LineDraft(f"plb_{plb.code}", plb.amount))
+        journals.append(
+            JournalDraft(
+                idem_key=f"payment:{p.insurer_code}:{p.trace_no}:plb:{i}",
+                kind="ADJUSTMENT",
+                hospital_code=h,
+                insurer_code=p.insurer_code,
+                reference=p.trace_no,
+                description=f"{plb.code} {plb.reference}".strip(),
+                effective_at=p.paid_at,
+                lines=lines,
+            )
+        )
+    for j in journals:
+        j.check_balanced()
+    return PaymentPlan(journals, settled, now_paid, sorted(all_hospitals))
+
+
+# --- statements -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Movement:
+    """One statement line before running balances: amount is the change in what
+    the insurer owes the hospital."""
+
+    occurred_at: datetime
+    kind: str
+    reference: str
+    description: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class StatementLineOut:
+    occurred_at: datetime
+    kind: str
+    reference: str
+    description: str
+    amount: int
+    running_balance: int
+
+
+@dataclass(frozen=True)
+class AgingOut:
+    current: int = 0
+    d1_30: int = 0
+    d31_60: int = 0
+    d61_90: int = 0
+    over_90: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.current + self.d1_30 + self.d31_60 + self.d61_90 + self.over_90
+
+
+@dataclass(frozen=True)
+class OutstandingItem:
+    amount: int  # what remains due on a claim as of the statement's end
+    due_date: date | None
+
+
+@dataclass(frozen=True)
+class StatementOut:
+    hospital_code: str
+    insurer_code: str
+    period_start: date
+    period_end: date
+    opening: int
+    closing: int
+    lines: tuple[StatementLineOut, ...]
+    aging: AgingOut
+    closing_text_th: str
+
+
+def aging_of(items: Iterable[OutstandingItem], overpayment: int, as_of: date) -> AgingOut:
+    """Buckets by days past due as of `as_of`. An overpayment held (a negative
+    amount here) is current: it is owed back now."""
+    b = {"current": overpayment, "d1_30": 0, "d31_60": 0, "d61_90": 0, "over_90": 0}
+    for it in items:
+        days = (as_of - it.due_date).days if it.due_date is not None else 0
+        key = (
+            "current" if days <= 0 else
+            "d1_30" if days <= 30 else
+            "d31_60" if days <= 60 else
+            "d61_90" if days <= 90 else "over_90"
+        )
+        b[key] += it.amount
+    return AgingOut(**b)
+
+
+def build_statement(
+    hospital: str,
+    insurer: str,
+    start: date,
+    end: date,
+    opening: int,
+    movements: Sequence[Movement],
+    aging: AgingOut,
+    text_th: str,
+) -> StatementOut:
+    running = opening
+    out: list[StatementLineOut] = []
+    for m in sorted(movements, key=lambda m: m.occurred_at):
+        running += m.amount
+        out.append(StatementLineOut(m.occurred_at, m.kind, m.reference, m.description,
+                                    m.amount, running))
+    return StatementOut(hospital, insurer, start, end, opening, running, tuple(out), aging,
+                        text_th)
+
+
+# --- reconciliation ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # UNMATCHED_PAYMENT_LINE | APPROVED_UNPAID_PAST_DUE | OVERPAYMENT
+    hospital_code: str
+    insurer_code: str
+    reference: str
+    amount: int
+    detail: str
+
+
+@dataclass
+class Reconciliation:
+    month: str
+    findings: list[Finding] = field(default_factory=list)
+
+
+def month_bounds(month: str) -> tuple[date, date]:
+    m = re.match(r"^(\d{4})-(\d{2})$", month)
+    if not m or not 1 <= int(m.group(2)) <= 12:
+        raise Invalid("month must be YYYY-MM", "DATE_OUT_OF_RANGE")
+    first = date(int(m.group(1)), int(m.group(2)), 1)
+    nxt = date(first.year + (first.month == 12), first.month % 12 + 1, 1)
+    check_period(first, nxt - timedelta(days=1))
+    return first, nxt - timedelta(days=1)

@@ -1,0 +1,46 @@
+"""Read models the service returns (plain data; the servicer turns them into protos)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from services.billing.domain import PaymentInput
+
+
+@dataclass(frozen=True)
+class InvoiceView:
+    invoice_id: str
+    invoice_ref: str
+    hospital_code: str
+    insurer_code: str
+    transaction_ids: tuple[str, ...]
+    total_satang: int
+    paid_satang: int
+    status: str
+    submitted_at: datetime
+    acknowledged_at: datetime | None
+    due_date: date | None
+
+
+@dataclass(frozen=True)
+class PaymentView:
+    payment_id: str
+    payment: PaymentInput
+    hospital_codes: tuple[str, ...]
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class PaymentResult:
+    view: PaymentView
+    # Newly fully paid invoices: (insurer_code, days from submission to payment),
+    # for the days-to-pay histogram. Empty when the payment was a replay.
+    invoices_paid: tuple[tuple[str, float], ...] = ()
+    replay: bool = False
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    invoices_by_status: dict[str, int]
+    outstanding_by_insurer: dict[str, int]
+    overdue_by_insurer: dict[str, int]
