@@ -1,0 +1,105 @@
+"""Billing for both sides (PROTOCOL.md §9): invoices, payments, statements."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.type import date_pb2
+
+from iclaim.client.channel import gateway_channel
+from iclaim.client.credentials import Credentials
+from iclaim.v1 import billing_service_pb2 as bpb
+from iclaim.v1 import billing_service_pb2_grpc
+
+DEFAULT_TIMEOUT_S = 10.0
+
+
+def to_date(d: date) -> date_pb2.Date:
+    return date_pb2.Date(year=d.year, month=d.month, day=d.day)
+
+
+class BillingClient:
+    def __init__(self, creds: Credentials) -> None:
+        self.creds = creds
+        self.channel = gateway_channel(creds)
+        self.stub = billing_service_pb2_grpc.BillingServiceStub(self.channel)
+
+    async def __aenter__(self) -> BillingClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.channel.close()
+
+    async def create_invoice(
+        self, invoice_ref: str, insurer_code: str, transaction_ids: Sequence[str]
+    ) -> bpb.Invoice:
+        return await self.stub.CreateInvoice(
+            bpb.CreateInvoiceRequest(
+                invoice_ref=invoice_ref,
+                insurer_code=insurer_code,
+                transaction_ids=list(transaction_ids),
+            ),
+            timeout=DEFAULT_TIMEOUT_S,
+        )
+
+    async def get_invoice(self, invoice_id: str) -> bpb.Invoice:
+        return await self.stub.GetInvoice(
+            bpb.GetInvoiceRequest(invoice_id=invoice_id), timeout=DEFAULT_TIMEOUT_S
+        )
+
+    async def list_invoices(self, counterparty_code: str) -> list[bpb.Invoice]:
+        out: list[bpb.Invoice] = []
+        token = ""
+        while True:
+            resp = await self.stub.ListInvoices(
+                bpb.ListInvoicesRequest(
+                    counterparty_code=counterparty_code, page_size=100, page_token=token
+                ),
+                timeout=DEFAULT_TIMEOUT_S,
+            )
+            out.extend(resp.invoices)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    async def acknowledge_invoice(self, invoice_id: str) -> bpb.Invoice:
+        return await self.stub.AcknowledgeInvoice(
+            bpb.AcknowledgeInvoiceRequest(invoice_id=invoice_id), timeout=DEFAULT_TIMEOUT_S
+        )
+
+    async def post_payment(
+        self,
+        trace_no: str,
+        paid_at: datetime,
+        lines: Sequence[bpb.PaymentLine],
+        provider_adjustments: Sequence[bpb.ProviderAdjustment] = (),
+        total_satang: int | None = None,
+    ) -> bpb.Payment:
+        """Posts a remittance; `total_satang` defaults to the balanced total."""
+        ts = Timestamp()
+        ts.FromDatetime(paid_at)
+        if total_satang is None:
+            total_satang = sum(line.paid_satang for line in lines) - sum(
+                a.amount_satang for a in provider_adjustments
+            )
+        return await self.stub.PostPayment(
+            bpb.PostPaymentRequest(
+                trace_no=trace_no,
+                paid_at=ts,
+                total_satang=total_satang,
+                lines=list(lines),
+                provider_adjustments=list(provider_adjustments),
+            ),
+            timeout=DEFAULT_TIMEOUT_S,
+        )
+
+    async def statement(self, counterparty_code: str, start: date, end: date) -> bpb.Statement:
+        return await self.stub.GetStatement(
+            bpb.GetStatementRequest(
+                counterparty_code=counterparty_code,
+                period_start=to_date(start),
+                period_end=to_date(end),
+            ),
+            timeout=DEFAULT_TIMEOUT_S,
+        )
