@@ -58,9 +58,15 @@ def register(subparsers: Any) -> None:
     trail = sub.add_parser(
         "trail", help="fetch and verify one principal's own entries (inclusion proofs)"
     )
-    trail.add_argument("--principal", required=True)
+    trail.add_argument(
+        "--principal", default=None, help="default: the principal of --as (through the gateway)"
+    )
     trail.add_argument("--transaction-id", default="")
-    trail.add_argument("--target", default=os.environ.get("ICLAIM_AUDIT_TARGET", DEFAULT_TARGET))
+    trail.add_argument(
+        "--target",
+        default=None,
+        help="the internal audit service (operators); default: the public trail via the gateway",
+    )
     trail.add_argument("--verifier-key", default=os.environ.get("ICLAIM_AUDIT_VERIFIER_KEY"))
     trail.add_argument("--origin", default=os.environ.get("ICLAIM_AUDIT_ORIGIN", DEFAULT_ORIGIN))
     audit.set_defaults(audit_run=run, func=run)
@@ -258,8 +264,27 @@ async def verify_trail(
     return report
 
 
+def _gateway_stub(args: argparse.Namespace) -> tuple[Any, Any]:
+    from iclaim.audit.gateway_trail import GatewayTrailStub
+    from iclaim.client.channel import gateway_channel
+    from iclaim.client.credentials import load_dev_credentials
+
+    creds = load_dev_credentials(getattr(args, "as_", None), getattr(args, "credentials", None))
+    if args.principal not in (None, creds.code):
+        raise SystemExit("through the gateway a principal sees only its own trail")
+    args.principal = creds.code
+    channel = gateway_channel(creds)
+    return channel, GatewayTrailStub(channel)
+
+
 async def _trail_cmd(args: argparse.Namespace) -> int:
-    channel, stub = _stub(args.target)
+    if args.target:
+        if not args.principal:
+            print("--principal is required with --target", file=sys.stderr)
+            return 2
+        channel, stub = _stub(args.target)
+    else:
+        channel, stub = _gateway_stub(args)
     async with channel:
         try:
             report = await verify_trail(

@@ -25,6 +25,7 @@ from iclaim.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
 from iclaim.registry.cache import DirectoryCache
 from iclaim.registry.store import RegistryStore
 from iclaim.v1 import (
+    audit_trail_service_pb2,
     billing_service_pb2,
     claim_service_pb2,
     claim_service_pb2_grpc,
@@ -49,8 +50,9 @@ log = structlog.get_logger("claim_router")
 PUBLIC_SERVICES = [
     claim_service_pb2.DESCRIPTOR.services_by_name["ClaimService"].full_name,
     insurer_service_pb2.DESCRIPTOR.services_by_name["InsurerService"].full_name,
-    # Served by billing; listed here because the gateway sends reflection to us.
+    # Served by billing and audit_log; listed here because the gateway sends reflection to us.
     billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
+    audit_trail_service_pb2.DESCRIPTOR.services_by_name["AuditTrailService"].full_name,
 ]
 INTERNAL_SERVICES = [
     decision_intake_pb2.DESCRIPTOR.services_by_name["DecisionIntakeService"].full_name,
