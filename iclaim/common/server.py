@@ -3,6 +3,7 @@ size limits, metrics and graceful shutdown on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -71,6 +72,33 @@ def _method_parts(full: str) -> tuple[str, str]:
     return service, method
 
 
+@contextlib.asynccontextmanager
+async def _guarded(
+    service: str, method: str, context: grpc.aio.ServicerContext[Any, Any], bind: dict[str, str]
+) -> AsyncIterator[None]:
+    """One RPC: log context, IclaimError -> status with ErrorInfo, a crash ->
+    INTERNAL (never UNKNOWN), and the RPC metrics, for unary and streams alike."""
+    start = time.perf_counter()
+    code = "OK"
+    with structlog.contextvars.bound_contextvars(**bind):
+        try:
+            yield
+        except IclaimError as err:
+            code = err.code.name
+            log.info("rpc_error", code=code, reason=err.reason, error=err.message)
+            await _abort(context, err)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            log.exception("rpc_crash")
+            await _abort(context, Internal("internal error", reason="INTERNAL"))
+        finally:
+            RPC_REQUESTS.labels(service, method, code).inc()
+            RPC_LATENCY.labels(service, method).observe(time.perf_counter() - start)
+
+
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Maps IclaimError to status+ErrorInfo, binds log context, records metrics."""
 
@@ -92,25 +120,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                start = time.perf_counter()
-                code = "OK"
-                with structlog.contextvars.bound_contextvars(**bind, **_request_ids(request)):
-                    try:
-                        return await inner(request, context)
-                    except IclaimError as err:
-                        code = err.code.name
-                        log.info("rpc_error", code=code, reason=err.reason, error=err.message)
-                        await _abort(context, err)
-                    except (asyncio.CancelledError, grpc.aio.AbortError):
-                        code = "CANCELLED"
-                        raise
-                    except Exception:
-                        code = "INTERNAL"
-                        log.exception("rpc_crash")
-                        await _abort(context, Internal("internal error", reason="INTERNAL"))
-                    finally:
-                        RPC_REQUESTS.labels(service, method, code).inc()
-                        RPC_LATENCY.labels(service, method).observe(time.perf_counter() - start)
+                async with _guarded(service, method, context, {**bind, **_request_ids(request)}):
+                    return await inner(request, context)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
@@ -124,26 +135,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             async def stream(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                start = time.perf_counter()
-                code = "OK"
-                with structlog.contextvars.bound_contextvars(**bind, **_request_ids(request)):
-                    try:
-                        async for item in inner_stream(request, context):
-                            yield item
-                    except IclaimError as err:
-                        code = err.code.name
-                        log.info("rpc_error", code=code, reason=err.reason, error=err.message)
-                        await _abort(context, err)
-                    except (asyncio.CancelledError, grpc.aio.AbortError):
-                        code = "CANCELLED"
-                        raise
-                    except Exception:
-                        code = "INTERNAL"
-                        log.exception("rpc_crash")
-                        await _abort(context, Internal("internal error", reason="INTERNAL"))
-                    finally:
-                        RPC_REQUESTS.labels(service, method, code).inc()
-                        RPC_LATENCY.labels(service, method).observe(time.perf_counter() - start)
+                async with _guarded(service, method, context, {**bind, **_request_ids(request)}):
+                    async for item in inner_stream(request, context):
+                        yield item
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,
