@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
@@ -9,10 +10,12 @@ import structlog
 _configured = False
 
 
-def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
+def configure_logging(level: str | None = None, *, json: bool | None = None) -> None:
+    """Level from the argument, else ICLAIM_LOG_LEVEL, else INFO."""
     global _configured
     if _configured:
         return
+    level = level or os.environ.get("ICLAIM_LOG_LEVEL") or "INFO"
     if json is None:
         json = not sys.stderr.isatty()
     renderer: structlog.types.Processor = (
