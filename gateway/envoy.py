@@ -15,6 +15,7 @@ Layout
       routes (exact method paths from gateway.authz.policy, gRPC only):
         iclaim.v1.ClaimService/*, iclaim.v1.InsurerService/*  -> cluster `router`
         iclaim.v1.BillingService/*                            -> cluster `billing`
+        iclaim.v1.AuditTrailService/*                         -> cluster `audit`
         grpc.health.v1.Health/*, grpc.reflection.v1{,alpha}.ServerReflection/*
                                    -> cluster `router`, ext_authz disabled
         anything else -> direct_response UNIMPLEMENTED, ext_authz disabled
@@ -22,6 +23,11 @@ Layout
                   ENVOY_JSON_FORMAT) to ICLAIM_ENVOY_ACCESS_LOG, denials included
     upstreams: plaintext HTTP/2 (ICLAIM_ROUTER_TARGET, ICLAIM_BILLING_TARGET,
                ICLAIM_AUTHZ_TARGET); admin on ICLAIM_ENVOY_ADMIN_ADDR (loopback only)
+
+Mutual TLS (optional): with ICLAIM_GATEWAY_CLIENT_CA set to a CA PEM, Envoy
+asks for a client certificate, fails the handshake for one not issued by that
+CA, and hands the verified certificate to ext_authz (include_peer_certificate),
+which binds it to the signing principal (gateway/authz/clientcert.py).
 
 Runtime files under ICLAIM_STATE_DIR (default .iclaim/dev): tls/ (dev CA and
 server cert, see gateway.tls), envoy.json (rendered bootstrap), the access log.
@@ -81,8 +87,11 @@ class GatewaySettings:
     router: str = "127.0.0.1:50051"
     billing: str = "127.0.0.1:50081"
     authz: str = "127.0.0.1:50091"
+    audit: str = "127.0.0.1:50071"
     state_dir: Path = Path(".iclaim/dev")
     access_log: Path | None = None  # default: state_dir/envoy-access.log
+    client_ca: Path | None = None  # mutual TLS: verify client certs against this CA
+
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -93,9 +102,11 @@ class GatewaySettings:
             admin=env_addr("ICLAIM_ENVOY_ADMIN_ADDR", "127.0.0.1:9901"),
             router=env_addr("ICLAIM_ROUTER_TARGET", "127.0.0.1:50051"),
             billing=env_addr("ICLAIM_BILLING_TARGET", "127.0.0.1:50081"),
+            audit=env_addr("ICLAIM_AUDIT_TARGET", "127.0.0.1:50071"),
             authz=env_addr("ICLAIM_AUTHZ_TARGET", "127.0.0.1:50091"),
             state_dir=state,
             access_log=Path(log),
+            client_ca=Path(ca) if (ca := os.environ.get("ICLAIM_GATEWAY_CLIENT_CA")) else None,
         )
 
     def access_log_path(self) -> Path:
@@ -156,7 +167,9 @@ _NO_AUTHZ = {
 
 def _method_route(method: str) -> dict[str, Any]:
     service = policy.service_of(method)
-    cluster = "billing" if service == policy.BILLING_SERVICE else "router"
+    cluster = {policy.BILLING_SERVICE: "billing", policy.AUDIT_TRAIL_SERVICE: "audit"}.get(
+        service, "router"
+    )
     route: dict[str, Any] = {"cluster": cluster}
     if method in policy.SERVER_STREAMS:
         route["timeout"] = "0s"  # a watch lasts until the decision
@@ -198,8 +211,8 @@ def _fallback_route() -> dict[str, Any]:
     }
 
 
-def _tls_context(tls: TlsPaths) -> dict[str, Any]:
-    return {
+def _tls_context(tls: TlsPaths, client_ca: Path | None = None) -> dict[str, Any]:
+    ctx: dict[str, Any] = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
@@ -218,6 +231,14 @@ def _tls_context(tls: TlsPaths) -> dict[str, Any]:
             },
         },
     }
+    if client_ca is not None:
+        # Optional mutual TLS: a certificate is requested and, when sent, must
+        # chain to this CA (else the handshake fails); the authz binds it to
+        # the signing principal and requires it for principals flagged so.
+        common = ctx["typed_config"]["common_tls_context"]
+        common["validation_context"] = {"trusted_ca": {"filename": str(client_ca)}}
+        ctx["typed_config"]["require_client_certificate"] = False
+    return ctx
 
 
 def _access_log(path: Path) -> dict[str, Any]:
@@ -257,6 +278,8 @@ def _http_filters(authz_timeout_s: float) -> list[dict[str, Any]]:
                     "allow_partial_message": True,
                     "pack_as_bytes": True,
                 },
+                # The verified client certificate (mutual TLS) for the authz to bind.
+                "include_peer_certificate": True,
                 "failure_mode_allow": False,
                 "status_on_error": {"code": "ServiceUnavailable"},
             },
@@ -277,9 +300,11 @@ def render_config(
     router: str = "127.0.0.1:50051",
     billing: str = "127.0.0.1:50081",
     authz: str = "127.0.0.1:50091",
+    audit: str = "127.0.0.1:50071",
     tls: TlsPaths,
     access_log: Path,
     authz_timeout_s: float = AUTHZ_TIMEOUT_S,
+    client_ca: Path | None = None,
 ) -> dict[str, Any]:
     """The Envoy bootstrap (v3) as a JSON-serialisable dict."""
     admin_host, _ = _split(admin)
@@ -326,7 +351,7 @@ def render_config(
                 # Bounds what one connection may buffer (the largest request + slack).
                 "per_connection_buffer_limit_bytes": 2 * MAX_REQUEST_BYTES,
                 "filter_chains": [{
-                    "transport_socket": _tls_context(tls),
+                    "transport_socket": _tls_context(tls, client_ca),
                     "filters": [{
                         "name": "envoy.filters.network.http_connection_manager",
                         "typed_config": hcm,
@@ -336,6 +361,7 @@ def render_config(
             "clusters": [
                 _cluster("router", router),
                 _cluster("billing", billing),
+                _cluster("audit", audit),
                 _cluster("authz", authz),
             ],
         },
@@ -392,9 +418,11 @@ def write_config(settings: GatewaySettings) -> Path:
         admin=settings.admin,
         router=settings.router,
         billing=settings.billing,
+        audit=settings.audit,
         authz=settings.authz,
         tls=tls,
         access_log=log_path.resolve(),
+        client_ca=settings.client_ca.resolve() if settings.client_ca else None,
     )
     path = state / "envoy.json"
     tmp = path.with_suffix(".json.tmp")

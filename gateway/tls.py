@@ -115,11 +115,13 @@ def _server_ok(
     )
 
 
-def _new_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _new_ca(
+    common_name: str = "iClaim dev CA",
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "iClaim development"),
-        x509.NameAttribute(NameOID.COMMON_NAME, "iClaim dev CA"),
+        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
     ])
     now = _now()
     cert = (
@@ -198,3 +200,76 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         serialization.NoEncryption(),
     )
     _write(path, pem, 0o600)
+
+
+# --- mutual TLS (dev): a separate client CA and per-principal client certs -------------
+CLIENT_DAYS = 397
+PRINCIPAL_URI_PREFIX = "iclaim:principal/"
+
+
+@dataclass(frozen=True)
+class ClientCertPaths:
+    cert: Path
+    key: Path
+
+
+def ensure_dev_client_ca(state_dir: Path) -> Path:
+    """The dev CA that issues hospitals' client certificates (point
+    ICLAIM_GATEWAY_CLIENT_CA at the returned PEM); separate from the server CA."""
+    folder = Path(state_dir) / "tls"
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_p, key_p = folder / "client-ca.pem", folder / "client-ca-key.pem"
+    if _load_ca(cert_p, key_p) is None:
+        cert, key = _new_ca(common_name="iClaim dev client CA")
+        _write_key(key_p, key)
+        _write(cert_p, cert.public_bytes(serialization.Encoding.PEM))
+    return cert_p
+
+
+def issue_dev_client_cert(
+    state_dir: Path,
+    principal: str,
+    *,
+    common_name: str | None = None,
+    san_uri: bool = True,
+    name: str | None = None,
+) -> ClientCertPaths:
+    """Issues a client certificate for `principal` from the dev client CA:
+    subject CN = `common_name` (default the principal code) and, unless
+    san_uri is False, SAN URI iclaim:principal/<principal>."""
+    ca_cert_p = ensure_dev_client_ca(state_dir)
+    folder = ca_cert_p.parent
+    loaded = _load_ca(ca_cert_p, folder / "client-ca-key.pem")
+    assert loaded is not None
+    ca_cert, ca_key = loaded
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name or principal)
+        ]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=CLIENT_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+    )
+    if san_uri:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(PRINCIPAL_URI_PREFIX + principal)]
+            ),
+            critical=False,
+        )
+    cert = builder.sign(ca_key, hashes.SHA256())
+    stem = name or f"client-{principal}"
+    paths = ClientCertPaths(folder / f"{stem}.pem", folder / f"{stem}-key.pem")
+    _write_key(paths.key, key)
+    _write(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
+    return paths

@@ -23,6 +23,7 @@ from iclaim.common.access_log import (
 )
 from iclaim.common.errors import IclaimError, PermissionDenied, Unauthenticated
 from iclaim.crypto import signing
+from iclaim.registry.model import SigningKey
 
 # One message for unknown client, unknown key and wrong signature (no enumeration).
 BAD_SIGNATURE_MESSAGE = "request signature is not valid"
@@ -39,12 +40,24 @@ class ReplayGuard(Protocol):
     async def admit(self, client: str, nonce: str, timestamp: int) -> None: ...
 
 
+class RateLimiter(Protocol):
+    async def take(self, principal: str) -> None: ...
+
+
+# Denials that tell the client the server's time so it can fix its clock or
+# pick a timestamp the gateway will accept.
+_TIME_HINT_REASONS = frozenset({"NONCE_STORE_RECOVERING"})
+
+
 @dataclass(frozen=True)
 class CheckInput:
     method: str
     headers: Mapping[str, str]  # lower-case names
     raw_body: bytes
     partial_body: bool = False
+    # Principals a verified TLS client certificate names; None when the
+    # connection presented no client certificate.
+    cert_principals: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,9 +81,11 @@ class Authorizer:
         *,
         clock: Callable[[], float] = time.time,
         max_message_bytes: int = frame.MAX_MESSAGE_BYTES,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._keys = keys
         self._guard = guard
+        self._limiter = limiter
         self._clock = clock
         self._max = max_message_bytes
 
@@ -83,6 +98,8 @@ class Authorizer:
                 {signing.H_SERVER_TIME: str(skew.server_time)},
             )
         except IclaimError as err:
+            if err.reason in _TIME_HINT_REASONS:
+                return Deny(err, {signing.H_SERVER_TIME: str(int(self._clock()))})
             return Deny(err)
 
     async def _check(self, req: CheckInput) -> Allow:
@@ -108,10 +125,13 @@ class Authorizer:
             raise Unauthenticated(BAD_SIGNATURE_MESSAGE, reason="BAD_SIGNATURE")
         if key.suspended:
             raise PermissionDenied("principal is suspended", reason="PRINCIPAL_SUSPENDED")
+        _check_client_cert(key, req.cert_principals)
         if not policy.may_call(key.role, req.method):
             raise PermissionDenied(
                 f"a {key.role} may not call {req.method}", reason="WRONG_ROLE"
             )
+        if self._limiter is not None:
+            await self._limiter.take(key.principal_code)
         derived = messages.derive(req.method, body)
         await self._guard.admit(meta.client, meta.nonce, meta.timestamp)
 
@@ -121,6 +141,23 @@ class Authorizer:
         if derived.envelope_sha256:
             headers[ENVELOPE_SHA_HEADER] = derived.envelope_sha256
         return Allow(key.principal_code, key.role, headers)
+
+
+def _check_client_cert(key: SigningKey, cert_principals: frozenset[str] | None) -> None:
+    """A client certificate, when presented, must name the signing principal;
+    a principal flagged require_mtls must present one."""
+    if cert_principals is None:
+        if getattr(key, "require_mtls", False):
+            raise PermissionDenied(
+                "this principal must connect with its TLS client certificate",
+                reason="CLIENT_CERT_REQUIRED",
+            )
+        return
+    if key.principal_code not in cert_principals:
+        raise PermissionDenied(
+            "the TLS client certificate does not belong to the signing principal",
+            reason="CLIENT_CERT_MISMATCH",
+        )
 
 
 class _Skew(Exception):

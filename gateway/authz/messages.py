@@ -3,24 +3,28 @@ services rely on (transaction id, envelope digest)."""
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 
 from iclaim.common.errors import InvalidArgument
-from iclaim.v1 import billing_service_pb2, claim_service_pb2, insurer_service_pb2
+from iclaim.public_api import public_services
 
 SUBMIT_CLAIM = "/iclaim.v1.ClaimService/SubmitClaim"
+# Only a value that is a safe HTTP header token becomes x-iclaim-transaction-id:
+# CR/LF or a huge value would make Envoy fail the call (UNKNOWN/UNAVAILABLE)
+# instead of letting the service refuse it with INVALID_ARGUMENT.
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]{1,256}")
 
 
 def _request_classes() -> dict[str, type[Message]]:
     out: dict[str, type[Message]] = {}
-    for module in (claim_service_pb2, insurer_service_pb2, billing_service_pb2):
-        for service in module.DESCRIPTOR.services_by_name.values():
-            for method in service.methods:
-                path = f"/{service.full_name}/{method.name}"
-                out[path] = message_factory.GetMessageClass(method.input_type)
+    for service in public_services():
+        for method in service.methods:
+            path = f"/{service.full_name}/{method.name}"
+            out[path] = message_factory.GetMessageClass(method.input_type)
     return out
 
 
@@ -49,7 +53,7 @@ def derive(method: str, body: bytes) -> Derived:
     txn: str | None = None
     tf = fields.get("transaction_id")
     if tf is not None and tf.type == tf.TYPE_STRING and not _repeated(tf):
-        txn = msg.transaction_id or None
+        txn = msg.transaction_id if _HEADER_SAFE.fullmatch(msg.transaction_id) else None
     env: str | None = None
     if method == SUBMIT_CLAIM:
         env = hashlib.sha256(msg.envelope.encode("utf-8")).hexdigest()

@@ -5,6 +5,8 @@ generation this process adopted and then SET NX's the nonce with an absolute
 expiry. A missing or foreign marker means Redis was flushed or restarted empty
 (or a peer already noticed): we resync with PostgreSQL, which remembers the
 generation, and refuse the window of requests a loss could let through.
+A new generation's marker is written to Redis before the generation is
+committed to PostgreSQL, so "committed but no marker" always means a loss.
 
 Limitation: a Redis restored from an old snapshot still holds the marker and
 is not detected; run the nonce Redis without persistence, or with AOF fsync
@@ -62,11 +64,15 @@ def _new_generation() -> str:
     return secrets.token_hex(16)
 
 
+RETRY_NOT_BEFORE_KEY = "retry_not_before"  # ErrorInfo metadata: first accepted timestamp
+
+
 def recovering(recovered_at: float) -> Unavailable:
+    first = replay.retry_not_before(recovered_at)
     return Unavailable(
-        "nonce store is recovering from a loss; retry with a timestamp of at least"
-        f" {replay.retry_not_before(recovered_at)}",
+        f"nonce store is recovering from a loss; retry with a timestamp of at least {first}",
         reason="NONCE_STORE_RECOVERING",
+        metadata={RETRY_NOT_BEFORE_KEY: str(first)},
     )
 
 
@@ -137,38 +143,37 @@ class RedisReplayGuard:
             self._recovered_at = state.recovered_at
 
     async def _sync_once(self) -> MarkerState:
+        """Agrees with PostgreSQL on the current generation, recording a loss
+        when Redis lacks its marker. A generation's marker always goes to Redis
+        before the generation is committed (see replay.sync_action)."""
         for _ in range(4):
             recorded = await self._ledger.current()
             raw = await self._redis.get(MARKER_KEY)
             marker = raw.decode() if isinstance(raw, bytes) else raw
-            action = replay.sync_action(
-                recorded.generation if recorded else None, marker, self._generation
-            )
+            action = replay.sync_action(recorded.generation if recorded else None, marker)
             if action is SyncAction.ADOPT:
                 assert recorded is not None
                 return recorded
             if action is SyncAction.FIRST_BOOT:
-                state = await self._ledger.create_first(_new_generation())
-                # No marker was ever recorded, so whatever Redis holds is not ours.
-                await self._redis.set(MARKER_KEY, state.generation)
-                log.info("nonce_store_initialised")
-                continue
-            if action is SyncAction.PEER_RECOVERED:
-                assert recorded is not None
-                await self._redis.set(MARKER_KEY, recorded.generation, nx=True)
+                # Nothing was ever accepted under any generation: adopt whatever
+                # marker Redis holds (a racing peer's), else ours.
+                await self._redis.set(MARKER_KEY, _new_generation(), nx=True)
+                raw = await self._redis.get(MARKER_KEY)
+                if raw is not None:
+                    await self._ledger.create_first(raw.decode() if isinstance(raw, bytes) else raw)
+                    log.info("nonce_store_initialised")
                 continue
             assert recorded is not None
             now = self._clock()
             fresh = _new_generation()
+            await self._redis.set(MARKER_KEY, fresh)
             state = await self._ledger.record_loss(recorded.generation, fresh, now)
             if state.generation == fresh:
                 await self._redis.set(RECOVERED_KEY, repr(now))
-                await self._redis.set(MARKER_KEY, state.generation)
                 log.warning(
                     "nonce_store_loss_detected",
                     recovered_at=now,
                     refusing_until_timestamp=replay.retry_not_before(now),
                 )
-            else:
-                await self._redis.set(MARKER_KEY, state.generation, nx=True)
+            # Re-read either way: adopt if our marker survived, else go again.
         raise Unavailable("nonce store is resynchronising", reason="NONCE_STORE_RECOVERING")

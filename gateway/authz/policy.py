@@ -20,6 +20,7 @@ BOTH = frozenset({Role.HOSPITAL, Role.INSURER})
 CLAIM_SERVICE = "iclaim.v1.ClaimService"
 INSURER_SERVICE = "iclaim.v1.InsurerService"
 BILLING_SERVICE = "iclaim.v1.BillingService"
+AUDIT_TRAIL_SERVICE = "iclaim.v1.AuditTrailService"
 
 # method path -> roles allowed to call it.
 ALLOWED_ROLES: dict[str, frozenset[Role]] = {
@@ -38,6 +39,11 @@ ALLOWED_ROLES: dict[str, frozenset[Role]] = {
     f"/{BILLING_SERVICE}/AcknowledgeInvoice": INSURER,
     f"/{BILLING_SERVICE}/PostPayment": INSURER,
     f"/{BILLING_SERVICE}/GetStatement": BOTH,
+    # Read-only; the audit service limits every read to the caller's own entries.
+    f"/{AUDIT_TRAIL_SERVICE}/GetAuditCheckpoint": BOTH,
+    f"/{AUDIT_TRAIL_SERVICE}/ListAuditEntries": BOTH,
+    f"/{AUDIT_TRAIL_SERVICE}/GetAuditInclusionProof": BOTH,
+    f"/{AUDIT_TRAIL_SERVICE}/GetAuditConsistencyProof": BOTH,
 }
 
 # Calls that may legitimately take up to ~35 s (decision wait, long poll) and

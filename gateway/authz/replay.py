@@ -50,19 +50,22 @@ def retry_not_before(recovered_at: float) -> int:
 class SyncAction(Enum):
     ADOPT = "adopt"                    # Redis and PostgreSQL agree
     FIRST_BOOT = "first_boot"          # no marker ever existed: not a loss
-    PEER_RECOVERED = "peer_recovered"  # another replica just recorded a recovery
     LOSS = "loss"                      # PostgreSQL remembers a marker Redis lacks
 
 
-def sync_action(recorded: str | None, marker: str | None, cached: str | None) -> SyncAction:
-    """recorded: generation in PostgreSQL; marker: generation in Redis;
-    cached: the generation this process last adopted (None at start-up)."""
+def sync_action(recorded: str | None, marker: str | None, cached: str | None = None) -> SyncAction:
+    """recorded: generation in PostgreSQL; marker: generation in Redis.
+
+    A generation's marker is written to Redis BEFORE the generation is
+    committed to PostgreSQL, so a committed generation whose marker is absent
+    or different always means Redis lost data (or a peer is mid-recovery, in
+    which case recording one more loss costs only milliseconds of extra
+    refusals). `cached` (what this process last adopted) is not needed: an
+    earlier rule that trusted "a peer is between PostgreSQL and Redis" let a
+    second loss right after a recovery go unnoticed."""
+    del cached
     if recorded is None:
         return SyncAction.FIRST_BOOT
     if marker == recorded:
         return SyncAction.ADOPT
-    if marker is None and cached is not None and cached != recorded:
-        # PostgreSQL moved on since we last looked and Redis has no marker yet:
-        # a peer is between recording the recovery and setting the marker.
-        return SyncAction.PEER_RECOVERED
     return SyncAction.LOSS

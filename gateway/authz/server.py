@@ -3,7 +3,9 @@ health, reflection, metrics, graceful shutdown.
 
 Env: ICLAIM_AUTHZ_ADDR (127.0.0.1:50091), ICLAIM_AUTHZ_METRICS_PORT (9105),
 ICLAIM_DATABASE_URL, ICLAIM_REDIS_URL, ICLAIM_MASTER_KEY,
-ICLAIM_AUTHZ_KEY_CACHE_TTL_S (5, at most 5), ICLAIM_LOG_LEVEL.
+ICLAIM_AUTHZ_KEY_CACHE_TTL_S (4, at most 5), ICLAIM_LOG_LEVEL,
+ICLAIM_RATE_LIMIT_PER_S (per verified principal, 200; 0 turns the limit off),
+ICLAIM_RATE_LIMIT_BURST (2 x the rate).
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1.health import aio as _health_aio
 
 from gateway.authz.authorizer import Authorizer
-from gateway.authz.keys import MAX_TTL_S, CachedKeys
+from gateway.authz.keys import DEFAULT_TTL_S, MAX_TTL_S, CachedKeys
 from gateway.authz.nonces import RedisReplayGuard, redis_client
+from gateway.authz.ratelimit import RedisRateLimiter
 from gateway.authz.service import AuthorizationService
 from gateway.authz.store import PgMarkerLedger
 from iclaim.common.config import ConfigError, env_addr, env_float, env_int, env_str
@@ -38,6 +41,7 @@ from iclaim.registry.store import RegistryStore
 
 log = structlog.get_logger("gateway.authz")
 
+DEFAULT_RATE_PER_S = 200.0
 SERVICE_NAME = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
 
 
@@ -47,7 +51,9 @@ class Config:
     metrics_port: int
     database_url: str
     redis_url: str
-    key_cache_ttl_s: float = MAX_TTL_S
+    key_cache_ttl_s: float = DEFAULT_TTL_S
+    rate_limit_per_s: float = DEFAULT_RATE_PER_S
+    rate_limit_burst: int = 2 * int(DEFAULT_RATE_PER_S)
 
     @classmethod
     def from_env(cls) -> Config:
@@ -57,7 +63,13 @@ class Config:
             database_url=env_str("ICLAIM_DATABASE_URL"),
             redis_url=env_str("ICLAIM_REDIS_URL"),
             key_cache_ttl_s=env_float(
-                "ICLAIM_AUTHZ_KEY_CACHE_TTL_S", MAX_TTL_S, lo=0.0, hi=MAX_TTL_S
+                "ICLAIM_AUTHZ_KEY_CACHE_TTL_S", DEFAULT_TTL_S, lo=0.0, hi=MAX_TTL_S
+            ),
+            rate_limit_per_s=(rate := env_float(
+                "ICLAIM_RATE_LIMIT_PER_S", DEFAULT_RATE_PER_S, lo=0.0, hi=1e6
+            )),
+            rate_limit_burst=env_int(
+                "ICLAIM_RATE_LIMIT_BURST", max(1, int(2 * rate)), lo=1, hi=10_000_000
             ),
         )
         if not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
@@ -103,7 +115,14 @@ async def build_server(
         await pool.close()
         raise
     keys = CachedKeys(registry, ttl_s=config.key_cache_ttl_s)
-    authorizer = Authorizer(keys, guard, clock=clock)
+    limiter = (
+        RedisRateLimiter(
+            redis, per_second=config.rate_limit_per_s, burst=config.rate_limit_burst, clock=clock
+        )
+        if config.rate_limit_per_s > 0
+        else None
+    )
+    authorizer = Authorizer(keys, guard, clock=clock, limiter=limiter)
 
     server = new_server()
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(

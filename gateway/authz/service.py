@@ -19,6 +19,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
+from gateway.authz import clientcert
 from gateway.authz.authorizer import Allow, Authorizer, CheckInput, Deny
 from gateway.authz.metrics import CHECK_LATENCY, DECISIONS
 from iclaim.common.access_log import REASON_HEADER
@@ -74,7 +75,10 @@ def deny_response(deny: Deny) -> external_auth_pb2.CheckResponse:
 def check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
     http = request.attributes.request.http
     headers = {k.lower(): v for k, v in http.headers.items()}
+    # Set by Envoy only for a certificate it verified against the client CA.
+    pem = request.attributes.source.certificate
     return CheckInput(
+        cert_principals=clientcert.principals_of(pem) if pem else None,
         method=http.path,
         headers=headers,
         raw_body=http.raw_body,

@@ -11,6 +11,8 @@ import asyncpg
 from iclaim.common.db import apply_migrations
 
 SCHEMA = "gateway"
+# Inside Envoy's 5 s ext_authz deadline (a resync makes a few of these calls).
+_TIMEOUT_S = 1.5
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -44,7 +46,7 @@ class PgMarkerLedger:
 
     async def current(self) -> MarkerState | None:
         row = await self._pool.fetchrow(
-            "SELECT generation, recovered_at FROM gateway.nonce_store_marker", timeout=5
+            "SELECT generation, recovered_at FROM gateway.nonce_store_marker", timeout=_TIMEOUT_S
         )
         return _state(row) if row is not None else None
 
@@ -54,7 +56,7 @@ class PgMarkerLedger:
             "INSERT INTO gateway.nonce_store_marker (generation) VALUES ($1)"
             " ON CONFLICT (singleton) DO NOTHING",
             generation,
-            timeout=5,
+            timeout=_TIMEOUT_S,
         )
         state = await self.current()
         assert state is not None
@@ -72,7 +74,7 @@ class PgMarkerLedger:
                 expected,
                 generation,
                 at,
-                timeout=5,
+                timeout=_TIMEOUT_S,
             )
             if row is not None:
                 await conn.execute(
@@ -81,7 +83,7 @@ class PgMarkerLedger:
                     generation,
                     expected,
                     at,
-                    timeout=5,
+                    timeout=_TIMEOUT_S,
                 )
                 return _state(row)
         state = await self.current()

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from joserfc import jwe
-from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.registry import HeaderParameter
 
@@ -31,6 +30,7 @@ H_AMOUNT = "x-iclaim-amount-satang"
 H_IAT = "x-iclaim-iat"
 PRIVATE_HEADERS = (H_SENDER, H_RECIPIENT, H_CLAIM_REF, H_AMOUNT, H_IAT)
 CLAIM_REF_MAX = 64
+MIN_RSA_BITS = 2048
 
 
 class EnvelopeError(ValueError):
@@ -59,13 +59,21 @@ def sha256_hex(envelope: str) -> str:
     return hashlib.sha256(envelope.encode("utf-8")).hexdigest()
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A repeated member could be read one way here and another way elsewhere.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate member in protected header")
+    return obj
 
 
-def parse_protected_header(envelope: str) -> ProtectedHeader:
-    """Reads and checks the protected header only; never touches the ciphertext."""
-    if len(envelope.encode("utf-8")) > MAX_ENVELOPE_BYTES:
+def _policy_header(envelope: str) -> dict[str, Any]:
+    """The algorithm policy every envelope must meet, before any key is touched:
+    size, five base64url parts, a JSON-object header, no `zip`, no `crit`, and
+    only the allowed alg/enc."""
+    if not isinstance(envelope, str):
+        raise EnvelopeError("ENVELOPE_MALFORMED", "envelope is not a compact JWE string")
+    if len(envelope.encode("utf-8", "surrogatepass")) > MAX_ENVELOPE_BYTES:
         raise EnvelopeError("ENVELOPE_TOO_LARGE", f"envelope exceeds {MAX_ENVELOPE_BYTES} bytes")
     parts = envelope.split(".")
     if len(parts) != 5:
@@ -75,29 +83,37 @@ def parse_protected_header(envelope: str) -> ProtectedHeader:
     for part in parts:
         try:
             b64url_decode(part)
-        except ValueError:
+        except (ValueError, UnicodeError):
             raise EnvelopeError("ENVELOPE_MALFORMED", "envelope part is not base64url") from None
     try:
-        header = json.loads(b64url_decode(parts[0]))
-    except (ValueError, UnicodeDecodeError):
+        header = json.loads(b64url_decode(parts[0]), object_pairs_hook=_unique_object)
+    except (ValueError, UnicodeError, RecursionError):
         raise EnvelopeError("ENVELOPE_MALFORMED", "protected header is not JSON") from None
     if not isinstance(header, dict):
         raise EnvelopeError("ENVELOPE_MALFORMED", "protected header is not a JSON object")
     if "zip" in header:
         raise EnvelopeError("ENVELOPE_ZIP_FORBIDDEN", "zip is forbidden")
-    if header.get("alg") not in ALLOWED_ALGS:
+    alg, enc = header.get("alg"), header.get("enc")
+    # isinstance first: a list or object here is unhashable, not just unknown.
+    if not isinstance(alg, str) or alg not in ALLOWED_ALGS:
         raise EnvelopeError("ENVELOPE_ALG_FORBIDDEN", "alg is not allowed")
-    if header.get("enc") not in ALLOWED_ENCS:
+    if not isinstance(enc, str) or enc not in ALLOWED_ENCS:
         raise EnvelopeError("ENVELOPE_ALG_FORBIDDEN", "enc is not allowed")
     if "crit" in header:
         raise EnvelopeError("ENVELOPE_MALFORMED", "crit is not supported")
+    return header
+
+
+def parse_protected_header(envelope: str) -> ProtectedHeader:
+    """Reads and checks the protected header only; never touches the ciphertext."""
+    header = _policy_header(envelope)
     for name in ("kid", "cty", H_SENDER, H_RECIPIENT, H_CLAIM_REF):
         value = header.get(name)
         if not isinstance(value, str) or not value or len(value) > 256:
             raise EnvelopeError("ENVELOPE_HEADER_MISSING", f"protected header {name} missing")
     for name in (H_AMOUNT, H_IAT):
         value = header.get(name)
-        if not _is_int(value) or not 0 <= value < 2**63:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
             raise EnvelopeError("ENVELOPE_HEADER_MISSING", f"protected header {name} missing")
     if header["cty"] != CONTENT_TYPE:
         raise EnvelopeError("ENVELOPE_MALFORMED", f"cty must be {CONTENT_TYPE}")
@@ -116,11 +132,13 @@ def parse_protected_header(envelope: str) -> ProtectedHeader:
 
 def _registry() -> jwe.JWERegistry:
     extra = {
-        H_SENDER: HeaderParameter("iClaim sender", "str", required=True),
-        H_RECIPIENT: HeaderParameter("iClaim recipient", "str", required=True),
-        H_CLAIM_REF: HeaderParameter("iClaim claim reference", "str", required=True),
-        H_AMOUNT: HeaderParameter("iClaim amount in satang", "int", required=True),
-        H_IAT: HeaderParameter("iClaim sealed-at", "int", required=True),
+        # Optional at this level so the generic policy path can open any
+        # compact JWE; parse_protected_header makes them required for iClaim.
+        H_SENDER: HeaderParameter("iClaim sender", "str"),
+        H_RECIPIENT: HeaderParameter("iClaim recipient", "str"),
+        H_CLAIM_REF: HeaderParameter("iClaim claim reference", "str"),
+        H_AMOUNT: HeaderParameter("iClaim amount in satang", "int"),
+        H_IAT: HeaderParameter("iClaim sealed-at", "int"),
     }
     registry = jwe.JWERegistry(header_registry=extra, algorithms=[*ALLOWED_ALGS, *ALLOWED_ENCS])
     registry.max_ciphertext_length = MAX_ENVELOPE_BYTES
@@ -180,20 +198,79 @@ def seal(
     return jwe.encrypt_compact(header, plaintext, key, registry=_REGISTRY)
 
 
-def open_envelope(envelope: str, private_jwk: dict[str, Any] | str) -> tuple[ProtectedHeader, bytes]:
-    """Checks the header policy, then decrypts; every failure is an EnvelopeError."""
-    header = parse_protected_header(envelope)
+def _import_private(private_jwk: dict[str, Any] | str | Key) -> Key:
+    if isinstance(private_jwk, OKPKey | ECKey | RSAKey):
+        key = private_jwk
+    else:
+        try:
+            key = import_jwk(private_jwk)
+        except EnvelopeError:
+            raise
+        except Exception as exc:  # any malformed JWK is one typed error
+            raise EnvelopeError("KEY_UNSUPPORTED", "cannot import key") from exc
+    if not key.is_private:
+        raise EnvelopeError("KEY_UNSUPPORTED", "a private key is needed to open an envelope")
+    if isinstance(key, RSAKey) and (
+        key.private_key is None or key.private_key.key_size < MIN_RSA_BITS
+    ):
+        raise EnvelopeError("KEY_UNSUPPORTED", f"RSA keys must be at least {MIN_RSA_BITS} bits")
+    return key
+
+
+def ecdh_shared_secret(private_key: dict[str, Any] | str | Key, peer_public_jwk: Any) -> bytes:
+    """ECDH as the ECDH-ES path does it, with the checks RFC 7748 §6.1 leaves
+    optional made mandatory: the peer key must be on our curve, and a low-order
+    X25519 point (all-zero shared secret) is refused rather than used."""
+    key = _import_private(private_key)
+    if not isinstance(key, OKPKey | ECKey):
+        raise EnvelopeError("ENVELOPE_KEY_MISMATCH", "key cannot do ECDH")
+    if not isinstance(peer_public_jwk, dict):
+        raise EnvelopeError("ENVELOPE_EPK_INVALID", "ephemeral key missing or not a JWK")
     try:
-        key = import_jwk(private_jwk)
-    except (JoseError, ValueError, TypeError) as exc:
-        raise EnvelopeError("KEY_UNSUPPORTED", "cannot import key") from exc
-    if key.kid and header.kid != key.kid:
+        peer = import_jwk(peer_public_jwk)
+    except EnvelopeError:
+        raise EnvelopeError("ENVELOPE_EPK_INVALID", "ephemeral key type unsupported") from None
+    except Exception as exc:  # off-curve points and bad encodings land here
+        raise EnvelopeError("ENVELOPE_EPK_INVALID", "ephemeral key is invalid") from exc
+    if type(peer) is not type(key) or peer.get("crv") != key.get("crv"):
+        raise EnvelopeError("ENVELOPE_EPK_INVALID", "ephemeral key is on another curve")
+    try:
+        shared = key.exchange_derive_key(peer)  # type: ignore[arg-type]
+    except Exception as exc:  # OpenSSL refuses low-order X25519 points
+        raise EnvelopeError("ENVELOPE_EPK_INVALID", "ephemeral key is of low order") from exc
+    if not any(shared):
+        raise EnvelopeError("ENVELOPE_EPK_INVALID", "ECDH gave an all-zero secret")
+    return shared
+
+
+def decrypt_compact_policy(token: str, private_jwk: dict[str, Any] | str | Key) -> bytes:
+    """Opens any compact JWE that meets our algorithm policy (alg, enc, no zip,
+    no crit, size), without the iClaim header requirements. open_envelope builds
+    on it; every failure is an EnvelopeError, never plaintext."""
+    header = _policy_header(token)
+    key = _import_private(private_jwk)
+    wants_rsa = header["alg"] == "RSA-OAEP-256"
+    if wants_rsa != isinstance(key, RSAKey) or (
+        isinstance(key, OKPKey) and key.get("crv") != "X25519"
+    ):
+        raise EnvelopeError("ENVELOPE_KEY_MISMATCH", "key does not fit the envelope's alg")
+    kid = header.get("kid")
+    if kid is not None and key.kid and kid != key.kid:
         raise EnvelopeError("ENVELOPE_KID_UNKNOWN", "envelope is for another key")
+    if not wants_rsa:
+        ecdh_shared_secret(key, header.get("epk"))  # typed refusal of a bad epk
     try:
-        obj = jwe.decrypt_compact(envelope, key, registry=_REGISTRY)
-    except (JoseError, ValueError, TypeError, KeyError) as exc:
+        obj = jwe.decrypt_compact(token, key, registry=_REGISTRY)
+    except Exception as exc:  # a crypto boundary: every library failure is one typed error
         raise EnvelopeError("ENVELOPE_DECRYPT_FAILED", "envelope cannot be opened") from exc
     plaintext = obj.plaintext
     if plaintext is None:
         raise EnvelopeError("ENVELOPE_DECRYPT_FAILED", "envelope has no content")
-    return header, plaintext
+    return plaintext
+
+
+def open_envelope(envelope: str, private_jwk: dict[str, Any] | str) -> tuple[ProtectedHeader, bytes]:
+    """Checks the iClaim header, then decrypts under the shared policy; every
+    failure is an EnvelopeError."""
+    header = parse_protected_header(envelope)
+    return header, decrypt_compact_policy(envelope, private_jwk)

@@ -28,7 +28,8 @@ async def _still_valid(store: RegistryStore, entry: dict[str, Any]) -> bool:
 async def _enrol(store: RegistryStore, code: str) -> dict[str, Any]:
     key_id = f"dev-{secrets.token_hex(3)}"
     secret = os.urandom(32)
-    await store.add_signing_key(code, key_id, secret)
+    # Rotation keeps at most two active keys: the newest two enrolments.
+    await store.rotate_signing_key(code, key_id, secret)
     private_jwk, public_jwk = generate_encryption_key(f"{code}-enc-{secrets.token_hex(3)}")
     await store.add_encryption_key(code, public_jwk["kid"], public_jwk)
     return {

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 
 from iclaim.common.db import apply_migrations
+from iclaim.common.errors import FailedPrecondition, NotFound
 from iclaim.crypto.secretbox import SecretBox, SecretBoxError
 from iclaim.registry.model import EncryptionKeyRecord, Principal, SigningKey
 
@@ -14,8 +16,34 @@ SCHEMA = "registry"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+MAX_ACTIVE_SIGNING_KEYS = 2  # PROTOCOL.md §1: two at once, for rotation
+_QUERY_TIMEOUT_S = 5
+# The gateway's key lookup sits inside Envoy's 5 s ext_authz deadline: fail
+# first, with a typed REGISTRY_UNAVAILABLE, rather than be cut off.
+_LOOKUP_TIMEOUT_S = 2
+
+
 def _secret_context(code: str, key_id: str) -> str:
     return f"signing-key:{code}:{key_id}"
+
+
+@dataclass(frozen=True)
+class GatewayKey(SigningKey):
+    """A SigningKey plus what the gateway also enforces for its principal."""
+
+    require_mtls: bool = False
+
+
+class TooManyActiveKeys(FailedPrecondition):
+    default_reason = "TOO_MANY_ACTIVE_KEYS"
+
+
+def _too_many(code: str) -> TooManyActiveKeys:
+    return TooManyActiveKeys(
+        f"principal {code} already has {MAX_ACTIVE_SIGNING_KEYS} active signing keys;"
+        " revoke one first (or rotate)",
+        reason="TOO_MANY_ACTIVE_KEYS",
+    )
 
 
 class RegistryStore:
@@ -28,12 +56,15 @@ class RegistryStore:
 
     # --- reads -----------------------------------------------------------------
     async def signing_key(self, code: str, key_id: str) -> SigningKey | None:
+        """The active key (a GatewayKey) or None if unknown, revoked or unreadable."""
         row = await self._pool.fetchrow(
-            "SELECT k.secret_sealed, p.role, p.suspended FROM registry.signing_keys k"
+            "SELECT k.secret_sealed, p.role, p.suspended, p.require_mtls"
+            " FROM registry.signing_keys k"
             " JOIN registry.principals p ON p.code = k.principal_code"
             " WHERE k.principal_code = $1 AND k.key_id = $2 AND k.status = 'active'",
             code,
             key_id,
+            timeout=_LOOKUP_TIMEOUT_S,
         )
         if row is None:
             return None
@@ -41,7 +72,19 @@ class RegistryStore:
             secret = self._box.open(row["secret_sealed"], _secret_context(code, key_id))
         except SecretBoxError:
             return None
-        return SigningKey(code, key_id, secret, row["role"], row["suspended"])
+        return GatewayKey(
+            code, key_id, secret, row["role"], row["suspended"], row["require_mtls"]
+        )
+
+    async def active_signing_key_ids(self, code: str) -> list[str]:
+        """Active key ids, oldest first (never the secrets)."""
+        rows = await self._pool.fetch(
+            "SELECT key_id FROM registry.signing_keys WHERE principal_code = $1"
+            " AND status = 'active' ORDER BY created_at, key_id",
+            code,
+            timeout=_QUERY_TIMEOUT_S,
+        )
+        return [r["key_id"] for r in rows]
 
     async def principals(self, role: str | None = None) -> list[Principal]:
         rows = await self._pool.fetch(
@@ -49,13 +92,16 @@ class RegistryStore:
             role,
         )
         keys = await self._pool.fetch(
-            "SELECT principal_code, kid, public_jwk, status FROM registry.encryption_keys"
+            "SELECT principal_code, kid, public_jwk, status, previous_since"
+            " FROM registry.encryption_keys"
             " WHERE status <> 'retired' ORDER BY created_at, kid"
         )
         by_code: dict[str, list[EncryptionKeyRecord]] = {}
         for k in keys:
             by_code.setdefault(k["principal_code"], []).append(
-                EncryptionKeyRecord(k["kid"], json.loads(k["public_jwk"]), k["status"])
+                EncryptionKeyRecord(
+                    k["kid"], json.loads(k["public_jwk"]), k["status"], k["previous_since"]
+                )
             )
         return [
             Principal(
@@ -76,7 +122,7 @@ class RegistryStore:
         if row is None:
             return None
         keys = await self._pool.fetch(
-            "SELECT kid, public_jwk, status FROM registry.encryption_keys"
+            "SELECT kid, public_jwk, status, previous_since FROM registry.encryption_keys"
             " WHERE principal_code = $1 AND status <> 'retired' ORDER BY created_at, kid",
             code,
         )
@@ -89,7 +135,10 @@ class RegistryStore:
             available=row["available"],
             suspended=row["suspended"],
             keys=tuple(
-                EncryptionKeyRecord(k["kid"], json.loads(k["public_jwk"]), k["status"]) for k in keys
+                EncryptionKeyRecord(
+                    k["kid"], json.loads(k["public_jwk"]), k["status"], k["previous_since"]
+                )
+                for k in keys
             ),
         )
 
@@ -112,22 +161,92 @@ class RegistryStore:
         )
 
     async def add_signing_key(self, code: str, key_id: str, secret: bytes) -> None:
+        """Adds (or re-seals and re-activates) a key; raises TooManyActiveKeys when
+        the principal already has two other active keys (the database enforces it)."""
         sealed = self._box.seal(secret, _secret_context(code, key_id))
-        await self._pool.execute(
-            "INSERT INTO registry.signing_keys (principal_code, key_id, secret_sealed)"
-            " VALUES ($1, $2, $3) ON CONFLICT (principal_code, key_id)"
-            " DO UPDATE SET secret_sealed = EXCLUDED.secret_sealed, status = 'active'",
-            code,
-            key_id,
-            sealed,
-        )
+        try:
+            await self._pool.execute(
+                "INSERT INTO registry.signing_keys (principal_code, key_id, secret_sealed)"
+                " VALUES ($1, $2, $3) ON CONFLICT (principal_code, key_id)"
+                " DO UPDATE SET secret_sealed = EXCLUDED.secret_sealed, status = 'active',"
+                " revoked_at = NULL",
+                code,
+                key_id,
+                sealed,
+                timeout=_QUERY_TIMEOUT_S,
+            )
+        except asyncpg.CheckViolationError as exc:
+            raise _too_many(code) from exc
+
+    async def rotate_signing_key(
+        self, code: str, new_key_id: str, secret: bytes, *, revoke_key_id: str | None = None
+    ) -> None:
+        """Adds `new_key_id` and, in the same transaction, revokes `revoke_key_id`
+        (or, when two keys are active and none is named, the oldest), so a
+        principal never has more than two active keys nor zero."""
+        sealed = self._box.seal(secret, _secret_context(code, new_key_id))
+        async with self._pool.acquire() as conn, conn.transaction():
+            locked = await conn.fetchval(
+                "SELECT code FROM registry.principals WHERE code = $1 FOR UPDATE",
+                code,
+                timeout=_QUERY_TIMEOUT_S,
+            )
+            if locked is None:
+                raise NotFound(f"no principal {code}", reason="PRINCIPAL_NOT_FOUND")
+            active = [
+                r["key_id"]
+                for r in await conn.fetch(
+                    "SELECT key_id FROM registry.signing_keys WHERE principal_code = $1"
+                    " AND status = 'active' AND key_id <> $2 ORDER BY created_at, key_id",
+                    code,
+                    new_key_id,
+                    timeout=_QUERY_TIMEOUT_S,
+                )
+            ]
+            if revoke_key_id is None and len(active) >= MAX_ACTIVE_SIGNING_KEYS:
+                revoke_key_id = active[0]
+            if revoke_key_id is not None:
+                await self._revoke(conn, code, revoke_key_id)
+            try:
+                await conn.execute(
+                    "INSERT INTO registry.signing_keys (principal_code, key_id, secret_sealed)"
+                    " VALUES ($1, $2, $3) ON CONFLICT (principal_code, key_id)"
+                    " DO UPDATE SET secret_sealed = EXCLUDED.secret_sealed, status = 'active',"
+                    " revoked_at = NULL",
+                    code,
+                    new_key_id,
+                    sealed,
+                    timeout=_QUERY_TIMEOUT_S,
+                )
+            except asyncpg.CheckViolationError as exc:
+                raise _too_many(code) from exc
 
     async def revoke_signing_key(self, code: str, key_id: str) -> None:
-        await self._pool.execute(
-            "UPDATE registry.signing_keys SET status = 'revoked'"
+        """Revokes at once in the registry; gateways stop accepting it within
+        their key-cache TTL (at most 5 s)."""
+        async with self._pool.acquire() as conn:
+            await self._revoke(conn, code, key_id)
+
+    @staticmethod
+    async def _revoke(conn: asyncpg.Connection, code: str, key_id: str) -> None:
+        await conn.execute(
+            "UPDATE registry.signing_keys SET status = 'revoked',"
+            " revoked_at = coalesce(revoked_at, now())"
             " WHERE principal_code = $1 AND key_id = $2",
             code,
             key_id,
+            timeout=_QUERY_TIMEOUT_S,
+        )
+
+    async def set_require_mtls(self, code: str, required: bool) -> None:
+        """When set, the gateway refuses this principal's calls that come
+        without a client certificate naming it."""
+        await self._pool.execute(
+            "UPDATE registry.principals SET require_mtls = $2, updated_at = now()"
+            " WHERE code = $1",
+            code,
+            required,
+            timeout=_QUERY_TIMEOUT_S,
         )
 
     async def set_suspended(self, code: str, suspended: bool) -> None:

@@ -20,7 +20,7 @@ from iclaim.crypto.envelope import (
     ProtectedHeader,
     parse_protected_header,
 )
-from iclaim.registry.model import Principal
+from iclaim.registry.model import DEFAULT_KEY_GRACE_S, Principal
 
 CLAIM_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
 INSURER_CODE_RE = re.compile(r"^[A-Z0-9_]{2,16}$")
@@ -34,6 +34,7 @@ MAX_PULL_CLAIMS = 100
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 CANCEL_REASON_MAX = 256
+PAGE_TOKEN_MAX = 1024
 
 
 class State(IntEnum):
@@ -63,9 +64,61 @@ def new_transaction_id() -> str:
 
 
 def check_transaction_id(value: str) -> str:
+    # The format is public, so saying "malformed" reveals nothing about which
+    # claims exist; a well-formed id that is not yours is still NOT_FOUND.
     if not TRANSACTION_ID_RE.fullmatch(value):
-        # Same answer as "not yours": a malformed id names no claim.
-        raise NotFound("claim not found", reason="CLAIM_NOT_FOUND")
+        raise InvalidArgument("transaction_id is malformed", reason="TRANSACTION_ID_INVALID")
+    return value
+
+
+def duration_s(seconds: int, nanos: int, *, field: str, reason: str, max_s: float) -> float:
+    """A google.protobuf.Duration as seconds, refusing non-normalized values and
+    anything outside 0..max_s."""
+    if not -999_999_999 <= nanos <= 999_999_999 or (seconds > 0 > nanos) or (seconds < 0 < nanos):
+        raise InvalidArgument(f"{field} is not a valid Duration", reason=reason)
+    value = seconds + nanos / 1e9
+    if not 0 <= value <= max_s:
+        raise InvalidArgument(f"{field} must be 0-{max_s:g} s", reason=reason)
+    return value
+
+
+def state_filter_of(value: int) -> State | None:
+    """ListClaims' optional state: UNSPECIFIED means no filter; unknown is refused."""
+    try:
+        state = State(value)
+    except ValueError:
+        raise InvalidArgument(f"state {value} is not a ClaimState", reason="STATE_INVALID") from None
+    return None if state == State.UNSPECIFIED else state
+
+
+def postable_state_of(value: int) -> State:
+    try:
+        state = State(value)
+    except ValueError:
+        state = State.UNSPECIFIED
+    if state not in POSTABLE_STATES:
+        raise InvalidArgument(
+            "state must be PENDING_REVIEW, APPROVED, PARTIALLY_APPROVED or DENIED",
+            reason="DECISION_STATE_INVALID",
+        )
+    return state
+
+
+def check_insurer_code(value: str) -> str:
+    if not INSURER_CODE_RE.fullmatch(value):
+        raise InvalidArgument("insurer_code is malformed", reason="INSURER_CODE_INVALID")
+    return value
+
+
+def check_hospital_code(value: str) -> str:
+    if not HOSPITAL_CODE_RE.fullmatch(value):
+        raise InvalidArgument("hospital_code is malformed", reason="HOSPITAL_CODE_INVALID")
+    return value
+
+
+def check_cancel_reason(value: str) -> str:
+    if len(value) > CANCEL_REASON_MAX:
+        raise InvalidArgument("reason is too long", reason="CANCEL_REASON_INVALID")
     return value
 
 
@@ -84,8 +137,7 @@ def validate_submit(s: SubmitInput) -> None:
         raise InvalidArgument(
             "claim_ref must be 1-64 chars of [A-Za-z0-9._:/-]", reason="CLAIM_REF_INVALID"
         )
-    if not INSURER_CODE_RE.fullmatch(s.insurer_code):
-        raise InvalidArgument("insurer_code is malformed", reason="INSURER_CODE_INVALID")
+    check_insurer_code(s.insurer_code)
     if not 0 < s.billed_amount_satang <= MAX_AMOUNT_SATANG:
         raise InvalidArgument(
             f"billed_amount_satang must be 1..{MAX_AMOUNT_SATANG}", reason="AMOUNT_INVALID"
@@ -114,8 +166,10 @@ def check_envelope_routing(
     recipient: Principal,
     claim_ref: str,
     amount_satang: int,
+    key_grace_s: float = DEFAULT_KEY_GRACE_S,
 ) -> None:
-    """§4: the authenticated header must agree with the request and the caller."""
+    """§4: the authenticated header must agree with the request and the caller,
+    and name the recipient's current key or a previous one still in its grace."""
     mismatches = []
     if header.sender != sender:
         mismatches.append("x-iclaim-sender")
@@ -131,7 +185,7 @@ def check_envelope_routing(
             reason="ENVELOPE_HEADER_MISMATCH",
             metadata={"fields": ",".join(mismatches)},
         )
-    if header.kid not in recipient.accepted_kids():
+    if header.kid not in recipient.accepted_kids(key_grace_s):
         raise InvalidArgument(
             "envelope kid is not a current or previous key of the recipient",
             reason="ENVELOPE_KID_UNKNOWN",
@@ -221,10 +275,12 @@ def encode_page_token(fields: dict[str, str]) -> str:
 def decode_page_token(token: str, keys: tuple[str, ...]) -> dict[str, str] | None:
     if not token:
         return None
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-    except (ValueError, binascii.Error, UnicodeEncodeError):
-        data = None
+    data = None
+    if len(token) <= PAGE_TOKEN_MAX:  # also bounds JSON nesting depth
+        try:
+            data = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+        except (ValueError, binascii.Error, UnicodeEncodeError, RecursionError):
+            data = None
     if (
         not isinstance(data, dict)
         or set(data) != set(keys)

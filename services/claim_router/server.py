@@ -9,7 +9,7 @@ import grpc
 import structlog
 from grpc_health.v1.health import aio as _health_aio
 
-from iclaim.common.config import env_addr, env_int, env_str
+from iclaim.common.config import env_addr, env_float, env_int, env_str
 from iclaim.common.db import create_pool
 from iclaim.common.logging import configure_logging
 from iclaim.common.metrics import start_metrics_server
@@ -23,13 +23,11 @@ from iclaim.common.server import (
 from iclaim.crypto.secretbox import SecretBox
 from iclaim.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
 from iclaim.registry.cache import DirectoryCache
+from iclaim.registry.model import DEFAULT_KEY_GRACE_S
 from iclaim.registry.store import RegistryStore
+from iclaim.public_api import public_service_names
 from iclaim.v1 import (
-    audit_trail_service_pb2,
-    billing_service_pb2,
-    claim_service_pb2,
     claim_service_pb2_grpc,
-    insurer_service_pb2,
     insurer_service_pb2_grpc,
 )
 from services.claim_router.delivery import PushDeliverer
@@ -45,15 +43,12 @@ from services.claim_router.store import PgClaimStore
 from services.claim_router.watch import ChangeHub
 
 HealthServicer = _health_aio.HealthServicer
+MAX_KEY_GRACE_S = 366 * 24 * 3600.0
 log = structlog.get_logger("claim_router")
 
-PUBLIC_SERVICES = [
-    claim_service_pb2.DESCRIPTOR.services_by_name["ClaimService"].full_name,
-    insurer_service_pb2.DESCRIPTOR.services_by_name["InsurerService"].full_name,
-    # Served by billing and audit_log; listed here because the gateway sends reflection to us.
-    billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
-    audit_trail_service_pb2.DESCRIPTOR.services_by_name["AuditTrailService"].full_name,
-]
+# The gateway sends reflection here, so it lists the whole public contract
+# (including services that billing and audit_log serve).
+PUBLIC_SERVICES = public_service_names()
 INTERNAL_SERVICES = [
     decision_intake_pb2.DESCRIPTOR.services_by_name["DecisionIntakeService"].full_name,
     decision_intake_pb2.DESCRIPTOR.services_by_name["ClaimSettlementService"].full_name,
@@ -68,6 +63,8 @@ class Config:
     adapter_target: str
     audit_target: str
     billing_target: str
+    # How long a rotated-out encryption key of a principal stays accepted.
+    key_grace_s: float = DEFAULT_KEY_GRACE_S
 
     @classmethod
     def from_env(cls) -> Config:
@@ -78,6 +75,9 @@ class Config:
             adapter_target=env_addr("ICLAIM_ADAPTER_TARGET", "127.0.0.1:50061"),
             audit_target=env_str("ICLAIM_AUDIT_TARGET", "127.0.0.1:50071"),
             billing_target=env_str("ICLAIM_BILLING_TARGET", "127.0.0.1:50081"),
+            key_grace_s=env_float(
+                "ICLAIM_KEY_GRACE_S", DEFAULT_KEY_GRACE_S, lo=0, hi=MAX_KEY_GRACE_S
+            ),
         )
 
 
@@ -118,7 +118,9 @@ async def build_server(config: Config, box: SecretBox) -> RouterApp:
     billing_channel = _channel(config.billing_target)
     relay = OutboxRelay(store, audit_channel, billing_channel)
 
-    router = ClaimRouter(store, DirectoryCache(registry), deliverer, hub)
+    router = ClaimRouter(
+        store, DirectoryCache(registry), deliverer, hub, key_grace_s=config.key_grace_s
+    )
     server = new_server()
     claim_service_pb2_grpc.add_ClaimServiceServicer_to_server(ClaimServicer(router), server)
     insurer_service_pb2_grpc.add_InsurerServiceServicer_to_server(InsurerServicer(router), server)

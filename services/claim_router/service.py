@@ -18,7 +18,7 @@ from iclaim.common.server import Caller, caller_of
 from iclaim.crypto.envelope import sha256_hex
 from iclaim.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
 from iclaim.registry.cache import DirectoryCache
-from iclaim.registry.model import Principal
+from iclaim.registry.model import DEFAULT_KEY_GRACE_S, Principal
 from iclaim.v1 import claim_service_pb2 as pb
 from iclaim.v1 import claim_service_pb2_grpc, insurer_service_pb2, insurer_service_pb2_grpc
 from services.claim_router import domain
@@ -32,8 +32,6 @@ from services.claim_router.watch import ChangeHub
 Ctx = grpc.aio.ServicerContext[Any, Any]
 PULL_LEASE_S = 60.0
 WATCH_RECHECK_S = 15.0
-
-
 def _ts(when: datetime | None) -> Timestamp | None:
     if when is None:
         return None
@@ -60,11 +58,10 @@ def claim_to_proto(rec: ClaimRecord) -> pb.Claim:
     )
 
 
-def _keys(p: Principal) -> list[pb.EncryptionKey]:
+def _keys(p: Principal, grace_s: float) -> list[pb.EncryptionKey]:
     return [
         pb.EncryptionKey(kid=k.kid, jwk=json.dumps(k.public_jwk, sort_keys=True))
-        for k in p.keys
-        if k.status in ("current", "previous")
+        for k in p.accepted_keys(grace_s)
     ]
 
 
@@ -83,11 +80,14 @@ class ClaimRouter:
         directory: DirectoryCache,
         deliverer: PushDeliverer | None,
         hub: ChangeHub,
+        *,
+        key_grace_s: float = DEFAULT_KEY_GRACE_S,
     ) -> None:
         self.store = store
         self.directory = directory
         self.deliverer = deliverer
         self.hub = hub
+        self.key_grace_s = key_grace_s
 
     async def owned_claim(self, caller: Caller, transaction_id: str) -> ClaimRecord:
         domain.check_transaction_id(transaction_id)
@@ -140,6 +140,7 @@ class ClaimRouter:
                 recipient=hospital,
                 claim_ref=rec.claim_ref,
                 amount_satang=d.approved_amount_satang,
+                key_grace_s=self.key_grace_s,
             )
         conflict: list[str] = []
 
@@ -195,7 +196,7 @@ class ClaimServicer(claim_service_pb2_grpc.ClaimServiceServicer):
                     display_name=p.display_name,
                     line=p.line or 0,  # type: ignore[arg-type]
                     available=p.available and not p.suspended,
-                    keys=_keys(p),
+                    keys=_keys(p, self.r.key_grace_s),
                 )
                 for p in page
             ],
@@ -204,7 +205,13 @@ class ClaimServicer(claim_service_pb2_grpc.ClaimServiceServicer):
 
     async def SubmitClaim(self, request: pb.SubmitClaimRequest, context: Ctx) -> pb.SubmitClaimResponse:
         caller = _require(caller_of(context), "hospital")
-        timeout_s = request.decision_timeout.seconds + request.decision_timeout.nanos / 1e9
+        timeout_s = domain.duration_s(
+            request.decision_timeout.seconds,
+            request.decision_timeout.nanos,
+            field="decision_timeout",
+            reason="DECISION_TIMEOUT_INVALID",
+            max_s=domain.MAX_DECISION_TIMEOUT_S,
+        )
         submit = domain.SubmitInput(
             hospital_code=caller.code,
             claim_ref=request.claim_ref,
@@ -224,6 +231,7 @@ class ClaimServicer(claim_service_pb2_grpc.ClaimServiceServicer):
             recipient=insurer,
             claim_ref=request.claim_ref,
             amount_satang=request.billed_amount_satang,
+            key_grace_s=self.r.key_grace_s,
         )
         envelope_sha = sha256_hex(request.envelope)
         now = datetime.now(UTC)
@@ -302,10 +310,12 @@ class ClaimServicer(claim_service_pb2_grpc.ClaimServiceServicer):
                 raise domain.InvalidArgument(
                     "page_token is not valid", reason="PAGE_TOKEN_INVALID"
                 ) from None
-        state = State(request.state) if request.HasField("state") else None
-        if state is not None and state == State.UNSPECIFIED:
-            state = None
-        insurer = request.insurer_code if request.HasField("insurer_code") else None
+        state = domain.state_filter_of(request.state) if request.HasField("state") else None
+        insurer = (
+            domain.check_insurer_code(request.insurer_code)
+            if request.HasField("insurer_code")
+            else None
+        )
         rows = await self.r.store.list_for_hospital(
             caller.code, state=state, insurer_code=insurer, after=after, limit=size + 1
         )
@@ -322,9 +332,8 @@ class ClaimServicer(claim_service_pb2_grpc.ClaimServiceServicer):
 
     async def CancelClaim(self, request: pb.CancelClaimRequest, context: Ctx) -> pb.Claim:
         caller = _require(caller_of(context), "hospital")
+        domain.check_cancel_reason(request.reason)
         rec = await self.r.owned_claim(caller, request.transaction_id)
-        if len(request.reason) > domain.CANCEL_REASON_MAX:
-            raise domain.InvalidArgument("reason is too long", reason="CANCEL_REASON_INVALID")
         rejected: list[State] = []
 
         def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
@@ -358,9 +367,13 @@ class InsurerServicer(insurer_service_pb2_grpc.InsurerServiceServicer):
         caller = _require(caller_of(context), "insurer")
         if not 1 <= request.max_claims <= domain.MAX_PULL_CLAIMS:
             raise domain.InvalidArgument("max_claims must be 1-100", reason="MAX_CLAIMS_INVALID")
-        wait_s = request.wait.seconds + request.wait.nanos / 1e9
-        if not 0 <= wait_s <= domain.MAX_PULL_WAIT_S:
-            raise domain.InvalidArgument("wait must be 0-30 s", reason="WAIT_INVALID")
+        wait_s = domain.duration_s(
+            request.wait.seconds,
+            request.wait.nanos,
+            field="wait",
+            reason="WAIT_INVALID",
+            max_s=domain.MAX_PULL_WAIT_S,
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         key = f"pull:{caller.code}"
@@ -404,22 +417,27 @@ class InsurerServicer(insurer_service_pb2_grpc.InsurerServiceServicer):
         self, request: insurer_service_pb2.GetHospitalRequest, context: Ctx
     ) -> insurer_service_pb2.Hospital:
         _require(caller_of(context), "insurer")
+        domain.check_hospital_code(request.hospital_code)
         hospital = await self.r.directory.get(request.hospital_code)
         if hospital is None or hospital.role != "hospital":
             raise NotFound("hospital not found", reason="HOSPITAL_NOT_FOUND")
         return insurer_service_pb2.Hospital(
-            code=hospital.code, display_name=hospital.display_name, keys=_keys(hospital)
+            code=hospital.code,
+            display_name=hospital.display_name,
+            keys=_keys(hospital, self.r.key_grace_s),
         )
 
     async def PostDecision(
         self, request: insurer_service_pb2.PostDecisionRequest, context: Ctx
     ) -> pb.Claim:
         caller = _require(caller_of(context), "insurer")
+        domain.check_transaction_id(request.transaction_id)
         stored = await self.r.decide(
             domain.DecisionInput(
                 transaction_id=request.transaction_id,
                 insurer_code=caller.code,
-                state=_state(request.state),
+                # An unknown or non-postable state is refused before any lookup.
+                state=domain.postable_state_of(request.state),
                 approved_amount_satang=request.approved_amount_satang,
                 decision_envelope=request.decision_envelope,
                 reason_code=request.reason_code,

@@ -123,3 +123,45 @@ async def test_claim_lifecycle_and_rejections_are_audited_without_personal_data(
         for where, text in (("audit", audit_text), ("logs", logs_text), ("access log", access_log),
                             ("metrics", metrics_text), ("audit table", db_text)):
             assert marker not in text, f"{marker!r} found in {where}"
+
+
+async def test_each_principal_proves_its_own_trail_through_the_gateway(
+    running_stack: RunningStack,
+) -> None:
+    from iclaim.audit.gateway_trail import GatewayTrailStub
+    from iclaim.audit_cli import verify_trail
+    from iclaim.client.channel import gateway_channel
+    from iclaim.v1 import audit_trail_service_pb2 as apb
+    from iclaim.v1 import audit_trail_service_pb2_grpc
+
+    creds = running_stack.creds("10670")
+    async with HospitalClient(creds) as client:
+        ref = f"TRAIL-{secrets.token_hex(4)}"
+        body = build_claim(
+            claim_ref=ref, hospital_code=creds.code, insurer_code="MTL", policy_number="POL-T",
+            amount_satang=1_500, patient=PatientInfo(name="T", citizen_id="1101700203451"),
+            diagnoses=["J18.9"])
+        claim = await client.submit_claim(body, insurer_code="MTL", claim_ref=ref,
+                                          amount_satang=1_500, decision_timeout_s=15)
+    await entries_for(running_stack, claim.transaction_id, want=4)
+    # A fresh checkpoint so the claim's entries are inside the signed tree.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running_stack.stack.ports.audit}") as ch:
+        await audit_log_pb2_grpc.AuditLogServiceStub(ch).SignCheckpoint(
+            audit_log_pb2.SignCheckpointRequest(), timeout=5)
+
+    async with gateway_channel(creds) as channel:
+        report = await verify_trail(GatewayTrailStub(channel), creds.code, None)
+        assert report.ok, report.problems
+        assert report.verified > 0
+        assert all(creds.code in (e.origin_principal, e.destination) for e in report.entries)
+        assert claim.transaction_id in {e.transaction_id for e in report.entries}
+        # Another hospital's entries are not reachable, even by transaction id.
+        other = running_stack.creds("10671")
+        async with gateway_channel(other) as other_channel:
+            stub = audit_trail_service_pb2_grpc.AuditTrailServiceStub(other_channel)
+            theirs = await stub.ListAuditEntries(
+                apb.ListAuditEntriesRequest(transaction_id=claim.transaction_id), timeout=5)
+            assert list(theirs.entries) == []
+            mine = await stub.ListAuditEntries(apb.ListAuditEntriesRequest(max_entries=1000),
+                                               timeout=5)
+            assert all("10671" in (e.origin_principal, e.destination) for e in mine.entries)

@@ -31,6 +31,7 @@ from iclaim.common.access_log import ENVOY_JSON_FORMAT
 from iclaim.common.errors import error_info_of
 from iclaim.crypto import signing
 from iclaim.crypto.secretbox import SecretBox
+from iclaim.public_api import public_services
 from iclaim.registry.model import Principal
 from iclaim.registry.store import RegistryStore
 from iclaim.v1 import (
@@ -71,35 +72,34 @@ class Recorder:
 
 def _recording_handlers(recorder: Recorder) -> list[grpc.GenericRpcHandler]:
     handlers = []
-    for module in (claim_service_pb2, insurer_service_pb2, billing_service_pb2):
-        for service in module.DESCRIPTOR.services_by_name.values():
-            table: dict[str, grpc.RpcMethodHandler] = {}
-            for m in service.methods:
-                req_cls = message_factory.GetMessageClass(m.input_type)
-                resp_cls = message_factory.GetMessageClass(m.output_type)
-                path = f"/{service.full_name}/{m.name}"
+    for service in public_services():
+        table: dict[str, grpc.RpcMethodHandler] = {}
+        for m in service.methods:
+            req_cls = message_factory.GetMessageClass(m.input_type)
+            resp_cls = message_factory.GetMessageClass(m.output_type)
+            path = f"/{service.full_name}/{m.name}"
 
-                def record(request: Any, context: Any, path: str = path) -> None:
-                    md = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
-                    recorder.calls.append(Seen(path, md, request))
+            def record(request: Any, context: Any, path: str = path) -> None:
+                md = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+                recorder.calls.append(Seen(path, md, request))
 
-                if m.server_streaming:
-                    async def stream(request, context, record=record, resp_cls=resp_cls):
-                        record(request, context)
-                        yield resp_cls()
+            if m.server_streaming:
+                async def stream(request, context, record=record, resp_cls=resp_cls):
+                    record(request, context)
+                    yield resp_cls()
 
-                    table[m.name] = grpc.unary_stream_rpc_method_handler(
-                        stream, req_cls.FromString, resp_cls.SerializeToString
-                    )
-                else:
-                    async def unary(request, context, record=record, resp_cls=resp_cls):
-                        record(request, context)
-                        return resp_cls()
+                table[m.name] = grpc.unary_stream_rpc_method_handler(
+                    stream, req_cls.FromString, resp_cls.SerializeToString
+                )
+            else:
+                async def unary(request, context, record=record, resp_cls=resp_cls):
+                    record(request, context)
+                    return resp_cls()
 
-                    table[m.name] = grpc.unary_unary_rpc_method_handler(
-                        unary, req_cls.FromString, resp_cls.SerializeToString
-                    )
-            handlers.append(grpc.method_handlers_generic_handler(service.full_name, table))
+                table[m.name] = grpc.unary_unary_rpc_method_handler(
+                    unary, req_cls.FromString, resp_cls.SerializeToString
+                )
+        handlers.append(grpc.method_handlers_generic_handler(service.full_name, table))
     return handlers
 
 
@@ -153,6 +153,7 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
         "ICLAIM_ENVOY_ADMIN_ADDR": f"127.0.0.1:{admin_port}",
         "ICLAIM_ROUTER_TARGET": f"127.0.0.1:{upstream_port}",
         "ICLAIM_BILLING_TARGET": f"127.0.0.1:{upstream_port}",
+        "ICLAIM_AUDIT_TARGET": f"127.0.0.1:{upstream_port}",
         "ICLAIM_AUTHZ_TARGET": f"127.0.0.1:{authz_port}",
         "ICLAIM_ENVOY_ACCESS_LOG": str(access_log),
         "ICLAIM_ENVOY_LOG_FLUSH_MS": "50",

@@ -130,3 +130,80 @@ async def test_denied_requests_do_not_burn_the_nonce() -> None:
 async def test_unknown_method_is_unimplemented() -> None:
     d = await authorizer(HOSP).check(request("/iclaim.v1.ClaimService/Nope", b""))
     assert isinstance(d, Deny) and d.error.code == grpc.StatusCode.UNIMPLEMENTED
+
+
+# --- mutual TLS binding, rate limit hook, time hints (issue 3) -----------------------
+def _with_cert(req: CheckInput, principals: frozenset[str] | None) -> CheckInput:
+    return CheckInput(req.method, req.headers, req.raw_body, cert_principals=principals)
+
+
+async def test_client_certificate_must_name_the_signing_principal() -> None:
+    body = claim_service_pb2.GetClaimRequest(transaction_id="T").SerializeToString()
+    a = authorizer(HOSP)
+    ok = await a.check(_with_cert(request(GET, body, nonce="a" * 16), frozenset({"10670"})))
+    assert isinstance(ok, Allow)
+    d = await a.check(_with_cert(request(GET, body, nonce="b" * 16), frozenset({"10671"})))
+    assert isinstance(d, Deny) and d.error.code == grpc.StatusCode.PERMISSION_DENIED
+    assert d.error.reason == "CLIENT_CERT_MISMATCH"
+    d = await a.check(_with_cert(request(GET, body, nonce="c" * 16), frozenset()))
+    assert isinstance(d, Deny) and d.error.reason == "CLIENT_CERT_MISMATCH"
+
+
+async def test_principal_requiring_mtls_is_refused_without_a_certificate() -> None:
+    from iclaim.registry.store import GatewayKey
+
+    key = GatewayKey("10670", "k1", SECRET, "hospital", False, True)
+    body = claim_service_pb2.GetClaimRequest(transaction_id="T").SerializeToString()
+    d = await authorizer(key).check(request(GET, body))
+    assert isinstance(d, Deny) and d.error.code == grpc.StatusCode.PERMISSION_DENIED
+    assert d.error.reason == "CLIENT_CERT_REQUIRED"
+    ok = await authorizer(key).check(_with_cert(request(GET, body), frozenset({"10670"})))
+    assert isinstance(ok, Allow)
+
+
+async def test_rate_limit_is_taken_for_the_verified_principal_only() -> None:
+    from gateway.authz.ratelimit import rate_limited
+
+    taken: list[str] = []
+
+    class Limiter:
+        async def take(self, principal: str) -> None:
+            taken.append(principal)
+            if len(taken) > 1:
+                raise rate_limited(250)
+
+    a = Authorizer(Keys(HOSP), Nonces(), clock=lambda: float(NOW), limiter=Limiter())
+    body = claim_service_pb2.GetClaimRequest(transaction_id="T").SerializeToString()
+    forged = await a.check(request(GET, body, secret=b"\x02" * 32, nonce="f" * 16))
+    assert isinstance(forged, Deny) and forged.error.reason == "BAD_SIGNATURE"
+    assert taken == []  # a forgery never spends the victim's budget
+    assert isinstance(await a.check(request(GET, body, nonce="a" * 16)), Allow)
+    d = await a.check(request(GET, body, nonce="b" * 16))
+    assert isinstance(d, Deny) and d.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (d.error.reason, d.error.metadata) == ("RATE_LIMITED", {"retry_after_ms": "250"})
+    assert taken == ["10670", "10670"]
+
+
+async def test_recovering_denial_names_server_time_and_first_accepted_stamp() -> None:
+    from gateway.authz.nonces import recovering
+
+    class Recovering:
+        async def admit(self, client: str, nonce: str, timestamp: int) -> None:
+            raise recovering(NOW - 10)
+
+    a = Authorizer(Keys(HOSP), Recovering(), clock=lambda: float(NOW))
+    body = claim_service_pb2.GetClaimRequest(transaction_id="T").SerializeToString()
+    d = await a.check(request(GET, body))
+    assert isinstance(d, Deny) and d.error.code == grpc.StatusCode.UNAVAILABLE
+    assert d.error.metadata == {"retry_not_before": str(NOW - 10 + 61)}
+    assert d.headers == {"x-iclaim-server-time": str(NOW)}
+
+
+@pytest.mark.parametrize("txn", ["txn_" + "a" * 300_000, "txn_\r\nx-iclaim-role: insurer",
+                                 "txn_\u0e01", "", "a b"])
+async def test_unsafe_transaction_ids_pass_without_the_trusted_header(txn: str) -> None:
+    # The router refuses them (INVALID_ARGUMENT); the gateway must not break the call.
+    body = claim_service_pb2.GetClaimRequest(transaction_id=txn).SerializeToString()
+    d = await authorizer(HOSP).check(request(GET, body))
+    assert isinstance(d, Allow)
+    assert "x-iclaim-transaction-id" not in d.headers

@@ -32,7 +32,8 @@ def test_routes_cover_exactly_the_public_methods_then_unimplemented(cfg: dict[st
     exact = {r["match"]["path"]: r for r in routes if "path" in r["match"]}
     assert set(exact) == set(policy.ALLOWED_ROLES)
     for path, r in exact.items():
-        want = "billing" if "/iclaim.v1.BillingService/" in path else "router"
+        want = ("billing" if "/iclaim.v1.BillingService/" in path
+                else "audit" if "/iclaim.v1.AuditTrailService/" in path else "router")
         assert r["route"]["cluster"] == want
         assert "typed_per_filter_config" not in r  # ext_authz applies
     last = routes[-1]
@@ -103,3 +104,37 @@ def test_hostname_upstreams_use_dns() -> None:
 def test_envoy_binary_is_found() -> None:
     path = envoy_binary()
     assert path.name == "envoy" and path.parent.name == "_bin"
+
+
+def test_mutual_tls_is_off_unless_a_client_ca_is_given(cfg: dict[str, Any]) -> None:
+    [listener] = cfg["static_resources"]["listeners"]
+    tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]
+    assert "validation_context" not in tls["common_tls_context"]
+    with_ca = render_config(tls=TLS, access_log=Path("/s/a.log"), client_ca=Path("/s/cca.pem"))
+    [listener] = with_ca["static_resources"]["listeners"]
+    tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]
+    assert tls["common_tls_context"]["validation_context"] == {
+        "trusted_ca": {"filename": "/s/cca.pem"}}
+    # Optional at the TLS layer; the authz requires it per principal (require_mtls).
+    assert tls["require_client_certificate"] is False
+    authz = [f for f in _hcm(with_ca)["http_filters"]
+             if f["name"] == "envoy.filters.http.ext_authz"][0]["typed_config"]
+    assert authz["include_peer_certificate"] is True
+
+
+def test_every_hop_has_a_deadline(cfg: dict[str, Any]) -> None:
+    hcm = _hcm(cfg)
+    authz = [f for f in hcm["http_filters"]
+             if f["name"] == "envoy.filters.http.ext_authz"][0]["typed_config"]
+    assert authz["grpc_service"]["timeout"] == "5s"
+    [vhost] = hcm["route_config"]["virtual_hosts"]
+    for r in vhost["routes"]:
+        if "route" not in r:
+            continue
+        if r["route"]["timeout"] == "0s":  # streams: bounded by idle timeouts instead
+            assert r["route"]["idle_timeout"]
+        else:
+            assert r["route"]["max_stream_duration"]["grpc_timeout_header_max"]
+    for c in cfg["static_resources"]["clusters"]:
+        assert c["connect_timeout"]
+    assert hcm["request_headers_timeout"] and hcm["stream_idle_timeout"]

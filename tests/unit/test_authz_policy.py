@@ -4,15 +4,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.authz import policy
-from iclaim.v1 import billing_service_pb2, claim_service_pb2, insurer_service_pb2
-
-
-def _public_methods() -> set[str]:
-    out = set()
-    for module in (claim_service_pb2, insurer_service_pb2, billing_service_pb2):
-        for service in module.DESCRIPTOR.services_by_name.values():
-            out |= {f"/{service.full_name}/{m.name}" for m in service.methods}
-    return out
+from iclaim.public_api import public_methods as _public_methods
+from iclaim.public_api import public_services
 
 
 def test_every_public_rpc_has_a_rule_and_nothing_else_does() -> None:
@@ -60,10 +53,15 @@ def test_unknown_roles_and_methods() -> None:
 def test_long_calls_and_streams_are_public_methods() -> None:
     assert set(policy.ALLOWED_ROLES) >= policy.LONG_UNARY | policy.SERVER_STREAMS
     streaming = {
-        f"/{s.full_name}/{m.name}"
-        for mod in (claim_service_pb2, insurer_service_pb2, billing_service_pb2)
-        for s in mod.DESCRIPTOR.services_by_name.values()
-        for m in s.methods
+        f"/{s.full_name}/{m.name}" for s in public_services() for m in s.methods
         if m.server_streaming
     }
     assert streaming == set(policy.SERVER_STREAMS)
+
+
+@pytest.mark.parametrize(
+    "method", sorted(m for m in _public_methods() if "/iclaim.v1.AuditTrailService/" in m)
+)
+def test_audit_trail_is_for_both_roles(method: str) -> None:
+    assert policy.may_call("hospital", method)
+    assert policy.may_call("insurer", method)

@@ -72,7 +72,11 @@ def test_loss_refusals_last_at_most_a_minute_for_a_correct_clock() -> None:
         ("g1", None, None, SyncAction.LOSS),             # Redis lost while we were down
         ("g1", None, "g1", SyncAction.LOSS),             # Redis lost while we ran
         ("g1", "g9", "g1", SyncAction.LOSS),             # foreign marker: trust nothing
-        ("g2", None, "g1", SyncAction.PEER_RECOVERED),   # peer between PostgreSQL and Redis
+        # A peer recovered (marker written before the commit), then Redis was
+        # lost again: a loss, never "a peer is mid-recovery" (found by
+        # tests/unit/test_replay_property.py).
+        ("g2", None, "g1", SyncAction.LOSS),
+        ("g2", "g3", "g1", SyncAction.LOSS),
     ],
 )
 def test_sync_action(recorded: str | None, marker: str | None, cached: str | None,

@@ -48,3 +48,26 @@ def test_replaces_a_server_cert_that_is_broken_or_not_for_these_names(tmp_path: 
         x509.SubjectAlternativeName).value
     assert "gateway.local" in san.get_values_for_type(x509.DNSName)
     assert _cert(paths.server_cert).not_valid_after_utc > dt.datetime.now(dt.UTC)
+
+
+def test_dev_client_certs_name_their_principal(tmp_path: Path) -> None:
+    import urllib.parse
+
+    from gateway.authz.clientcert import principals_of
+    from gateway.tls import ensure_dev_client_ca, issue_dev_client_cert
+
+    ca = _cert(ensure_dev_client_ca(tmp_path))
+    assert ca != _cert(ensure_dev_tls(tmp_path).ca_cert)  # separate from the server CA
+    with_uri = issue_dev_client_cert(tmp_path, "10670")
+    cert = _cert(with_uri.cert)
+    cert.verify_directly_issued_by(ca)
+    assert stat.S_IMODE(with_uri.key.stat().st_mode) == 0o600
+    pem = urllib.parse.quote(with_uri.cert.read_text())  # as Envoy sends it
+    assert principals_of(pem) == frozenset({"10670"})
+    # The SAN URI wins over the CN; without a URI, the CN names the principal.
+    mixed = issue_dev_client_cert(tmp_path, "10670", common_name="AIA", name="mixed")
+    assert principals_of(urllib.parse.quote(mixed.cert.read_text())) == frozenset({"10670"})
+    cn_only = issue_dev_client_cert(tmp_path, "AIA", san_uri=False, name="cn")
+    assert principals_of(urllib.parse.quote(cn_only.cert.read_text())) == frozenset({"AIA"})
+    assert principals_of("garbage") == frozenset()
+    assert principals_of("x" * 100_000) == frozenset()
