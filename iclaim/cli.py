@@ -64,6 +64,26 @@ async def _claim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_claim(args: argparse.Namespace) -> int:
+    """Writes a synthetic FHIR R4 Claim (no real patient) for trying `submit`."""
+    import secrets
+
+    from iclaim.fhir.claim import PatientInfo, build_claim
+
+    creds = load_dev_credentials(args.as_, args.credentials)
+    doc = build_claim(
+        claim_ref=args.claim_ref or f"SAMPLE-{secrets.token_hex(4)}",
+        hospital_code=creds.code,
+        insurer_code=args.insurer,
+        policy_number=args.policy,
+        amount_satang=args.amount_satang,
+        patient=PatientInfo(name="Sample Patient", citizen_id="1101700203451"),
+        diagnoses=["J18.9"],
+    )
+    sys.stdout.write(doc.decode() + "\n")
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     from iclaim.devstack.up import run_up
 
@@ -93,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--claim-ref", default=None, help="default: the Claim's identifier")
     submit.add_argument("--timeout", type=float, default=30.0, help="wait for decision (s)")
     submit.set_defaults(func=lambda a: asyncio.run(_submit(a)))
+
+    sample = sub.add_parser("sample-claim", help="print a synthetic FHIR Claim to try submit")
+    sample.add_argument("--insurer", default="AIA")
+    sample.add_argument("--policy", default="POL-0001", help="DENY-…, REVIEW-…, LIMIT-<satang>-…")
+    sample.add_argument("--amount-satang", type=int, default=125_000)
+    sample.add_argument("--claim-ref", default=None)
+    sample.set_defaults(func=_sample_claim)
 
     claim = sub.add_parser("claim", help="look at a claim")
     claim_sub = claim.add_subparsers(dest="claim_cmd", required=True)
