@@ -53,3 +53,45 @@ async def test_router_sigkilled_before_delivery_delivers_each_claim_once(
     finally:
         await conn.close()
     assert {r["transaction_id"]: r["n"] for r in rows} == {t: 1 for t in ids}
+
+
+async def test_killing_router_and_audit_mid_run_loses_and_duplicates_no_audit_entry(
+    running_stack: RunningStack,
+) -> None:
+    """Claims flow while the audit service and then the router (a producer) are
+    SIGKILLed; every claim's state changes end up in the log exactly once."""
+    from tests.integration.test_audit_trail import entries_for
+
+    stack = running_stack.stack
+    tids: list[str] = []
+    async with HospitalClient(running_stack.creds()) as client:
+        async def one(n: int) -> None:
+            r = f"AUDK-{secrets.token_hex(4)}-{n}"
+            claim = await client.submit_claim(
+                fhir(client.creds.code, "BLA", r, "POL-AK", 2_000 + n),
+                insurer_code="BLA", claim_ref=r, amount_satang=2_000 + n)
+            tids.append(claim.transaction_id)
+
+        await asyncio.gather(*(one(n) for n in range(5)))
+        await stack.kill("audit_log", signal.SIGKILL)
+        await asyncio.gather(*(one(n) for n in range(5, 10)))
+        await stack.restart("audit_log")
+        await stack.kill("claim_router", signal.SIGKILL)
+        await stack.restart("claim_router")
+        await asyncio.gather(*(one(n) for n in range(10, 15)))
+        for t in tids:
+            for _ in range(200):
+                if (await client.get_claim(t)).state == S.CLAIM_STATE_APPROVED:
+                    break
+                await asyncio.sleep(0.05)
+
+    for t in tids:
+        entries = await entries_for(running_stack, t, want=3)
+        changes = [e.event.outcome_reason for e in entries
+                   if e.event.service_type == "claim_router"]
+        assert changes.count("CLAIM_STATE_RECEIVED") == 1, (t, changes)
+        assert changes.count("CLAIM_STATE_APPROVED") == 1, (t, changes)
+        # DELIVERED is skipped when the decision outruns the delivery receipt.
+        assert changes.count("CLAIM_STATE_DELIVERED") <= 1, (t, changes)
+        ids = [e.event.event_id for e in entries]
+        assert len(ids) == len(set(ids))
