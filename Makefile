@@ -19,12 +19,15 @@ $(STAMP): pyproject.toml
 proto: $(PROTO_STAMP)
 
 # Generated code and .pyi stubs live only here; never edited, never copied.
-$(PROTO_STAMP): $(STAMP) $(PROTO_SRC)
+# --mypy_grpc_out (protoc-gen-mypy_grpc, from mypy-protobuf in .venv/bin) writes typed
+# *_pb2_grpc.pyi stubs: grpcio-tools has no pyi output for the gRPC modules, and
+# without them every Stub/add_*_to_server call is untyped under mypy --strict.
+$(PROTO_STAMP): $(STAMP) $(PROTO_SRC) Makefile
 	rm -rf iclaim/v1 iclaim/internal/v1
-	$(PY) -m grpc_tools.protoc -Iprotos \
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
 	  -I$$($(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))') \
 	  -I$$($(PY) -c 'import google.type, os; print(os.path.dirname(os.path.dirname(google.type.__path__[0])))') \
-	  --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
+	  --python_out=. --pyi_out=. --grpc_python_out=. --mypy_grpc_out=. $(PROTO_SRC)
 	touch iclaim/v1/__init__.py iclaim/internal/v1/__init__.py
 	touch $@
 

@@ -156,7 +156,7 @@ def _stub(target: str) -> tuple[Any, Any]:
     from iclaim.internal.v1 import audit_log_pb2_grpc
 
     channel = grpc.aio.insecure_channel(target, options=CLIENT_OPTIONS)
-    return channel, audit_log_pb2_grpc.AuditLogServiceStub(channel)  # type: ignore[no-untyped-call]
+    return channel, audit_log_pb2_grpc.AuditLogServiceStub(channel)
 
 
 async def _checkpoint_cmd(args: argparse.Namespace) -> int:

@@ -61,7 +61,7 @@ def thb(satang: int) -> str:
 
 # --- the RPC: one function over a stub, so any signed channel can drive it -----
 async def fetch_statement(
-    stub: billing_service_pb2_grpc.BillingServiceStub, counterparty: str, start: date, end: date
+    stub: billing_service_pb2_grpc.BillingServiceAsyncStub, counterparty: str, start: date, end: date
 ) -> pb.Statement:
     statement: pb.Statement = await stub.GetStatement(
         pb.GetStatementRequest(
@@ -126,7 +126,7 @@ async def _statement(args: argparse.Namespace) -> int:
     creds = load_dev_credentials(getattr(args, "as_", None),
                                  getattr(args, "credentials", None) or DEV_CREDENTIALS)
     async with gateway_channel(creds) as channel:
-        stub = billing_service_pb2_grpc.BillingServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = billing_service_pb2_grpc.BillingServiceStub(channel)
         s = await fetch_statement(stub, args.counterparty, args.start, args.end)
     _emit(args, lambda out: (statement_csv if args.csv else statement_table)(s, out))
     return 0

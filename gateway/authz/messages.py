@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
@@ -53,11 +54,19 @@ def derive(method: str, body: bytes) -> Derived:
     txn: str | None = None
     tf = fields.get("transaction_id")
     if tf is not None and tf.type == tf.TYPE_STRING and not _repeated(tf):
-        txn = msg.transaction_id if _HEADER_SAFE.fullmatch(msg.transaction_id) else None
+        value: str = _field(msg, "transaction_id")
+        txn = value if _HEADER_SAFE.fullmatch(value) else None
     env: str | None = None
     if method == SUBMIT_CLAIM:
-        env = hashlib.sha256(msg.envelope.encode("utf-8")).hexdigest()
+        envelope: str = _field(msg, "envelope")
+        env = hashlib.sha256(envelope.encode("utf-8")).hexdigest()
     return Derived(transaction_id=txn, envelope_sha256=env)
+
+
+def _field(msg: Message, name: str) -> Any:
+    # The request classes are built from descriptors at run time (message_factory),
+    # so their fields are read by name rather than through generated attributes.
+    return getattr(msg, name)
 
 
 def _repeated(field: object) -> bool:

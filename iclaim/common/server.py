@@ -8,7 +8,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import grpc
 import structlog
@@ -36,6 +36,13 @@ CLIENT_OPTIONS = [
 PRINCIPAL_HEADER = "x-iclaim-principal"
 ROLE_HEADER = "x-iclaim-role"
 REASON_TRAILER = "x-iclaim-reason"
+
+# grpc.RpcMethodHandler is typed for the sync server (plain callables, grpc.ServicerContext,
+# Iterator); under grpc.aio the same fields hold coroutine functions and async generators
+# that take an aio context. These name what the aio server really hands us.
+_AioContext: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+_AioUnaryUnary: TypeAlias = Callable[[Any, _AioContext], Awaitable[Any]]
+_AioUnaryStream: TypeAlias = Callable[[Any, _AioContext], AsyncIterator[Any]]
 
 
 @dataclass(frozen=True)
@@ -104,9 +111,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(details)
         if handler is None:
             return handler
@@ -117,7 +126,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         bind = {"rpc": details.method, "client": md.get(PRINCIPAL_HEADER, "")}
 
         if handler.unary_unary:
-            inner = handler.unary_unary
+            inner = cast(_AioUnaryUnary, handler.unary_unary)
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 async with _guarded(service, method, context, {**bind, **_request_ids(request)}):
@@ -130,7 +139,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             )
 
         if handler.unary_stream:
-            inner_stream = handler.unary_stream
+            inner_stream = cast(_AioUnaryStream, handler.unary_stream)
 
             async def stream(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]

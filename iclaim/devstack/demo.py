@@ -3,6 +3,7 @@ from a dev hospital to different insurers, each decided by the §8 rules."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from iclaim.client.credentials import Credentials
@@ -40,8 +41,8 @@ def demo_claim(creds: Credentials, case: DemoCase, claim_ref: str) -> bytes:
     )
 
 
-async def run_demo(creds: Credentials, print_line: object = print) -> list[pb.Claim]:
-    out = print_line  # type: ignore[assignment]
+async def run_demo(creds: Credentials, print_line: Callable[[str], object] = print) -> list[pb.Claim]:
+    out = print_line
     run = secrets.token_hex(3)
     decided: list[pb.Claim] = []
     async with HospitalClient(creds) as client:
@@ -64,6 +65,6 @@ async def run_demo(creds: Credentials, print_line: object = print) -> list[pb.Cl
             if claim.decision_envelope:
                 opened = client.open_decision(claim)
                 line += f"  [ClaimResponse {opened.claim_response.get('outcome')}]"
-            out(line)  # type: ignore[operator]
+            out(line)
             decided.append(claim)
     return decided

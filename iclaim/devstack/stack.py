@@ -158,7 +158,8 @@ class Stack:
         port = getattr(self.ports, spec.grpc_port_field)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             try:
-                resp = await health_pb2_grpc.HealthStub(ch).Check(
+                # types-grpcio-health-checking declares HealthStub without its methods.
+                resp = await health_pb2_grpc.HealthStub(ch).Check(  # type: ignore[attr-defined]
                     health_pb2.HealthCheckRequest(service=""), timeout=1.0
                 )
             except grpc.aio.AioRpcError:

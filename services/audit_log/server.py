@@ -23,20 +23,19 @@ from iclaim.common.server import (
 )
 from iclaim.crypto.secretbox import SecretBox
 from iclaim.internal.v1 import audit_log_pb2, audit_log_pb2_grpc
+from iclaim.v1 import audit_trail_service_pb2, audit_trail_service_pb2_grpc
 from services.audit_log.appender import Appender
 from services.audit_log.checkpointer import Checkpointer, load_or_create_signer
-from iclaim.v1 import audit_trail_service_pb2, audit_trail_service_pb2_grpc
 from services.audit_log.service import AuditLogServicer, expire_all
-from services.audit_log.trail import AuditTrailServicer
-
-TRAIL_SERVICE_NAME = audit_trail_service_pb2.DESCRIPTOR.services_by_name[
-    "AuditTrailService"
-].full_name
 from services.audit_log.store import AuditStore
 from services.audit_log.tailer import AccessLogTailer
+from services.audit_log.trail import AuditTrailServicer
 
 log = structlog.get_logger("audit_log")
 SERVICE_NAME = audit_log_pb2.DESCRIPTOR.services_by_name["AuditLogService"].full_name
+TRAIL_SERVICE_NAME = audit_trail_service_pb2.DESCRIPTOR.services_by_name[
+    "AuditTrailService"
+].full_name
 
 
 @dataclass(frozen=True)
@@ -122,11 +121,9 @@ async def build_server(config: Config, *, box: SecretBox | None = None) -> Runni
     appender = Appender(store)
     server = new_server()
     log_servicer = AuditLogServicer(store, appender, checkpointer, config.retention_days)
-    audit_log_pb2_grpc.add_AuditLogServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        log_servicer, server
-    )
+    audit_log_pb2_grpc.add_AuditLogServiceServicer_to_server(log_servicer, server)
     # The public, read-only trail (routed by the gateway; own entries only).
-    audit_trail_service_pb2_grpc.add_AuditTrailServiceServicer_to_server(  # type: ignore[no-untyped-call]
+    audit_trail_service_pb2_grpc.add_AuditTrailServiceServicer_to_server(
         AuditTrailServicer(log_servicer), server
     )
     health = add_health_and_reflection(server, [SERVICE_NAME, TRAIL_SERVICE_NAME])

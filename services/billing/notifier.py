@@ -30,9 +30,7 @@ class PaidNotifier:
         poll_s: float = 1.0,
     ) -> None:
         self._store = store
-        self._stub = decision_intake_pb2_grpc.ClaimSettlementServiceStub(  # type: ignore[no-untyped-call]
-            channel
-        )
+        self._stub = decision_intake_pb2_grpc.ClaimSettlementServiceStub(channel)
         self._deadline = deadline_s
         self._poll = poll_s
         self._wake = asyncio.Event()

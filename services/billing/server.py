@@ -123,10 +123,10 @@ async def build_server(config: Config, pool: asyncpg.Pool) -> BillingServer:
     notifier = PaidNotifier(store, channel, deadline_s=config.rpc_deadline_s,
                             poll_s=config.outbox_poll_s)
     server = new_server()
-    billing_service_pb2_grpc.add_BillingServiceServicer_to_server(  # type: ignore[no-untyped-call]
+    billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
         BillingServicer(store, on_paid=notifier.wake), server
     )
-    billing_intake_pb2_grpc.add_BillingIntakeServiceServicer_to_server(  # type: ignore[no-untyped-call]
+    billing_intake_pb2_grpc.add_BillingIntakeServiceServicer_to_server(
         BillingIntakeServicer(store), server
     )
     health_servicer = add_health_and_reflection(server, SERVICE_NAMES)

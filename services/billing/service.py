@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar, cast
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -102,7 +102,7 @@ def invoice_pb(v: InvoiceView) -> pb.Invoice:
         transaction_ids=list(v.transaction_ids),
         total_satang=v.total_satang,
         paid_satang=v.paid_satang,
-        status=pb.InvoiceStatus.Value(f"INVOICE_STATUS_{v.status}"),
+        status=cast(pb.InvoiceStatus, pb.InvoiceStatus.Value(f"INVOICE_STATUS_{v.status}")),
         submitted_at=_ts(v.submitted_at),
         acknowledged_at=_ts(v.acknowledged_at),
         due_date=_date(v.due_date),

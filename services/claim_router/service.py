@@ -13,7 +13,7 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from iclaim.common.access_log import TRANSACTION_HEADER
-from iclaim.common.errors import FailedPrecondition, NotFound, PermissionDenied
+from iclaim.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from iclaim.common.server import Caller, caller_of
 from iclaim.crypto.envelope import sha256_hex
 from iclaim.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
@@ -307,7 +307,7 @@ class ClaimServicer(claim_service_pb2_grpc.ClaimServiceServicer):
             try:
                 after = (datetime.fromisoformat(token["at"]), token["tid"])
             except ValueError:
-                raise domain.InvalidArgument(
+                raise InvalidArgument(
                     "page_token is not valid", reason="PAGE_TOKEN_INVALID"
                 ) from None
         state = domain.state_filter_of(request.state) if request.HasField("state") else None
@@ -366,7 +366,7 @@ class InsurerServicer(insurer_service_pb2_grpc.InsurerServiceServicer):
     ) -> insurer_service_pb2.PullClaimsResponse:
         caller = _require(caller_of(context), "insurer")
         if not 1 <= request.max_claims <= domain.MAX_PULL_CLAIMS:
-            raise domain.InvalidArgument("max_claims must be 1-100", reason="MAX_CLAIMS_INVALID")
+            raise InvalidArgument("max_claims must be 1-100", reason="MAX_CLAIMS_INVALID")
         wait_s = domain.duration_s(
             request.wait.seconds,
             request.wait.nanos,

@@ -168,12 +168,12 @@ async def build_server(config: Config) -> AdapterServer:
             store=store,
             keys=store,
             registry=registry,
-            router=decision_intake_pb2_grpc.DecisionIntakeServiceStub(channel),  # type: ignore[no-untyped-call]
+            router=decision_intake_pb2_grpc.DecisionIntakeServiceStub(channel),
             settings=config.worker_settings(),
             enrol=enrol,
         )
         server = new_server()
-        insurer_adapter_pb2_grpc.add_InsurerAdapterServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        insurer_adapter_pb2_grpc.add_InsurerAdapterServiceServicer_to_server(
             InsurerAdapterServicer(store, simulated, worker.notify), server
         )
         health_servicer = add_health_and_reflection(server, [SERVICE_NAME])

@@ -82,7 +82,7 @@ class Worker:
         store: DeliveryStore,
         keys: KeyStore,
         registry: RegistryStore,
-        router: decision_intake_pb2_grpc.DecisionIntakeServiceStub,
+        router: decision_intake_pb2_grpc.DecisionIntakeServiceAsyncStub,
         settings: WorkerSettings,
         enrol: Callable[[], Awaitable[Any]],
     ) -> None:

@@ -139,6 +139,6 @@ async def test_invoice_paid_in_two_instalments(running_stack: RunningStack) -> N
         st_h.closing_balance_satang
     assert st_h.closing_balance_satang == st_i.closing_balance_satang
     assert st_h.opening_balance_satang == st_i.opening_balance_satang
-    assert [(l.kind, l.amount_satang) for l in st_h.lines] == \
-        [(l.kind, l.amount_satang) for l in st_i.lines]
+    assert [(ln.kind, ln.amount_satang) for ln in st_h.lines] == \
+        [(ln.kind, ln.amount_satang) for ln in st_i.lines]
     assert st_h.closing_balance_text_th
