@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from iclaim.audit.entry import AuditEntry, entry_leaf_hash
+from iclaim.audit.wire import entry_of_event
 from iclaim.audit.merkle import MerkleError, verify_inclusion
 from iclaim.audit.note import (
     NoteError,
@@ -171,23 +172,6 @@ async def _checkpoint_cmd(args: argparse.Namespace) -> int:
     print(resp.checkpoint.note, end="")
     print(f"verifier key: {resp.checkpoint.verifier_key}")
     return 0
-
-
-def entry_of_event(ev: Any) -> AuditEntry:
-    from iclaim.internal.v1 import audit_log_pb2 as pb
-
-    kinds = {
-        pb.AUDIT_EVENT_KIND_GATEWAY_CALL: "GATEWAY_CALL",
-        pb.AUDIT_EVENT_KIND_CLAIM_STATE_CHANGE: "CLAIM_STATE_CHANGE",
-    }
-    return AuditEntry(
-        event_id=ev.event_id, kind=kinds.get(ev.kind, ""), origin_principal=ev.origin_principal,
-        source_address=ev.source_address, destination=ev.destination, route=ev.route,
-        occurred_at_us=ev.occurred_at.seconds * 1_000_000 + ev.occurred_at.nanos // 1000,
-        size_bytes=ev.size_bytes, duration_ms=ev.duration_ms, service_type=ev.service_type,
-        outcome_code=ev.outcome_code, outcome_reason=ev.outcome_reason,
-        transaction_id=ev.transaction_id, envelope_sha256=ev.envelope_sha256,
-    )
 
 
 @dataclass

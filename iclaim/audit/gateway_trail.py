@@ -4,44 +4,23 @@ internal AuditLogService: the public messages are mapped onto the internal
 shapes the verifier reads."""
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
+from iclaim.audit.entry import AuditEntry
+from iclaim.audit.wire import event_of_entry
 from iclaim.internal.v1 import audit_log_pb2 as ipb
 from iclaim.v1 import audit_trail_service_pb2 as pb
 from iclaim.v1 import audit_trail_service_pb2_grpc as pb_grpc
 
-_KINDS = {
-    "GATEWAY_CALL": ipb.AUDIT_EVENT_KIND_GATEWAY_CALL,
-    "CLAIM_STATE_CHANGE": ipb.AUDIT_EVENT_KIND_CLAIM_STATE_CHANGE,
-}
-
-
 def log_entry(e: pb.AuditTrailEntry) -> ipb.LogEntry:
-    occurred = Timestamp(
-        seconds=e.occurred_at_us // 1_000_000, nanos=(e.occurred_at_us % 1_000_000) * 1000
+    event = (
+        ipb.AuditEvent(event_id=e.event_id)
+        if e.expired
+        else event_of_entry(AuditEntry(**{f.name: getattr(e, f.name) for f in fields(AuditEntry)}))
     )
     return ipb.LogEntry(
-        leaf_index=e.leaf_index,
-        leaf_hash=e.leaf_hash,
-        expired=e.expired,
-        event=ipb.AuditEvent(
-            event_id=e.event_id,
-            kind=_KINDS.get(e.kind, ipb.AUDIT_EVENT_KIND_UNSPECIFIED),
-            origin_principal=e.origin_principal,
-            source_address=e.source_address,
-            destination=e.destination,
-            route=e.route,
-            occurred_at=occurred,
-            size_bytes=e.size_bytes,
-            duration_ms=e.duration_ms,
-            service_type=e.service_type,
-            outcome_code=e.outcome_code,
-            outcome_reason=e.outcome_reason,
-            transaction_id=e.transaction_id,
-            envelope_sha256=e.envelope_sha256,
-        ),
+        leaf_index=e.leaf_index, leaf_hash=e.leaf_hash, expired=e.expired, event=event
     )
 
 

@@ -8,6 +8,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from iclaim.audit.entry import AuditEntry
+from iclaim.audit.wire import entry_of_event, event_of_entry
 from iclaim.audit.verifier import StoredLeaf
 from iclaim.common.access_log import PRINCIPAL_HEADER
 from iclaim.common.errors import InvalidArgument, NotFound, PermissionDenied
@@ -29,11 +30,6 @@ Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 MAX_EVENTS_PER_APPEND = 1000
 MAX_LIST = 1000
 DEFAULT_LIST = 100
-_KIND_TO_NAME = {
-    pb.AUDIT_EVENT_KIND_GATEWAY_CALL: "GATEWAY_CALL",
-    pb.AUDIT_EVENT_KIND_CLAIM_STATE_CHANGE: "CLAIM_STATE_CHANGE",
-}
-_NAME_TO_KIND = {v: k for k, v in _KIND_TO_NAME.items()}
 _SCOPES = {pb.LEGAL_HOLD_SCOPE_PRINCIPAL: "principal", pb.LEGAL_HOLD_SCOPE_TRANSACTION: "transaction"}
 _SCOPE_ENUM = {v: k for k, v in _SCOPES.items()}
 
@@ -43,23 +39,7 @@ def _invalid(msg: str) -> InvalidArgument:
 
 
 def entry_from_event(ev: pb.AuditEvent, now_us: int) -> AuditEntry:
-    ts = ev.occurred_at
-    entry = AuditEntry(
-        event_id=ev.event_id,
-        kind=_KIND_TO_NAME.get(ev.kind, ""),
-        origin_principal=ev.origin_principal,
-        source_address=ev.source_address,
-        destination=ev.destination,
-        route=ev.route,
-        occurred_at_us=ts.seconds * 1_000_000 + ts.nanos // 1000,
-        size_bytes=ev.size_bytes,
-        duration_ms=ev.duration_ms,
-        service_type=ev.service_type,
-        outcome_code=ev.outcome_code,
-        outcome_reason=ev.outcome_reason,
-        transaction_id=ev.transaction_id,
-        envelope_sha256=ev.envelope_sha256,
-    )
+    entry = entry_of_event(ev)
     bad = check_entry(entry, now_us)
     if bad is not None:
         # Name the field, never echo its value: it may be what must not be stored.
@@ -67,30 +47,8 @@ def entry_from_event(ev: pb.AuditEvent, now_us: int) -> AuditEntry:
     return entry
 
 
-def event_from_entry(e: AuditEntry) -> pb.AuditEvent:
-    ts = timestamp_pb2.Timestamp(
-        seconds=e.occurred_at_us // 1_000_000, nanos=(e.occurred_at_us % 1_000_000) * 1000
-    )
-    return pb.AuditEvent(
-        event_id=e.event_id,
-        kind=_NAME_TO_KIND.get(e.kind, pb.AUDIT_EVENT_KIND_UNSPECIFIED),
-        origin_principal=e.origin_principal,
-        source_address=e.source_address,
-        destination=e.destination,
-        route=e.route,
-        occurred_at=ts,
-        size_bytes=e.size_bytes,
-        duration_ms=e.duration_ms,
-        service_type=e.service_type,
-        outcome_code=e.outcome_code,
-        outcome_reason=e.outcome_reason,
-        transaction_id=e.transaction_id,
-        envelope_sha256=e.envelope_sha256,
-    )
-
-
 def _log_entry(leaf: StoredLeaf) -> pb.LogEntry:
-    ev = event_from_entry(leaf.entry) if leaf.entry else pb.AuditEvent(event_id=leaf.event_id)
+    ev = event_of_entry(leaf.entry) if leaf.entry else pb.AuditEvent(event_id=leaf.event_id)
     return pb.LogEntry(
         leaf_index=leaf.leaf_index, leaf_hash=leaf.leaf_hash, event=ev,
         expired=leaf.entry is None,

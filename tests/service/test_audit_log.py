@@ -12,7 +12,8 @@ from grpc_status import rpc_status
 from iclaim.audit import merkle
 from iclaim.audit.entry import entry_leaf_hash
 from iclaim.audit.note import open_checkpoint, parse_verifier_key
-from iclaim.audit_cli import entry_of_event, verify_database, verify_trail
+from iclaim.audit.wire import entry_of_event
+from iclaim.audit_cli import verify_database, verify_trail
 from iclaim.common.errors import error_info_of
 from iclaim.internal.v1 import audit_log_pb2 as pb
 from tests.service.test_audit_support import audit_server, event
