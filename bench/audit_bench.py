@@ -66,7 +66,7 @@ async def _rpc_throughput(url: str, box: SecretBox, n: int, now_us: int) -> tupl
     from iclaim.internal.v1 import audit_log_pb2 as pb
     from iclaim.internal.v1 import audit_log_pb2_grpc as pbg
     from services.audit_log.server import Config, build_server
-    from services.audit_log.service import event_from_entry
+    from iclaim.audit.wire import event_of_entry
 
     running = await build_server(
         Config(database_url=url, listen_addr="127.0.0.1:0", access_log=None,
@@ -80,7 +80,7 @@ async def _rpc_throughput(url: str, box: SecretBox, n: int, now_us: int) -> tupl
 
             async def producer(p: int) -> None:
                 for k in range(per):
-                    ev = event_from_entry(_entry(n + p * per + k, now_us))
+                    ev = event_of_entry(_entry(n + p * per + k, now_us))
                     await stub.Append(pb.AppendRequest(events=[ev]), timeout=30)
 
             start = time.perf_counter()
