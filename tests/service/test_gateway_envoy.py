@@ -111,6 +111,7 @@ class Gateway:
     ca_pem: bytes
     access_log: Path
     recorder: Recorder
+    state: Path
 
 
 async def _wait_ready(admin_port: int, proc: asyncio.subprocess.Process) -> None:
@@ -132,8 +133,12 @@ async def _wait_ready(admin_port: int, proc: asyncio.subprocess.Process) -> None
     raise TimeoutError("envoy did not become ready")
 
 
-@pytest.fixture(scope="module")
-async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
+@contextlib.asynccontextmanager
+async def recording_gateway(
+    state: Path, extra_env: dict[str, str] | None = None
+) -> AsyncIterator[Gateway]:
+    """Real Envoy (our runner) in front of one recording upstream that serves
+    every public service; the authz port is reserved for the test to bind."""
     recorder = Recorder()
     upstream = grpc.aio.server()
     upstream.add_generic_rpc_handlers(_recording_handlers(recorder))
@@ -143,7 +148,6 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
     await upstream.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
 
-    state = tmp_path_factory.mktemp("gateway")
     port, admin_port, authz_port = _free_port(), _free_port(), _free_port()
     access_log = state / "access.log"
     env = {
@@ -157,6 +161,7 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
         "ICLAIM_AUTHZ_TARGET": f"127.0.0.1:{authz_port}",
         "ICLAIM_ENVOY_ACCESS_LOG": str(access_log),
         "ICLAIM_ENVOY_LOG_FLUSH_MS": "50",
+        **(extra_env or {}),
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway.envoy", cwd=ROOT, env=env
@@ -164,7 +169,7 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
     try:
         await _wait_ready(admin_port, proc)
         ca_pem = (state / "tls" / "ca.pem").read_bytes()
-        yield Gateway(port, authz_port, ca_pem, access_log, recorder)
+        yield Gateway(port, authz_port, ca_pem, access_log, recorder, state)
     finally:
         proc.terminate()  # the runner forwards SIGTERM to Envoy
         try:
@@ -173,6 +178,12 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
             proc.kill()
             await proc.wait()
         await upstream.stop(0)
+
+
+@pytest.fixture(scope="module")
+async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
+    async with recording_gateway(tmp_path_factory.mktemp("gateway")) as gw:
+        yield gw
 
 
 # --- per test: registry + authz service --------------------------------------------------

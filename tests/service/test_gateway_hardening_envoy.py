@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import secrets
 import socket
 import ssl
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,7 +30,6 @@ import asyncpg
 import grpc
 import pytest
 import redis as sync_redis
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.authz import frame, policy
 from gateway.authz.server import Config, build_server
@@ -46,12 +43,10 @@ from iclaim.v1 import claim_service_pb2, claim_service_pb2_grpc
 from tests.service.test_gateway_envoy import (
     ROOT,
     Cred,
-    Recorder,
-    _free_port,
+    Gateway,
     _identity,
-    _recording_handlers,
-    _wait_ready,
     outcome,
+    recording_gateway,
     signed,
 )
 
@@ -61,60 +56,19 @@ GET_CLAIM = "/iclaim.v1.ClaimService/GetClaim"
 INTERNAL_PROTOS = ROOT / "protos" / "iclaim" / "internal" / "v1"
 
 
-@dataclass
-class Gw:
-    port: int
-    authz_port: int
-    ca_pem: bytes
-    state: Path
-    recorder: Recorder
 
 
 @pytest.fixture(scope="module")
-async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gw]:
-    recorder = Recorder()
-    upstream = grpc.aio.server()
-    upstream.add_generic_rpc_handlers(_recording_handlers(recorder))
-    hs = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(hs, upstream)
-    upstream_port = upstream.add_insecure_port("127.0.0.1:0")
-    await upstream.start()
-    await hs.set("", health_pb2.HealthCheckResponse.SERVING)
-
+async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
     state = tmp_path_factory.mktemp("hardened")
     client_ca = ensure_dev_client_ca(state)
-    port, admin_port, authz_port = _free_port(), _free_port(), _free_port()
-    env = {
-        **os.environ,
-        "ICLAIM_STATE_DIR": str(state),
-        "ICLAIM_GATEWAY_ADDR": f"127.0.0.1:{port}",
-        "ICLAIM_ENVOY_ADMIN_ADDR": f"127.0.0.1:{admin_port}",
-        "ICLAIM_ROUTER_TARGET": f"127.0.0.1:{upstream_port}",
-        "ICLAIM_BILLING_TARGET": f"127.0.0.1:{upstream_port}",
-        "ICLAIM_AUDIT_TARGET": f"127.0.0.1:{upstream_port}",
-        "ICLAIM_AUTHZ_TARGET": f"127.0.0.1:{authz_port}",
-        "ICLAIM_ENVOY_ACCESS_LOG": str(state / "access.log"),
-        "ICLAIM_GATEWAY_CLIENT_CA": str(client_ca),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.envoy", cwd=ROOT, env=env
-    )
-    try:
-        await _wait_ready(admin_port, proc)
-        yield Gw(port, authz_port, (state / "tls" / "ca.pem").read_bytes(), state, recorder)
-    finally:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        await upstream.stop(0)
+    async with recording_gateway(state, {"ICLAIM_GATEWAY_CLIENT_CA": str(client_ca)}) as gateway:
+        yield gateway
 
 
 @dataclass
 class Env:
-    gw: Gw
+    gw: Gateway
     channel: grpc.aio.Channel
     registry: RegistryStore
     redis_url: str
@@ -150,7 +104,7 @@ EnvFactory = Callable[..., Awaitable[Env]]
 
 @pytest.fixture
 async def make_env(
-    gw: Gw, database_url: str, redis_url: str
+    gw: Gateway, database_url: str, redis_url: str
 ) -> AsyncIterator[EnvFactory]:
     closers: list[Callable[[], Awaitable[None]]] = []
 
@@ -353,7 +307,7 @@ async def test_every_internal_method_is_unimplemented_at_the_gateway(
 
 
 # --- TLS ----------------------------------------------------------------------------
-async def _handshake(gw: Gw, ctx: ssl.SSLContext) -> str | None:
+async def _handshake(gw: Gateway, ctx: ssl.SSLContext) -> str | None:
     _, writer = await asyncio.open_connection("127.0.0.1", gw.port, ssl=ctx,
                                               server_hostname="localhost")
     version = writer.get_extra_info("ssl_object").version()
@@ -361,7 +315,7 @@ async def _handshake(gw: Gw, ctx: ssl.SSLContext) -> str | None:
     return version
 
 
-def _ctx(gw: Gw, version: ssl.TLSVersion, ciphers: str | None = None) -> ssl.SSLContext:
+def _ctx(gw: Gateway, version: ssl.TLSVersion, ciphers: str | None = None) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cadata=gw.ca_pem.decode())
     ctx.minimum_version = ctx.maximum_version = version
     if ciphers:
@@ -394,14 +348,15 @@ def _permissive_server_port(state: Path) -> int:
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated")
-async def test_tls_1_1_and_non_aead_suites_are_refused(gw: Gw) -> None:
+async def test_tls_1_1_and_non_aead_suites_are_refused(gw: Gateway) -> None:
     assert await _handshake(gw, _ctx(gw, ssl.TLSVersion.TLSv1_2,
                                      "ECDHE-ECDSA-CHACHA20-POLY1305")) == "TLSv1.2"
     # Let our client offer TLS 1.1 (OpenSSL's default security level forbids it).
     old = _ctx(gw, ssl.TLSVersion.TLSv1_1, "DEFAULT:@SECLEVEL=0")
     cbc = [_ctx(gw, ssl.TLSVersion.TLSv1_2, suite) for suite in (
         "ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA384", "ECDHE-ECDSA-AES256-SHA")]
-    control = Gw(_permissive_server_port(gw.state), 0, gw.ca_pem, gw.state, gw.recorder)
+    control = Gateway(_permissive_server_port(gw.state), 0, gw.ca_pem, gw.access_log, gw.recorder,
+                 gw.state)
     assert await _handshake(control, old) == "TLSv1.1"
     for ctx in cbc:
         assert await _handshake(control, ctx) == "TLSv1.2"
@@ -413,7 +368,7 @@ async def test_tls_1_1_and_non_aead_suites_are_refused(gw: Gw) -> None:
 
 
 # --- mutual TLS ---------------------------------------------------------------------
-def _mtls_channel(gw: Gw, cert: Path, key: Path) -> grpc.aio.Channel:
+def _mtls_channel(gw: Gateway, cert: Path, key: Path) -> grpc.aio.Channel:
     creds = grpc.ssl_channel_credentials(
         root_certificates=gw.ca_pem, private_key=key.read_bytes(),
         certificate_chain=cert.read_bytes(),
@@ -525,7 +480,7 @@ async def _error_metadata(c: grpc.aio.Call) -> dict[str, str]:
 
 # --- a flushed Redis during a run, and the SDK -------------------------------------------
 def _sdk_stub(
-    gw: Gw, cred: Cred, clock: Clock | None = None
+    gw: Gateway, cred: Cred, clock: Clock | None = None
 ) -> tuple[grpc.aio.Channel, claim_service_pb2_grpc.ClaimServiceStub]:
     channel = grpc.aio.secure_channel(
         f"127.0.0.1:{gw.port}", grpc.ssl_channel_credentials(root_certificates=gw.ca_pem),
