@@ -35,6 +35,7 @@ from services.claim_router.relay import OutboxRelay
 from services.claim_router.service import (
     ClaimRouter,
     ClaimServicer,
+    DEFAULT_PULL_LEASE_S,
     ClaimSettlementServicer,
     DecisionIntakeServicer,
     InsurerServicer,
@@ -65,6 +66,7 @@ class Config:
     billing_target: str
     # How long a rotated-out encryption key of a principal stays accepted.
     key_grace_s: float = DEFAULT_KEY_GRACE_S
+    pull_lease_s: float = DEFAULT_PULL_LEASE_S
 
     @classmethod
     def from_env(cls) -> Config:
@@ -78,6 +80,7 @@ class Config:
             key_grace_s=env_float(
                 "ICLAIM_KEY_GRACE_S", DEFAULT_KEY_GRACE_S, lo=0, hi=MAX_KEY_GRACE_S
             ),
+            pull_lease_s=env_float("ICLAIM_PULL_LEASE_S", DEFAULT_PULL_LEASE_S, lo=1, hi=3600),
         )
 
 
@@ -119,7 +122,12 @@ async def build_server(config: Config, box: SecretBox) -> RouterApp:
     relay = OutboxRelay(store, audit_channel, billing_channel)
 
     router = ClaimRouter(
-        store, DirectoryCache(registry), deliverer, hub, key_grace_s=config.key_grace_s
+        store,
+        DirectoryCache(registry),
+        deliverer,
+        hub,
+        key_grace_s=config.key_grace_s,
+        pull_lease_s=config.pull_lease_s,
     )
     server = new_server()
     claim_service_pb2_grpc.add_ClaimServiceServicer_to_server(ClaimServicer(router), server)

@@ -30,7 +30,7 @@ from services.claim_router.store import ClaimRecord, Event, PgClaimStore
 from services.claim_router.watch import ChangeHub
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
-PULL_LEASE_S = 60.0
+DEFAULT_PULL_LEASE_S = 60.0  # §6: an undecided pulled claim is offered again after this
 WATCH_RECHECK_S = 15.0
 def _ts(when: datetime | None) -> Timestamp | None:
     if when is None:
@@ -82,12 +82,14 @@ class ClaimRouter:
         hub: ChangeHub,
         *,
         key_grace_s: float = DEFAULT_KEY_GRACE_S,
+        pull_lease_s: float = DEFAULT_PULL_LEASE_S,
     ) -> None:
         self.store = store
         self.directory = directory
         self.deliverer = deliverer
         self.hub = hub
         self.key_grace_s = key_grace_s
+        self.pull_lease_s = pull_lease_s
 
     async def owned_claim(self, caller: Caller, transaction_id: str) -> ClaimRecord:
         domain.check_transaction_id(transaction_id)
@@ -383,7 +385,7 @@ class InsurerServicer(insurer_service_pb2_grpc.InsurerServiceServicer):
                 leased = await self.r.store.lease_pull(
                     caller.code,
                     request.max_claims,
-                    PULL_LEASE_S,
+                    self.r.pull_lease_s,
                     lambda rec: state_change_events(
                         rec, actor=caller.code, route="/iclaim.v1.InsurerService/PullClaims"
                     ),

@@ -110,6 +110,7 @@ async def env(database_url: str) -> AsyncIterator[Env]:
         adapter_target=f"127.0.0.1:{adapter_port}",
         audit_target="off",
         billing_target="off",
+        pull_lease_s=1.0,
     )
     app = await build_server(config, box)
     await app.start()
@@ -340,10 +341,14 @@ async def test_pull_insurer_leases_and_decides(env: Env) -> None:
         insurer_service_pb2.PullClaimsRequest(max_claims=10, wait=wait), metadata=md)
     assert [d.transaction_id for d in pulled.deliveries] == [claim.transaction_id]
     assert pulled.deliveries[0].envelope
-    # Leased: not offered again while the lease runs.
+    # Leased: not offered again while the lease runs, offered again after it.
     again = await env.insurer.PullClaims(
         insurer_service_pb2.PullClaimsRequest(max_claims=10), metadata=md)
     assert list(again.deliveries) == []
+    await asyncio.sleep(1.2)
+    reoffered = await env.insurer.PullClaims(
+        insurer_service_pb2.PullClaimsRequest(max_claims=10), metadata=md)
+    assert [d.transaction_id for d in reoffered.deliveries] == [claim.transaction_id]
     assert env.adapter.calls == []  # pull claims are never pushed
     hospital = await env.insurer.GetHospital(
         insurer_service_pb2.GetHospitalRequest(hospital_code=H1), metadata=md)
@@ -355,6 +360,10 @@ async def test_pull_insurer_leases_and_decides(env: Env) -> None:
             decision_envelope=env.decision(H1, "TESTPULL", "REF-7", 4_000)),
         metadata=md)
     assert decided.state == S.CLAIM_STATE_PARTIALLY_APPROVED
+    await asyncio.sleep(1.2)
+    after = await env.insurer.PullClaims(
+        insurer_service_pb2.PullClaimsRequest(max_claims=10), metadata=md)
+    assert list(after.deliveries) == []  # decided: never offered again
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await env.insurer.PullClaims(
             insurer_service_pb2.PullClaimsRequest(max_claims=0), metadata=md)
@@ -424,3 +433,26 @@ async def test_log_lines_carry_transaction_id_and_no_claim_content(env: Env) -> 
     assert delivered and delivered[0]["transaction_id"] == claim.transaction_id
     text = repr(logs)
     assert "REF-LOG" not in text  # the hospital's claim reference is not logged
+
+
+async def test_pull_claim_marked_pending_review_is_not_offered_again(env: Env) -> None:
+    claim = await submit(env, H1, "TESTPULL", "REF-PR", 700)
+    md = env.md("TESTPULL", "insurer")
+    pulled = await env.insurer.PullClaims(
+        insurer_service_pb2.PullClaimsRequest(max_claims=10), metadata=md)
+    assert [d.transaction_id for d in pulled.deliveries] == [claim.transaction_id]
+    await env.insurer.PostDecision(
+        insurer_service_pb2.PostDecisionRequest(
+            transaction_id=claim.transaction_id, state=S.CLAIM_STATE_PENDING_REVIEW),
+        metadata=md)
+    await asyncio.sleep(1.2)  # past the 1 s test lease
+    again = await env.insurer.PullClaims(
+        insurer_service_pb2.PullClaimsRequest(max_claims=10), metadata=md)
+    assert list(again.deliveries) == []
+    final = await env.insurer.PostDecision(
+        insurer_service_pb2.PostDecisionRequest(
+            transaction_id=claim.transaction_id, state=S.CLAIM_STATE_APPROVED,
+            approved_amount_satang=700,
+            decision_envelope=env.decision(H1, "TESTPULL", "REF-PR", 700)),
+        metadata=md)
+    assert final.state == S.CLAIM_STATE_APPROVED
