@@ -1,7 +1,9 @@
 """What an HIS needs: list insurers, seal and submit claims, follow and open decisions."""
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -117,11 +119,32 @@ class HospitalClient:
     async def watch_claim(
         self, transaction_id: str, timeout_s: float = 120.0
     ) -> AsyncIterator[pb.Claim]:
-        call = self.stub.WatchClaim(
-            pb.WatchClaimRequest(transaction_id=transaction_id), timeout=timeout_s
-        )
-        async for claim in call:
-            yield claim
+        """Each state change once, until a final state. A stream cut by a
+        retryable error (gateway restart, nonce-store recovery) is re-opened,
+        signed anew, within `timeout_s` overall."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        last_state: int | None = None
+        attempt = 0
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"no final state for {transaction_id} within {timeout_s} s")
+            call = self.stub.WatchClaim(
+                pb.WatchClaimRequest(transaction_id=transaction_id), timeout=remaining
+            )
+            try:
+                async for claim in call:
+                    attempt = 0
+                    if claim.state != last_state:
+                        last_state = claim.state
+                        yield claim
+                return
+            except grpc.aio.AioRpcError as err:
+                if not (is_retryable(err) or _transport_reset(err)):
+                    raise
+                attempt += 1
+                await asyncio.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))
 
     async def list_claims(self, **filters: Any) -> list[pb.Claim]:
         claims: list[pb.Claim] = []
@@ -153,6 +176,15 @@ class HospitalClient:
         ):
             raise DecisionVerificationError("decision envelope header does not match the claim")
         return OpenedDecision(header=header, claim_response=json.loads(plaintext))
+
+
+def _transport_reset(err: grpc.aio.AioRpcError) -> bool:
+    """A stream cut below the application (e.g. Envoy resetting it when the
+    upstream died: INTERNAL "Stream removed"), not an error our services sent:
+    those always carry grpc-status-details-bin. Safe to re-open a watch."""
+    if err.code() != grpc.StatusCode.INTERNAL:
+        return False
+    return not any(k == "grpc-status-details-bin" for k, _ in err.trailing_metadata() or ())
 
 
 def is_retryable(err: grpc.aio.AioRpcError) -> bool:

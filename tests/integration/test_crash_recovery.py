@@ -95,3 +95,22 @@ async def test_killing_router_and_audit_mid_run_loses_and_duplicates_no_audit_en
         assert changes.count("CLAIM_STATE_DELIVERED") <= 1, (t, changes)
         ids = [e.event.event_id for e in entries]
         assert len(ids) == len(set(ids))
+
+
+async def test_sdk_watch_rides_through_a_router_restart(running_stack: RunningStack) -> None:
+    stack = running_stack.stack
+    async with HospitalClient(running_stack.creds()) as client:
+        r = f"WATCH-{secrets.token_hex(4)}"
+        claim = await client.submit_claim(
+            fhir(client.creds.code, "AZAY", r, "REVIEW-W", 3_000),
+            insurer_code="AZAY", claim_ref=r, amount_satang=3_000)
+        seen: list[int] = []
+        restarted = False
+        async for update in client.watch_claim(claim.transaction_id, timeout_s=60):
+            seen.append(update.state)
+            if not restarted:
+                restarted = True
+                await stack.kill("claim_router", signal.SIGKILL)
+                await stack.restart("claim_router")
+        assert seen[-1] == S.CLAIM_STATE_APPROVED
+        assert len(seen) == len(set(seen))  # each state once, across the reconnect
