@@ -51,3 +51,26 @@ async def test_reflection_lists_public_services_and_health_answers(
     # Reflection does not make an unsigned call possible.
     code, out = await run(*tls, "-d", "{}", creds.gateway, "iclaim.v1.ClaimService/ListInsurers")
     assert code != 0 and "Unauthenticated" in out, out
+
+
+@pytest.mark.parametrize("package", ["grpc.reflection.v1", "grpc.reflection.v1alpha"])
+async def test_reflection_v1_and_v1alpha_through_the_gateway(
+    running_stack: RunningStack, package: str
+) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    from tests.integration.helpers import tls_channel
+
+    async with tls_channel(running_stack.creds()) as channel:
+        call = channel.stream_stream(
+            f"/{package}.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        stream = call(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                      timeout=10)
+        responses = [r async for r in stream]
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert {"iclaim.v1.ClaimService", "iclaim.v1.InsurerService", "iclaim.v1.BillingService",
+            "iclaim.v1.AuditTrailService"} <= names
+    assert not any("internal" in n for n in names)
