@@ -51,3 +51,7 @@ async def test_insurers_sample_submit_get_watch(running_stack: RunningStack, tmp
 
     code, out = await iclaim(running_stack, "claim", "get", "txn_" + "0" * 28)
     assert code == 1 and "NOT_FOUND" in out
+
+    # The hospital proves its own audit trail through the gateway.
+    code, out = await iclaim(running_stack, "audit", "trail")
+    assert code == 0 and "OK:" in out and "entries of 10670" in out, out
