@@ -32,10 +32,26 @@ MAX_LINE = 256 * 1024
 
 
 @dataclass(frozen=True)
-class _Chunk:
+class Chunk:
     entries: list[AuditEntry]
     next_offset: int
     malformed: int
+
+
+@dataclass(frozen=True)
+class Position:
+    """How far a file has been consumed (what the offset store keeps)."""
+
+    file_id: str
+    byte_offset: int
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    path: Path  # the live file or its rotated predecessor
+    file_id: str
+    offset: int
+    switch: bool  # a file not seen before: record its position even if nothing is read
 
 
 def file_id(path: Path) -> str | None:
@@ -51,15 +67,15 @@ def file_id(path: Path) -> str | None:
     return f"{st.st_dev}:{st.st_ino}:{hashlib.sha256(first).hexdigest()[:16]}"
 
 
-def read_chunk(path: Path, offset: int) -> _Chunk:
+def read_chunk(path: Path, offset: int) -> Chunk:
     with path.open("rb") as f:
         f.seek(offset)
         data = f.read(MAX_READ)
     end = data.rfind(b"\n")
     if end < 0:
         if len(data) >= MAX_READ:  # one absurdly long line: skip past it
-            return _Chunk([], offset + len(data), 1)
-        return _Chunk([], offset, 0)
+            return Chunk([], offset + len(data), 1)
+        return Chunk([], offset, 0)
     entries: list[AuditEntry] = []
     malformed = 0
     now_us = int(time.time() * 1_000_000)
@@ -77,7 +93,42 @@ def read_chunk(path: Path, offset: int) -> _Chunk:
             malformed += 1
             continue
         entries.append(entry)
-    return _Chunk(entries, offset + end + 1, malformed)
+    return Chunk(entries, offset + end + 1, malformed)
+
+
+def rotated_path(path: Path) -> Path:
+    return path.with_name(path.name + ".1")
+
+
+def plan_read(path: Path, stored: Position | None) -> ReadPlan | None:
+    """Which file to read next and from where, given the consumed position.
+
+    Shared by the in-process tailer and the gateway-pod shipper, so both
+    handle rotation and truncation alike."""
+    current = file_id(path)
+    rotated = rotated_path(path)
+    if stored is not None and stored.file_id != current and file_id(rotated) == stored.file_id:
+        return ReadPlan(rotated, stored.file_id, stored.byte_offset, False)
+    if current is None:
+        return None
+    offset = 0
+    if stored is not None and stored.file_id == current:
+        offset = stored.byte_offset
+        if os.path.getsize(path) < offset:
+            offset = 0  # truncated in place
+    return ReadPlan(path, current, offset, switch=stored is None or stored.file_id != current)
+
+
+def next_position(path: Path, plan: ReadPlan, chunk: Chunk) -> Position | None:
+    """The position to record after `chunk` was read per `plan`; None: no change."""
+    if chunk.next_offset != plan.offset or plan.switch:
+        return Position(plan.file_id, chunk.next_offset)
+    if plan.path != path:
+        # The rotated file is finished: move on to the new one at 0.
+        current = file_id(path)
+        if current is not None:
+            return Position(current, 0)
+    return None
 
 
 class AccessLogTailer:
@@ -86,45 +137,29 @@ class AccessLogTailer:
         self._path = path
         self._poll_s = poll_s
 
-    async def _commit(self, chunk: _Chunk, fid: str) -> None:
+    async def _commit(self, chunk: Chunk, pos: Position) -> None:
         if chunk.malformed:
             metrics.INGEST_MALFORMED.inc(chunk.malformed)
             log.warning("access_log_malformed_lines", count=chunk.malformed)
         await timed_append(
             self._store, chunk.entries, "gateway",
-            offset=OffsetUpdate(SOURCE, fid, chunk.next_offset),
+            offset=OffsetUpdate(SOURCE, pos.file_id, pos.byte_offset),
         )
 
     async def step(self) -> int:
         """Ingests what is there now; returns how many bytes it consumed."""
-        current = file_id(self._path)
-        if current is None:
-            return 0
         stored = await self._store.ingest_offset(SOURCE)
-        offset = 0
-        if stored is not None:
-            if stored.file_id == current:
-                offset = stored.byte_offset
-                if os.path.getsize(self._path) < offset:
-                    offset = 0  # truncated in place
-            else:
-                rotated = self._path.with_name(self._path.name + ".1")
-                if file_id(rotated) == stored.file_id:
-                    return await self._drain(rotated, stored.file_id, stored.byte_offset)
-        return await self._drain(self._path, current, offset, switch=stored is None
-                                 or stored.file_id != current)
-
-    async def _drain(self, path: Path, fid: str, offset: int, switch: bool = False) -> int:
-        chunk = read_chunk(path, offset)  # page-cache read of at most 1 MiB
-        if chunk.next_offset == offset and not switch:
-            if path != self._path:
-                # The rotated file is finished: move on to the new one at 0.
-                current = file_id(self._path)
-                if current is not None:
-                    await self._store.append([], offset=OffsetUpdate(SOURCE, current, 0))
+        plan = plan_read(
+            self._path, None if stored is None else Position(stored.file_id, stored.byte_offset)
+        )
+        if plan is None:
             return 0
-        await self._commit(chunk, fid)
-        return chunk.next_offset - offset
+        chunk = read_chunk(plan.path, plan.offset)  # page-cache read of at most 1 MiB
+        pos = next_position(self._path, plan, chunk)
+        if pos is None:
+            return 0
+        await self._commit(chunk, pos)
+        return max(chunk.next_offset - plan.offset, 0)
 
     async def run(self) -> None:
         while True:

@@ -33,6 +33,11 @@ PROD_REPLICAS = {
     "insurer-adapter": 2, "audit-log": 2, "billing": 2,
 }
 ENVOY_MODULE = "gateway.envoy"  # TLS listener + loopback admin: no grpc/httpGet probes
+AUDIT_MODULE = "services.audit_log"
+SHIPPER_MODULE = "services.audit_log.shipper"
+# Sidecars (never a pod's first container) -> the port their native gRPC probes
+# use; it is not named grpc, which stays the pod's one Service-facing gRPC port.
+SIDECARS = {SHIPPER_MODULE: "shipper-health"}
 SECRET_NAME = "iclaim-secrets"
 # Variables that name a credential: only ever from a Secret, never a literal.
 SECRET_ENV = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|_URL|DSN)$")
@@ -361,9 +366,13 @@ def container_problems(dep: Obj, container: Obj) -> list[str]:
         elif quantity(req) > quantity(lim):
             problems.append(f"{where}: {kind} request above its limit")
 
-    grpc_port = _named_port(container, "grpc")
+    module = _module(container)
+    probe_port = SIDECARS.get(module or "", "grpc")
+    grpc_port = _named_port(container, probe_port)
     if grpc_port is None:
-        problems.append(f"{where}: needs a container port named grpc")
+        problems.append(f"{where}: needs a container port named {probe_port}")
+    if probe_port != "grpc" and _named_port(container, "grpc") is not None:
+        problems.append(f"{where}: a sidecar must not expose a port named grpc")
     for kind in ("readinessProbe", "livenessProbe"):
         probe = container.get(kind)
         if probe is None:
@@ -372,9 +381,8 @@ def container_problems(dep: Obj, container: Obj) -> list[str]:
             if not ({"exec", "tcpSocket"} & set(probe)):
                 problems.append(f"{where}: Envoy {kind} must be exec or tcpSocket")
         elif probe.get("grpc", {}).get("port") != grpc_port:
-            problems.append(f"{where}: {kind} must be a native gRPC probe on the grpc port")
+            problems.append(f"{where}: {kind} must be a native gRPC probe on the {probe_port} port")
 
-    module = _module(container)
     source = REPO / module.replace(".", "/") if module else REPO
     if not ((source / "__main__.py").is_file() or source.with_suffix(".py").is_file()):
         problems.append(f"{where}: command must be python -m <existing package>, got "
@@ -400,7 +408,7 @@ def container_problems(dep: Obj, container: Obj) -> list[str]:
     for name, value in env.items():
         if value is None or not value.startswith("/"):
             continue
-        if name.endswith(("_DIR", "_LOG")) and not any(
+        if name.endswith(("_DIR", "_LOG", "_STATE")) and not any(
             value == w or value.startswith(w.rstrip("/") + "/") for w in writable
         ):
             problems.append(f"{where}: {name}={value} is not on a writable emptyDir")
@@ -424,7 +432,7 @@ def container_problems(dep: Obj, container: Obj) -> list[str]:
             if host not in ("0.0.0.0", "::"):
                 problems.append(f"{where}: {name} must listen on all interfaces, not {host}")
             if int(port) != grpc_port:
-                problems.append(f"{where}: {name} port {port} is not the grpc container port")
+                problems.append(f"{where}: {name} port {port} is not the {probe_port} container port")
     metrics_port = _named_port(container, "metrics")
     for name, value in env.items():
         if name.endswith("_METRICS_PORT") and value is not None and int(value) != metrics_port:
@@ -454,8 +462,15 @@ def deployment_problems(objs: list[Obj]) -> list[str]:
             problems.append(f"{_ident(dep)}: ServiceAccount must not automount a token")
         if pod.get("automountServiceAccountToken") is not False:
             problems.append(f"{_ident(dep)}: pod must not automount a token")
-        for container in pod["containers"]:
+        for i, container in enumerate(pod["containers"]):
+            if (i == 0) == (_module(container) in SIDECARS):
+                problems.append(f"{_ident(dep)}[{container['name']}]: the first container runs "
+                                f"the service, later ones only known sidecars {sorted(SIDECARS)}")
             problems += container_problems(dep, container)
+        port_names = [p["name"] for c in _all_containers(dep) for p in c.get("ports", []) if "name" in p]
+        duplicated = sorted({n for n in port_names if port_names.count(n) > 1})
+        if duplicated:
+            problems.append(f"{_ident(dep)}: container port names must be unique in the pod: {duplicated}")
         mine = [s for s in services if _ns(s) == _ns(dep) and _selects(s["spec"].get("selector", {}), labels)]
         ports = {p.get("name"): p for s in mine for p in s["spec"]["ports"]}
         if "grpc" not in ports:
@@ -504,6 +519,8 @@ def target_problems(objs: list[Obj]) -> list[str]:
     for (ns, name), svc in services.items():
         if svc["spec"].get("type") == "LoadBalancer" or name == "gateway":
             continue  # the public entry point
+        if not any(p.get("name") == "grpc" for p in svc["spec"]["ports"]):
+            continue  # no gRPC behind it (gateway-metrics); the pods' grpc Service is checked
         pols = [p for p in _of_kind(objs, "NetworkPolicy")
                 if _ns(p) == ns and _selects(p["spec"]["podSelector"].get("matchLabels", {}),
                                               svc["spec"]["selector"])]
@@ -523,6 +540,47 @@ def target_problems(objs: list[Obj]) -> list[str]:
         elif allowed != callers[(ns, name)]:
             problems.append(f"Service/{name}: NetworkPolicy admits {sorted(allowed)}, "
                             f"callers are {sorted(callers[(ns, name)])}")
+    return problems
+
+
+def _mount_of(container: Obj, path: str) -> Obj | None:
+    """The volume mount a file path lives on (the longest matching mountPath)."""
+    hits = [m for m in container.get("volumeMounts", [])
+            if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    return max(hits, key=lambda m: len(m["mountPath"]), default=None)
+
+
+def shipper_problems(objs: list[Obj]) -> list[str]:
+    """Gateway calls reach the audit trail: every Envoy pod runs one shipper on
+    Envoy's own access log (same path on the same writable emptyDir), and
+    audit-log does not tail a file that is not in its pod."""
+    problems: list[str] = []
+    for dep in _of_kind(objs, "Deployment"):
+        pod, ns = _pod_spec(dep), _ns(dep)
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        envoys = [c for c in pod["containers"] if _module(c) == ENVOY_MODULE]
+        shippers = [c for c in pod["containers"] if _module(c) == SHIPPER_MODULE]
+        if len(shippers) != (1 if envoys else 0):
+            problems.append(f"{_ident(dep)}: needs exactly one audit shipper per Envoy pod, "
+                            f"none elsewhere (has {len(shippers)})")
+        for envoy in envoys:
+            log = _resolved_env(envoy, ns).get("ICLAIM_ENVOY_ACCESS_LOG")
+            envoy_mount = _mount_of(envoy, log or "")
+            for shipper in shippers:
+                shipped = _resolved_env(shipper, ns).get("ICLAIM_ENVOY_ACCESS_LOG")
+                mount = _mount_of(shipper, shipped or "")
+                if not log or shipped != log:
+                    problems.append(f"{_ident(dep)}: the shipper must read Envoy's access log "
+                                    f"{log}, not {shipped}")
+                elif (envoy_mount is None or mount is None or mount["name"] != envoy_mount["name"]
+                      or "emptyDir" not in volumes.get(mount["name"], {}) or mount.get("readOnly")):
+                    problems.append(f"{_ident(dep)}: the shipper must mount Envoy's access-log "
+                                    "emptyDir, writable (its state file lives there)")
+        for container in pod["containers"]:
+            if _module(container) == AUDIT_MODULE and _resolved_env(container, ns).get(
+                    "ICLAIM_AUDIT_TAIL_ACCESS_LOG") != "false":
+                problems.append(f"{_ident(dep)}: audit-log must not tail an access log in-cluster "
+                                "(ICLAIM_AUDIT_TAIL_ACCESS_LOG=false; the gateway's shipper sends it)")
     return problems
 
 
@@ -548,7 +606,7 @@ def _source_text() -> str:
 
 def house_problems(objs: list[Obj]) -> list[str]:
     return (secret_problems(objs) + deployment_problems(objs) + target_problems(objs)
-            + env_name_problems(objs))
+            + shipper_problems(objs) + env_name_problems(objs))
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -658,6 +716,15 @@ def _env(objs: list[Obj], dep: str, var: str) -> Obj:
     return next(e for e in _server(objs, dep)["env"] if e["name"] == var)
 
 
+def _shipper(objs: list[Obj]) -> Obj:
+    return next(c for c in _pod_spec(_dep(objs, "gateway"))["containers"]
+                if _module(c) == SHIPPER_MODULE)
+
+
+def _shipper_env(objs: list[Obj], var: str) -> Obj:
+    return next(e for e in _shipper(objs)["env"] if e["name"] == var)
+
+
 def _literal(item: Obj, value: str) -> None:
     item.pop("valueFrom")
     item["value"] = value
@@ -710,6 +777,33 @@ MUTATIONS: dict[str, tuple[Callable[[list[Obj]], object], str]] = {
     "typo in env name": (
         lambda o: _env(o, "audit-log", "ICLAIM_AUDIT_TAIL_ACCESS_LOG").update(
             name="ICLAIM_AUDIT_TAIL_ACCES_LOG"), "read by no code"),
+    "sidecar probe on metrics port": (
+        lambda o: _shipper(o)["livenessProbe"].update(grpc={"port": 9106}),
+        "native gRPC probe on the shipper-health port"),
+    "sidecar health port named grpc": (
+        lambda o: _shipper(o)["ports"][0].update(name="grpc"), "unique in the pod"),
+    "sidecar health on loopback": (
+        lambda o: _shipper_env(o, "ICLAIM_SHIPPER_ADDR").update(value="127.0.0.1:50072"),
+        "all interfaces"),
+    "shipper state on read-only root": (
+        lambda o: _shipper_env(o, "ICLAIM_SHIPPER_STATE").update(value="/opt/state"),
+        "writable emptyDir"),
+    "shipper reads another file": (
+        lambda o: _shipper_env(o, "ICLAIM_ENVOY_ACCESS_LOG").update(value="/tmp/envoy-access.log"),
+        "Envoy's access log"),
+    "shipper has its own volume": (
+        lambda o: _shipper(o)["volumeMounts"][1].update(name="tmp"), "access-log emptyDir"),
+    "no shipper": (
+        lambda o: _pod_spec(_dep(o, "gateway"))["containers"].remove(_shipper(o)),
+        "exactly one audit shipper"),
+    "shipper as first container": (
+        lambda o: _pod_spec(_dep(o, "gateway"))["containers"].reverse(), "first container"),
+    "unknown sidecar": (
+        lambda o: _pod_spec(_dep(o, "billing"))["containers"].append(
+            {**copy.deepcopy(_server(o, "billing")), "name": "extra"}), "known sidecars"),
+    "audit-log tails in-cluster": (
+        lambda o: _env(o, "audit-log", "ICLAIM_AUDIT_TAIL_ACCESS_LOG").update(value="true"),
+        "must not tail"),
     "wrong module": (
         lambda o: _server(o, "billing").update(command=["python", "-m", "services.biling"]),
         "existing package"),
