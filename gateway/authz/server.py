@@ -29,12 +29,11 @@ from gateway.authz.store import PgMarkerLedger
 from iclaim.common.config import ConfigError, env_addr, env_float, env_int, env_str
 from iclaim.common.db import create_pool
 from iclaim.common.logging import configure_logging
-from iclaim.common.metrics import start_metrics_server
 from iclaim.common.server import (
     add_health_and_reflection,
     mark_serving,
     new_server,
-    run_until_signal,
+    serve_app,
 )
 from iclaim.crypto.secretbox import SecretBox
 from iclaim.registry.store import RegistryStore
@@ -142,11 +141,7 @@ async def build_server(
 async def serve() -> None:
     config = Config.from_env()
     box = SecretBox.from_env()
-    app = await build_server(config, box)
-    metrics_port = start_metrics_server(config.metrics_port)
-    await app.start()
-    log.info("serving", addr=config.listen_addr, port=app.port, metrics_port=metrics_port)
-    await run_until_signal(app.server, app.health, on_stop=app.cleanup)
+    await serve_app(await build_server(config, box), config.listen_addr, config.metrics_port)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeAlias, cast
+from typing import Any, Protocol, TypeAlias, cast
 
 import grpc
 import structlog
@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from grpc_status import rpc_status
 
 from iclaim.common.errors import IclaimError, Internal, Unauthenticated
-from iclaim.common.metrics import RPC_LATENCY, RPC_REQUESTS
+from iclaim.common.metrics import RPC_LATENCY, RPC_REQUESTS, start_metrics_server
 
 log = structlog.get_logger("iclaim.server")
 
@@ -226,3 +226,26 @@ async def run_until_signal(
     if on_stop is not None:
         await on_stop()
     log.info("stopped")
+
+
+class ServingApp(Protocol):
+    """What a service's build_server returns: a server not yet started."""
+
+    @property
+    def server(self) -> grpc.aio.Server: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def health(self) -> health.aio.HealthServicer: ...
+    @property
+    def cleanup(self) -> Callable[[], Awaitable[None]]: ...
+
+    async def start(self) -> None: ...
+
+
+async def serve_app(app: ServingApp, listen_addr: str, metrics_port: int) -> None:
+    """/metrics, start, one log line, then serve until SIGTERM and drain."""
+    bound_metrics = start_metrics_server(metrics_port)
+    await app.start()
+    log.info("serving", addr=listen_addr, port=app.port, metrics_port=bound_metrics)
+    await run_until_signal(app.server, app.health, on_stop=app.cleanup)

@@ -12,13 +12,12 @@ from grpc_health.v1.health import aio as _health_aio
 from iclaim.common.config import env_addr, env_float, env_int, env_str
 from iclaim.common.db import create_pool
 from iclaim.common.logging import configure_logging
-from iclaim.common.metrics import start_metrics_server
 from iclaim.common.server import (
     CLIENT_OPTIONS,
     add_health_and_reflection,
     mark_serving,
     new_server,
-    run_until_signal,
+    serve_app,
 )
 from iclaim.crypto.secretbox import SecretBox
 from iclaim.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
@@ -162,11 +161,7 @@ async def build_server(config: Config, box: SecretBox) -> RouterApp:
 async def serve() -> None:
     config = Config.from_env()
     box = SecretBox.from_env()
-    app = await build_server(config, box)
-    metrics_port = start_metrics_server(config.metrics_port)
-    await app.start()
-    log.info("serving", addr=config.listen_addr, port=app.port, metrics_port=metrics_port)
-    await run_until_signal(app.server, app.health, on_stop=app.cleanup)
+    await serve_app(await build_server(config, box), config.listen_addr, config.metrics_port)
 
 
 def main() -> None:
