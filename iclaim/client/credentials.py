@@ -20,11 +20,6 @@ class Credentials:
     secret: bytes
     encryption_private_jwk: dict[str, Any]
 
-    def with_gateway(self, gateway: str) -> Credentials:
-        return Credentials(
-            gateway, self.ca_cert, self.code, self.key_id, self.secret, self.encryption_private_jwk
-        )
-
 
 def load_dev_credentials(code: str | None = None, path: Path | None = None) -> Credentials:
     """Reads `.iclaim/dev/credentials.json` (written by `make run`) for one

@@ -26,7 +26,7 @@ from services.claim_router.delivery import PushDeliverer
 from services.claim_router.domain import State
 from services.claim_router.events import state_change_events
 from services.claim_router.metrics import CLAIM_OUTCOMES, DECISION_LATENCY
-from services.claim_router.store import ClaimRecord, Event, PgClaimStore
+from services.claim_router.store import ClaimRecord, ClaimStore, Event
 from services.claim_router.watch import ChangeHub
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -76,7 +76,7 @@ class ClaimRouter:
 
     def __init__(
         self,
-        store: PgClaimStore,
+        store: ClaimStore,
         directory: DirectoryCache,
         deliverer: PushDeliverer | None,
         hub: ChangeHub,

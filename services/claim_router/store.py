@@ -75,9 +75,27 @@ def _record(row: asyncpg.Record) -> ClaimRecord:
 
 
 class ClaimStore(Protocol):
+    """What the claim use cases need from storage (PgClaimStore in production)."""
+
     async def insert(self, rec: ClaimRecord, events: Sequence[Event]) -> tuple[ClaimRecord, bool]: ...
     async def get(self, transaction_id: str) -> ClaimRecord | None: ...
     async def transition(self, transaction_id: str, mutate: Mutation) -> ClaimRecord | None: ...
+    async def list_for_hospital(
+        self,
+        hospital_code: str,
+        *,
+        state: State | None,
+        insurer_code: str | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[ClaimRecord]: ...
+    async def lease_pull(
+        self,
+        insurer_code: str,
+        limit: int,
+        lease_s: float,
+        on_delivered: Callable[[ClaimRecord], Sequence[Event]],
+    ) -> list[ClaimRecord]: ...
 
 
 class PgClaimStore:

@@ -63,21 +63,6 @@ class ChangeHub:
                     await self._connect()
                 self._wake_all()
 
-    async def wait(self, key: str, timeout: float) -> bool:
-        """True when woken for `key` within `timeout` seconds."""
-        event = asyncio.Event()
-        self._waiters[key].add(event)
-        try:
-            async with asyncio.timeout(timeout):
-                await event.wait()
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            self._waiters[key].discard(event)
-            if not self._waiters[key]:
-                del self._waiters[key]
-
     def register(self, key: str) -> asyncio.Event:
         event = asyncio.Event()
         self._waiters[key].add(event)
