@@ -15,10 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from iclaim.crypto.secretbox import SecretBox
-from iclaim.devstack.infra import Infra
-from iclaim.devstack.stack import Ports, Stack, _free_port
-from iclaim.devstack.up import prepare
+from iclaim_hub.crypto.secretbox import SecretBox
+from iclaim_ops.devstack.infra import Infra
+from iclaim_ops.devstack.stack import Ports, Stack, _free_port
+from iclaim_ops.devstack.up import prepare
 from tests.conftest import REDIS_BASE_URL, _create_db, _drop_db
 
 

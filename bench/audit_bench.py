@@ -24,8 +24,8 @@ from iclaim.audit import merkle
 from iclaim.audit.entry import AuditEntry
 from iclaim.audit.note import Checkpoint, NoteVerifier, sign_checkpoint
 from iclaim.audit.verifier import verify_log
-from iclaim.common.db import create_pool
-from iclaim.crypto.secretbox import SecretBox
+from iclaim_hub.common.db import create_pool
+from iclaim_hub.crypto.secretbox import SecretBox
 from services.audit_log import proofs
 from services.audit_log.checkpointer import load_or_create_signer
 from services.audit_log.store import AuditStore, StoredCheckpoint
@@ -63,10 +63,10 @@ async def _timed(samples: int, fn: Callable[[int], Awaitable[Any]]) -> list[floa
 async def _rpc_throughput(url: str, box: SecretBox, n: int, now_us: int) -> tuple[int, int]:
     import grpc
 
-    from iclaim.internal.v1 import audit_log_pb2 as pb
-    from iclaim.internal.v1 import audit_log_pb2_grpc as pbg
+    from iclaim_hub.internal.v1 import audit_log_pb2 as pb
+    from iclaim_hub.internal.v1 import audit_log_pb2_grpc as pbg
     from services.audit_log.server import Config, build_server
-    from iclaim.audit.wire import event_of_entry
+    from iclaim_hub.audit.wire import event_of_entry
 
     running = await build_server(
         Config(database_url=url, listen_addr="127.0.0.1:0", access_log=None,

@@ -21,8 +21,8 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from iclaim.common.db import create_pool
-from iclaim.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
+from iclaim_hub.common.db import create_pool
+from iclaim_hub.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
 from iclaim.v1 import billing_service_pb2 as pb
 from iclaim.v1 import billing_service_pb2_grpc
 from services.billing.domain import Decision

@@ -19,7 +19,7 @@ Layout
         grpc.health.v1.Health/*, grpc.reflection.v1{,alpha}.ServerReflection/*
                                    -> cluster `router`, ext_authz disabled
         anything else -> direct_response UNIMPLEMENTED, ext_authz disabled
-      access log: one JSON line per request (iclaim.common.access_log
+      access log: one JSON line per request (iclaim_hub.common.access_log
                   ENVOY_JSON_FORMAT) to ICLAIM_ENVOY_ACCESS_LOG, denials included
     upstreams: plaintext HTTP/2 (ICLAIM_ROUTER_TARGET, ICLAIM_BILLING_TARGET,
                ICLAIM_AUTHZ_TARGET); admin on ICLAIM_ENVOY_ADMIN_ADDR (loopback only)
@@ -50,14 +50,14 @@ from typing import Any
 
 from gateway.authz import frame, policy
 from gateway.tls import TlsPaths, ensure_dev_tls
-from iclaim.common.access_log import (
+from iclaim_hub.common.access_log import (
     ENVELOPE_SHA_HEADER,
     ENVOY_JSON_FORMAT,
     PRINCIPAL_HEADER,
     ROLE_HEADER,
     TRANSACTION_HEADER,
 )
-from iclaim.common.config import env_addr, env_int, env_str
+from iclaim_hub.common.config import env_addr, env_int, env_str
 
 TRUSTED_HEADERS = (PRINCIPAL_HEADER, ROLE_HEADER, TRANSACTION_HEADER, ENVELOPE_SHA_HEADER)
 # Also dropped from client requests: Envoy's own "body was truncated" signal to ext_authz.

@@ -15,15 +15,15 @@ import grpc
 
 from gateway.authz import frame, messages, policy, replay
 from gateway.authz.keys import KeyLookup
-from iclaim.common.access_log import (
+from iclaim_hub.common.access_log import (
     ENVELOPE_SHA_HEADER,
     PRINCIPAL_HEADER,
     ROLE_HEADER,
     TRANSACTION_HEADER,
 )
-from iclaim.common.errors import IclaimError, PermissionDenied, Unauthenticated
+from iclaim.errors import Code, IclaimError, PermissionDenied, Unauthenticated
 from iclaim.crypto import signing
-from iclaim.registry.model import SigningKey
+from iclaim_hub.registry.model import SigningKey
 
 # One message for unknown client, unknown key and wrong signature (no enumeration).
 BAD_SIGNATURE_MESSAGE = "request signature is not valid"
@@ -32,7 +32,7 @@ _DUMMY_SECRET = os.urandom(signing.SECRET_BYTES)
 
 
 class Unimplemented(IclaimError):
-    code = grpc.StatusCode.UNIMPLEMENTED
+    code = Code.UNIMPLEMENTED
     default_reason = "UNKNOWN_METHOD"
 
 

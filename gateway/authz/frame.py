@@ -6,7 +6,7 @@ message bytes only (PROTOCOL.md §3), so the frame must be exact.
 """
 from __future__ import annotations
 
-from iclaim.common.errors import InvalidArgument, ResourceExhausted
+from iclaim.errors import InvalidArgument, ResourceExhausted
 
 PREFIX_BYTES = 5
 # The envelope may be 1 MiB (§4); the other request fields get 64 KiB.

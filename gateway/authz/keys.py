@@ -12,8 +12,8 @@ from typing import Protocol
 
 import structlog
 
-from iclaim.common.errors import Unavailable
-from iclaim.registry.model import SigningKey
+from iclaim.errors import Unavailable
+from iclaim_hub.registry.model import SigningKey
 
 log = structlog.get_logger("gateway.authz.keys")
 

@@ -10,7 +10,7 @@ from typing import Any
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 
-from iclaim.common.errors import InvalidArgument
+from iclaim.errors import InvalidArgument
 from iclaim.public_api import public_services
 
 SUBMIT_CLAIM = "/iclaim.v1.ClaimService/SubmitClaim"

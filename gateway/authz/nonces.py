@@ -29,7 +29,7 @@ from redis.retry import Retry
 from gateway.authz import replay
 from gateway.authz.replay import SyncAction
 from gateway.authz.store import MarkerLedger, MarkerState
-from iclaim.common.errors import Unauthenticated, Unavailable
+from iclaim.errors import Unauthenticated, Unavailable
 
 log = structlog.get_logger("gateway.authz.nonces")
 

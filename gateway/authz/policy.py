@@ -37,6 +37,7 @@ ALLOWED_ROLES: dict[str, frozenset[Role]] = {
     f"/{BILLING_SERVICE}/ListInvoices": BOTH,
     f"/{BILLING_SERVICE}/GetInvoice": BOTH,
     f"/{BILLING_SERVICE}/AcknowledgeInvoice": INSURER,
+    f"/{BILLING_SERVICE}/VoidInvoice": HOSPITAL,
     f"/{BILLING_SERVICE}/PostPayment": INSURER,
     f"/{BILLING_SERVICE}/GetStatement": BOTH,
     # Read-only; the audit service limits every read to the caller's own entries.

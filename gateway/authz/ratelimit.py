@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from iclaim.common.errors import ResourceExhausted, Unavailable
+from iclaim.errors import ResourceExhausted, Unavailable
 
 log = structlog.get_logger("gateway.authz.ratelimit")
 

@@ -26,17 +26,17 @@ from gateway.authz.nonces import RedisReplayGuard, redis_client
 from gateway.authz.ratelimit import RedisRateLimiter
 from gateway.authz.service import AuthorizationService
 from gateway.authz.store import PgMarkerLedger
-from iclaim.common.config import ConfigError, env_addr, env_float, env_int, env_str
-from iclaim.common.db import create_pool
-from iclaim.common.logging import configure_logging
-from iclaim.common.server import (
+from iclaim_hub.common.config import ConfigError, env_addr, env_float, env_int, env_str
+from iclaim_hub.common.db import create_pool
+from iclaim_hub.common.logging import configure_logging
+from iclaim_hub.common.server import (
     add_health_and_reflection,
     mark_serving,
     new_server,
     serve_app,
 )
-from iclaim.crypto.secretbox import SecretBox
-from iclaim.registry.store import RegistryStore
+from iclaim_hub.crypto.secretbox import SecretBox
+from iclaim_hub.registry.store import RegistryStore
 
 log = structlog.get_logger("gateway.authz")
 

@@ -22,8 +22,8 @@ from google.rpc import code_pb2, status_pb2
 from gateway.authz import clientcert
 from gateway.authz.authorizer import Allow, Authorizer, CheckInput, Deny
 from gateway.authz.metrics import CHECK_LATENCY, DECISIONS
-from iclaim.common.access_log import REASON_HEADER
-from iclaim.common.errors import build_status
+from iclaim_hub.common.access_log import REASON_HEADER
+from iclaim.errors import build_status
 
 log = structlog.get_logger("gateway.authz")
 
@@ -57,7 +57,7 @@ def deny_response(deny: Deny) -> external_auth_pb2.CheckResponse:
     details = base64.b64encode(status.SerializeToString()).decode("ascii").rstrip("=")
     headers = {
         "content-type": "application/grpc",
-        "grpc-status": str(err.code.value[0]),
+        "grpc-status": str(int(err.code)),
         "grpc-message": _grpc_message(err.message),
         "grpc-status-details-bin": details,
         REASON_HEADER: err.reason,

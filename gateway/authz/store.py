@@ -8,7 +8,7 @@ from typing import Protocol
 
 import asyncpg
 
-from iclaim.common.db import apply_migrations
+from iclaim_hub.common.db import apply_migrations
 
 SCHEMA = "gateway"
 # Inside Envoy's 5 s ext_authz deadline (a resync makes a few of these calls).

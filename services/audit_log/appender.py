@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import structlog
 
 from iclaim.audit.entry import AuditEntry
-from iclaim.common.errors import Unavailable
+from iclaim.errors import Unavailable
 from services.audit_log import metrics
 from services.audit_log.store import AuditStore
 

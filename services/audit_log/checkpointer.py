@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from iclaim.audit.note import Checkpoint, NoteSigner, sign_checkpoint
-from iclaim.crypto.secretbox import SecretBox
+from iclaim_hub.crypto.secretbox import SecretBox
 from services.audit_log import metrics, proofs
 from services.audit_log.store import AuditStore, StoredCheckpoint
 

@@ -1,4 +1,4 @@
-"""Envoy access-log lines (iclaim.common.access_log.ENVOY_JSON_FORMAT) -> AuditEntry.
+"""Envoy access-log lines (iclaim_hub.common.access_log.ENVOY_JSON_FORMAT) -> AuditEntry.
 
 Pure: no I/O. Attacker-controlled values (claimed client, path, reason,
 transaction id) that are not of their expected form are dropped, never

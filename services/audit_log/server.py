@@ -11,18 +11,18 @@ import grpc
 import structlog
 from grpc_health.v1 import health as grpc_health
 
-from iclaim.common.config import ConfigError, env_addr, env_bool, env_float, env_int, env_str
-from iclaim.common.db import create_pool
-from iclaim.common.logging import configure_logging
-from iclaim.common.metrics import start_metrics_server
-from iclaim.common.server import (
+from iclaim_hub.common.config import ConfigError, env_addr, env_bool, env_float, env_int, env_str
+from iclaim_hub.common.db import create_pool
+from iclaim_hub.common.logging import configure_logging
+from iclaim_hub.common.metrics import start_metrics_server
+from iclaim_hub.common.server import (
     add_health_and_reflection,
     mark_serving,
     new_server,
     run_until_signal,
 )
-from iclaim.crypto.secretbox import SecretBox
-from iclaim.internal.v1 import audit_log_pb2, audit_log_pb2_grpc
+from iclaim_hub.crypto.secretbox import SecretBox
+from iclaim_hub.internal.v1 import audit_log_pb2, audit_log_pb2_grpc
 from iclaim.v1 import audit_trail_service_pb2, audit_trail_service_pb2_grpc
 from services.audit_log.appender import Appender
 from services.audit_log.checkpointer import Checkpointer, load_or_create_signer

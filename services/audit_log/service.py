@@ -8,12 +8,12 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from iclaim.audit.entry import AuditEntry
-from iclaim.audit.wire import entry_of_event, event_of_entry
+from iclaim_hub.audit.wire import entry_of_event, event_of_entry
 from iclaim.audit.verifier import StoredLeaf
-from iclaim.common.access_log import PRINCIPAL_HEADER
-from iclaim.common.errors import InvalidArgument, NotFound, PermissionDenied
-from iclaim.internal.v1 import audit_log_pb2 as pb
-from iclaim.internal.v1 import audit_log_pb2_grpc as pb_grpc
+from iclaim_hub.common.access_log import PRINCIPAL_HEADER
+from iclaim.errors import InvalidArgument, NotFound, PermissionDenied
+from iclaim_hub.internal.v1 import audit_log_pb2 as pb
+from iclaim_hub.internal.v1 import audit_log_pb2_grpc as pb_grpc
 from services.audit_log import metrics, proofs
 from services.audit_log.appender import Appender
 from services.audit_log.checkpointer import Checkpointer

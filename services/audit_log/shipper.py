@@ -25,18 +25,18 @@ from grpc_health.v1 import health_pb2
 from prometheus_client import Counter, Gauge
 
 from iclaim.audit.entry import AuditEntry
-from iclaim.audit.wire import event_of_entry
-from iclaim.common.config import ConfigError, env_addr, env_float, env_int, env_str
-from iclaim.common.logging import configure_logging
-from iclaim.common.metrics import start_metrics_server
-from iclaim.common.server import (
+from iclaim_hub.audit.wire import event_of_entry
+from iclaim_hub.common.config import ConfigError, env_addr, env_float, env_int, env_str
+from iclaim_hub.common.logging import configure_logging
+from iclaim_hub.common.metrics import start_metrics_server
+from iclaim_hub.common.server import (
     CLIENT_OPTIONS,
     add_health_and_reflection,
     mark_serving,
     new_server,
 )
-from iclaim.internal.v1 import audit_log_pb2 as pb
-from iclaim.internal.v1 import audit_log_pb2_grpc as pb_grpc
+from iclaim_hub.internal.v1 import audit_log_pb2 as pb
+from iclaim_hub.internal.v1 import audit_log_pb2_grpc as pb_grpc
 from services.audit_log.shipper_state import load_position, save_position
 from services.audit_log.tailer import (
     Position,

@@ -20,7 +20,7 @@ import structlog
 from iclaim.audit.entry import AuditEntry, entry_leaf_hash
 from iclaim.audit.merkle import CompactRange, Node, root_nodes
 from iclaim.audit.verifier import StoredLeaf
-from iclaim.common.db import apply_migrations
+from iclaim_hub.common.db import apply_migrations
 from services.audit_log import proofs
 
 log = structlog.get_logger("audit_log.store")

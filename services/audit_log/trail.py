@@ -8,8 +8,8 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from iclaim.common.server import caller_of
-from iclaim.internal.v1 import audit_log_pb2 as ipb
+from iclaim_hub.common.server import caller_of
+from iclaim_hub.internal.v1 import audit_log_pb2 as ipb
 from iclaim.v1 import audit_trail_service_pb2 as pb
 from iclaim.v1 import audit_trail_service_pb2_grpc as pb_grpc
 from services.audit_log.service import AuditLogServicer

@@ -9,7 +9,7 @@ import contextlib
 import grpc
 import structlog
 
-from iclaim.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
+from iclaim_hub.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
 from services.billing import metrics
 from services.billing.store import PgBillingStore
 

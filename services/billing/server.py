@@ -14,18 +14,18 @@ import grpc
 import structlog
 from grpc_health.v1 import health
 
-from iclaim.common.config import ConfigError, env_addr, env_float, env_int, env_str
-from iclaim.common.db import create_pool
-from iclaim.common.logging import configure_logging
-from iclaim.common.metrics import start_metrics_server
-from iclaim.common.server import (
+from iclaim_hub.common.config import ConfigError, env_addr, env_float, env_int, env_str
+from iclaim_hub.common.db import create_pool
+from iclaim_hub.common.logging import configure_logging
+from iclaim_hub.common.metrics import start_metrics_server
+from iclaim_hub.common.server import (
     CLIENT_OPTIONS,
     add_health_and_reflection,
     mark_serving,
     new_server,
     run_until_signal,
 )
-from iclaim.internal.v1 import billing_intake_pb2, billing_intake_pb2_grpc
+from iclaim_hub.internal.v1 import billing_intake_pb2, billing_intake_pb2_grpc
 from iclaim.v1 import billing_service_pb2, billing_service_pb2_grpc
 from services.billing import metrics
 from services.billing.domain import DEFAULT_CREDIT_DAYS, bangkok_date

@@ -9,9 +9,9 @@ import grpc
 from google.protobuf import timestamp_pb2
 from google.type import date_pb2
 
-from iclaim.common import errors
-from iclaim.common.server import Caller, caller_of
-from iclaim.internal.v1 import billing_intake_pb2, billing_intake_pb2_grpc
+from iclaim_hub.common import errors
+from iclaim_hub.common.server import Caller, caller_of
+from iclaim_hub.internal.v1 import billing_intake_pb2, billing_intake_pb2_grpc
 from iclaim.v1 import billing_service_pb2 as pb
 from iclaim.v1 import billing_service_pb2_grpc, claim_service_pb2
 from services.billing import metrics

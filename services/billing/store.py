@@ -13,7 +13,7 @@ from typing import Protocol, TypeVar
 
 import asyncpg
 
-from iclaim.common.db import apply_migrations
+from iclaim_hub.common.db import apply_migrations
 from iclaim.thai_baht_text import baht_text
 from services.billing.domain import (
     DEFAULT_CREDIT_DAYS,

@@ -15,7 +15,7 @@ import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from iclaim.internal.v1 import insurer_adapter_pb2, insurer_adapter_pb2_grpc
+from iclaim_hub.internal.v1 import insurer_adapter_pb2, insurer_adapter_pb2_grpc
 from services.claim_router.domain import State
 from services.claim_router.events import state_change_events
 from services.claim_router.store import ClaimRecord, PgClaimStore
@@ -105,7 +105,7 @@ def _mark_delivered(current: ClaimRecord) -> tuple[ClaimRecord | None, list[tupl
     if current.state == State.RECEIVED:
         new = current.with_changes(state=State.DELIVERED, delivered_at=now, updated_at=now)
         return new, state_change_events(
-            new, actor="ICLAIM", route="/iclaim.internal.v1.InsurerAdapterService/DeliverClaim"
+            new, actor="ICLAIM", route="/iclaim_hub.internal.v1.InsurerAdapterService/DeliverClaim"
         )
     # A decision already came back (fast insurer): only record the delivery.
     return current.with_changes(delivered_at=now), []

@@ -13,14 +13,14 @@ import time
 from dataclasses import dataclass
 from enum import IntEnum
 
-from iclaim.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from iclaim.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from iclaim.crypto.envelope import (
     MAX_ENVELOPE_BYTES,
     EnvelopeError,
     ProtectedHeader,
     parse_protected_header,
 )
-from iclaim.registry.model import DEFAULT_KEY_GRACE_S, Principal
+from iclaim_hub.registry.model import DEFAULT_KEY_GRACE_S, Principal
 
 CLAIM_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
 INSURER_CODE_RE = re.compile(r"^[A-Z0-9_]{2,16}$")

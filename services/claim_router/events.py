@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from iclaim.internal.v1 import audit_log_pb2, billing_intake_pb2
+from iclaim_hub.internal.v1 import audit_log_pb2, billing_intake_pb2
 from services.claim_router.domain import BILLABLE_STATES, State
 from services.claim_router.store import ClaimRecord, Event
 

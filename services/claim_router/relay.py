@@ -12,7 +12,7 @@ from collections.abc import Awaitable
 import grpc
 import structlog
 
-from iclaim.internal.v1 import (
+from iclaim_hub.internal.v1 import (
     audit_log_pb2,
     audit_log_pb2_grpc,
     billing_intake_pb2,

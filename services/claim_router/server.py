@@ -9,21 +9,21 @@ import grpc
 import structlog
 from grpc_health.v1.health import aio as _health_aio
 
-from iclaim.common.config import env_addr, env_float, env_int, env_str
-from iclaim.common.db import create_pool
-from iclaim.common.logging import configure_logging
-from iclaim.common.server import (
+from iclaim_hub.common.config import env_addr, env_float, env_int, env_str
+from iclaim_hub.common.db import create_pool
+from iclaim_hub.common.logging import configure_logging
+from iclaim_hub.common.server import (
     CLIENT_OPTIONS,
     add_health_and_reflection,
     mark_serving,
     new_server,
     serve_app,
 )
-from iclaim.crypto.secretbox import SecretBox
-from iclaim.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
-from iclaim.registry.cache import DirectoryCache
-from iclaim.registry.model import DEFAULT_KEY_GRACE_S
-from iclaim.registry.store import RegistryStore
+from iclaim_hub.crypto.secretbox import SecretBox
+from iclaim_hub.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
+from iclaim_hub.registry.cache import DirectoryCache
+from iclaim_hub.registry.model import DEFAULT_KEY_GRACE_S
+from iclaim_hub.registry.store import RegistryStore
 from iclaim.public_api import public_service_names
 from iclaim.v1 import (
     claim_service_pb2_grpc,

@@ -12,13 +12,13 @@ import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from iclaim.common.access_log import TRANSACTION_HEADER
-from iclaim.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from iclaim.common.server import Caller, caller_of
+from iclaim_hub.common.access_log import TRANSACTION_HEADER
+from iclaim.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from iclaim_hub.common.server import Caller, caller_of
 from iclaim.crypto.envelope import sha256_hex
-from iclaim.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
-from iclaim.registry.cache import DirectoryCache
-from iclaim.registry.model import DEFAULT_KEY_GRACE_S, Principal
+from iclaim_hub.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
+from iclaim_hub.registry.cache import DirectoryCache
+from iclaim_hub.registry.model import DEFAULT_KEY_GRACE_S, Principal
 from iclaim.v1 import claim_service_pb2 as pb
 from iclaim.v1 import claim_service_pb2_grpc, insurer_service_pb2, insurer_service_pb2_grpc
 from services.claim_router import domain
@@ -497,7 +497,7 @@ class ClaimSettlementServicer(decision_intake_pb2_grpc.ClaimSettlementServiceSer
                 return None, []
             new = cur.with_changes(state=State.PAID, updated_at=datetime.now(UTC))
             return new, state_change_events(
-                new, actor="ICLAIM", route="/iclaim.internal.v1.ClaimSettlementService/MarkClaimPaid"
+                new, actor="ICLAIM", route="/iclaim_hub.internal.v1.ClaimSettlementService/MarkClaimPaid"
             )
 
         stored = await self.r.store.transition(request.transaction_id, mutate)

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import asyncpg
 
-from iclaim.common.db import apply_migrations
+from iclaim_hub.common.db import apply_migrations
 from services.claim_router.domain import State
 
 SCHEMA = "router"

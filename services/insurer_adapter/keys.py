@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 
 from iclaim.crypto.envelope import generate_encryption_key
-from iclaim.registry.store import RegistryStore
+from iclaim_hub.registry.store import RegistryStore
 from services.insurer_adapter.store import KeyStore
 
 log = structlog.get_logger("iclaim.adapter.keys")

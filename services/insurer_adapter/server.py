@@ -10,25 +10,25 @@ import grpc
 import structlog
 from grpc_health.v1 import health
 
-from iclaim.common.config import ConfigError, env_addr, env_float, env_int, env_str
-from iclaim.common.db import create_pool
-from iclaim.common.logging import configure_logging
-from iclaim.common.metrics import start_metrics_server
-from iclaim.common.server import (
+from iclaim_hub.common.config import ConfigError, env_addr, env_float, env_int, env_str
+from iclaim_hub.common.db import create_pool
+from iclaim_hub.common.logging import configure_logging
+from iclaim_hub.common.metrics import start_metrics_server
+from iclaim_hub.common.server import (
     CLIENT_OPTIONS,
     add_health_and_reflection,
     mark_serving,
     new_server,
     run_until_signal,
 )
-from iclaim.crypto.secretbox import MASTER_KEY_ENV, SecretBox
+from iclaim_hub.crypto.secretbox import MASTER_KEY_ENV, SecretBox
 from iclaim.crypto.signing import b64url_decode
-from iclaim.internal.v1 import (
+from iclaim_hub.internal.v1 import (
     decision_intake_pb2_grpc,
     insurer_adapter_pb2,
     insurer_adapter_pb2_grpc,
 )
-from iclaim.registry.store import RegistryStore
+from iclaim_hub.registry.store import RegistryStore
 from services.insurer_adapter.keys import enrol_simulated_insurers
 from services.insurer_adapter.service import InsurerAdapterServicer
 from services.insurer_adapter.simulator import Timing

@@ -11,9 +11,9 @@ import asyncpg
 import grpc
 import structlog
 
-from iclaim.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
+from iclaim.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from iclaim.crypto.envelope import CLAIM_REF_MAX, MAX_ENVELOPE_BYTES, sha256_hex
-from iclaim.internal.v1 import insurer_adapter_pb2, insurer_adapter_pb2_grpc
+from iclaim_hub.internal.v1 import insurer_adapter_pb2, insurer_adapter_pb2_grpc
 from services.insurer_adapter import metrics
 from services.insurer_adapter.model import DeliveryConflict, NewDelivery
 from services.insurer_adapter.store import DeliveryStore

@@ -10,8 +10,8 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from iclaim.common.db import apply_migrations
-from iclaim.crypto.secretbox import SecretBox
+from iclaim_hub.common.db import apply_migrations
+from iclaim_hub.crypto.secretbox import SecretBox
 from services.insurer_adapter.model import (
     Delivery,
     DeliveryConflict,

@@ -22,8 +22,8 @@ import grpc
 import structlog
 
 from iclaim.crypto.envelope import EnvelopeError, parse_protected_header
-from iclaim.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
-from iclaim.registry.store import RegistryStore
+from iclaim_hub.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
+from iclaim_hub.registry.store import RegistryStore
 from iclaim.v1 import claim_service_pb2
 from services.insurer_adapter import metrics, simulator
 from services.insurer_adapter.model import Delivery, PendingDecision

@@ -10,10 +10,10 @@ import asyncpg
 import pytest
 
 from iclaim.client.credentials import Credentials, load_dev_credentials
-from iclaim.crypto.secretbox import SecretBox
-from iclaim.devstack.infra import Infra
-from iclaim.devstack.stack import Ports, Stack
-from iclaim.devstack.up import prepare
+from iclaim_hub.crypto.secretbox import SecretBox
+from iclaim_ops.devstack.infra import Infra
+from iclaim_ops.devstack.stack import Ports, Stack
+from iclaim_ops.devstack.up import prepare
 from tests.conftest import PG_ADMIN_URL, REDIS_BASE_URL, _create_db, _drop_db
 
 # Simulated delays shortened where a test does not measure them.

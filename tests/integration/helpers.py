@@ -9,7 +9,7 @@ import grpc
 from grpc_status import rpc_status
 
 from iclaim.client.credentials import Credentials
-from iclaim.common.errors import error_info_of
+from iclaim.errors import error_info_of
 from iclaim.crypto import signing
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from iclaim.client.hospital import HospitalClient
 from iclaim.fhir.claim import PatientInfo, build_claim
-from iclaim.internal.v1 import audit_log_pb2, audit_log_pb2_grpc
+from iclaim_hub.internal.v1 import audit_log_pb2, audit_log_pb2_grpc
 from iclaim.v1 import claim_service_pb2 as pb
 from tests.integration.conftest import RunningStack
 from tests.integration.helpers import raw_call
@@ -129,7 +129,7 @@ async def test_each_principal_proves_its_own_trail_through_the_gateway(
     running_stack: RunningStack,
 ) -> None:
     from iclaim.audit.gateway_trail import GatewayTrailStub
-    from iclaim.audit_cli import verify_trail
+    from iclaim_ops.audit_cli import verify_trail
     from iclaim.client.channel import gateway_channel
     from iclaim.v1 import audit_trail_service_pb2 as apb
     from iclaim.v1 import audit_trail_service_pb2_grpc

@@ -273,7 +273,7 @@ async def test_forgeries_and_replays_never_reach_the_router(running_stack: Runni
 
 async def test_unknown_methods_are_unimplemented(running_stack: RunningStack) -> None:
     creds = running_stack.creds()
-    for method in ("/iclaim.internal.v1.DecisionIntakeService/RecordDecision",
+    for method in ("/iclaim_hub.internal.v1.DecisionIntakeService/RecordDecision",
                    "/iclaim.v1.ClaimService/NoSuchMethod", "/something/else"):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await raw_call(creds, method, pb.ListInsurersRequest(), pb.ListInsurersResponse)

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from iclaim.client.hospital import HospitalClient
-from iclaim.devstack.stack import SERVICES
+from iclaim_ops.devstack.stack import SERVICES
 from iclaim.v1 import claim_service_pb2 as pb
 from tests.integration.conftest import RunningStack
 from tests.integration.test_claims_e2e import fhir

@@ -21,11 +21,11 @@ import pytest
 
 from iclaim.client.hospital import HospitalClient
 from iclaim.crypto.envelope import generate_encryption_key, open_envelope, seal
-from iclaim.crypto.secretbox import SecretBox
+from iclaim_hub.crypto.secretbox import SecretBox
 from iclaim.crypto.signing import b64url_decode
 from iclaim.fhir.claim import PatientInfo, build_claim
-from iclaim.registry.model import Principal
-from iclaim.registry.store import RegistryStore
+from iclaim_hub.registry.model import Principal
+from iclaim_hub.registry.store import RegistryStore
 from iclaim.v1 import claim_service_pb2 as pb
 from tests.integration.conftest import RunningStack
 from tests.integration.helpers import reason_of

@@ -22,7 +22,7 @@ from iclaim.client.credentials import Credentials
 from iclaim.client.hospital import HospitalClient
 from iclaim.crypto import signing
 from iclaim.fhir.claim import PatientInfo, build_claim
-from iclaim.internal.v1 import audit_log_pb2, audit_log_pb2_grpc
+from iclaim_hub.internal.v1 import audit_log_pb2, audit_log_pb2_grpc
 from iclaim.public_api import public_methods
 from iclaim.v1 import audit_trail_service_pb2 as apb
 from iclaim.v1 import billing_service_pb2 as bpb

@@ -4,8 +4,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from iclaim.common.server import MAX_MESSAGE_BYTES
-from iclaim.devstack.stack import SERVICES
+from iclaim_hub.common.server import MAX_MESSAGE_BYTES
+from iclaim_ops.devstack.stack import SERVICES
 from tests.integration.conftest import RunningStack
 
 pytestmark = pytest.mark.integration

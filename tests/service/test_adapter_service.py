@@ -17,19 +17,20 @@ from prometheus_client import REGISTRY
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from iclaim.common.server import CLIENT_OPTIONS, REASON_TRAILER
+from iclaim.limits import CLIENT_OPTIONS
+from iclaim_hub.common.server import REASON_TRAILER
 from iclaim.crypto.envelope import generate_encryption_key, open_envelope, seal
-from iclaim.crypto.secretbox import SecretBox
+from iclaim_hub.crypto.secretbox import SecretBox
 from iclaim.crypto.signing import b64url, b64url_decode
 from iclaim.fhir import PatientInfo, build_claim, parse_claim_response
-from iclaim.internal.v1 import (
+from iclaim_hub.internal.v1 import (
     decision_intake_pb2,
     decision_intake_pb2_grpc,
     insurer_adapter_pb2,
     insurer_adapter_pb2_grpc,
 )
-from iclaim.registry.directory import dev_hospitals, pull_insurer, sample_insurers
-from iclaim.registry.store import RegistryStore
+from iclaim_hub.registry.directory import dev_hospitals, pull_insurer, sample_insurers
+from iclaim_hub.registry.store import RegistryStore
 from iclaim.v1 import claim_service_pb2 as pb
 from services.insurer_adapter.server import AdapterServer, Config, build_server
 

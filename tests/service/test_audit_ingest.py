@@ -9,8 +9,8 @@ from pathlib import Path
 
 import asyncpg
 
-from iclaim.common.access_log import ENVOY_JSON_FORMAT
-from iclaim.common.db import create_pool
+from iclaim_hub.common.access_log import ENVOY_JSON_FORMAT
+from iclaim_hub.common.db import create_pool
 from services.audit_log.ingest import entry_from_line
 from services.audit_log.store import AuditStore
 from services.audit_log.tailer import AccessLogTailer

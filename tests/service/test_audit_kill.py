@@ -16,8 +16,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from iclaim.audit_cli import verify_database
-from iclaim.crypto.secretbox import SecretBox
+from iclaim_ops.audit_cli import verify_database
+from iclaim_hub.crypto.secretbox import SecretBox
 
 ROOT = Path(__file__).resolve().parents[2]
 N_LINES = 600
@@ -29,7 +29,7 @@ N_OUTBOX = 600
 PRODUCER = r"""
 import asyncio, sys, time
 import asyncpg, grpc
-from iclaim.internal.v1 import audit_log_pb2 as pb, audit_log_pb2_grpc as pbg
+from iclaim_hub.internal.v1 import audit_log_pb2 as pb, audit_log_pb2_grpc as pbg
 
 async def main(dsn, target):
     conn = await asyncpg.connect(dsn)

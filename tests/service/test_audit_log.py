@@ -12,10 +12,10 @@ from grpc_status import rpc_status
 from iclaim.audit import merkle
 from iclaim.audit.entry import entry_leaf_hash
 from iclaim.audit.note import open_checkpoint, parse_verifier_key
-from iclaim.audit.wire import entry_of_event
-from iclaim.audit_cli import verify_database, verify_trail
-from iclaim.common.errors import error_info_of
-from iclaim.internal.v1 import audit_log_pb2 as pb
+from iclaim_hub.audit.wire import entry_of_event
+from iclaim_ops.audit_cli import verify_database, verify_trail
+from iclaim.errors import error_info_of
+from iclaim_hub.internal.v1 import audit_log_pb2 as pb
 from tests.service.test_audit_support import audit_server, event
 
 
@@ -227,7 +227,7 @@ async def test_metrics_are_exported(database_url: str) -> None:
 async def test_cli_commands(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from iclaim import audit_cli
+    from iclaim_ops import audit_cli
 
     parser = argparse.ArgumentParser(prog="iclaim")
     audit_cli.register(parser.add_subparsers(dest="command"))

@@ -8,9 +8,9 @@ import pytest
 
 from iclaim.audit import merkle
 from iclaim.audit.note import open_checkpoint, parse_verifier_key
-from iclaim.audit_cli import verify_database
-from iclaim.common.config import ConfigError
-from iclaim.internal.v1 import audit_log_pb2 as pb
+from iclaim_ops.audit_cli import verify_database
+from iclaim_hub.common.config import ConfigError
+from iclaim_hub.internal.v1 import audit_log_pb2 as pb
 from services.audit_log.server import Config
 from tests.service.test_audit_support import audit_server, event
 

@@ -20,7 +20,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from iclaim.crypto.secretbox import SecretBox
+from iclaim_hub.crypto.secretbox import SecretBox
 from services.audit_log.ingest import entry_from_line
 from services.audit_log.server import Config, Running, build_server
 from services.audit_log.shipper_state import load_position, save_position

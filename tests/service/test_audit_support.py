@@ -9,9 +9,9 @@ from pathlib import Path
 
 import grpc
 
-from iclaim.crypto.secretbox import SecretBox
-from iclaim.internal.v1 import audit_log_pb2 as pb
-from iclaim.internal.v1 import audit_log_pb2_grpc as pb_grpc
+from iclaim_hub.crypto.secretbox import SecretBox
+from iclaim_hub.internal.v1 import audit_log_pb2 as pb
+from iclaim_hub.internal.v1 import audit_log_pb2_grpc as pb_grpc
 from services.audit_log.server import Config, Running, build_server
 
 DAY_S = 86_400

@@ -9,12 +9,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from iclaim import audit_cli
+from iclaim_ops import audit_cli
 from iclaim.audit.entry import AuditEntry, entry_leaf_hash
 from iclaim.audit.merkle import EMPTY_ROOT
 from iclaim.audit.note import Checkpoint, NoteSigner, sign_checkpoint
-from iclaim.audit_cli import verify_database
-from iclaim.internal.v1 import audit_log_pb2 as pb
+from iclaim_ops.audit_cli import verify_database
+from iclaim_hub.internal.v1 import audit_log_pb2 as pb
 from tests.service.test_audit_support import audit_server, event
 
 

@@ -13,8 +13,8 @@ import asyncpg
 import grpc
 from google.protobuf import timestamp_pb2
 
-from iclaim.common.db import create_pool
-from iclaim.internal.v1 import (
+from iclaim_hub.common.db import create_pool
+from iclaim_hub.internal.v1 import (
     billing_intake_pb2,
     billing_intake_pb2_grpc,
     decision_intake_pb2,

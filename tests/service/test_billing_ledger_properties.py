@@ -204,7 +204,7 @@ def test_ledger_state_machine(database_url: str) -> None:
                     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
                     from grpc_status import rpc_status
 
-                    from iclaim.common.errors import error_info_of
+                    from iclaim.errors import error_info_of
                     info = error_info_of(rpc_status.from_call(err))  # type: ignore[arg-type]
                     assert info is not None
                     assert set(info.metadata["transaction_ids"].split(",")) == bad

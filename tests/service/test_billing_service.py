@@ -11,7 +11,7 @@ import pytest
 from google.type import date_pb2
 from grpc_status import rpc_status
 
-from iclaim.common.errors import error_info_of
+from iclaim.errors import error_info_of
 from iclaim.v1 import billing_service_pb2 as pb
 from iclaim.v1 import claim_service_pb2
 from services.billing.domain import BANGKOK

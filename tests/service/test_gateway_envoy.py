@@ -27,13 +27,13 @@ from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.authz.server import Config, build_server
-from iclaim.common.access_log import ENVOY_JSON_FORMAT
-from iclaim.common.errors import error_info_of
+from iclaim_hub.common.access_log import ENVOY_JSON_FORMAT
+from iclaim.errors import error_info_of
 from iclaim.crypto import signing
-from iclaim.crypto.secretbox import SecretBox
+from iclaim_hub.crypto.secretbox import SecretBox
 from iclaim.public_api import public_services
-from iclaim.registry.model import Principal
-from iclaim.registry.store import RegistryStore
+from iclaim_hub.registry.model import Principal
+from iclaim_hub.registry.store import RegistryStore
 from iclaim.v1 import (
     billing_service_pb2,
     claim_service_pb2,
@@ -556,7 +556,7 @@ async def test_undecodable_message_is_invalid_argument(env: Env) -> None:
 
 @pytest.mark.parametrize("method", [
     f"{CLAIM}/DropAllClaims",
-    "/iclaim.internal.v1.DecisionIntakeService/RecordDecision",
+    "/iclaim_hub.internal.v1.DecisionIntakeService/RecordDecision",
     "/grpc.channelz.v1.Channelz/GetTopChannels",
 ])
 async def test_unknown_methods_are_unimplemented(env: Env, method: str) -> None:

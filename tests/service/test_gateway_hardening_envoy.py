@@ -35,10 +35,10 @@ from gateway.authz import frame, policy
 from gateway.authz.server import Config, build_server
 from gateway.tls import ensure_dev_client_ca, issue_dev_client_cert
 from iclaim.client.signer import Clock, signing_interceptors
-from iclaim.common.server import CLIENT_OPTIONS
-from iclaim.crypto.secretbox import SecretBox
-from iclaim.registry.model import Principal
-from iclaim.registry.store import RegistryStore
+from iclaim.limits import CLIENT_OPTIONS
+from iclaim_hub.crypto.secretbox import SecretBox
+from iclaim_hub.registry.model import Principal
+from iclaim_hub.registry.store import RegistryStore
 from iclaim.v1 import claim_service_pb2, claim_service_pb2_grpc
 from tests.service.test_gateway_envoy import (
     ROOT,
@@ -468,7 +468,7 @@ async def test_rate_limit_is_per_verified_principal(make_env: EnvFactory) -> Non
 async def _error_metadata(c: grpc.aio.Call) -> dict[str, str]:
     from google.rpc import status_pb2
 
-    from iclaim.common.errors import error_info_of
+    from iclaim.errors import error_info_of
 
     for k, v in await c.trailing_metadata() or ():
         if k == "grpc-status-details-bin":

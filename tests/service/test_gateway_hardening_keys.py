@@ -17,9 +17,9 @@ from structlog.testing import capture_logs
 
 from gateway.authz.server import Config, build_server
 from iclaim.crypto import signing
-from iclaim.crypto.secretbox import SecretBox
-from iclaim.registry.model import Principal
-from iclaim.registry.store import GatewayKey, RegistryStore, TooManyActiveKeys
+from iclaim_hub.crypto.secretbox import SecretBox
+from iclaim_hub.registry.model import Principal
+from iclaim_hub.registry.store import GatewayKey, RegistryStore, TooManyActiveKeys
 from iclaim.v1 import claim_service_pb2
 
 GET_CLAIM = "/iclaim.v1.ClaimService/GetClaim"

@@ -7,7 +7,7 @@ import redis.asyncio as aioredis
 
 from gateway.authz.ratelimit import RedisRateLimiter
 from gateway.authz.nonces import redis_client
-from iclaim.common.errors import ResourceExhausted, Unavailable
+from iclaim.errors import ResourceExhausted, Unavailable
 
 
 class Clock:

@@ -18,7 +18,7 @@ from gateway.authz.nonces import (
 )
 from gateway.authz.replay import nonce_expires_at
 from gateway.authz.store import PgMarkerLedger
-from iclaim.common.errors import Unauthenticated, Unavailable
+from iclaim.errors import Unauthenticated, Unavailable
 
 
 @pytest.fixture

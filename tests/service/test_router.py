@@ -16,18 +16,18 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from grpc_status import rpc_status
 
-from iclaim.common.errors import error_info_of
-from iclaim.common.server import CLIENT_OPTIONS
+from iclaim.errors import error_info_of
+from iclaim.limits import CLIENT_OPTIONS
 from iclaim.crypto.envelope import generate_encryption_key, seal
-from iclaim.crypto.secretbox import SecretBox
-from iclaim.internal.v1 import (
+from iclaim_hub.crypto.secretbox import SecretBox
+from iclaim_hub.internal.v1 import (
     decision_intake_pb2,
     decision_intake_pb2_grpc,
     insurer_adapter_pb2,
     insurer_adapter_pb2_grpc,
 )
-from iclaim.registry.directory import dev_hospitals, pull_insurer, sample_insurers
-from iclaim.registry.store import RegistryStore
+from iclaim_hub.registry.directory import dev_hospitals, pull_insurer, sample_insurers
+from iclaim_hub.registry.store import RegistryStore
 from iclaim.v1 import claim_service_pb2 as pb
 from iclaim.v1 import claim_service_pb2_grpc, insurer_service_pb2, insurer_service_pb2_grpc
 from services.claim_router.server import Config, build_server

@@ -9,8 +9,8 @@ import grpc
 import pytest
 from grpc_status import rpc_status
 
-from iclaim.common.errors import NotFound, error_info_of
-from iclaim.common.server import new_server
+from iclaim.errors import NotFound, error_info_of
+from iclaim_hub.common.server import new_server
 
 SERVICE = "test.v1.Probe"
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 
-import grpc
+
 import pytest
 
 from gateway.authz.authorizer import BAD_SIGNATURE_MESSAGE, Allow, Authorizer, CheckInput, Deny
-from iclaim.common.errors import Unauthenticated
+from iclaim.errors import Code, Unauthenticated
 from iclaim.crypto import signing
-from iclaim.registry.model import SigningKey
+from iclaim_hub.registry.model import SigningKey
 from iclaim.v1 import claim_service_pb2
 
 NOW = 1_700_000_000
@@ -94,7 +94,7 @@ async def test_unknown_client_key_and_bad_signature_are_indistinguishable() -> N
     for d in outcomes:
         assert isinstance(d, Deny)
         assert (d.error.code, d.error.reason, d.error.message) == (
-            grpc.StatusCode.UNAUTHENTICATED, "BAD_SIGNATURE", BAD_SIGNATURE_MESSAGE)
+            Code.UNAUTHENTICATED, "BAD_SIGNATURE", BAD_SIGNATURE_MESSAGE)
 
 
 async def test_skew_denial_carries_server_time() -> None:
@@ -115,7 +115,7 @@ async def test_skew_denial_carries_server_time() -> None:
 async def test_permission_denials(key: SigningKey, method: str, reason: str) -> None:
     d = await authorizer(key).check(request(method, b""))
     assert isinstance(d, Deny)
-    assert (d.error.code, d.error.reason) == (grpc.StatusCode.PERMISSION_DENIED, reason)
+    assert (d.error.code, d.error.reason) == (Code.PERMISSION_DENIED, reason)
 
 
 async def test_denied_requests_do_not_burn_the_nonce() -> None:
@@ -129,7 +129,7 @@ async def test_denied_requests_do_not_burn_the_nonce() -> None:
 
 async def test_unknown_method_is_unimplemented() -> None:
     d = await authorizer(HOSP).check(request("/iclaim.v1.ClaimService/Nope", b""))
-    assert isinstance(d, Deny) and d.error.code == grpc.StatusCode.UNIMPLEMENTED
+    assert isinstance(d, Deny) and d.error.code == Code.UNIMPLEMENTED
 
 
 # --- mutual TLS binding, rate limit hook, time hints (issue 3) -----------------------
@@ -143,19 +143,19 @@ async def test_client_certificate_must_name_the_signing_principal() -> None:
     ok = await a.check(_with_cert(request(GET, body, nonce="a" * 16), frozenset({"10670"})))
     assert isinstance(ok, Allow)
     d = await a.check(_with_cert(request(GET, body, nonce="b" * 16), frozenset({"10671"})))
-    assert isinstance(d, Deny) and d.error.code == grpc.StatusCode.PERMISSION_DENIED
+    assert isinstance(d, Deny) and d.error.code == Code.PERMISSION_DENIED
     assert d.error.reason == "CLIENT_CERT_MISMATCH"
     d = await a.check(_with_cert(request(GET, body, nonce="c" * 16), frozenset()))
     assert isinstance(d, Deny) and d.error.reason == "CLIENT_CERT_MISMATCH"
 
 
 async def test_principal_requiring_mtls_is_refused_without_a_certificate() -> None:
-    from iclaim.registry.store import GatewayKey
+    from iclaim_hub.registry.store import GatewayKey
 
     key = GatewayKey("10670", "k1", SECRET, "hospital", False, True)
     body = claim_service_pb2.GetClaimRequest(transaction_id="T").SerializeToString()
     d = await authorizer(key).check(request(GET, body))
-    assert isinstance(d, Deny) and d.error.code == grpc.StatusCode.PERMISSION_DENIED
+    assert isinstance(d, Deny) and d.error.code == Code.PERMISSION_DENIED
     assert d.error.reason == "CLIENT_CERT_REQUIRED"
     ok = await authorizer(key).check(_with_cert(request(GET, body), frozenset({"10670"})))
     assert isinstance(ok, Allow)
@@ -179,7 +179,7 @@ async def test_rate_limit_is_taken_for_the_verified_principal_only() -> None:
     assert taken == []  # a forgery never spends the victim's budget
     assert isinstance(await a.check(request(GET, body, nonce="a" * 16)), Allow)
     d = await a.check(request(GET, body, nonce="b" * 16))
-    assert isinstance(d, Deny) and d.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert isinstance(d, Deny) and d.error.code == Code.RESOURCE_EXHAUSTED
     assert (d.error.reason, d.error.metadata) == ("RATE_LIMITED", {"retry_after_ms": "250"})
     assert taken == ["10670", "10670"]
 
@@ -194,7 +194,7 @@ async def test_recovering_denial_names_server_time_and_first_accepted_stamp() ->
     a = Authorizer(Keys(HOSP), Recovering(), clock=lambda: float(NOW))
     body = claim_service_pb2.GetClaimRequest(transaction_id="T").SerializeToString()
     d = await a.check(request(GET, body))
-    assert isinstance(d, Deny) and d.error.code == grpc.StatusCode.UNAVAILABLE
+    assert isinstance(d, Deny) and d.error.code == Code.UNAVAILABLE
     assert d.error.metadata == {"retry_not_before": str(NOW - 10 + 61)}
     assert d.headers == {"x-iclaim-server-time": str(NOW)}
 

@@ -10,7 +10,7 @@ import pytest
 
 from iclaim.client import signer as signer_mod
 from iclaim.client.signer import Clock, SigningUnaryUnary, _Signer
-from iclaim.common.errors import build_status
+from iclaim.errors import Code, build_status
 from iclaim.crypto import signing
 from iclaim.v1 import claim_service_pb2
 
@@ -24,7 +24,7 @@ class FakeCall:
         self._code = code
         trailing: list[tuple[str, Any]] = []
         if reason:
-            status = build_status(code, "x", reason, meta or {})
+            status = build_status(Code[code.name], "x", reason, meta or {})
             trailing.append(("grpc-status-details-bin", status.SerializeToString()))
             trailing.append(("x-iclaim-reason", reason))
         if server_time is not None:

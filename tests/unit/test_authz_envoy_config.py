@@ -10,7 +10,7 @@ import pytest
 from gateway.authz import policy
 from gateway.envoy import MAX_REQUEST_BYTES, TRUSTED_HEADERS, envoy_binary, render_config
 from gateway.tls import TlsPaths
-from iclaim.common.access_log import ENVOY_JSON_FORMAT
+from iclaim_hub.common.access_log import ENVOY_JSON_FORMAT
 
 TLS = TlsPaths(Path("/s/ca.pem"), Path("/s/server.pem"), Path("/s/server-key.pem"))
 

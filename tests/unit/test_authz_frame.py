@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.authz.frame import MAX_MESSAGE_BYTES, message_bytes
-from iclaim.common.errors import InvalidArgument, ResourceExhausted
+from iclaim.errors import InvalidArgument, ResourceExhausted
 
 
 def framed(msg: bytes, flag: int = 0, length: int | None = None) -> bytes:

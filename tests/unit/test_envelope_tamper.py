@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from joserfc.jwk import RSAKey
 
-from iclaim.common.errors import InvalidArgument
+from iclaim.errors import InvalidArgument
 from iclaim.crypto.envelope import (
     EnvelopeError,
     decrypt_compact_policy,
@@ -20,7 +20,7 @@ from iclaim.crypto.envelope import (
     parse_protected_header,
     seal,
 )
-from iclaim.registry.model import DEFAULT_KEY_GRACE_S, EncryptionKeyRecord, Principal
+from iclaim_hub.registry.model import DEFAULT_KEY_GRACE_S, EncryptionKeyRecord, Principal
 from services.claim_router.domain import check_envelope_routing
 
 PLAINTEXT = b'{"resourceType":"Claim","id":"T-1"}'

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.authz import frame, messages
-from iclaim.common.errors import IclaimError
+from iclaim.errors import IclaimError
 from iclaim.crypto import envelope, signing
 
 EXAMPLES = 1500

@@ -1,5 +1,6 @@
 """RFC 6962/9162 Merkle code against transparency-dev/merkle's golden vectors
-(../shared/vectors/rfc6962), plus properties checked with Hypothesis."""
+(tests/vectors/rfc6962, see tests/vectors/README.md), plus properties checked
+with Hypothesis."""
 from __future__ import annotations
 
 import base64
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from iclaim.audit import merkle
 from iclaim.audit.merkle import MemoryTree, MerkleError
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "rfc6962"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "rfc6962"
 
 
 def _cases(kind: str) -> list[Path]:

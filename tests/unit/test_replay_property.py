@@ -40,7 +40,7 @@ from gateway.authz.nonces import RedisReplayGuard
 from gateway.authz.replay import ACCEPT_AHEAD_S, ACCEPT_BEHIND_S
 from gateway.authz.store import MarkerState
 from iclaim.crypto import signing
-from iclaim.registry.model import SigningKey
+from iclaim_hub.registry.model import SigningKey
 from iclaim.v1 import claim_service_pb2
 
 SEQUENCES = int(os.environ.get("ICLAIM_REPLAY_SEQUENCES", "10000"))

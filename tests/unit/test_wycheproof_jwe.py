@@ -1,4 +1,5 @@
-"""Wycheproof vectors against our envelope policy and primitives.
+"""Wycheproof vectors (tests/vectors/wycheproof, see tests/vectors/README.md)
+against our envelope policy and primitives.
 
 JWE: every case either opens to its `pt` under an allowed alg/enc, or is
 refused with EnvelopeError; an `invalid` case or a disallowed alg/enc never
@@ -26,7 +27,7 @@ from iclaim.crypto.envelope import (
     ecdh_shared_secret,
 )
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "wycheproof"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "wycheproof"
 
 
 def _load(name: str) -> dict[str, Any]:

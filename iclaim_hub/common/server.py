@@ -1,0 +1,307 @@
+"""Server bootstrap every service shares: interceptor, health, reflection,
+size limits, metrics and graceful shutdown on SIGTERM."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias, TypeVar, cast
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+
+from iclaim.limits import MAX_MESSAGE_BYTES
+from iclaim.errors import Code, IclaimError, Internal, Unauthenticated
+from iclaim_hub.common.config import LOG_LEVELS, env_addr, env_choice, env_float, env_int
+from iclaim_hub.common.logging import configure_logging
+from iclaim_hub.common.metrics import RPC_LATENCY, RPC_REQUESTS, start_metrics_server
+
+log = structlog.get_logger("iclaim.server")
+C = TypeVar("C", bound="HasServeConfig")
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+
+PRINCIPAL_HEADER = "x-iclaim-principal"
+ROLE_HEADER = "x-iclaim-role"
+REASON_TRAILER = "x-iclaim-reason"
+
+# grpc.RpcMethodHandler is typed for the sync server (plain callables, grpc.ServicerContext,
+# Iterator); under grpc.aio the same fields hold coroutine functions and async generators
+# that take an aio context. These name what the aio server really hands us.
+_AioContext: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+_AioUnaryUnary: TypeAlias = Callable[[Any, _AioContext], Awaitable[Any]]
+_AioUnaryStream: TypeAlias = Callable[[Any, _AioContext], AsyncIterator[Any]]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The principal the gateway verified (never a client-supplied claim)."""
+
+    code: str
+    role: str  # "hospital" | "insurer"
+
+
+def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+    md = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+    code, role = md.get(PRINCIPAL_HEADER, ""), md.get(ROLE_HEADER, "")
+    if not code or role not in ("hospital", "insurer"):
+        raise Unauthenticated("caller identity missing", reason="IDENTITY_MISSING")
+    return Caller(code=code, role=role)
+
+
+def grpc_code(code: Code) -> grpc.StatusCode:
+    """The one place an error tree code becomes a gRPC status code."""
+    return grpc.StatusCode[code.name]
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: IclaimError) -> None:
+    status = rpc_status.to_status(err.to_status())
+    trailing = tuple(status.trailing_metadata) + ((REASON_TRAILER, err.reason),)
+    await context.abort(status.code, status.details, trailing_metadata=trailing)
+
+
+def _request_ids(request: Any) -> dict[str, str]:
+    """Binds the request's transaction id (when it has one) to every log line."""
+    tid = getattr(request, "transaction_id", "")
+    return {"transaction_id": tid} if isinstance(tid, str) and tid else {}
+
+
+def _method_parts(full: str) -> tuple[str, str]:
+    _, _, rest = full.partition("/")
+    service, _, method = rest.partition("/")
+    return service, method
+
+
+@contextlib.asynccontextmanager
+async def _guarded(
+    service: str, method: str, context: grpc.aio.ServicerContext[Any, Any], bind: dict[str, str]
+) -> AsyncIterator[None]:
+    """One RPC: log context, IclaimError -> status with ErrorInfo, a crash ->
+    INTERNAL (never UNKNOWN), and the RPC metrics, for unary and streams alike."""
+    start = time.perf_counter()
+    code = "OK"
+    with structlog.contextvars.bound_contextvars(**bind):
+        try:
+            yield
+        except IclaimError as err:
+            code = err.code.name
+            log.info("rpc_error", code=code, reason=err.reason, error=err.message)
+            await _abort(context, err)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            log.exception("rpc_crash")
+            await _abort(context, Internal("internal error", reason="INTERNAL"))
+        finally:
+            RPC_REQUESTS.labels(service, method, code).inc()
+            RPC_LATENCY.labels(service, method).observe(time.perf_counter() - start)
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Maps IclaimError to status+ErrorInfo, binds log context, records metrics."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        service, method = _method_parts(details.method)
+        if service.startswith("grpc."):
+            return handler
+        md = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+        bind = {"rpc": details.method, "client": md.get(PRINCIPAL_HEADER, "")}
+
+        if handler.unary_unary:
+            inner = cast(_AioUnaryUnary, handler.unary_unary)
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                async with _guarded(service, method, context, {**bind, **_request_ids(request)}):
+                    return await inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        if handler.unary_stream:
+            inner_stream = cast(_AioUnaryStream, handler.unary_stream)
+
+            async def stream(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                async with _guarded(service, method, context, {**bind, **_request_ids(request)}):
+                    async for item in inner_stream(request, context):
+                        yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def new_server(extra_interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
+    return grpc.aio.server(
+        interceptors=[ServiceInterceptor(), *extra_interceptors],
+        options=SERVER_OPTIONS,
+        maximum_concurrent_rpcs=2000,
+    )
+
+
+def add_health_and_reflection(
+    server: grpc.aio.Server, service_names: Iterable[str]
+) -> health.aio.HealthServicer:
+    names = list(service_names)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    add_reflection(server, [*names, health.SERVICE_NAME])
+    return health_servicer
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def add_reflection(server: grpc.aio.Server, service_names: list[str]) -> None:
+    """Server reflection under both v1alpha and v1 (§2).
+
+    grpcio-reflection ships only v1alpha; v1's messages are the same fields
+    under another package name, so one servicer answers both."""
+    servicer = reflection_aio.ReflectionServicer(
+        [*service_names, reflection.SERVICE_NAME, REFLECTION_V1]
+    )
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(  # type: ignore[no-untyped-call]
+        servicer, server
+    )  # grpcio-reflection ships no stub for its generated module
+    v1 = grpc.method_handlers_generic_handler(
+        REFLECTION_V1,
+        {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                servicer.ServerReflectionInfo,
+                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+            )
+        },
+    )
+    server.add_generic_rpc_handlers((v1,))
+
+
+async def mark_serving(health_servicer: health.aio.HealthServicer, names: Iterable[str]) -> None:
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+class App(Protocol):
+    """What every service's (and the shipper's) `build_server(config)` returns:
+    built and bound (port 0 in tests gives a free port), not yet started."""
+
+    @property
+    def port(self) -> int: ...
+
+    async def start(self) -> None:
+        """Starts serving and the background workers."""
+
+    async def stop(self, grace: float) -> None:
+        """NOT_SERVING, drains in-flight calls for `grace` seconds, stops the
+        workers and closes connections. Safe to call once after start()."""
+
+
+@dataclass
+class GrpcApp:
+    """The App of a gRPC service: a server, its health servicer, the background
+    workers to start with it and what to close after it."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    workers: Iterable[Callable[[], None]] = ()
+    cleanup: Callable[[], Awaitable[None]] | None = None
+
+    async def start(self) -> None:
+        await self.server.start()
+        for start_worker in self.workers:
+            start_worker()
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        if self.cleanup is not None:
+            await self.cleanup()
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What every process reads the same way: where it listens, where /metrics
+    is (-1: off, 0: any free port), its log level and its drain time."""
+
+    listen_addr: str
+    metrics_port: int
+    log_level: str = "INFO"
+    grace_s: float = 5.0
+
+    @classmethod
+    def from_env(cls, prefix: str, default_addr: str, default_metrics_port: int) -> ServeConfig:
+        """ICLAIM_<prefix>_ADDR, ICLAIM_<prefix>_METRICS_PORT, ICLAIM_LOG_LEVEL,
+        ICLAIM_SHUTDOWN_GRACE_S."""
+        return cls(
+            listen_addr=env_addr(f"ICLAIM_{prefix}_ADDR", default_addr),
+            metrics_port=env_int(
+                f"ICLAIM_{prefix}_METRICS_PORT", default_metrics_port, lo=-1, hi=65535
+            ),
+            log_level=env_choice("ICLAIM_LOG_LEVEL", "INFO", LOG_LEVELS),
+            grace_s=env_float("ICLAIM_SHUTDOWN_GRACE_S", 5.0, lo=0, hi=120),
+        )
+
+
+class HasServeConfig(Protocol):
+    @property
+    def serve(self) -> ServeConfig: ...
+
+
+async def serve(app: App, config: ServeConfig) -> None:
+    """The one way a process runs: /metrics, start, one log line, serve until
+    SIGTERM/SIGINT, then drain."""
+    bound_metrics = start_metrics_server(config.metrics_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    log.info("serving", addr=config.listen_addr, port=app.port, metrics_port=bound_metrics)
+    await stop.wait()
+    log.info("shutting_down", grace_s=config.grace_s)
+    await app.stop(config.grace_s)
+    log.info("stopped")
+
+
+def run_service(
+    load_config: Callable[[], C], build: Callable[[C], Awaitable[App]]
+) -> None:
+    """A service's `main()`: config validated before anything binds, logging
+    configured from it, then `serve`."""
+    config = load_config()
+    configure_logging(config.serve.log_level)
+
+    async def main() -> None:
+        await serve(await build(config), config.serve)
+
+    asyncio.run(main())
