@@ -20,19 +20,9 @@ $(STAMP): pyproject.toml sdk/pyproject.toml
 
 proto: $(PROTO_STAMP)
 
-# Generated code and .pyi stubs live only here; never edited, never copied, never
-# in git: iclaim.v1 (public) inside the SDK, iclaim_hub.internal.v1 inside the hub.
-# --mypy_grpc_out (protoc-gen-mypy_grpc, from mypy-protobuf in .venv/bin) writes typed
-# *_pb2_grpc.pyi stubs: grpcio-tools has no pyi output for the gRPC modules, and
-# without them every Stub/add_*_to_server call is untyped under mypy --strict.
-PROTOC = PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
-	  -I$$($(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))') \
-	  -I$$($(PY) -c 'import google.type, os; print(os.path.dirname(os.path.dirname(google.type.__path__[0])))')
-$(PROTO_STAMP): $(STAMP) $(PUBLIC_PROTOS) $(INTERNAL_PROTOS) Makefile
-	rm -rf sdk/iclaim/v1 iclaim_hub/internal
-	$(PROTOC) --python_out=sdk --pyi_out=sdk --grpc_python_out=sdk --mypy_grpc_out=sdk $(PUBLIC_PROTOS)
-	$(PROTOC) --python_out=. --pyi_out=. --grpc_python_out=. --mypy_grpc_out=. $(INTERNAL_PROTOS)
-	touch sdk/iclaim/v1/__init__.py iclaim_hub/internal/__init__.py iclaim_hub/internal/v1/__init__.py
+# Generated code (+ .pyi) is never edited or committed: tools/gen_protos.py says where it goes.
+$(PROTO_STAMP): $(STAMP) $(PUBLIC_PROTOS) $(INTERNAL_PROTOS) tools/gen_protos.py
+	$(PY) tools/gen_protos.py
 	touch $@
 
 run: $(PROTO_STAMP)
@@ -54,8 +44,8 @@ dist: $(PROTO_STAMP)
 	$(PY) -m build --wheel --no-isolation --outdir dist .
 
 lint: $(PROTO_STAMP)
-	$(VENV)/bin/ruff check sdk/iclaim iclaim_hub iclaim_ops services gateway tests bench
-	$(VENV)/bin/ruff format --check sdk/iclaim iclaim_hub iclaim_ops services gateway tests bench
+	$(VENV)/bin/ruff check sdk/iclaim iclaim_hub iclaim_ops services gateway tests bench tools
+	$(VENV)/bin/ruff format --check sdk/iclaim iclaim_hub iclaim_ops services gateway tests bench tools
 	$(VENV)/bin/mypy sdk/iclaim iclaim_hub iclaim_ops services gateway
 	$(VENV)/bin/lint-imports
 

@@ -3,6 +3,7 @@ audit log and billing benchmarks. Prints a table and writes JSON.
 
 Env: BENCH_CLAIMS (default 2000), BENCH_CONCURRENCY (64), BENCH_ECHO_S (10),
 BENCH_SKIP (comma list of: claims, audit, billing)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,12 @@ from iclaim_hub.crypto.secretbox import SecretBox
 from iclaim_ops.devstack.infra import Infra
 from iclaim_ops.devstack.stack import Ports, Stack, _free_port
 from iclaim_ops.devstack.up import prepare
-from tests.conftest import REDIS_BASE_URL, _create_db, _drop_db
+from iclaim_ops.devstack.infra import create_scratch_database, drop_database
+
+
+# The machine's PostgreSQL and Redis (as in CI); each run gets a scratch database.
+PG_ADMIN_URL = os.environ.get("ICLAIM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE_URL = os.environ.get("ICLAIM_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 
 def machine() -> dict[str, Any]:
@@ -33,9 +39,7 @@ def machine() -> dict[str, Any]:
 
 
 async def _child_json(*args: str) -> dict[str, Any]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", *args, stdout=asyncio.subprocess.PIPE
-    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", *args, stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"{args} failed")
@@ -43,17 +47,25 @@ async def _child_json(*args: str) -> dict[str, Any]:
 
 
 async def bench_claims(total: int, concurrency: int, echo_s: float) -> dict[str, Any]:
-    name, database_url = await _create_db()
+    name, database_url = await create_scratch_database(PG_ADMIN_URL, "iclaim_bench")
     redis_url = f"{REDIS_BASE_URL}/14"
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()
     state_dir = Path(tempfile.mkdtemp(prefix="iclaim-bench-"))
     master_key = SecretBox.new_master_key()
-    stack = Stack(state_dir, database_url, redis_url, master_key, Ports.free(),
-                  {"ICLAIM_LOG_LEVEL": "WARNING",
-                   # One hospital drives the whole load: lift its per-principal limit.
-                   "ICLAIM_RATE_LIMIT_PER_S": "0"})
+    stack = Stack(
+        state_dir,
+        database_url,
+        redis_url,
+        master_key,
+        Ports.free(),
+        {
+            "ICLAIM_LOG_LEVEL": "WARNING",
+            # One hospital drives the whole load: lift its per-principal limit.
+            "ICLAIM_RATE_LIMIT_PER_S": "0",
+        },
+    )
     creds = state_dir / "credentials.json"
     await prepare(state_dir, Infra(database_url, redis_url, []), master_key, stack.gateway, creds)
     await stack.start()
@@ -65,7 +77,7 @@ async def bench_claims(total: int, concurrency: int, echo_s: float) -> dict[str,
         )
     finally:
         await stack.stop()
-        await _drop_db(name)
+        await drop_database(PG_ADMIN_URL, name)
 
     port = _free_port()
     echo = await asyncio.create_subprocess_exec(
@@ -100,12 +112,12 @@ async def main() -> None:
         if key in skip:
             continue
         mod = __import__(module, fromlist=[func])
-        name, url = await _create_db()
+        name, url = await create_scratch_database(PG_ADMIN_URL, "iclaim_bench")
         try:
             # Each bench runs its own event loop: give it a thread without one.
             results[key] = await asyncio.to_thread(getattr(mod, func), url)
         finally:
-            await _drop_db(name)
+            await drop_database(PG_ADMIN_URL, name)
         print(f"{key}:", json.dumps(results[key]), flush=True)
     out = Path(".iclaim/bench/results.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ end), so it never touches a real audit log. The 1M-entry tree is loaded
 through the production append path (AuditStore.append: canonical JSON, leaf
 hashes, subtree nodes, COPY) in 10k-entry transactions.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,7 +29,8 @@ from iclaim_hub.common.db import create_pool
 from iclaim_hub.crypto.secretbox import SecretBox
 from services.audit_log import proofs
 from services.audit_log.checkpointer import load_or_create_signer
-from services.audit_log.store import AuditStore, StoredCheckpoint
+from services.audit_log.domain import StoredCheckpoint
+from services.audit_log.store import AuditStore
 
 DEFAULT_ENTRIES = 1_000_000
 ORIGIN = "iclaim.dev/audit"
@@ -37,12 +39,20 @@ BULK_BATCH = 10_000
 
 def _entry(i: int, now_us: int) -> AuditEntry:
     return AuditEntry(
-        event_id=f"bench-{i:09d}", kind="GATEWAY_CALL",
-        origin_principal=("10670", "10671", "AIA", "MTL")[i % 4], source_address="192.0.2.1",
-        destination="claim_router", route="/iclaim.v1.ClaimService/SubmitClaim",
-        occurred_at_us=now_us, size_bytes=1500 + i % 1000, duration_ms=i % 40,
-        service_type="gateway", outcome_code="OK", outcome_reason="",
-        transaction_id=f"tx-{i // 3:09d}", envelope_sha256="ab" * 32,
+        event_id=f"bench-{i:09d}",
+        kind="GATEWAY_CALL",
+        origin_principal=("10670", "10671", "AIA", "MTL")[i % 4],
+        source_address="192.0.2.1",
+        destination="claim_router",
+        route="/iclaim.v1.ClaimService/SubmitClaim",
+        occurred_at_us=now_us,
+        size_bytes=1500 + i % 1000,
+        duration_ms=i % 40,
+        service_type="gateway",
+        outcome_code="OK",
+        outcome_reason="",
+        transaction_id=f"tx-{i // 3:09d}",
+        envelope_sha256="ab" * 32,
     )
 
 
@@ -60,7 +70,7 @@ async def _timed(samples: int, fn: Callable[[int], Awaitable[Any]]) -> list[floa
     return out
 
 
-async def _rpc_throughput(url: str, box: SecretBox, n: int, now_us: int) -> tuple[int, int]:
+async def _rpc_throughput(url: str, master_key: bytes, n: int, now_us: int) -> tuple[int, int]:
     import grpc
 
     from iclaim_hub.internal.v1 import audit_log_pb2 as pb
@@ -68,11 +78,18 @@ async def _rpc_throughput(url: str, box: SecretBox, n: int, now_us: int) -> tupl
     from services.audit_log.server import Config, build_server
     from iclaim_hub.audit.wire import event_of_entry
 
+    from iclaim_hub.common.server import ServeConfig
+
     running = await build_server(
-        Config(database_url=url, listen_addr="127.0.0.1:0", access_log=None,
-               checkpoint_interval_s=3600),
-        box=box,
+        Config(
+            serve=ServeConfig("127.0.0.1:0", -1),
+            database_url=url,
+            master_key=master_key,
+            access_log=None,
+            checkpoint_interval_s=3600,
+        )
     )
+    await running.start()
     producers, per = 64, 40
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
@@ -87,7 +104,7 @@ async def _rpc_throughput(url: str, box: SecretBox, n: int, now_us: int) -> tupl
             await asyncio.gather(*(producer(p) for p in range(producers)))
             elapsed = time.perf_counter() - start
     finally:
-        await running.close()
+        await running.stop(1.0)
     return round(producers * per / elapsed), n + producers * per
 
 
@@ -97,7 +114,8 @@ async def _bench(url: str, entries: int) -> dict[str, Any]:
         store = AuditStore(pool)
         await store.migrate()
         now_us = int(time.time() * 1_000_000)
-        box = SecretBox(os.urandom(32))
+        master_key = os.urandom(32)
+        box = SecretBox(master_key)
         result: dict[str, Any] = {"audit_writer_role_enforced": store.writer_role_enforced}
 
         # 1. Durable single-event appends (one commit each): latency.
@@ -114,7 +132,7 @@ async def _bench(url: str, entries: int) -> dict[str, Any]:
         n += 40 * 500
 
         # 2b. Through gRPC: 64 concurrent producers, one event per Append (group commit).
-        result["audit_append_rpc_entries_per_s"], n = await _rpc_throughput(url, box, n, now_us)
+        result["audit_append_rpc_entries_per_s"], n = await _rpc_throughput(url, master_key, n, now_us)
 
         # 3. Fill to `entries` through the same path, 10k per transaction.
         start, start_n = time.perf_counter(), n
@@ -169,13 +187,20 @@ async def _bench(url: str, entries: int) -> dict[str, Any]:
         result["audit_proof_mean_ms"] = round(statistics.mean(incl) * 1000, 3)
 
         # 6. Full `iclaim audit verify` of the whole log (re-hash every entry).
-        await store.add_checkpoint(StoredCheckpoint(
-            size, root, datetime.now(UTC).replace(microsecond=0),
-            sign_checkpoint(signer, Checkpoint(signer.name, size, root,
-                                               datetime.now(UTC).replace(microsecond=0))),
-        ))
+        await store.add_checkpoint(
+            StoredCheckpoint(
+                size,
+                root,
+                datetime.now(UTC).replace(microsecond=0),
+                sign_checkpoint(
+                    signer, Checkpoint(signer.name, size, root, datetime.now(UTC).replace(microsecond=0))
+                ),
+            )
+        )
         start = time.perf_counter()
-        report = await verify_log(store, NoteVerifier(signer.name, signer.public_key), signer.name)
+        report = await verify_log(
+            proofs.VerifiableLog(store), NoteVerifier(signer.name, signer.public_key), signer.name
+        )
         result["audit_verify_seconds"] = round(time.perf_counter() - start, 1)
         result["audit_verify_ok"] = report.ok
         return result

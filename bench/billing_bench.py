@@ -7,6 +7,7 @@ in-process billing server (gRPC, real PostgreSQL), several clients at once.
 Uses the `billing` schema of that database (migrating it if needed) and claim
 ids unique to the run, so it can share a database with other data.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,6 +23,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from iclaim_hub.common.db import create_pool
+from iclaim_hub.common.server import ServeConfig
 from iclaim_hub.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
 from iclaim.v1 import billing_service_pb2 as pb
 from iclaim.v1 import billing_service_pb2_grpc
@@ -48,23 +50,30 @@ async def run_billing_bench_async(
     )
     peer_port = peer.add_insecure_port("127.0.0.1:0")
     await peer.start()
-    pool = await create_pool(database_url, max_size=clients + 4)
-    cfg = Config(addr="127.0.0.1:0", metrics_port=-1, database_url=database_url,
-                 router_target=f"127.0.0.1:{peer_port}", outbox_poll_s=0.5)
-    billing = await build_server(cfg, pool)
+    pool = await create_pool(database_url, max_size=2)  # only for the settled count
+    cfg = Config(
+        serve=ServeConfig("127.0.0.1:0", -1),
+        database_url=database_url,
+        router_target=f"127.0.0.1:{peer_port}",
+        outbox_poll_s=0.5,
+    )
+    billing = await build_server(cfg)
+    await billing.start()
     run_id = uuid.uuid4().hex[:8]
     hcodes = [f"9{i:04d}" for i in range(hospitals)]
     try:
         # Approvals straight into the store (not what is measured).
         now = datetime.now(UTC)
-        claims = [(f"bench-{run_id}-{p}-{i}", hcodes[p % hospitals])
-                  for p in range(payments) for i in range(LINES)]
+        claims = [
+            (f"bench-{run_id}-{p}-{i}", hcodes[p % hospitals]) for p in range(payments) for i in range(LINES)
+        ]
         sem = asyncio.Semaphore(clients + 2)
 
         async def approve(tx: str, hospital: str) -> None:
             async with sem:
-                await billing.store.record_decision(
-                    Decision(tx, hospital, INSURER, "APPROVED", 10_000, now))
+                await billing.usecases.record_decision(
+                    Decision(tx, hospital, INSURER, "APPROVED", 10_000, now)
+                )
 
         await asyncio.gather(*(approve(tx, h) for tx, h in claims))
 
@@ -72,12 +81,17 @@ async def run_billing_bench_async(
         paid_at.FromDatetime(now)
         requests = [
             pb.PostPaymentRequest(
-                trace_no=f"B{run_id}-{p}", paid_at=paid_at, total_satang=LINES * 9_000,
-                lines=[pb.PaymentLine(
-                    transaction_id=f"bench-{run_id}-{p}-{i}", paid_satang=9_000,
-                    adjustments=[pb.Adjustment(group="CO", reason_code="45",
-                                               amount_satang=1_000)])
-                    for i in range(LINES)],
+                trace_no=f"B{run_id}-{p}",
+                paid_at=paid_at,
+                total_satang=LINES * 9_000,
+                lines=[
+                    pb.PaymentLine(
+                        transaction_id=f"bench-{run_id}-{p}-{i}",
+                        paid_satang=9_000,
+                        adjustments=[pb.Adjustment(group="CO", reason_code="45", amount_satang=1_000)],
+                    )
+                    for i in range(LINES)
+                ],
             )
             for p in range(payments)
         ]
@@ -101,7 +115,9 @@ async def run_billing_bench_async(
         elapsed = time.perf_counter() - start
         settled = await pool.fetchval(
             "SELECT count(*) FROM billing.claims WHERE transaction_id LIKE $1"
-            " AND settled_satang = approved_satang", f"bench-{run_id}-%")
+            " AND settled_satang = approved_satang",
+            f"bench-{run_id}-%",
+        )
         latencies.sort()
         return {
             "payments": payments,

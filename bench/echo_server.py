@@ -1,4 +1,5 @@
 """A bare grpc.aio unary echo server: the ceiling a Python gRPC hop reaches here."""
+
 from __future__ import annotations
 
 import asyncio

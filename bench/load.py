@@ -1,5 +1,6 @@
 """Load generators, run as their own process so they do not share the
 services' CPU accounting: sealed claims through Envoy, or bare echo calls."""
+
 from __future__ import annotations
 
 import asyncio
@@ -34,13 +35,17 @@ async def claims_load(credentials: Path, total: int, concurrency: int, run_id: s
             ref = f"BENCH-{run_id}-{n}"
             amount = 10_000 + n
             body = build_claim(
-                claim_ref=ref, hospital_code=creds.code, insurer_code=insurer,
-                policy_number=f"POL-{n}", amount_satang=amount,
+                claim_ref=ref,
+                hospital_code=creds.code,
+                insurer_code=insurer,
+                policy_number=f"POL-{n}",
+                amount_satang=amount,
                 patient=PatientInfo(name="Bench Patient", citizen_id="1101700203451"),
                 diagnoses=["J18.9"],
             )
-            envelope = await client.seal_claim(body, insurer_code=insurer, claim_ref=ref,
-                                               amount_satang=amount)
+            envelope = await client.seal_claim(
+                body, insurer_code=insurer, claim_ref=ref, amount_satang=amount
+            )
             work.append((insurer, ref, amount, envelope))
         latencies: list[float] = []
         undecided = 0
@@ -54,8 +59,12 @@ async def claims_load(credentials: Path, total: int, concurrency: int, run_id: s
                 insurer, ref, amount, envelope = queue.get_nowait()
                 start = time.perf_counter()
                 claim = await client.submit_claim(
-                    b"", insurer_code=insurer, claim_ref=ref, amount_satang=amount,
-                    decision_timeout_s=10, envelope=envelope,
+                    b"",
+                    insurer_code=insurer,
+                    claim_ref=ref,
+                    amount_satang=amount,
+                    decision_timeout_s=10,
+                    envelope=envelope,
                 )
                 if claim.state == pb.CLAIM_STATE_APPROVED:
                     latencies.append(time.perf_counter() - start)

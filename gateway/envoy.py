@@ -35,6 +35,7 @@ server cert, see gateway.tls), envoy.json (rendered bootstrap), the access log.
 `python -m gateway.envoy` renders the bootstrap, then runs and supervises the
 Envoy binary (SIGTERM/SIGINT forwarded; exits with Envoy's status).
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -66,7 +67,7 @@ STRIPPED_HEADERS = (*TRUSTED_HEADERS, "x-envoy-auth-partial-body")
 # more so that a body of exactly the largest size is never flagged partial.
 MAX_REQUEST_BYTES = frame.MAX_MESSAGE_BYTES + frame.PREFIX_BYTES + 1
 UNARY_TIMEOUT_S = 15
-LONG_TIMEOUT_S = 40       # SubmitClaim/PullClaims wait up to 30 s for the far side
+LONG_TIMEOUT_S = 40  # SubmitClaim/PullClaims wait up to 30 s for the far side
 STREAM_IDLE_TIMEOUT_S = 300
 AUTHZ_TIMEOUT_S = 5
 # Modern ECDHE + AEAD suites for TLS 1.2; TLS 1.3 suites are all AEAD already.
@@ -91,7 +92,6 @@ class GatewaySettings:
     state_dir: Path = Path(".iclaim/dev")
     access_log: Path | None = None  # default: state_dir/envoy-access.log
     client_ca: Path | None = None  # mutual TLS: verify client certs against this CA
-
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -150,8 +150,7 @@ def _cluster(name: str, target: str, *, timeout_s: float = 1.0) -> dict[str, Any
         },
         # Long polls and watches hold a stream each; the defaults (1024) are low.
         "circuit_breakers": {
-            "thresholds": [{"max_requests": 20000, "max_pending_requests": 20000,
-                            "max_connections": 20000}]
+            "thresholds": [{"max_requests": 20000, "max_pending_requests": 20000, "max_connections": 20000}]
         },
     }
 
@@ -167,9 +166,7 @@ _NO_AUTHZ = {
 
 def _method_route(method: str) -> dict[str, Any]:
     service = policy.service_of(method)
-    cluster = {policy.BILLING_SERVICE: "billing", policy.AUDIT_TRAIL_SERVICE: "audit"}.get(
-        service, "router"
-    )
+    cluster = {policy.BILLING_SERVICE: "billing", policy.AUDIT_TRAIL_SERVICE: "audit"}.get(service, "router")
     route: dict[str, Any] = {"cluster": cluster}
     if method in policy.SERVER_STREAMS:
         route["timeout"] = "0s"  # a watch lasts until the decision
@@ -190,8 +187,7 @@ def _open_route(service: str) -> dict[str, Any]:
     return {
         "name": service,
         "match": {"prefix": f"/{service}/", "grpc": {}},
-        "route": {"cluster": "router", "timeout": "0s",
-                  "idle_timeout": f"{STREAM_IDLE_TIMEOUT_S}s"},
+        "route": {"cluster": "router", "timeout": "0s", "idle_timeout": f"{STREAM_IDLE_TIMEOUT_S}s"},
         "typed_per_filter_config": _NO_AUTHZ,
     }
 
@@ -204,8 +200,10 @@ def _fallback_route() -> dict[str, Any]:
         "match": {"prefix": "/"},
         "direct_response": {"status": 404, "body": {"inline_string": "unknown method"}},
         "response_headers_to_add": [
-            {"header": {"key": "x-iclaim-reason", "value": "UNKNOWN_METHOD"},
-             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            {
+                "header": {"key": "x-iclaim-reason", "value": "UNKNOWN_METHOD"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
         ],
         "typed_per_filter_config": _NO_AUTHZ,
     }
@@ -223,10 +221,12 @@ def _tls_context(tls: TlsPaths, client_ca: Path | None = None) -> dict[str, Any]
                     "cipher_suites": list(CIPHER_SUITES),
                     "ecdh_curves": ["X25519", "P-256"],
                 },
-                "tls_certificates": [{
-                    "certificate_chain": {"filename": str(tls.server_cert)},
-                    "private_key": {"filename": str(tls.server_key)},
-                }],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": str(tls.server_cert)},
+                        "private_key": {"filename": str(tls.server_key)},
+                    }
+                ],
                 "alpn_protocols": ["h2"],
             },
         },
@@ -286,9 +286,7 @@ def _http_filters(authz_timeout_s: float) -> list[dict[str, Any]]:
         },
         {
             "name": "envoy.filters.http.router",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-            },
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
         },
     ]
 
@@ -314,8 +312,7 @@ def render_config(
     routes += [_method_route(m) for m in policy.ALLOWED_ROLES]
     routes.append(_fallback_route())
     hcm = {
-        "@type": _TYPE
-        + "filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": _TYPE + "filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
         "codec_type": "HTTP2",
         "use_remote_address": True,
@@ -345,19 +342,25 @@ def render_config(
         "node": {"id": "iclaim-gateway", "cluster": "iclaim"},
         "admin": {"address": _socket(admin)},
         "static_resources": {
-            "listeners": [{
-                "name": "public_grpc",
-                "address": _socket(listen),
-                # Bounds what one connection may buffer (the largest request + slack).
-                "per_connection_buffer_limit_bytes": 2 * MAX_REQUEST_BYTES,
-                "filter_chains": [{
-                    "transport_socket": _tls_context(tls, client_ca),
-                    "filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": hcm,
-                    }],
-                }],
-            }],
+            "listeners": [
+                {
+                    "name": "public_grpc",
+                    "address": _socket(listen),
+                    # Bounds what one connection may buffer (the largest request + slack).
+                    "per_connection_buffer_limit_bytes": 2 * MAX_REQUEST_BYTES,
+                    "filter_chains": [
+                        {
+                            "transport_socket": _tls_context(tls, client_ca),
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ],
+                        }
+                    ],
+                }
+            ],
             "clusters": [
                 _cluster("router", router),
                 _cluster("billing", billing),
@@ -366,14 +369,16 @@ def render_config(
             ],
         },
         "overload_manager": {
-            "resource_monitors": [{
-                "name": "envoy.resource_monitors.global_downstream_max_connections",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
-                    "downstream_connections.v3.DownstreamConnectionsConfig",
-                    "max_active_downstream_connections": 50000,
-                },
-            }]
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                        "downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 50000,
+                    },
+                }
+            ]
         },
     }
 
@@ -438,14 +443,19 @@ def envoy_command(
     workers = ["--concurrency", str(concurrency)] if concurrency > 0 else []
     return [
         str(envoy_binary()),
-        "-c", str(config_path),
-        "--log-level", log_level,
+        "-c",
+        str(config_path),
+        "--log-level",
+        log_level,
         # Several Envoys (tests, dev stack) share one machine: no shared-memory hot restart.
         "--disable-hot-restart",
-        "--drain-time-s", "5",
-        "--parent-shutdown-time-s", "10",
+        "--drain-time-s",
+        "5",
+        "--parent-shutdown-time-s",
+        "10",
         # Access-log lines reach the file (and audit_log) within this interval.
-        "--file-flush-interval-msec", str(log_flush_ms),
+        "--file-flush-interval-msec",
+        str(log_flush_ms),
         *workers,
     ]
 
@@ -465,9 +475,7 @@ def main() -> None:
     level = os.environ.get("ICLAIM_ENVOY_LOG_LEVEL", "warn")
     flush_ms = env_int("ICLAIM_ENVOY_LOG_FLUSH_MS", 1000, lo=10, hi=60000)
     concurrency = env_int("ICLAIM_ENVOY_CONCURRENCY", 0, lo=0, hi=256)
-    command = envoy_command(
-        config_path, log_level=level, log_flush_ms=flush_ms, concurrency=concurrency
-    )
+    command = envoy_command(config_path, log_level=level, log_flush_ms=flush_ms, concurrency=concurrency)
     # Own session so a parent shell's hang-up does not kill Envoy; we forward signals.
     child = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
 

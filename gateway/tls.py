@@ -2,6 +2,7 @@
 certificate for 127.0.0.1/localhost, generated at run time and reused while
 valid. Never used in production, where certificates come from the platform.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -77,9 +78,7 @@ def _load_key(path: Path) -> ec.EllipticCurvePrivateKey | None:
     return key if isinstance(key, ec.EllipticCurvePrivateKey) else None
 
 
-def _load_ca(
-    cert_p: Path, key_p: Path
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+def _load_ca(cert_p: Path, key_p: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
     try:
         cert = x509.load_pem_x509_certificate(cert_p.read_bytes())
         key = _load_key(key_p)
@@ -119,10 +118,12 @@ def _new_ca(
     common_name: str = "iClaim dev CA",
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "iClaim development"),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "iClaim development"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
     now = _now()
     cert = (
         x509.CertificateBuilder()
@@ -135,9 +136,15 @@ def _new_ca(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -169,16 +176,20 @@ def _new_server_cert(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
     )
     return cert, key
@@ -246,9 +257,7 @@ def issue_dev_client_cert(
     now = _now()
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name or principal)
-        ]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or principal)]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -256,15 +265,11 @@ def issue_dev_client_cert(
         .not_valid_after(now + dt.timedelta(days=CLIENT_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False)
     )
     if san_uri:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(PRINCIPAL_URI_PREFIX + principal)]
-            ),
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(PRINCIPAL_URI_PREFIX + principal)]),
             critical=False,
         )
     cert = builder.sign(ca_key, hashes.SHA256())

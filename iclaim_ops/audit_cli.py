@@ -1,5 +1,6 @@
 """Operator audit commands: `iclaim audit verify` (reads PostgreSQL),
 `audit checkpoint` and `audit operator-trail` (the internal audit service)."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,7 @@ DEFAULT_TARGET = "127.0.0.1:50071"
 
 def register(groups: CommandGroups) -> None:
     sub = groups.group("audit", "audit log: trails, verification")
-    verify = sub.add_parser(
-        "verify", help="check every stored entry against the signed checkpoints"
-    )
+    verify = sub.add_parser("verify", help="check every stored entry against the signed checkpoints")
     verify.add_argument("--database-url", default=os.environ.get("ICLAIM_DATABASE_URL"))
     verify.add_argument(
         "--verifier-key",
@@ -69,6 +68,7 @@ async def verify_database(
     the checkpoint saved there by the previous run must still be in the log, and
     on success the latest checkpoint is saved there."""
     from iclaim_hub.common.db import create_pool
+    from services.audit_log.proofs import VerifiableLog
     from services.audit_log.store import AuditStore
 
     pool = await create_pool(database_url, min_size=1, max_size=2)
@@ -83,7 +83,7 @@ async def verify_database(
             verifier = NoteVerifier(origin, public)
         witness = Path(witness_file) if witness_file else None
         witnessed = [witness.read_text()] if witness and witness.exists() else []
-        report = await verify_log(store, verifier, origin, witnessed)
+        report = await verify_log(VerifiableLog(store), verifier, origin, witnessed)
         if witness is not None and report.ok:
             notes = await store.checkpoint_notes()
             if notes:
@@ -110,8 +110,10 @@ async def _verify_cmd(args: argparse.Namespace) -> int:
         print("no audit log in that database (schema audit is missing)", file=sys.stderr)
         return 2
     if not args.verifier_key:
-        print(f"note: trusting the key stored in the database: {vkey} (pin it with "
-              "--verifier-key)", file=sys.stderr)
+        print(
+            f"note: trusting the key stored in the database: {vkey} (pin it with --verifier-key)",
+            file=sys.stderr,
+        )
     print(report.summary())
     for f in report.findings:
         print(f"  - {f}")
@@ -164,9 +166,7 @@ class InternalTrail:
 
     async def by_transaction(self, transaction_id: str) -> list[TrailItem]:
         got = await self._stub.ListEntriesByTransaction(
-            pb.ListEntriesByTransactionRequest(
-                transaction_id=transaction_id, principal=self._principal
-            ),
+            pb.ListEntriesByTransactionRequest(transaction_id=transaction_id, principal=self._principal),
             timeout=RPC_TIMEOUT_S,
         )
         return [_item(e) for e in got.entries]

@@ -1,5 +1,6 @@
 """`iclaim billing reconcile --month`: finance staff's monthly reconciliation,
 read straight from the billing database (operators)."""
+
 from __future__ import annotations
 
 import argparse
@@ -41,31 +42,33 @@ def run(args: argparse.Namespace) -> int:
 async def _reconcile(args: argparse.Namespace) -> int:
     from iclaim_hub.common.db import create_pool
     from services.billing.store import PgBillingStore
+    from services.billing.usecases import Billing
 
     if not args.database_url:
         print("error: --database-url or ICLAIM_DATABASE_URL is required", file=sys.stderr)
         return 2
     pool = await create_pool(args.database_url, max_size=2)
     try:
-        rec = await PgBillingStore(pool).reconcile(args.month)
+        rec = await Billing(PgBillingStore(pool)).reconcile(args.month)
     finally:
         await pool.close()
 
     def write(out: TextIO) -> None:
         if args.csv:
             w = csv.writer(out)
-            w.writerow(["month", "finding", "hospital", "insurer", "reference", "amount_thb",
-                        "detail"])
+            w.writerow(["month", "finding", "hospital", "insurer", "reference", "amount_thb", "detail"])
             for f in rec.findings:
-                w.writerow([rec.month, f.kind, f.hospital_code, f.insurer_code, f.reference,
-                            thb(f.amount), f.detail])
+                w.writerow(
+                    [rec.month, f.kind, f.hospital_code, f.insurer_code, f.reference, thb(f.amount), f.detail]
+                )
         else:
             print(f"Reconciliation {rec.month}: {len(rec.findings)} findings", file=out)
             for f in rec.findings:
-                print(f"{f.kind:<26} {f.hospital_code}/{f.insurer_code:<10} {f.reference:<24}"
-                      f" {thb(f.amount):>14}  {f.detail}", file=out)
+                print(
+                    f"{f.kind:<26} {f.hospital_code}/{f.insurer_code:<10} {f.reference:<24}"
+                    f" {thb(f.amount):>14}  {f.detail}",
+                    file=out,
+                )
 
     emit(args, write)
     return 0
-
-

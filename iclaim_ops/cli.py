@@ -1,4 +1,5 @@
 """Operator commands the hub adds to `iclaim` (entry point group `iclaim.cli`)."""
+
 from __future__ import annotations
 
 import argparse

@@ -2,41 +2,16 @@
 
 Real servers only (the machine's, or those named by ICLAIM_TEST_PG_URL /
 ICLAIM_TEST_REDIS_URL)."""
+
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import AsyncIterator, Callable, Iterator, Awaitable
 
-import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-PG_ADMIN_URL = os.environ.get("ICLAIM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_BASE_URL = os.environ.get("ICLAIM_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-
-
-def _db_url(name: str) -> str:
-    base, _, _ = PG_ADMIN_URL.rpartition("/")
-    return f"{base}/{name}"
-
-
-async def _create_db() -> tuple[str, str]:
-    name = f"iclaim_test_{secrets.token_hex(6)}"
-    conn = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return name, _db_url(name)
-
-
-async def _drop_db(name: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+from tests.support.databases import REDIS_BASE_URL, create_db, drop_db
 
 
 @pytest.fixture
@@ -45,13 +20,13 @@ async def make_database() -> AsyncIterator[Callable[[], Awaitable[str]]]:
     created: list[str] = []
 
     async def make() -> str:
-        name, url = await _create_db()
+        name, url = await create_db()
         created.append(name)
         return url
 
     yield make
     for name in created:
-        await _drop_db(name)
+        await drop_db(name)
 
 
 @pytest.fixture

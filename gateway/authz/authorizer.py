@@ -3,6 +3,7 @@
 No transport code here; service.py adapts Envoy's CheckRequest to CheckInput
 and the result back to a CheckResponse.
 """
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
-
-import grpc
 
 from gateway.authz import frame, messages, policy, replay
 from gateway.authz.keys import KeyLookup
@@ -21,7 +20,7 @@ from iclaim_hub.common.access_log import (
     ROLE_HEADER,
     TRANSACTION_HEADER,
 )
-from iclaim.errors import Code, IclaimError, PermissionDenied, Unauthenticated
+from iclaim.errors import IclaimError, PermissionDenied, Unauthenticated, Unimplemented
 from iclaim.crypto import signing
 from iclaim_hub.registry.model import SigningKey
 
@@ -29,11 +28,6 @@ from iclaim_hub.registry.model import SigningKey
 BAD_SIGNATURE_MESSAGE = "request signature is not valid"
 # Verified against when the key is unknown, so every failure costs one HMAC.
 _DUMMY_SECRET = os.urandom(signing.SECRET_BYTES)
-
-
-class Unimplemented(IclaimError):
-    code = Code.UNIMPLEMENTED
-    default_reason = "UNKNOWN_METHOD"
 
 
 class ReplayGuard(Protocol):
@@ -104,16 +98,14 @@ class Authorizer:
 
     async def _check(self, req: CheckInput) -> Allow:
         if req.method not in policy.ALLOWED_ROLES:
-            raise Unimplemented("unknown method")
+            raise Unimplemented("unknown method", reason="UNKNOWN_METHOD")
         try:
             meta = signing.parse_auth_metadata(dict(req.headers))
         except signing.MalformedMetadata as exc:
             raise Unauthenticated(
                 f"authentication metadata invalid: {exc}", reason="MALFORMED_METADATA"
             ) from None
-        body = frame.message_bytes(
-            req.raw_body, partial=req.partial_body, max_message_bytes=self._max
-        )
+        body = frame.message_bytes(req.raw_body, partial=req.partial_body, max_message_bytes=self._max)
         now = self._clock()
         problem = replay.skew_problem(meta.timestamp, now)
         if problem is not None:
@@ -127,9 +119,7 @@ class Authorizer:
             raise PermissionDenied("principal is suspended", reason="PRINCIPAL_SUSPENDED")
         _check_client_cert(key, req.cert_principals)
         if not policy.may_call(key.role, req.method):
-            raise PermissionDenied(
-                f"a {key.role} may not call {req.method}", reason="WRONG_ROLE"
-            )
+            raise PermissionDenied(f"a {key.role} may not call {req.method}", reason="WRONG_ROLE")
         if self._limiter is not None:
             await self._limiter.take(key.principal_code)
         derived = messages.derive(req.method, body)

@@ -5,6 +5,7 @@ the URL-encoded PEM (attributes.source.certificate, include_peer_certificate).
 A certificate names principals by SAN URI `iclaim:principal/<code>`; without
 such URIs, by its subject CN.
 """
+
 from __future__ import annotations
 
 import urllib.parse
@@ -27,12 +28,13 @@ def principals_of(encoded_pem: str) -> frozenset[str]:
         return frozenset()
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier)
-                if u.startswith(URI_PREFIX)]
+        uris = [
+            u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(URI_PREFIX)
+        ]
     except (x509.ExtensionNotFound, ValueError):
         uris = []
     if uris:
-        return frozenset(u[len(URI_PREFIX):] for u in uris)
+        return frozenset(u[len(URI_PREFIX) :] for u in uris)
     try:
         cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     except ValueError:

@@ -4,6 +4,7 @@ Envoy hands the authz service the raw HTTP/2 body: a 1-byte compressed flag,
 a 4-byte big-endian length, then the serialized message. Signatures cover the
 message bytes only (PROTOCOL.md §3), so the frame must be exact.
 """
+
 from __future__ import annotations
 
 from iclaim.errors import InvalidArgument, ResourceExhausted
@@ -14,18 +15,14 @@ MAX_MESSAGE_BYTES = 1024 * 1024 + 64 * 1024
 
 
 def too_large(limit: int) -> ResourceExhausted:
-    return ResourceExhausted(
-        f"request message exceeds {limit} bytes", reason="REQUEST_TOO_LARGE"
-    )
+    return ResourceExhausted(f"request message exceeds {limit} bytes", reason="REQUEST_TOO_LARGE")
 
 
 def malformed(problem: str) -> InvalidArgument:
     return InvalidArgument(f"malformed gRPC request: {problem}", reason="MALFORMED_REQUEST")
 
 
-def message_bytes(
-    raw_body: bytes, *, partial: bool, max_message_bytes: int = MAX_MESSAGE_BYTES
-) -> bytes:
+def message_bytes(raw_body: bytes, *, partial: bool, max_message_bytes: int = MAX_MESSAGE_BYTES) -> bytes:
     """Returns the message bytes of exactly one uncompressed frame, or raises."""
     if partial:
         # Envoy stopped buffering at its limit: the body is larger than we accept.

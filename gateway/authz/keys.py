@@ -4,6 +4,7 @@ The TTL bounds how long a revoked key or a suspended principal keeps working
 (at most 5 s), and also caches misses so unknown (client, key) pairs cannot
 turn into one database query per request.
 """
+
 from __future__ import annotations
 
 import time

@@ -1,5 +1,6 @@
 """Decodes a verified request message to derive the trusted headers that
 services rely on (transaction id, envelope digest)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -47,9 +48,7 @@ def derive(method: str, body: bytes) -> Derived:
     try:
         msg.ParseFromString(body)
     except (DecodeError, ValueError) as exc:
-        raise InvalidArgument(
-            "request message does not decode", reason="MALFORMED_REQUEST"
-        ) from exc
+        raise InvalidArgument("request message does not decode", reason="MALFORMED_REQUEST") from exc
     fields = msg.DESCRIPTOR.fields_by_name
     txn: str | None = None
     tf = fields.get("transaction_id")

@@ -1,4 +1,5 @@
 """Authz decision metrics (served with the common /metrics endpoint)."""
+
 from __future__ import annotations
 
 from prometheus_client import Counter, Histogram

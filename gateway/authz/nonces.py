@@ -12,12 +12,14 @@ Limitation: a Redis restored from an old snapshot still holds the marker and
 is not detected; run the nonce Redis without persistence, or with AOF fsync
 always.
 """
+
 from __future__ import annotations
 
 import asyncio
 import secrets
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -28,7 +30,7 @@ from redis.retry import Retry
 
 from gateway.authz import replay
 from gateway.authz.replay import SyncAction
-from gateway.authz.store import MarkerLedger, MarkerState
+from gateway.authz.store import MarkerState
 from iclaim.errors import Unauthenticated, Unavailable
 
 log = structlog.get_logger("gateway.authz.nonces")
@@ -42,6 +44,16 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 if redis.call('SET', KEYS[2], '1', 'NX', 'EXAT', ARGV[2]) then return 1 end
 return 0
 """
+
+
+class MarkerLedger(Protocol):
+    """Where the marker generation is remembered durably (PostgreSQL)."""
+
+    async def current(self) -> MarkerState | None: ...
+
+    async def create_first(self, generation: str) -> MarkerState: ...
+
+    async def record_loss(self, expected: str, generation: str, recovered_at: float) -> MarkerState: ...
 
 
 def redis_client(url: str) -> aioredis.Redis:
@@ -113,9 +125,7 @@ class RedisReplayGuard:
                 if result == 1:
                     return
                 if result == 0:
-                    raise Unauthenticated(
-                        "nonce already used: replay refused", reason="NONCE_REPLAYED"
-                    )
+                    raise Unauthenticated("nonce already used: replay refused", reason="NONCE_REPLAYED")
                 await self._resync(seen)
         except RedisError as exc:
             log.warning("nonce_store_unavailable", error=type(exc).__name__)
@@ -124,9 +134,7 @@ class RedisReplayGuard:
         raise Unavailable("nonce store is resynchronising", reason="NONCE_STORE_RECOVERING")
 
     def _check_window(self, timestamp: int) -> None:
-        if self._recovered_at is not None and replay.refused_after_loss(
-            timestamp, self._recovered_at
-        ):
+        if self._recovered_at is not None and replay.refused_after_loss(timestamp, self._recovered_at):
             raise recovering(self._recovered_at)
 
     async def _resync(self, seen: str | None) -> None:
@@ -136,9 +144,7 @@ class RedisReplayGuard:
             try:
                 state = await self._sync_once()
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                raise Unavailable(
-                    "nonce ledger unavailable", reason="NONCE_STORE_UNAVAILABLE"
-                ) from exc
+                raise Unavailable("nonce ledger unavailable", reason="NONCE_STORE_UNAVAILABLE") from exc
             self._generation = state.generation
             self._recovered_at = state.recovered_at
 

@@ -3,6 +3,7 @@
 Pure data: the authz service enforces it and the Envoy renderer routes exactly
 these paths, so a method missing here is UNIMPLEMENTED at the edge.
 """
+
 from __future__ import annotations
 
 from enum import StrEnum
@@ -49,10 +50,12 @@ ALLOWED_ROLES: dict[str, frozenset[Role]] = {
 
 # Calls that may legitimately take up to ~35 s (decision wait, long poll) and
 # the one server stream, which stays open until a decision.
-LONG_UNARY = frozenset({
-    f"/{CLAIM_SERVICE}/SubmitClaim",
-    f"/{INSURER_SERVICE}/PullClaims",
-})
+LONG_UNARY = frozenset(
+    {
+        f"/{CLAIM_SERVICE}/SubmitClaim",
+        f"/{INSURER_SERVICE}/PullClaims",
+    }
+)
 SERVER_STREAMS = frozenset({f"/{CLAIM_SERVICE}/WatchClaim"})
 
 # Unauthenticated by design (§3): health checks and reflection.

@@ -4,6 +4,7 @@ Keyed on the VERIFIED principal, so a forger cannot drain a hospital's budget
 and a hospital cannot escape its own by naming another client. One Lua call:
 refill by elapsed time, take one token or say how long until there is one.
 """
+
 from __future__ import annotations
 
 import time

@@ -6,6 +6,7 @@ loss carried a timestamp <= loss time + ACCEPT_AHEAD_S, so refusing every
 request stamped no later than recovery time + ACCEPT_AHEAD_S makes replays of
 them impossible, at the cost of at most a minute of refusals.
 """
+
 from __future__ import annotations
 
 from enum import Enum
@@ -48,22 +49,21 @@ def retry_not_before(recovered_at: float) -> int:
 
 
 class SyncAction(Enum):
-    ADOPT = "adopt"                    # Redis and PostgreSQL agree
-    FIRST_BOOT = "first_boot"          # no marker ever existed: not a loss
-    LOSS = "loss"                      # PostgreSQL remembers a marker Redis lacks
+    ADOPT = "adopt"  # Redis and PostgreSQL agree
+    FIRST_BOOT = "first_boot"  # no marker ever existed: not a loss
+    LOSS = "loss"  # PostgreSQL remembers a marker Redis lacks
 
 
-def sync_action(recorded: str | None, marker: str | None, cached: str | None = None) -> SyncAction:
+def sync_action(recorded: str | None, marker: str | None) -> SyncAction:
     """recorded: generation in PostgreSQL; marker: generation in Redis.
 
     A generation's marker is written to Redis BEFORE the generation is
     committed to PostgreSQL, so a committed generation whose marker is absent
     or different always means Redis lost data (or a peer is mid-recovery, in
     which case recording one more loss costs only milliseconds of extra
-    refusals). `cached` (what this process last adopted) is not needed: an
+    refusals). What this process last adopted does not enter into it: an
     earlier rule that trusted "a peer is between PostgreSQL and Redis" let a
     second loss right after a recovery go unnoticed."""
-    del cached
     if recorded is None:
         return SyncAction.FIRST_BOOT
     if marker == recorded:

@@ -5,6 +5,7 @@ A denial is sent as a complete gRPC trailers-only response (HTTP 200,
 grpc-status, grpc-message, grpc-status-details-bin) so the client sees exactly
 the §7 code and ErrorInfo rather than Envoy's HTTP-to-gRPC mapping.
 """
+
 from __future__ import annotations
 
 import base64

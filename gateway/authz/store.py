@@ -1,10 +1,10 @@
 """PostgreSQL record of the nonce-store marker generation (schema `gateway`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
 
 import asyncpg
 
@@ -20,16 +20,6 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 class MarkerState:
     generation: str
     recovered_at: float | None  # Unix seconds
-
-
-class MarkerLedger(Protocol):
-    async def current(self) -> MarkerState | None: ...
-
-    async def create_first(self, generation: str) -> MarkerState: ...
-
-    async def record_loss(
-        self, expected: str, generation: str, recovered_at: float
-    ) -> MarkerState: ...
 
 
 def _state(row: asyncpg.Record) -> MarkerState:
@@ -62,9 +52,7 @@ class PgMarkerLedger:
         assert state is not None
         return state
 
-    async def record_loss(
-        self, expected: str, generation: str, recovered_at: float
-    ) -> MarkerState:
+    async def record_loss(self, expected: str, generation: str, recovered_at: float) -> MarkerState:
         """Compare-and-set from `expected`; returns whichever state is current."""
         at = datetime.fromtimestamp(recovered_at, UTC)
         async with self._pool.acquire() as conn, conn.transaction():

@@ -3,6 +3,7 @@ object per call, accepted or rejected) and audit_log (which ingests it).
 
 Traffic data only; Envoy is told to log exactly these fields, nothing else.
 """
+
 from __future__ import annotations
 
 # Headers set by the gateway's auth service after it verified a call.

@@ -1,4 +1,5 @@
 """Reading service configuration from the environment, validated up front."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """asyncpg pool (one per process) and ordered SQL migrations applied at start-up."""
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,7 @@ async def apply_migrations(pool: asyncpg.Pool, schema: str, directory: Path) -> 
                 " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
             done = {
-                r["version"]
-                for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')
+                r["version"] for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')
             }
             for path in files:
                 if path.name in done:

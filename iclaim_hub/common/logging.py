@@ -1,4 +1,5 @@
 """structlog, configured once per process: JSON lines, or console on a TTY."""
+
 from __future__ import annotations
 
 import logging
@@ -32,4 +33,3 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
         cache_logger_on_first_use=True,
     )
     _configured = True
-

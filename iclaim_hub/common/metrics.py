@@ -1,4 +1,5 @@
 """Prometheus metrics shared by every server; /metrics on its own port."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """datetime -> google.protobuf.Timestamp, written once for every servicer."""
+
 from __future__ import annotations
 
 from datetime import datetime

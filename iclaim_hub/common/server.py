@@ -1,12 +1,13 @@
 """Server bootstrap every service shares: interceptor, health, reflection,
 size limits, metrics and graceful shutdown on SIGTERM."""
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, TypeVar, cast
 
@@ -115,9 +116,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(details)
@@ -145,9 +144,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream:
             inner_stream = cast(_AioUnaryStream, handler.unary_stream)
 
-            async def stream(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 async with _guarded(service, method, context, {**bind, **_request_ids(request)}):
                     async for item in inner_stream(request, context):
                         yield item
@@ -186,9 +183,7 @@ def add_reflection(server: grpc.aio.Server, service_names: list[str]) -> None:
 
     grpcio-reflection ships only v1alpha; v1's messages are the same fields
     under another package name, so one servicer answers both."""
-    servicer = reflection_aio.ReflectionServicer(
-        [*service_names, reflection.SERVICE_NAME, REFLECTION_V1]
-    )
+    servicer = reflection_aio.ReflectionServicer([*service_names, reflection.SERVICE_NAME, REFLECTION_V1])
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(  # type: ignore[no-untyped-call]
         servicer, server
     )  # grpcio-reflection ships no stub for its generated module
@@ -203,6 +198,24 @@ def add_reflection(server: grpc.aio.Server, service_names: list[str]) -> None:
         },
     )
     server.add_generic_rpc_handlers((v1,))
+
+
+async def bind_server(
+    listen_addr: str,
+    servicers: Iterable[Callable[[grpc.aio.Server], None]],
+    reflected: Sequence[str],
+    also_serving: Sequence[str] = (),
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """A server with our interceptor, the servicers (each `add_*_to_server`
+    bound to its servicer), health and reflection (for `reflected`), bound to
+    `listen_addr` (port 0: any free port), not started."""
+    server = new_server()
+    for add in servicers:
+        add(server)
+    health_servicer = add_health_and_reflection(server, reflected)
+    port = server.add_insecure_port(listen_addr)
+    await mark_serving(health_servicer, [*reflected, *also_serving])
+    return server, port, health_servicer
 
 
 async def mark_serving(health_servicer: health.aio.HealthServicer, names: Iterable[str]) -> None:
@@ -264,9 +277,7 @@ class ServeConfig:
         ICLAIM_SHUTDOWN_GRACE_S."""
         return cls(
             listen_addr=env_addr(f"ICLAIM_{prefix}_ADDR", default_addr),
-            metrics_port=env_int(
-                f"ICLAIM_{prefix}_METRICS_PORT", default_metrics_port, lo=-1, hi=65535
-            ),
+            metrics_port=env_int(f"ICLAIM_{prefix}_METRICS_PORT", default_metrics_port, lo=-1, hi=65535),
             log_level=env_choice("ICLAIM_LOG_LEVEL", "INFO", LOG_LEVELS),
             grace_s=env_float("ICLAIM_SHUTDOWN_GRACE_S", 5.0, lo=0, hi=120),
         )
@@ -293,9 +304,7 @@ async def serve(app: App, config: ServeConfig) -> None:
     log.info("stopped")
 
 
-def run_service(
-    load_config: Callable[[], C], build: Callable[[C], Awaitable[App]]
-) -> None:
+def run_service(load_config: Callable[[], C], build: Callable[[C], Awaitable[App]]) -> None:
     """A service's `main()`: config validated before anything binds, logging
     configured from it, then `serve`."""
     config = load_config()

@@ -3,6 +3,7 @@
 The associated data binds each ciphertext to its row, so a secret copied onto
 another principal's row does not decrypt.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from iclaim.crypto.signing import b64url, b64url_decode
+from iclaim_hub.common.config import ConfigError
 
 MASTER_KEY_ENV = "ICLAIM_MASTER_KEY"
 _VERSION = b"\x01"
@@ -18,6 +20,25 @@ _VERSION = b"\x01"
 
 class SecretBoxError(ValueError):
     pass
+
+
+_BAD_MASTER_KEY = f"{MASTER_KEY_ENV} must be 32 bytes, base64url"
+
+
+def check_master_key(key: bytes) -> None:
+    """For a service's Config: refuse a wrong key before anything binds."""
+    if len(key) != 32:
+        raise ConfigError(_BAD_MASTER_KEY)
+
+
+def master_key_from_env() -> bytes:
+    """ICLAIM_MASTER_KEY (32 bytes, base64url), for a service's Config."""
+    try:
+        key = b64url_decode(os.environ.get(MASTER_KEY_ENV, ""))
+    except ValueError as exc:
+        raise ConfigError(_BAD_MASTER_KEY) from exc
+    check_master_key(key)
+    return key
 
 
 class SecretBox:
@@ -28,11 +49,7 @@ class SecretBox:
 
     @classmethod
     def from_env(cls) -> SecretBox:
-        raw = os.environ.get(MASTER_KEY_ENV, "")
-        try:
-            return cls(b64url_decode(raw))
-        except ValueError as exc:
-            raise SecretBoxError(f"{MASTER_KEY_ENV} must be 32 bytes, base64url") from exc
+        return cls(master_key_from_env())
 
     @staticmethod
     def new_master_key() -> str:

@@ -1,5 +1,6 @@
 """A short-TTL read-through view of the registry, so key rotation, revocation
 and suspension reach every replica within `ttl_s` without a restart."""
+
 from __future__ import annotations
 
 import asyncio
@@ -35,6 +36,4 @@ class DirectoryCache:
 
     async def insurers(self) -> list[Principal]:
         await self._refresh()
-        return sorted(
-            (p for p in self._by_code.values() if p.role == "insurer"), key=lambda p: p.code
-        )
+        return sorted((p for p in self._by_code.values() if p.role == "insurer"), key=lambda p: p.code)

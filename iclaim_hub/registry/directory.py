@@ -1,6 +1,7 @@
-"""The sample directory seeded in development (PROTOCOL.md §8): 20 life and 40
+"""The sample directory seeded in development (docs/protocol.md §8): 20 life and 40
 non-life insurers served by simulated insurers, one pull-mode insurer, and the
 dev hospitals. Sample data: codes and names are illustrative."""
+
 from __future__ import annotations
 
 from iclaim_hub.registry.model import Principal
@@ -94,8 +95,7 @@ def sample_insurers() -> list[Principal]:
 
 
 def pull_insurer() -> Principal:
-    return Principal(PULL_INSURER, "insurer", "Test Pull Insurer", line=NON_LIFE,
-                     delivery_mode="pull")
+    return Principal(PULL_INSURER, "insurer", "Test Pull Insurer", line=NON_LIFE, delivery_mode="pull")
 
 
 def dev_hospitals() -> list[Principal]:

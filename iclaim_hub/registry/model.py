@@ -1,4 +1,5 @@
 """Registry records: principals and their public keys (no storage code here)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,9 +24,7 @@ class EncryptionKeyRecord:
         if self.status != "previous":
             return False
         # Unknown age: accepted, as before grace periods existed.
-        return self.previous_since is None or now - self.previous_since <= timedelta(
-            seconds=grace_s
-        )
+        return self.previous_since is None or now - self.previous_since <= timedelta(seconds=grace_s)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
 """PostgreSQL-backed registry of principals and keys (schema `registry`)."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ SCHEMA = "registry"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-MAX_ACTIVE_SIGNING_KEYS = 2  # PROTOCOL.md §1: two at once, for rotation
+MAX_ACTIVE_SIGNING_KEYS = 2  # docs/protocol.md §1: two at once, for rotation
 _QUERY_TIMEOUT_S = 5
 # The gateway's key lookup sits inside Envoy's 5 s ext_authz deadline: fail
 # first, with a typed REGISTRY_UNAVAILABLE, rather than be cut off.
@@ -72,9 +73,7 @@ class RegistryStore:
             secret = self._box.open(row["secret_sealed"], _secret_context(code, key_id))
         except SecretBoxError:
             return None
-        return GatewayKey(
-            code, key_id, secret, row["role"], row["suspended"], row["require_mtls"]
-        )
+        return GatewayKey(code, key_id, secret, row["role"], row["suspended"], row["require_mtls"])
 
     async def active_signing_key_ids(self, code: str) -> list[str]:
         """Active key ids, oldest first (never the secrets)."""
@@ -99,9 +98,7 @@ class RegistryStore:
         by_code: dict[str, list[EncryptionKeyRecord]] = {}
         for k in keys:
             by_code.setdefault(k["principal_code"], []).append(
-                EncryptionKeyRecord(
-                    k["kid"], json.loads(k["public_jwk"]), k["status"], k["previous_since"]
-                )
+                EncryptionKeyRecord(k["kid"], json.loads(k["public_jwk"]), k["status"], k["previous_since"])
             )
         return [
             Principal(
@@ -135,9 +132,7 @@ class RegistryStore:
             available=row["available"],
             suspended=row["suspended"],
             keys=tuple(
-                EncryptionKeyRecord(
-                    k["kid"], json.loads(k["public_jwk"]), k["status"], k["previous_since"]
-                )
+                EncryptionKeyRecord(k["kid"], json.loads(k["public_jwk"]), k["status"], k["previous_since"])
                 for k in keys
             ),
         )
@@ -242,8 +237,7 @@ class RegistryStore:
         """When set, the gateway refuses this principal's calls that come
         without a client certificate naming it."""
         await self._pool.execute(
-            "UPDATE registry.principals SET require_mtls = $2, updated_at = now()"
-            " WHERE code = $1",
+            "UPDATE registry.principals SET require_mtls = $2, updated_at = now() WHERE code = $1",
             code,
             required,
             timeout=_QUERY_TIMEOUT_S,

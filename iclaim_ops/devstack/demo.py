@@ -1,5 +1,6 @@
 """The short demo `make run` plays once the stack is ready: a handful of claims
 from a dev hospital to different insurers, each decided by the §8 rules."""
+
 from __future__ import annotations
 
 import secrets

@@ -1,9 +1,11 @@
 """PostgreSQL and Redis for the dev stack: the ones named by
 ICLAIM_DATABASE_URL / ICLAIM_REDIS_URL, else embedded ones under the state dir."""
+
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,3 +91,28 @@ async def start_infra(state_dir: Path) -> Infra:
         Infra(db_url, redis_url, stoppers).stop()
         raise
     return Infra(db_url, redis_url, stoppers)
+
+
+def database_url_on(server_url: str, name: str) -> str:
+    base, _, _ = server_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def create_scratch_database(admin_url: str, prefix: str = "iclaim_test") -> tuple[str, str]:
+    """A new, empty database with a random name on the server of `admin_url`
+    (tests and benchmarks); returns its name and URL."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name, database_url_on(admin_url, name)
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()

@@ -2,6 +2,7 @@
 
 Credentials are generated at run time and kept across runs while the registry
 still knows them; a new database gets fresh ones."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """Runs the whole clearinghouse as child processes: the services, the gateway's
 auth service and Envoy, with health-checked start-up and a clean stop that
 leaves no process behind. Used by `iclaim up` and by the integration tests."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,5 +1,6 @@
 """`iclaim up` / `make run`: infrastructure, registry seed, services, gateway,
 a ready line, the demo, then serve until Ctrl-C or SIGTERM."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,5 +1,6 @@
 """`iclaim audit trail`: a participant fetches and proves its own audit entries
 through the gateway (docs/protocol.md §12)."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,7 @@ def register(groups: CommandGroups) -> None:
     trail.set_defaults(func=lambda a: asyncio.run(_trail_cmd(a)))
 
 
-async def prove_and_print(
-    source: TrailSource, principal: str, args: argparse.Namespace
-) -> int:
+async def prove_and_print(source: TrailSource, principal: str, args: argparse.Namespace) -> int:
     try:
         report: TrailReport = await verify_trail(
             source, principal, args.verifier_key, args.origin, args.transaction_id
@@ -37,11 +36,12 @@ async def prove_and_print(
         print(f"FAIL: checkpoint: {exc}", file=sys.stderr)
         return 1
     if not args.verifier_key:
-        print("note: trusting the verifier key the service sent; pin it with --verifier-key",
-              file=sys.stderr)
+        print("note: trusting the verifier key the service sent; pin it with --verifier-key", file=sys.stderr)
     status = "OK" if report.ok else "FAIL"
-    print(f"{status}: {report.verified} entries of {principal} proved in the log at size "
-          f"{report.tree_size} ({report.expired} expired)")
+    print(
+        f"{status}: {report.verified} entries of {principal} proved in the log at size "
+        f"{report.tree_size} ({report.expired} expired)"
+    )
     for p in report.problems:
         print(f"  - {p}")
     return 0 if report.ok else 1

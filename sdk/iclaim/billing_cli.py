@@ -1,5 +1,6 @@
 """`iclaim billing statement`: a statement with a counterparty, through the
 gateway, signed as the caller (docs/protocol.md §9)."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,9 @@ def register(groups: CommandGroups) -> None:
     st = groups.group("billing", "billing: statements, reconciliation").add_parser(
         "statement", help="statement with a counterparty for a period"
     )
-    st.add_argument("--counterparty", required=True,
-                    help="insurer code (as a hospital) or hospital code (as an insurer)")
+    st.add_argument(
+        "--counterparty", required=True, help="insurer code (as a hospital) or hospital code (as an insurer)"
+    )
     st.add_argument("--from", dest="start", required=True, type=_day, help="YYYY-MM-DD")
     st.add_argument("--to", dest="end", required=True, type=_day, help="YYYY-MM-DD (inclusive)")
     st.add_argument("--csv", action="store_true", help="CSV instead of a table")
@@ -78,42 +80,78 @@ def statement_csv(s: pb.Statement, out: TextIO) -> None:
     """One table: OPENING, each movement with its running balance, CLOSING,
     then the aging buckets. Amounts in THB with two decimals."""
     w = csv.writer(out)
-    w.writerow(["occurred_at", "kind", "reference", "description", "amount_thb",
-                "running_balance_thb"])
-    w.writerow([_gdate(s.period_start), "OPENING", f"{s.hospital_code}/{s.insurer_code}",
-                "opening balance", "", thb(s.opening_balance_satang)])
+    w.writerow(["occurred_at", "kind", "reference", "description", "amount_thb", "running_balance_thb"])
+    w.writerow(
+        [
+            _gdate(s.period_start),
+            "OPENING",
+            f"{s.hospital_code}/{s.insurer_code}",
+            "opening balance",
+            "",
+            thb(s.opening_balance_satang),
+        ]
+    )
     for ln in s.lines:
-        w.writerow([_local(ln.occurred_at), ln.kind, ln.reference, ln.description,
-                    thb(ln.amount_satang), thb(ln.running_balance_satang)])
-    w.writerow([_gdate(s.period_end), "CLOSING", f"{s.hospital_code}/{s.insurer_code}",
-                s.closing_balance_text_th, "", thb(s.closing_balance_satang)])
+        w.writerow(
+            [
+                _local(ln.occurred_at),
+                ln.kind,
+                ln.reference,
+                ln.description,
+                thb(ln.amount_satang),
+                thb(ln.running_balance_satang),
+            ]
+        )
+    w.writerow(
+        [
+            _gdate(s.period_end),
+            "CLOSING",
+            f"{s.hospital_code}/{s.insurer_code}",
+            s.closing_balance_text_th,
+            "",
+            thb(s.closing_balance_satang),
+        ]
+    )
     a = s.aging
-    for name, value in (("current", a.current), ("1-30", a.d1_30), ("31-60", a.d31_60),
-                        ("61-90", a.d61_90), ("over 90", a.over_90)):
-        w.writerow([_gdate(s.period_end), "AGING", name, f"days past due: {name}",
-                    thb(value), ""])
+    for name, value in (
+        ("current", a.current),
+        ("1-30", a.d1_30),
+        ("31-60", a.d31_60),
+        ("61-90", a.d61_90),
+        ("over 90", a.over_90),
+    ):
+        w.writerow([_gdate(s.period_end), "AGING", name, f"days past due: {name}", thb(value), ""])
 
 
 def statement_table(s: pb.Statement, out: TextIO) -> None:
-    print(f"Statement {s.hospital_code} / {s.insurer_code}  "
-          f"{_gdate(s.period_start)} .. {_gdate(s.period_end)}", file=out)
+    print(
+        f"Statement {s.hospital_code} / {s.insurer_code}  {_gdate(s.period_start)} .. {_gdate(s.period_end)}",
+        file=out,
+    )
     print(f"{'opening':<60}{thb(s.opening_balance_satang):>18}", file=out)
     for ln in s.lines:
-        print(f"{_local(ln.occurred_at)[:16]} {ln.kind:<10} {ln.reference[:28]:<28} "
-              f"{thb(ln.amount_satang):>14} {thb(ln.running_balance_satang):>14}", file=out)
+        print(
+            f"{_local(ln.occurred_at)[:16]} {ln.kind:<10} {ln.reference[:28]:<28} "
+            f"{thb(ln.amount_satang):>14} {thb(ln.running_balance_satang):>14}",
+            file=out,
+        )
     print(f"{'closing':<60}{thb(s.closing_balance_satang):>18}", file=out)
     print(f"  ({s.closing_balance_text_th})", file=out)
     a = s.aging
-    print(f"aging: current {thb(a.current)}  1-30 {thb(a.d1_30)}  31-60 {thb(a.d31_60)}  "
-          f"61-90 {thb(a.d61_90)}  >90 {thb(a.over_90)}", file=out)
+    print(
+        f"aging: current {thb(a.current)}  1-30 {thb(a.d1_30)}  31-60 {thb(a.d31_60)}  "
+        f"61-90 {thb(a.d61_90)}  >90 {thb(a.over_90)}",
+        file=out,
+    )
 
 
 async def _statement(args: argparse.Namespace) -> int:
     from iclaim.client.channel import gateway_channel
     from iclaim.client.credentials import DEV_CREDENTIALS, load_dev_credentials
 
-    creds = load_dev_credentials(getattr(args, "as_", None),
-                                 getattr(args, "credentials", None) or DEV_CREDENTIALS)
+    creds = load_dev_credentials(
+        getattr(args, "as_", None), getattr(args, "credentials", None) or DEV_CREDENTIALS
+    )
     async with gateway_channel(creds) as channel:
         stub = billing_service_pb2_grpc.BillingServiceStub(channel)
         s = await fetch_statement(stub, args.counterparty, args.start, args.end)

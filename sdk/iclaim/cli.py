@@ -1,5 +1,6 @@
 """`iclaim`: talk to the clearinghouse as a hospital or an insurer. With the hub
 installed, the operator commands (`up`, `audit verify`, …) join in."""
+
 from __future__ import annotations
 
 import argparse
@@ -88,12 +89,8 @@ def _sample_claim(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iclaim", description=__doc__)
-    parser.add_argument(
-        "--credentials", type=Path, default=DEV_CREDENTIALS, help="credentials.json to use"
-    )
-    parser.add_argument(
-        "--as", dest="as_", default=None, help="principal code (default: first dev hospital)"
-    )
+    parser.add_argument("--credentials", type=Path, default=DEV_CREDENTIALS, help="credentials.json to use")
+    parser.add_argument("--as", dest="as_", default=None, help="principal code (default: first dev hospital)")
     sub = parser.add_subparsers(dest="cmd", required=True)
     groups = CommandGroups(sub)
 

@@ -3,6 +3,7 @@
 The participant SDK registers its commands; an installed hub adds the
 operator commands (`up`, `audit verify`, `billing reconcile`, `admin` …) through
 the `iclaim.cli` entry-point group, so one `iclaim` command serves both."""
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@ raise them without importing grpc; the hub's one server interceptor maps them
 to gRPC statuses with google.rpc.Status{ErrorInfo{reason, domain="iclaim.v1"}}.
 Handlers never call context.set_code themselves.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -104,6 +105,11 @@ class DeadlineExceeded(IclaimError):
     default_reason = "DEADLINE_EXCEEDED"
 
 
+class Unimplemented(IclaimError):
+    code = Code.UNIMPLEMENTED
+    default_reason = "NOT_IMPLEMENTED"
+
+
 class Internal(IclaimError):
     code = Code.INTERNAL
     default_reason = "INTERNAL"
@@ -143,6 +149,7 @@ __all__ = [
     "PermissionDenied",
     "ResourceExhausted",
     "Unauthenticated",
+    "Unimplemented",
     "Unavailable",
     "build_status",
     "error_info_of",

@@ -1,4 +1,5 @@
 """Message size limits both sides of the public API keep (docs/protocol.md §4)."""
+
 from __future__ import annotations
 
 # Envelopes are capped at 1 MiB (§4); leave room for the other fields.

@@ -2,6 +2,7 @@
 
 Everything that enumerates the public surface (gateway decoding, reflection,
 tests) reads it from here, so a new public service is added once."""
+
 from __future__ import annotations
 
 from types import ModuleType

@@ -1,6 +1,7 @@
 """An amount in satang as Thai words, the way Thai cheques and statements print it
 (like Excel's BAHTTEXT): 123450 -> "หนึ่งพันสองร้อยสามสิบสี่บาทห้าสิบสตางค์",
 100 -> "หนึ่งบาทถ้วน"."""
+
 from __future__ import annotations
 
 _DIGITS = ("ศูนย์", "หนึ่ง", "สอง", "สาม", "สี่", "ห้า", "หก", "เจ็ด", "แปด", "เก้า")

@@ -3,21 +3,29 @@
 Each caller's future resolves only after the batch holding its events has
 committed (tessera's AddFn contract).
 """
+
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
 from iclaim.audit.entry import AuditEntry
 from iclaim.errors import Unavailable
 from services.audit_log import metrics
-from services.audit_log.store import AuditStore
+from services.audit_log.domain import AppendOutcome, OffsetUpdate
 
 log = structlog.get_logger("audit_log.appender")
+
+
+class AppendStore(Protocol):
+    async def append(
+        self, entries: Sequence[AuditEntry], offset: OffsetUpdate | None = None
+    ) -> AppendOutcome: ...
 
 
 @dataclass(frozen=True)
@@ -32,19 +40,21 @@ class _Pending:
     done: asyncio.Future[AppendResult]
 
 
-async def timed_append(store: AuditStore, entries: Sequence[AuditEntry], source: str,
-                       **kw: object) -> tuple[dict[str, int], int]:
+async def timed_append(
+    store: AppendStore, entries: Sequence[AuditEntry], source: str, offset: OffsetUpdate | None = None
+) -> dict[str, int]:
+    """Appends and records the metrics; returns event_id -> leaf index of the new entries."""
     start = time.perf_counter()
-    outcome = await store.append(entries, **kw)  # type: ignore[arg-type]
+    outcome = await store.append(entries, offset)
     metrics.APPEND_LATENCY.observe(time.perf_counter() - start)
     metrics.ENTRIES_APPENDED.labels(source).inc(len(outcome.appended))
     metrics.DUPLICATES_DROPPED.labels(source).inc(outcome.duplicates)
     metrics.TREE_SIZE.set(outcome.tree_size)
-    return outcome.appended, outcome.duplicates
+    return outcome.appended
 
 
 class Appender:
-    def __init__(self, store: AuditStore, max_batch_entries: int = 2000) -> None:
+    def __init__(self, store: AppendStore, max_batch_entries: int = 2000) -> None:
         self._store = store
         self._max = max_batch_entries
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -64,18 +74,18 @@ class Appender:
                 count += len(item.entries)
             live = [p for p in batch if not p.done.done()]  # callers may have gone
             try:
-                appended, _ = await timed_append(
-                    self._store, [e for p in live for e in p.entries], "rpc"
-                )
+                appended = await timed_append(self._store, [e for p in live for e in p.entries], "rpc")
             except Exception as exc:
                 # Nothing was committed: producers keep the events and retry.
                 log.warning("append_batch_failed", error=type(exc).__name__)
                 for p in live:
                     if not p.done.done():
-                        p.done.set_exception(Unavailable(
-                            "audit log storage unavailable; retry",
-                            reason="AUDIT_STORE_UNAVAILABLE",
-                        ))
+                        p.done.set_exception(
+                            Unavailable(
+                                "audit log storage unavailable; retry",
+                                reason="AUDIT_STORE_UNAVAILABLE",
+                            )
+                        )
                 continue
             # Credit each event to the first request that carried it.
             credited: set[str] = set()

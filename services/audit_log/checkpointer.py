@@ -2,11 +2,13 @@
 
 The key is generated at first start and stored sealed under ICLAIM_MASTER_KEY.
 """
+
 from __future__ import annotations
 
 import asyncio
 import time
 from datetime import UTC, datetime
+from typing import Protocol
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,16 +21,33 @@ from cryptography.hazmat.primitives.serialization import (
 from iclaim.audit.note import Checkpoint, NoteSigner, sign_checkpoint
 from iclaim_hub.crypto.secretbox import SecretBox
 from services.audit_log import metrics, proofs
-from services.audit_log.store import AuditStore, StoredCheckpoint
+from services.audit_log.domain import StoredCheckpoint
 
 log = structlog.get_logger("audit_log.checkpointer")
+
+
+class KeyStore(Protocol):
+    async def signing_key(self, name: str) -> tuple[bytes, bytes] | None:
+        """(public key, sealed private key)."""
+
+    async def add_signing_key(self, name: str, public: bytes, sealed: bytes) -> None:
+        """Keeps an existing key of that name."""
+
+
+class CheckpointStore(proofs.NodeReader, Protocol):
+    async def tree_size(self) -> int: ...
+
+    async def latest_checkpoint(self) -> StoredCheckpoint | None: ...
+
+    async def add_checkpoint(self, cp: StoredCheckpoint) -> StoredCheckpoint:
+        """Keeps an existing checkpoint of that size; returns the stored one."""
 
 
 def _context(name: str) -> str:
     return f"audit-checkpoint-key:{name}"
 
 
-async def load_or_create_signer(store: AuditStore, box: SecretBox, name: str) -> NoteSigner:
+async def load_or_create_signer(store: KeyStore, box: SecretBox, name: str) -> NoteSigner:
     stored = await store.signing_key(name)
     if stored is None:
         fresh = NoteSigner.generate(name)
@@ -45,7 +64,7 @@ async def load_or_create_signer(store: AuditStore, box: SecretBox, name: str) ->
 
 
 class Checkpointer:
-    def __init__(self, store: AuditStore, signer: NoteSigner, origin: str) -> None:
+    def __init__(self, store: CheckpointStore, signer: NoteSigner, origin: str) -> None:
         self._store = store
         self._signer = signer
         self._origin = origin
@@ -55,10 +74,6 @@ class Checkpointer:
 
     def _age(self) -> float:
         return 0.0 if self._latest_at is None else max(time.time() - self._latest_at, 0.0)
-
-    @property
-    def origin(self) -> str:
-        return self._origin
 
     @property
     def verifier_key(self) -> str:

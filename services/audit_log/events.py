@@ -1,5 +1,6 @@
-"""Append input validation (PDPA: only traffic data of its expected form) and
-the mapping between wire events and AuditEntry. No grpc/asyncpg here."""
+"""Append input validation (PDPA: only traffic data of its expected form).
+Pure: no grpc, asyncpg or I/O."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -10,9 +11,22 @@ from iclaim.audit.entry import AuditEntry
 
 KINDS = ("GATEWAY_CALL", "CLAIM_STATE_CHANGE")
 GRPC_CODE_NAMES = (
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
     "UNAUTHENTICATED",
 )  # index = numeric gRPC code
 
@@ -81,8 +95,3 @@ def check_entry(e: AuditEntry, now_us: int) -> Invalid | None:
         if not ok:
             return Invalid(name)
     return None
-
-
-def involves(e: AuditEntry, principal: str) -> bool:
-    """A principal's own entries: it is the verified origin or the destination."""
-    return e.origin_principal == principal or e.destination == principal

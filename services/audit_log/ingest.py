@@ -4,6 +4,7 @@ Pure: no I/O. Attacker-controlled values (claimed client, path, reason,
 transaction id) that are not of their expected form are dropped, never
 stored, so nothing free-form reaches the log.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -115,9 +116,7 @@ def entry_from_line(line: bytes) -> AuditEntry:
         duration_ms=_int(doc, "duration_ms"),
         service_type="gateway",
         outcome_code=_grpc_code(doc.get("grpc_status")),
-        outcome_reason=_keep(
-            _text(doc, "reason_trailer") or _text(doc, "reason_header"), REASON_RE
-        ),
+        outcome_reason=_keep(_text(doc, "reason_trailer") or _text(doc, "reason_header"), REASON_RE),
         transaction_id=_keep(
             _text(doc, "req_transaction_id") or _text(doc, "resp_transaction_id"), TRANSACTION_RE
         ),

@@ -1,11 +1,10 @@
 """Audit log metrics (served on the service's /metrics port)."""
+
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-ENTRIES_APPENDED = Counter(
-    "iclaim_audit_entries_appended_total", "Entries appended to the log.", ["source"]
-)
+ENTRIES_APPENDED = Counter("iclaim_audit_entries_appended_total", "Entries appended to the log.", ["source"])
 DUPLICATES_DROPPED = Counter(
     "iclaim_audit_duplicates_dropped_total", "Redelivered events dropped by event id.", ["source"]
 )

@@ -4,6 +4,7 @@ Written only after audit_log acknowledged the events before it, so a crash
 at any point resends at most the last unacknowledged chunk (deduplicated by
 event id) and never skips a line.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import structlog
 
-from services.audit_log.tailer import Position
+from services.audit_log.domain import Position
 
 log = structlog.get_logger("audit_log.shipper")
 

@@ -6,6 +6,7 @@ lines are read; malformed lines are counted and skipped. A rotated file
 (renamed to `<path>.1`) is finished before the new one is started; a
 truncated file is re-read from the start.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,15 +15,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
 from iclaim.audit.entry import AuditEntry
 from services.audit_log import metrics
-from services.audit_log.appender import timed_append
+from services.audit_log.appender import AppendStore, timed_append
+from services.audit_log.domain import OffsetUpdate, Position
 from services.audit_log.events import check_entry
 from services.audit_log.ingest import MalformedLine, entry_from_line
-from services.audit_log.store import AuditStore, OffsetUpdate
 
 log = structlog.get_logger("audit_log.tailer")
 
@@ -36,14 +38,6 @@ class Chunk:
     entries: list[AuditEntry]
     next_offset: int
     malformed: int
-
-
-@dataclass(frozen=True)
-class Position:
-    """How far a file has been consumed (what the offset store keeps)."""
-
-    file_id: str
-    byte_offset: int
 
 
 @dataclass(frozen=True)
@@ -131,8 +125,13 @@ def next_position(path: Path, plan: ReadPlan, chunk: Chunk) -> Position | None:
     return None
 
 
+class OffsetStore(AppendStore, Protocol):
+    async def ingest_offset(self, source: str) -> Position | None:
+        """How far `source` has been consumed (committed with its entries)."""
+
+
 class AccessLogTailer:
-    def __init__(self, store: AuditStore, path: Path, poll_s: float = 0.2) -> None:
+    def __init__(self, store: OffsetStore, path: Path, poll_s: float = 0.2) -> None:
         self._store = store
         self._path = path
         self._poll_s = poll_s
@@ -141,17 +140,11 @@ class AccessLogTailer:
         if chunk.malformed:
             metrics.INGEST_MALFORMED.inc(chunk.malformed)
             log.warning("access_log_malformed_lines", count=chunk.malformed)
-        await timed_append(
-            self._store, chunk.entries, "gateway",
-            offset=OffsetUpdate(SOURCE, pos.file_id, pos.byte_offset),
-        )
+        await timed_append(self._store, chunk.entries, "gateway", OffsetUpdate(SOURCE, pos))
 
     async def step(self) -> int:
         """Ingests what is there now; returns how many bytes it consumed."""
-        stored = await self._store.ingest_offset(SOURCE)
-        plan = plan_read(
-            self._path, None if stored is None else Position(stored.file_id, stored.byte_offset)
-        )
+        plan = plan_read(self._path, await self._store.ingest_offset(SOURCE))
         if plan is None:
             return 0
         chunk = read_chunk(plan.path, plan.offset)  # page-cache read of at most 1 MiB

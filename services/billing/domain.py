@@ -10,8 +10,10 @@ Ledger (per hospital–insurer pair; a line is + debit, - credit, in satang):
 What the insurer owes the hospital = receivable + overpayment (overpayment is a
 credit balance, so it counts against).
 """
+
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -20,19 +22,22 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from iclaim.errors import FailedPrecondition, InvalidArgument
+
 BANGKOK = ZoneInfo("Asia/Bangkok")
 MAX_SATANG = 10**15
 MAX_LINES = 1000
 DEFAULT_CREDIT_DAYS = 15
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
 MIN_DATE = date(2000, 1, 1)
 MAX_DATE = date(2100, 12, 31)
 CAS_GROUPS = frozenset({"CO", "PR", "OA", "PI", "CR"})
 PLB_CODES = frozenset({"WO", "FB", "L6", "72"})
 RECOVERY_CODES = frozenset({"WO", "FB"})
 APPROVED_STATES = frozenset({"APPROVED", "PARTIALLY_APPROVED"})
+FINAL_STATES = APPROVED_STATES | {"DENIED"}
 OPEN_STATUSES = frozenset({"SUBMITTED", "ACKNOWLEDGED", "PARTIALLY_PAID"})
-# Accounts whose balance is what the insurer owes the hospital.
-OWED_ACCOUNTS = ("receivable", "overpayment")
 
 _HOSPITAL = re.compile(r"^[0-9]{5}$")
 _INSURER = re.compile(r"^[A-Z0-9_]{2,16}$")
@@ -40,43 +45,14 @@ _REF = re.compile(r"^[A-Za-z0-9._/:-]{1,64}$")
 _REASON = re.compile(r"^[A-Za-z0-9]{1,8}$")
 
 
-# --- refusals (the service maps them to the §7 error model) -------------------
-class Refused(Exception):
-    kind = "invalid"
-
-    def __init__(self, message: str, reason: str, metadata: Mapping[str, str] | None = None):
-        super().__init__(message)
-        self.message = message
-        self.reason = reason
-        self.metadata = dict(metadata or {})
-
-
-class Invalid(Refused):
-    kind = "invalid"
-
-
-class NotFoundErr(Refused):
-    kind = "not_found"
-
-
-class Conflict(Refused):
-    """Same idempotency key, different content."""
-
-    kind = "exists"
-
-
-class Precondition(Refused):
-    kind = "precondition"
-
-
-def offending(message: str, reason: str, problems: Mapping[str, str]) -> Precondition:
+def offending(message: str, reason: str, problems: Mapping[str, str]) -> FailedPrecondition:
     """Precondition failure naming the offending transaction ids (and why) in
     ErrorInfo metadata: transaction_ids="a,b", and one key per id."""
     ids = sorted(problems)
     meta = {"transaction_ids": ",".join(ids)}
     for tx in ids[:50]:
         meta[f"tx_{_meta_key(tx)}"] = problems[tx]
-    return Precondition(f"{message}: {', '.join(ids)}", reason, meta)
+    return FailedPrecondition(f"{message}: {', '.join(ids)}", reason=reason, metadata=meta)
 
 
 def _meta_key(tx: str) -> str:
@@ -86,9 +62,9 @@ def _meta_key(tx: str) -> str:
 # --- validation helpers ---------------------------------------------------------
 def check_amount(value: int, what: str, *, allow_negative: bool = False) -> int:
     if not -MAX_SATANG <= value <= MAX_SATANG:
-        raise Invalid(f"{what} out of range (|amount| <= 10^15 satang)", "AMOUNT_OUT_OF_RANGE")
+        raise InvalidArgument(f"{what} out of range (|amount| <= 10^15 satang)", reason="AMOUNT_OUT_OF_RANGE")
     if value < 0 and not allow_negative:
-        raise Invalid(f"{what} must not be negative", "NEGATIVE_AMOUNT")
+        raise InvalidArgument(f"{what} must not be negative", reason="NEGATIVE_AMOUNT")
     return value
 
 
@@ -97,47 +73,51 @@ def check_sum(values: Iterable[int], what: str) -> int:
     for v in values:
         total += v
         if not -MAX_SATANG <= total <= MAX_SATANG:
-            raise Invalid(f"{what} overflows (|sum| <= 10^15 satang)", "AMOUNT_OUT_OF_RANGE")
+            raise InvalidArgument(f"{what} overflows (|sum| <= 10^15 satang)", reason="AMOUNT_OUT_OF_RANGE")
     return total
 
 
 def check_hospital(code: str) -> str:
     if not _HOSPITAL.match(code):
-        raise Invalid("hospital code must be 5 digits", "INVALID_HOSPITAL_CODE")
+        raise InvalidArgument("hospital code must be 5 digits", reason="INVALID_HOSPITAL_CODE")
     return code
 
 
 def check_insurer(code: str) -> str:
     if not _INSURER.match(code):
-        raise Invalid("insurer code must be 2-16 of [A-Z0-9_]", "INVALID_INSURER_CODE")
+        raise InvalidArgument("insurer code must be 2-16 of [A-Z0-9_]", reason="INVALID_INSURER_CODE")
     return code
 
 
 def check_ref(value: str, what: str, reason: str) -> str:
     if not _REF.match(value):
-        raise Invalid(f"{what} must be 1-64 of [A-Za-z0-9._/:-]", reason)
+        raise InvalidArgument(f"{what} must be 1-64 of [A-Za-z0-9._/:-]", reason=reason)
     return value
 
 
 def check_transaction_id(tx: str) -> str:
     if not tx or len(tx) > 128 or not tx.isprintable() or tx.strip() != tx:
-        raise Invalid("transaction_id must be 1-128 printable characters", "INVALID_TRANSACTION_ID")
+        raise InvalidArgument(
+            "transaction_id must be 1-128 printable characters", reason="INVALID_TRANSACTION_ID"
+        )
     return tx
 
 
 def check_timestamp(ts: datetime, what: str, now: datetime) -> datetime:
     if ts.tzinfo is None:
-        raise Invalid(f"{what} needs a time zone", "DATE_OUT_OF_RANGE")
+        raise InvalidArgument(f"{what} needs a time zone", reason="DATE_OUT_OF_RANGE")
     if not (datetime.combine(MIN_DATE, time(), BANGKOK) <= ts <= now + timedelta(days=1)):
-        raise Invalid(f"{what} out of range (2000-01-01 .. tomorrow)", "DATE_OUT_OF_RANGE")
+        raise InvalidArgument(f"{what} out of range (2000-01-01 .. tomorrow)", reason="DATE_OUT_OF_RANGE")
     return ts
 
 
 def check_period(start: date, end: date) -> None:
     if not (MIN_DATE <= start <= MAX_DATE and MIN_DATE <= end <= MAX_DATE):
-        raise Invalid("period dates must be within 2000-01-01 .. 2100-12-31", "DATE_OUT_OF_RANGE")
+        raise InvalidArgument(
+            "period dates must be within 2000-01-01 .. 2100-12-31", reason="DATE_OUT_OF_RANGE"
+        )
     if start > end:
-        raise Invalid("period_start is after period_end", "DATE_OUT_OF_RANGE")
+        raise InvalidArgument("period_start is after period_end", reason="DATE_OUT_OF_RANGE")
 
 
 def bangkok_date(ts: datetime) -> date:
@@ -202,8 +182,48 @@ class Decision:
 
     def same_as(self, other: Decision) -> bool:
         return (self.hospital_code, self.insurer_code, self.state, self.approved_satang) == (
-            other.hospital_code, other.insurer_code, other.state, other.approved_satang
+            other.hospital_code,
+            other.insurer_code,
+            other.state,
+            other.approved_satang,
         )
+
+
+@dataclass(frozen=True)
+class DecisionReport:
+    """A claim decision as the claim router reports it, not yet validated."""
+
+    transaction_id: str
+    hospital_code: str
+    insurer_code: str
+    state: str | None  # the claim state's name; None: a state this build does not know
+    approved_satang: int
+    decided_at: datetime | None  # None: not given (it is decided when it arrives)
+    decided_at_out_of_range: bool = False  # given, but no representable time
+
+
+def decision_of(r: DecisionReport, now: datetime) -> Decision | None:
+    """The decision to record, or None for a state billing ignores (pending
+    review, paid echoes): redelivery and reordering are expected."""
+    check_transaction_id(r.transaction_id)
+    check_hospital(r.hospital_code)
+    check_insurer(r.insurer_code)
+    if r.state is None:
+        raise InvalidArgument("unknown claim state", reason="INVALID_STATE")
+    if r.state not in FINAL_STATES:
+        return None
+    amount = check_amount(r.approved_satang, "approved_satang")
+    if r.decided_at_out_of_range:
+        raise InvalidArgument("decided_at is out of range", reason="DATE_OUT_OF_RANGE")
+    decided = check_timestamp(r.decided_at or now, "decided_at", now)
+    return Decision(
+        r.transaction_id,
+        r.hospital_code,
+        r.insurer_code,
+        r.state,
+        amount if r.state != "DENIED" else 0,
+        decided,
+    )
 
 
 def approval_journal(d: Decision) -> JournalDraft | None:
@@ -265,6 +285,45 @@ def plan_invoice(
     if problems:
         raise offending("claims cannot be invoiced", "CLAIMS_NOT_INVOICEABLE", problems)
     return check_sum([total], "invoice total")
+
+
+def check_invoice_request(ref: str, insurer: str, transaction_ids: Sequence[str]) -> None:
+    check_ref(ref, "invoice_ref", "INVALID_INVOICE_REF")
+    check_insurer(insurer)
+    if not transaction_ids:
+        raise InvalidArgument("transaction_ids is empty", reason="NO_TRANSACTION_IDS")
+    if len(transaction_ids) > MAX_LINES:
+        raise InvalidArgument(f"at most {MAX_LINES} claims per invoice", reason="TOO_MANY_LINES")
+    for tx in transaction_ids:
+        check_transaction_id(tx)
+    if len(set(transaction_ids)) != len(transaction_ids):
+        raise InvalidArgument("a transaction_id is listed twice", reason="DUPLICATE_TRANSACTION_ID")
+
+
+def page_size_of(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument("page_size must not be negative", reason="INVALID_PAGE_SIZE")
+    return min(requested or DEFAULT_PAGE, MAX_PAGE)
+
+
+def page_token(submitted_at: datetime, invoice_id: str) -> str:
+    """Where the next page of invoices starts (they are listed by submission)."""
+    raw = json.dumps([submitted_at.isoformat(), invoice_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def page_start(token: str) -> tuple[datetime, str] | None:
+    """The (submitted_at, invoice_id) a page_token names; None: the first page."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        ts, iid = json.loads(raw)
+        return datetime.fromisoformat(ts), str(iid)
+    except (ValueError, TypeError):
+        raise InvalidArgument(
+            "page_token is not one this service issued", reason="INVALID_PAGE_TOKEN"
+        ) from None
 
 
 def stored_status(total: int, paid: int, acknowledged: bool, voided: bool = False) -> str:
@@ -369,8 +428,9 @@ def payment_from_canonical(insurer: str, body: Mapping[str, object]) -> PaymentI
             PaymentLine(
                 ln["transaction_id"],
                 ln["paid_satang"],
-                tuple(Adjustment(a["group"], a["reason_code"], a["amount_satang"])
-                      for a in ln["adjustments"]),
+                tuple(
+                    Adjustment(a["group"], a["reason_code"], a["amount_satang"]) for a in ln["adjustments"]
+                ),
             )
             for ln in lines
         ),
@@ -387,50 +447,60 @@ def validate_payment(p: PaymentInput, now: datetime) -> None:
     check_timestamp(p.paid_at, "paid_at", now)
     check_amount(p.total, "total_satang")
     if not p.lines and not p.provider_adjustments:
-        raise Invalid("a payment needs lines or provider adjustments", "EMPTY_PAYMENT")
+        raise InvalidArgument("a payment needs lines or provider adjustments", reason="EMPTY_PAYMENT")
     if len(p.lines) > MAX_LINES or len(p.provider_adjustments) > MAX_LINES:
-        raise Invalid(f"at most {MAX_LINES} lines per payment", "TOO_MANY_LINES")
+        raise InvalidArgument(f"at most {MAX_LINES} lines per payment", reason="TOO_MANY_LINES")
     seen: set[str] = set()
     for ln in p.lines:
         check_transaction_id(ln.transaction_id)
         if ln.transaction_id in seen:
-            raise Invalid(f"claim {ln.transaction_id} appears on two lines", "DUPLICATE_LINE")
+            raise InvalidArgument(f"claim {ln.transaction_id} appears on two lines", reason="DUPLICATE_LINE")
         seen.add(ln.transaction_id)
         check_amount(ln.paid, "paid_satang")
         for a in ln.adjustments:
             if a.group not in CAS_GROUPS:
-                raise Invalid("adjustment group must be CO, PR, OA, PI or CR", "INVALID_ADJUSTMENT")
+                raise InvalidArgument(
+                    "adjustment group must be CO, PR, OA, PI or CR", reason="INVALID_ADJUSTMENT"
+                )
             if not _REASON.match(a.reason_code):
-                raise Invalid("adjustment reason_code must be 1-8 alphanumerics",
-                              "INVALID_ADJUSTMENT")
+                raise InvalidArgument(
+                    "adjustment reason_code must be 1-8 alphanumerics", reason="INVALID_ADJUSTMENT"
+                )
             check_amount(a.amount, "adjustment amount", allow_negative=True)
             if a.amount == 0:
-                raise Invalid("adjustment amount must not be zero", "INVALID_ADJUSTMENT")
+                raise InvalidArgument("adjustment amount must not be zero", reason="INVALID_ADJUSTMENT")
         settles = check_sum([ln.paid, *(a.amount for a in ln.adjustments)], "line")
         if settles < 0:
-            raise Invalid(f"line for {ln.transaction_id} settles a negative amount",
-                          "NEGATIVE_AMOUNT")
+            raise InvalidArgument(
+                f"line for {ln.transaction_id} settles a negative amount", reason="NEGATIVE_AMOUNT"
+            )
     for plb in p.provider_adjustments:
         if plb.code not in PLB_CODES:
-            raise Invalid("provider adjustment code must be WO, FB, L6 or 72",
-                          "INVALID_PROVIDER_ADJUSTMENT")
+            raise InvalidArgument(
+                "provider adjustment code must be WO, FB, L6 or 72", reason="INVALID_PROVIDER_ADJUSTMENT"
+            )
         if len(plb.reference) > 64 or not plb.reference.isprintable():
-            raise Invalid("provider adjustment reference too long", "INVALID_PROVIDER_ADJUSTMENT")
+            raise InvalidArgument(
+                "provider adjustment reference too long", reason="INVALID_PROVIDER_ADJUSTMENT"
+            )
         check_amount(plb.amount, "provider adjustment amount", allow_negative=True)
         if plb.amount == 0:
-            raise Invalid("provider adjustment amount must not be zero",
-                          "INVALID_PROVIDER_ADJUSTMENT")
+            raise InvalidArgument(
+                "provider adjustment amount must not be zero", reason="INVALID_PROVIDER_ADJUSTMENT"
+            )
         if plb.code in RECOVERY_CODES and plb.amount < 0:
-            raise Invalid(f"{plb.code} recovers an overpayment: amount must be positive",
-                          "INVALID_PROVIDER_ADJUSTMENT")
+            raise InvalidArgument(
+                f"{plb.code} recovers an overpayment: amount must be positive",
+                reason="INVALID_PROVIDER_ADJUSTMENT",
+            )
         if plb.hospital_code:
             check_hospital(plb.hospital_code)
     paid = check_sum([ln.paid for ln in p.lines], "lines")
     plb_sum = check_sum([a.amount for a in p.provider_adjustments], "provider adjustments")
     if check_sum([paid, -plb_sum], "payment") != p.total:
-        raise Invalid(
+        raise InvalidArgument(
             f"total_satang {p.total} != lines {paid} - provider adjustments {plb_sum}",
-            "PAYMENT_UNBALANCED",
+            reason="PAYMENT_UNBALANCED",
         )
 
 
@@ -457,8 +527,9 @@ def plan_payment(
         or c.state not in APPROVED_STATES
     }
     if problems:
-        raise offending("lines name claims that are not this insurer's approved claims",
-                        "CLAIMS_NOT_PAYABLE", problems)
+        raise offending(
+            "lines name claims that are not this insurer's approved claims", "CLAIMS_NOT_PAYABLE", problems
+        )
     hospitals = sorted({claims[ln.transaction_id].hospital_code for ln in p.lines})
     by_hospital: dict[str, list[LineDraft]] = {}
     settled: dict[str, int] = {}
@@ -504,20 +575,20 @@ def plan_payment(
         h = plb.hospital_code
         if not h:
             if len(hospitals) != 1:
-                raise Invalid(
+                raise InvalidArgument(
                     "provider adjustment needs hospital_code unless the lines name one hospital",
-                    "PROVIDER_ADJUSTMENT_HOSPITAL_REQUIRED",
+                    reason="PROVIDER_ADJUSTMENT_HOSPITAL_REQUIRED",
                 )
             h = hospitals[0]
         all_hospitals.add(h)
         if plb.code in RECOVERY_CODES:
             have = held.get(h, overpayment_held.get(h, 0))
             if plb.amount > have:
-                raise Precondition(
+                raise FailedPrecondition(
                     f"{plb.code} recovers {plb.amount} but only {have} is held as overpayment "
                     f"for hospital {h}",
-                    "NOTHING_TO_RECOVER",
-                    {"hospital_code": h, "held_satang": str(have)},
+                    reason="NOTHING_TO_RECOVER",
+                    metadata={"hospital_code": h, "held_satang": str(have)},
                 )
             held[h] = have - plb.amount
             lines = (LineDraft("overpayment", plb.amount), LineDraft("cash", -plb.amount))
@@ -551,6 +622,63 @@ class Movement:
     reference: str
     description: str
     amount: int
+
+
+@dataclass(frozen=True)
+class JournalEffect:
+    """A posted journal as a statement sees it: `effect` is its change in what
+    the insurer owes, `adjustments` the claim adjustments (adj_*) it carries."""
+
+    effective_at: datetime
+    kind: str
+    reference: str
+    description: str
+    effect: int
+    adjustments: int
+
+
+@dataclass(frozen=True)
+class InvoiceIssued:
+    submitted_at: datetime
+    invoice_ref: str
+    total_satang: int
+    claims: int
+
+
+def movements_of(journals: Iterable[JournalEffect], invoices: Iterable[InvoiceIssued]) -> list[Movement]:
+    """Statement lines: a payment with claim adjustments shows the adjustments
+    on a line of their own; an invoice changes nothing (approval already did)."""
+    out: list[Movement] = []
+    for j in journals:
+        kind = j.kind if j.kind in ("APPROVAL", "PAYMENT") else "ADJUSTMENT"
+        if kind == "PAYMENT" and j.adjustments:
+            out.append(
+                Movement(j.effective_at, "PAYMENT", j.reference, j.description, j.effect + j.adjustments)
+            )
+            out.append(
+                Movement(
+                    j.effective_at,
+                    "ADJUSTMENT",
+                    j.reference,
+                    f"claim adjustments on {j.description}",
+                    -j.adjustments,
+                )
+            )
+        else:
+            out.append(Movement(j.effective_at, kind, j.reference, j.description, j.effect))
+    for inv in invoices:
+        out.append(
+            Movement(
+                inv.submitted_at,
+                "INVOICE",
+                inv.invoice_ref,
+                f"invoice {inv.invoice_ref}: {inv.claims} claims,"
+                f" {inv.total_satang // 100:,}.{inv.total_satang % 100:02d} THB"
+                " (already owed from approval)",
+                0,
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -602,10 +730,15 @@ def aging_of(items: Iterable[OutstandingItem], overpayment: int, as_of: date) ->
     for it in items:
         days = (as_of - it.due_date).days if it.due_date is not None else 0
         key = (
-            "current" if days <= 0 else
-            "d1_30" if days <= 30 else
-            "d31_60" if days <= 60 else
-            "d61_90" if days <= 90 else "over_90"
+            "current"
+            if days <= 0
+            else "d1_30"
+            if days <= 30
+            else "d31_60"
+            if days <= 60
+            else "d61_90"
+            if days <= 90
+            else "over_90"
         )
         b[key] += it.amount
     return AgingOut(**b)
@@ -625,10 +758,8 @@ def build_statement(
     out: list[StatementLineOut] = []
     for m in sorted(movements, key=lambda m: m.occurred_at):
         running += m.amount
-        out.append(StatementLineOut(m.occurred_at, m.kind, m.reference, m.description,
-                                    m.amount, running))
-    return StatementOut(hospital, insurer, start, end, opening, running, tuple(out), aging,
-                        text_th)
+        out.append(StatementLineOut(m.occurred_at, m.kind, m.reference, m.description, m.amount, running))
+    return StatementOut(hospital, insurer, start, end, opening, running, tuple(out), aging, text_th)
 
 
 # --- reconciliation ---------------------------------------------------------------
@@ -651,7 +782,7 @@ class Reconciliation:
 def month_bounds(month: str) -> tuple[date, date]:
     m = re.match(r"^(\d{4})-(\d{2})$", month)
     if not m or not 1 <= int(m.group(2)) <= 12:
-        raise Invalid("month must be YYYY-MM", "DATE_OUT_OF_RANGE")
+        raise InvalidArgument("month must be YYYY-MM", reason="DATE_OUT_OF_RANGE")
     first = date(int(m.group(1)), int(m.group(2)), 1)
     nxt = date(first.year + (first.month == 12), first.month % 12 + 1, 1)
     check_period(first, nxt - timedelta(days=1))

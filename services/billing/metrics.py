@@ -1,6 +1,7 @@
 """Billing metrics: invoices by status, outstanding and overdue per insurer,
 days-to-pay. Gauges are refreshed from the store; the histogram is observed
 when a payment completes an invoice."""
+
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -13,21 +14,18 @@ OUTSTANDING = Gauge(
     "What each insurer owes (approved, unsettled, net of overpayments), satang.",
     ["insurer"],
 )
-OVERDUE = Gauge(
-    "iclaim_billing_overdue_satang", "Unpaid amount on overdue invoices, satang.", ["insurer"]
-)
+OVERDUE = Gauge("iclaim_billing_overdue_satang", "Unpaid amount on overdue invoices, satang.", ["insurer"])
 DAYS_TO_PAY = Histogram(
     "iclaim_billing_days_to_pay",
     "Days from invoice submission to the payment that settled it.",
     ["insurer"],
     buckets=(1, 3, 7, 15, 30, 45, 60, 90, 120, 180, 365),
 )
-PAYMENTS = Counter("iclaim_billing_payments_total", "Payments recorded (replays excluded).",
-                   ["insurer"])
-PAYMENT_LINES = Counter("iclaim_billing_payment_lines_total", "Payment lines recorded.",
-                        ["insurer"])
-PAID_NOTICES = Counter("iclaim_billing_paid_notices_total",
-                       "MarkClaimPaid deliveries, by outcome.", ["outcome"])
+PAYMENTS = Counter("iclaim_billing_payments_total", "Payments recorded (replays excluded).", ["insurer"])
+PAYMENT_LINES = Counter("iclaim_billing_payment_lines_total", "Payment lines recorded.", ["insurer"])
+PAID_NOTICES = Counter(
+    "iclaim_billing_paid_notices_total", "MarkClaimPaid deliveries, by outcome.", ["outcome"]
+)
 
 _STATUSES = ("SUBMITTED", "ACKNOWLEDGED", "PARTIALLY_PAID", "PAID", "OVERDUE", "VOID")
 

@@ -1,19 +1,26 @@
 """Delivers PAID notices from the outbox to ClaimSettlementService.MarkClaimPaid,
 retrying with backoff until the claim router acknowledges (MarkClaimPaid is
 idempotent, so a redelivery after a lost acknowledgement is harmless)."""
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Protocol
 
 import grpc
 import structlog
 
 from iclaim_hub.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
 from services.billing import metrics
-from services.billing.store import PgBillingStore
 
 log = structlog.get_logger("iclaim.billing.notifier")
+
+
+class PaidOutbox(Protocol):
+    async def due_outbox(self) -> list[tuple[str, int]]: ...
+    async def outbox_delivered(self, transaction_id: str) -> None: ...
+    async def outbox_failed(self, transaction_id: str, error: str, retry_in_s: float) -> None: ...
 
 
 def backoff_s(attempts: int) -> float:
@@ -23,7 +30,7 @@ def backoff_s(attempts: int) -> float:
 class PaidNotifier:
     def __init__(
         self,
-        store: PgBillingStore,
+        store: PaidOutbox,
         channel: grpc.aio.Channel,
         *,
         deadline_s: float = 5.0,
@@ -50,8 +57,7 @@ class PaidNotifier:
             except grpc.aio.AioRpcError as err:
                 delay = backoff_s(attempts)
                 metrics.PAID_NOTICES.labels("retry").inc()
-                log.warning("mark_paid_failed", transaction_id=tx, code=err.code().name,
-                            retry_in_s=delay)
+                log.warning("mark_paid_failed", transaction_id=tx, code=err.code().name, retry_in_s=delay)
                 await self._store.outbox_failed(tx, f"{err.code().name}: {err.details()}", delay)
                 continue
             await self._store.outbox_delivered(tx)

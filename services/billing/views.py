@@ -1,4 +1,5 @@
-"""Read models the service returns (plain data; the servicer turns them into protos)."""
+"""Read models the use cases return (plain data; the servicers turn them into protos)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,15 +29,6 @@ class PaymentView:
     payment: PaymentInput
     hospital_codes: tuple[str, ...]
     recorded_at: datetime
-
-
-@dataclass(frozen=True)
-class PaymentResult:
-    view: PaymentView
-    # Newly fully paid invoices: (insurer_code, days from submission to payment),
-    # for the days-to-pay histogram. Empty when the payment was a replay.
-    invoices_paid: tuple[tuple[str, float], ...] = ()
-    replay: bool = False
 
 
 @dataclass(frozen=True)

@@ -5,20 +5,23 @@ acknowledged it; a lease hides it while one attempt is in flight, so a crash
 anywhere means a later redelivery, which the adapter deduplicates by
 transaction_id. At-least-once on the wire, exactly-once at the insurer.
 """
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
 import grpc
 import structlog
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from iclaim_hub.common.proto_time import timestamp
 from iclaim_hub.internal.v1 import insurer_adapter_pb2, insurer_adapter_pb2_grpc
 from services.claim_router.domain import State
 from services.claim_router.events import state_change_events
-from services.claim_router.store import ClaimRecord, PgClaimStore
+from services.claim_router.model import ClaimRecord, Event, Mutation
 
 log = structlog.get_logger("claim_router.delivery")
 
@@ -27,13 +30,21 @@ LEASE_S = 15.0
 POLL_INTERVAL_S = 1.0
 RETRY_DELAY_S = 1.0
 BATCH = 32
+ROUTE_DELIVER = "/iclaim_hub.internal.v1.InsurerAdapterService/DeliverClaim"
+
+
+class PushStore(Protocol):
+    async def lease_push(self, limit: int, lease_s: float, only: str | None) -> list[ClaimRecord]: ...
+
+    async def retry_push_later(self, transaction_id: str, delay_s: float) -> None: ...
+
+    async def transition(self, transaction_id: str, mutate: Mutation) -> ClaimRecord | None: ...
 
 
 class PushDeliverer:
-    def __init__(self, store: PgClaimStore, channel: grpc.aio.Channel) -> None:
+    def __init__(self, store: PushStore, channel: grpc.aio.Channel) -> None:
         self._store = store
         self._stub = insurer_adapter_pb2_grpc.InsurerAdapterServiceStub(channel)
-        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -54,10 +65,8 @@ class PushDeliverer:
                 raise
             except Exception:
                 log.exception("delivery_loop_error")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(POLL_INTERVAL_S):
-                    await self._wake.wait()
-            self._wake.clear()
+            # New claims are kicked at once; the poll picks up retries and leftovers.
+            await asyncio.sleep(POLL_INTERVAL_S)
 
     async def _deliver_due(self, only: str | None) -> None:
         leased = await self._store.lease_push(BATCH, LEASE_S, only)
@@ -65,8 +74,6 @@ class PushDeliverer:
             await asyncio.gather(*(self._deliver(rec) for rec in leased))
 
     async def _deliver(self, rec: ClaimRecord) -> None:
-        submitted = Timestamp()
-        submitted.FromDatetime(rec.submitted_at)
         request = insurer_adapter_pb2.DeliverClaimRequest(
             transaction_id=rec.transaction_id,
             hospital_code=rec.hospital_code,
@@ -74,7 +81,7 @@ class PushDeliverer:
             claim_ref=rec.claim_ref,
             billed_amount_satang=rec.billed_amount_satang,
             envelope=rec.envelope,
-            submitted_at=submitted,
+            submitted_at=timestamp(rec.submitted_at),
         )
         try:
             await self._stub.DeliverClaim(request, timeout=DELIVER_TIMEOUT_S)
@@ -98,14 +105,12 @@ class PushDeliverer:
             task.cancel()
 
 
-def _mark_delivered(current: ClaimRecord) -> tuple[ClaimRecord | None, list[tuple[str, bytes]]]:
+def _mark_delivered(current: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
     if current.delivered_at is not None:
         return None, []
     now = datetime.now(UTC)
     if current.state == State.RECEIVED:
         new = current.with_changes(state=State.DELIVERED, delivered_at=now, updated_at=now)
-        return new, state_change_events(
-            new, actor="ICLAIM", route="/iclaim_hub.internal.v1.InsurerAdapterService/DeliverClaim"
-        )
+        return new, state_change_events(new, actor="ICLAIM", route=ROUTE_DELIVER)
     # A decision already came back (fast insurer): only record the delivery.
     return current.with_changes(delivered_at=now), []

@@ -2,6 +2,7 @@
 
 Pure: no grpc, asyncpg or redis. Raises the shared error tree.
 """
+
 from __future__ import annotations
 
 import base64
@@ -11,6 +12,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from enum import IntEnum
 
 from iclaim.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -56,6 +58,8 @@ DECIDED_STATES = frozenset({State.APPROVED, State.PARTIALLY_APPROVED, State.DENI
 TERMINAL_STATES = DECIDED_STATES | {State.CANCELLED, State.FAILED, State.PAID}
 POSTABLE_STATES = frozenset({State.PENDING_REVIEW}) | DECIDED_STATES
 BILLABLE_STATES = frozenset({State.APPROVED, State.PARTIALLY_APPROVED})
+# A pull insurer is offered a claim until it posts a state for it (review or decision).
+PULL_OFFER_STATES = frozenset({State.RECEIVED, State.DELIVERED})
 
 
 def new_transaction_id() -> str:
@@ -91,17 +95,28 @@ def state_filter_of(value: int) -> State | None:
     return None if state == State.UNSPECIFIED else state
 
 
-def postable_state_of(value: int) -> State:
+def state_or_unspecified(value: int) -> State:
+    """A wire state; an unknown number is UNSPECIFIED, which no rule accepts."""
     try:
-        state = State(value)
+        return State(value)
     except ValueError:
-        state = State.UNSPECIFIED
+        return State.UNSPECIFIED
+
+
+def postable_state_of(value: int) -> State:
+    state = state_or_unspecified(value)
     if state not in POSTABLE_STATES:
         raise InvalidArgument(
             "state must be PENDING_REVIEW, APPROVED, PARTIALLY_APPROVED or DENIED",
             reason="DECISION_STATE_INVALID",
         )
     return state
+
+
+def check_max_claims(value: int) -> int:
+    if not 1 <= value <= MAX_PULL_CLAIMS:
+        raise InvalidArgument(f"max_claims must be 1-{MAX_PULL_CLAIMS}", reason="MAX_CLAIMS_INVALID")
+    return value
 
 
 def check_insurer_code(value: str) -> str:
@@ -134,20 +149,14 @@ class SubmitInput:
 
 def validate_submit(s: SubmitInput) -> None:
     if not CLAIM_REF_RE.fullmatch(s.claim_ref):
-        raise InvalidArgument(
-            "claim_ref must be 1-64 chars of [A-Za-z0-9._:/-]", reason="CLAIM_REF_INVALID"
-        )
+        raise InvalidArgument("claim_ref must be 1-64 chars of [A-Za-z0-9._:/-]", reason="CLAIM_REF_INVALID")
     check_insurer_code(s.insurer_code)
     if not 0 < s.billed_amount_satang <= MAX_AMOUNT_SATANG:
-        raise InvalidArgument(
-            f"billed_amount_satang must be 1..{MAX_AMOUNT_SATANG}", reason="AMOUNT_INVALID"
-        )
+        raise InvalidArgument(f"billed_amount_satang must be 1..{MAX_AMOUNT_SATANG}", reason="AMOUNT_INVALID")
     if not s.envelope:
         raise InvalidArgument("envelope is required", reason="ENVELOPE_MALFORMED")
     if len(s.envelope.encode("utf-8")) > MAX_ENVELOPE_BYTES:
-        raise InvalidArgument(
-            f"envelope exceeds {MAX_ENVELOPE_BYTES} bytes", reason="ENVELOPE_TOO_LARGE"
-        )
+        raise InvalidArgument(f"envelope exceeds {MAX_ENVELOPE_BYTES} bytes", reason="ENVELOPE_TOO_LARGE")
     if not 0 <= s.decision_timeout_s <= MAX_DECISION_TIMEOUT_S:
         raise InvalidArgument("decision_timeout must be 0-30 s", reason="DECISION_TIMEOUT_INVALID")
 
@@ -196,9 +205,7 @@ def check_insurer_routable(insurer: Principal | None, code: str) -> Principal:
     if insurer is None or insurer.role != "insurer":
         raise NotFound(f"insurer {code} is not in the directory", reason="INSURER_NOT_FOUND")
     if not insurer.available or insurer.suspended:
-        raise FailedPrecondition(
-            f"insurer {code} is not accepting claims", reason="INSURER_UNAVAILABLE"
-        )
+        raise FailedPrecondition(f"insurer {code} is not accepting claims", reason="INSURER_UNAVAILABLE")
     return insurer
 
 
@@ -262,6 +269,7 @@ def check_cancellable(state: State) -> None:
 
 # --- paging -------------------------------------------------------------------
 
+
 def page_size_of(requested: int) -> int:
     if requested < 0:
         raise InvalidArgument("page_size must not be negative", reason="PAGE_SIZE_INVALID")
@@ -288,6 +296,21 @@ def decode_page_token(token: str, keys: tuple[str, ...]) -> dict[str, str] | Non
     ):
         raise InvalidArgument("page_token is not valid", reason="PAGE_TOKEN_INVALID")
     return data
+
+
+def decode_claims_cursor(token: str) -> tuple[datetime, str] | None:
+    """ListClaims' page token: the (submitted_at, transaction_id) it ends after."""
+    fields = decode_page_token(token, ("at", "tid"))
+    if fields is None:
+        return None
+    try:
+        return datetime.fromisoformat(fields["at"]), fields["tid"]
+    except ValueError:
+        raise InvalidArgument("page_token is not valid", reason="PAGE_TOKEN_INVALID") from None
+
+
+def encode_claims_cursor(submitted_at: datetime, transaction_id: str) -> str:
+    return encode_page_token({"at": submitted_at.isoformat(), "tid": transaction_id})
 
 
 class AlreadyExistsClaimRef(AlreadyExists):

@@ -1,23 +1,17 @@
 """Outbox payloads the router emits with each state change (traffic data only)."""
+
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
+from iclaim_hub.common.proto_time import timestamp
 from iclaim_hub.internal.v1 import audit_log_pb2, billing_intake_pb2
 from services.claim_router.domain import BILLABLE_STATES, State
-from services.claim_router.store import ClaimRecord, Event
+from services.claim_router.model import ClaimRecord, Event
 
 TOPIC_AUDIT = "audit"
 TOPIC_BILLING = "billing"
-
-
-def _ts(when: datetime | None) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(when or datetime.now(UTC))
-    return ts
 
 
 def state_change_events(rec: ClaimRecord, *, actor: str, route: str) -> list[Event]:
@@ -29,7 +23,7 @@ def state_change_events(rec: ClaimRecord, *, actor: str, route: str) -> list[Eve
         origin_principal=actor,
         destination=peer,
         route=route,
-        occurred_at=_ts(rec.updated_at),
+        occurred_at=timestamp(rec.updated_at),
         size_bytes=len(rec.decision_envelope or rec.envelope) if rec.state != State.DELIVERED else 0,
         service_type="claim_router",
         outcome_code="OK",
@@ -45,7 +39,7 @@ def state_change_events(rec: ClaimRecord, *, actor: str, route: str) -> list[Eve
             insurer_code=rec.insurer_code,
             state=int(rec.state),  # type: ignore[arg-type]
             approved_amount_satang=rec.approved_amount_satang,
-            decided_at=_ts(rec.decided_at),
+            decided_at=timestamp(rec.decided_at or datetime.now(UTC)),
         )
         events.append((TOPIC_BILLING, billing.SerializeToString()))
     return events

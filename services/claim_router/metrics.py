@@ -1,9 +1,8 @@
 """Router domain metrics (RPC counts/latency come from the shared interceptor)."""
+
 from prometheus_client import Counter, Histogram
 
-CLAIM_OUTCOMES = Counter(
-    "iclaim_claims_total", "Claims received and decided, by state.", ["state"]
-)
+CLAIM_OUTCOMES = Counter("iclaim_claims_total", "Claims received and decided, by state.", ["state"])
 DECISION_LATENCY = Histogram(
     "iclaim_claim_decision_seconds",
     "Submit-to-decision time of decided claims.",

@@ -3,11 +3,13 @@
 Both receivers deduplicate (audit by event_id, billing by transaction_id), so
 a crash between send and mark-sent only causes a harmless resend.
 """
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import grpc
 import structlog
@@ -19,7 +21,6 @@ from iclaim_hub.internal.v1 import (
     billing_intake_pb2_grpc,
 )
 from services.claim_router.events import TOPIC_AUDIT, TOPIC_BILLING
-from services.claim_router.store import PgClaimStore
 
 log = structlog.get_logger("claim_router.relay")
 
@@ -28,15 +29,17 @@ IDLE_S = 0.5
 BATCH = 200
 
 
-_RETRYABLE = frozenset({
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.UNIMPLEMENTED,
-})
+_RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
 
 
 async def _send_or_drop(call: Awaitable[object], *, topic: str) -> None:
@@ -50,21 +53,26 @@ async def _send_or_drop(call: Awaitable[object], *, topic: str) -> None:
         log.error("relay_event_rejected", topic=topic, code=err.code().name)
 
 
+Batch = list[tuple[int, bytes]]  # (outbox id, payload)
+
+
+class OutboxStore(Protocol):
+    async def outbox_batch(self, topic: str, limit: int) -> Batch: ...
+
+    async def outbox_mark_sent(self, ids: Sequence[int]) -> None: ...
+
+
 class OutboxRelay:
     def __init__(
         self,
-        store: PgClaimStore,
+        store: OutboxStore,
         audit_channel: grpc.aio.Channel | None,
         billing_channel: grpc.aio.Channel | None,
     ) -> None:
         self._store = store
-        self._audit = (
-            audit_log_pb2_grpc.AuditLogServiceStub(audit_channel) if audit_channel else None
-        )
+        self._audit = audit_log_pb2_grpc.AuditLogServiceStub(audit_channel) if audit_channel else None
         self._billing = (
-            billing_intake_pb2_grpc.BillingIntakeServiceStub(billing_channel)
-            if billing_channel
-            else None
+            billing_intake_pb2_grpc.BillingIntakeServiceStub(billing_channel) if billing_channel else None
         )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -74,13 +82,13 @@ class OutboxRelay:
         if self._billing is not None:
             self._tasks.append(asyncio.create_task(self._loop(TOPIC_BILLING, self._send_billing)))
 
-    async def _loop(self, topic: str, send: object) -> None:
+    async def _loop(self, topic: str, send: Callable[[Batch], Awaitable[None]]) -> None:
         backoff = IDLE_S
         while True:
             try:
                 batch = await self._store.outbox_batch(topic, BATCH)
                 if batch:
-                    await send(batch)  # type: ignore[operator]
+                    await send(batch)
                     await self._store.outbox_mark_sent([i for i, _ in batch])
                     backoff = IDLE_S
                     continue
@@ -92,25 +100,22 @@ class OutboxRelay:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
-    async def _send_audit(self, batch: list[tuple[int, bytes]]) -> None:
+    async def _send_audit(self, batch: Batch) -> None:
         assert self._audit is not None
         events = [audit_log_pb2.AuditEvent.FromString(p) for _, p in batch]
         try:
-            await self._audit.Append(
-                audit_log_pb2.AppendRequest(events=events), timeout=SEND_TIMEOUT_S
-            )
+            await self._audit.Append(audit_log_pb2.AppendRequest(events=events), timeout=SEND_TIMEOUT_S)
         except grpc.aio.AioRpcError as err:
             if err.code() in _RETRYABLE:
                 raise
             # One bad event must not block the rest: send singly, drop the rejected.
             for event in events:
                 await _send_or_drop(
-                    self._audit.Append(audit_log_pb2.AppendRequest(events=[event]),
-                                       timeout=SEND_TIMEOUT_S),
+                    self._audit.Append(audit_log_pb2.AppendRequest(events=[event]), timeout=SEND_TIMEOUT_S),
                     topic=TOPIC_AUDIT,
                 )
 
-    async def _send_billing(self, batch: list[tuple[int, bytes]]) -> None:
+    async def _send_billing(self, batch: Batch) -> None:
         assert self._billing is not None
         for _, payload in batch:
             request = billing_intake_pb2.RecordClaimDecisionRequest.FromString(payload)

@@ -1,50 +1,25 @@
-"""PostgreSQL storage of claims and the router's outbox (schema `router`)."""
+"""PostgreSQL storage of claims and the router's outbox (schema `router`).
+
+SQL only: which states a query selects comes from domain's named sets, bound
+as parameters."""
+
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
 
 import asyncpg
 
 from iclaim_hub.common.db import apply_migrations
-from services.claim_router.domain import State
+from services.claim_router.domain import OPEN_STATES, PULL_OFFER_STATES, State
+from services.claim_router.model import ClaimRecord, Event, Mutation
 
 SCHEMA = "router"
 MIGRATIONS = Path(__file__).parent / "migrations"
 NOTIFY_CHANNEL = "iclaim_claim_changed"
 PULL_NOTIFY_CHANNEL = "iclaim_pull_ready"
 
-
-@dataclass(frozen=True)
-class ClaimRecord:
-    transaction_id: str
-    hospital_code: str
-    insurer_code: str
-    claim_ref: str
-    state: State
-    billed_amount_satang: int
-    approved_amount_satang: int
-    envelope: str
-    envelope_sha256: str
-    decision_envelope: str
-    status_reason: str
-    delivery_mode: str
-    submitted_at: datetime
-    decided_at: datetime | None
-    updated_at: datetime
-    delivered_at: datetime | None = None
-
-    def with_changes(self, **changes: object) -> ClaimRecord:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
-
-Event = tuple[str, bytes]  # (outbox topic, payload)
-# Given the locked current row, returns the new row (None: unchanged) and events.
-Mutation = Callable[[ClaimRecord], tuple[ClaimRecord | None, Sequence[Event]]]
 
 _COLUMNS = (
     "transaction_id, hospital_code, insurer_code, claim_ref, state, billed_amount_satang,"
@@ -74,40 +49,23 @@ def _record(row: asyncpg.Record) -> ClaimRecord:
     )
 
 
-class ClaimStore(Protocol):
-    """What the claim use cases need from storage (PgClaimStore in production)."""
-
-    async def insert(self, rec: ClaimRecord, events: Sequence[Event]) -> tuple[ClaimRecord, bool]: ...
-    async def get(self, transaction_id: str) -> ClaimRecord | None: ...
-    async def transition(self, transaction_id: str, mutate: Mutation) -> ClaimRecord | None: ...
-    async def list_for_hospital(
-        self,
-        hospital_code: str,
-        *,
-        state: State | None,
-        insurer_code: str | None,
-        after: tuple[datetime, str] | None,
-        limit: int,
-    ) -> list[ClaimRecord]: ...
-    async def lease_pull(
-        self,
-        insurer_code: str,
-        limit: int,
-        lease_s: float,
-        on_delivered: Callable[[ClaimRecord], Sequence[Event]],
-    ) -> list[ClaimRecord]: ...
+def _states(states: frozenset[State]) -> list[int]:
+    return sorted(int(s) for s in states)
 
 
 class PgClaimStore:
+    """Implements the use cases' ClaimStore, PushDeliverer's PushStore and
+    OutboxRelay's OutboxStore."""
+
     def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
+        self._pool = pool
 
     async def migrate(self) -> None:
-        await apply_migrations(self.pool, SCHEMA, MIGRATIONS)
+        await apply_migrations(self._pool, SCHEMA, MIGRATIONS)
 
     async def insert(self, rec: ClaimRecord, events: Sequence[Event]) -> tuple[ClaimRecord, bool]:
         """Stores a new claim unless (hospital, claim_ref) exists; returns (stored, created)."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"INSERT INTO router.claims ({_COLUMNS}) VALUES"
                 " ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,now(),NULL,now(),NULL)"
@@ -135,13 +93,13 @@ class PgClaimStore:
                 assert existing is not None
                 return _record(existing), False
             stored = _record(row)
-            await self._emit(conn, stored.with_changes(), events)
+            await self._emit(conn, stored, events)
             if stored.delivery_mode == "pull":
                 await conn.execute("SELECT pg_notify($1, $2)", PULL_NOTIFY_CHANNEL, stored.insurer_code)
             return stored, True
 
     async def get(self, transaction_id: str) -> ClaimRecord | None:
-        row = await self.pool.fetchrow(
+        row = await self._pool.fetchrow(
             f"SELECT {_COLUMNS} FROM router.claims WHERE transaction_id = $1", transaction_id
         )
         return None if row is None else _record(row)
@@ -155,7 +113,7 @@ class PgClaimStore:
         after: tuple[datetime, str] | None,
         limit: int,
     ) -> list[ClaimRecord]:
-        rows = await self.pool.fetch(
+        rows = await self._pool.fetch(
             f"SELECT {_COLUMNS} FROM router.claims WHERE hospital_code = $1"
             " AND ($2::smallint IS NULL OR state = $2)"
             " AND ($3::text IS NULL OR insurer_code = $3)"
@@ -172,7 +130,7 @@ class PgClaimStore:
 
     async def transition(self, transaction_id: str, mutate: Mutation) -> ClaimRecord | None:
         """Runs `mutate` on the locked row; stores its result and events atomically."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"SELECT {_COLUMNS} FROM router.claims WHERE transaction_id = $1 FOR UPDATE",
                 transaction_id,
@@ -187,7 +145,8 @@ class PgClaimStore:
                 "UPDATE router.claims SET state = $2::smallint, approved_amount_satang = $3,"
                 " decision_envelope = $4, status_reason = $5, decided_at = $6,"
                 " delivered_at = $7, updated_at = now(),"
-                " lease_until = CASE WHEN $2::smallint = 3 THEN NULL ELSE lease_until END"
+                # A pull claim under review is no longer offered: its lease is over.
+                " lease_until = CASE WHEN $2::smallint = $8::smallint THEN NULL ELSE lease_until END"
                 f" WHERE transaction_id = $1 RETURNING {_COLUMNS}",
                 transaction_id,
                 int(new.state),
@@ -196,6 +155,7 @@ class PgClaimStore:
                 new.status_reason,
                 new.decided_at,
                 new.delivered_at,
+                int(State.PENDING_REVIEW),
             )
             assert updated is not None
             stored = _record(updated)
@@ -205,32 +165,31 @@ class PgClaimStore:
     @staticmethod
     async def _emit(conn: asyncpg.Connection, rec: ClaimRecord, events: Sequence[Event]) -> None:
         if events:
-            await conn.executemany(
-                "INSERT INTO router.outbox (topic, payload) VALUES ($1, $2)", list(events)
-            )
+            await conn.executemany("INSERT INTO router.outbox (topic, payload) VALUES ($1, $2)", list(events))
         await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, rec.transaction_id)
 
     # --- push delivery -------------------------------------------------------------
     async def lease_push(self, limit: int, lease_s: float, only: str | None = None) -> list[ClaimRecord]:
         """Takes due, undelivered push claims and hides them for `lease_s` while delivering."""
-        rows = await self.pool.fetch(
+        rows = await self._pool.fetch(
             "UPDATE router.claims SET next_attempt_at = now() + make_interval(secs => $2),"
             " delivery_attempts = delivery_attempts + 1"
             " WHERE transaction_id IN ("
             "  SELECT transaction_id FROM router.claims"
             "  WHERE delivered_at IS NULL AND delivery_mode = 'simulated'"
-            "   AND next_attempt_at <= now() AND state IN (1, 2, 3)"
+            "   AND next_attempt_at <= now() AND state = ANY($4::smallint[])"
             "   AND ($3::text IS NULL OR transaction_id = $3)"
             "  ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
             f" RETURNING {_COLUMNS}",
             limit,
             lease_s,
             only,
+            _states(OPEN_STATES),
         )
         return [_record(r) for r in rows]
 
     async def retry_push_later(self, transaction_id: str, delay_s: float) -> None:
-        await self.pool.execute(
+        await self._pool.execute(
             "UPDATE router.claims SET next_attempt_at = now() + make_interval(secs => $2)"
             " WHERE transaction_id = $1 AND delivered_at IS NULL",
             transaction_id,
@@ -246,25 +205,29 @@ class PgClaimStore:
         on_delivered: Callable[[ClaimRecord], Sequence[Event]],
     ) -> list[ClaimRecord]:
         """Offers open pull claims whose lease has passed; RECEIVED ones become DELIVERED."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT transaction_id, state FROM router.claims"
-                " WHERE insurer_code = $1 AND delivery_mode = 'pull' AND state IN (1, 2)"
+                " WHERE insurer_code = $1 AND delivery_mode = 'pull'"
+                "  AND state = ANY($3::smallint[])"
                 "  AND (lease_until IS NULL OR lease_until < now())"
                 " ORDER BY submitted_at LIMIT $2 FOR UPDATE SKIP LOCKED",
                 insurer_code,
                 limit,
+                _states(PULL_OFFER_STATES),
             )
             if not rows:
                 return []
             first_time = {r["transaction_id"] for r in rows if r["state"] == State.RECEIVED}
             updated = await conn.fetch(
                 "UPDATE router.claims SET lease_until = now() + make_interval(secs => $2),"
-                " state = 2, delivered_at = COALESCE(delivered_at, now()),"
-                " updated_at = CASE WHEN state = 1 THEN now() ELSE updated_at END"
+                " state = $3::smallint, delivered_at = COALESCE(delivered_at, now()),"
+                " updated_at = CASE WHEN state = $4::smallint THEN now() ELSE updated_at END"
                 f" WHERE transaction_id = ANY($1::text[]) RETURNING {_COLUMNS}",
                 [r["transaction_id"] for r in rows],
                 lease_s,
+                int(State.DELIVERED),
+                int(State.RECEIVED),
             )
             records = sorted((_record(r) for r in updated), key=lambda r: r.submitted_at)
             for rec in records:
@@ -274,15 +237,14 @@ class PgClaimStore:
 
     # --- outbox --------------------------------------------------------------------
     async def outbox_batch(self, topic: str, limit: int) -> list[tuple[int, bytes]]:
-        rows = await self.pool.fetch(
-            "SELECT id, payload FROM router.outbox WHERE topic = $1 AND sent_at IS NULL"
-            " ORDER BY id LIMIT $2",
+        rows = await self._pool.fetch(
+            "SELECT id, payload FROM router.outbox WHERE topic = $1 AND sent_at IS NULL ORDER BY id LIMIT $2",
             topic,
             limit,
         )
         return [(r["id"], bytes(r["payload"])) for r in rows]
 
     async def outbox_mark_sent(self, ids: Sequence[int]) -> None:
-        await self.pool.execute(
+        await self._pool.execute(
             "UPDATE router.outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", list(ids)
         )

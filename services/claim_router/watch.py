@@ -1,10 +1,12 @@
 """Wakes waiters when a claim changes or pull work arrives, across replicas,
 via PostgreSQL LISTEN/NOTIFY on one dedicated connection."""
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -34,10 +36,9 @@ class ChangeHub:
         self._conn = conn
 
     def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
-        key = payload if channel == NOTIFY_CHANNEL else f"pull:{payload}"
-        self.wake(key)
+        self._wake(payload if channel == NOTIFY_CHANNEL else _pull_key(payload))
 
-    def wake(self, key: str) -> None:
+    def _wake(self, key: str) -> None:
         for event in self._waiters.get(key, ()):
             event.set()
 
@@ -63,15 +64,24 @@ class ChangeHub:
                     await self._connect()
                 self._wake_all()
 
-    def register(self, key: str) -> asyncio.Event:
+    def claim_changes(self, transaction_id: str) -> contextlib.AbstractContextManager[asyncio.Event]:
+        """An event set whenever the claim changes, while the block runs."""
+        return self._subscription(transaction_id)
+
+    def pull_ready(self, insurer_code: str) -> contextlib.AbstractContextManager[asyncio.Event]:
+        """An event set whenever a pull claim for the insurer is stored."""
+        return self._subscription(_pull_key(insurer_code))
+
+    @contextlib.contextmanager
+    def _subscription(self, key: str) -> Iterator[asyncio.Event]:
         event = asyncio.Event()
         self._waiters[key].add(event)
-        return event
-
-    def unregister(self, key: str, event: asyncio.Event) -> None:
-        self._waiters[key].discard(event)
-        if not self._waiters[key]:
-            del self._waiters[key]
+        try:
+            yield event
+        finally:
+            self._waiters[key].discard(event)
+            if not self._waiters[key]:
+                del self._waiters[key]
 
     async def close(self) -> None:
         self._closing = True
@@ -83,3 +93,8 @@ class ChangeHub:
             with contextlib.suppress(Exception):
                 await self._conn.close(timeout=2)
         self._wake_all()
+
+
+def _pull_key(insurer_code: str) -> str:
+    # Transaction ids start with "txn_", so the two kinds of key never meet.
+    return f"pull:{insurer_code}"

@@ -1,4 +1,5 @@
 """Domain metrics of the adapter (RPC metrics come from the shared interceptor)."""
+
 from __future__ import annotations
 
 from prometheus_client import Counter, Histogram

@@ -1,8 +1,23 @@
 """Adapter records (no storage or transport code here)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
+
+
+@dataclass(frozen=True)
+class DeliveryRequest:
+    """A DeliverClaim call as the router sent it, not yet checked."""
+
+    transaction_id: str
+    insurer_code: str
+    hospital_code: str
+    claim_ref: str
+    billed_amount_satang: int
+    envelope: str
+    submitted_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -15,6 +30,14 @@ class NewDelivery:
     envelope: str
     envelope_sha256: str
     submitted_at: datetime | None
+
+
+class Added(Enum):
+    """What storing a delivery did."""
+
+    NEW = "new"
+    DUPLICATE = "duplicate"  # same content again: only counted
+    CONFLICT = "conflict"  # same transaction_id, different content: nothing stored
 
 
 @dataclass(frozen=True)
@@ -61,5 +84,18 @@ class InsurerKey:
     public_jwk: dict[str, object]
 
 
-class DeliveryConflict(Exception):
-    """A transaction_id redelivered with different content."""
+class SendOutcome(Enum):
+    ACKNOWLEDGED = "acknowledged"  # the router has it
+    REJECTED = "rejected"  # the router will never take it: retrying cannot help
+    RETRY = "retry"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: SendOutcome
+    code: str  # the router's status code name, for logs and metrics
+    detail: str = ""
+
+
+class StorageUnavailable(Exception):
+    """The database could not be reached (as opposed to a query that failed)."""

@@ -1,6 +1,7 @@
 """What a simulated insurer does with one delivered claim: open the envelope,
 check it against the delivery, read the FHIR Claim, decide, and seal the
 ClaimResponse(s) to the hospital. Pure (no grpc, asyncpg or redis)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,9 +20,7 @@ class Assessment:
     problem: str = ""
 
 
-def assess(
-    delivery: Delivery, private_jwk: dict[str, Any] | None, timing: simulator.Timing
-) -> Assessment:
+def assess(delivery: Delivery, private_jwk: dict[str, Any] | None, timing: simulator.Timing) -> Assessment:
     if private_jwk is None:
         return Assessment(simulator.invalid_document(), "ENVELOPE_KID_UNKNOWN")
     try:

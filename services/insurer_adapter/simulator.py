@@ -8,6 +8,7 @@ Magic policy prefixes, like a payment sandbox's test member ids:
   SLOW-...            -> APPROVED after `slow_s`
   anything else       -> APPROVED in full
 """
+
 from __future__ import annotations
 
 import re

@@ -1,60 +1,46 @@
-"""PostgreSQL storage of the adapter (schema `adapter`), behind small Protocols."""
+"""PostgreSQL storage of the adapter (schema `adapter`). The use cases see it
+through the protocols in usecases.py."""
+
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 
 from iclaim_hub.common.db import apply_migrations
 from iclaim_hub.crypto.secretbox import SecretBox
 from services.insurer_adapter.model import (
+    Added,
     Delivery,
-    DeliveryConflict,
     InsurerKey,
     NewDelivery,
     PendingDecision,
     SealedDecision,
+    StorageUnavailable,
 )
 
 SCHEMA = "adapter"
 MIGRATIONS = Path(__file__).parent / "migrations"
 _ENROL_LOCK = int.from_bytes(hashlib.sha256(b"adapter-enrolment").digest()[:8], "big", signed=True)
+# The driver's ways of saying "no database", as opposed to a failed statement.
+_UNREACHABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 def key_context(insurer_code: str, kid: str) -> str:
     return f"adapter-insurer-key:{insurer_code}:{kid}"
 
 
-class DeliveryStore(Protocol):
-    async def add_delivery(self, d: NewDelivery) -> bool: ...
-    async def lease_due_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]: ...
-    async def record_decisions(
-        self, transaction_id: str, owner: str, decisions: Sequence[SealedDecision]
-    ) -> bool: ...
-    async def postpone_delivery(
-        self, transaction_id: str, owner: str, delay_s: float, error: str
-    ) -> None: ...
-    async def lease_due_decisions(
-        self, owner: str, limit: int, lease_s: float
-    ) -> list[PendingDecision]: ...
-    async def mark_sent(self, d: PendingDecision) -> None: ...
-    async def mark_retry(self, d: PendingDecision, owner: str, delay_s: float, error: str) -> None: ...
-    async def mark_failed(self, d: PendingDecision, error: str) -> None: ...
-    async def release_leases(self, owner: str) -> None: ...
-
-
-class KeyStore(Protocol):
-    async def current_keys(self) -> dict[str, InsurerKey]: ...
-    async def add_key(
-        self, insurer_code: str, kid: str, private_jwk: dict[str, Any], public_jwk: dict[str, Any]
-    ) -> None: ...
-    async def private_jwk(self, insurer_code: str, kid: str) -> dict[str, Any] | None: ...
-    def enrolment_lock(self) -> AbstractAsyncContextManager[None]: ...
+@contextmanager
+def _reachable() -> Iterator[None]:
+    try:
+        yield
+    except _UNREACHABLE as exc:
+        raise StorageUnavailable(type(exc).__name__) from exc
 
 
 class PgAdapterStore:
@@ -67,10 +53,11 @@ class PgAdapterStore:
 
     # --- keys --------------------------------------------------------------------
     async def current_keys(self) -> dict[str, InsurerKey]:
-        rows = await self._pool.fetch(
-            "SELECT DISTINCT ON (insurer_code) insurer_code, kid, public_jwk"
-            " FROM adapter.insurer_keys ORDER BY insurer_code, created_at DESC, kid DESC"
-        )
+        with _reachable():
+            rows = await self._pool.fetch(
+                "SELECT DISTINCT ON (insurer_code) insurer_code, kid, public_jwk"
+                " FROM adapter.insurer_keys ORDER BY insurer_code, created_at DESC, kid DESC"
+            )
         return {
             r["insurer_code"]: InsurerKey(r["insurer_code"], r["kid"], json.loads(r["public_jwk"]))
             for r in rows
@@ -79,9 +66,7 @@ class PgAdapterStore:
     async def add_key(
         self, insurer_code: str, kid: str, private_jwk: dict[str, Any], public_jwk: dict[str, Any]
     ) -> None:
-        sealed = self._box.seal(
-            json.dumps(private_jwk).encode(), key_context(insurer_code, kid)
-        )
+        sealed = self._box.seal(json.dumps(private_jwk).encode(), key_context(insurer_code, kid))
         await self._pool.execute(
             "INSERT INTO adapter.insurer_keys (insurer_code, kid, private_jwk_sealed, public_jwk)"
             " VALUES ($1, $2, $3, $4::jsonb)",
@@ -93,8 +78,7 @@ class PgAdapterStore:
 
     async def private_jwk(self, insurer_code: str, kid: str) -> dict[str, Any] | None:
         row = await self._pool.fetchrow(
-            "SELECT private_jwk_sealed FROM adapter.insurer_keys"
-            " WHERE insurer_code = $1 AND kid = $2",
+            "SELECT private_jwk_sealed FROM adapter.insurer_keys WHERE insurer_code = $1 AND kid = $2",
             insurer_code,
             kid,
         )
@@ -118,10 +102,11 @@ class PgAdapterStore:
                 await conn.execute("SELECT pg_advisory_unlock($1)", _ENROL_LOCK)
 
     # --- deliveries ----------------------------------------------------------------
-    async def add_delivery(self, d: NewDelivery) -> bool:
-        """True when new; a redelivery only counts. Committed before returning."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            inserted = await conn.fetchval(
+    async def add_delivery(self, d: NewDelivery) -> Added:
+        """Committed before returning. A redelivery of the same content only
+        counts; one with other content changes nothing."""
+        with _reachable():
+            inserted = await self._pool.fetchval(
                 "INSERT INTO adapter.deliveries (transaction_id, insurer_code, hospital_code,"
                 " claim_ref, billed_amount_satang, envelope, envelope_sha256, submitted_at)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
@@ -136,28 +121,21 @@ class PgAdapterStore:
                 d.submitted_at,
             )
             if inserted:
-                return True
-            row = await conn.fetchrow(
-                "SELECT insurer_code, hospital_code, claim_ref, billed_amount_satang,"
-                " envelope_sha256 FROM adapter.deliveries WHERE transaction_id = $1 FOR UPDATE",
-                d.transaction_id,
-            )
-            assert row is not None
-            same = (
-                row["insurer_code"] == d.insurer_code
-                and row["hospital_code"] == d.hospital_code
-                and row["claim_ref"] == d.claim_ref
-                and row["billed_amount_satang"] == d.billed_amount_satang
-                and row["envelope_sha256"] == d.envelope_sha256
-            )
-            if not same:
-                raise DeliveryConflict(d.transaction_id)
-            await conn.execute(
+                return Added.NEW
+            counted = await self._pool.fetchval(
                 "UPDATE adapter.deliveries SET delivery_count = delivery_count + 1,"
-                " last_delivered_at = now() WHERE transaction_id = $1",
+                " last_delivered_at = now()"
+                " WHERE transaction_id = $1 AND insurer_code = $2 AND hospital_code = $3"
+                " AND claim_ref = $4 AND billed_amount_satang = $5 AND envelope_sha256 = $6"
+                " RETURNING true",
                 d.transaction_id,
+                d.insurer_code,
+                d.hospital_code,
+                d.claim_ref,
+                d.billed_amount_satang,
+                d.envelope_sha256,
             )
-            return False
+        return Added.DUPLICATE if counted else Added.CONFLICT
 
     async def lease_due_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]:
         rows = await self._pool.fetch(
@@ -205,16 +183,23 @@ class PgAdapterStore:
                 " reason_code, decision_envelope, final, due_at)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::timestamptz + make_interval(secs => $9))",
                 [
-                    (transaction_id, d.seq, d.state, d.approved_satang, d.reason_code,
-                     d.envelope, d.final, received_at, float(d.delay_s))
+                    (
+                        transaction_id,
+                        d.seq,
+                        d.state,
+                        d.approved_satang,
+                        d.reason_code,
+                        d.envelope,
+                        d.final,
+                        received_at,
+                        float(d.delay_s),
+                    )
                     for d in decisions
                 ],
             )
             return True
 
-    async def postpone_delivery(
-        self, transaction_id: str, owner: str, delay_s: float, error: str
-    ) -> None:
+    async def postpone_delivery(self, transaction_id: str, owner: str, delay_s: float, error: str) -> None:
         await self._pool.execute(
             "UPDATE adapter.deliveries SET due_at = now() + make_interval(secs => $3),"
             " lease_owner = NULL, lease_until = NULL, last_error = $4"
@@ -226,9 +211,7 @@ class PgAdapterStore:
         )
 
     # --- decision outbox -------------------------------------------------------------
-    async def lease_due_decisions(
-        self, owner: str, limit: int, lease_s: float
-    ) -> list[PendingDecision]:
+    async def lease_due_decisions(self, owner: str, limit: int, lease_s: float) -> list[PendingDecision]:
         # A later decision (APPROVED after PENDING_REVIEW) waits for the earlier one.
         rows = await self._pool.fetch(
             "WITH picked AS ("
@@ -303,12 +286,10 @@ class PgAdapterStore:
     async def release_leases(self, owner: str) -> None:
         """On graceful stop, so another replica (or our restart) picks the work up at once."""
         await self._pool.execute(
-            "UPDATE adapter.deliveries SET lease_owner = NULL, lease_until = NULL"
-            " WHERE lease_owner = $1",
+            "UPDATE adapter.deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
             owner,
         )
         await self._pool.execute(
-            "UPDATE adapter.decisions SET lease_owner = NULL, lease_until = NULL"
-            " WHERE lease_owner = $1",
+            "UPDATE adapter.decisions SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
             owner,
         )

@@ -1,59 +1,15 @@
-"""The whole clearinghouse as `make run` starts it (child processes, real Envoy),
-on the machine's PostgreSQL and Redis, on free ports, once per test session."""
+"""Integration tests share one running clearinghouse per session."""
+
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 
-import asyncpg
 import pytest
 
-from iclaim.client.credentials import Credentials, load_dev_credentials
-from iclaim_hub.crypto.secretbox import SecretBox
-from iclaim_ops.devstack.infra import Infra
-from iclaim_ops.devstack.stack import Ports, Stack
-from iclaim_ops.devstack.up import prepare
-from tests.conftest import PG_ADMIN_URL, REDIS_BASE_URL, _create_db, _drop_db
-
-# Simulated delays shortened where a test does not measure them.
-STACK_ENV = {"ICLAIM_SIM_REVIEW_S": "2", "ICLAIM_SIM_SLOW_S": "10"}
-
-
-class RunningStack:
-    def __init__(self, stack: Stack, credentials_path: Path, database_url: str) -> None:
-        self.stack = stack
-        self.credentials_path = credentials_path
-        self.database_url = database_url
-
-    def creds(self, code: str | None = None) -> Credentials:
-        return load_dev_credentials(code, self.credentials_path)
-
-    async def db(self) -> asyncpg.Connection:
-        return await asyncpg.connect(self.database_url)
+from tests.support.stack import RunningStack, running_stack_in
 
 
 @pytest.fixture(scope="session")
 async def running_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningStack]:
-    name, database_url = await _create_db()
-    redis_db = int(os.environ.get("ICLAIM_TEST_STACK_REDIS_DB", "12"))
-    redis_url = f"{REDIS_BASE_URL}/{redis_db}"
-    import redis as sync_redis
-
-    sync_redis.Redis.from_url(redis_url).flushdb()
-    state_dir = tmp_path_factory.mktemp("stack")
-    master_key = SecretBox.new_master_key()
-    stack = Stack(state_dir, database_url, redis_url, master_key, Ports.free(), dict(STACK_ENV))
-    credentials_path = state_dir / "credentials.json"
-    infra = Infra(database_url, redis_url, [])
-    await prepare(state_dir, infra, master_key, stack.gateway, credentials_path)
-    await stack.start()
-    try:
-        yield RunningStack(stack, credentials_path, database_url)
-    finally:
-        await stack.stop()
-        await _drop_db(name)
-        sync_redis.Redis.from_url(redis_url).flushdb()
-
-
-__all__ = ["PG_ADMIN_URL", "RunningStack"]
+    async with running_stack_in(tmp_path_factory.mktemp("stack")) as stack:
+        yield stack

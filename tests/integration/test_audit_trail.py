@@ -1,6 +1,7 @@
 """Through the running stack: every gateway call (accepted or rejected) and
 every claim state change is in the audit log, and no personal data is anywhere
 but inside the end-to-end envelopes."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,8 +15,8 @@ from iclaim.client.hospital import HospitalClient
 from iclaim.fhir.claim import PatientInfo, build_claim
 from iclaim_hub.internal.v1 import audit_log_pb2, audit_log_pb2_grpc
 from iclaim.v1 import claim_service_pb2 as pb
-from tests.integration.conftest import RunningStack
-from tests.integration.helpers import raw_call
+from tests.support.stack import RunningStack
+from tests.support.wire import raw_call
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +32,8 @@ async def entries_for(stack: RunningStack, tid: str, want: int) -> list[audit_lo
         stub = audit_log_pb2_grpc.AuditLogServiceStub(ch)
         for _ in range(100):
             resp = await stub.ListEntriesByTransaction(
-                audit_log_pb2.ListEntriesByTransactionRequest(transaction_id=tid), timeout=5)
+                audit_log_pb2.ListEntriesByTransactionRequest(transaction_id=tid), timeout=5
+            )
             if len(resp.entries) >= want:
                 return list(resp.entries)
             await asyncio.sleep(0.1)
@@ -45,7 +47,8 @@ async def all_entries(stack: RunningStack) -> list[audit_log_pb2.LogEntry]:
         start = 0
         while True:
             resp = await stub.ListEntries(
-                audit_log_pb2.ListEntriesRequest(start_index=start, max_entries=1000), timeout=5)
+                audit_log_pb2.ListEntriesRequest(start_index=start, max_entries=1000), timeout=5
+            )
             out.extend(resp.entries)
             if resp.next_start_index >= resp.tree_size or not resp.entries:
                 return out
@@ -59,20 +62,29 @@ async def test_claim_lifecycle_and_rejections_are_audited_without_personal_data(
     async with HospitalClient(creds) as client:
         ref = f"AUD-{secrets.token_hex(4)}"
         body = build_claim(
-            claim_ref=ref, hospital_code=creds.code, insurer_code="AIA", policy_number=POLICY,
-            amount_satang=77_700, patient=PatientInfo(name=PATIENT, citizen_id=CITIZEN_ID),
+            claim_ref=ref,
+            hospital_code=creds.code,
+            insurer_code="AIA",
+            policy_number=POLICY,
+            amount_satang=77_700,
+            patient=PatientInfo(name=PATIENT, citizen_id=CITIZEN_ID),
             diagnoses=[DIAGNOSIS],
         )
-        claim = await client.submit_claim(body, insurer_code="AIA", claim_ref=ref,
-                                          amount_satang=77_700, decision_timeout_s=15)
+        claim = await client.submit_claim(
+            body, insurer_code="AIA", claim_ref=ref, amount_satang=77_700, decision_timeout_s=15
+        )
         assert claim.state == pb.CLAIM_STATE_APPROVED
         await client.get_claim(claim.transaction_id)
 
     # A forged call: rejected at the gateway, audited as unverified.
     with pytest.raises(grpc.aio.AioRpcError):
-        await raw_call(creds, "/iclaim.v1.ClaimService/GetClaim",
-                       pb.GetClaimRequest(transaction_id=claim.transaction_id), pb.Claim,
-                       secret=b"\x07" * 32)
+        await raw_call(
+            creds,
+            "/iclaim.v1.ClaimService/GetClaim",
+            pb.GetClaimRequest(transaction_id=claim.transaction_id),
+            pb.Claim,
+            secret=b"\x07" * 32,
+        )
 
     entries = await entries_for(running_stack, claim.transaction_id, want=6)
     events = [e.event for e in entries]
@@ -89,7 +101,8 @@ async def test_claim_lifecycle_and_rejections_are_audited_without_personal_data(
     for _ in range(100):
         every = await all_entries(running_stack)
         rejected = [
-            e.event for e in every
+            e.event
+            for e in every
             if e.event.route == "/iclaim.v1.ClaimService/GetClaim"
             and e.event.outcome_code == "UNAUTHENTICATED"
         ]
@@ -102,34 +115,37 @@ async def test_claim_lifecycle_and_rejections_are_audited_without_personal_data(
     # PDPA: the markers appear in no audit row, log line or metric.
     audit_text = "\n".join(str(e) for e in every)
     logs_text = "\n".join(
-        p.read_text(errors="replace") for p in Path(running_stack.stack.logs_dir).glob("*.log"))
+        p.read_text(errors="replace") for p in Path(running_stack.stack.logs_dir).glob("*.log")
+    )
     access_log = running_stack.stack.access_log.read_text(errors="replace")
     metrics_text = ""
     p = running_stack.stack.ports
-    for port in (p.router_metrics, p.adapter_metrics, p.audit_metrics, p.billing_metrics,
-                 p.authz_metrics):
+    for port in (p.router_metrics, p.adapter_metrics, p.audit_metrics, p.billing_metrics, p.authz_metrics):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
         metrics_text += (await reader.read()).decode(errors="replace")
         writer.close()
     conn = await running_stack.db()
     try:
-        rows = await conn.fetch(
-            "SELECT row_to_json(t)::text AS j FROM (SELECT * FROM audit.entry_data) t")
+        rows = await conn.fetch("SELECT row_to_json(t)::text AS j FROM (SELECT * FROM audit.entry_data) t")
     finally:
         await conn.close()
     db_text = "\n".join(r["j"] for r in rows)
     for marker in (CITIZEN_ID, PATIENT, "Markerpatient", DIAGNOSIS, POLICY):
-        for where, text in (("audit", audit_text), ("logs", logs_text), ("access log", access_log),
-                            ("metrics", metrics_text), ("audit table", db_text)):
+        for where, text in (
+            ("audit", audit_text),
+            ("logs", logs_text),
+            ("access log", access_log),
+            ("metrics", metrics_text),
+            ("audit table", db_text),
+        ):
             assert marker not in text, f"{marker!r} found in {where}"
 
 
 async def test_each_principal_proves_its_own_trail_through_the_gateway(
     running_stack: RunningStack,
 ) -> None:
-    from iclaim.audit.gateway_trail import GatewayTrailStub
-    from iclaim_ops.audit_cli import verify_trail
+    from iclaim.audit.trail import GatewayTrail, verify_trail
     from iclaim.client.channel import gateway_channel
     from iclaim.v1 import audit_trail_service_pb2 as apb
     from iclaim.v1 import audit_trail_service_pb2_grpc
@@ -138,19 +154,26 @@ async def test_each_principal_proves_its_own_trail_through_the_gateway(
     async with HospitalClient(creds) as client:
         ref = f"TRAIL-{secrets.token_hex(4)}"
         body = build_claim(
-            claim_ref=ref, hospital_code=creds.code, insurer_code="MTL", policy_number="POL-T",
-            amount_satang=1_500, patient=PatientInfo(name="T", citizen_id="1101700203451"),
-            diagnoses=["J18.9"])
-        claim = await client.submit_claim(body, insurer_code="MTL", claim_ref=ref,
-                                          amount_satang=1_500, decision_timeout_s=15)
+            claim_ref=ref,
+            hospital_code=creds.code,
+            insurer_code="MTL",
+            policy_number="POL-T",
+            amount_satang=1_500,
+            patient=PatientInfo(name="T", citizen_id="1101700203451"),
+            diagnoses=["J18.9"],
+        )
+        claim = await client.submit_claim(
+            body, insurer_code="MTL", claim_ref=ref, amount_satang=1_500, decision_timeout_s=15
+        )
     await entries_for(running_stack, claim.transaction_id, want=4)
     # A fresh checkpoint so the claim's entries are inside the signed tree.
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running_stack.stack.ports.audit}") as ch:
         await audit_log_pb2_grpc.AuditLogServiceStub(ch).SignCheckpoint(
-            audit_log_pb2.SignCheckpointRequest(), timeout=5)
+            audit_log_pb2.SignCheckpointRequest(), timeout=5
+        )
 
     async with gateway_channel(creds) as channel:
-        report = await verify_trail(GatewayTrailStub(channel), creds.code, None)
+        report = await verify_trail(GatewayTrail(channel), creds.code, None)
         assert report.ok, report.problems
         assert report.verified > 0
         assert all(creds.code in (e.origin_principal, e.destination) for e in report.entries)
@@ -160,8 +183,8 @@ async def test_each_principal_proves_its_own_trail_through_the_gateway(
         async with gateway_channel(other) as other_channel:
             stub = audit_trail_service_pb2_grpc.AuditTrailServiceStub(other_channel)
             theirs = await stub.ListAuditEntries(
-                apb.ListAuditEntriesRequest(transaction_id=claim.transaction_id), timeout=5)
+                apb.ListAuditEntriesRequest(transaction_id=claim.transaction_id), timeout=5
+            )
             assert list(theirs.entries) == []
-            mine = await stub.ListAuditEntries(apb.ListAuditEntriesRequest(max_entries=1000),
-                                               timeout=5)
+            mine = await stub.ListAuditEntries(apb.ListAuditEntriesRequest(max_entries=1000), timeout=5)
             assert all("10671" in (e.origin_principal, e.destination) for e in mine.entries)

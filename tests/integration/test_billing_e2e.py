@@ -1,6 +1,7 @@
 """Issue 5 end to end through the gateway: claims → decisions → invoice →
 acknowledgement → two instalments → claims PAID, invoice PAID, statements zero
 and mirrored."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,9 +18,9 @@ from iclaim.client.insurer import InsurerClient
 from iclaim.fhir.claim_response import build_claim_response
 from iclaim.v1 import billing_service_pb2 as bpb
 from iclaim.v1 import claim_service_pb2 as pb
-from tests.integration.conftest import RunningStack
-from tests.integration.helpers import reason_of
-from tests.integration.test_claims_e2e import fhir
+from tests.support.stack import RunningStack
+from tests.support.wire import reason_of
+from tests.support.claims import fhir
 
 pytestmark = pytest.mark.integration
 BANGKOK = ZoneInfo("Asia/Bangkok")
@@ -27,14 +28,19 @@ BANGKOK = ZoneInfo("Asia/Bangkok")
 
 async def approved_pull_claims(stack: RunningStack, amounts: list[int]) -> list[pb.Claim]:
     """Claims to TESTPULL, decided from outside through InsurerService."""
-    async with HospitalClient(stack.creds("10671")) as hospital, \
-            InsurerClient(stack.creds("TESTPULL")) as insurer:
+    async with (
+        HospitalClient(stack.creds("10671")) as hospital,
+        InsurerClient(stack.creds("TESTPULL")) as insurer,
+    ):
         tids = []
         for amount in amounts:
             ref = f"BILL-{secrets.token_hex(4)}"
             claim = await hospital.submit_claim(
                 fhir(hospital.creds.code, "TESTPULL", ref, "POL-B", amount),
-                insurer_code="TESTPULL", claim_ref=ref, amount_satang=amount)
+                insurer_code="TESTPULL",
+                claim_ref=ref,
+                amount_satang=amount,
+            )
             tids.append(claim.transaction_id)
         pending = set(tids)
         for _ in range(20):
@@ -42,12 +48,20 @@ async def approved_pull_claims(stack: RunningStack, amounts: list[int]) -> list[
                 if d.transaction_id not in pending:
                     continue
                 response = build_claim_response(
-                    claim_ref=d.claim_ref, hospital_code=d.hospital_code, insurer_code="TESTPULL",
-                    state="APPROVED", billed_satang=d.billed_amount_satang,
-                    approved_satang=d.billed_amount_satang, reason_code="")
-                await insurer.decide(d, state=pb.CLAIM_STATE_APPROVED,
-                                     approved_amount_satang=d.billed_amount_satang,
-                                     claim_response=response)
+                    claim_ref=d.claim_ref,
+                    hospital_code=d.hospital_code,
+                    insurer_code="TESTPULL",
+                    state="APPROVED",
+                    billed_satang=d.billed_amount_satang,
+                    approved_satang=d.billed_amount_satang,
+                    reason_code="",
+                )
+                await insurer.decide(
+                    d,
+                    state=pb.CLAIM_STATE_APPROVED,
+                    approved_amount_satang=d.billed_amount_satang,
+                    claim_response=response,
+                )
                 pending.discard(d.transaction_id)
             if not pending:
                 break
@@ -74,8 +88,10 @@ async def test_invoice_paid_in_two_instalments(running_stack: RunningStack) -> N
     total = sum(c.approved_amount_satang for c in claims)
     today = datetime.now(BANGKOK).date()
 
-    async with BillingClient(running_stack.creds("10671")) as hospital, \
-            BillingClient(running_stack.creds("TESTPULL")) as insurer:
+    async with (
+        BillingClient(running_stack.creds("10671")) as hospital,
+        BillingClient(running_stack.creds("TESTPULL")) as insurer,
+    ):
         opening_h = (await hospital.statement("TESTPULL", today, today)).opening_balance_satang
         ref = f"INV-{secrets.token_hex(4)}"
         # The approvals reach billing through the router's outbox: retry until seen.
@@ -98,11 +114,15 @@ async def test_invoice_paid_in_two_instalments(running_stack: RunningStack) -> N
         assert acked.status == bpb.INVOICE_STATUS_ACKNOWLEDGED
         due = acked.due_date
         assert (due.year, due.month, due.day) == (
-            (today + timedelta(days=15)).year, (today + timedelta(days=15)).month,
-            (today + timedelta(days=15)).day)
+            (today + timedelta(days=15)).year,
+            (today + timedelta(days=15)).month,
+            (today + timedelta(days=15)).day,
+        )
 
-        first = [bpb.PaymentLine(transaction_id=tids[0], paid_satang=120_000),
-                 bpb.PaymentLine(transaction_id=tids[1], paid_satang=40_000)]
+        first = [
+            bpb.PaymentLine(transaction_id=tids[0], paid_satang=120_000),
+            bpb.PaymentLine(transaction_id=tids[1], paid_satang=40_000),
+        ]
         trace1 = f"TR-{secrets.token_hex(4)}"
         paid_at = datetime.now(UTC).replace(microsecond=0)
         p1 = await insurer.post_payment(trace1, paid_at, first)
@@ -112,9 +132,11 @@ async def test_invoice_paid_in_two_instalments(running_stack: RunningStack) -> N
         assert partly.paid_satang == 160_000
 
         second = [
-            bpb.PaymentLine(transaction_id=tids[1], paid_satang=40_000,
-                            adjustments=[bpb.Adjustment(group="CO", reason_code="45",
-                                                        amount_satang=50)]),
+            bpb.PaymentLine(
+                transaction_id=tids[1],
+                paid_satang=40_000,
+                adjustments=[bpb.Adjustment(group="CO", reason_code="45", amount_satang=50)],
+            ),
             bpb.PaymentLine(transaction_id=tids[2], paid_satang=4_950),
         ]
         await insurer.post_payment(f"TR-{secrets.token_hex(4)}", datetime.now(UTC), second)
@@ -135,10 +157,13 @@ async def test_invoice_paid_in_two_instalments(running_stack: RunningStack) -> N
 
     assert st_h.closing_balance_satang == opening_h
     aging = st_h.aging
-    assert aging.current + aging.d1_30 + aging.d31_60 + aging.d61_90 + aging.over_90 == \
-        st_h.closing_balance_satang
+    assert (
+        aging.current + aging.d1_30 + aging.d31_60 + aging.d61_90 + aging.over_90
+        == st_h.closing_balance_satang
+    )
     assert st_h.closing_balance_satang == st_i.closing_balance_satang
     assert st_h.opening_balance_satang == st_i.opening_balance_satang
-    assert [(ln.kind, ln.amount_satang) for ln in st_h.lines] == \
-        [(ln.kind, ln.amount_satang) for ln in st_i.lines]
+    assert [(ln.kind, ln.amount_satang) for ln in st_h.lines] == [
+        (ln.kind, ln.amount_satang) for ln in st_i.lines
+    ]
     assert st_h.closing_balance_text_th

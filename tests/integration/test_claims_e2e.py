@@ -1,5 +1,6 @@
 """Issue 2's acceptance tests: claims through real Envoy, auth, router, adapter
 and simulated insurers, on real PostgreSQL and Redis."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,38 +13,35 @@ import pytest
 from iclaim.client.hospital import HospitalClient
 from iclaim.client.insurer import InsurerClient
 from iclaim.crypto.envelope import seal
-from iclaim.fhir.claim import PatientInfo, build_claim
 from iclaim.fhir.claim_response import build_claim_response, parse_claim_response
 from iclaim.v1 import claim_service_pb2 as pb
-from tests.integration.conftest import RunningStack
-from tests.integration.helpers import metric_value, raw_call, reason_of
+from tests.support.stack import RunningStack
+from tests.support.claims import fhir
+from tests.support.wire import metric_value, raw_call, reason_of
 
 pytestmark = pytest.mark.integration
 S = pb.ClaimState
-
-
-def fhir(creds_code: str, insurer: str, ref: str, policy: str, amount: int) -> bytes:
-    return build_claim(
-        claim_ref=ref,
-        hospital_code=creds_code,
-        insurer_code=insurer,
-        policy_number=policy,
-        amount_satang=amount,
-        patient=PatientInfo(name="Test Patient", citizen_id="1101700203451"),
-        diagnoses=["K35.8"],
-    )
 
 
 def ref() -> str:
     return f"IT-{secrets.token_hex(5)}"
 
 
-async def submit(client: HospitalClient, insurer: str, policy: str, amount: int,
-                 wait_s: float = 15, claim_ref: str | None = None) -> pb.Claim:
+async def submit(
+    client: HospitalClient,
+    insurer: str,
+    policy: str,
+    amount: int,
+    wait_s: float = 15,
+    claim_ref: str | None = None,
+) -> pb.Claim:
     r = claim_ref or ref()
     return await client.submit_claim(
         fhir(client.creds.code, insurer, r, policy, amount),
-        insurer_code=insurer, claim_ref=r, amount_satang=amount, decision_timeout_s=wait_s,
+        insurer_code=insurer,
+        claim_ref=r,
+        amount_satang=amount,
+        decision_timeout_s=wait_s,
     )
 
 
@@ -56,9 +54,7 @@ async def until_decided(client: HospitalClient, tid: str, timeout_s: float = 30)
 
 def check_decision(client: HospitalClient, claim: pb.Claim) -> dict:
     opened = client.open_decision(claim)
-    parsed = parse_claim_response(
-        __import__("json").dumps(opened.claim_response).encode()
-    )
+    parsed = parse_claim_response(__import__("json").dumps(opened.claim_response).encode())
     assert parsed.claim_ref == claim.claim_ref
     assert parsed.approved_satang == claim.approved_amount_satang
     return opened.claim_response
@@ -115,23 +111,43 @@ async def test_garbage_envelope_is_denied_as_invalid_document(running_stack: Run
         r = ref()
         key = await client.insurer_key("OLI")
         # Header is right, content is not a FHIR Claim.
-        envelope = seal(b"\x00not json at all", key, sender=client.creds.code, recipient="OLI",
-                        claim_ref=r, amount_satang=5_000)
-        claim = await client.submit_claim(b"", insurer_code="OLI", claim_ref=r,
-                                          amount_satang=5_000, decision_timeout_s=15,
-                                          envelope=envelope)
+        envelope = seal(
+            b"\x00not json at all",
+            key,
+            sender=client.creds.code,
+            recipient="OLI",
+            claim_ref=r,
+            amount_satang=5_000,
+        )
+        claim = await client.submit_claim(
+            b"",
+            insurer_code="OLI",
+            claim_ref=r,
+            amount_satang=5_000,
+            decision_timeout_s=15,
+            envelope=envelope,
+        )
         assert claim.state == S.CLAIM_STATE_DENIED
         assert claim.status_reason == "INVALID_CLAIM_DOCUMENT"
         # A flipped ciphertext bit: the insurer detects it, never accepts it.
         r2 = ref()
-        good = await client.seal_claim(fhir(client.creds.code, "OLI", r2, "POL-1", 5_000),
-                                       insurer_code="OLI", claim_ref=r2, amount_satang=5_000)
+        good = await client.seal_claim(
+            fhir(client.creds.code, "OLI", r2, "POL-1", 5_000),
+            insurer_code="OLI",
+            claim_ref=r2,
+            amount_satang=5_000,
+        )
         parts = good.split(".")
         ct = parts[3]
         parts[3] = ("B" if ct[0] != "B" else "C") + ct[1:]
-        claim2 = await client.submit_claim(b"", insurer_code="OLI", claim_ref=r2,
-                                           amount_satang=5_000, decision_timeout_s=15,
-                                           envelope=".".join(parts))
+        claim2 = await client.submit_claim(
+            b"",
+            insurer_code="OLI",
+            claim_ref=r2,
+            amount_satang=5_000,
+            decision_timeout_s=15,
+            envelope=".".join(parts),
+        )
         assert claim2.state == S.CLAIM_STATE_DENIED
         assert claim2.status_reason == "INVALID_CLAIM_DOCUMENT"
 
@@ -156,13 +172,18 @@ async def test_directory_lists_60_insurers_and_ten_insurers_decide(
 
 
 async def test_pull_insurer_pulls_and_decides_from_outside(running_stack: RunningStack) -> None:
-    async with HospitalClient(running_stack.creds()) as hospital, \
-            InsurerClient(running_stack.creds("TESTPULL")) as insurer:
+    async with (
+        HospitalClient(running_stack.creds()) as hospital,
+        InsurerClient(running_stack.creds("TESTPULL")) as insurer,
+    ):
         claim = await submit(hospital, "TESTPULL", "POL-PULL", 33_300, wait_s=0)
         pulled = []
         for _ in range(5):
-            pulled += [d for d in await insurer.pull(max_claims=100, wait_s=2)
-                       if d.transaction_id == claim.transaction_id]
+            pulled += [
+                d
+                for d in await insurer.pull(max_claims=100, wait_s=2)
+                if d.transaction_id == claim.transaction_id
+            ]
             if pulled:
                 break
         assert len(pulled) == 1
@@ -170,12 +191,20 @@ async def test_pull_insurer_pulls_and_decides_from_outside(running_stack: Runnin
         assert header.sender == hospital.creds.code and header.amount_satang == 33_300
         assert b'"resourceType":"Claim"' in body.replace(b" ", b"")
         response = build_claim_response(
-            claim_ref=pulled[0].claim_ref, hospital_code=hospital.creds.code,
-            insurer_code="TESTPULL", state="PARTIALLY_APPROVED", billed_satang=33_300,
-            approved_satang=30_000, reason_code="",
+            claim_ref=pulled[0].claim_ref,
+            hospital_code=hospital.creds.code,
+            insurer_code="TESTPULL",
+            state="PARTIALLY_APPROVED",
+            billed_satang=33_300,
+            approved_satang=30_000,
+            reason_code="",
         )
-        decided = await insurer.decide(pulled[0], state=S.CLAIM_STATE_PARTIALLY_APPROVED,
-                                       approved_amount_satang=30_000, claim_response=response)
+        decided = await insurer.decide(
+            pulled[0],
+            state=S.CLAIM_STATE_PARTIALLY_APPROVED,
+            approved_amount_satang=30_000,
+            claim_response=response,
+        )
         assert decided.state == S.CLAIM_STATE_PARTIALLY_APPROVED
         seen = await hospital.get_claim(claim.transaction_id)
         assert seen.approved_amount_satang == 30_000
@@ -186,13 +215,18 @@ async def test_resubmission_is_idempotent_and_delivered_once(running_stack: Runn
     async with HospitalClient(running_stack.creds()) as client:
         r = ref()
         body = fhir(client.creds.code, "BLA", r, "POL-IDEM", 12_000)
-        envelope = await client.seal_claim(body, insurer_code="BLA", claim_ref=r,
-                                           amount_satang=12_000)
-        first = await client.submit_claim(body, insurer_code="BLA", claim_ref=r,
-                                          amount_satang=12_000, envelope=envelope,
-                                          decision_timeout_s=15)
-        second = await client.submit_claim(body, insurer_code="BLA", claim_ref=r,
-                                           amount_satang=12_000, envelope=envelope)
+        envelope = await client.seal_claim(body, insurer_code="BLA", claim_ref=r, amount_satang=12_000)
+        first = await client.submit_claim(
+            body,
+            insurer_code="BLA",
+            claim_ref=r,
+            amount_satang=12_000,
+            envelope=envelope,
+            decision_timeout_s=15,
+        )
+        second = await client.submit_claim(
+            body, insurer_code="BLA", claim_ref=r, amount_satang=12_000, envelope=envelope
+        )
         assert second.transaction_id == first.transaction_id
         assert second.state == S.CLAIM_STATE_APPROVED
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -201,19 +235,21 @@ async def test_resubmission_is_idempotent_and_delivered_once(running_stack: Runn
         conn = await running_stack.db()
         try:
             seen = await conn.fetchval(
-                "SELECT count(*) FROM adapter.deliveries WHERE transaction_id = $1",
-                first.transaction_id)
+                "SELECT count(*) FROM adapter.deliveries WHERE transaction_id = $1", first.transaction_id
+            )
             attempts = await conn.fetchval(
-                "SELECT delivery_attempts FROM router.claims WHERE transaction_id = $1",
-                first.transaction_id)
+                "SELECT delivery_attempts FROM router.claims WHERE transaction_id = $1", first.transaction_id
+            )
         finally:
             await conn.close()
         assert seen == 1 and attempts == 1
 
 
 async def test_hospital_cannot_see_another_hospitals_claim(running_stack: RunningStack) -> None:
-    async with HospitalClient(running_stack.creds("10670")) as a, \
-            HospitalClient(running_stack.creds("10671")) as b:
+    async with (
+        HospitalClient(running_stack.creds("10670")) as a,
+        HospitalClient(running_stack.creds("10671")) as b,
+    ):
         claim = await submit(a, "AIA", "POL-1", 1_000, wait_s=0)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await b.get_claim(claim.transaction_id)
@@ -227,10 +263,12 @@ GET_INSURERS = "/iclaim.v1.ClaimService/ListInsurers"
 
 async def _router_calls(stack: RunningStack) -> float:
     return await metric_value(
-        stack.stack.ports.router_metrics, "iclaim_rpc_requests_total",
+        stack.stack.ports.router_metrics,
+        "iclaim_rpc_requests_total",
         {"service": "iclaim.v1.ClaimService", "method": "ListInsurers", "code": "OK"},
     ) + await metric_value(
-        stack.stack.ports.router_metrics, "iclaim_rpc_requests_total",
+        stack.stack.ports.router_metrics,
+        "iclaim_rpc_requests_total",
         {"service": "iclaim.v1.ClaimService", "method": "ListInsurers", "code": "PERMISSION_DENIED"},
     )
 
@@ -259,13 +297,16 @@ async def test_forgeries_and_replays_never_reach_the_router(running_stack: Runni
     assert "replay" in (err.value.details() or "")
     # An insurer calling ClaimService.
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await raw_call(running_stack.creds("TESTPULL"), GET_INSURERS, request,
-                       pb.ListInsurersResponse)
+        await raw_call(running_stack.creds("TESTPULL"), GET_INSURERS, request, pb.ListInsurersResponse)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     # A client-supplied identity header does not get through.
-    spoofed = await raw_call(creds, GET_INSURERS, request, pb.ListInsurersResponse,
-                             extra_md=(("x-iclaim-principal", "TESTPULL"),
-                                       ("x-iclaim-role", "insurer")))
+    spoofed = await raw_call(
+        creds,
+        GET_INSURERS,
+        request,
+        pb.ListInsurersResponse,
+        extra_md=(("x-iclaim-principal", "TESTPULL"), ("x-iclaim-role", "insurer")),
+    )
     assert len(spoofed.insurers) == 1
     after = await _router_calls(running_stack)
     assert after == before + 2  # the replay's original and the spoof attempt only
@@ -273,8 +314,11 @@ async def test_forgeries_and_replays_never_reach_the_router(running_stack: Runni
 
 async def test_unknown_methods_are_unimplemented(running_stack: RunningStack) -> None:
     creds = running_stack.creds()
-    for method in ("/iclaim_hub.internal.v1.DecisionIntakeService/RecordDecision",
-                   "/iclaim.v1.ClaimService/NoSuchMethod", "/something/else"):
+    for method in (
+        "/iclaim_hub.internal.v1.DecisionIntakeService/RecordDecision",
+        "/iclaim.v1.ClaimService/NoSuchMethod",
+        "/something/else",
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await raw_call(creds, method, pb.ListInsurersRequest(), pb.ListInsurersResponse)
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED, method

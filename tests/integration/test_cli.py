@@ -1,4 +1,5 @@
 """The `iclaim` CLI against the running stack, as an HIS developer would use it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,15 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import RunningStack
+from tests.support.stack import RunningStack
 
 pytestmark = pytest.mark.integration
 
 
 async def iclaim(stack: RunningStack, *args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "iclaim.cli", "--credentials", str(stack.credentials_path), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "iclaim.cli",
+        "--credentials",
+        str(stack.credentials_path),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode()
@@ -28,8 +35,16 @@ async def test_insurers_sample_submit_get_watch(running_stack: RunningStack, tmp
     assert len([line for line in out.splitlines() if line.strip()]) == 61
     assert any(line.startswith("AIA ") and " LIFE " in line for line in out.splitlines())
 
-    code, out = await iclaim(running_stack, "sample-claim", "--insurer", "MTL",
-                             "--policy", "LIMIT-50000-1", "--amount-satang", "90000")
+    code, out = await iclaim(
+        running_stack,
+        "sample-claim",
+        "--insurer",
+        "MTL",
+        "--policy",
+        "LIMIT-50000-1",
+        "--amount-satang",
+        "90000",
+    )
     assert code == 0, out
     claim_file = tmp_path / "claim.json"
     claim_file.write_text(out)

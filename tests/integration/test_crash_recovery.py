@@ -1,4 +1,5 @@
 """A claim acknowledged to a hospital is delivered exactly once, whatever dies."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,8 +11,8 @@ import pytest
 from iclaim.client.hospital import HospitalClient
 from iclaim_ops.devstack.stack import SERVICES
 from iclaim.v1 import claim_service_pb2 as pb
-from tests.integration.conftest import RunningStack
-from tests.integration.test_claims_e2e import fhir
+from tests.support.stack import RunningStack
+from tests.support.claims import fhir
 
 pytestmark = pytest.mark.integration
 S = pb.ClaimState
@@ -28,10 +29,14 @@ async def test_router_sigkilled_before_delivery_delivers_each_claim_once(
     async with HospitalClient(running_stack.creds()) as client:
         for n in range(8):
             r = f"CRASH-{secrets.token_hex(4)}-{n}"
-            acked.append(await client.submit_claim(
-                fhir(client.creds.code, "AIA", r, "POL-CRASH", 1_000 + n),
-                insurer_code="AIA", claim_ref=r, amount_satang=1_000 + n,
-            ))
+            acked.append(
+                await client.submit_claim(
+                    fhir(client.creds.code, "AIA", r, "POL-CRASH", 1_000 + n),
+                    insurer_code="AIA",
+                    claim_ref=r,
+                    amount_satang=1_000 + n,
+                )
+            )
         assert all(c.state == S.CLAIM_STATE_RECEIVED for c in acked)
         await stack.kill("claim_router", signal.SIGKILL)
         await stack.restart("insurer_adapter")
@@ -49,7 +54,9 @@ async def test_router_sigkilled_before_delivery_delivers_each_claim_once(
     try:
         rows = await conn.fetch(
             "SELECT transaction_id, count(*) AS n FROM adapter.deliveries"
-            " WHERE transaction_id = ANY($1::text[]) GROUP BY transaction_id", ids)
+            " WHERE transaction_id = ANY($1::text[]) GROUP BY transaction_id",
+            ids,
+        )
     finally:
         await conn.close()
     assert {r["transaction_id"]: r["n"] for r in rows} == {t: 1 for t in ids}
@@ -65,11 +72,15 @@ async def test_killing_router_and_audit_mid_run_loses_and_duplicates_no_audit_en
     stack = running_stack.stack
     tids: list[str] = []
     async with HospitalClient(running_stack.creds()) as client:
+
         async def one(n: int) -> None:
             r = f"AUDK-{secrets.token_hex(4)}-{n}"
             claim = await client.submit_claim(
                 fhir(client.creds.code, "BLA", r, "POL-AK", 2_000 + n),
-                insurer_code="BLA", claim_ref=r, amount_satang=2_000 + n)
+                insurer_code="BLA",
+                claim_ref=r,
+                amount_satang=2_000 + n,
+            )
             tids.append(claim.transaction_id)
 
         await asyncio.gather(*(one(n) for n in range(5)))
@@ -87,8 +98,7 @@ async def test_killing_router_and_audit_mid_run_loses_and_duplicates_no_audit_en
 
     for t in tids:
         entries = await entries_for(running_stack, t, want=3)
-        changes = [e.event.outcome_reason for e in entries
-                   if e.event.service_type == "claim_router"]
+        changes = [e.event.outcome_reason for e in entries if e.event.service_type == "claim_router"]
         assert changes.count("CLAIM_STATE_RECEIVED") == 1, (t, changes)
         assert changes.count("CLAIM_STATE_APPROVED") == 1, (t, changes)
         # DELIVERED is skipped when the decision outruns the delivery receipt.
@@ -103,7 +113,10 @@ async def test_sdk_watch_rides_through_a_router_restart(running_stack: RunningSt
         r = f"WATCH-{secrets.token_hex(4)}"
         claim = await client.submit_claim(
             fhir(client.creds.code, "AZAY", r, "REVIEW-W", 3_000),
-            insurer_code="AZAY", claim_ref=r, amount_satang=3_000)
+            insurer_code="AZAY",
+            claim_ref=r,
+            amount_satang=3_000,
+        )
         seen: list[int] = []
         restarted = False
         async for update in client.watch_claim(claim.transaction_id, timeout_s=60):

@@ -6,6 +6,7 @@ nothing. Tampering the router cannot see (ciphertext, tag, IV, encrypted key, or
 a rewritten header that still matches the request: it is AES-GCM AAD) is caught
 by the insurer and comes back as DENIED / INVALID_CLAIM_DOCUMENT, never APPROVED.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,8 +28,8 @@ from iclaim.fhir.claim import PatientInfo, build_claim
 from iclaim_hub.registry.model import Principal
 from iclaim_hub.registry.store import RegistryStore
 from iclaim.v1 import claim_service_pb2 as pb
-from tests.integration.conftest import RunningStack
-from tests.integration.helpers import reason_of
+from tests.support.stack import RunningStack
+from tests.support.wire import reason_of
 
 pytestmark = pytest.mark.integration
 S = pb.ClaimState
@@ -50,8 +51,11 @@ def ref() -> str:
 
 def fhir(hospital: str, insurer: str, claim_ref: str, amount: int) -> bytes:
     return build_claim(
-        claim_ref=claim_ref, hospital_code=hospital, insurer_code=insurer,
-        policy_number="POL-OK-1", amount_satang=amount,
+        claim_ref=claim_ref,
+        hospital_code=hospital,
+        insurer_code=insurer,
+        policy_number="POL-OK-1",
+        amount_satang=amount,
         patient=PatientInfo(name="Test Patient", citizen_id="1101700203451"),
         diagnoses=["K35.8"],
     )
@@ -73,31 +77,42 @@ def rewrite_header(envelope: str, **changes: Any) -> str:
     return ".".join(parts)
 
 
-async def sealed(client: HospitalClient, insurer: str = INSURER,
-                 amount: int = AMOUNT) -> tuple[str, str]:
+async def sealed(client: HospitalClient, insurer: str = INSURER, amount: int = AMOUNT) -> tuple[str, str]:
     r = ref()
     body = fhir(client.creds.code, insurer, r, amount)
     return r, await client.seal_claim(body, insurer_code=insurer, claim_ref=r, amount_satang=amount)
 
 
-async def submit(client: HospitalClient, envelope: str, claim_ref: str, *,
-                 insurer: str = INSURER, amount: int = AMOUNT, wait_s: float = 0) -> pb.Claim:
-    return await client.submit_claim(b"", insurer_code=insurer, claim_ref=claim_ref,
-                                     amount_satang=amount, envelope=envelope,
-                                     decision_timeout_s=wait_s)
+async def submit(
+    client: HospitalClient,
+    envelope: str,
+    claim_ref: str,
+    *,
+    insurer: str = INSURER,
+    amount: int = AMOUNT,
+    wait_s: float = 0,
+) -> pb.Claim:
+    return await client.submit_claim(
+        b"",
+        insurer_code=insurer,
+        claim_ref=claim_ref,
+        amount_satang=amount,
+        envelope=envelope,
+        decision_timeout_s=wait_s,
+    )
 
 
 async def stored_rows(stack: RunningStack, claim_ref: str) -> int:
     conn = await stack.db()
     try:
-        return int(await conn.fetchval(
-            "SELECT count(*) FROM router.claims WHERE claim_ref = $1", claim_ref))
+        return int(await conn.fetchval("SELECT count(*) FROM router.claims WHERE claim_ref = $1", claim_ref))
     finally:
         await conn.close()
 
 
-async def refused(client: HospitalClient, stack: RunningStack, envelope: str, claim_ref: str,
-                  **kw: Any) -> str:
+async def refused(
+    client: HospitalClient, stack: RunningStack, envelope: str, claim_ref: str, **kw: Any
+) -> str:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await submit(client, envelope, claim_ref, **kw)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
@@ -107,23 +122,26 @@ async def refused(client: HospitalClient, stack: RunningStack, envelope: str, cl
 
 # --- seen by the router: INVALID_ARGUMENT ---------------------------------------
 
+
 async def test_readdressed_or_rewritten_headers_are_refused_at_the_router(
     running_stack: RunningStack,
 ) -> None:
     async with HospitalClient(running_stack.creds()) as client:
         r, env = await sealed(client)
         # MITM changes the recipient or the amount; the request still says the original.
-        for changes in ({"x-iclaim-recipient": OTHER}, {"x-iclaim-amount-satang": AMOUNT * 10},
-                        {"x-iclaim-sender": "10671"}, {"x-iclaim-claim-ref": r + "-X"}):
+        for changes in (
+            {"x-iclaim-recipient": OTHER},
+            {"x-iclaim-amount-satang": AMOUNT * 10},
+            {"x-iclaim-sender": "10671"},
+            {"x-iclaim-claim-ref": r + "-X"},
+        ):
             reason = await refused(client, running_stack, rewrite_header(env, **changes), r)
             assert reason == "ENVELOPE_HEADER_MISMATCH", changes
         # The untouched envelope submitted to another insurer.
-        assert await refused(client, running_stack, env, r, insurer=OTHER) == (
-            "ENVELOPE_HEADER_MISMATCH")
+        assert await refused(client, running_stack, env, r, insurer=OTHER) == ("ENVELOPE_HEADER_MISMATCH")
         # Re-addressed consistently to the other insurer: the kid is not one of its keys.
         forged = rewrite_header(env, **{"x-iclaim-recipient": OTHER})
-        assert await refused(client, running_stack, forged, r, insurer=OTHER) == (
-            "ENVELOPE_KID_UNKNOWN")
+        assert await refused(client, running_stack, forged, r, insurer=OTHER) == ("ENVELOPE_KID_UNKNOWN")
 
 
 @pytest.mark.parametrize(
@@ -140,8 +158,18 @@ async def test_readdressed_or_rewritten_headers_are_refused_at_the_router(
         (lambda e: e + ".x", "ENVELOPE_MALFORMED"),
         (lambda e: e.replace(".", ".!", 1), "ENVELOPE_MALFORMED"),
     ],
-    ids=["alg-dir", "alg-rsa1_5", "alg-list", "enc-cbc", "zip", "kid", "header-bit", "four-parts",
-         "six-parts", "not-base64url"],
+    ids=[
+        "alg-dir",
+        "alg-rsa1_5",
+        "alg-list",
+        "enc-cbc",
+        "zip",
+        "kid",
+        "header-bit",
+        "four-parts",
+        "six-parts",
+        "not-base64url",
+    ],
 )
 async def test_policy_violations_are_refused_at_the_router(
     running_stack: RunningStack, mutate: Any, reason: str
@@ -152,6 +180,7 @@ async def test_policy_violations_are_refused_at_the_router(
 
 
 # --- not visible to the router: the insurer denies it ----------------------------
+
 
 async def test_tampered_body_is_denied_by_the_insurer_never_approved(
     running_stack: RunningStack,
@@ -164,16 +193,17 @@ async def test_tampered_body_is_denied_by_the_insurer_never_approved(
                 cases.append((f"{name}[{byte}]", r, flip(env, part, byte), AMOUNT))
         # Header rewritten consistently with the request: passes the router, fails the AAD.
         r, env = await sealed(client)
-        cases.append(("header-amount", r,
-                      rewrite_header(env, **{"x-iclaim-amount-satang": AMOUNT + 1}), AMOUNT + 1))
+        cases.append(
+            ("header-amount", r, rewrite_header(env, **{"x-iclaim-amount-satang": AMOUNT + 1}), AMOUNT + 1)
+        )
         r, env = await sealed(client)
         cases.append(("header-iat", r, rewrite_header(env, **{"x-iclaim-iat": 1}), AMOUNT))
         # A control: the untouched envelope is approved.
         r, env = await sealed(client)
         cases.append(("control", r, env, AMOUNT))
-        claims = await asyncio.gather(*(
-            submit(client, env, r, amount=amount, wait_s=20) for _, r, env, amount in cases
-        ))
+        claims = await asyncio.gather(
+            *(submit(client, env, r, amount=amount, wait_s=20) for _, r, env, amount in cases)
+        )
         for (name, _, _, _), claim in zip(cases, claims, strict=True):
             if name == "control":
                 assert claim.state == S.CLAIM_STATE_APPROVED, S.Name(claim.state)
@@ -188,7 +218,9 @@ async def test_tampered_body_is_denied_by_the_insurer_never_approved(
         try:
             rows = await conn.fetch(
                 "SELECT claim_ref, decision_state, reason_code FROM adapter.deliveries"
-                " WHERE claim_ref = ANY($1::text[])", [r for _, r, _, _ in cases])
+                " WHERE claim_ref = ANY($1::text[])",
+                [r for _, r, _, _ in cases],
+            )
         finally:
             await conn.close()
         by_ref = {row["claim_ref"]: row for row in rows}
@@ -209,8 +241,9 @@ async def rotating_insurer(running_stack: RunningStack) -> AsyncIterator[Registr
 
     pool = await asyncpg.create_pool(running_stack.database_url, min_size=1, max_size=2)
     store = RegistryStore(pool, SecretBox(b64url_decode(running_stack.stack.master_key)))
-    await store.upsert_principal(Principal(ROT, "insurer", "Rotation Test Insurer", line=2,
-                                           delivery_mode="pull"))
+    await store.upsert_principal(
+        Principal(ROT, "insurer", "Rotation Test Insurer", line=2, delivery_mode="pull")
+    )
     try:
         yield store
     finally:
@@ -242,19 +275,24 @@ async def test_rotated_key_is_accepted_during_grace_then_refused(
     new_private, new_public = generate_encryption_key(f"{ROT}-new")
     await store.add_encryption_key(ROT, old_public["kid"], old_public)
     async with HospitalClient(running_stack.creds()) as client:
+
         async def listed(kids: list[str]) -> bool:
             return await _listed_kids(client) == kids
 
         await _until(lambda: listed([old_public["kid"]]))
 
         def to(public: dict[str, Any], claim_ref: str) -> str:
-            return seal(fhir(client.creds.code, ROT, claim_ref, AMOUNT), public,
-                        sender=client.creds.code, recipient=ROT, claim_ref=claim_ref,
-                        amount_satang=AMOUNT)
+            return seal(
+                fhir(client.creds.code, ROT, claim_ref, AMOUNT),
+                public,
+                sender=client.creds.code,
+                recipient=ROT,
+                claim_ref=claim_ref,
+                amount_satang=AMOUNT,
+            )
 
         r0 = ref()
-        assert (await submit(client, to(old_public, r0), r0, insurer=ROT)).state == (
-            S.CLAIM_STATE_RECEIVED)
+        assert (await submit(client, to(old_public, r0), r0, insurer=ROT)).state == (S.CLAIM_STATE_RECEIVED)
 
         await store.add_encryption_key(ROT, new_public["kid"], new_public)  # old -> previous
         principal = await store.principal(ROT)
@@ -269,8 +307,7 @@ async def test_rotated_key_is_accepted_during_grace_then_refused(
         r1, r2 = ref(), ref()
         old_env = to(old_public, r1)
         assert (await submit(client, old_env, r1, insurer=ROT)).state == S.CLAIM_STATE_RECEIVED
-        assert (await submit(client, to(new_public, r2), r2, insurer=ROT)).state == (
-            S.CLAIM_STATE_RECEIVED)
+        assert (await submit(client, to(new_public, r2), r2, insurer=ROT)).state == (S.CLAIM_STATE_RECEIVED)
         assert open_envelope(old_env, old_private)[0].kid == old_public["kid"]
         assert open_envelope(to(new_public, r2), new_private)[0].kid == new_public["kid"]
 
@@ -279,7 +316,10 @@ async def test_rotated_key_is_accepted_during_grace_then_refused(
         try:
             await conn.execute(
                 "UPDATE registry.encryption_keys SET previous_since = now() - interval '8 days'"
-                " WHERE principal_code = $1 AND kid = $2", ROT, old_public["kid"])
+                " WHERE principal_code = $1 AND kid = $2",
+                ROT,
+                old_public["kid"],
+            )
         finally:
             await conn.close()
         # Replicas see the change within the registry cache's TTL (seconds).
@@ -291,5 +331,4 @@ async def test_rotated_key_is_accepted_during_grace_then_refused(
         assert reason_of(err.value) == "ENVELOPE_KID_UNKNOWN"
         assert await stored_rows(running_stack, r3) == 0
         r4 = ref()
-        assert (await submit(client, to(new_public, r4), r4, insurer=ROT)).state == (
-            S.CLAIM_STATE_RECEIVED)
+        assert (await submit(client, to(new_public, r4), r4, insurer=ROT)).state == (S.CLAIM_STATE_RECEIVED)

@@ -1,4 +1,5 @@
 """grpcurl (a stock gRPC tool) sees exactly the public surface through Envoy."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import RunningStack
+from tests.support.stack import RunningStack
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +60,7 @@ async def test_reflection_v1_and_v1alpha_through_the_gateway(
 ) -> None:
     from grpc_reflection.v1alpha import reflection_pb2
 
-    from tests.integration.helpers import tls_channel
+    from tests.support.wire import tls_channel
 
     async with tls_channel(running_stack.creds()) as channel:
         call = channel.stream_stream(
@@ -67,10 +68,13 @@ async def test_reflection_v1_and_v1alpha_through_the_gateway(
             request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
             response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
         )
-        stream = call(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                      timeout=10)
+        stream = call(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
         responses = [r async for r in stream]
     names = {s.name for s in responses[0].list_services_response.service}
-    assert {"iclaim.v1.ClaimService", "iclaim.v1.InsurerService", "iclaim.v1.BillingService",
-            "iclaim.v1.AuditTrailService"} <= names
+    assert {
+        "iclaim.v1.ClaimService",
+        "iclaim.v1.InsurerService",
+        "iclaim.v1.BillingService",
+        "iclaim.v1.AuditTrailService",
+    } <= names
     assert not any("internal" in n for n in names)

@@ -2,6 +2,7 @@
 
 Runs once with the machine's PostgreSQL/Redis (as CI has them) and once fully
 embedded (the fresh-machine path)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import REDIS_BASE_URL, _create_db, _drop_db
+from tests.support.databases import REDIS_BASE_URL, create_db, drop_db
 
 pytestmark = pytest.mark.integration
 
@@ -37,12 +38,20 @@ def processes_of(state_dir: Path) -> list[int]:
 
 
 async def run_up(state_dir: Path, env_extra: dict[str, str]) -> None:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("ICLAIM_DATABASE_URL", "ICLAIM_REDIS_URL", "ICLAIM_MASTER_KEY")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ICLAIM_DATABASE_URL", "ICLAIM_REDIS_URL", "ICLAIM_MASTER_KEY")
+    }
     env.update({"ICLAIM_STATE_DIR": str(state_dir), **env_extra})
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "iclaim.cli", "up",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "iclaim.cli",
+        "up",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     lines: list[str] = []
     try:
@@ -74,13 +83,13 @@ async def run_up(state_dir: Path, env_extra: dict[str, str]) -> None:
 
 
 async def test_up_with_machine_postgres_and_redis(tmp_path: Path) -> None:
-    name, url = await _create_db()
+    name, url = await create_db()
     redis_url = f"{REDIS_BASE_URL}/13"
     redis.Redis.from_url(redis_url).flushdb()
     try:
         await run_up(tmp_path / "dev", {"ICLAIM_DATABASE_URL": url, "ICLAIM_REDIS_URL": redis_url})
     finally:
-        await _drop_db(name)
+        await drop_db(name)
 
 
 async def test_up_fully_embedded(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
 """Every service enforces the gRPC message limit itself, not only Envoy."""
+
 from __future__ import annotations
 
 import grpc
@@ -6,7 +7,7 @@ import pytest
 
 from iclaim_hub.common.server import MAX_MESSAGE_BYTES
 from iclaim_ops.devstack.stack import SERVICES
-from tests.integration.conftest import RunningStack
+from tests.support.stack import RunningStack
 
 pytestmark = pytest.mark.integration
 

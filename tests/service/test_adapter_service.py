@@ -1,6 +1,7 @@
 """insurer_adapter in-process on port 0 with real PostgreSQL; a recording fake of
 the router's DecisionIntakeService. Each §8 scenario, idempotency, restarts,
 router outages and two replicas."""
+
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +19,7 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from iclaim.limits import CLIENT_OPTIONS
-from iclaim_hub.common.server import REASON_TRAILER
+from iclaim_hub.common.server import REASON_TRAILER, GrpcApp, ServeConfig
 from iclaim.crypto.envelope import generate_encryption_key, open_envelope, seal
 from iclaim_hub.crypto.secretbox import SecretBox
 from iclaim.crypto.signing import b64url, b64url_decode
@@ -32,7 +33,7 @@ from iclaim_hub.internal.v1 import (
 from iclaim_hub.registry.directory import dev_hospitals, pull_insurer, sample_insurers
 from iclaim_hub.registry.store import RegistryStore
 from iclaim.v1 import claim_service_pb2 as pb
-from services.insurer_adapter.server import AdapterServer, Config, build_server
+from services.insurer_adapter.server import Config, build_server
 
 HOSPITAL = "10670"
 INSURERS = ["AIA", "MTL", "VIRIYAH"]
@@ -64,8 +65,7 @@ class FakeRouter(decision_intake_pb2_grpc.DecisionIntakeServiceServicer):
 
     async def RecordDecision(self, request: Any, context: Any) -> Any:
         state = STATE[request.state]
-        content = (state, request.approved_amount_satang, request.decision_envelope,
-                   request.reason_code)
+        content = (state, request.approved_amount_satang, request.decision_envelope, request.reason_code)
         code = grpc.StatusCode.OK
         if self.fail_next:
             self.fail_next -= 1
@@ -74,9 +74,17 @@ class FakeRouter(decision_intake_pb2_grpc.DecisionIntakeServiceServicer):
             cur = self.current.get(request.transaction_id)
             if cur is not None and cur != content and cur[0] != "PENDING_REVIEW":
                 code = grpc.StatusCode.FAILED_PRECONDITION
-        self.calls.append(Call(request.transaction_id, state, request.approved_amount_satang,
-                               request.decision_envelope, request.reason_code, code,
-                               time.monotonic()))
+        self.calls.append(
+            Call(
+                request.transaction_id,
+                state,
+                request.approved_amount_satang,
+                request.decision_envelope,
+                request.reason_code,
+                code,
+                time.monotonic(),
+            )
+        )
         if code != grpc.StatusCode.OK:
             await context.abort(code, "fake router says no")
         self.current[request.transaction_id] = content
@@ -95,16 +103,16 @@ class Env:
     registry: RegistryStore
     router: FakeRouter
     router_port: int
-    master_key: str
+    master_key: bytes
     hospital_private: dict[str, Any]
-    adapters: list[AdapterServer] = field(default_factory=list)
+    adapters: list[GrpcApp] = field(default_factory=list)
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def config(self, **overrides: Any) -> Config:
         values: dict[str, Any] = {
             "database_url": self.database_url,
             "master_key": self.master_key,
-            "addr": "127.0.0.1:0",
+            "serve": ServeConfig("127.0.0.1:0", -1),
             "router_target": f"127.0.0.1:{self.router_port}",
             "review_s": REVIEW_S,
             "slow_s": SLOW_S,
@@ -119,6 +127,7 @@ class Env:
 
     async def start_adapter(self, **overrides: Any) -> insurer_adapter_pb2_grpc.InsurerAdapterServiceStub:
         app = await build_server(self.config(**overrides))
+        await app.start()
         self.adapters.append(app)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}", options=CLIENT_OPTIONS)
         self.channels.append(channel)
@@ -135,17 +144,34 @@ class Env:
         return key.public_jwk
 
     async def envelope(self, insurer: str, ref: str, amount: int, policy: str) -> str:
-        doc = build_claim(claim_ref=ref, hospital_code=HOSPITAL, insurer_code=insurer,
-                          policy_number=policy, amount_satang=amount, patient=PATIENT,
-                          diagnoses=["K35.8"])
-        return seal(doc, await self.insurer_public_jwk(insurer), sender=HOSPITAL,
-                    recipient=insurer, claim_ref=ref, amount_satang=amount)
+        doc = build_claim(
+            claim_ref=ref,
+            hospital_code=HOSPITAL,
+            insurer_code=insurer,
+            policy_number=policy,
+            amount_satang=amount,
+            patient=PATIENT,
+            diagnoses=["K35.8"],
+        )
+        return seal(
+            doc,
+            await self.insurer_public_jwk(insurer),
+            sender=HOSPITAL,
+            recipient=insurer,
+            claim_ref=ref,
+            amount_satang=amount,
+        )
 
-    def request(self, txid: str, insurer: str, ref: str, amount: int,
-                envelope: str) -> insurer_adapter_pb2.DeliverClaimRequest:
+    def request(
+        self, txid: str, insurer: str, ref: str, amount: int, envelope: str
+    ) -> insurer_adapter_pb2.DeliverClaimRequest:
         return insurer_adapter_pb2.DeliverClaimRequest(
-            transaction_id=txid, hospital_code=HOSPITAL, insurer_code=insurer, claim_ref=ref,
-            billed_amount_satang=amount, envelope=envelope,
+            transaction_id=txid,
+            hospital_code=HOSPITAL,
+            insurer_code=insurer,
+            claim_ref=ref,
+            billed_amount_satang=amount,
+            envelope=envelope,
         )
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -158,6 +184,7 @@ class Env:
     async def final(self, txid: str, timeout: float = 10.0) -> Call:
         def done() -> bool:
             return any(c.state != "PENDING_REVIEW" for c in self.router.recorded(txid))
+
         await self.wait_for(done, timeout)
         return [c for c in self.router.recorded(txid) if c.state != "PENDING_REVIEW"][-1]
 
@@ -183,7 +210,8 @@ async def env(database_url: str) -> AsyncIterator[Env]:
             await registry.upsert_principal(p)
     private, public = generate_encryption_key(f"{HOSPITAL}-20261125-k1")
     await registry.add_encryption_key(HOSPITAL, public["kid"], public)
-    e = Env(database_url, pool, registry, router, port, SecretBox.new_master_key(), private)
+    master_key = b64url_decode(SecretBox.new_master_key())
+    e = Env(database_url, pool, registry, router, port, master_key, private)
     try:
         yield e
     finally:
@@ -200,6 +228,7 @@ def _reason(err: grpc.aio.AioRpcError) -> str:
 
 
 # --- enrolment ----------------------------------------------------------------------
+
 
 async def test_startup_enrols_each_simulated_insurer_once(env: Env) -> None:
     await env.start_adapter()
@@ -245,6 +274,7 @@ async def test_insurers_added_later_are_enrolled_while_running(env: Env) -> None
 
 # --- §8 scenarios -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("policy", "billed", "states", "approved", "reason", "min_delay"),
     [
@@ -256,13 +286,13 @@ async def test_insurers_added_later_are_enrolled_while_running(env: Env) -> None
         ("SLOW-12345", 150_000, ["APPROVED"], 150_000, "", SLOW_S),
     ],
 )
-async def test_scenario(env: Env, policy: str, billed: int, states: list[str], approved: int,
-                        reason: str, min_delay: float) -> None:
+async def test_scenario(
+    env: Env, policy: str, billed: int, states: list[str], approved: int, reason: str, min_delay: float
+) -> None:
     stub = await env.start_adapter()
     envelope = await env.envelope("MTL", "HN-1", billed, policy)
     started = time.monotonic()
-    response = await stub.DeliverClaim(env.request("tx-1", "MTL", "HN-1", billed, envelope),
-                                       timeout=5)
+    response = await stub.DeliverClaim(env.request("tx-1", "MTL", "HN-1", billed, envelope), timeout=5)
     assert response.duplicate is False
 
     final = await env.final("tx-1")
@@ -284,8 +314,9 @@ async def test_scenario(env: Env, policy: str, billed: int, states: list[str], a
 
     # The router acknowledged; the adapter marks the delivery notified right after.
     deadline = time.monotonic() + 5
-    while (row := await env.pool.fetchrow(
-            "SELECT * FROM adapter.deliveries WHERE transaction_id = 'tx-1'"))["status"] != "notified":
+    while (row := await env.pool.fetchrow("SELECT * FROM adapter.deliveries WHERE transaction_id = 'tx-1'"))[
+        "status"
+    ] != "notified":
         assert time.monotonic() < deadline, row["status"]
         await asyncio.sleep(0.02)
     assert row["decision_envelope"] == final.envelope
@@ -299,8 +330,9 @@ def _flip_bit(envelope: str, part: int) -> str:
     return ".".join(parts)
 
 
-@pytest.mark.parametrize("kind", ["garbage", "tampered_ciphertext", "tampered_tag",
-                                  "not_fhir", "wrong_amount_in_fhir"])
+@pytest.mark.parametrize(
+    "kind", ["garbage", "tampered_ciphertext", "tampered_tag", "not_fhir", "wrong_amount_in_fhir"]
+)
 async def test_unreadable_claims_are_denied_invalid_claim_document(env: Env, kind: str) -> None:
     stub = await env.start_adapter()
     good = await env.envelope("AIA", "HN-2", 5000, "POL-1")
@@ -309,13 +341,25 @@ async def test_unreadable_claims_are_denied_invalid_claim_document(env: Env, kin
         "garbage": "this is not an envelope",
         "tampered_ciphertext": _flip_bit(good, 3),
         "tampered_tag": _flip_bit(good, 4),
-        "not_fhir": seal(b"<Claim/>", public, sender=HOSPITAL, recipient="AIA",
-                         claim_ref="HN-2", amount_satang=5000),
+        "not_fhir": seal(
+            b"<Claim/>", public, sender=HOSPITAL, recipient="AIA", claim_ref="HN-2", amount_satang=5000
+        ),
         "wrong_amount_in_fhir": seal(
-            build_claim(claim_ref="HN-2", hospital_code=HOSPITAL, insurer_code="AIA",
-                        policy_number="POL-1", amount_satang=4999, patient=PATIENT,
-                        diagnoses=["A09"]),
-            public, sender=HOSPITAL, recipient="AIA", claim_ref="HN-2", amount_satang=5000),
+            build_claim(
+                claim_ref="HN-2",
+                hospital_code=HOSPITAL,
+                insurer_code="AIA",
+                policy_number="POL-1",
+                amount_satang=4999,
+                patient=PATIENT,
+                diagnoses=["A09"],
+            ),
+            public,
+            sender=HOSPITAL,
+            recipient="AIA",
+            claim_ref="HN-2",
+            amount_satang=5000,
+        ),
     }[kind]
     await stub.DeliverClaim(env.request("tx-2", "AIA", "HN-2", 5000, envelope), timeout=5)
     final = await env.final("tx-2")
@@ -323,10 +367,14 @@ async def test_unreadable_claims_are_denied_invalid_claim_document(env: Env, kin
     header, decision = env.open_decision(final)
     assert header.amount_satang == 0
     assert (decision.state, decision.outcome, decision.reason_code) == (
-        "DENIED", "error", "INVALID_CLAIM_DOCUMENT")
+        "DENIED",
+        "error",
+        "INVALID_CLAIM_DOCUMENT",
+    )
 
 
 # --- idempotency --------------------------------------------------------------------
+
 
 def _deliveries(result: str) -> float:
     return REGISTRY.get_sample_value("iclaim_adapter_deliveries_total", {"result": result}) or 0.0
@@ -346,7 +394,8 @@ async def test_redelivery_is_acknowledged_and_decided_once(env: Env) -> None:
     await asyncio.sleep(0.4)
     assert len([c for c in env.router.calls if c.transaction_id == "tx-3"]) == 1
     row = await env.pool.fetchrow(
-        "SELECT delivery_count FROM adapter.deliveries WHERE transaction_id = 'tx-3'")
+        "SELECT delivery_count FROM adapter.deliveries WHERE transaction_id = 'tx-3'"
+    )
     assert row["delivery_count"] == 3
     assert _deliveries("new") - new_before == 1
     assert _deliveries("duplicate") - dup_before == 2
@@ -367,21 +416,23 @@ async def test_redelivery_is_acknowledged_and_decided_once(env: Env) -> None:
         ({"claim_ref": ""}, grpc.StatusCode.INVALID_ARGUMENT, "CLAIM_REF_INVALID"),
         ({"billed_amount_satang": -5}, grpc.StatusCode.INVALID_ARGUMENT, "AMOUNT_INVALID"),
         ({"envelope": ""}, grpc.StatusCode.INVALID_ARGUMENT, "ENVELOPE_MISSING"),
-        ({"envelope": "x" * (1024 * 1024 + 1)}, grpc.StatusCode.INVALID_ARGUMENT,
-         "ENVELOPE_TOO_LARGE"),
-        ({"insurer_code": "TESTPULL"}, grpc.StatusCode.FAILED_PRECONDITION,
-         "INSURER_NOT_SIMULATED"),
-        ({"insurer_code": "NOSUCH"}, grpc.StatusCode.FAILED_PRECONDITION,
-         "INSURER_NOT_SIMULATED"),
+        ({"envelope": "x" * (1024 * 1024 + 1)}, grpc.StatusCode.INVALID_ARGUMENT, "ENVELOPE_TOO_LARGE"),
+        ({"insurer_code": "TESTPULL"}, grpc.StatusCode.FAILED_PRECONDITION, "INSURER_NOT_SIMULATED"),
+        ({"insurer_code": "NOSUCH"}, grpc.StatusCode.FAILED_PRECONDITION, "INSURER_NOT_SIMULATED"),
     ],
 )
 async def test_bad_deliveries_are_refused_with_a_reason(
     env: Env, change: dict[str, Any], code: grpc.StatusCode, reason: str
 ) -> None:
     stub = await env.start_adapter()
-    fields: dict[str, Any] = {"transaction_id": "tx-bad", "hospital_code": HOSPITAL,
-                              "insurer_code": "AIA", "claim_ref": "HN-4",
-                              "billed_amount_satang": 100, "envelope": "a.b.c.d.e"}
+    fields: dict[str, Any] = {
+        "transaction_id": "tx-bad",
+        "hospital_code": HOSPITAL,
+        "insurer_code": "AIA",
+        "claim_ref": "HN-4",
+        "billed_amount_satang": 100,
+        "envelope": "a.b.c.d.e",
+    }
     fields.update(change)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.DeliverClaim(insurer_adapter_pb2.DeliverClaimRequest(**fields), timeout=5)
@@ -391,6 +442,7 @@ async def test_bad_deliveries_are_refused_with_a_reason(
 
 
 # --- durability and outages ---------------------------------------------------------
+
 
 async def test_restart_completes_pending_work(env: Env) -> None:
     stub = await env.start_adapter()
@@ -404,8 +456,7 @@ async def test_restart_completes_pending_work(env: Env) -> None:
     await env.start_adapter()
     assert (await env.final("tx-5")).state == "APPROVED"
     assert (await env.final("tx-6")).state == "APPROVED"
-    assert [c.state for c in env.router.recorded("tx-6")] in (
-        ["PENDING_REVIEW", "APPROVED"],)
+    assert [c.state for c in env.router.recorded("tx-6")] in (["PENDING_REVIEW", "APPROVED"],)
     await asyncio.sleep(0.3)
     assert len(env.router.recorded("tx-5")) == 1
 
@@ -447,8 +498,9 @@ async def test_conflicting_decision_is_not_retried_forever(env: Env) -> None:
     await stub.DeliverClaim(env.request("tx-9", "MTL", "HN-9", 5000, envelope), timeout=5)
 
     async def status() -> str:
-        return str(await env.pool.fetchval(
-            "SELECT status FROM adapter.deliveries WHERE transaction_id = 'tx-9'"))
+        return str(
+            await env.pool.fetchval("SELECT status FROM adapter.deliveries WHERE transaction_id = 'tx-9'")
+        )
 
     deadline = time.monotonic() + 5
     while await status() != "failed":
@@ -465,8 +517,9 @@ async def test_two_replicas_decide_each_claim_once(env: Env) -> None:
         envelope = await env.envelope("VIRIYAH", f"HN-r{i}", 100 + i, "POL-1")
         request = env.request(txid, "VIRIYAH", f"HN-r{i}", 100 + i, envelope)
         # Each claim reaches both replicas (a router retry landing elsewhere).
-        await asyncio.gather(stubs[0].DeliverClaim(request, timeout=5),
-                             stubs[1].DeliverClaim(request, timeout=5))
+        await asyncio.gather(
+            stubs[0].DeliverClaim(request, timeout=5), stubs[1].DeliverClaim(request, timeout=5)
+        )
     for txid in txids:
         await env.final(txid)
     await asyncio.sleep(0.3)
@@ -478,12 +531,10 @@ async def test_logs_carry_transaction_id_but_no_claim_content(env: Env) -> None:
     stub = await env.start_adapter()
     envelope = await env.envelope("AIA", "HN-SECRET-REF", 5000, "DENY-SECRETPOLICY")
     with capture_logs(processors=[merge_contextvars]) as logs:
-        await stub.DeliverClaim(env.request("tx-10", "AIA", "HN-SECRET-REF", 5000, envelope),
-                                timeout=5)
+        await stub.DeliverClaim(env.request("tx-10", "AIA", "HN-SECRET-REF", 5000, envelope), timeout=5)
         await env.final("tx-10")
         await asyncio.sleep(0.1)
     text = json.dumps(logs, default=str)
     assert any(e.get("transaction_id") == "tx-10" for e in logs)
-    for secret in ("SECRETPOLICY", PATIENT.name, PATIENT.citizen_id, "K35", "HN-SECRET-REF",
-                   envelope[:40]):
+    for secret in ("SECRETPOLICY", PATIENT.name, PATIENT.citizen_id, "K35", "HN-SECRET-REF", envelope[:40]):
         assert secret not in text

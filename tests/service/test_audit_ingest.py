@@ -1,67 +1,62 @@
 """Envoy access-log ingestion: mapping, sanitising, partial and malformed
 lines, truncation and rotation, exactly-once via the committed offset."""
+
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from pathlib import Path
 
 import asyncpg
 
-from iclaim_hub.common.access_log import ENVOY_JSON_FORMAT
 from iclaim_hub.common.db import create_pool
 from services.audit_log.ingest import entry_from_line
 from services.audit_log.store import AuditStore
 from services.audit_log.tailer import AccessLogTailer
-from tests.service.test_audit_support import audit_server
-
-
-def line(i: int, **over: object) -> bytes:
-    doc: dict[str, object] = {
-        "event_id": f"5f0c2c1e-0000-4000-8000-{i:012d}",
-        "start_time": f"{time.time():.3f}",
-        "principal": "10670",
-        "claimed_client": "10670",
-        "source_address": "192.0.2.10",
-        "route": "/iclaim.v1.ClaimService/SubmitClaim",
-        "upstream_cluster": "claim_router",
-        "request_bytes": 1200,
-        "response_bytes": 300,
-        "duration_ms": 12,
-        "grpc_status": 0,
-        "reason_trailer": None,
-        "reason_header": None,
-        "req_transaction_id": None,
-        "resp_transaction_id": "01JD3T0000000000000000000" if i % 2 else None,
-        "envelope_sha256": "cd" * 32,
-    }
-    assert set(doc) == set(ENVOY_JSON_FORMAT)  # the contract Envoy is configured with
-    doc.update(over)
-    return json.dumps(doc).encode() + b"\n"
+from tests.support.audit import audit_server, line
 
 
 def test_line_mapping_and_sanitising() -> None:
     e = entry_from_line(line(1))
     assert (e.origin_principal, e.destination, e.service_type, e.kind) == (
-        "10670", "claim_router", "gateway", "GATEWAY_CALL")
+        "10670",
+        "claim_router",
+        "gateway",
+        "GATEWAY_CALL",
+    )
     assert (e.size_bytes, e.duration_ms, e.outcome_code) == (1500, 12, "OK")
     assert e.transaction_id == "01JD3T0000000000000000000"
     assert e.event_id == "5f0c2c1e-0000-4000-8000-000000000001"
 
-    rejected = entry_from_line(line(
-        2, principal=None, claimed_client="MTL", upstream_cluster=None, grpc_status=16,
-        reason_header="SIGNATURE_INVALID", response_bytes=0))
+    rejected = entry_from_line(
+        line(
+            2,
+            principal=None,
+            claimed_client="MTL",
+            upstream_cluster=None,
+            grpc_status=16,
+            reason_header="SIGNATURE_INVALID",
+            response_bytes=0,
+        )
+    )
     assert rejected.origin_principal == "unverified:MTL"
     assert rejected.destination == "gateway"
     assert (rejected.outcome_code, rejected.outcome_reason) == ("UNAUTHENTICATED", "SIGNATURE_INVALID")
 
     # Attacker-controlled values of the wrong form never reach the log.
-    hostile = entry_from_line(line(
-        3, principal=None, claimed_client="Somchai Jaidee", route="/x/y?name=Somchai Jaidee",
-        reason_header="patient has J18.9", req_transaction_id="policy 12/345",
-        envelope_sha256="not-a-hash", source_address="evil", event_id="<script>",
-        grpc_status=None))
+    hostile = entry_from_line(
+        line(
+            3,
+            principal=None,
+            claimed_client="Somchai Jaidee",
+            route="/x/y?name=Somchai Jaidee",
+            reason_header="patient has J18.9",
+            req_transaction_id="policy 12/345",
+            envelope_sha256="not-a-hash",
+            source_address="evil",
+            event_id="<script>",
+            grpc_status=None,
+        )
+    )
     assert hostile.origin_principal == "unverified:"
     assert (hostile.route, hostile.outcome_reason, hostile.transaction_id) == ("", "", "")
     assert (hostile.envelope_sha256, hostile.source_address) == ("", "")
@@ -75,8 +70,9 @@ def test_line_mapping_and_sanitising() -> None:
 async def _ids(database_url: str) -> list[str]:
     conn = await asyncpg.connect(database_url)
     try:
-        return [r["event_id"] for r in await conn.fetch(
-            "SELECT event_id FROM audit.leaves ORDER BY leaf_index")]
+        return [
+            r["event_id"] for r in await conn.fetch("SELECT event_id FROM audit.leaves ORDER BY leaf_index")
+        ]
     finally:
         await conn.close()
 

@@ -1,6 +1,7 @@
 """Adversity: SIGKILL the audit service and a producer mid-run, repeatedly.
 Every event (access-log lines and outbox events) ends up in the log exactly
 once, and the log verifies."""
+
 from __future__ import annotations
 
 import asyncio
@@ -71,20 +72,39 @@ def _free_port() -> int:
 
 
 def _line(i: int) -> bytes:
-    return json.dumps({
-        "event_id": f"gw-{i:06d}", "start_time": f"{time.time():.3f}", "principal": "10670",
-        "claimed_client": "10670", "source_address": "192.0.2.1",
-        "route": "/iclaim.v1.ClaimService/GetClaim", "upstream_cluster": "claim_router",
-        "request_bytes": 100, "response_bytes": 200, "duration_ms": 3, "grpc_status": 0,
-        "reason_trailer": None, "reason_header": None, "req_transaction_id": f"tx-{i}",
-        "resp_transaction_id": None, "envelope_sha256": None,
-    }).encode() + b"\n"
+    return (
+        json.dumps(
+            {
+                "event_id": f"gw-{i:06d}",
+                "start_time": f"{time.time():.3f}",
+                "principal": "10670",
+                "claimed_client": "10670",
+                "source_address": "192.0.2.1",
+                "route": "/iclaim.v1.ClaimService/GetClaim",
+                "upstream_cluster": "claim_router",
+                "request_bytes": 100,
+                "response_bytes": 200,
+                "duration_ms": 3,
+                "grpc_status": 0,
+                "reason_trailer": None,
+                "reason_header": None,
+                "req_transaction_id": f"tx-{i}",
+                "resp_transaction_id": None,
+                "envelope_sha256": None,
+            }
+        ).encode()
+        + b"\n"
+    )
 
 
 async def _spawn(args: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, *args, env=env, cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        *args,
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
 
 
@@ -103,21 +123,24 @@ async def test_sigkill_service_and_producer_loses_and_duplicates_nothing(
     access_log = tmp_path / "envoy-access.log"
     port = _free_port()
     env = dict(os.environ)
-    env.update({
-        "ICLAIM_DATABASE_URL": database_url,
-        "ICLAIM_MASTER_KEY": SecretBox.new_master_key(),
-        "ICLAIM_AUDIT_ADDR": f"127.0.0.1:{port}",
-        "ICLAIM_AUDIT_METRICS_PORT": "-1",
-        "ICLAIM_ENVOY_ACCESS_LOG": str(access_log),
-        "ICLAIM_AUDIT_TAIL_POLL_S": "0.02",
-        "ICLAIM_AUDIT_CHECKPOINT_INTERVAL_S": "0.3",
-        "ICLAIM_LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT),
-    })
+    env.update(
+        {
+            "ICLAIM_DATABASE_URL": database_url,
+            "ICLAIM_MASTER_KEY": SecretBox.new_master_key(),
+            "ICLAIM_AUDIT_ADDR": f"127.0.0.1:{port}",
+            "ICLAIM_AUDIT_METRICS_PORT": "-1",
+            "ICLAIM_ENVOY_ACCESS_LOG": str(access_log),
+            "ICLAIM_AUDIT_TAIL_POLL_S": "0.02",
+            "ICLAIM_AUDIT_CHECKPOINT_INTERVAL_S": "0.3",
+            "ICLAIM_LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     conn = await asyncpg.connect(database_url)
     await conn.execute(
         "CREATE TABLE test_outbox (seq serial, event_id text PRIMARY KEY,"
-        " occurred_s bigint NOT NULL, sent boolean NOT NULL DEFAULT false)")
+        " occurred_s bigint NOT NULL, sent boolean NOT NULL DEFAULT false)"
+    )
     await conn.executemany(
         "INSERT INTO test_outbox (event_id, occurred_s) VALUES ($1, $2)",
         [(f"rt-{i:06d}", int(time.time())) for i in range(N_OUTBOX)],
@@ -133,7 +156,7 @@ async def test_sigkill_service_and_producer_loses_and_duplicates_nothing(
         with access_log.open("ab") as f:
             while pos < len(data):
                 step = rnd.randint(1, 900)
-                f.write(data[pos:pos + step])
+                f.write(data[pos : pos + step])
                 f.flush()
                 pos += step
                 await asyncio.sleep(0.004)
@@ -150,8 +173,7 @@ async def test_sigkill_service_and_producer_loses_and_duplicates_nothing(
             else:
                 await _kill(producer)
                 kills["producer"] += 1
-                producer = await _spawn(
-                    ["-c", PRODUCER, database_url, f"127.0.0.1:{port}"], env)
+                producer = await _spawn(["-c", PRODUCER, database_url, f"127.0.0.1:{port}"], env)
         await writer
         expected = N_LINES + N_OUTBOX
         deadline = time.monotonic() + 60
@@ -165,8 +187,7 @@ async def test_sigkill_service_and_producer_loses_and_duplicates_nothing(
         ids = [r["event_id"] for r in await conn.fetch("SELECT event_id FROM audit.leaves")]
         assert kills["service"] >= 1 and kills["producer"] >= 1, kills
         assert len(ids) == len(set(ids)) == expected
-        assert set(ids) == {f"gw-{i:06d}" for i in range(N_LINES)} | {
-            f"rt-{i:06d}" for i in range(N_OUTBOX)}
+        assert set(ids) == {f"gw-{i:06d}" for i in range(N_LINES)} | {f"rt-{i:06d}" for i in range(N_OUTBOX)}
         assert await conn.fetchval("SELECT count(*) FROM audit.entry_data") == expected
     finally:
         writer.cancel()

@@ -1,5 +1,6 @@
 """audit_log over gRPC with real PostgreSQL: append, dedupe, validation,
 checkpoints, proofs, per-principal reads, append-only enforcement."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,10 +14,11 @@ from iclaim.audit import merkle
 from iclaim.audit.entry import entry_leaf_hash
 from iclaim.audit.note import open_checkpoint, parse_verifier_key
 from iclaim_hub.audit.wire import entry_of_event
-from iclaim_ops.audit_cli import verify_database, verify_trail
+from iclaim.audit.trail import verify_trail
+from iclaim_ops.audit_cli import InternalTrail, verify_database
 from iclaim.errors import error_info_of
 from iclaim_hub.internal.v1 import audit_log_pb2 as pb
-from tests.service.test_audit_support import audit_server, event
+from tests.support.audit import audit_server, event
 
 
 def _reason(err: grpc.aio.AioRpcError) -> str:
@@ -65,14 +67,10 @@ async def test_append_is_durable_deduplicated_and_provable(database_url: str) ->
         cp2 = (await stub.SignCheckpoint(pb.SignCheckpointRequest())).checkpoint
         for m in range(1, 12):
             old_root = merkle.root_of(hashes[:m])
-            c = await stub.GetConsistencyProof(
-                pb.GetConsistencyProofRequest(first_size=m, second_size=30)
-            )
+            c = await stub.GetConsistencyProof(pb.GetConsistencyProofRequest(first_size=m, second_size=30))
             merkle.verify_consistency(m, 30, list(c.proof), old_root, cp2.root_hash)
 
-        by_tx = await stub.ListEntriesByTransaction(
-            pb.ListEntriesByTransactionRequest(transaction_id="tx-5")
-        )
+        by_tx = await stub.ListEntriesByTransaction(pb.ListEntriesByTransactionRequest(transaction_id="tx-5"))
         assert [e.leaf_index for e in by_tx.entries] == [5]
 
         report, _ = await verify_database(database_url)
@@ -124,8 +122,7 @@ async def test_principal_filter_never_returns_other_principals_entries(database_
     async with audit_server(database_url) as (_running, stub):
         evs = []
         for i in range(60):
-            origin, dest = [("10670", "AIA"), ("10671", "MTL"), ("AIA", "10670"),
-                            ("MTL", "10671")][i % 4]
+            origin, dest = [("10670", "AIA"), ("10671", "MTL"), ("AIA", "10670"), ("MTL", "10671")][i % 4]
             evs.append(event(i, origin=origin, destination=dest, tx=f"tx-{i % 7}"))
         await stub.Append(pb.AppendRequest(events=evs))
         await stub.SignCheckpoint(pb.SignCheckpointRequest())
@@ -147,9 +144,7 @@ async def test_principal_filter_never_returns_other_principals_entries(database_
                 got = await stub.ListEntriesByTransaction(
                     pb.ListEntriesByTransactionRequest(transaction_id=f"tx-{tx}", principal=who)
                 )
-                assert all(
-                    who in (e.event.origin_principal, e.event.destination) for e in got.entries
-                )
+                assert all(who in (e.event.origin_principal, e.event.destination) for e in got.entries)
 
         # A proof for someone else's entry is NOT_FOUND, not a proof.
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -166,7 +161,7 @@ async def test_principal_filter_never_returns_other_principals_entries(database_
             "10671" in (e.event.origin_principal, e.event.destination) for e in mine.entries
         )
 
-        trail = await verify_trail(stub, "AIA", None)
+        trail = await verify_trail(InternalTrail(stub, "AIA"), "AIA", None)
         assert trail.ok and trail.verified == 30
         assert all("AIA" in (e.origin_principal, e.destination) for e in trail.entries)
 
@@ -209,12 +204,10 @@ async def test_metrics_are_exported(database_url: str) -> None:
     from prometheus_client import REGISTRY, generate_latest
 
     async with audit_server(database_url) as (_running, stub):
-        before = REGISTRY.get_sample_value(
-            "iclaim_audit_entries_appended_total", {"source": "rpc"}) or 0.0
+        before = REGISTRY.get_sample_value("iclaim_audit_entries_appended_total", {"source": "rpc"}) or 0.0
         await stub.Append(pb.AppendRequest(events=[event(i) for i in range(5)]))
         await stub.SignCheckpoint(pb.SignCheckpointRequest())
-        after = REGISTRY.get_sample_value(
-            "iclaim_audit_entries_appended_total", {"source": "rpc"})
+        after = REGISTRY.get_sample_value("iclaim_audit_entries_appended_total", {"source": "rpc"})
         assert after == before + 5
         assert REGISTRY.get_sample_value("iclaim_audit_tree_size") == 5
         assert REGISTRY.get_sample_value("iclaim_audit_checkpoint_tree_size") == 5
@@ -225,38 +218,61 @@ async def test_metrics_are_exported(database_url: str) -> None:
 
 
 async def test_cli_commands(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    import argparse
+    from iclaim.cli import build_parser
 
-    from iclaim_ops import audit_cli
-
-    parser = argparse.ArgumentParser(prog="iclaim")
-    audit_cli.register(parser.add_subparsers(dest="command"))
+    parser = build_parser()  # the hub's operator commands join through the entry point
     async with audit_server(database_url) as (running, stub):
-        await stub.Append(pb.AppendRequest(events=[
-            event(i, origin=("10670", "AIA")[i % 2], destination=("AIA", "10670")[i % 2])
-            for i in range(6)] + [event(9, origin="MTL", destination="10671")]))
+        await stub.Append(
+            pb.AppendRequest(
+                events=[
+                    event(i, origin=("10670", "AIA")[i % 2], destination=("AIA", "10670")[i % 2])
+                    for i in range(6)
+                ]
+                + [event(9, origin="MTL", destination="10671")]
+            )
+        )
         target = f"127.0.0.1:{running.port}"
-        # run() owns its event loop, as it does under the real `iclaim` entry point.
+        # A command owns its event loop, as it does under the real `iclaim` entry point.
         args = parser.parse_args(["audit", "checkpoint", "--sign", "--target", target])
-        assert await asyncio.to_thread(args.audit_run, args) == 0
+        assert await asyncio.to_thread(args.func, args) == 0
         out = capsys.readouterr().out
         assert "\niclaim.dev/audit\n7\n" in "\n" + out
         vkey = next(x for x in out.splitlines() if x.startswith("verifier key: "))[14:]
-        args = parser.parse_args(["audit", "trail", "--principal", "10670", "--target", target,
-                                  "--verifier-key", vkey])
-        assert await asyncio.to_thread(audit_cli.run, args) == 0
+        args = parser.parse_args(
+            ["audit", "operator-trail", "--principal", "10670", "--target", target, "--verifier-key", vkey]
+        )
+        assert await asyncio.to_thread(args.func, args) == 0
         assert "OK: 6 entries of 10670 proved in the log at size 7" in capsys.readouterr().out
-        args = parser.parse_args(["audit", "trail", "--principal", "10670", "--target", target,
-                                  "--transaction-id", "tx-9", "--verifier-key", vkey])
-        assert await asyncio.to_thread(audit_cli.run, args) == 0
+        args = parser.parse_args(
+            [
+                "audit",
+                "operator-trail",
+                "--principal",
+                "10670",
+                "--target",
+                target,
+                "--transaction-id",
+                "tx-9",
+                "--verifier-key",
+                vkey,
+            ]
+        )
+        assert await asyncio.to_thread(args.func, args) == 0
         assert "OK: 0 entries" in capsys.readouterr().out  # tx-9 is MTL's, not 10670's
-    args = parser.parse_args(["audit", "verify", "--database-url", database_url,
-                              "--verifier-key", vkey])
-    assert await asyncio.to_thread(audit_cli.run, args) == 0
+    args = parser.parse_args(["audit", "verify", "--database-url", database_url, "--verifier-key", vkey])
+    assert await asyncio.to_thread(args.func, args) == 0
     assert "OK: 7 entries" in capsys.readouterr().out
-    other = parser.parse_args(["audit", "verify", "--database-url", database_url,
-                               "--verifier-key", "iclaim.dev/audit+00000000+" + "A" * 44])
-    assert await asyncio.to_thread(audit_cli.run, other) == 1
+    other = parser.parse_args(
+        [
+            "audit",
+            "verify",
+            "--database-url",
+            database_url,
+            "--verifier-key",
+            "iclaim.dev/audit+00000000+" + "A" * 44,
+        ]
+    )
+    assert await asyncio.to_thread(other.func, other) == 1
 
 
 async def test_storage_outage_is_unavailable_not_acknowledged(database_url: str) -> None:

@@ -1,6 +1,7 @@
 """The gateway-pod access-log shipper (python -m services.audit_log.shipper)
 against a real audit_log server: fragments, malformed lines, audit_log
 outages, SIGKILL/restart, rotation, truncation and the SIGTERM flush."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,12 +21,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from iclaim_hub.crypto.secretbox import SecretBox
+from services.audit_log.domain import Position
 from services.audit_log.ingest import entry_from_line
-from services.audit_log.server import Config, Running, build_server
+from services.audit_log.server import AuditApp, build_server
 from services.audit_log.shipper_state import load_position, save_position
-from services.audit_log.tailer import Position
-from tests.service.test_audit_ingest import line
+from tests.support.audit import audit_config, line
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(60)
@@ -43,21 +43,26 @@ class Audit:
 
     def __init__(self, database_url: str) -> None:
         self._dsn = database_url
-        self._box = SecretBox(os.urandom(32))  # same key across restarts
+        self._master_key = os.urandom(32)  # same key across restarts
         self.port = 0
-        self.running: Running | None = None
+        self.running: AuditApp | None = None
 
     async def start(self) -> None:
-        config = Config(
-            database_url=self._dsn, listen_addr=f"127.0.0.1:{self.port}", access_log=None,
-            checkpoint_interval_s=3600, retention_interval_s=86_400,
+        config = audit_config(
+            self._dsn,
+            listen_addr=f"127.0.0.1:{self.port}",
+            master_key=self._master_key,
+            access_log=None,
+            checkpoint_interval_s=3600,
+            retention_interval_s=86_400,
         )
-        self.running = await build_server(config, box=self._box)
+        self.running = await build_server(config)
+        await self.running.start()
         self.port = self.running.port
 
     async def stop(self) -> None:
         assert self.running is not None
-        await self.running.close(grace=0.2)
+        await self.running.stop(0.2)
         self.running = None
 
 
@@ -78,25 +83,32 @@ class Shipper:
         self.health_port = _free_port()
         self.metrics_port = _free_port()
         self.env = dict(os.environ)
-        self.env.update({
-            "ICLAIM_ENVOY_ACCESS_LOG": str(access_log),
-            "ICLAIM_AUDIT_TARGET": f"127.0.0.1:{audit_port}",
-            "ICLAIM_SHIPPER_ADDR": f"127.0.0.1:{self.health_port}",
-            "ICLAIM_SHIPPER_METRICS_PORT": str(self.metrics_port),
-            "ICLAIM_SHIPPER_POLL_S": "0.02",
-            "ICLAIM_SHIPPER_BATCH": "7",  # several Append calls per chunk
-            "ICLAIM_SHIPPER_DEADLINE_S": "2",
-            "ICLAIM_SHIPPER_BACKOFF_MAX_S": "0.3",
-            "ICLAIM_LOG_LEVEL": "WARNING",
-            "PYTHONPATH": str(ROOT),
-            **env,
-        })
+        self.env.update(
+            {
+                "ICLAIM_ENVOY_ACCESS_LOG": str(access_log),
+                "ICLAIM_AUDIT_TARGET": f"127.0.0.1:{audit_port}",
+                "ICLAIM_SHIPPER_ADDR": f"127.0.0.1:{self.health_port}",
+                "ICLAIM_SHIPPER_METRICS_PORT": str(self.metrics_port),
+                "ICLAIM_SHIPPER_POLL_S": "0.02",
+                "ICLAIM_SHIPPER_BATCH": "7",  # several Append calls per chunk
+                "ICLAIM_SHIPPER_DEADLINE_S": "2",
+                "ICLAIM_SHIPPER_BACKOFF_MAX_S": "0.3",
+                "ICLAIM_LOG_LEVEL": "WARNING",
+                "PYTHONPATH": str(ROOT),
+                **env,
+            }
+        )
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.audit_log.shipper", env=self.env, cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            sys.executable,
+            "-m",
+            "services.audit_log.shipper",
+            env=self.env,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
 
     async def signal(self, sig: int, timeout: float = 15.0) -> int:
@@ -106,8 +118,9 @@ class Shipper:
         return await asyncio.wait_for(self.proc.wait(), timeout)
 
     def metric(self, name: str) -> float:
-        body = urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).read().decode()
+        body = (
+            urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).read().decode()
+        )
         for text in body.splitlines():
             if text.startswith(name + " "):
                 return float(text.split()[1])
@@ -148,7 +161,7 @@ async def _ids(database_url: str) -> list[str]:
 
 
 def _eid(i: int) -> str:
-    return f"5f0c2c1e-0000-4000-8000-{i:012d}"  # tests.service.test_audit_ingest.line's id
+    return f"5f0c2c1e-0000-4000-8000-{i:012d}"  # tests.support.audit.line's id
 
 
 async def _wait_for(database_url: str, expected: set[str], timeout: float = 20.0) -> list[str]:
@@ -166,19 +179,22 @@ async def _write_fragments(path: Path, data: bytes, rnd: random.Random) -> None:
     with path.open("ab") as f:
         while pos < len(data):
             step = rnd.randint(1, 700)
-            f.write(data[pos:pos + step])
+            f.write(data[pos : pos + step])
             f.flush()
             pos += step
             await asyncio.sleep(0.002)
 
 
-async def test_fragments_malformed_lines_metrics_and_sigterm_flush(
-    database_url: str, tmp_path: Path
-) -> None:
+async def test_fragments_malformed_lines_metrics_and_sigterm_flush(database_url: str, tmp_path: Path) -> None:
     rnd = random.Random(1)
     path = tmp_path / "envoy-access.log"
-    garbage = [b"this is not json\n", b"{}\n", b'{"start_time": "soon"}\n',
-               b'[1, 2]\n', line(9999, start_time="1.0")]  # 1970: not of the expected form
+    garbage = [
+        b"this is not json\n",
+        b"{}\n",
+        b'{"start_time": "soon"}\n',
+        b"[1, 2]\n",
+        line(9999, start_time="1.0"),
+    ]  # 1970: not of the expected form
     data = b""
     for i in range(200):
         data += line(i)
@@ -231,7 +247,7 @@ def _stored_line(data: bytes, i: int) -> bytes:
     """The exact bytes written for line i (its start_time was taken at write time)."""
     marker = _eid(i).encode()
     start = data.rfind(b"\n", 0, data.index(marker)) + 1
-    return data[start:data.index(b"\n", start) + 1]
+    return data[start : data.index(b"\n", start) + 1]
 
 
 async def test_audit_log_down_retries_and_loses_nothing(database_url: str, tmp_path: Path) -> None:
@@ -248,7 +264,7 @@ async def test_audit_log_down_retries_and_loses_nothing(database_url: str, tmp_p
             with path.open("ab") as f:
                 f.write(b"".join(line(i) for i in range(30, 80)))
             await asyncio.sleep(1.5)
-            assert s.metric("iclaim_shipper_append_failures_total{code=\"UNAVAILABLE\"}") > 0
+            assert s.metric('iclaim_shipper_append_failures_total{code="UNAVAILABLE"}') > 0
             assert state.read_bytes() == before  # nothing acknowledged, nothing recorded
             assert s.metric("iclaim_shipper_lag_bytes") > 0
             # SIGTERM while audit_log is down: gives up after the flush window.
@@ -266,9 +282,7 @@ async def test_audit_log_down_retries_and_loses_nothing(database_url: str, tmp_p
             assert sorted(ids) == sorted(_eid(i) for i in range(100))
 
 
-async def test_sigkill_and_restart_every_event_exactly_once(
-    database_url: str, tmp_path: Path
-) -> None:
+async def test_sigkill_and_restart_every_event_exactly_once(database_url: str, tmp_path: Path) -> None:
     rnd = random.Random(7)
     path = tmp_path / "envoy-access.log"
     backlog, more = 3000, 400
@@ -278,8 +292,9 @@ async def test_sigkill_and_restart_every_event_exactly_once(
     conn = await asyncpg.connect(database_url)
     async with audit_log(database_url) as audit:
         s = Shipper(path, audit.port, ICLAIM_SHIPPER_BATCH="50")
-        writer = asyncio.create_task(_write_fragments(
-            path, b"".join(line(i) for i in range(backlog, backlog + more)), rnd))
+        writer = asyncio.create_task(
+            _write_fragments(path, b"".join(line(i) for i in range(backlog, backlog + more)), rnd)
+        )
         try:
             for _ in range(3):
                 before = await conn.fetchval("SELECT count(*) FROM audit.leaves")

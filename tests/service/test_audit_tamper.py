@@ -1,21 +1,23 @@
 """Tampering with the stored log as a PostgreSQL superuser (triggers bypassed)
 makes `iclaim audit verify` fail and name the entry; an untouched log verifies."""
+
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from iclaim_ops import audit_cli
 from iclaim.audit.entry import AuditEntry, entry_leaf_hash
 from iclaim.audit.merkle import EMPTY_ROOT
 from iclaim.audit.note import Checkpoint, NoteSigner, sign_checkpoint
+from iclaim.cli import build_parser
 from iclaim_ops.audit_cli import verify_database
 from iclaim_hub.internal.v1 import audit_log_pb2 as pb
-from tests.service.test_audit_support import audit_server, event
+from tests.support.audit import audit_server, event
 
 
 async def _seed(database_url: str) -> None:
@@ -40,9 +42,7 @@ async def _as_superuser(database_url: str, *sqls: str) -> None:
 
 
 def _cli(database_url: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="iclaim")
-    audit_cli.register(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["audit", "verify", "--database-url", database_url])
+    return build_parser().parse_args(["audit", "verify", "--database-url", database_url])
 
 
 async def test_untouched_log_verifies(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -56,8 +56,8 @@ async def test_untouched_log_verifies(database_url: str, capsys: pytest.CaptureF
 
 
 async def _run_cli(args: argparse.Namespace) -> int:
-    # run() uses asyncio.run; call the coroutine it wraps from this loop.
-    return await audit_cli._verify_cmd(args)
+    # The command runs its own event loop, as under the real `iclaim` entry point.
+    return int(await asyncio.to_thread(args.func, args))
 
 
 SWAP_DATA = (
@@ -83,31 +83,56 @@ SWAP_ROWS = (
         (("UPDATE audit.leaves SET leaf_hash = sha256('x') WHERE leaf_index = 5",), 5),
         (("UPDATE audit.leaves SET event_id = 'ev-x' WHERE leaf_index = 8",), 8),
         (("DELETE FROM audit.entry_data WHERE leaf_index = 13",), 13),
-        (("DELETE FROM audit.entry_data WHERE leaf_index = 13",
-          "DELETE FROM audit.nodes WHERE idx >= 0 AND level = 1 AND idx = 6",
-          "DELETE FROM audit.leaves WHERE leaf_index = 13"), 13),
-        (("DELETE FROM audit.entry_data WHERE leaf_index = 39",
-          "DELETE FROM audit.leaves WHERE leaf_index = 39"), 39),
+        (
+            (
+                "DELETE FROM audit.entry_data WHERE leaf_index = 13",
+                "DELETE FROM audit.nodes WHERE idx >= 0 AND level = 1 AND idx = 6",
+                "DELETE FROM audit.leaves WHERE leaf_index = 13",
+            ),
+            13,
+        ),
+        (
+            (
+                "DELETE FROM audit.entry_data WHERE leaf_index = 39",
+                "DELETE FROM audit.leaves WHERE leaf_index = 39",
+            ),
+            39,
+        ),
         (SWAP_DATA, 13),
         (SWAP_ROWS, 13),
-        (("INSERT INTO audit.expired (leaf_index) VALUES (21)",
-          "DELETE FROM audit.entry_data WHERE leaf_index = 22"), 22),
+        (
+            (
+                "INSERT INTO audit.expired (leaf_index) VALUES (21)",
+                "DELETE FROM audit.entry_data WHERE leaf_index = 22",
+            ),
+            22,
+        ),
     ],
-    ids=["change-outcome", "change-time", "change-principal", "change-leaf-hash",
-         "change-event-id", "delete-data", "delete-entry", "delete-last-entry",
-         "reorder-data", "reorder-rows", "delete-data-beside-expiry-marker"],
+    ids=[
+        "change-outcome",
+        "change-time",
+        "change-principal",
+        "change-leaf-hash",
+        "change-event-id",
+        "delete-data",
+        "delete-entry",
+        "delete-last-entry",
+        "reorder-data",
+        "reorder-rows",
+        "delete-data-beside-expiry-marker",
+    ],
 )
 async def test_tampering_is_named(
-    database_url: str, sqls: tuple[str, ...], bad_index: int,
+    database_url: str,
+    sqls: tuple[str, ...],
+    bad_index: int,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     await _seed(database_url)
     await _as_superuser(database_url, *sqls)
     report, _ = await verify_database(database_url)
     assert not report.ok
-    assert report.first_bad is not None and report.first_bad.leaf_index == bad_index, (
-        report.findings
-    )
+    assert report.first_bad is not None and report.first_bad.leaf_index == bad_index, report.findings
     assert await _run_cli(_cli(database_url)) == 1
     out = capsys.readouterr().out
     assert re.search(rf"^FAIL: first bad entry {bad_index}\b", out, re.M), out
@@ -126,9 +151,9 @@ async def test_rewriting_data_and_hash_is_caught_by_the_signed_checkpoint(
         )
     finally:
         await conn.close()
-    forged = AuditEntry(**{
-        k: row[k] for k in AuditEntry.__dataclass_fields__
-    } | {"outcome_code": "PERMISSION_DENIED"})
+    forged = AuditEntry(
+        **{k: row[k] for k in AuditEntry.__dataclass_fields__} | {"outcome_code": "PERMISSION_DENIED"}
+    )
     new_hash = entry_leaf_hash(forged, 13).hex()
     await _as_superuser(
         database_url,
@@ -171,11 +196,7 @@ async def test_pinned_key_rejects_a_swapped_database_key(database_url: str) -> N
     assert not report.ok  # the swapped key does not
 
 
-
-
-async def test_witness_file_catches_a_truncated_history(
-    database_url: str, tmp_path: Path
-) -> None:
+async def test_witness_file_catches_a_truncated_history(database_url: str, tmp_path: Path) -> None:
     """Dropping the newest entries together with their checkpoints leaves a log
     that is consistent in itself; a verifier that kept its last checkpoint
     outside the database still notices."""

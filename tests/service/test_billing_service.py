@@ -1,5 +1,6 @@
 """BillingService and BillingIntakeService on an in-process server over real
 PostgreSQL (PROTOCOL.md §9)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +16,7 @@ from iclaim.errors import error_info_of
 from iclaim.v1 import billing_service_pb2 as pb
 from iclaim.v1 import claim_service_pb2
 from services.billing.domain import BANGKOK
-from tests.service.test_billing_harness import (
+from tests.support.billing import (
     HOSPITAL,
     HOSPITAL2,
     INSURER,
@@ -34,8 +35,11 @@ def info(err: grpc.aio.AioRpcError):  # type: ignore[no-untyped-def]
 
 
 def line(tx: str, paid: int, *adj: tuple[str, str, int]) -> pb.PaymentLine:
-    return pb.PaymentLine(transaction_id=tx, paid_satang=paid, adjustments=[
-        pb.Adjustment(group=g, reason_code=r, amount_satang=a) for g, r, a in adj])
+    return pb.PaymentLine(
+        transaction_id=tx,
+        paid_satang=paid,
+        adjustments=[pb.Adjustment(group=g, reason_code=r, amount_satang=a) for g, r, a in adj],
+    )
 
 
 def gdate(d: date) -> date_pb2.Date:
@@ -43,9 +47,11 @@ def gdate(d: date) -> date_pb2.Date:
 
 
 async def statement(h: Harness, caller: str, other: str, start: date, end: date) -> pb.Statement:
-    return await h.stub.GetStatement(pb.GetStatementRequest(
-        counterparty_code=other, period_start=gdate(start), period_end=gdate(end)),
-        metadata=md(caller), timeout=10)
+    return await h.stub.GetStatement(
+        pb.GetStatementRequest(counterparty_code=other, period_start=gdate(start), period_end=gdate(end)),
+        metadata=md(caller),
+        timeout=10,
+    )
 
 
 @pytest.fixture
@@ -61,24 +67,26 @@ async def test_invoice_payment_and_paid_claim_flow(h: Harness) -> None:
     assert inv.status == pb.INVOICE_STATUS_SUBMITTED and inv.total_satang == 150_000
     assert list(inv.transaction_ids) == ["tx-1", "tx-2"]
 
-    acked = await h.stub.AcknowledgeInvoice(pb.AcknowledgeInvoiceRequest(
-        invoice_id=inv.invoice_id), metadata=md(INSURER), timeout=10)
+    acked = await h.stub.AcknowledgeInvoice(
+        pb.AcknowledgeInvoiceRequest(invoice_id=inv.invoice_id), metadata=md(INSURER), timeout=10
+    )
     today = datetime.now(BANGKOK).date()
     assert acked.status == pb.INVOICE_STATUS_ACKNOWLEDGED
-    assert date(acked.due_date.year, acked.due_date.month, acked.due_date.day) == (
-        today + timedelta(days=15))
+    assert date(acked.due_date.year, acked.due_date.month, acked.due_date.day) == (today + timedelta(days=15))
 
     # Partial payment with a contractual adjustment: 60,000 paid + 10,000 CO settles 70,000.
     await h.pay("TRC-1", [line("tx-1", 60_000, ("CO", "45", 10_000))])
-    got = await h.stub.GetInvoice(pb.GetInvoiceRequest(invoice_id=inv.invoice_id),
-                                  metadata=md(HOSPITAL), timeout=10)
+    got = await h.stub.GetInvoice(
+        pb.GetInvoiceRequest(invoice_id=inv.invoice_id), metadata=md(HOSPITAL), timeout=10
+    )
     assert got.status == pb.INVOICE_STATUS_PARTIALLY_PAID and got.paid_satang == 70_000
     assert h.fake.calls == []
 
     # Pay the rest of tx-1 and all of tx-2: both claims become PAID at the router.
     await h.pay("TRC-2", [line("tx-1", 30_000), line("tx-2", 50_000)])
-    got = await h.stub.GetInvoice(pb.GetInvoiceRequest(invoice_id=inv.invoice_id),
-                                  metadata=md(INSURER), timeout=10)
+    got = await h.stub.GetInvoice(
+        pb.GetInvoiceRequest(invoice_id=inv.invoice_id), metadata=md(INSURER), timeout=10
+    )
     assert got.status == pb.INVOICE_STATUS_PAID and got.paid_satang == 150_000
     for _ in range(100):
         if sorted(h.fake.calls) == ["tx-1", "tx-2"]:
@@ -103,8 +111,9 @@ async def test_outbox_retries_until_router_acknowledges(h: Harness) -> None:
     async with h.pool.acquire() as conn:
         # Skip the backoff waits so the test stays fast.
         for _ in range(200):
-            await conn.execute("UPDATE billing.paid_outbox SET next_attempt_at = now()"
-                               " WHERE delivered_at IS NULL")
+            await conn.execute(
+                "UPDATE billing.paid_outbox SET next_attempt_at = now() WHERE delivered_at IS NULL"
+            )
             if h.fake.calls:
                 break
             await asyncio.sleep(0.05)
@@ -125,13 +134,19 @@ async def test_overpayment_is_held_and_recovered_with_wo(h: Harness) -> None:
     # Recovering more than is held is refused and changes nothing.
     await h.approve("tx-p", 5_000)
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await h.pay("TRC-O2", [line("tx-p", 5_000)], plbs=[
-            pb.ProviderAdjustment(code="WO", reference="tx-o", amount_satang=3_000)])
+        await h.pay(
+            "TRC-O2",
+            [line("tx-p", 5_000)],
+            plbs=[pb.ProviderAdjustment(code="WO", reference="tx-o", amount_satang=3_000)],
+        )
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert info(e.value).reason == "NOTHING_TO_RECOVER"
 
-    pay = await h.pay("TRC-O3", [line("tx-p", 5_000)], plbs=[
-        pb.ProviderAdjustment(code="WO", reference="tx-o", amount_satang=2_500)])
+    pay = await h.pay(
+        "TRC-O3",
+        [line("tx-p", 5_000)],
+        plbs=[pb.ProviderAdjustment(code="WO", reference="tx-o", amount_satang=2_500)],
+    )
     assert pay.total_satang == 2_500 and list(pay.hospital_codes) == [HOSPITAL]
     st = await statement(h, HOSPITAL, INSURER, today, today)
     assert st.closing_balance_satang == 0
@@ -147,33 +162,58 @@ async def test_bad_payments_are_refused_and_change_nothing(h: Harness) -> None:
         return await h.pool.fetch(
             "SELECT (SELECT count(*) FROM billing.journal_lines) AS l,"
             " (SELECT count(*) FROM billing.payments) AS p,"
-            " (SELECT sum(settled_satang) FROM billing.claims) AS s")
+            " (SELECT sum(settled_satang) FROM billing.claims) AS s"
+        )
 
     before = await snapshot()
     cases = [
-        (dict(trace="T1", lines=[line("tx-a", 5_000)], total=4_000),
-         grpc.StatusCode.INVALID_ARGUMENT, "PAYMENT_UNBALANCED"),
-        (dict(trace="T2", lines=[line("tx-b", 5_000)]),
-         grpc.StatusCode.FAILED_PRECONDITION, "CLAIMS_NOT_PAYABLE"),
-        (dict(trace="T3", lines=[line("tx-d", 5_000)]),
-         grpc.StatusCode.FAILED_PRECONDITION, "CLAIMS_NOT_PAYABLE"),
-        (dict(trace="T4", lines=[line("tx-nope", 5_000)]),
-         grpc.StatusCode.FAILED_PRECONDITION, "CLAIMS_NOT_PAYABLE"),
-        (dict(trace="T5", lines=[line("tx-a", -5)]),
-         grpc.StatusCode.INVALID_ARGUMENT, "NEGATIVE_AMOUNT"),
-        (dict(trace="T6", lines=[line("tx-a", 10**15 + 1)]),
-         grpc.StatusCode.INVALID_ARGUMENT, "AMOUNT_OUT_OF_RANGE"),
-        (dict(trace="T7", lines=[line("tx-a", 6 * 10**14), line("tx-b", 6 * 10**14)], total=1),
-         grpc.StatusCode.INVALID_ARGUMENT, "AMOUNT_OUT_OF_RANGE"),
-        (dict(trace="T8", lines=[line("tx-a", 5)], paid_at=datetime(1999, 1, 1, tzinfo=UTC)),
-         grpc.StatusCode.INVALID_ARGUMENT, "DATE_OUT_OF_RANGE"),
-        (dict(trace="T9", lines=[line("tx-a", 5)],
-              paid_at=datetime.now(UTC) + timedelta(days=3)),
-         grpc.StatusCode.INVALID_ARGUMENT, "DATE_OUT_OF_RANGE"),
-        (dict(trace="T10", lines=[line("tx-a", 5, ("XX", "1", 1))]),
-         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ADJUSTMENT"),
-        (dict(trace="", lines=[line("tx-a", 5)]),
-         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TRACE_NO"),
+        (
+            dict(trace="T1", lines=[line("tx-a", 5_000)], total=4_000),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "PAYMENT_UNBALANCED",
+        ),
+        (
+            dict(trace="T2", lines=[line("tx-b", 5_000)]),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "CLAIMS_NOT_PAYABLE",
+        ),
+        (
+            dict(trace="T3", lines=[line("tx-d", 5_000)]),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "CLAIMS_NOT_PAYABLE",
+        ),
+        (
+            dict(trace="T4", lines=[line("tx-nope", 5_000)]),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "CLAIMS_NOT_PAYABLE",
+        ),
+        (dict(trace="T5", lines=[line("tx-a", -5)]), grpc.StatusCode.INVALID_ARGUMENT, "NEGATIVE_AMOUNT"),
+        (
+            dict(trace="T6", lines=[line("tx-a", 10**15 + 1)]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "AMOUNT_OUT_OF_RANGE",
+        ),
+        (
+            dict(trace="T7", lines=[line("tx-a", 6 * 10**14), line("tx-b", 6 * 10**14)], total=1),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "AMOUNT_OUT_OF_RANGE",
+        ),
+        (
+            dict(trace="T8", lines=[line("tx-a", 5)], paid_at=datetime(1999, 1, 1, tzinfo=UTC)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "DATE_OUT_OF_RANGE",
+        ),
+        (
+            dict(trace="T9", lines=[line("tx-a", 5)], paid_at=datetime.now(UTC) + timedelta(days=3)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "DATE_OUT_OF_RANGE",
+        ),
+        (
+            dict(trace="T10", lines=[line("tx-a", 5, ("XX", "1", 1))]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ADJUSTMENT",
+        ),
+        (dict(trace="", lines=[line("tx-a", 5)]), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TRACE_NO"),
     ]
     for kwargs, code, reason in cases:
         with pytest.raises(grpc.aio.AioRpcError) as e:
@@ -213,15 +253,23 @@ async def test_concurrent_same_trace_no_gives_one_payment(h: Harness) -> None:
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{h.billing.port}") for _ in range(6)]
     try:
         from iclaim.v1 import billing_service_pb2_grpc
-        from tests.service.test_billing_harness import ts
+        from tests.support.billing import ts
 
-        req = pb.PostPaymentRequest(trace_no="TRC-C", paid_at=ts(datetime.now(UTC)),
-                                    total_satang=13_000,
-                                    lines=[line("tx-c", 7_000), line("tx-c2", 6_000)])
-        results = await asyncio.gather(*(
-            billing_service_pb2_grpc.BillingServiceStub(ch).PostPayment(
-                req, metadata=md(INSURER), timeout=20)
-            for ch in channels for _ in range(3)))
+        req = pb.PostPaymentRequest(
+            trace_no="TRC-C",
+            paid_at=ts(datetime.now(UTC)),
+            total_satang=13_000,
+            lines=[line("tx-c", 7_000), line("tx-c2", 6_000)],
+        )
+        results = await asyncio.gather(
+            *(
+                billing_service_pb2_grpc.BillingServiceStub(ch).PostPayment(
+                    req, metadata=md(INSURER), timeout=20
+                )
+                for ch in channels
+                for _ in range(3)
+            )
+        )
     finally:
         for ch in channels:
             await ch.close()
@@ -239,8 +287,7 @@ async def test_create_invoice_refusals_name_offending_claims(h: Harness) -> None
     await h.approve("tx-denied", 0, state=claim_service_pb2.CLAIM_STATE_DENIED)
     await h.invoice("INV-A", ["tx-1"])
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await h.invoice("INV-B", ["tx-2", "tx-1", "tx-other-ins", "tx-other-hosp", "tx-denied",
-                                  "tx-unknown"])
+        await h.invoice("INV-B", ["tx-2", "tx-1", "tx-other-ins", "tx-other-hosp", "tx-denied", "tx-unknown"])
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     meta = info(e.value).metadata
     assert meta["transaction_ids"] == "tx-1,tx-denied,tx-other-hosp,tx-other-ins,tx-unknown"
@@ -270,27 +317,30 @@ async def test_parties_see_only_their_invoices_and_listing_pages(h: Harness) -> 
     await h.approve("tx-x", 1_000, hospital=HOSPITAL2)
     other = await h.invoice("INV-X", ["tx-x"], hospital=HOSPITAL2)
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await h.stub.GetInvoice(pb.GetInvoiceRequest(invoice_id=other.invoice_id),
-                                metadata=md(HOSPITAL), timeout=10)
+        await h.stub.GetInvoice(
+            pb.GetInvoiceRequest(invoice_id=other.invoice_id), metadata=md(HOSPITAL), timeout=10
+        )
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await h.stub.AcknowledgeInvoice(pb.AcknowledgeInvoiceRequest(
-            invoice_id=other.invoice_id), metadata=md(INSURER2), timeout=10)
+        await h.stub.AcknowledgeInvoice(
+            pb.AcknowledgeInvoiceRequest(invoice_id=other.invoice_id), metadata=md(INSURER2), timeout=10
+        )
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
     seen: list[str] = []
     token = ""
     while True:
-        page = await h.stub.ListInvoices(pb.ListInvoicesRequest(
-            counterparty_code=INSURER, page_size=2, page_token=token),
-            metadata=md(HOSPITAL), timeout=10)
+        page = await h.stub.ListInvoices(
+            pb.ListInvoicesRequest(counterparty_code=INSURER, page_size=2, page_token=token),
+            metadata=md(HOSPITAL),
+            timeout=10,
+        )
         seen += [i.invoice_ref for i in page.invoices]
         token = page.next_page_token
         if not token:
             break
     assert seen == [f"INV-{i}" for i in range(5)]
-    ins = await h.stub.ListInvoices(pb.ListInvoicesRequest(page_size=100),
-                                    metadata=md(INSURER), timeout=10)
+    ins = await h.stub.ListInvoices(pb.ListInvoicesRequest(page_size=100), metadata=md(INSURER), timeout=10)
     assert len(ins.invoices) == 6
 
 
@@ -300,32 +350,44 @@ async def test_overdue_after_due_date_and_credit_term_per_pair(database_url: str
         await h.approve("tx-2", 2_000, hospital=HOSPITAL2)
         inv = await h.invoice("INV-1", ["tx-1"])
         inv2 = await h.invoice("INV-2", ["tx-2"], hospital=HOSPITAL2)
-        ack = await h.stub.AcknowledgeInvoice(pb.AcknowledgeInvoiceRequest(
-            invoice_id=inv.invoice_id), metadata=md(INSURER), timeout=10)
-        ack2 = await h.stub.AcknowledgeInvoice(pb.AcknowledgeInvoiceRequest(
-            invoice_id=inv2.invoice_id), metadata=md(INSURER), timeout=10)
+        ack = await h.stub.AcknowledgeInvoice(
+            pb.AcknowledgeInvoiceRequest(invoice_id=inv.invoice_id), metadata=md(INSURER), timeout=10
+        )
+        ack2 = await h.stub.AcknowledgeInvoice(
+            pb.AcknowledgeInvoiceRequest(invoice_id=inv2.invoice_id), metadata=md(INSURER), timeout=10
+        )
         today = datetime.now(BANGKOK).date()
         assert (ack.due_date.year, ack.due_date.month, ack.due_date.day) == (
-            (today + timedelta(days=30)).timetuple()[:3])
+            (today + timedelta(days=30)).timetuple()[:3]
+        )
         assert date(ack2.due_date.year, ack2.due_date.month, ack2.due_date.day) == (
-            today + timedelta(days=15))
+            today + timedelta(days=15)
+        )
         # Move the second invoice's due date 40 days into the past (as if time passed).
-        await h.pool.execute("UPDATE billing.invoices SET due_date = $1 WHERE invoice_id = $2",
-                             today - timedelta(days=40), inv2.invoice_id)
-        got = await h.stub.GetInvoice(pb.GetInvoiceRequest(invoice_id=inv2.invoice_id),
-                                      metadata=md(HOSPITAL2), timeout=10)
+        await h.pool.execute(
+            "UPDATE billing.invoices SET due_date = $1 WHERE invoice_id = $2",
+            today - timedelta(days=40),
+            inv2.invoice_id,
+        )
+        got = await h.stub.GetInvoice(
+            pb.GetInvoiceRequest(invoice_id=inv2.invoice_id), metadata=md(HOSPITAL2), timeout=10
+        )
         assert got.status == pb.INVOICE_STATUS_OVERDUE
-        listed = await h.stub.ListInvoices(pb.ListInvoicesRequest(
-            status=pb.INVOICE_STATUS_OVERDUE), metadata=md(INSURER), timeout=10)
+        listed = await h.stub.ListInvoices(
+            pb.ListInvoicesRequest(status=pb.INVOICE_STATUS_OVERDUE), metadata=md(INSURER), timeout=10
+        )
         assert [i.invoice_id for i in listed.invoices] == [inv2.invoice_id]
-        listed = await h.stub.ListInvoices(pb.ListInvoicesRequest(
-            status=pb.INVOICE_STATUS_ACKNOWLEDGED), metadata=md(INSURER), timeout=10)
+        listed = await h.stub.ListInvoices(
+            pb.ListInvoicesRequest(status=pb.INVOICE_STATUS_ACKNOWLEDGED), metadata=md(INSURER), timeout=10
+        )
         assert [i.invoice_id for i in listed.invoices] == [inv.invoice_id]
         await h.approve("tx-3", 3_000)
         inv3 = await h.invoice("INV-3", ["tx-3"])
-        listed = await h.stub.ListInvoices(pb.ListInvoicesRequest(
-            counterparty_code=HOSPITAL, status=pb.INVOICE_STATUS_SUBMITTED),
-            metadata=md(INSURER), timeout=10)
+        listed = await h.stub.ListInvoices(
+            pb.ListInvoicesRequest(counterparty_code=HOSPITAL, status=pb.INVOICE_STATUS_SUBMITTED),
+            metadata=md(INSURER),
+            timeout=10,
+        )
         assert [i.invoice_id for i in listed.invoices] == [inv3.invoice_id]
         st = await statement(h, INSURER, HOSPITAL2, today, today)
         assert st.aging.d31_60 == 2_000 and st.closing_balance_satang == 2_000
@@ -368,9 +430,15 @@ async def test_statement_periods_and_bad_dates(h: Harness) -> None:
             await statement(h, HOSPITAL, INSURER, start, end)
         assert info(e.value).reason == "DATE_OUT_OF_RANGE"
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await h.stub.GetStatement(pb.GetStatementRequest(
-            counterparty_code=INSURER, period_start=date_pb2.Date(year=2026, month=2, day=30),
-            period_end=gdate(date(2026, 3, 1))), metadata=md(HOSPITAL), timeout=10)
+        await h.stub.GetStatement(
+            pb.GetStatementRequest(
+                counterparty_code=INSURER,
+                period_start=date_pb2.Date(year=2026, month=2, day=30),
+                period_end=gdate(date(2026, 3, 1)),
+            ),
+            metadata=md(HOSPITAL),
+            timeout=10,
+        )
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -394,20 +462,29 @@ async def test_database_refuses_edits_of_posted_entries(h: Harness) -> None:
                     "INSERT INTO billing.journals (idem_key, content_sha256, kind, hospital_code,"
                     " insurer_code, reference, description, effective_at)"
                     " VALUES ('x', 'x', 'ADJUSTMENT', $1, $2, 'r', 'd', now()) RETURNING id",
-                    HOSPITAL, INSURER)
+                    HOSPITAL,
+                    INSURER,
+                )
                 acc = await conn.fetchval("SELECT min(id) FROM billing.accounts")
-                await conn.execute("INSERT INTO billing.journal_lines (journal_id, account_id,"
-                                   " amount_satang) VALUES ($1, $2, 5)", jid, acc)
+                await conn.execute(
+                    "INSERT INTO billing.journal_lines (journal_id, account_id,"
+                    " amount_satang) VALUES ($1, $2, 5)",
+                    jid,
+                    acc,
+                )
         # Lines cannot be added to an already posted journal.
         with pytest.raises(asyncpg.PostgresError, match="already posted"):
             await conn.execute(
                 "INSERT INTO billing.journal_lines (journal_id, account_id, amount_satang)"
-                " SELECT min(j.id), min(a.id), 1 FROM billing.journals j, billing.accounts a")
+                " SELECT min(j.id), min(a.id), 1 FROM billing.journals j, billing.accounts a"
+            )
     # Corrections go through a reversing entry.
     jid = await h.pool.fetchval("SELECT id FROM billing.journals")
-    await h.billing.store.reverse_journal(jid, "rev:1", datetime.now(UTC))
-    assert await h.pool.fetchval(
-        "SELECT sum(balance_satang) FROM billing.accounts WHERE kind = 'receivable'") == 0
+    await h.billing.usecases.reverse_journal(jid, "rev:1", datetime.now(UTC))
+    assert (
+        await h.pool.fetchval("SELECT sum(balance_satang) FROM billing.accounts WHERE kind = 'receivable'")
+        == 0
+    )
     await ledger_invariants(h.pool)
 
 
@@ -417,8 +494,7 @@ async def test_metrics_invoices_outstanding_overdue_and_days_to_pay(h: Harness) 
     from services.billing import metrics
 
     def days_to_pay_count() -> float:
-        return REGISTRY.get_sample_value("iclaim_billing_days_to_pay_count",
-                                         {"insurer": INSURER}) or 0.0
+        return REGISTRY.get_sample_value("iclaim_billing_days_to_pay_count", {"insurer": INSURER}) or 0.0
 
     before = days_to_pay_count()
     await h.approve("tx-1", 1_000)
@@ -429,14 +505,14 @@ async def test_metrics_invoices_outstanding_overdue_and_days_to_pay(h: Harness) 
     await h.invoice("INV-3", ["tx-3"], insurer=INSURER2)
     await h.pay("TRC-1", [line("tx-1", 1_000)])
     assert days_to_pay_count() == before + 1
-    await h.pool.execute("UPDATE billing.invoices SET due_date = $1 WHERE invoice_id = $2",
-                         date(2026, 1, 1), late.invoice_id)
-    snap = await h.billing.store.metrics_snapshot(datetime.now(BANGKOK).date())
+    await h.pool.execute(
+        "UPDATE billing.invoices SET due_date = $1 WHERE invoice_id = $2", date(2026, 1, 1), late.invoice_id
+    )
+    snap = await h.billing.usecases.metrics_snapshot(datetime.now(BANGKOK).date())
     assert snap.invoices_by_status == {"PAID": 1, "OVERDUE": 1, "SUBMITTED": 1}
     assert snap.outstanding_by_insurer == {INSURER: 2_000, INSURER2: 4_000}
     assert snap.overdue_by_insurer == {INSURER: 2_000}
     metrics.publish(snap)
     assert REGISTRY.get_sample_value("iclaim_billing_invoices", {"status": "OVERDUE"}) == 1
-    assert REGISTRY.get_sample_value("iclaim_billing_overdue_satang",
-                                     {"insurer": INSURER}) == 2_000
+    assert REGISTRY.get_sample_value("iclaim_billing_overdue_satang", {"insurer": INSURER}) == 2_000
     assert paid.invoice_id

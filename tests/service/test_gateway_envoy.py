@@ -1,37 +1,30 @@
 """The gateway end to end: real Envoy (python -m gateway.envoy, TLS with the
 dev CA) + the ext_authz service (real PostgreSQL and Redis) + a recording fake
 of the router/billing upstreams, called through a real TLS gRPC client."""
+
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import re
-import os
 import secrets
-import socket
 import ssl
-import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import grpc
 import pytest
 import redis as sync_redis
-from google.protobuf import message_factory
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.authz.server import Config, build_server
-from iclaim_hub.common.access_log import ENVOY_JSON_FORMAT
-from iclaim.errors import error_info_of
+from gateway.authz.server import build_server
 from iclaim.crypto import signing
+from iclaim_hub.common.access_log import ENVOY_JSON_FORMAT
 from iclaim_hub.crypto.secretbox import SecretBox
-from iclaim.public_api import public_services
 from iclaim_hub.registry.model import Principal
 from iclaim_hub.registry.store import RegistryStore
 from iclaim.v1 import (
@@ -39,145 +32,23 @@ from iclaim.v1 import (
     claim_service_pb2,
     insurer_service_pb2,
 )
+from tests.support.gateway import (
+    Cred,
+    Gateway,
+    Outcome,
+    authz_config,
+    call,
+    identity,
+    outcome,
+    recording_gateway,
+    signed,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 CLAIM = "/iclaim.v1.ClaimService"
 INSURER = "/iclaim.v1.InsurerService"
 BILLING = "/iclaim.v1.BillingService"
 
 HOSPITAL, INSURER_CODE, SUSPENDED = "10670", "TESTPULL", "10999"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# --- recording fake of the upstream services ---------------------------------------
-@dataclass
-class Seen:
-    method: str
-    metadata: dict[str, str]
-    request: Any
-
-
-@dataclass
-class Recorder:
-    calls: list[Seen] = field(default_factory=list)
-
-    def methods(self) -> list[str]:
-        return [c.method for c in self.calls]
-
-
-def _recording_handlers(recorder: Recorder) -> list[grpc.GenericRpcHandler]:
-    handlers = []
-    for service in public_services():
-        table: dict[str, grpc.RpcMethodHandler] = {}
-        for m in service.methods:
-            req_cls = message_factory.GetMessageClass(m.input_type)
-            resp_cls = message_factory.GetMessageClass(m.output_type)
-            path = f"/{service.full_name}/{m.name}"
-
-            def record(request: Any, context: Any, path: str = path) -> None:
-                md = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
-                recorder.calls.append(Seen(path, md, request))
-
-            if m.server_streaming:
-                async def stream(request, context, record=record, resp_cls=resp_cls):
-                    record(request, context)
-                    yield resp_cls()
-
-                table[m.name] = grpc.unary_stream_rpc_method_handler(
-                    stream, req_cls.FromString, resp_cls.SerializeToString
-                )
-            else:
-                async def unary(request, context, record=record, resp_cls=resp_cls):
-                    record(request, context)
-                    return resp_cls()
-
-                table[m.name] = grpc.unary_unary_rpc_method_handler(
-                    unary, req_cls.FromString, resp_cls.SerializeToString
-                )
-        handlers.append(grpc.method_handlers_generic_handler(service.full_name, table))
-    return handlers
-
-
-# --- module-wide: upstream + Envoy ------------------------------------------------------
-@dataclass
-class Gateway:
-    port: int
-    authz_port: int
-    ca_pem: bytes
-    access_log: Path
-    recorder: Recorder
-    state: Path
-
-
-async def _wait_ready(admin_port: int, proc: asyncio.subprocess.Process) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.returncode is not None:
-            raise RuntimeError(f"gateway runner exited with {proc.returncode}")
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", admin_port)
-            writer.write(b"GET /ready HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-            await writer.drain()
-            status = await reader.readline()
-            writer.close()
-            if b" 200 " in status:
-                return
-        except OSError:
-            pass
-        await asyncio.sleep(0.1)
-    raise TimeoutError("envoy did not become ready")
-
-
-@contextlib.asynccontextmanager
-async def recording_gateway(
-    state: Path, extra_env: dict[str, str] | None = None
-) -> AsyncIterator[Gateway]:
-    """Real Envoy (our runner) in front of one recording upstream that serves
-    every public service; the authz port is reserved for the test to bind."""
-    recorder = Recorder()
-    upstream = grpc.aio.server()
-    upstream.add_generic_rpc_handlers(_recording_handlers(recorder))
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, upstream)
-    upstream_port = upstream.add_insecure_port("127.0.0.1:0")
-    await upstream.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-
-    port, admin_port, authz_port = _free_port(), _free_port(), _free_port()
-    access_log = state / "access.log"
-    env = {
-        **os.environ,
-        "ICLAIM_STATE_DIR": str(state),
-        "ICLAIM_GATEWAY_ADDR": f"127.0.0.1:{port}",
-        "ICLAIM_ENVOY_ADMIN_ADDR": f"127.0.0.1:{admin_port}",
-        "ICLAIM_ROUTER_TARGET": f"127.0.0.1:{upstream_port}",
-        "ICLAIM_BILLING_TARGET": f"127.0.0.1:{upstream_port}",
-        "ICLAIM_AUDIT_TARGET": f"127.0.0.1:{upstream_port}",
-        "ICLAIM_AUTHZ_TARGET": f"127.0.0.1:{authz_port}",
-        "ICLAIM_ENVOY_ACCESS_LOG": str(access_log),
-        "ICLAIM_ENVOY_LOG_FLUSH_MS": "50",
-        **(extra_env or {}),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.envoy", cwd=ROOT, env=env
-    )
-    try:
-        await _wait_ready(admin_port, proc)
-        ca_pem = (state / "tls" / "ca.pem").read_bytes()
-        yield Gateway(port, authz_port, ca_pem, access_log, recorder, state)
-    finally:
-        proc.terminate()  # the runner forwards SIGTERM to Envoy
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        await upstream.stop(0)
 
 
 @pytest.fixture(scope="module")
@@ -187,13 +58,6 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
 
 
 # --- per test: registry + authz service --------------------------------------------------
-@dataclass
-class Cred:
-    code: str
-    key_id: str
-    secret: bytes
-
-
 @dataclass
 class Env:
     gw: Gateway
@@ -221,19 +85,15 @@ async def _seed(registry: RegistryStore) -> tuple[Cred, Cred, Cred]:
 
 @pytest.fixture
 async def env(gateway: Gateway, database_url: str, redis_url: str) -> AsyncIterator[Env]:
-    box = SecretBox(secrets.token_bytes(32))
+    master_key = secrets.token_bytes(32)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    registry = RegistryStore(pool, box)
+    registry = RegistryStore(pool, SecretBox(master_key))
     await registry.migrate()
     hospital, insurer, suspended = await _seed(registry)
-    config = Config(
-        listen_addr=f"127.0.0.1:{gateway.authz_port}",
-        metrics_port=-1,
-        database_url=database_url,
-        redis_url=redis_url,
-        key_cache_ttl_s=0.5,
+    config = authz_config(
+        f"127.0.0.1:{gateway.authz_port}", database_url, redis_url, master_key, key_cache_ttl_s=0.5
     )
-    app = await build_server(config, box)
+    app = await build_server(config)
     await app.start()
     gateway.recorder.calls.clear()
     creds = grpc.ssl_channel_credentials(root_certificates=gateway.ca_pem)
@@ -243,78 +103,8 @@ async def env(gateway: Gateway, database_url: str, redis_url: str) -> AsyncItera
         yield Env(gateway, channel, registry, redis_url, hospital, insurer, suspended, offset, app)
     finally:
         await channel.close()
-        await app.close(0)
+        await app.stop(0)
         await pool.close()
-
-
-# --- signing client helper (tests only; the public SDK lives in iclaim/client) --------
-def signed(
-    cred: Cred,
-    method: str,
-    body: bytes,
-    *,
-    timestamp: int | None = None,
-    nonce: str | None = None,
-    secret: bytes | None = None,
-    key_id: str | None = None,
-) -> list[tuple[str, str]]:
-    ts = int(time.time()) if timestamp is None else timestamp
-    nonce = nonce or secrets.token_urlsafe(18)
-    kid = key_id or cred.key_id
-    sig = signing.sign(secret or cred.secret, cred.code, kid, method, ts, nonce, body)
-    return [
-        (signing.H_CLIENT, cred.code),
-        (signing.H_KEY_ID, kid),
-        (signing.H_TIMESTAMP, str(ts)),
-        (signing.H_NONCE, nonce),
-        (signing.H_SIGNATURE, sig),
-    ]
-
-
-def _identity(b: bytes) -> bytes:
-    return b
-
-
-async def call(
-    channel: grpc.aio.Channel,
-    method: str,
-    body: bytes,
-    metadata: list[tuple[str, str]] | None,
-) -> grpc.aio.Call:
-    """Unary call with the exact bytes given; returns the finished call."""
-    multi = channel.unary_unary(method, request_serializer=_identity,
-                                response_deserializer=_identity)
-    c = multi(body, metadata=metadata, timeout=10)
-    with contextlib.suppress(grpc.aio.AioRpcError):
-        await c
-    return c
-
-
-@dataclass
-class Outcome:
-    code: grpc.StatusCode
-    message: str
-    reason: str | None
-    trailers: dict[str, str]
-
-
-async def outcome(c: grpc.aio.Call) -> Outcome:
-    code = await c.code()
-    trailing = await c.trailing_metadata() or ()
-    md = {k: v for k, v in trailing if isinstance(v, str)}
-    details = await c.details()
-    reason = None
-    raw = [v for k, v in trailing if k == "grpc-status-details-bin"]
-    if raw:
-        from google.rpc import status_pb2
-
-        st = status_pb2.Status.FromString(raw[0])
-        assert st.code == code.value[0]
-        info = error_info_of(st)
-        if info is not None:
-            assert info.domain == "iclaim.v1"
-            reason = info.reason
-    return Outcome(code, details or "", reason, md)
 
 
 GET_CLAIM = f"{CLAIM}/GetClaim"
@@ -363,7 +153,6 @@ async def test_signed_call_reaches_upstream_with_trusted_headers(env: Env) -> No
     assert set(line) == set(ENVOY_JSON_FORMAT)
 
 
-
 async def _denied(e: Env, c: grpc.aio.Call, code: grpc.StatusCode, reason: str) -> Outcome:
     o = await outcome(c)
     assert (o.code, o.reason) == (code, reason), o
@@ -393,8 +182,9 @@ async def test_forged_signature_unknown_client_and_unknown_key_look_the_same(env
 async def test_stale_timestamp_is_refused_with_server_time(env: Env) -> None:
     body = _get_claim()
     md = signed(env.hospital, GET_CLAIM, body, timestamp=int(time.time()) - 400)
-    o = await _denied(env, await call(env.channel, GET_CLAIM, body, md),
-                      grpc.StatusCode.UNAUTHENTICATED, "TIMESTAMP_SKEW")
+    o = await _denied(
+        env, await call(env.channel, GET_CLAIM, body, md), grpc.StatusCode.UNAUTHENTICATED, "TIMESTAMP_SKEW"
+    )
     assert re.search(r"(399|400|401) s behind", o.message), o.message
     assert abs(int(o.trailers["x-iclaim-server-time"]) - time.time()) < 5
 
@@ -402,8 +192,9 @@ async def test_stale_timestamp_is_refused_with_server_time(env: Env) -> None:
 async def test_timestamp_more_than_60s_ahead_is_refused_within_60s_accepted(env: Env) -> None:
     body = _get_claim()
     md = signed(env.hospital, GET_CLAIM, body, timestamp=int(time.time()) + 90)
-    o = await _denied(env, await call(env.channel, GET_CLAIM, body, md),
-                      grpc.StatusCode.UNAUTHENTICATED, "TIMESTAMP_SKEW")
+    o = await _denied(
+        env, await call(env.channel, GET_CLAIM, body, md), grpc.StatusCode.UNAUTHENTICATED, "TIMESTAMP_SKEW"
+    )
     assert "ahead" in o.message
     assert "x-iclaim-server-time" in o.trailers
     md = signed(env.hospital, GET_CLAIM, body, timestamp=int(time.time()) + 50)
@@ -415,8 +206,9 @@ async def test_reused_nonce_is_a_replay(env: Env) -> None:
     md = signed(env.hospital, GET_CLAIM, body)
     assert (await outcome(await call(env.channel, GET_CLAIM, body, md))).code == grpc.StatusCode.OK
     env.gw.recorder.calls.clear()
-    o = await _denied(env, await call(env.channel, GET_CLAIM, body, md),
-                      grpc.StatusCode.UNAUTHENTICATED, "NONCE_REPLAYED")
+    o = await _denied(
+        env, await call(env.channel, GET_CLAIM, body, md), grpc.StatusCode.UNAUTHENTICATED, "NONCE_REPLAYED"
+    )
     assert "replay" in o.message
     # The same nonce is the insurer's own to use: pairs are per client.
     nonce = dict(md)[signing.H_NONCE]
@@ -429,39 +221,60 @@ async def test_reused_nonce_is_a_replay(env: Env) -> None:
 @pytest.mark.parametrize(
     "mutate",
     [
-        pytest.param(lambda md: [(k, "short") if k == signing.H_NONCE else (k, v) for k, v in md],
-                     id="nonce-too-short"),
-        pytest.param(lambda md: [(k, "x" * 16 + "!") if k == signing.H_NONCE else (k, v)
-                                 for k, v in md], id="nonce-bad-chars"),
-        pytest.param(lambda md: [(k, v) for k, v in md if k != signing.H_SIGNATURE],
-                     id="signature-missing"),
-        pytest.param(lambda md: [(k, "12abc") if k == signing.H_TIMESTAMP else (k, v)
-                                 for k, v in md], id="timestamp-not-decimal"),
-        pytest.param(lambda md: [(k, "hospital 10670") if k == signing.H_CLIENT else (k, v)
-                                 for k, v in md], id="client-malformed"),
+        pytest.param(
+            lambda md: [(k, "short") if k == signing.H_NONCE else (k, v) for k, v in md], id="nonce-too-short"
+        ),
+        pytest.param(
+            lambda md: [(k, "x" * 16 + "!") if k == signing.H_NONCE else (k, v) for k, v in md],
+            id="nonce-bad-chars",
+        ),
+        pytest.param(lambda md: [(k, v) for k, v in md if k != signing.H_SIGNATURE], id="signature-missing"),
+        pytest.param(
+            lambda md: [(k, "12abc") if k == signing.H_TIMESTAMP else (k, v) for k, v in md],
+            id="timestamp-not-decimal",
+        ),
+        pytest.param(
+            lambda md: [(k, "hospital 10670") if k == signing.H_CLIENT else (k, v) for k, v in md],
+            id="client-malformed",
+        ),
         pytest.param(lambda md: [], id="no-metadata"),
     ],
 )
 async def test_malformed_metadata(env: Env, mutate: Any) -> None:
     body = _get_claim()
     md = mutate(signed(env.hospital, GET_CLAIM, body))
-    await _denied(env, await call(env.channel, GET_CLAIM, body, md),
-                  grpc.StatusCode.UNAUTHENTICATED, "MALFORMED_METADATA")
+    await _denied(
+        env,
+        await call(env.channel, GET_CLAIM, body, md),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "MALFORMED_METADATA",
+    )
 
 
 async def test_roles_are_enforced(env: Env) -> None:
     pull = f"{INSURER}/PullClaims"
     body = insurer_service_pb2.PullClaimsRequest(max_claims=1).SerializeToString()
-    await _denied(env, await call(env.channel, pull, body, signed(env.hospital, pull, body)),
-                  grpc.StatusCode.PERMISSION_DENIED, "WRONG_ROLE")
+    await _denied(
+        env,
+        await call(env.channel, pull, body, signed(env.hospital, pull, body)),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "WRONG_ROLE",
+    )
     body = _get_claim()
-    await _denied(env, await call(env.channel, GET_CLAIM, body,
-                                  signed(env.insurer, GET_CLAIM, body)),
-                  grpc.StatusCode.PERMISSION_DENIED, "WRONG_ROLE")
+    await _denied(
+        env,
+        await call(env.channel, GET_CLAIM, body, signed(env.insurer, GET_CLAIM, body)),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "WRONG_ROLE",
+    )
     pay = f"{BILLING}/PostPayment"
     body = billing_service_pb2.PostPaymentRequest(trace_no="TR1").SerializeToString()
-    await _denied(env, await call(env.channel, pay, body, signed(env.hospital, pay, body)),
-                  grpc.StatusCode.PERMISSION_DENIED, "WRONG_ROLE")
+    await _denied(
+        env,
+        await call(env.channel, pay, body, signed(env.hospital, pay, body)),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "WRONG_ROLE",
+    )
     # Billing methods of both roles reach the billing upstream.
     inv = f"{BILLING}/ListInvoices"
     body = billing_service_pb2.ListInvoicesRequest(counterparty_code=HOSPITAL).SerializeToString()
@@ -472,9 +285,12 @@ async def test_roles_are_enforced(env: Env) -> None:
 
 async def test_suspended_principal_is_refused(env: Env) -> None:
     body = _get_claim()
-    await _denied(env, await call(env.channel, GET_CLAIM, body,
-                                  signed(env.suspended, GET_CLAIM, body)),
-                  grpc.StatusCode.PERMISSION_DENIED, "PRINCIPAL_SUSPENDED")
+    await _denied(
+        env,
+        await call(env.channel, GET_CLAIM, body, signed(env.suspended, GET_CLAIM, body)),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "PRINCIPAL_SUSPENDED",
+    )
 
 
 async def test_suspension_and_revocation_take_effect_quickly(env: Env) -> None:
@@ -484,23 +300,33 @@ async def test_suspension_and_revocation_take_effect_quickly(env: Env) -> None:
     await env.registry.set_suspended(HOSPITAL, True)
     await asyncio.sleep(0.7)  # the test server's key cache TTL is 0.5 s (≤ 5 s in production)
     env.gw.recorder.calls.clear()
-    await _denied(env, await call(env.channel, GET_CLAIM, body,
-                                  signed(env.hospital, GET_CLAIM, body)),
-                  grpc.StatusCode.PERMISSION_DENIED, "PRINCIPAL_SUSPENDED")
+    await _denied(
+        env,
+        await call(env.channel, GET_CLAIM, body, signed(env.hospital, GET_CLAIM, body)),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "PRINCIPAL_SUSPENDED",
+    )
     await env.registry.set_suspended(HOSPITAL, False)
     await env.registry.revoke_signing_key(HOSPITAL, "k1")
     await asyncio.sleep(0.7)
-    await _denied(env, await call(env.channel, GET_CLAIM, body,
-                                  signed(env.hospital, GET_CLAIM, body)),
-                  grpc.StatusCode.UNAUTHENTICATED, "BAD_SIGNATURE")
+    await _denied(
+        env,
+        await call(env.channel, GET_CLAIM, body, signed(env.hospital, GET_CLAIM, body)),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "BAD_SIGNATURE",
+    )
 
 
 async def test_revoked_key_is_refused(env: Env) -> None:
     await env.registry.revoke_signing_key(INSURER_CODE, "k1")
     method = f"{INSURER}/GetHospital"
     body = insurer_service_pb2.GetHospitalRequest(hospital_code=HOSPITAL).SerializeToString()
-    await _denied(env, await call(env.channel, method, body, signed(env.insurer, method, body)),
-                  grpc.StatusCode.UNAUTHENTICATED, "BAD_SIGNATURE")
+    await _denied(
+        env,
+        await call(env.channel, method, body, signed(env.insurer, method, body)),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "BAD_SIGNATURE",
+    )
 
 
 SUBMIT = f"{CLAIM}/SubmitClaim"
@@ -518,30 +344,36 @@ async def test_submit_claim_carries_envelope_digest_up_to_the_size_limit(env: En
     c = await call(env.channel, SUBMIT, body, signed(env.hospital, SUBMIT, body))
     assert (await outcome(c)).code == grpc.StatusCode.OK
     [seen] = env.gw.recorder.calls
-    assert seen.metadata["x-iclaim-envelope-sha256"] == hashlib.sha256(
-        envelope.encode()).hexdigest()
+    assert seen.metadata["x-iclaim-envelope-sha256"] == hashlib.sha256(envelope.encode()).hexdigest()
     assert "x-iclaim-transaction-id" not in seen.metadata
 
 
 @pytest.mark.parametrize("size", [1024 * 1024 + 70 * 1024, 6 * 1024 * 1024])
 async def test_oversized_request_is_resource_exhausted(env: Env, size: int) -> None:
     body = _submit("e" * size)
-    o = await _denied(env, await call(env.channel, SUBMIT, body,
-                                      signed(env.hospital, SUBMIT, body)),
-                      grpc.StatusCode.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE")
+    o = await _denied(
+        env,
+        await call(env.channel, SUBMIT, body, signed(env.hospital, SUBMIT, body)),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "REQUEST_TOO_LARGE",
+    )
     assert o.message
     # A client cannot talk Envoy's truncation signal away.
     md = signed(env.hospital, SUBMIT, body) + [("x-envoy-auth-partial-body", "false")]
-    await _denied(env, await call(env.channel, SUBMIT, body, md),
-                  grpc.StatusCode.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE")
+    await _denied(
+        env,
+        await call(env.channel, SUBMIT, body, md),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "REQUEST_TOO_LARGE",
+    )
 
 
 async def test_compressed_frame_is_invalid_argument(env: Env) -> None:
     body = _submit("e" * 2000)
-    multi = env.channel.unary_unary(SUBMIT, request_serializer=_identity,
-                                    response_deserializer=_identity)
-    c = multi(body, metadata=signed(env.hospital, SUBMIT, body), timeout=10,
-              compression=grpc.Compression.Gzip)
+    multi = env.channel.unary_unary(SUBMIT, request_serializer=identity, response_deserializer=identity)
+    c = multi(
+        body, metadata=signed(env.hospital, SUBMIT, body), timeout=10, compression=grpc.Compression.Gzip
+    )
     with pytest.raises(grpc.aio.AioRpcError):
         await c
     await _denied(env, c, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
@@ -549,16 +381,22 @@ async def test_compressed_frame_is_invalid_argument(env: Env) -> None:
 
 async def test_undecodable_message_is_invalid_argument(env: Env) -> None:
     body = b"\xff\xff\xff\xff"
-    await _denied(env, await call(env.channel, GET_CLAIM, body,
-                                  signed(env.hospital, GET_CLAIM, body)),
-                  grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
+    await _denied(
+        env,
+        await call(env.channel, GET_CLAIM, body, signed(env.hospital, GET_CLAIM, body)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MALFORMED_REQUEST",
+    )
 
 
-@pytest.mark.parametrize("method", [
-    f"{CLAIM}/DropAllClaims",
-    "/iclaim_hub.internal.v1.DecisionIntakeService/RecordDecision",
-    "/grpc.channelz.v1.Channelz/GetTopChannels",
-])
+@pytest.mark.parametrize(
+    "method",
+    [
+        f"{CLAIM}/DropAllClaims",
+        "/iclaim_hub.internal.v1.DecisionIntakeService/RecordDecision",
+        "/grpc.channelz.v1.Channelz/GetTopChannels",
+    ],
+)
 async def test_unknown_methods_are_unimplemented(env: Env, method: str) -> None:
     body = b""
     c = await call(env.channel, method, body, signed(env.hospital, method, body))
@@ -575,10 +413,8 @@ async def test_health_needs_no_signature(env: Env) -> None:
 async def test_watch_claim_stream_is_authorised(env: Env) -> None:
     method = f"{CLAIM}/WatchClaim"
     body = claim_service_pb2.WatchClaimRequest(transaction_id="T-7").SerializeToString()
-    multi = env.channel.unary_stream(method, request_serializer=_identity,
-                                     response_deserializer=_identity)
-    items = [x async for x in multi(body, metadata=signed(env.hospital, method, body),
-                                    timeout=10)]
+    multi = env.channel.unary_stream(method, request_serializer=identity, response_deserializer=identity)
+    items = [x async for x in multi(body, metadata=signed(env.hospital, method, body), timeout=10)]
     assert len(items) == 1
     [seen] = env.gw.recorder.calls
     assert seen.metadata["x-iclaim-transaction-id"] == "T-7"
@@ -587,8 +423,7 @@ async def test_watch_claim_stream_is_authorised(env: Env) -> None:
 async def test_nonce_store_loss_refuses_a_minute_then_accepts_later_stamps(env: Env) -> None:
     body = _get_claim()
     before = signed(env.hospital, GET_CLAIM, body)
-    assert (await outcome(await call(env.channel, GET_CLAIM, body, before))).code == \
-        grpc.StatusCode.OK
+    assert (await outcome(await call(env.channel, GET_CLAIM, body, before))).code == grpc.StatusCode.OK
     env.gw.recorder.calls.clear()
 
     client = sync_redis.Redis.from_url(env.redis_url)
@@ -596,21 +431,28 @@ async def test_nonce_store_loss_refuses_a_minute_then_accepts_later_stamps(env: 
     client.close()
 
     # A replay of the earlier request must not get through...
-    await _denied(env, await call(env.channel, GET_CLAIM, body, before),
-                  grpc.StatusCode.UNAVAILABLE, "NONCE_STORE_RECOVERING")
+    await _denied(
+        env,
+        await call(env.channel, GET_CLAIM, body, before),
+        grpc.StatusCode.UNAVAILABLE,
+        "NONCE_STORE_RECOVERING",
+    )
     recovered_at = env.app.guard.recovered_at
     assert recovered_at is not None and abs(recovered_at - time.time()) < 5
     # ...nor does any fresh request stamped <= R + 60 s.
     for stamp in (int(time.time()), int(recovered_at) + 60):
         md = signed(env.hospital, GET_CLAIM, body, timestamp=stamp)
-        o = await _denied(env, await call(env.channel, GET_CLAIM, body, md),
-                          grpc.StatusCode.UNAVAILABLE, "NONCE_STORE_RECOVERING")
+        o = await _denied(
+            env,
+            await call(env.channel, GET_CLAIM, body, md),
+            grpc.StatusCode.UNAVAILABLE,
+            "NONCE_STORE_RECOVERING",
+        )
         assert o.message
     # A client whose clock runs ahead (within the 60 s window) stamps later than R + 60.
     await asyncio.sleep(max(0.0, int(recovered_at) + 1 - time.time()) + 0.01)
     md = signed(env.hospital, GET_CLAIM, body, timestamp=int(time.time()) + 60)
-    assert (await outcome(await call(env.channel, GET_CLAIM, body, md))).code == \
-        grpc.StatusCode.OK
+    assert (await outcome(await call(env.channel, GET_CLAIM, body, md))).code == grpc.StatusCode.OK
     assert len(env.gw.recorder.calls) == 1
     # The recovery is recorded durably in PostgreSQL and in Redis.
     client = sync_redis.Redis.from_url(env.redis_url)
@@ -640,7 +482,10 @@ async def test_access_log_has_one_line_per_call(env: Env) -> None:
     assert (ok["principal"], ok["route"], ok["grpc_status"]) == (HOSPITAL, GET_CLAIM, 0)
     assert ok["upstream_cluster"] == "router"
     assert (denied["principal"], denied["grpc_status"], denied["reason_header"]) == (
-        None, 16, "BAD_SIGNATURE")
+        None,
+        16,
+        "BAD_SIGNATURE",
+    )
     assert denied["claimed_client"] == HOSPITAL
     assert (unknown["route"], unknown["grpc_status"]) == (f"{CLAIM}/Nope", 12)
 
@@ -660,8 +505,7 @@ async def test_largest_allowed_message_is_accepted(env: Env) -> None:
 
 
 async def _handshake(gw: Gateway, ctx: ssl.SSLContext) -> tuple[str | None, str | None]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port, ssl=ctx,
-                                                   server_hostname="localhost")
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port, ssl=ctx, server_hostname="localhost")
     sslobj = writer.get_extra_info("ssl_object")
     result = (sslobj.version(), sslobj.selected_alpn_protocol())
     writer.close()
@@ -678,8 +522,7 @@ def _ctx(gw: Gateway, *, version: ssl.TLSVersion, ciphers: str | None = None) ->
 
 
 async def test_tls_is_modern_only(gateway: Gateway) -> None:
-    assert await _handshake(gateway, _ctx(gateway, version=ssl.TLSVersion.TLSv1_3)) == (
-        "TLSv1.3", "h2")
+    assert await _handshake(gateway, _ctx(gateway, version=ssl.TLSVersion.TLSv1_3)) == ("TLSv1.3", "h2")
     ok12 = _ctx(gateway, version=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-ECDSA-AES128-GCM-SHA256")
     assert await _handshake(gateway, ok12) == ("TLSv1.2", "h2")
     # CBC suites are refused even on TLS 1.2.

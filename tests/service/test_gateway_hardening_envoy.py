@@ -11,6 +11,7 @@ the real authz service (PostgreSQL, Redis) + a recording upstream:
 - a flushed Redis during a run: no replay gets through, honest SDK clients
   ride through by re-signing; the SDK corrects its clock from the skew trailer.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,7 +33,7 @@ import pytest
 import redis as sync_redis
 
 from gateway.authz import frame, policy
-from gateway.authz.server import Config, build_server
+from gateway.authz.server import build_server
 from gateway.tls import ensure_dev_client_ca, issue_dev_client_cert
 from iclaim.client.signer import Clock, signing_interceptors
 from iclaim.limits import CLIENT_OPTIONS
@@ -40,11 +41,12 @@ from iclaim_hub.crypto.secretbox import SecretBox
 from iclaim_hub.registry.model import Principal
 from iclaim_hub.registry.store import RegistryStore
 from iclaim.v1 import claim_service_pb2, claim_service_pb2_grpc
-from tests.service.test_gateway_envoy import (
+from tests.support.gateway import (
     ROOT,
     Cred,
     Gateway,
-    _identity,
+    authz_config,
+    identity,
     outcome,
     recording_gateway,
     signed,
@@ -53,9 +55,7 @@ from tests.service.test_gateway_envoy import (
 HOSPITAL, HOSPITAL_B, INSURER = "10670", "10671", "TESTPULL"
 SUSP_HOSPITAL, SUSP_INSURER, MTLS_HOSPITAL = "10999", "SUSPINS", "10672"
 GET_CLAIM = "/iclaim.v1.ClaimService/GetClaim"
-INTERNAL_PROTOS = ROOT / "protos" / "iclaim" / "internal" / "v1"
-
-
+INTERNAL_PROTOS = ROOT / "protos" / "iclaim_hub" / "internal" / "v1"
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +81,12 @@ async def _seed(registry: RegistryStore) -> tuple[dict[str, Cred], dict[str, Cre
     creds: dict[str, Cred] = {}
     revoked: dict[str, Cred] = {}
     for code, role, suspended in (
-        (HOSPITAL, "hospital", False), (HOSPITAL_B, "hospital", False),
-        (INSURER, "insurer", False), (SUSP_HOSPITAL, "hospital", True),
-        (SUSP_INSURER, "insurer", True), (MTLS_HOSPITAL, "hospital", False),
+        (HOSPITAL, "hospital", False),
+        (HOSPITAL_B, "hospital", False),
+        (INSURER, "insurer", False),
+        (SUSP_HOSPITAL, "hospital", True),
+        (SUSP_INSURER, "insurer", True),
+        (MTLS_HOSPITAL, "hospital", False),
     ):
         await registry.upsert_principal(
             Principal(code=code, role=role, display_name=code, suspended=suspended)
@@ -103,37 +106,36 @@ EnvFactory = Callable[..., Awaitable[Env]]
 
 
 @pytest.fixture
-async def make_env(
-    gw: Gateway, database_url: str, redis_url: str
-) -> AsyncIterator[EnvFactory]:
+async def make_env(gw: Gateway, database_url: str, redis_url: str) -> AsyncIterator[EnvFactory]:
     closers: list[Callable[[], Awaitable[None]]] = []
 
     async def make(rate_limit_per_s: float = 0.0, burst: int = 1) -> Env:
-        box = SecretBox(secrets.token_bytes(32))
+        master_key = secrets.token_bytes(32)
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-        registry = RegistryStore(pool, box)
+        registry = RegistryStore(pool, SecretBox(master_key))
         await registry.migrate()
         creds, revoked = await _seed(registry)
-        config = Config(
-            listen_addr=f"127.0.0.1:{gw.authz_port}",
-            metrics_port=-1,
-            database_url=database_url,
-            redis_url=redis_url,
+        config = authz_config(
+            f"127.0.0.1:{gw.authz_port}",
+            database_url,
+            redis_url,
+            master_key,
             key_cache_ttl_s=0.5,
             rate_limit_per_s=rate_limit_per_s,
             rate_limit_burst=burst,
         )
-        app = await build_server(config, box)
+        app = await build_server(config)
         await app.start()
         gw.recorder.calls.clear()
         channel = grpc.aio.secure_channel(
-            f"127.0.0.1:{gw.port}", grpc.ssl_channel_credentials(root_certificates=gw.ca_pem),
+            f"127.0.0.1:{gw.port}",
+            grpc.ssl_channel_credentials(root_certificates=gw.ca_pem),
             options=CLIENT_OPTIONS,
         )
 
         async def close() -> None:
             await channel.close()
-            await app.close(0)
+            await app.stop(0)
             await pool.close()
 
         closers.append(close)
@@ -149,14 +151,16 @@ async def any_call(
 ) -> grpc.aio.Call:
     """One call with exact bytes, unary or server-streaming; returns it finished."""
     if method in policy.SERVER_STREAMS:
-        c = channel.unary_stream(method, request_serializer=_identity,
-                                 response_deserializer=_identity)(body, metadata=md, timeout=10)
+        c = channel.unary_stream(method, request_serializer=identity, response_deserializer=identity)(
+            body, metadata=md, timeout=10
+        )
         with contextlib.suppress(grpc.aio.AioRpcError):
             async for _ in c:
                 pass
         return c
-    c = channel.unary_unary(method, request_serializer=_identity,
-                            response_deserializer=_identity)(body, metadata=md, timeout=10)
+    c = channel.unary_unary(method, request_serializer=identity, response_deserializer=identity)(
+        body, metadata=md, timeout=10
+    )
     with contextlib.suppress(grpc.aio.AioRpcError):
         await c
     return c
@@ -204,13 +208,18 @@ async def test_every_public_rpc_wrong_role(make_env: EnvFactory) -> None:
 
     one_role = [m for m in PUBLIC if len(policy.allowed_roles(m)) == 1]
     both = [m for m in PUBLIC if len(policy.allowed_roles(m)) == 2]
-    assert set(both) == {f"/{policy.BILLING_SERVICE}/{n}"
-                         for n in ("ListInvoices", "GetInvoice", "GetStatement")} | {
+    assert set(both) == {
+        f"/{policy.BILLING_SERVICE}/{n}" for n in ("ListInvoices", "GetInvoice", "GetStatement")
+    } | {
         f"/{policy.AUDIT_TRAIL_SERVICE}/{n}"
-        for n in ("GetAuditCheckpoint", "ListAuditEntries", "GetAuditInclusionProof",
-                  "GetAuditConsistencyProof")}
-    await _expect_refused_everywhere(e, case, grpc.StatusCode.PERMISSION_DENIED,
-                                     "WRONG_ROLE", one_role)
+        for n in (
+            "GetAuditCheckpoint",
+            "ListAuditEntries",
+            "GetAuditInclusionProof",
+            "GetAuditConsistencyProof",
+        )
+    }
+    await _expect_refused_everywhere(e, case, grpc.StatusCode.PERMISSION_DENIED, "WRONG_ROLE", one_role)
     # Methods both roles may call do reach the upstream for both.
     for method in both:
         for code in (HOSPITAL, INSURER):
@@ -226,8 +235,9 @@ async def test_every_public_rpc_suspended_principal(make_env: EnvFactory) -> Non
         cred = _allowed_cred(e, method, suspended=True)
         return cred, b"", signed(cred, method, b"")
 
-    await _expect_refused_everywhere(e, case, grpc.StatusCode.PERMISSION_DENIED,
-                                     "PRINCIPAL_SUSPENDED", PUBLIC)
+    await _expect_refused_everywhere(
+        e, case, grpc.StatusCode.PERMISSION_DENIED, "PRINCIPAL_SUSPENDED", PUBLIC
+    )
 
 
 async def test_every_public_rpc_revoked_key(make_env: EnvFactory) -> None:
@@ -238,8 +248,7 @@ async def test_every_public_rpc_revoked_key(make_env: EnvFactory) -> None:
         cred = e.revoked[good.code]
         return cred, b"", signed(cred, method, b"")
 
-    await _expect_refused_everywhere(e, case, grpc.StatusCode.UNAUTHENTICATED,
-                                     "BAD_SIGNATURE", PUBLIC)
+    await _expect_refused_everywhere(e, case, grpc.StatusCode.UNAUTHENTICATED, "BAD_SIGNATURE", PUBLIC)
 
 
 async def test_every_public_rpc_oversized_request(make_env: EnvFactory) -> None:
@@ -250,21 +259,32 @@ async def test_every_public_rpc_oversized_request(make_env: EnvFactory) -> None:
         cred = _allowed_cred(e, method)
         return cred, body, signed(cred, method, body)
 
-    await _expect_refused_everywhere(e, case, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                     "REQUEST_TOO_LARGE", PUBLIC)
+    await _expect_refused_everywhere(e, case, grpc.StatusCode.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE", PUBLIC)
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda md: [(k, v) for k, v in md if k != "x-iclaim-nonce"],
-    lambda md: [(k, "short" if k == "x-iclaim-nonce" else v) for k, v in md],
-    lambda md: [(k, "n" * 129 if k == "x-iclaim-nonce" else v) for k, v in md],
-    lambda md: [(k, "bad nonce!" * 3 if k == "x-iclaim-nonce" else v) for k, v in md],
-    lambda md: [(k, "12.5" if k == "x-iclaim-timestamp" else v) for k, v in md],
-    lambda md: [(k, v + "=" if k == "x-iclaim-signature" else v) for k, v in md],
-    lambda md: [(k, "ab" if k == "x-iclaim-client" else v) for k, v in md],
-    lambda md: [(k, "k" * 65 if k == "x-iclaim-key-id" else v) for k, v in md],
-], ids=["no-nonce", "nonce-short", "nonce-long", "nonce-charset", "timestamp", "signature",
-        "client", "key-id"])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda md: [(k, v) for k, v in md if k != "x-iclaim-nonce"],
+        lambda md: [(k, "short" if k == "x-iclaim-nonce" else v) for k, v in md],
+        lambda md: [(k, "n" * 129 if k == "x-iclaim-nonce" else v) for k, v in md],
+        lambda md: [(k, "bad nonce!" * 3 if k == "x-iclaim-nonce" else v) for k, v in md],
+        lambda md: [(k, "12.5" if k == "x-iclaim-timestamp" else v) for k, v in md],
+        lambda md: [(k, v + "=" if k == "x-iclaim-signature" else v) for k, v in md],
+        lambda md: [(k, "ab" if k == "x-iclaim-client" else v) for k, v in md],
+        lambda md: [(k, "k" * 65 if k == "x-iclaim-key-id" else v) for k, v in md],
+    ],
+    ids=[
+        "no-nonce",
+        "nonce-short",
+        "nonce-long",
+        "nonce-charset",
+        "timestamp",
+        "signature",
+        "client",
+        "key-id",
+    ],
+)
 async def test_every_public_rpc_malformed_metadata(make_env: EnvFactory, mutate: Any) -> None:
     e = await make_env()
 
@@ -272,8 +292,7 @@ async def test_every_public_rpc_malformed_metadata(make_env: EnvFactory, mutate:
         cred = _allowed_cred(e, method)
         return cred, b"", mutate(signed(cred, method, b""))
 
-    await _expect_refused_everywhere(e, case, grpc.StatusCode.UNAUTHENTICATED,
-                                     "MALFORMED_METADATA", PUBLIC)
+    await _expect_refused_everywhere(e, case, grpc.StatusCode.UNAUTHENTICATED, "MALFORMED_METADATA", PUBLIC)
 
 
 # --- internal services ------------------------------------------------------------------
@@ -308,8 +327,7 @@ async def test_every_internal_method_is_unimplemented_at_the_gateway(
 
 # --- TLS ----------------------------------------------------------------------------
 async def _handshake(gw: Gateway, ctx: ssl.SSLContext) -> str | None:
-    _, writer = await asyncio.open_connection("127.0.0.1", gw.port, ssl=ctx,
-                                              server_hostname="localhost")
+    _, writer = await asyncio.open_connection("127.0.0.1", gw.port, ssl=ctx, server_hostname="localhost")
     version = writer.get_extra_info("ssl_object").version()
     writer.close()
     return version
@@ -349,14 +367,16 @@ def _permissive_server_port(state: Path) -> int:
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated")
 async def test_tls_1_1_and_non_aead_suites_are_refused(gw: Gateway) -> None:
-    assert await _handshake(gw, _ctx(gw, ssl.TLSVersion.TLSv1_2,
-                                     "ECDHE-ECDSA-CHACHA20-POLY1305")) == "TLSv1.2"
+    assert (
+        await _handshake(gw, _ctx(gw, ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-CHACHA20-POLY1305")) == "TLSv1.2"
+    )
     # Let our client offer TLS 1.1 (OpenSSL's default security level forbids it).
     old = _ctx(gw, ssl.TLSVersion.TLSv1_1, "DEFAULT:@SECLEVEL=0")
-    cbc = [_ctx(gw, ssl.TLSVersion.TLSv1_2, suite) for suite in (
-        "ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA384", "ECDHE-ECDSA-AES256-SHA")]
-    control = Gateway(_permissive_server_port(gw.state), 0, gw.ca_pem, gw.access_log, gw.recorder,
-                 gw.state)
+    cbc = [
+        _ctx(gw, ssl.TLSVersion.TLSv1_2, suite)
+        for suite in ("ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA384", "ECDHE-ECDSA-AES256-SHA")
+    ]
+    control = Gateway(_permissive_server_port(gw.state), 0, gw.ca_pem, gw.access_log, gw.recorder, gw.state)
     assert await _handshake(control, old) == "TLSv1.1"
     for ctx in cbc:
         assert await _handshake(control, ctx) == "TLSv1.2"
@@ -370,7 +390,8 @@ async def test_tls_1_1_and_non_aead_suites_are_refused(gw: Gateway) -> None:
 # --- mutual TLS ---------------------------------------------------------------------
 def _mtls_channel(gw: Gateway, cert: Path, key: Path) -> grpc.aio.Channel:
     creds = grpc.ssl_channel_credentials(
-        root_certificates=gw.ca_pem, private_key=key.read_bytes(),
+        root_certificates=gw.ca_pem,
+        private_key=key.read_bytes(),
         certificate_chain=cert.read_bytes(),
     )
     return grpc.aio.secure_channel(f"127.0.0.1:{gw.port}", creds)
@@ -386,14 +407,13 @@ async def test_client_certificate_is_bound_to_the_signing_principal(
     for paths in (a_uri, a_cn):
         channel = _mtls_channel(e.gw, paths.cert, paths.key)
         try:
-            ok = await any_call(channel, GET_CLAIM, body,
-                                signed(e.creds[HOSPITAL], GET_CLAIM, body))
+            ok = await any_call(channel, GET_CLAIM, body, signed(e.creds[HOSPITAL], GET_CLAIM, body))
             assert (await outcome(ok)).code == grpc.StatusCode.OK
             # Hospital A's certificate cannot carry hospital B's signature.
-            o = await outcome(await any_call(channel, GET_CLAIM, body,
-                                             signed(e.creds[HOSPITAL_B], GET_CLAIM, body)))
-            assert (o.code, o.reason) == (grpc.StatusCode.PERMISSION_DENIED,
-                                          "CLIENT_CERT_MISMATCH")
+            o = await outcome(
+                await any_call(channel, GET_CLAIM, body, signed(e.creds[HOSPITAL_B], GET_CLAIM, body))
+            )
+            assert (o.code, o.reason) == (grpc.StatusCode.PERMISSION_DENIED, "CLIENT_CERT_MISMATCH")
         finally:
             await channel.close()
     assert [c.metadata["x-iclaim-principal"] for c in e.gw.recorder.calls] == [HOSPITAL] * 2
@@ -421,15 +441,17 @@ async def test_principal_flagged_require_mtls_needs_its_certificate(
 
 
 async def test_certificate_from_another_ca_fails_the_handshake(
-    make_env: EnvFactory, tmp_path: Path,
+    make_env: EnvFactory,
+    tmp_path: Path,
 ) -> None:
     e = await make_env()
     rogue = issue_dev_client_cert(tmp_path, HOSPITAL)  # a different client CA
     channel = _mtls_channel(e.gw, rogue.cert, rogue.key)
     body = b""
     try:
-        o = await outcome(await any_call(channel, GET_CLAIM, body,
-                                         signed(e.creds[HOSPITAL], GET_CLAIM, body)))
+        o = await outcome(
+            await any_call(channel, GET_CLAIM, body, signed(e.creds[HOSPITAL], GET_CLAIM, body))
+        )
         assert o.code == grpc.StatusCode.UNAVAILABLE
     finally:
         await channel.close()
@@ -443,12 +465,10 @@ async def test_rate_limit_is_per_verified_principal(make_env: EnvFactory) -> Non
     # Forgeries naming the hospital do not spend its budget.
     for _ in range(5):
         md = signed(e.creds[HOSPITAL], GET_CLAIM, body, secret=secrets.token_bytes(32))
-        assert (await outcome(await any_call(e.channel, GET_CLAIM, body, md))).reason == \
-            "BAD_SIGNATURE"
+        assert (await outcome(await any_call(e.channel, GET_CLAIM, body, md))).reason == "BAD_SIGNATURE"
     calls = []
     for _ in range(4):
-        calls.append(await any_call(e.channel, GET_CLAIM, body,
-                                    signed(e.creds[HOSPITAL], GET_CLAIM, body)))
+        calls.append(await any_call(e.channel, GET_CLAIM, body, signed(e.creds[HOSPITAL], GET_CLAIM, body)))
     codes = [await outcome(c) for c in calls]
     assert [o.code for o in codes[:3]] == [grpc.StatusCode.OK] * 3
     limited = codes[3]
@@ -483,7 +503,8 @@ def _sdk_stub(
     gw: Gateway, cred: Cred, clock: Clock | None = None
 ) -> tuple[grpc.aio.Channel, claim_service_pb2_grpc.ClaimServiceStub]:
     channel = grpc.aio.secure_channel(
-        f"127.0.0.1:{gw.port}", grpc.ssl_channel_credentials(root_certificates=gw.ca_pem),
+        f"127.0.0.1:{gw.port}",
+        grpc.ssl_channel_credentials(root_certificates=gw.ca_pem),
         options=CLIENT_OPTIONS,
         interceptors=signing_interceptors(cred.code, cred.key_id, cred.secret, clock),
     )
@@ -499,12 +520,10 @@ async def test_flushed_redis_no_replay_and_sdk_clients_ride_through(
     for i in range(5):
         body = claim_service_pb2.GetClaimRequest(transaction_id=f"CAP-{i}").SerializeToString()
         md = signed(e.creds[HOSPITAL], GET_CLAIM, body)
-        assert (await outcome(await any_call(e.channel, GET_CLAIM, body, md))).code == \
-            grpc.StatusCode.OK
+        assert (await outcome(await any_call(e.channel, GET_CLAIM, body, md))).code == grpc.StatusCode.OK
         captured.append((body, md))
 
-    channels, stubs = zip(*(_sdk_stub(e.gw, e.creds[c]) for c in (HOSPITAL, HOSPITAL_B)),
-                          strict=True)
+    channels, stubs = zip(*(_sdk_stub(e.gw, e.creds[c]) for c in (HOSPITAL, HOSPITAL_B)), strict=True)
     stop = asyncio.Event()
     progressed = asyncio.Event()
     done: list[str] = []
@@ -514,8 +533,7 @@ async def test_flushed_redis_no_replay_and_sdk_clients_ride_through(
         i = 0
         while not stop.is_set():
             txn = f"SDK-{tag}-{i}"
-            await stub.GetClaim(claim_service_pb2.GetClaimRequest(transaction_id=txn),
-                                timeout=30)
+            await stub.GetClaim(claim_service_pb2.GetClaimRequest(transaction_id=txn), timeout=30)
             done.append(txn)
             if len(done) >= target[0]:
                 progressed.set()
@@ -531,8 +549,7 @@ async def test_flushed_redis_no_replay_and_sdk_clients_ride_through(
         replay_outcomes = []
         for _ in range(3):
             for body, md in captured:
-                replay_outcomes.append(await outcome(await any_call(e.channel, GET_CLAIM,
-                                                                    body, md)))
+                replay_outcomes.append(await outcome(await any_call(e.channel, GET_CLAIM, body, md)))
             await asyncio.sleep(0.5)
         before = len(done)
         target[0] = before + 10

@@ -2,6 +2,7 @@
 at most two active signing keys per principal, rotation and revocation in the
 registry, revocation and suspension reaching every gateway replica within 5 s,
 secrets sealed at rest and never logged."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,15 +16,18 @@ import pytest
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 from structlog.testing import capture_logs
 
-from gateway.authz.server import Config, build_server
+from gateway.authz.server import build_server
 from iclaim.crypto import signing
 from iclaim_hub.crypto.secretbox import SecretBox
 from iclaim_hub.registry.model import Principal
 from iclaim_hub.registry.store import GatewayKey, RegistryStore, TooManyActiveKeys
 from iclaim.v1 import claim_service_pb2
+from tests.support.gateway import authz_config
 
 GET_CLAIM = "/iclaim.v1.ClaimService/GetClaim"
 BODY = claim_service_pb2.GetClaimRequest(transaction_id="T-1").SerializeToString()
+# The registry and the authz replicas share it.
+MASTER_KEY = secrets.token_bytes(32)
 
 
 @pytest.fixture
@@ -35,7 +39,7 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 async def registry(pool: asyncpg.Pool) -> RegistryStore:
-    store = RegistryStore(pool, SecretBox(secrets.token_bytes(32)))
+    store = RegistryStore(pool, SecretBox(MASTER_KEY))
     await store.migrate()
     for code, role in (("10670", "hospital"), ("AIA", "insurer")):
         await store.upsert_principal(Principal(code=code, role=role, display_name=code))
@@ -83,17 +87,13 @@ async def test_the_database_itself_refuses_a_third_active_key(
         " VALUES ('AIA', 'raw', '\\x00', 'revoked')"
     )
     with pytest.raises(asyncpg.CheckViolationError):
-        await pool.execute(
-            "UPDATE registry.signing_keys SET status = 'active' WHERE key_id = 'raw'"
-        )
+        await pool.execute("UPDATE registry.signing_keys SET status = 'active' WHERE key_id = 'raw'")
 
 
 async def test_secrets_are_sealed_at_rest(registry: RegistryStore, pool: asyncpg.Pool) -> None:
     secret = secrets.token_bytes(32)
     await registry.add_signing_key("10670", "k1", secret)
-    sealed = await pool.fetchval(
-        "SELECT secret_sealed FROM registry.signing_keys WHERE key_id = 'k1'"
-    )
+    sealed = await pool.fetchval("SELECT secret_sealed FROM registry.signing_keys WHERE key_id = 'k1'")
     assert secret not in bytes(sealed)
     other = RegistryStore(pool, SecretBox(secrets.token_bytes(32)))  # wrong master key
     assert await other.signing_key("10670", "k1") is None
@@ -110,7 +110,9 @@ def _check_request(code: str, key_id: str, secret: bytes) -> external_auth_pb2.C
         signing.H_SIGNATURE: signing.sign(secret, code, key_id, GET_CLAIM, ts, nonce, BODY),
     }
     http = attribute_context_pb2.AttributeContext.HttpRequest(
-        path=GET_CLAIM, method="POST", headers=headers,
+        path=GET_CLAIM,
+        method="POST",
+        headers=headers,
         raw_body=b"\x00" + len(BODY).to_bytes(4, "big") + BODY,
     )
     return external_auth_pb2.CheckRequest(
@@ -129,14 +131,14 @@ def _reason(resp: external_auth_pb2.CheckResponse) -> str:
 async def test_revocation_and_suspension_reach_both_replicas_within_5s(
     registry: RegistryStore, database_url: str, redis_url: str
 ) -> None:
-    box = registry._box  # the replicas share the master key
     secret_h, secret_i = secrets.token_bytes(32), secrets.token_bytes(32)
     await registry.add_signing_key("10670", "k1", secret_h)
     await registry.upsert_principal(Principal(code="10671", role="hospital", display_name="b"))
     await registry.add_signing_key("10671", "k1", secret_i)
-    config = Config(listen_addr="127.0.0.1:0", metrics_port=-1, database_url=database_url,
-                    redis_url=redis_url, rate_limit_per_s=0)  # the default key-cache TTL
-    apps = [await build_server(config, box) for _ in range(2)]
+    config = authz_config(
+        "127.0.0.1:0", database_url, redis_url, MASTER_KEY, rate_limit_per_s=0
+    )  # the default key-cache TTL
+    apps = [await build_server(config) for _ in range(2)]
     channels = []
     try:
         stubs = []
@@ -150,8 +152,7 @@ async def test_revocation_and_suspension_reach_both_replicas_within_5s(
             out = []
             for stub in stubs:
                 for code, secret in (("10670", secret_h), ("10671", secret_i)):
-                    out.append(_reason(await stub.Check(_check_request(code, "k1", secret),
-                                                        timeout=5)))
+                    out.append(_reason(await stub.Check(_check_request(code, "k1", secret), timeout=5)))
             return out
 
         assert await reasons() == ["OK"] * 4  # both replicas have both keys cached
@@ -169,21 +170,17 @@ async def test_revocation_and_suspension_reach_both_replicas_within_5s(
         for ch in channels:
             await ch.close()
         for app in apps:
-            await app.close(0)
+            await app.stop(0)
 
 
-async def test_no_secret_is_ever_logged(
-    registry: RegistryStore, database_url: str, redis_url: str
-) -> None:
+async def test_no_secret_is_ever_logged(registry: RegistryStore, database_url: str, redis_url: str) -> None:
     secret = secrets.token_bytes(32)
     forged = secrets.token_bytes(32)
-    box = registry._box
-    config = Config(listen_addr="127.0.0.1:0", metrics_port=-1, database_url=database_url,
-                    redis_url=redis_url, key_cache_ttl_s=0)
+    config = authz_config("127.0.0.1:0", database_url, redis_url, MASTER_KEY, key_cache_ttl_s=0)
     with capture_logs() as logs:
         await registry.add_signing_key("10670", "k1", secret)
         await registry.rotate_signing_key("10670", "k2", secrets.token_bytes(32))
-        app = await build_server(config, box)
+        app = await build_server(config)
         await app.start()
         ch = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
         try:
@@ -197,7 +194,7 @@ async def test_no_secret_is_ever_logged(
             results.append(_reason(await stub.Check(bad, timeout=5)))
         finally:
             await ch.close()
-            await app.close(0)
+            await app.stop(0)
     assert results == ["OK", "BAD_SIGNATURE", "OK", "MALFORMED_METADATA"]
     assert any(e.get("event") == "deny" for e in logs)  # denials are logged...
     text = repr(logs)

@@ -1,5 +1,6 @@
 """The per-principal token bucket (gateway/authz/ratelimit.py) on real Redis,
 with a controllable clock."""
+
 from __future__ import annotations
 
 import pytest

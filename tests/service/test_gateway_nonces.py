@@ -1,5 +1,6 @@
 """The nonce store and its loss detection against real Redis and PostgreSQL
 (several guards stand for several gateway replicas)."""
+
 from __future__ import annotations
 
 import time
@@ -63,9 +64,7 @@ async def test_gateway_restart_keeps_nonces_and_is_not_a_loss(
         await restarted.admit("10670", "r" * 16, ts)
 
 
-async def test_loss_while_down_is_detected_at_start(
-    pool: asyncpg.Pool, redis_client: aioredis.Redis
-) -> None:
+async def test_loss_while_down_is_detected_at_start(pool: asyncpg.Pool, redis_client: aioredis.Redis) -> None:
     ts = int(time.time())
     await (await _guard(pool, redis_client)).admit("10670", "a" * 16, ts)
     await redis_client.flushdb()
@@ -80,9 +79,7 @@ async def test_loss_while_down_is_detected_at_start(
     assert float(await redis_client.get(RECOVERED_KEY)) == pytest.approx(g.recovered_at)
 
 
-async def test_replicas_agree_on_one_recovery(
-    pool: asyncpg.Pool, redis_client: aioredis.Redis
-) -> None:
+async def test_replicas_agree_on_one_recovery(pool: asyncpg.Pool, redis_client: aioredis.Redis) -> None:
     a, b = await _guard(pool, redis_client), await _guard(pool, redis_client)
     ts = int(time.time())
     await a.admit("10670", "c" * 16, ts)

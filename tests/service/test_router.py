@@ -1,6 +1,7 @@
 """claim_router in-process on port 0, real PostgreSQL; a recording fake adapter.
 
 The caller identity is set the way the gateway sets it (trusted headers)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,6 +20,7 @@ from grpc_status import rpc_status
 from iclaim.errors import error_info_of
 from iclaim.limits import CLIENT_OPTIONS
 from iclaim.crypto.envelope import generate_encryption_key, seal
+from iclaim_hub.common.server import ServeConfig
 from iclaim_hub.crypto.secretbox import SecretBox
 from iclaim_hub.internal.v1 import (
     decision_intake_pb2,
@@ -74,18 +76,24 @@ class Env:
 
     def envelope(self, hospital: str, insurer: str, ref: str, amount: int, body: bytes = b"{}") -> str:
         public = {k: v for k, v in self.keys[insurer].items() if k != "d"}
-        return seal(body, public, sender=hospital, recipient=insurer, claim_ref=ref,
-                    amount_satang=amount)
+        return seal(body, public, sender=hospital, recipient=insurer, claim_ref=ref, amount_satang=amount)
 
     def decision(self, hospital: str, insurer: str, ref: str, amount: int) -> str:
         public = {k: v for k, v in self.keys[hospital].items() if k != "d"}
-        return seal(b'{"resourceType":"ClaimResponse"}', public, sender=insurer,
-                    recipient=hospital, claim_ref=ref, amount_satang=amount)
+        return seal(
+            b'{"resourceType":"ClaimResponse"}',
+            public,
+            sender=insurer,
+            recipient=hospital,
+            claim_ref=ref,
+            amount_satang=amount,
+        )
 
 
 @pytest.fixture
 async def env(database_url: str) -> AsyncIterator[Env]:
-    box = SecretBox(os.urandom(32))
+    master_key = os.urandom(32)
+    box = SecretBox(master_key)
     pool = await asyncpg.create_pool(database_url)
     registry = RegistryStore(pool, box)
     await registry.migrate()
@@ -104,20 +112,20 @@ async def env(database_url: str) -> AsyncIterator[Env]:
     await adapter_server.start()
 
     config = Config(
-        listen_addr="127.0.0.1:0",
-        metrics_port=-1,
+        serve=ServeConfig(listen_addr="127.0.0.1:0", metrics_port=-1),
         database_url=database_url,
+        master_key=master_key,
         adapter_target=f"127.0.0.1:{adapter_port}",
         audit_target="off",
         billing_target="off",
         pull_lease_s=1.0,
     )
-    app = await build_server(config, box)
+    app = await build_server(config)
     await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}", options=CLIENT_OPTIONS)
     yield Env(channel, adapter, keys)
     await channel.close()
-    await app.close(0)
+    await app.stop(0)
     await adapter_server.stop(0)
 
 
@@ -129,13 +137,22 @@ def reason_of(err: grpc.aio.AioRpcError) -> str:
     return info.reason
 
 
-async def submit(env: Env, hospital: str, insurer: str, ref: str, amount: int = 10_000,
-                 envelope: str | None = None, wait_s: float = 0) -> pb.Claim:
+async def submit(
+    env: Env,
+    hospital: str,
+    insurer: str,
+    ref: str,
+    amount: int = 10_000,
+    envelope: str | None = None,
+    wait_s: float = 0,
+) -> pb.Claim:
     timeout = Duration()
     timeout.FromNanoseconds(int(wait_s * 1e9))
     resp = await env.claims.SubmitClaim(
         pb.SubmitClaimRequest(
-            claim_ref=ref, insurer_code=insurer, billed_amount_satang=amount,
+            claim_ref=ref,
+            insurer_code=insurer,
+            billed_amount_satang=amount,
             envelope=envelope or env.envelope(hospital, insurer, ref, amount),
             decision_timeout=timeout,
         ),
@@ -147,8 +164,7 @@ async def submit(env: Env, hospital: str, insurer: str, ref: str, amount: int = 
 
 async def wait_state(env: Env, tid: str, state: int, hospital: str = H1) -> pb.Claim:
     for _ in range(100):
-        claim = await env.claims.GetClaim(pb.GetClaimRequest(transaction_id=tid),
-                                          metadata=env.md(hospital))
+        claim = await env.claims.GetClaim(pb.GetClaimRequest(transaction_id=tid), metadata=env.md(hospital))
         if claim.state == state:
             return claim
         await asyncio.sleep(0.05)
@@ -165,8 +181,10 @@ async def test_submit_is_stored_delivered_once_and_decided(env: Env) -> None:
 
     decision = env.decision(H1, "AIA", "REF-1", 12_345)
     request = decision_intake_pb2.RecordDecisionRequest(
-        transaction_id=claim.transaction_id, insurer_code="AIA",
-        state=S.CLAIM_STATE_APPROVED, approved_amount_satang=12_345,
+        transaction_id=claim.transaction_id,
+        insurer_code="AIA",
+        state=S.CLAIM_STATE_APPROVED,
+        approved_amount_satang=12_345,
         decision_envelope=decision,
     )
     decided = (await env.intake.RecordDecision(request)).claim
@@ -177,8 +195,11 @@ async def test_submit_is_stored_delivered_once_and_decided(env: Env) -> None:
     assert again.updated_at == decided.updated_at
     # A conflicting one is refused.
     conflicting = decision_intake_pb2.RecordDecisionRequest(
-        transaction_id=claim.transaction_id, insurer_code="AIA", state=S.CLAIM_STATE_DENIED,
-        approved_amount_satang=0, decision_envelope=env.decision(H1, "AIA", "REF-1", 0),
+        transaction_id=claim.transaction_id,
+        insurer_code="AIA",
+        state=S.CLAIM_STATE_DENIED,
+        approved_amount_satang=0,
+        decision_envelope=env.decision(H1, "AIA", "REF-1", 0),
         reason_code="POLICY_NOT_FOUND",
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -213,8 +234,7 @@ async def test_resubmission_is_idempotent_and_conflicts_are_refused(env: Env) ->
         (dict(claim_ref="OTHER"), grpc.StatusCode.INVALID_ARGUMENT, "ENVELOPE_HEADER_MISMATCH"),
         (dict(amount=1), grpc.StatusCode.INVALID_ARGUMENT, "ENVELOPE_HEADER_MISMATCH"),
         (dict(envelope="a.b.c"), grpc.StatusCode.INVALID_ARGUMENT, "ENVELOPE_MALFORMED"),
-        (dict(envelope="x" * (1024 * 1024 + 1)), grpc.StatusCode.INVALID_ARGUMENT,
-         "ENVELOPE_TOO_LARGE"),
+        (dict(envelope="x" * (1024 * 1024 + 1)), grpc.StatusCode.INVALID_ARGUMENT, "ENVELOPE_TOO_LARGE"),
         (dict(insurer="NOPE"), grpc.StatusCode.NOT_FOUND, "INSURER_NOT_FOUND"),
         (dict(kid="AIA-unknown"), grpc.StatusCode.INVALID_ARGUMENT, "ENVELOPE_KID_UNKNOWN"),
         (dict(claim_ref_req="bad ref!"), grpc.StatusCode.INVALID_ARGUMENT, "CLAIM_REF_INVALID"),
@@ -232,13 +252,18 @@ async def test_bad_submissions_are_refused_and_store_nothing(
     if "kid" in mutate:
         public["kid"] = mutate["kid"]
     envelope = mutate.get("envelope") or seal(
-        b"{}", public, sender=mutate.get("sender", H1), recipient=mutate.get("recipient", insurer),
-        claim_ref=mutate.get("claim_ref", ref), amount_satang=mutate.get("amount", billed),
+        b"{}",
+        public,
+        sender=mutate.get("sender", H1),
+        recipient=mutate.get("recipient", insurer),
+        claim_ref=mutate.get("claim_ref", ref),
+        amount_satang=mutate.get("amount", billed),
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await env.claims.SubmitClaim(
-            pb.SubmitClaimRequest(claim_ref=ref, insurer_code=insurer,
-                                  billed_amount_satang=billed, envelope=envelope),
+            pb.SubmitClaimRequest(
+                claim_ref=ref, insurer_code=insurer, billed_amount_satang=billed, envelope=envelope
+            ),
             metadata=env.md(H1),
         )
     assert err.value.code() == code
@@ -251,10 +276,10 @@ async def test_bad_submissions_are_refused_and_store_nothing(
 async def test_hospitals_see_only_their_own_claims(env: Env) -> None:
     claim = await submit(env, H1, "AIA", "REF-3")
     for call in (
-        env.claims.GetClaim(pb.GetClaimRequest(transaction_id=claim.transaction_id),
-                            metadata=env.md(H2)),
-        env.claims.CancelClaim(pb.CancelClaimRequest(transaction_id=claim.transaction_id),
-                               metadata=env.md(H2)),
+        env.claims.GetClaim(pb.GetClaimRequest(transaction_id=claim.transaction_id), metadata=env.md(H2)),
+        env.claims.CancelClaim(
+            pb.CancelClaimRequest(transaction_id=claim.transaction_id), metadata=env.md(H2)
+        ),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
@@ -266,8 +291,10 @@ async def test_hospitals_see_only_their_own_claims(env: Env) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await env.insurer.PostDecision(
             insurer_service_pb2.PostDecisionRequest(
-                transaction_id=claim.transaction_id, state=S.CLAIM_STATE_DENIED,
-                decision_envelope=env.decision(H1, "MTL", "REF-3", 0)),
+                transaction_id=claim.transaction_id,
+                state=S.CLAIM_STATE_DENIED,
+                decision_envelope=env.decision(H1, "MTL", "REF-3", 0),
+            ),
             metadata=env.md("MTL", "insurer"),
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -285,8 +312,9 @@ async def test_wrong_role_is_permission_denied(env: Env) -> None:
 async def test_watch_streams_each_change_and_ends_after_decision(env: Env) -> None:
     claim = await submit(env, H1, "AIA", "REF-4", 900)
     await wait_state(env, claim.transaction_id, S.CLAIM_STATE_DELIVERED)
-    stream = env.claims.WatchClaim(pb.WatchClaimRequest(transaction_id=claim.transaction_id),
-                                   metadata=env.md(H1), timeout=20)
+    stream = env.claims.WatchClaim(
+        pb.WatchClaimRequest(transaction_id=claim.transaction_id), metadata=env.md(H1), timeout=20
+    )
     seen: list[int] = []
 
     async def consume() -> None:
@@ -296,11 +324,15 @@ async def test_watch_streams_each_change_and_ends_after_decision(env: Env) -> No
     consumer = asyncio.create_task(consume())
     await asyncio.sleep(0.2)
     for state, amount in ((S.CLAIM_STATE_PENDING_REVIEW, 0), (S.CLAIM_STATE_APPROVED, 900)):
-        await env.intake.RecordDecision(decision_intake_pb2.RecordDecisionRequest(
-            transaction_id=claim.transaction_id, insurer_code="AIA", state=state,
-            approved_amount_satang=amount,
-            decision_envelope=env.decision(H1, "AIA", "REF-4", amount) if amount else "",
-        ))
+        await env.intake.RecordDecision(
+            decision_intake_pb2.RecordDecisionRequest(
+                transaction_id=claim.transaction_id,
+                insurer_code="AIA",
+                state=state,
+                approved_amount_satang=amount,
+                decision_envelope=env.decision(H1, "AIA", "REF-4", amount) if amount else "",
+            )
+        )
         await asyncio.sleep(0.2)
     await asyncio.wait_for(consumer, 10)
     assert seen == [S.CLAIM_STATE_DELIVERED, S.CLAIM_STATE_PENDING_REVIEW, S.CLAIM_STATE_APPROVED]
@@ -312,10 +344,15 @@ async def test_submit_waits_for_decision_within_timeout(env: Env) -> None:
             claims = await env.claims.ListClaims(pb.ListClaimsRequest(), metadata=env.md(H1))
             if claims.claims:
                 tid = claims.claims[0].transaction_id
-                await env.intake.RecordDecision(decision_intake_pb2.RecordDecisionRequest(
-                    transaction_id=tid, insurer_code="AIA", state=S.CLAIM_STATE_DENIED,
-                    decision_envelope=env.decision(H1, "AIA", "REF-5", 0),
-                    reason_code="POLICY_NOT_FOUND"))
+                await env.intake.RecordDecision(
+                    decision_intake_pb2.RecordDecisionRequest(
+                        transaction_id=tid,
+                        insurer_code="AIA",
+                        state=S.CLAIM_STATE_DENIED,
+                        decision_envelope=env.decision(H1, "AIA", "REF-5", 0),
+                        reason_code="POLICY_NOT_FOUND",
+                    )
+                )
                 return
             await asyncio.sleep(0.05)
 
@@ -338,35 +375,38 @@ async def test_pull_insurer_leases_and_decides(env: Env) -> None:
     md = env.md("TESTPULL", "insurer")
     wait = Duration(seconds=1)
     pulled = await env.insurer.PullClaims(
-        insurer_service_pb2.PullClaimsRequest(max_claims=10, wait=wait), metadata=md)
+        insurer_service_pb2.PullClaimsRequest(max_claims=10, wait=wait), metadata=md
+    )
     assert [d.transaction_id for d in pulled.deliveries] == [claim.transaction_id]
     assert pulled.deliveries[0].envelope
     # Leased: not offered again while the lease runs, offered again after it.
-    again = await env.insurer.PullClaims(
-        insurer_service_pb2.PullClaimsRequest(max_claims=10), metadata=md)
+    again = await env.insurer.PullClaims(insurer_service_pb2.PullClaimsRequest(max_claims=10), metadata=md)
     assert list(again.deliveries) == []
     await asyncio.sleep(1.2)
     reoffered = await env.insurer.PullClaims(
-        insurer_service_pb2.PullClaimsRequest(max_claims=10), metadata=md)
+        insurer_service_pb2.PullClaimsRequest(max_claims=10), metadata=md
+    )
     assert [d.transaction_id for d in reoffered.deliveries] == [claim.transaction_id]
     assert env.adapter.calls == []  # pull claims are never pushed
     hospital = await env.insurer.GetHospital(
-        insurer_service_pb2.GetHospitalRequest(hospital_code=H1), metadata=md)
+        insurer_service_pb2.GetHospitalRequest(hospital_code=H1), metadata=md
+    )
     assert json.loads(hospital.keys[0].jwk)["kty"] == "OKP"
     decided = await env.insurer.PostDecision(
         insurer_service_pb2.PostDecisionRequest(
-            transaction_id=claim.transaction_id, state=S.CLAIM_STATE_PARTIALLY_APPROVED,
+            transaction_id=claim.transaction_id,
+            state=S.CLAIM_STATE_PARTIALLY_APPROVED,
             approved_amount_satang=4_000,
-            decision_envelope=env.decision(H1, "TESTPULL", "REF-7", 4_000)),
-        metadata=md)
+            decision_envelope=env.decision(H1, "TESTPULL", "REF-7", 4_000),
+        ),
+        metadata=md,
+    )
     assert decided.state == S.CLAIM_STATE_PARTIALLY_APPROVED
     await asyncio.sleep(1.2)
-    after = await env.insurer.PullClaims(
-        insurer_service_pb2.PullClaimsRequest(max_claims=10), metadata=md)
+    after = await env.insurer.PullClaims(insurer_service_pb2.PullClaimsRequest(max_claims=10), metadata=md)
     assert list(after.deliveries) == []  # decided: never offered again
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await env.insurer.PullClaims(
-            insurer_service_pb2.PullClaimsRequest(max_claims=0), metadata=md)
+        await env.insurer.PullClaims(insurer_service_pb2.PullClaimsRequest(max_claims=0), metadata=md)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -380,7 +420,9 @@ async def test_pull_long_poll_wakes_on_new_claim(env: Env) -> None:
     task = asyncio.create_task(later())
     pulled = await env.insurer.PullClaims(
         insurer_service_pb2.PullClaimsRequest(max_claims=5, wait=Duration(seconds=10)),
-        metadata=md, timeout=20)
+        metadata=md,
+        timeout=20,
+    )
     await task
     assert len(pulled.deliveries) == 1
 
@@ -389,15 +431,23 @@ async def test_cancel_only_before_decision(env: Env) -> None:
     claim = await submit(env, H1, "AIA", "REF-9", 100)
     cancelled = await env.claims.CancelClaim(
         pb.CancelClaimRequest(transaction_id=claim.transaction_id, reason="duplicate visit"),
-        metadata=env.md(H1))
+        metadata=env.md(H1),
+    )
     assert cancelled.state == S.CLAIM_STATE_CANCELLED
     decided = await submit(env, H1, "AIA", "REF-10", 100)
-    await env.intake.RecordDecision(decision_intake_pb2.RecordDecisionRequest(
-        transaction_id=decided.transaction_id, insurer_code="AIA", state=S.CLAIM_STATE_APPROVED,
-        approved_amount_satang=100, decision_envelope=env.decision(H1, "AIA", "REF-10", 100)))
+    await env.intake.RecordDecision(
+        decision_intake_pb2.RecordDecisionRequest(
+            transaction_id=decided.transaction_id,
+            insurer_code="AIA",
+            state=S.CLAIM_STATE_APPROVED,
+            approved_amount_satang=100,
+            decision_envelope=env.decision(H1, "AIA", "REF-10", 100),
+        )
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await env.claims.CancelClaim(
-            pb.CancelClaimRequest(transaction_id=decided.transaction_id), metadata=env.md(H1))
+            pb.CancelClaimRequest(transaction_id=decided.transaction_id), metadata=env.md(H1)
+        )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert reason_of(err.value) == "CLAIM_NOT_CANCELLABLE"
 
@@ -406,13 +456,13 @@ async def test_list_insurers_pages_and_lists_keys(env: Env) -> None:
     first = await env.claims.ListInsurers(pb.ListInsurersRequest(page_size=4), metadata=env.md(H1))
     assert len(first.insurers) == 4 and first.next_page_token
     rest = await env.claims.ListInsurers(
-        pb.ListInsurersRequest(page_size=4, page_token=first.next_page_token), metadata=env.md(H1))
+        pb.ListInsurersRequest(page_size=4, page_token=first.next_page_token), metadata=env.md(H1)
+    )
     codes = [i.code for i in [*first.insurers, *rest.insurers]]
     assert len(codes) == len(set(codes)) == 6
     assert all(i.keys and json.loads(i.keys[0].jwk)["crv"] == "X25519" for i in first.insurers)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await env.claims.ListInsurers(pb.ListInsurersRequest(page_token="garbage"),
-                                      metadata=env.md(H1))
+        await env.claims.ListInsurers(pb.ListInsurersRequest(page_token="garbage"), metadata=env.md(H1))
     assert reason_of(err.value) == "PAGE_TOKEN_INVALID"
 
 
@@ -423,8 +473,9 @@ async def test_log_lines_carry_transaction_id_and_no_claim_content(env: Env) -> 
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         claim = await submit(env, H1, "AIA", "REF-LOG", 4_321)
         with pytest.raises(grpc.aio.AioRpcError):
-            await env.claims.GetClaim(pb.GetClaimRequest(transaction_id=claim.transaction_id),
-                                      metadata=env.md(H2))
+            await env.claims.GetClaim(
+                pb.GetClaimRequest(transaction_id=claim.transaction_id), metadata=env.md(H2)
+            )
         await wait_state(env, claim.transaction_id, S.CLAIM_STATE_DELIVERED)
     errors = [e for e in logs if e["event"] == "rpc_error"]
     assert errors and errors[0]["transaction_id"] == claim.transaction_id
@@ -438,21 +489,24 @@ async def test_log_lines_carry_transaction_id_and_no_claim_content(env: Env) -> 
 async def test_pull_claim_marked_pending_review_is_not_offered_again(env: Env) -> None:
     claim = await submit(env, H1, "TESTPULL", "REF-PR", 700)
     md = env.md("TESTPULL", "insurer")
-    pulled = await env.insurer.PullClaims(
-        insurer_service_pb2.PullClaimsRequest(max_claims=10), metadata=md)
+    pulled = await env.insurer.PullClaims(insurer_service_pb2.PullClaimsRequest(max_claims=10), metadata=md)
     assert [d.transaction_id for d in pulled.deliveries] == [claim.transaction_id]
     await env.insurer.PostDecision(
         insurer_service_pb2.PostDecisionRequest(
-            transaction_id=claim.transaction_id, state=S.CLAIM_STATE_PENDING_REVIEW),
-        metadata=md)
+            transaction_id=claim.transaction_id, state=S.CLAIM_STATE_PENDING_REVIEW
+        ),
+        metadata=md,
+    )
     await asyncio.sleep(1.2)  # past the 1 s test lease
-    again = await env.insurer.PullClaims(
-        insurer_service_pb2.PullClaimsRequest(max_claims=10), metadata=md)
+    again = await env.insurer.PullClaims(insurer_service_pb2.PullClaimsRequest(max_claims=10), metadata=md)
     assert list(again.deliveries) == []
     final = await env.insurer.PostDecision(
         insurer_service_pb2.PostDecisionRequest(
-            transaction_id=claim.transaction_id, state=S.CLAIM_STATE_APPROVED,
+            transaction_id=claim.transaction_id,
+            state=S.CLAIM_STATE_APPROVED,
             approved_amount_satang=700,
-            decision_envelope=env.decision(H1, "TESTPULL", "REF-PR", 700)),
-        metadata=md)
+            decision_envelope=env.decision(H1, "TESTPULL", "REF-PR", 700),
+        ),
+        metadata=md,
+    )
     assert final.state == S.CLAIM_STATE_APPROVED

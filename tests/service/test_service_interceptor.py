@@ -1,5 +1,6 @@
 """The shared interceptor: typed errors keep their code and reason, crashes are
 INTERNAL with a reason (never UNKNOWN), for unary and streaming handlers."""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -33,10 +34,17 @@ async def boom_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
 @pytest.fixture
 async def channel() -> AsyncIterator[grpc.aio.Channel]:
     server = new_server()
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
-        "Unary": grpc.unary_unary_rpc_method_handler(boom_unary),
-        "Stream": grpc.unary_stream_rpc_method_handler(boom_stream),
-    }),))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                SERVICE,
+                {
+                    "Unary": grpc.unary_unary_rpc_method_handler(boom_unary),
+                    "Stream": grpc.unary_stream_rpc_method_handler(boom_stream),
+                },
+            ),
+        )
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -52,12 +60,16 @@ def _reason(err: grpc.aio.AioRpcError) -> str:
     return info.reason
 
 
-@pytest.mark.parametrize(("payload", "code", "reason"), [
-    (b"typed", grpc.StatusCode.NOT_FOUND, "THING_NOT_FOUND"),
-    (b"crash", grpc.StatusCode.INTERNAL, "INTERNAL"),
-])
-async def test_unary_errors_are_mapped(channel: grpc.aio.Channel, payload: bytes,
-                                       code: grpc.StatusCode, reason: str) -> None:
+@pytest.mark.parametrize(
+    ("payload", "code", "reason"),
+    [
+        (b"typed", grpc.StatusCode.NOT_FOUND, "THING_NOT_FOUND"),
+        (b"crash", grpc.StatusCode.INTERNAL, "INTERNAL"),
+    ],
+)
+async def test_unary_errors_are_mapped(
+    channel: grpc.aio.Channel, payload: bytes, code: grpc.StatusCode, reason: str
+) -> None:
     assert await channel.unary_unary(f"/{SERVICE}/Unary")(b"ok") == b"ok"
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await channel.unary_unary(f"/{SERVICE}/Unary")(payload)
@@ -66,12 +78,16 @@ async def test_unary_errors_are_mapped(channel: grpc.aio.Channel, payload: bytes
     assert ("x-iclaim-reason", reason) in tuple(err.value.trailing_metadata() or ())
 
 
-@pytest.mark.parametrize(("payload", "code", "reason"), [
-    (b"typed", grpc.StatusCode.NOT_FOUND, "THING_NOT_FOUND"),
-    (b"crash", grpc.StatusCode.INTERNAL, "INTERNAL"),
-])
-async def test_stream_errors_are_mapped_after_items(channel: grpc.aio.Channel, payload: bytes,
-                                                    code: grpc.StatusCode, reason: str) -> None:
+@pytest.mark.parametrize(
+    ("payload", "code", "reason"),
+    [
+        (b"typed", grpc.StatusCode.NOT_FOUND, "THING_NOT_FOUND"),
+        (b"crash", grpc.StatusCode.INTERNAL, "INTERNAL"),
+    ],
+)
+async def test_stream_errors_are_mapped_after_items(
+    channel: grpc.aio.Channel, payload: bytes, code: grpc.StatusCode, reason: str
+) -> None:
     got = []
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for item in channel.unary_stream(f"/{SERVICE}/Stream")(payload):

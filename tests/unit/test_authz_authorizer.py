@@ -1,5 +1,6 @@
 """The §3 decision, with in-memory key and nonce stores (the Redis/PostgreSQL
 ones are exercised in tests/service/test_gateway_*.py)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -44,8 +45,16 @@ def authorizer(*keys: SigningKey) -> Authorizer:
 HOSP = SigningKey("10670", "k1", SECRET, "hospital", False)
 
 
-def request(method: str, body: bytes, *, secret: bytes = SECRET, client: str = "10670",
-            key_id: str = "k1", ts: int = NOW, nonce: str = "nnnnnnnnnnnnnnnn") -> CheckInput:
+def request(
+    method: str,
+    body: bytes,
+    *,
+    secret: bytes = SECRET,
+    client: str = "10670",
+    key_id: str = "k1",
+    ts: int = NOW,
+    nonce: str = "nnnnnnnnnnnnnnnn",
+) -> CheckInput:
     sig = signing.sign(secret, client, key_id, method, ts, nonce, body)
     headers = {
         "x-iclaim-client": client,
@@ -94,7 +103,10 @@ async def test_unknown_client_key_and_bad_signature_are_indistinguishable() -> N
     for d in outcomes:
         assert isinstance(d, Deny)
         assert (d.error.code, d.error.reason, d.error.message) == (
-            Code.UNAUTHENTICATED, "BAD_SIGNATURE", BAD_SIGNATURE_MESSAGE)
+            Code.UNAUTHENTICATED,
+            "BAD_SIGNATURE",
+            BAD_SIGNATURE_MESSAGE,
+        )
 
 
 async def test_skew_denial_carries_server_time() -> None:
@@ -199,8 +211,9 @@ async def test_recovering_denial_names_server_time_and_first_accepted_stamp() ->
     assert d.headers == {"x-iclaim-server-time": str(NOW)}
 
 
-@pytest.mark.parametrize("txn", ["txn_" + "a" * 300_000, "txn_\r\nx-iclaim-role: insurer",
-                                 "txn_\u0e01", "", "a b"])
+@pytest.mark.parametrize(
+    "txn", ["txn_" + "a" * 300_000, "txn_\r\nx-iclaim-role: insurer", "txn_\u0e01", "", "a b"]
+)
 async def test_unsafe_transaction_ids_pass_without_the_trusted_header(txn: str) -> None:
     # The router refuses them (INVALID_ARGUMENT); the gateway must not break the call.
     body = claim_service_pb2.GetClaimRequest(transaction_id=txn).SerializeToString()

@@ -1,6 +1,7 @@
 """The client SDK's signing/retry interceptor (iclaim/client/signer.py) against
 a scripted gateway: fresh signature per attempt, clock offset learning,
 riding through a nonce-store loss, rate-limit hints, bounded attempts."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,8 +20,13 @@ METHOD = "/iclaim.v1.ClaimService/GetClaim"
 
 
 class FakeCall:
-    def __init__(self, code: grpc.StatusCode, reason: str = "", meta: dict[str, str] | None = None,
-                 server_time: int | None = None) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str = "",
+        meta: dict[str, str] | None = None,
+        server_time: int | None = None,
+    ) -> None:
         self._code = code
         trailing: list[tuple[str, Any]] = []
         if reason:
@@ -93,9 +99,11 @@ async def test_skew_refusal_teaches_the_offset_and_retries_at_once(clock_and_sle
 
 async def test_other_refusals_are_not_retried(clock_and_sleeps) -> None:
     clock, _ = clock_and_sleeps
-    for reason, code in (("NONCE_REPLAYED", grpc.StatusCode.UNAUTHENTICATED),
-                         ("WRONG_ROLE", grpc.StatusCode.PERMISSION_DENIED),
-                         ("BAD_SIGNATURE", grpc.StatusCode.UNAUTHENTICATED)):
+    for reason, code in (
+        ("NONCE_REPLAYED", grpc.StatusCode.UNAUTHENTICATED),
+        ("WRONG_ROLE", grpc.StatusCode.PERMISSION_DENIED),
+        ("BAD_SIGNATURE", grpc.StatusCode.UNAUTHENTICATED),
+    ):
         gw, call = await _run(clock, [FakeCall(code, reason, server_time=int(T0) + 900), OK])
         assert await call.code() == code and len(gw.seen) == 1
 
@@ -105,8 +113,12 @@ async def test_nonce_store_recovery_stamps_the_floor_once_it_is_reachable(
 ) -> None:
     clock, sleeps = clock_and_sleeps
     floor = int(T0) + 61  # loss recovered at T0
-    rec = FakeCall(grpc.StatusCode.UNAVAILABLE, "NONCE_STORE_RECOVERING",
-                   {"retry_not_before": str(floor)}, server_time=int(T0))
+    rec = FakeCall(
+        grpc.StatusCode.UNAVAILABLE,
+        "NONCE_STORE_RECOVERING",
+        {"retry_not_before": str(floor)},
+        server_time=int(T0),
+    )
     gw, call = await _run(clock, [rec, OK])
     assert await call.code() == grpc.StatusCode.OK
     # Waited only until the floor is within the 60 s the gateway accepts ahead.
@@ -117,8 +129,7 @@ async def test_nonce_store_recovery_stamps_the_floor_once_it_is_reachable(
 
 async def test_rate_limit_hint_is_honoured(clock_and_sleeps) -> None:
     clock, sleeps = clock_and_sleeps
-    limited = FakeCall(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED",
-                       {"retry_after_ms": "400"})
+    limited = FakeCall(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", {"retry_after_ms": "400"})
     gw, call = await _run(clock, [limited, limited, OK])
     assert await call.code() == grpc.StatusCode.OK and len(gw.seen) == 3
     assert all(0.4 <= s <= 0.48 for s in sleeps)
@@ -131,7 +142,8 @@ async def test_attempts_and_time_are_bounded(clock_and_sleeps) -> None:
     gw, call = await _run(clock, [down] * 20, max_attempts=5)
     assert await call.code() == grpc.StatusCode.UNAVAILABLE and len(gw.seen) == 5
     # A floor a long way off is not waited for beyond the call's deadline (30 s).
-    far = FakeCall(grpc.StatusCode.UNAVAILABLE, "NONCE_STORE_RECOVERING",
-                   {"retry_not_before": str(int(T0) + 500)})
+    far = FakeCall(
+        grpc.StatusCode.UNAVAILABLE, "NONCE_STORE_RECOVERING", {"retry_not_before": str(int(T0) + 500)}
+    )
     gw, call = await _run(clock, [far, OK])
     assert await call.code() == grpc.StatusCode.UNAVAILABLE and len(gw.seen) == 1

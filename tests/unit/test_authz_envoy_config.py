@@ -1,5 +1,6 @@
 """The rendered Envoy bootstrap (gateway/envoy.py); Envoy itself runs in
 tests/service/test_gateway_envoy.py."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,13 @@ def test_routes_cover_exactly_the_public_methods_then_unimplemented(cfg: dict[st
     exact = {r["match"]["path"]: r for r in routes if "path" in r["match"]}
     assert set(exact) == set(policy.ALLOWED_ROLES)
     for path, r in exact.items():
-        want = ("billing" if "/iclaim.v1.BillingService/" in path
-                else "audit" if "/iclaim.v1.AuditTrailService/" in path else "router")
+        want = (
+            "billing"
+            if "/iclaim.v1.BillingService/" in path
+            else "audit"
+            if "/iclaim.v1.AuditTrailService/" in path
+            else "router"
+        )
         assert r["route"]["cluster"] == want
         assert "typed_per_filter_config" not in r  # ext_authz applies
     last = routes[-1]
@@ -44,8 +50,11 @@ def test_routes_cover_exactly_the_public_methods_then_unimplemented(cfg: dict[st
 def test_health_and_reflection_skip_ext_authz(cfg: dict[str, Any]) -> None:
     [vhost] = _hcm(cfg)["route_config"]["virtual_hosts"]
     open_routes = {r["match"].get("prefix"): r for r in vhost["routes"]}
-    for service in ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
-                    "grpc.reflection.v1.ServerReflection"):
+    for service in (
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    ):
         r = open_routes[f"/{service}/"]
         assert r["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["disabled"]
 
@@ -62,8 +71,11 @@ def test_long_calls_and_watch_get_long_timeouts(cfg: dict[str, Any]) -> None:
 def test_trusted_headers_are_stripped_before_ext_authz(cfg: dict[str, Any]) -> None:
     filters = _hcm(cfg)["http_filters"]
     names = [f["name"] for f in filters]
-    assert names == ["envoy.filters.http.header_mutation", "envoy.filters.http.ext_authz",
-                     "envoy.filters.http.router"]
+    assert names == [
+        "envoy.filters.http.header_mutation",
+        "envoy.filters.http.ext_authz",
+        "envoy.filters.http.router",
+    ]
     removed = {m["remove"] for m in filters[0]["typed_config"]["mutations"]["request_mutations"]}
     assert removed == {*TRUSTED_HEADERS, "x-envoy-auth-partial-body"}
 
@@ -80,8 +92,9 @@ def test_tls_and_admin(cfg: dict[str, Any]) -> None:
     [listener] = cfg["static_resources"]["listeners"]
     tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
     assert tls["tls_params"]["tls_minimum_protocol_version"] == "TLSv1_2"
-    assert all(c.startswith("ECDHE-") and ("GCM" in c or "CHACHA20" in c)
-               for c in tls["tls_params"]["cipher_suites"])
+    assert all(
+        c.startswith("ECDHE-") and ("GCM" in c or "CHACHA20" in c) for c in tls["tls_params"]["cipher_suites"]
+    )
     assert tls["alpn_protocols"] == ["h2"]
     assert cfg["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
     with pytest.raises(ValueError):
@@ -113,19 +126,18 @@ def test_mutual_tls_is_off_unless_a_client_ca_is_given(cfg: dict[str, Any]) -> N
     with_ca = render_config(tls=TLS, access_log=Path("/s/a.log"), client_ca=Path("/s/cca.pem"))
     [listener] = with_ca["static_resources"]["listeners"]
     tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]
-    assert tls["common_tls_context"]["validation_context"] == {
-        "trusted_ca": {"filename": "/s/cca.pem"}}
+    assert tls["common_tls_context"]["validation_context"] == {"trusted_ca": {"filename": "/s/cca.pem"}}
     # Optional at the TLS layer; the authz requires it per principal (require_mtls).
     assert tls["require_client_certificate"] is False
-    authz = [f for f in _hcm(with_ca)["http_filters"]
-             if f["name"] == "envoy.filters.http.ext_authz"][0]["typed_config"]
+    authz = [f for f in _hcm(with_ca)["http_filters"] if f["name"] == "envoy.filters.http.ext_authz"][0][
+        "typed_config"
+    ]
     assert authz["include_peer_certificate"] is True
 
 
 def test_every_hop_has_a_deadline(cfg: dict[str, Any]) -> None:
     hcm = _hcm(cfg)
-    authz = [f for f in hcm["http_filters"]
-             if f["name"] == "envoy.filters.http.ext_authz"][0]["typed_config"]
+    authz = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_authz"][0]["typed_config"]
     assert authz["grpc_service"]["timeout"] == "5s"
     [vhost] = hcm["route_config"]["virtual_hosts"]
     for r in vhost["routes"]:

@@ -1,5 +1,6 @@
 """The gRPC frame the signature covers (PROTOCOL.md §3: message bytes without
 the 5-byte prefix, uncompressed)."""
+
 from __future__ import annotations
 
 import pytest

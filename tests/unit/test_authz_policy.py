@@ -1,4 +1,5 @@
 """Who may call what (PROTOCOL.md §2, §3, §9)."""
+
 from __future__ import annotations
 
 import pytest
@@ -53,8 +54,7 @@ def test_unknown_roles_and_methods() -> None:
 def test_long_calls_and_streams_are_public_methods() -> None:
     assert set(policy.ALLOWED_ROLES) >= policy.LONG_UNARY | policy.SERVER_STREAMS
     streaming = {
-        f"/{s.full_name}/{m.name}" for s in public_services() for m in s.methods
-        if m.server_streaming
+        f"/{s.full_name}/{m.name}" for s in public_services() for m in s.methods if m.server_streaming
     }
     assert streaming == set(policy.SERVER_STREAMS)
 

@@ -1,4 +1,5 @@
 """Dev TLS material for the gateway (gateway/tls.py)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -44,8 +45,7 @@ def test_replaces_a_server_cert_that_is_broken_or_not_for_these_names(tmp_path: 
     server.verify_directly_issued_by(_cert(paths.ca_cert))
     assert paths.ca_cert.read_bytes() == ca_pem  # the CA clients trust is kept
     ensure_dev_tls(tmp_path, dns_names=("localhost", "gateway.local"))
-    san = _cert(paths.server_cert).extensions.get_extension_for_class(
-        x509.SubjectAlternativeName).value
+    san = _cert(paths.server_cert).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "gateway.local" in san.get_values_for_type(x509.DNSName)
     assert _cert(paths.server_cert).not_valid_after_utc > dt.datetime.now(dt.UTC)
 

@@ -1,4 +1,5 @@
 """C2SP signed notes and tlog checkpoints with Ed25519."""
+
 from __future__ import annotations
 
 import base64
@@ -33,7 +34,11 @@ def test_checkpoint_note_layout() -> None:
     note = sign_checkpoint(_signer(), Checkpoint(ORIGIN, 42, root, WHEN))
     text, _, sig = note.partition("\n\n")
     assert text.split("\n") == [
-        ORIGIN, "42", base64.b64encode(root).decode(), "time 2026-11-25T10:00:00.123Z"]
+        ORIGIN,
+        "42",
+        base64.b64encode(root).decode(),
+        "time 2026-11-25T10:00:00.123Z",
+    ]
     assert sig.startswith(f"\u2014 {ORIGIN} ") and sig.endswith("\n")
     blob = base64.b64decode(sig.split(" ")[-1])
     assert blob[:4] == key_id(ORIGIN, _signer().public_key) and len(blob) == 68
@@ -90,8 +95,14 @@ def test_other_key_and_wrong_origin_are_rejected() -> None:
 
 @pytest.mark.parametrize(
     "vkey",
-    ["", "name", "name+00000000", "na me+00000000+AQ==", "x+00000000+" + "A" * 44,
-     ORIGIN + "+deadbeef+" + base64.b64encode(b"\x01" + bytes(32)).decode()],
+    [
+        "",
+        "name",
+        "name+00000000",
+        "na me+00000000+AQ==",
+        "x+00000000+" + "A" * 44,
+        ORIGIN + "+deadbeef+" + base64.b64encode(b"\x01" + bytes(32)).decode(),
+    ],
 )
 def test_malformed_verifier_keys(vkey: str) -> None:
     with pytest.raises(NoteError):
@@ -100,9 +111,13 @@ def test_malformed_verifier_keys(vkey: str) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    ["", f"{ORIGIN}\n", f"{ORIGIN}\n07\n{base64.b64encode(EMPTY_ROOT).decode()}\ntime "
-     "2026-11-25T10:00:00.123Z\n", f"{ORIGIN}\n7\nAAAA\ntime 2026-11-25T10:00:00.123Z\n",
-     f"{ORIGIN}\n7\n{base64.b64encode(EMPTY_ROOT).decode()}\n"],
+    [
+        "",
+        f"{ORIGIN}\n",
+        f"{ORIGIN}\n07\n{base64.b64encode(EMPTY_ROOT).decode()}\ntime 2026-11-25T10:00:00.123Z\n",
+        f"{ORIGIN}\n7\nAAAA\ntime 2026-11-25T10:00:00.123Z\n",
+        f"{ORIGIN}\n7\n{base64.b64encode(EMPTY_ROOT).decode()}\n",
+    ],
 )
 def test_malformed_bodies(body: str) -> None:
     with pytest.raises(NoteError):

@@ -1,6 +1,7 @@
 """Tampering with a sealed envelope: any changed bit in any of the five parts,
 a rewritten protected header, a swapped ephemeral key or a downgraded alg is a
 typed EnvelopeError at the recipient, never plaintext."""
+
 from __future__ import annotations
 
 import base64
@@ -46,7 +47,10 @@ def _rsa() -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _seal(public: dict[str, Any], **over: Any) -> str:
     args: dict[str, Any] = {
-        "sender": "10001", "recipient": "AIA", "claim_ref": "CR-1", "amount_satang": 12_345,
+        "sender": "10001",
+        "recipient": "AIA",
+        "claim_ref": "CR-1",
+        "amount_satang": 12_345,
     }
     args.update(over)
     return seal(PLAINTEXT, public, **args)
@@ -119,9 +123,14 @@ def test_rewritten_header_is_readable_but_never_opens(changes: dict[str, Any]) -
     forged = _rewrite_header(_seal(public), **changes)
     header = parse_protected_header(forged)
     for name, value in changes.items():
-        attr = {"x-iclaim-recipient": "recipient", "x-iclaim-amount-satang": "amount_satang",
-                "x-iclaim-sender": "sender", "x-iclaim-claim-ref": "claim_ref",
-                "x-iclaim-iat": "iat", "kid": "kid"}[name]
+        attr = {
+            "x-iclaim-recipient": "recipient",
+            "x-iclaim-amount-satang": "amount_satang",
+            "x-iclaim-sender": "sender",
+            "x-iclaim-claim-ref": "claim_ref",
+            "x-iclaim-iat": "iat",
+            "kid": "kid",
+        }[name]
         assert getattr(header, attr) == value
     reason = _refused(forged, private)
     expected = "ENVELOPE_KID_UNKNOWN" if "kid" in changes else "ENVELOPE_DECRYPT_FAILED"
@@ -212,15 +221,22 @@ def test_wrong_key_type_or_wrong_key() -> None:
 
 @pytest.mark.parametrize(
     "envelope",
-    ["", "a.b.c.d", "a.b.c.d.e.f", "....", "!!!!.a.b.c.d", "e30.a.b.c.d", "W10.a.b.c.d",
-     "x" * (1024 * 1024 + 1)],
+    [
+        "",
+        "a.b.c.d",
+        "a.b.c.d.e.f",
+        "....",
+        "!!!!.a.b.c.d",
+        "e30.a.b.c.d",
+        "W10.a.b.c.d",
+        "x" * (1024 * 1024 + 1),
+    ],
 )
 def test_malformed_shapes_are_typed(envelope: str) -> None:
     private, _ = _x25519()
     with pytest.raises(EnvelopeError) as err:
         decrypt_compact_policy(envelope, private)
-    assert err.value.reason in {"ENVELOPE_MALFORMED", "ENVELOPE_TOO_LARGE",
-                                "ENVELOPE_ALG_FORBIDDEN"}
+    assert err.value.reason in {"ENVELOPE_MALFORMED", "ENVELOPE_TOO_LARGE", "ENVELOPE_ALG_FORBIDDEN"}
 
 
 def _insurer(code: str, kid: str) -> Principal:
@@ -234,18 +250,29 @@ def test_router_check_refuses_readdressed_header() -> None:
     forged = _rewrite_header(_seal(public), **{"x-iclaim-recipient": "BKI"})
     header = parse_protected_header(forged)
     with pytest.raises(InvalidArgument) as err:
-        check_envelope_routing(header, sender="10001", recipient=_insurer("AIA", "INS-k1"),
-                               claim_ref="CR-1", amount_satang=12_345)
+        check_envelope_routing(
+            header,
+            sender="10001",
+            recipient=_insurer("AIA", "INS-k1"),
+            claim_ref="CR-1",
+            amount_satang=12_345,
+        )
     assert err.value.reason == "ENVELOPE_HEADER_MISMATCH"
     original = parse_protected_header(_seal(public))
     with pytest.raises(InvalidArgument) as err:
-        check_envelope_routing(original, sender="10001", recipient=_insurer("BKI", "BKI-k"),
-                               claim_ref="CR-1", amount_satang=12_345)
+        check_envelope_routing(
+            original,
+            sender="10001",
+            recipient=_insurer("BKI", "BKI-k"),
+            claim_ref="CR-1",
+            amount_satang=12_345,
+        )
     assert err.value.reason == "ENVELOPE_HEADER_MISMATCH"
     # Recipient forged to match BKI, but the kid is AIA's: unknown to BKI.
     with pytest.raises(InvalidArgument) as err:
-        check_envelope_routing(header, sender="10001", recipient=_insurer("BKI", "BKI-k"),
-                               claim_ref="CR-1", amount_satang=12_345)
+        check_envelope_routing(
+            header, sender="10001", recipient=_insurer("BKI", "BKI-k"), claim_ref="CR-1", amount_satang=12_345
+        )
     assert err.value.reason == "ENVELOPE_KID_UNKNOWN"
 
 
@@ -270,11 +297,16 @@ def test_previous_key_is_accepted_only_within_the_grace() -> None:
 
     def rotated(ago_s: float | None) -> Principal:
         since = None if ago_s is None else now - timedelta(seconds=ago_s)
-        return Principal("AIA", "insurer", "AIA", keys=(
-            EncryptionKeyRecord("k-old", {}, "previous", since),
-            EncryptionKeyRecord("k-new", {}, "current"),
-            EncryptionKeyRecord("k-gone", {}, "retired"),
-        ))
+        return Principal(
+            "AIA",
+            "insurer",
+            "AIA",
+            keys=(
+                EncryptionKeyRecord("k-old", {}, "previous", since),
+                EncryptionKeyRecord("k-new", {}, "current"),
+                EncryptionKeyRecord("k-gone", {}, "retired"),
+            ),
+        )
 
     assert rotated(10).accepted_kids(grace, now) == {"k-old", "k-new"}
     assert rotated(grace).accepted_kids(grace, now) == {"k-old", "k-new"}
@@ -285,16 +317,26 @@ def test_previous_key_is_accepted_only_within_the_grace() -> None:
     assert DEFAULT_KEY_GRACE_S == 7 * 24 * 3600
     _, public = _x25519()  # kid INS-k1
     header = parse_protected_header(_seal(public))
-    late = Principal("AIA", "insurer", "AIA", keys=(
-        EncryptionKeyRecord("INS-k1", {}, "previous", datetime.now(UTC) - timedelta(days=8)),
-        EncryptionKeyRecord("INS-k2", {}, "current"),
-    ))
+    late = Principal(
+        "AIA",
+        "insurer",
+        "AIA",
+        keys=(
+            EncryptionKeyRecord("INS-k1", {}, "previous", datetime.now(UTC) - timedelta(days=8)),
+            EncryptionKeyRecord("INS-k2", {}, "current"),
+        ),
+    )
     with pytest.raises(InvalidArgument) as err:
-        check_envelope_routing(header, sender="10001", recipient=late, claim_ref="CR-1",
-                               amount_satang=12_345)
+        check_envelope_routing(header, sender="10001", recipient=late, claim_ref="CR-1", amount_satang=12_345)
     assert err.value.reason == "ENVELOPE_KID_UNKNOWN"
-    check_envelope_routing(header, sender="10001", recipient=late, claim_ref="CR-1",
-                           amount_satang=12_345, key_grace_s=9 * 24 * 3600)
+    check_envelope_routing(
+        header,
+        sender="10001",
+        recipient=late,
+        claim_ref="CR-1",
+        amount_satang=12_345,
+        key_grace_s=9 * 24 * 3600,
+    )
 
 
 @pytest.mark.parametrize("cut", [1, 4, 8, 15, 16])
@@ -314,5 +356,5 @@ def test_missing_part_is_refused(index: int) -> None:
     emptied = list(parts)
     emptied[index] = ""
     assert _refused(".".join(emptied), private).startswith("ENVELOPE_")
-    dropped = parts[:index] + parts[index + 1:]
+    dropped = parts[:index] + parts[index + 1 :]
     assert _refused(".".join(dropped), private) == "ENVELOPE_MALFORMED"

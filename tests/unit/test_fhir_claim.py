@@ -1,4 +1,5 @@
 """FHIR Claim build/parse: exact money, and typed errors for unusable documents."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,7 @@ from iclaim.fhir import (
 )
 from iclaim.fhir.jsonio import dumps
 
-PATIENT = PatientInfo(name="สมชาย ใจดี", citizen_id="1101700203450", birth_date="1980-02-29",
-                      gender="male")
+PATIENT = PatientInfo(name="สมชาย ใจดี", citizen_id="1101700203450", birth_date="1980-02-29", gender="male")
 
 
 def _claim(**overrides: object) -> bytes:
@@ -120,8 +120,15 @@ def _set_total(value: object) -> object:
         (b'{"resourceType": "Claim"}', "FHIR_INVALID"),
         (_mutated(lambda d: d.pop("total")), "AMOUNT_MISSING"),
         (_mutated(lambda d: d.pop("insurance")), "FHIR_INVALID"),
-        (_mutated(lambda d: d["insurance"][0]["coverage"].pop("identifier")
-                  or d["insurance"][0]["coverage"].__setitem__("display", "x")), "POLICY_MISSING"),
+        (
+            _mutated(
+                lambda d: (
+                    d["insurance"][0]["coverage"].pop("identifier")
+                    or d["insurance"][0]["coverage"].__setitem__("display", "x")
+                )
+            ),
+            "POLICY_MISSING",
+        ),
         (_mutated(lambda d: d["total"].__setitem__("currency", "USD")), "CURRENCY_NOT_THB"),
         (_mutated(lambda d: d["total"].pop("currency")), "CURRENCY_NOT_THB"),
         (json.dumps({}).encode(), "NOT_A_CLAIM"),

@@ -1,4 +1,5 @@
 """FHIR ClaimResponse build/parse: each decision state reads back with exact amounts."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,13 @@ from iclaim.fhir import (
 
 def _response(state: str, billed: int, approved: int, reason: str = "") -> bytes:
     return build_claim_response(
-        claim_ref="HN123-1", hospital_code="10670", insurer_code="MTL", state=state,
-        billed_satang=billed, approved_satang=approved, reason_code=reason,
+        claim_ref="HN123-1",
+        hospital_code="10670",
+        insurer_code="MTL",
+        state=state,
+        billed_satang=billed,
+        approved_satang=approved,
+        reason_code=reason,
     )
 
 
@@ -62,8 +68,13 @@ def test_state_is_inferred_for_responses_without_our_extension() -> None:
 
 @pytest.mark.parametrize(
     ("state", "billed", "approved"),
-    [(APPROVED, 100, 99), (PARTIALLY_APPROVED, 100, 100), (DENIED, 100, 1),
-     (PENDING_REVIEW, 100, 5), ("PAID", 100, 100)],
+    [
+        (APPROVED, 100, 99),
+        (PARTIALLY_APPROVED, 100, 100),
+        (DENIED, 100, 1),
+        (PENDING_REVIEW, 100, 5),
+        ("PAID", 100, 100),
+    ],
 )
 def test_inconsistent_decisions_are_refused(state: str, billed: int, approved: int) -> None:
     with pytest.raises(FhirError):

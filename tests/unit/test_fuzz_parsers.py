@@ -2,6 +2,7 @@
 the §3 auth metadata, the §4 envelope's protected header, the gRPC frame and
 the request message decoding. Each must either succeed or raise its typed
 error — never crash — and stay within a memory bound on 1 MiB inputs."""
+
 from __future__ import annotations
 
 import base64
@@ -17,9 +18,7 @@ from iclaim.errors import IclaimError
 from iclaim.crypto import envelope, signing
 
 EXAMPLES = 1500
-FUZZ = settings(
-    max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
-)
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 COUNTS: dict[str, int] = {}
 MIB = 1024 * 1024
 
@@ -43,10 +42,11 @@ _near_valid = {
         st.binary(min_size=30, max_size=34).map(signing.b64url), st.text(max_size=60)
     ),
 }
-_headers = st.fixed_dictionaries(
-    {}, optional={k: v for k, v in _near_valid.items()}
-).flatmap(lambda d: st.dictionaries(st.text(max_size=20), st.text(max_size=20), max_size=3).map(
-    lambda extra: {**extra, **d}))
+_headers = st.fixed_dictionaries({}, optional={k: v for k, v in _near_valid.items()}).flatmap(
+    lambda d: st.dictionaries(st.text(max_size=20), st.text(max_size=20), max_size=3).map(
+        lambda extra: {**extra, **d}
+    )
+)
 
 
 @FUZZ
@@ -92,9 +92,9 @@ _header_obj = st.fixed_dictionaries(
 )
 _envelopes = st.one_of(
     st.text(max_size=300),
-    st.tuples(_header_obj, st.lists(st.text(alphabet="AbC_-09", max_size=30), min_size=0,
-                                    max_size=6)).map(
-        lambda t: ".".join([_b64(json.dumps(t[0]).encode()), *t[1]])),
+    st.tuples(_header_obj, st.lists(st.text(alphabet="AbC_-09", max_size=30), min_size=0, max_size=6)).map(
+        lambda t: ".".join([_b64(json.dumps(t[0]).encode()), *t[1]])
+    ),
     st.binary(max_size=200).map(lambda b: _b64(b) + "...."),
 )
 
@@ -118,8 +118,9 @@ def _fuzz_protected_header(text: str) -> None:
 # --- gRPC frame + request decoding ----------------------------------------------------
 _frames = st.one_of(
     st.binary(max_size=64),
-    st.tuples(st.sampled_from([0, 1, 2, 255]), st.integers(0, 2**32 - 1), st.binary(max_size=64))
-    .map(lambda t: bytes([t[0]]) + t[1].to_bytes(4, "big") + t[2]),
+    st.tuples(st.sampled_from([0, 1, 2, 255]), st.integers(0, 2**32 - 1), st.binary(max_size=64)).map(
+        lambda t: bytes([t[0]]) + t[1].to_bytes(4, "big") + t[2]
+    ),
     st.binary(max_size=64).map(lambda b: b"\x00" + len(b).to_bytes(4, "big") + b),
 )
 
@@ -163,9 +164,9 @@ def test_one_mebibyte_inputs_stay_within_a_memory_bound() -> None:
     nested = b"\x0a\x80\x80\x40" * (MIB // 4)
     framed = b"\x00" + len(nested).to_bytes(4, "big") + nested
     for method in messages.REQUEST_CLASSES:
-        assert _peak(
-            lambda m=method: messages.derive(m, frame.message_bytes(framed, partial=False))
-        ) < 16 * MIB
+        assert (
+            _peak(lambda m=method: messages.derive(m, frame.message_bytes(framed, partial=False))) < 16 * MIB
+        )
 
 
 def _ran(name: str, fuzz: object) -> None:

@@ -7,6 +7,7 @@ installs it). Every rendered object must pass the Kubernetes JSON schemas
 (strict) and the house rules below. The mutation tests at the end prove the
 rules fail on broken manifests.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,8 +36,12 @@ TARGETS = {
     "prod": K8S / "overlays" / "prod",
 }
 PROD_REPLICAS = {
-    "claim-router": 3, "authz": 3, "gateway": 3,
-    "insurer-adapter": 2, "audit-log": 2, "billing": 2,
+    "claim-router": 3,
+    "authz": 3,
+    "gateway": 3,
+    "insurer-adapter": 2,
+    "audit-log": 2,
+    "billing": 2,
 }
 ENVOY_MODULE = "gateway.envoy"  # TLS listener + loopback admin: no grpc/httpGet probes
 AUDIT_MODULE = "services.audit_log"
@@ -70,10 +75,12 @@ def _kubectl() -> str:
     # PATH, then beside this interpreter (a venv's bin/ when kubectl came from a wheel).
     path = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
     if path is None:
-        pytest.fail(f"kubectl not found on PATH nor in {Path(sys.executable).parent}. "
-                    f"{KUBECTL_HELP}", pytrace=False)
-    proc = subprocess.run([path, "version", "--client", "-o", "json"],
-                          capture_output=True, text=True, timeout=60, check=False)
+        pytest.fail(
+            f"kubectl not found on PATH nor in {Path(sys.executable).parent}. {KUBECTL_HELP}", pytrace=False
+        )
+    proc = subprocess.run(
+        [path, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=60, check=False
+    )
     try:
         info = json.loads(proc.stdout)
     except json.JSONDecodeError:
@@ -82,8 +89,11 @@ def _kubectl() -> str:
     m = re.match(r"v?(\d+)\.(\d+)", version)
     if m is None or (int(m[1]), int(m[2])) < MIN_KUSTOMIZE:
         kubectl = info.get("clientVersion", {}).get("gitVersion") or proc.stderr.strip()[:200]
-        pytest.fail(f"{path} (kubectl {kubectl}): kustomize {version or 'version unknown'} "
-                    f"is too old. {KUBECTL_HELP}", pytrace=False)
+        pytest.fail(
+            f"{path} (kubectl {kubectl}): kustomize {version or 'version unknown'} "
+            f"is too old. {KUBECTL_HELP}",
+            pytrace=False,
+        )
     return path
 
 
@@ -91,11 +101,20 @@ def render(directory: Path) -> list[Obj]:
     """`kubectl kustomize <directory>`, parsed."""
     # No cluster is contacted; an empty KUBECONFIG keeps a developer's config out of it.
     env = {**os.environ, "KUBECONFIG": os.devnull}
-    proc = subprocess.run([_kubectl(), "kustomize", str(directory)],
-                          capture_output=True, text=True, timeout=120, check=False, env=env)
+    proc = subprocess.run(
+        [_kubectl(), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
     if proc.returncode != 0:
-        pytest.fail(f"kubectl kustomize {os.path.relpath(directory, REPO)} failed "
-                    f"(exit {proc.returncode}):\n{proc.stderr}", pytrace=False)
+        pytest.fail(
+            f"kubectl kustomize {os.path.relpath(directory, REPO)} failed "
+            f"(exit {proc.returncode}):\n{proc.stderr}",
+            pytrace=False,
+        )
     return [d for d in yaml.safe_load_all(proc.stdout) if d is not None]
 
 
@@ -112,10 +131,15 @@ def referenced_files(directory: Path) -> set[Path]:
     kfile = _kustomization(directory)
     kust = yaml.safe_load(kfile.read_text()) or {}
     files = {kfile.resolve()}
-    paths: list[str] = [*kust.get("resources", []), *kust.get("components", []),
-                        *kust.get("crds", []), *kust.get("configurations", []),
-                        *kust.get("generators", []), *kust.get("transformers", []),
-                        *kust.get("validators", [])]
+    paths: list[str] = [
+        *kust.get("resources", []),
+        *kust.get("components", []),
+        *kust.get("crds", []),
+        *kust.get("configurations", []),
+        *kust.get("generators", []),
+        *kust.get("transformers", []),
+        *kust.get("validators", []),
+    ]
     paths += [p for p in kust.get("patchesStrategicMerge", []) if "\n" not in p]
     for field in ("patches", "patchesJson6902", "replacements"):
         paths += [e["path"] for e in kust.get(field, []) if "path" in e]
@@ -126,8 +150,9 @@ def referenced_files(directory: Path) -> set[Path]:
     if "path" in kust.get("openapi", {}):
         paths.append(kust["openapi"]["path"])
     for entry in paths:
-        assert "://" not in entry and not entry.startswith("git@"), \
+        assert "://" not in entry and not entry.startswith("git@"), (
             f"{kfile}: remote reference {entry!r} (the render must work offline)"
+        )
         path = (directory / entry).resolve()
         files |= referenced_files(path) if path.is_dir() else {path}
     return files
@@ -139,7 +164,6 @@ def _split_image(ref: str) -> tuple[str, str | None, str | None]:
     if not colon or "/" in tag:
         return ref, None, digest or None
     return name, tag, digest or None
-
 
 
 # --------------------------------------------------------------------------- helpers
@@ -185,9 +209,11 @@ def _resolved_env(container: Obj, namespace: str) -> dict[str, str | None]:
     env: dict[str, str | None] = {}
     for item in container.get("env", []):
         if "value" in item:
+
             def expand(m: re.Match[str]) -> str:
                 known = env.get(m.group(1))
                 return known if known is not None else m.group(0)
+
             env[item["name"]] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", expand, str(item["value"]))
         else:
             field = item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
@@ -240,8 +266,10 @@ def secret_problems(docs: list[Obj]) -> list[str]:
                 continue  # digests are long hex by design
             for shape in SECRET_SHAPES:
                 if shape.search(text):
-                    problems.append(f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
-                                    f"{path}: looks like a secret value")
+                    problems.append(
+                        f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+                        f"{path}: looks like a secret value"
+                    )
     return problems
 
 
@@ -292,15 +320,17 @@ def container_problems(dep: Obj, container: Obj) -> list[str]:
 
     source = REPO / module.replace(".", "/") if module else REPO
     if not ((source / "__main__.py").is_file() or source.with_suffix(".py").is_file()):
-        problems.append(f"{where}: command must be python -m <existing package>, got "
-                        f"{container.get('command')}")
+        problems.append(
+            f"{where}: command must be python -m <existing package>, got {container.get('command')}"
+        )
     if container.get("image", "").split("@")[0].rsplit(":", 1)[0].rsplit("/", 1)[-1] != "iclaim":
         problems.append(f"{where}: every service runs the one iclaim image")
 
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
-    writable = [p for p, m in mounts.items()
-                if not m.get("readOnly") and "emptyDir" in volumes.get(m["name"], {})]
+    writable = [
+        p for p, m in mounts.items() if not m.get("readOnly") and "emptyDir" in volumes.get(m["name"], {})
+    ]
     if "/tmp" not in writable:
         problems.append(f"{where}: /tmp must be a writable emptyDir (read-only root)")
 
@@ -371,8 +401,10 @@ def deployment_problems(objs: list[Obj]) -> list[str]:
             problems.append(f"{_ident(dep)}: pod must not automount a token")
         for i, container in enumerate(pod["containers"]):
             if (i == 0) == (_module(container) in SIDECARS):
-                problems.append(f"{_ident(dep)}[{container['name']}]: the first container runs "
-                                f"the service, later ones only known sidecars {sorted(SIDECARS)}")
+                problems.append(
+                    f"{_ident(dep)}[{container['name']}]: the first container runs "
+                    f"the service, later ones only known sidecars {sorted(SIDECARS)}"
+                )
             problems += container_problems(dep, container)
         port_names = [p["name"] for c in _all_containers(dep) for p in c.get("ports", []) if "name" in p]
         duplicated = sorted({n for n in port_names if port_names.count(n) > 1})
@@ -384,9 +416,12 @@ def deployment_problems(objs: list[Obj]) -> list[str]:
             problems.append(f"{_ident(dep)}: needs a Service with a port named grpc")
         for pname, sport in ports.items():
             target = sport.get("targetPort", sport["port"])
-            if not any(_named_port(c, target) if isinstance(target, str)
-                       else target in {p["containerPort"] for p in c.get("ports", [])}
-                       for c in pod["containers"]):
+            if not any(
+                _named_port(c, target)
+                if isinstance(target, str)
+                else target in {p["containerPort"] for p in c.get("ports", [])}
+                for c in pod["containers"]
+            ):
                 problems.append(f"{_ident(dep)}: Service port {pname} targets no container port")
         has_metrics = any(_named_port(c, "metrics") for c in pod["containers"])
         if has_metrics and "metrics" not in ports:
@@ -428,9 +463,12 @@ def target_problems(objs: list[Obj]) -> list[str]:
             continue  # the public entry point
         if not any(p.get("name") == "grpc" for p in svc["spec"]["ports"]):
             continue  # no gRPC behind it (gateway-metrics); the pods' grpc Service is checked
-        pols = [p for p in _of_kind(objs, "NetworkPolicy")
-                if _ns(p) == ns and _selects(p["spec"]["podSelector"].get("matchLabels", {}),
-                                              svc["spec"]["selector"])]
+        pols = [
+            p
+            for p in _of_kind(objs, "NetworkPolicy")
+            if _ns(p) == ns
+            and _selects(p["spec"]["podSelector"].get("matchLabels", {}), svc["spec"]["selector"])
+        ]
         allowed: set[str] = set()
         open_grpc = False
         for pol in pols:
@@ -440,20 +478,24 @@ def target_problems(objs: list[Obj]) -> list[str]:
                 if not rule.get("from"):
                     open_grpc = True
                 for peer in rule.get("from", []):
-                    allowed.add(peer.get("podSelector", {}).get("matchLabels", {})
-                                .get("app.kubernetes.io/name", "<not a pod selector>"))
+                    allowed.add(
+                        peer.get("podSelector", {})
+                        .get("matchLabels", {})
+                        .get("app.kubernetes.io/name", "<not a pod selector>")
+                    )
         if not pols or open_grpc:
             problems.append(f"Service/{name}: grpc port must be closed to all but its callers")
         elif allowed != callers[(ns, name)]:
-            problems.append(f"Service/{name}: NetworkPolicy admits {sorted(allowed)}, "
-                            f"callers are {sorted(callers[(ns, name)])}")
+            problems.append(
+                f"Service/{name}: NetworkPolicy admits {sorted(allowed)}, "
+                f"callers are {sorted(callers[(ns, name)])}"
+            )
     return problems
 
 
 def _mount_of(container: Obj, path: str) -> Obj | None:
     """The volume mount a file path lives on (the longest matching mountPath)."""
-    hits = [m for m in container.get("volumeMounts", [])
-            if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    hits = [m for m in container.get("volumeMounts", []) if path.startswith(m["mountPath"].rstrip("/") + "/")]
     return max(hits, key=lambda m: len(m["mountPath"]), default=None)
 
 
@@ -468,8 +510,10 @@ def shipper_problems(objs: list[Obj]) -> list[str]:
         envoys = [c for c in pod["containers"] if _module(c) == ENVOY_MODULE]
         shippers = [c for c in pod["containers"] if _module(c) == SHIPPER_MODULE]
         if len(shippers) != (1 if envoys else 0):
-            problems.append(f"{_ident(dep)}: needs exactly one audit shipper per Envoy pod, "
-                            f"none elsewhere (has {len(shippers)})")
+            problems.append(
+                f"{_ident(dep)}: needs exactly one audit shipper per Envoy pod, "
+                f"none elsewhere (has {len(shippers)})"
+            )
         for envoy in envoys:
             log = _resolved_env(envoy, ns).get("ICLAIM_ENVOY_ACCESS_LOG")
             envoy_mount = _mount_of(envoy, log or "")
@@ -477,17 +521,29 @@ def shipper_problems(objs: list[Obj]) -> list[str]:
                 shipped = _resolved_env(shipper, ns).get("ICLAIM_ENVOY_ACCESS_LOG")
                 mount = _mount_of(shipper, shipped or "")
                 if not log or shipped != log:
-                    problems.append(f"{_ident(dep)}: the shipper must read Envoy's access log "
-                                    f"{log}, not {shipped}")
-                elif (envoy_mount is None or mount is None or mount["name"] != envoy_mount["name"]
-                      or "emptyDir" not in volumes.get(mount["name"], {}) or mount.get("readOnly")):
-                    problems.append(f"{_ident(dep)}: the shipper must mount Envoy's access-log "
-                                    "emptyDir, writable (its state file lives there)")
+                    problems.append(
+                        f"{_ident(dep)}: the shipper must read Envoy's access log {log}, not {shipped}"
+                    )
+                elif (
+                    envoy_mount is None
+                    or mount is None
+                    or mount["name"] != envoy_mount["name"]
+                    or "emptyDir" not in volumes.get(mount["name"], {})
+                    or mount.get("readOnly")
+                ):
+                    problems.append(
+                        f"{_ident(dep)}: the shipper must mount Envoy's access-log "
+                        "emptyDir, writable (its state file lives there)"
+                    )
         for container in pod["containers"]:
-            if _module(container) == AUDIT_MODULE and _resolved_env(container, ns).get(
-                    "ICLAIM_AUDIT_TAIL_ACCESS_LOG") != "false":
-                problems.append(f"{_ident(dep)}: audit-log must not tail an access log in-cluster "
-                                "(ICLAIM_AUDIT_TAIL_ACCESS_LOG=false; the gateway's shipper sends it)")
+            if (
+                _module(container) == AUDIT_MODULE
+                and _resolved_env(container, ns).get("ICLAIM_AUDIT_TAIL_ACCESS_LOG") != "false"
+            ):
+                problems.append(
+                    f"{_ident(dep)}: audit-log must not tail an access log in-cluster "
+                    "(ICLAIM_AUDIT_TAIL_ACCESS_LOG=false; the gateway's shipper sends it)"
+                )
     return problems
 
 
@@ -511,15 +567,25 @@ def _source_text() -> str:
     skip = {"tests", "node_modules", "__pycache__", "build", "dist"}
     texts = []
     for root, dirs, files in os.walk(REPO):
-        dirs[:] = [d for d in dirs if d not in skip and not d.startswith(".")
-                   and not d.endswith(".egg-info")]
+        dirs[:] = [d for d in dirs if d not in skip and not d.startswith(".") and not d.endswith(".egg-info")]
         texts += [(Path(root) / f).read_text(errors="replace") for f in files if f.endswith(".py")]
-    return "\n".join(texts)
+    text = "\n".join(texts)
+    # ServeConfig.from_env("P", …) reads ICLAIM_P_ADDR and ICLAIM_P_METRICS_PORT.
+    derived = [
+        f"ICLAIM_{p}_ADDR ICLAIM_{p}_METRICS_PORT"
+        for p in re.findall(r'ServeConfig\.from_env\(\s*"([A-Z_]+)"', text)
+    ]
+    return "\n".join([text, *derived])
 
 
 def house_problems(objs: list[Obj]) -> list[str]:
-    return (secret_problems(objs) + deployment_problems(objs) + target_problems(objs)
-            + shipper_problems(objs) + env_name_problems(objs))
+    return (
+        secret_problems(objs)
+        + deployment_problems(objs)
+        + target_problems(objs)
+        + shipper_problems(objs)
+        + env_name_problems(objs)
+    )
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -569,9 +635,13 @@ def test_every_manifest_file_is_rendered() -> None:
 
 def test_readme_documents_every_secret_key() -> None:
     readme = (K8S / "README.md").read_text()
-    keys = {item["valueFrom"]["secretKeyRef"]["key"]
-            for dep in _of_kind(rendered("prod"), "Deployment") for c in _all_containers(dep)
-            for item in c.get("env", []) if "secretKeyRef" in item.get("valueFrom", {})}
+    keys = {
+        item["valueFrom"]["secretKeyRef"]["key"]
+        for dep in _of_kind(rendered("prod"), "Deployment")
+        for c in _all_containers(dep)
+        for item in c.get("env", [])
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
     assert keys == {"database-url", "redis-url", "master-key"}
     for key in keys:
         assert f"--from-literal={key}=" in readme
@@ -629,8 +699,7 @@ def _env(objs: list[Obj], dep: str, var: str) -> Obj:
 
 
 def _shipper(objs: list[Obj]) -> Obj:
-    return next(c for c in _pod_spec(_dep(objs, "gateway"))["containers"]
-                if _module(c) == SHIPPER_MODULE)
+    return next(c for c in _pod_spec(_dep(objs, "gateway"))["containers"] if _module(c) == SHIPPER_MODULE)
 
 
 def _shipper_env(objs: list[Obj], var: str) -> Obj:
@@ -643,82 +712,126 @@ def _literal(item: Obj, value: str) -> None:
 
 
 MUTATIONS: dict[str, tuple[Callable[[list[Obj]], object], str]] = {
-    "no readiness probe": (
-        lambda o: _server(o, "billing").pop("readinessProbe"), "needs a readinessProbe"),
+    "no readiness probe": (lambda o: _server(o, "billing").pop("readinessProbe"), "needs a readinessProbe"),
     "probe on metrics port": (
         lambda o: _server(o, "authz")["livenessProbe"].update(grpc={"port": 9105}),
-        "native gRPC probe"),
+        "native gRPC probe",
+    ),
     "httpGet probe on Envoy": (
-        lambda o: _server(o, "gateway").update(
-            readinessProbe={"httpGet": {"path": "/ready", "port": 9901}}), "exec or tcpSocket"),
+        lambda o: _server(o, "gateway").update(readinessProbe={"httpGet": {"path": "/ready", "port": 9901}}),
+        "exec or tcpSocket",
+    ),
     "writable root": (
         lambda o: _server(o, "claim-router")["securityContext"].update(readOnlyRootFilesystem=False),
-        "read-only"),
+        "read-only",
+    ),
     "root user": (
-        lambda o: _pod_spec(_dep(o, "audit-log"))["securityContext"].update(runAsUser=0), "non-root"),
+        lambda o: _pod_spec(_dep(o, "audit-log"))["securityContext"].update(runAsUser=0),
+        "non-root",
+    ),
     "no memory limit": (
         lambda o: _server(o, "insurer-adapter")["resources"]["limits"].pop("memory"),
-        "memory request and limit"),
+        "memory request and limit",
+    ),
     "literal database url": (
-        lambda o: _literal(_env(o, "billing", "ICLAIM_DATABASE_URL"),
-                           "postgresql://iclaim:hunter2@db/iclaim"), "secretKeyRef"),
+        lambda o: _literal(
+            _env(o, "billing", "ICLAIM_DATABASE_URL"), "postgresql://iclaim:hunter2@db/iclaim"
+        ),
+        "secretKeyRef",
+    ),
     "committed Secret": (
-        lambda o: o.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"},
-                            "stringData": {"master-key": "A" * 43}}), "Secret objects"),
+        lambda o: o.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "x"},
+                "stringData": {"master-key": "A" * 43},
+            }
+        ),
+        "Secret objects",
+    ),
     "target to missing service": (
         lambda o: _env(o, "claim-router", "ICLAIM_AUDIT_TARGET").update(
-            value="audit.$(POD_NAMESPACE).svc:50071"), "no such Service"),
+            value="audit.$(POD_NAMESPACE).svc:50071"
+        ),
+        "no such Service",
+    ),
     "target to wrong port": (
-        lambda o: _env(o, "gateway", "ICLAIM_AUTHZ_TARGET").update(
-            value="authz.$(POD_NAMESPACE).svc:9105"), "grpc port"),
+        lambda o: _env(o, "gateway", "ICLAIM_AUTHZ_TARGET").update(value="authz.$(POD_NAMESPACE).svc:9105"),
+        "grpc port",
+    ),
     "loopback listen address": (
         lambda o: _env(o, "billing", "ICLAIM_BILLING_ADDR").update(value="127.0.0.1:50081"),
-        "all interfaces"),
+        "all interfaces",
+    ),
     "admin exposed": (
         lambda o: _env(o, "gateway", "ICLAIM_ENVOY_ADMIN_ADDR").update(value="0.0.0.0:9901"),
-        "loopback"),
+        "loopback",
+    ),
     "no grpc service port": (
         lambda o: _by_name(o, "Service")["authz"]["spec"]["ports"][0].update(name="h2c"),
-        "port named grpc"),
+        "port named grpc",
+    ),
     "policy admits everyone": (
         lambda o: _by_name(o, "NetworkPolicy")["authz-ingress"]["spec"]["ingress"][0].pop("from"),
-        "closed to all but its callers"),
+        "closed to all but its callers",
+    ),
     "token automounted": (
         lambda o: _by_name(o, "ServiceAccount")["billing"].update(automountServiceAccountToken=True),
-        "automount"),
+        "automount",
+    ),
     "typo in env name": (
         lambda o: _env(o, "audit-log", "ICLAIM_AUDIT_TAIL_ACCESS_LOG").update(
-            name="ICLAIM_AUDIT_TAIL_ACCES_LOG"), "read by no code"),
+            name="ICLAIM_AUDIT_TAIL_ACCES_LOG"
+        ),
+        "read by no code",
+    ),
     "sidecar probe on metrics port": (
         lambda o: _shipper(o)["livenessProbe"].update(grpc={"port": 9106}),
-        "native gRPC probe on the shipper-health port"),
+        "native gRPC probe on the shipper-health port",
+    ),
     "sidecar health port named grpc": (
-        lambda o: _shipper(o)["ports"][0].update(name="grpc"), "unique in the pod"),
+        lambda o: _shipper(o)["ports"][0].update(name="grpc"),
+        "unique in the pod",
+    ),
     "sidecar health on loopback": (
         lambda o: _shipper_env(o, "ICLAIM_SHIPPER_ADDR").update(value="127.0.0.1:50072"),
-        "all interfaces"),
+        "all interfaces",
+    ),
     "shipper state on read-only root": (
         lambda o: _shipper_env(o, "ICLAIM_SHIPPER_STATE").update(value="/opt/state"),
-        "writable emptyDir"),
+        "writable emptyDir",
+    ),
     "shipper reads another file": (
         lambda o: _shipper_env(o, "ICLAIM_ENVOY_ACCESS_LOG").update(value="/tmp/envoy-access.log"),
-        "Envoy's access log"),
+        "Envoy's access log",
+    ),
     "shipper has its own volume": (
-        lambda o: _shipper(o)["volumeMounts"][1].update(name="tmp"), "access-log emptyDir"),
+        lambda o: _shipper(o)["volumeMounts"][1].update(name="tmp"),
+        "access-log emptyDir",
+    ),
     "no shipper": (
         lambda o: _pod_spec(_dep(o, "gateway"))["containers"].remove(_shipper(o)),
-        "exactly one audit shipper"),
+        "exactly one audit shipper",
+    ),
     "shipper as first container": (
-        lambda o: _pod_spec(_dep(o, "gateway"))["containers"].reverse(), "first container"),
+        lambda o: _pod_spec(_dep(o, "gateway"))["containers"].reverse(),
+        "first container",
+    ),
     "unknown sidecar": (
         lambda o: _pod_spec(_dep(o, "billing"))["containers"].append(
-            {**copy.deepcopy(_server(o, "billing")), "name": "extra"}), "known sidecars"),
+            {**copy.deepcopy(_server(o, "billing")), "name": "extra"}
+        ),
+        "known sidecars",
+    ),
     "audit-log tails in-cluster": (
         lambda o: _env(o, "audit-log", "ICLAIM_AUDIT_TAIL_ACCESS_LOG").update(value="true"),
-        "must not tail"),
+        "must not tail",
+    ),
     "wrong module": (
         lambda o: _server(o, "billing").update(command=["python", "-m", "services.biling"]),
-        "existing package"),
+        "existing package",
+    ),
 }
 
 

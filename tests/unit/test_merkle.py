@@ -1,6 +1,7 @@
 """RFC 6962/9162 Merkle code against transparency-dev/merkle's golden vectors
 (tests/vectors/rfc6962, see tests/vectors/README.md), plus properties checked
 with Hypothesis."""
+
 from __future__ import annotations
 
 import base64
@@ -45,9 +46,7 @@ def test_inclusion_vectors(path: Path) -> None:
         merkle.verify_inclusion(*args)
 
 
-@pytest.mark.parametrize(
-    "path", _cases("consistency"), ids=lambda p: str(p.relative_to(VECTORS))
-)
+@pytest.mark.parametrize("path", _cases("consistency"), ids=lambda p: str(p.relative_to(VECTORS)))
 def test_consistency_vectors(path: Path) -> None:
     c = json.loads(path.read_text())
     proof = [_b(p) for p in c["proof"] or []]

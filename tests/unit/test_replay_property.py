@@ -22,6 +22,7 @@ Invariants checked after every step:
 - liveness: a fresh request stamped now is accepted unless a detected loss at
   R still refuses it (stamp <= R + 60 s).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -124,9 +125,9 @@ async def _send(run: Run, replica: int, client: str, nonce: str, ts: int) -> boo
     decision = await run.replicas[replica].check(_input(client, nonce, ts))
     run.sent.append((client, nonce, ts))
     if isinstance(decision, Deny):
-        assert decision.error.reason in {
-            "NONCE_REPLAYED", "TIMESTAMP_SKEW", "NONCE_STORE_RECOVERING"
-        }, decision.error.reason
+        assert decision.error.reason in {"NONCE_REPLAYED", "TIMESTAMP_SKEW", "NONCE_STORE_RECOVERING"}, (
+            decision.error.reason
+        )
         return False
     assert isinstance(decision, Allow)
     earlier = run.accepted.setdefault((client, nonce), [])
@@ -144,8 +145,7 @@ async def _send(run: Run, replica: int, client: str, nonce: str, ts: int) -> boo
 _edge = st.sampled_from([-ACCEPT_BEHIND_S - 1, -ACCEPT_BEHIND_S, ACCEPT_AHEAD_S, ACCEPT_AHEAD_S + 1])
 _offset = st.one_of(_edge, st.integers(-ACCEPT_BEHIND_S - 30, ACCEPT_AHEAD_S + 30))
 _step = st.one_of(
-    st.tuples(st.just("req"), st.integers(0, 1), st.sampled_from(CLIENTS),
-              st.sampled_from(NONCES), _offset),
+    st.tuples(st.just("req"), st.integers(0, 1), st.sampled_from(CLIENTS), st.sampled_from(NONCES), _offset),
     st.tuples(st.just("replay"), st.integers(0, 1), st.integers(0, 1_000)),
     st.tuples(st.just("fresh"), st.integers(0, 1), st.integers(-5, 61)),
     st.tuples(st.just("jump"), st.integers(-30, 400)),

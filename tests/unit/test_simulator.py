@@ -1,4 +1,5 @@
 """The simulated insurer's §8 rules, keyed by magic policy numbers."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,12 +24,9 @@ T = Timing(review_s=2.0, slow_s=10.0)
         ("POL-1", 150_000, (Step(APPROVED, 150_000, "", 0.0),)),
         ("DENY-123", 150_000, (Step(DENIED, 0, "POLICY_NOT_FOUND", 0.0),)),
         ("deny-123", 150_000, (Step(DENIED, 0, "POLICY_NOT_FOUND", 0.0),)),
-        ("REVIEW-9", 150_000,
-         (Step(PENDING_REVIEW, 0, "", 0.0), Step(APPROVED, 150_000, "", 2.0))),
-        ("LIMIT-100000-A", 150_000,
-         (Step(PARTIALLY_APPROVED, 100_000, "COVERAGE_LIMIT_REACHED", 0.0),)),
-        ("LIMIT-100000", 150_000,
-         (Step(PARTIALLY_APPROVED, 100_000, "COVERAGE_LIMIT_REACHED", 0.0),)),
+        ("REVIEW-9", 150_000, (Step(PENDING_REVIEW, 0, "", 0.0), Step(APPROVED, 150_000, "", 2.0))),
+        ("LIMIT-100000-A", 150_000, (Step(PARTIALLY_APPROVED, 100_000, "COVERAGE_LIMIT_REACHED", 0.0),)),
+        ("LIMIT-100000", 150_000, (Step(PARTIALLY_APPROVED, 100_000, "COVERAGE_LIMIT_REACHED", 0.0),)),
         ("LIMIT-100000-A", 100_000, (Step(APPROVED, 100_000, "", 0.0),)),
         ("LIMIT-100000-A", 99_999, (Step(APPROVED, 99_999, "", 0.0),)),
         ("LIMIT-0-A", 150_000, (Step(DENIED, 0, "COVERAGE_LIMIT_REACHED", 0.0),)),

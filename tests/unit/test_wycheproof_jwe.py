@@ -6,6 +6,7 @@ refused with EnvelopeError; an `invalid` case or a disallowed alg/enc never
 yields plaintext. X25519: low-order peers are a typed error, never a zero
 secret. AES-GCM: the AEAD the envelopes rely on verifies every tag.
 """
+
 from __future__ import annotations
 
 import base64
@@ -68,17 +69,15 @@ def _open(jwe: Any, private: dict[str, Any]) -> tuple[bytes | None, str]:
         return None, err.reason
 
 
-@pytest.mark.parametrize(("tc_id", "jwe", "private", "pt", "result"), JWE_CASES,
-                         ids=[c[0] for c in JWE_CASES])
+@pytest.mark.parametrize(
+    ("tc_id", "jwe", "private", "pt", "result"), JWE_CASES, ids=[c[0] for c in JWE_CASES]
+)
 def test_jwe_vector_opens_only_under_policy(
     tc_id: str, jwe: Any, private: dict[str, Any], pt: str, result: str
 ) -> None:
     plaintext, outcome = _open(jwe, private)
     header = _header(jwe)
-    allowed = (
-        header.get("alg") in ALLOWED_ALGS and header.get("enc") in ALLOWED_ENCS
-        and "zip" not in header
-    )
+    allowed = header.get("alg") in ALLOWED_ALGS and header.get("enc") in ALLOWED_ENCS and "zip" not in header
     if plaintext is None:
         assert outcome.isupper()
         # A valid vector under our policy must open.
@@ -180,8 +179,12 @@ def test_jwe_vector_ephemeral_keys_through_our_ecdh() -> None:
         epk = _header(jwe).get("epk")
         if epk is None:
             continue
-        comment = next(t["comment"] for g in _load("json_web_encryption_test.json")["testGroups"]
-                       for t in g["tests"] if t["jwe"] == jwe)
+        comment = next(
+            t["comment"]
+            for g in _load("json_web_encryption_test.json")["testGroups"]
+            for t in g["tests"]
+            if t["jwe"] == jwe
+        )
         try:
             assert any(ecdh_shared_secret(private, epk))
             outcomes["agreed"] += 1

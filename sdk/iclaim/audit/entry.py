@@ -4,6 +4,7 @@ leaf hash = SHA-256(0x00 || canonical JSON), where the JSON has sorted keys,
 no whitespace, ASCII only, and includes the entry's leaf index and event id:
 moving an entry to another position changes its hash.
 """
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ Proofs are generated from *perfect subtree* hashes (node (level, idx) covers
 leaves [idx*2^level, (idx+1)*2^level)), which a store keeps as they complete;
 any proof then needs O(log n) of them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -200,16 +201,12 @@ def root_from_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[byte
     return r
 
 
-def verify_inclusion(
-    index: int, size: int, leaf: bytes, proof: Sequence[bytes], root: bytes
-) -> None:
+def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes], root: bytes) -> None:
     if root_from_inclusion(index, size, leaf, proof) != root:
         raise MerkleError("inclusion proof does not lead to the root")
 
 
-def verify_consistency(
-    size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes
-) -> None:
+def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes) -> None:
     if size2 < size1:
         raise MerkleError("second tree is smaller than the first")
     if size1 == 0:

@@ -4,6 +4,7 @@ tlog checkpoints (https://c2sp.org/tlog-checkpoint) carried in them.
 Checkpoint body: origin, tree size, base64 root hash, then one extension line
 `time <RFC 3339 UTC, milliseconds>` with the signing time.
 """
+
 from __future__ import annotations
 
 import base64

@@ -3,6 +3,7 @@
 `verify_trail` reads a `TrailSource` — the public AuditTrailService through the
 gateway for participants, or an operator's adapter over the internal service —
 and checks every entry against a signed checkpoint with an inclusion proof."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -6,6 +6,7 @@ checkpoint; consecutive checkpoints are also proved consistent with proofs
 built from the stored tree nodes (what the service serves to others).
 The first bad entry is named.
 """
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
@@ -126,8 +127,11 @@ async def verify_log(
         if leaf.entry is not None:
             h = entry_leaf_hash(leaf.entry, leaf.leaf_index)
             if leaf.entry.event_id != leaf.event_id or h != leaf.leaf_hash:
-                add(Finding("data does not match its leaf hash (changed or moved)",
-                            leaf.leaf_index, leaf.event_id))
+                add(
+                    Finding(
+                        "data does not match its leaf hash (changed or moved)", leaf.leaf_index, leaf.event_id
+                    )
+                )
         elif leaf.expired:
             report.expired += 1
             h = leaf.leaf_hash  # data removed by retention; the hash stays committed
@@ -138,18 +142,22 @@ async def verify_log(
         while pending and pending[0].tree_size == rng.size:
             cp = pending.pop(0)
             if rng.root() != cp.root_hash:
-                add(Finding(
-                    f"log does not match the signed checkpoint at size {cp.tree_size}: "
-                    f"an entry in [{previous_size}, {cp.tree_size}) was changed, moved "
-                    "or replaced"
-                ))
+                add(
+                    Finding(
+                        f"log does not match the signed checkpoint at size {cp.tree_size}: "
+                        f"an entry in [{previous_size}, {cp.tree_size}) was changed, moved "
+                        "or replaced"
+                    )
+                )
             previous_size = cp.tree_size
     if pending and broken_at is None:
-        add(Finding(
-            f"signed checkpoint covers {pending[-1].tree_size} entries but the log has "
-            f"only {rng.size}: entry missing",
-            rng.size,
-        ))
+        add(
+            Finding(
+                f"signed checkpoint covers {pending[-1].tree_size} entries but the log has "
+                f"only {rng.size}: entry missing",
+                rng.size,
+            )
+        )
 
     # Consistency of each checkpoint with the previous one, from stored nodes.
     for older, newer in zip(checkpoints, checkpoints[1:], strict=False):
@@ -157,12 +165,12 @@ async def verify_log(
             continue
         try:
             proof = await source.consistency_proof(older.tree_size, newer.tree_size)
-            verify_consistency(
-                older.tree_size, newer.tree_size, proof, older.root_hash, newer.root_hash
-            )
+            verify_consistency(older.tree_size, newer.tree_size, proof, older.root_hash, newer.root_hash)
         except (MerkleError, LookupError) as exc:
-            add(Finding(
-                f"checkpoint at size {newer.tree_size} not proved consistent with size "
-                f"{older.tree_size}: {exc}"
-            ))
+            add(
+                Finding(
+                    f"checkpoint at size {newer.tree_size} not proved consistent with size "
+                    f"{older.tree_size}: {exc}"
+                )
+            )
     return report

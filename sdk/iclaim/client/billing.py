@@ -1,4 +1,5 @@
-"""Billing for both sides (PROTOCOL.md §9): invoices, payments, statements."""
+"""Billing for both sides (docs/protocol.md §9): invoices, payments, statements."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -53,9 +54,7 @@ class BillingClient:
         token = ""
         while True:
             resp = await self.stub.ListInvoices(
-                bpb.ListInvoicesRequest(
-                    counterparty_code=counterparty_code, page_size=100, page_token=token
-                ),
+                bpb.ListInvoicesRequest(counterparty_code=counterparty_code, page_size=100, page_token=token),
                 timeout=DEFAULT_TIMEOUT_S,
             )
             out.extend(resp.invoices)

@@ -1,4 +1,5 @@
 """TLS channel to the gateway with signing interceptors."""
+
 from __future__ import annotations
 
 import grpc

@@ -1,4 +1,5 @@
 """A principal's credentials: who it is, its signing key, its decryption key."""
+
 from __future__ import annotations
 
 import json

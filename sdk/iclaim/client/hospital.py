@@ -1,4 +1,5 @@
 """What an HIS needs: list insurers, seal and submit claims, follow and open decisions."""
+
 from __future__ import annotations
 
 import asyncio
@@ -116,9 +117,7 @@ class HospitalClient:
             pb.GetClaimRequest(transaction_id=transaction_id), timeout=DEFAULT_TIMEOUT_S
         )
 
-    async def watch_claim(
-        self, transaction_id: str, timeout_s: float = 120.0
-    ) -> AsyncIterator[pb.Claim]:
+    async def watch_claim(self, transaction_id: str, timeout_s: float = 120.0) -> AsyncIterator[pb.Claim]:
         """Each state change once, until a final state. A stream cut by a
         retryable error (gateway restart, nonce-store recovery) is re-opened,
         signed anew, within `timeout_s` overall."""

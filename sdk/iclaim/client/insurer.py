@@ -1,4 +1,5 @@
 """What a directly integrated insurer needs: pull claims, look up hospitals, post decisions."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Client interceptors that sign every call (PROTOCOL.md §3), keep the clock
+"""Client interceptors that sign every call (docs/protocol.md §3), keep the clock
 offset the gateway reports, and retry retryable failures with fresh signatures.
 
 Every attempt is signed anew (fresh nonce, current timestamp), so a retry is
@@ -14,6 +14,7 @@ never a replay. What a failure teaches:
 - other UNAVAILABLE / RESOURCE_EXHAUSTED: exponential backoff with jitter.
 Attempts and total time are bounded (and never outlast the call's deadline).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -128,9 +129,7 @@ class _Signer:
         ts = self.clock.now()
         nonce = secrets.token_urlsafe(24)
         signature = signing.sign(self.secret, self.code, self.key_id, _method(details), ts, nonce, body)
-        md = [
-            (k, v) for k, v in (details.metadata or ()) if not k.startswith("x-iclaim-")
-        ] + [
+        md = [(k, v) for k, v in (details.metadata or ()) if not k.startswith("x-iclaim-")] + [
             (signing.H_CLIENT, self.code),
             (signing.H_KEY_ID, self.key_id),
             (signing.H_TIMESTAMP, str(ts)),
@@ -151,7 +150,11 @@ def _backoff_s(attempt: int) -> float:
 
 
 def retry_delay_s(
-    code: grpc.StatusCode, reason: str, info: dict[str, str], trailing: Any, clock: Clock,
+    code: grpc.StatusCode,
+    reason: str,
+    info: dict[str, str],
+    trailing: Any,
+    clock: Clock,
     attempt: int,
 ) -> float | None:
     """How long to wait before the next attempt, or None when not retryable."""

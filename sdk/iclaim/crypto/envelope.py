@@ -1,8 +1,9 @@
-"""End-to-end envelopes (PROTOCOL.md §4): JWE compact, ECDH-ES+A256KW / A256GCM.
+"""End-to-end envelopes (docs/protocol.md §4): JWE compact, ECDH-ES+A256KW / A256GCM.
 
 `parse_protected_header` needs no key: it is all the clearinghouse ever reads.
 `seal` / `open_envelope` are for the ends (hospital SDK, insurers).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,7 +29,6 @@ H_RECIPIENT = "x-iclaim-recipient"
 H_CLAIM_REF = "x-iclaim-claim-ref"
 H_AMOUNT = "x-iclaim-amount-satang"
 H_IAT = "x-iclaim-iat"
-PRIVATE_HEADERS = (H_SENDER, H_RECIPIENT, H_CLAIM_REF, H_AMOUNT, H_IAT)
 CLAIM_REF_MAX = 64
 MIN_RSA_BITS = 2048
 
@@ -210,9 +210,7 @@ def _import_private(private_jwk: dict[str, Any] | str | Key) -> Key:
             raise EnvelopeError("KEY_UNSUPPORTED", "cannot import key") from exc
     if not key.is_private:
         raise EnvelopeError("KEY_UNSUPPORTED", "a private key is needed to open an envelope")
-    if isinstance(key, RSAKey) and (
-        key.private_key is None or key.private_key.key_size < MIN_RSA_BITS
-    ):
+    if isinstance(key, RSAKey) and (key.private_key is None or key.private_key.key_size < MIN_RSA_BITS):
         raise EnvelopeError("KEY_UNSUPPORTED", f"RSA keys must be at least {MIN_RSA_BITS} bits")
     return key
 
@@ -250,9 +248,7 @@ def decrypt_compact_policy(token: str, private_jwk: dict[str, Any] | str | Key) 
     header = _policy_header(token)
     key = _import_private(private_jwk)
     wants_rsa = header["alg"] == "RSA-OAEP-256"
-    if wants_rsa != isinstance(key, RSAKey) or (
-        isinstance(key, OKPKey) and key.get("crv") != "X25519"
-    ):
+    if wants_rsa != isinstance(key, RSAKey) or (isinstance(key, OKPKey) and key.get("crv") != "X25519"):
         raise EnvelopeError("ENVELOPE_KEY_MISMATCH", "key does not fit the envelope's alg")
     kid = header.get("kid")
     if kid is not None and key.kid and kid != key.kid:

@@ -1,7 +1,8 @@
-"""Request signing (PROTOCOL.md §3): HMAC-SHA256 over a seven-line string.
+"""Request signing (docs/protocol.md §3): HMAC-SHA256 over a seven-line string.
 
 Pure functions shared by the client SDK and the gateway's auth service.
 """
+
 from __future__ import annotations
 
 import base64
@@ -26,7 +27,6 @@ KEY_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 TIMESTAMP_RE = re.compile(r"^[0-9]{1,12}$")
 NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 SIGNATURE_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # 32 bytes, base64url unpadded
-METHOD_RE = re.compile(r"^/[A-Za-z0-9_.]{1,200}/[A-Za-z0-9_]{1,100}$")
 
 
 class MalformedMetadata(ValueError):
@@ -56,9 +56,7 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def string_to_sign(
-    client: str, key_id: str, method: str, timestamp: int, nonce: str, body: bytes
-) -> bytes:
+def string_to_sign(client: str, key_id: str, method: str, timestamp: int, nonce: str, body: bytes) -> bytes:
     return "\n".join(
         [SCHEME, client, key_id, method, str(timestamp), nonce, hashlib.sha256(body).hexdigest()]
     ).encode("utf-8")
@@ -67,8 +65,7 @@ def string_to_sign(
 def sign(
     secret: bytes, client: str, key_id: str, method: str, timestamp: int, nonce: str, body: bytes
 ) -> str:
-    mac = hmac.new(secret, string_to_sign(client, key_id, method, timestamp, nonce, body),
-                   hashlib.sha256)
+    mac = hmac.new(secret, string_to_sign(client, key_id, method, timestamp, nonce, body), hashlib.sha256)
     return b64url(mac.digest())
 
 

@@ -1,9 +1,10 @@
-"""FHIR R4 documents inside iClaim envelopes (PROTOCOL.md §4). Pure: no I/O.
+"""FHIR R4 documents inside iClaim envelopes (docs/protocol.md §4). Pure: no I/O.
 
 Hospitals: `build_claim(...)` -> bytes to seal; `parse_claim_response(bytes)`
 on an opened decision envelope. Insurers: `parse_claim(bytes)`,
 `build_claim_response(...)`. Every failure is a `FhirError` with `.reason`.
 """
+
 from __future__ import annotations
 
 from iclaim.fhir.claim import (

@@ -3,6 +3,7 @@
 fhir.resources' R4B models validate the structure (Claim is unchanged from R4);
 amounts are read from the raw JSON so no value ever passes through float.
 """
+
 from __future__ import annotations
 
 import re
@@ -77,9 +78,13 @@ def build_claim(
 
     Without `items` a single line carries the whole amount; with items their
     amounts must add up to `amount_satang` exactly."""
-    for name, value in (("claim_ref", claim_ref), ("hospital_code", hospital_code),
-                        ("insurer_code", insurer_code), ("policy_number", policy_number),
-                        ("patient.name", patient.name)):
+    for name, value in (
+        ("claim_ref", claim_ref),
+        ("hospital_code", hospital_code),
+        ("insurer_code", insurer_code),
+        ("policy_number", policy_number),
+        ("patient.name", patient.name),
+    ):
         if not isinstance(value, str) or not value.strip():
             raise FhirError("FIELD_MISSING", f"{name} is required")
     if not _CID.match(patient.citizen_id):
@@ -121,15 +126,15 @@ def build_claim(
             {
                 "sequence": n,
                 "diagnosisCodeableConcept": {"coding": [{"system": systems.ICD10, "code": code}]},
-                **({"type": [{"coding": [{"system": systems.DIAGNOSIS_TYPE,
-                                          "code": "principal"}]}]} if n == 1 else {}),
+                **(
+                    {"type": [{"coding": [{"system": systems.DIAGNOSIS_TYPE, "code": "principal"}]}]}
+                    if n == 1
+                    else {}
+                ),
             }
             for n, code in enumerate(codes, start=1)
         ],
-        "insurance": [
-            {"sequence": 1, "focal": True,
-             "coverage": {"identifier": {"value": policy_number}}}
-        ],
+        "insurance": [{"sequence": 1, "focal": True, "coverage": {"identifier": {"value": policy_number}}}],
         "item": [_item(n, line) for n, line in enumerate(lines, start=1)],
         "total": money(amount_satang),
     }

@@ -3,6 +3,7 @@
 The decision state is carried explicitly in an extension and is also implied
 by the standard fields (outcome, totals), so plain FHIR tooling reads it too.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -127,8 +128,11 @@ def build_claim_response(
     }
     if approved_satang > 0:
         doc["payment"] = {
-            "type": {"coding": [{"system": systems.PAYMENT_TYPE,
-                                 "code": "complete" if state == APPROVED else "partial"}]},
+            "type": {
+                "coding": [
+                    {"system": systems.PAYMENT_TYPE, "code": "complete" if state == APPROVED else "partial"}
+                ]
+            },
             "amount": money(approved_satang),
         }
     if outcome == "error":

@@ -1,4 +1,5 @@
 """The one error type of the FHIR helpers; `reason` is a stable UPPER_SNAKE code."""
+
 from __future__ import annotations
 
 

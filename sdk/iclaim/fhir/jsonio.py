@@ -1,4 +1,5 @@
 """JSON in and out with exact decimals: FHIR decimals must not pass through float."""
+
 from __future__ import annotations
 
 import json

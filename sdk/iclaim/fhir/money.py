@@ -1,4 +1,5 @@
 """THB amounts: integer satang on our side, exact decimals in FHIR (never floats)."""
+
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation

@@ -1,4 +1,5 @@
 """Identifier and code systems used in iClaim FHIR documents."""
+
 from __future__ import annotations
 
 CLAIM_REF = "urn:iclaim:claim-ref"

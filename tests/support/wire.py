@@ -1,4 +1,5 @@
 """Helpers for talking to the gateway as a hand-rolled (possibly hostile) client."""
+
 from __future__ import annotations
 
 import secrets
@@ -15,9 +16,7 @@ from iclaim.crypto import signing
 
 def tls_channel(creds: Credentials) -> grpc.aio.Channel:
     assert creds.ca_cert is not None
-    return grpc.aio.secure_channel(
-        creds.gateway, grpc.ssl_channel_credentials(creds.ca_cert.read_bytes())
-    )
+    return grpc.aio.secure_channel(creds.gateway, grpc.ssl_channel_credentials(creds.ca_cert.read_bytes()))
 
 
 async def raw_call(

@@ -1,0 +1,101 @@
+"""Messages <-> use-case values: field copies only, no rules."""
+
+from __future__ import annotations
+
+import json
+
+from iclaim.v1 import claim_service_pb2 as pb
+from iclaim.v1 import insurer_service_pb2
+from iclaim_hub.common.proto_time import timestamp, timestamp_or_none
+from iclaim_hub.internal.v1 import decision_intake_pb2
+from services.claim_router.model import ClaimRecord
+from services.claim_router.usecases import (
+    DecisionRequest,
+    ListClaimsRequest,
+    Party,
+    SubmitRequest,
+)
+
+
+def claim_to_proto(rec: ClaimRecord) -> pb.Claim:
+    return pb.Claim(
+        transaction_id=rec.transaction_id,
+        claim_ref=rec.claim_ref,
+        hospital_code=rec.hospital_code,
+        insurer_code=rec.insurer_code,
+        state=int(rec.state),  # type: ignore[arg-type]  # State mirrors ClaimState's numbers
+        billed_amount_satang=rec.billed_amount_satang,
+        approved_amount_satang=rec.approved_amount_satang,
+        decision_envelope=rec.decision_envelope,
+        status_reason=rec.status_reason,
+        envelope_sha256=rec.envelope_sha256,
+        submitted_at=timestamp(rec.submitted_at),
+        decided_at=timestamp_or_none(rec.decided_at),
+        updated_at=timestamp(rec.updated_at),
+    )
+
+
+def delivery_to_proto(rec: ClaimRecord) -> insurer_service_pb2.ClaimDelivery:
+    return insurer_service_pb2.ClaimDelivery(
+        transaction_id=rec.transaction_id,
+        hospital_code=rec.hospital_code,
+        claim_ref=rec.claim_ref,
+        billed_amount_satang=rec.billed_amount_satang,
+        envelope=rec.envelope,
+        submitted_at=timestamp(rec.submitted_at),
+    )
+
+
+def _keys(party: Party) -> list[pb.EncryptionKey]:
+    return [pb.EncryptionKey(kid=k.kid, jwk=json.dumps(k.public_jwk, sort_keys=True)) for k in party.keys]
+
+
+def insurer_to_proto(party: Party) -> pb.Insurer:
+    p = party.principal
+    return pb.Insurer(
+        code=p.code,
+        display_name=p.display_name,
+        line=p.line or 0,  # type: ignore[arg-type]  # the registry stores InsuranceLine's number
+        available=party.available,
+        keys=_keys(party),
+    )
+
+
+def hospital_to_proto(party: Party) -> insurer_service_pb2.Hospital:
+    p = party.principal
+    return insurer_service_pb2.Hospital(code=p.code, display_name=p.display_name, keys=_keys(party))
+
+
+def submit_request_of(request: pb.SubmitClaimRequest, hospital_code: str) -> SubmitRequest:
+    return SubmitRequest(
+        hospital_code=hospital_code,
+        claim_ref=request.claim_ref,
+        insurer_code=request.insurer_code,
+        billed_amount_satang=request.billed_amount_satang,
+        envelope=request.envelope,
+        decision_timeout=(request.decision_timeout.seconds, request.decision_timeout.nanos),
+    )
+
+
+def list_claims_request_of(request: pb.ListClaimsRequest, hospital_code: str) -> ListClaimsRequest:
+    return ListClaimsRequest(
+        hospital_code=hospital_code,
+        page_size=request.page_size,
+        page_token=request.page_token,
+        state=request.state if request.HasField("state") else None,
+        insurer_code=request.insurer_code if request.HasField("insurer_code") else None,
+    )
+
+
+def decision_request_of(
+    request: insurer_service_pb2.PostDecisionRequest | decision_intake_pb2.RecordDecisionRequest,
+    insurer_code: str,
+) -> DecisionRequest:
+    return DecisionRequest(
+        transaction_id=request.transaction_id,
+        insurer_code=insurer_code,
+        state=request.state,
+        approved_amount_satang=request.approved_amount_satang,
+        decision_envelope=request.decision_envelope,
+        reason_code=request.reason_code,
+    )

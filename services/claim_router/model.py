@@ -1,0 +1,42 @@
+"""The claim as the router keeps it, and the shapes a state change takes.
+
+Pure data: shared by the use cases, the store and the workers, so none of
+them has to import another to talk about a claim."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from services.claim_router.domain import State
+
+
+@dataclass(frozen=True)
+class ClaimRecord:
+    transaction_id: str
+    hospital_code: str
+    insurer_code: str
+    claim_ref: str
+    state: State
+    billed_amount_satang: int
+    approved_amount_satang: int
+    envelope: str
+    envelope_sha256: str
+    decision_envelope: str
+    status_reason: str
+    delivery_mode: str  # simulated (pushed to the adapter) | pull
+    submitted_at: datetime
+    decided_at: datetime | None
+    updated_at: datetime
+    delivered_at: datetime | None = None
+
+    def with_changes(self, **changes: object) -> ClaimRecord:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+Event = tuple[str, bytes]  # (outbox topic, payload)
+# Given the locked current row, returns the new row (None: unchanged) and the
+# events to store with it; raising leaves the row as it was.
+Mutation = Callable[[ClaimRecord], tuple[ClaimRecord | None, Sequence[Event]]]

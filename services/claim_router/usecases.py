@@ -1,0 +1,423 @@
+"""The router's use cases, one method each, shared by the public and internal
+servicers. No transport types here: callers pass plain values and get claim
+records back; storage, the directory and wake-ups are the protocols below."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Generic, Protocol, TypeVar
+
+import structlog
+
+from iclaim.crypto.envelope import sha256_hex
+from iclaim.errors import FailedPrecondition, NotFound
+from iclaim_hub.registry.model import DEFAULT_KEY_GRACE_S, EncryptionKeyRecord, Principal
+from services.claim_router import domain
+from services.claim_router.domain import State
+from services.claim_router.events import state_change_events
+from services.claim_router.metrics import CLAIM_OUTCOMES, DECISION_LATENCY
+from services.claim_router.model import ClaimRecord, Event, Mutation
+
+DEFAULT_PULL_LEASE_S = 60.0  # §6: an undecided pulled claim is offered again after this
+# Wake-ups can be lost (a dropped LISTEN connection), so waiters re-read this often.
+WATCH_RECHECK_S = 15.0
+PULL_RECHECK_S = 1.0
+
+# Audit routes of the state changes each use case makes.
+ROUTE_SUBMIT = "/iclaim.v1.ClaimService/SubmitClaim"
+ROUTE_CANCEL = "/iclaim.v1.ClaimService/CancelClaim"
+ROUTE_PULL = "/iclaim.v1.InsurerService/PullClaims"
+ROUTE_DECISION = "/iclaim.v1.InsurerService/PostDecision"
+ROUTE_MARK_PAID = "/iclaim_hub.internal.v1.ClaimSettlementService/MarkClaimPaid"
+
+T = TypeVar("T")
+# A google.protobuf.Duration as (seconds, nanos), not yet checked.
+DurationParts = tuple[int, int]
+
+
+class ClaimStore(Protocol):
+    async def insert(self, rec: ClaimRecord, events: Sequence[Event]) -> tuple[ClaimRecord, bool]: ...
+
+    async def get(self, transaction_id: str) -> ClaimRecord | None: ...
+
+    async def transition(self, transaction_id: str, mutate: Mutation) -> ClaimRecord | None: ...
+
+    async def list_for_hospital(
+        self,
+        hospital_code: str,
+        *,
+        state: State | None,
+        insurer_code: str | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[ClaimRecord]: ...
+
+    async def lease_pull(
+        self,
+        insurer_code: str,
+        limit: int,
+        lease_s: float,
+        on_delivered: Callable[[ClaimRecord], Sequence[Event]],
+    ) -> list[ClaimRecord]: ...
+
+
+class Directory(Protocol):
+    async def get(self, code: str) -> Principal | None: ...
+
+    async def insurers(self) -> list[Principal]: ...
+
+
+class ChangeFeed(Protocol):
+    """Events set when a claim changed or pull work arrived, on any replica."""
+
+    def claim_changes(self, transaction_id: str) -> AbstractContextManager[asyncio.Event]: ...
+
+    def pull_ready(self, insurer_code: str) -> AbstractContextManager[asyncio.Event]: ...
+
+
+class PushQueue(Protocol):
+    def kick(self, transaction_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Party:
+    """A directory entry as another participant sees it."""
+
+    principal: Principal
+    available: bool
+    keys: tuple[EncryptionKeyRecord, ...]  # the ones an envelope to it may name
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    hospital_code: str
+    claim_ref: str
+    insurer_code: str
+    billed_amount_satang: int
+    envelope: str
+    decision_timeout: DurationParts
+
+
+@dataclass(frozen=True)
+class ListClaimsRequest:
+    hospital_code: str
+    page_size: int
+    page_token: str
+    state: int | None  # None: the field was not set
+    insurer_code: str | None
+
+
+@dataclass(frozen=True)
+class DecisionRequest:
+    transaction_id: str
+    insurer_code: str
+    state: int  # as it arrived: not yet a State
+    approved_amount_satang: int
+    decision_envelope: str
+    reason_code: str
+
+
+async def _wake_or_timeout(event: asyncio.Event, timeout_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    event.clear()
+
+
+class ClaimRouter:
+    def __init__(
+        self,
+        store: ClaimStore,
+        directory: Directory,
+        push: PushQueue | None,
+        changes: ChangeFeed,
+        *,
+        key_grace_s: float = DEFAULT_KEY_GRACE_S,
+        pull_lease_s: float = DEFAULT_PULL_LEASE_S,
+    ) -> None:
+        self._store = store
+        self._directory = directory
+        self._push = push
+        self._changes = changes
+        self._key_grace_s = key_grace_s
+        self._pull_lease_s = pull_lease_s
+
+    # --- directory ---------------------------------------------------------------
+
+    def _party(self, p: Principal) -> Party:
+        return Party(p, p.available and not p.suspended, p.accepted_keys(self._key_grace_s))
+
+    async def list_insurers(self, page_size: int, page_token: str) -> Page[Party]:
+        size = domain.page_size_of(page_size)
+        token = domain.decode_page_token(page_token, ("after",))
+        after = token["after"] if token else ""
+        insurers = [p for p in await self._directory.insurers() if p.code > after]
+        page = insurers[:size]
+        more = len(insurers) > size
+        return Page(
+            [self._party(p) for p in page],
+            domain.encode_page_token({"after": page[-1].code}) if more else "",
+        )
+
+    async def get_hospital(self, hospital_code: str) -> Party:
+        domain.check_hospital_code(hospital_code)
+        hospital = await self._directory.get(hospital_code)
+        if hospital is None or hospital.role != "hospital":
+            raise NotFound("hospital not found", reason="HOSPITAL_NOT_FOUND")
+        return self._party(hospital)
+
+    # --- hospitals -----------------------------------------------------------------
+
+    async def submit(self, req: SubmitRequest) -> ClaimRecord:
+        """Checks and stores a claim (once per hospital and claim_ref), starts its
+        delivery and waits up to its decision_timeout for a decision."""
+        timeout_s = domain.duration_s(
+            *req.decision_timeout,
+            field="decision_timeout",
+            reason="DECISION_TIMEOUT_INVALID",
+            max_s=domain.MAX_DECISION_TIMEOUT_S,
+        )
+        domain.validate_submit(
+            domain.SubmitInput(
+                hospital_code=req.hospital_code,
+                claim_ref=req.claim_ref,
+                insurer_code=req.insurer_code,
+                billed_amount_satang=req.billed_amount_satang,
+                envelope=req.envelope,
+                decision_timeout_s=timeout_s,
+            )
+        )
+        header = domain.read_header(req.envelope)
+        insurer = domain.check_insurer_routable(await self._directory.get(req.insurer_code), req.insurer_code)
+        domain.check_envelope_routing(
+            header,
+            sender=req.hospital_code,
+            recipient=insurer,
+            claim_ref=req.claim_ref,
+            amount_satang=req.billed_amount_satang,
+            key_grace_s=self._key_grace_s,
+        )
+        candidate = _new_claim(req, insurer)
+        stored, created = await self._store.insert(
+            candidate, state_change_events(candidate, actor=req.hospital_code, route=ROUTE_SUBMIT)
+        )
+        if not created and stored.envelope_sha256 != candidate.envelope_sha256:
+            raise domain.AlreadyExistsClaimRef(stored.claim_ref)
+        structlog.contextvars.bind_contextvars(transaction_id=stored.transaction_id)
+        if created:
+            CLAIM_OUTCOMES.labels(State.RECEIVED.name).inc()
+            if stored.delivery_mode == "simulated" and self._push is not None:
+                self._push.kick(stored.transaction_id)
+        if timeout_s > 0:
+            stored = await self._wait_settled(stored.transaction_id, timeout_s) or stored
+        return stored
+
+    async def _wait_settled(self, transaction_id: str, timeout_s: float) -> ClaimRecord | None:
+        """The claim once terminal, or as it is when the timeout passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        with self._changes.claim_changes(transaction_id) as changed:
+            while True:
+                rec = await self._store.get(transaction_id)
+                remaining = deadline - loop.time()
+                if rec is None or rec.state in domain.TERMINAL_STATES or remaining <= 0:
+                    return rec
+                await _wake_or_timeout(changed, remaining)
+
+    async def get_claim(self, hospital_code: str, transaction_id: str) -> ClaimRecord:
+        domain.check_transaction_id(transaction_id)
+        rec = await self._store.get(transaction_id)
+        if rec is None or rec.hospital_code != hospital_code:
+            # Another party's claim is indistinguishable from a missing one.
+            raise NotFound("claim not found", reason="CLAIM_NOT_FOUND")
+        return rec
+
+    async def watch(self, hospital_code: str, transaction_id: str) -> AsyncGenerator[ClaimRecord, None]:
+        """The claim now and after each change of state, ending with a terminal one."""
+        rec = await self.get_claim(hospital_code, transaction_id)
+        with self._changes.claim_changes(rec.transaction_id) as changed:
+            last: State | None = None
+            while True:
+                current = await self._store.get(rec.transaction_id)
+                assert current is not None  # claims are never deleted
+                if current.state != last:
+                    yield current
+                    last = current.state
+                if current.state in domain.TERMINAL_STATES:
+                    return
+                await _wake_or_timeout(changed, WATCH_RECHECK_S)
+
+    async def list_claims(self, req: ListClaimsRequest) -> Page[ClaimRecord]:
+        size = domain.page_size_of(req.page_size)
+        after = domain.decode_claims_cursor(req.page_token)
+        state = None if req.state is None else domain.state_filter_of(req.state)
+        insurer = None if req.insurer_code is None else domain.check_insurer_code(req.insurer_code)
+        rows = await self._store.list_for_hospital(
+            req.hospital_code, state=state, insurer_code=insurer, after=after, limit=size + 1
+        )
+        page = rows[:size]
+        next_token = ""
+        if len(rows) > size:
+            next_token = domain.encode_claims_cursor(page[-1].submitted_at, page[-1].transaction_id)
+        return Page(page, next_token)
+
+    async def cancel(self, hospital_code: str, transaction_id: str, reason: str) -> ClaimRecord:
+        domain.check_cancel_reason(reason)
+        rec = await self.get_claim(hospital_code, transaction_id)
+
+        def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
+            if cur.state == State.CANCELLED:
+                return None, []
+            domain.check_cancellable(cur.state)
+            new = cur.with_changes(
+                state=State.CANCELLED,
+                status_reason="CANCELLED_BY_HOSPITAL",
+                updated_at=datetime.now(UTC),
+            )
+            return new, state_change_events(new, actor=hospital_code, route=ROUTE_CANCEL)
+
+        stored = await self._store.transition(rec.transaction_id, mutate)
+        assert stored is not None  # claims are never deleted
+        return stored
+
+    # --- insurers --------------------------------------------------------------------
+
+    async def pull(self, insurer_code: str, max_claims: int, wait: DurationParts) -> list[ClaimRecord]:
+        """Leases up to max_claims open claims to a pull insurer, waiting up to
+        `wait` for the first one."""
+        domain.check_max_claims(max_claims)
+        wait_s = domain.duration_s(*wait, field="wait", reason="WAIT_INVALID", max_s=domain.MAX_PULL_WAIT_S)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+
+        def on_delivered(rec: ClaimRecord) -> Sequence[Event]:
+            return state_change_events(rec, actor=insurer_code, route=ROUTE_PULL)
+
+        with self._changes.pull_ready(insurer_code) as ready:
+            while True:
+                leased = await self._store.lease_pull(
+                    insurer_code, max_claims, self._pull_lease_s, on_delivered
+                )
+                remaining = deadline - loop.time()
+                if leased or remaining <= 0:
+                    return leased
+                await _wake_or_timeout(ready, min(remaining, PULL_RECHECK_S))
+
+    async def post_decision(self, req: DecisionRequest) -> ClaimRecord:
+        """An insurer's own PostDecision: a malformed id or a state it may not
+        post is refused before any lookup."""
+        domain.check_transaction_id(req.transaction_id)
+        return await self._decide(req, domain.postable_state_of(req.state))
+
+    async def record_decision(self, req: DecisionRequest) -> ClaimRecord:
+        """A decision relayed by the insurer adapter."""
+        return await self._decide(req, domain.state_or_unspecified(req.state))
+
+    async def _decide(self, req: DecisionRequest, state: State) -> ClaimRecord:
+        """Decided at most once; the same decision again is a no-op."""
+        d = domain.DecisionInput(
+            transaction_id=req.transaction_id,
+            insurer_code=req.insurer_code,
+            state=state,
+            approved_amount_satang=req.approved_amount_satang,
+            decision_envelope=req.decision_envelope,
+            reason_code=req.reason_code,
+        )
+        domain.check_transaction_id(d.transaction_id)
+        rec = await self._store.get(d.transaction_id)
+        if rec is None or rec.insurer_code != d.insurer_code:
+            raise NotFound("claim not found", reason="CLAIM_NOT_FOUND")
+        domain.validate_decision_shape(d, rec.billed_amount_satang)
+        if d.decision_envelope:
+            hospital = await self._directory.get(rec.hospital_code)
+            if hospital is None:
+                raise FailedPrecondition("hospital unknown", reason="HOSPITAL_NOT_FOUND")
+            domain.check_envelope_routing(
+                domain.read_header(d.decision_envelope),
+                sender=d.insurer_code,
+                recipient=hospital,
+                claim_ref=rec.claim_ref,
+                amount_satang=d.approved_amount_satang,
+                key_grace_s=self._key_grace_s,
+            )
+
+        def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
+            if domain.decision_matches(
+                cur.state, cur.approved_amount_satang, cur.decision_envelope, cur.status_reason, d
+            ):
+                return None, []
+            if cur.state not in domain.OPEN_STATES:
+                raise FailedPrecondition(
+                    f"claim is already {cur.state.name}; a different decision cannot replace it",
+                    reason="DECISION_CONFLICT",
+                )
+            now = datetime.now(UTC)
+            new = cur.with_changes(
+                state=d.state,
+                approved_amount_satang=d.approved_amount_satang,
+                decision_envelope=d.decision_envelope,
+                status_reason=d.reason_code,
+                decided_at=now if d.state in domain.DECIDED_STATES else None,
+                updated_at=now,
+            )
+            return new, state_change_events(new, actor=d.insurer_code, route=ROUTE_DECISION)
+
+        stored = await self._store.transition(d.transaction_id, mutate)
+        assert stored is not None  # claims are never deleted
+        if stored.state in domain.DECIDED_STATES and stored.decided_at is not None:
+            CLAIM_OUTCOMES.labels(stored.state.name).inc()
+            DECISION_LATENCY.observe((stored.decided_at - stored.submitted_at).total_seconds())
+        return stored
+
+    # --- billing ---------------------------------------------------------------------
+
+    async def mark_paid(self, transaction_id: str) -> ClaimRecord:
+        """Billing says nothing is left due on an approved claim."""
+        domain.check_transaction_id(transaction_id)
+
+        def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
+            if cur.state == State.PAID:
+                return None, []
+            if cur.state not in domain.BILLABLE_STATES:
+                raise FailedPrecondition(
+                    f"claim is {cur.state.name}, not approved", reason="CLAIM_NOT_APPROVED"
+                )
+            new = cur.with_changes(state=State.PAID, updated_at=datetime.now(UTC))
+            return new, state_change_events(new, actor="ICLAIM", route=ROUTE_MARK_PAID)
+
+        stored = await self._store.transition(transaction_id, mutate)
+        if stored is None:
+            raise NotFound("claim not found", reason="CLAIM_NOT_FOUND")
+        return stored
+
+
+def _new_claim(req: SubmitRequest, insurer: Principal) -> ClaimRecord:
+    now = datetime.now(UTC)
+    return ClaimRecord(
+        transaction_id=domain.new_transaction_id(),
+        hospital_code=req.hospital_code,
+        insurer_code=insurer.code,
+        claim_ref=req.claim_ref,
+        state=State.RECEIVED,
+        billed_amount_satang=req.billed_amount_satang,
+        approved_amount_satang=0,
+        envelope=req.envelope,
+        envelope_sha256=sha256_hex(req.envelope),
+        decision_envelope="",
+        status_reason="",
+        delivery_mode="pull" if insurer.delivery_mode == "pull" else "simulated",
+        submitted_at=now,
+        decided_at=None,
+        updated_at=now,
+    )
