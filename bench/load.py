@@ -15,7 +15,7 @@ import grpc
 from bench.echo_server import METHOD
 from iclaim.client.credentials import load_dev_credentials
 from iclaim.client.hospital import HospitalClient
-from iclaim.fhir.claim import PatientInfo, build_claim
+from iclaim.fhir.claim import synthetic_claim
 from iclaim.v1 import claim_service_pb2 as pb
 
 
@@ -34,15 +34,7 @@ async def claims_load(credentials: Path, total: int, concurrency: int, run_id: s
             insurer = insurers[n % len(insurers)]
             ref = f"BENCH-{run_id}-{n}"
             amount = 10_000 + n
-            body = build_claim(
-                claim_ref=ref,
-                hospital_code=creds.code,
-                insurer_code=insurer,
-                policy_number=f"POL-{n}",
-                amount_satang=amount,
-                patient=PatientInfo(name="Bench Patient", citizen_id="1101700203451"),
-                diagnoses=["J18.9"],
-            )
+            body = synthetic_claim(creds.code, insurer, ref, f"POL-{n}", amount, patient_name="Bench Patient")
             envelope = await client.seal_claim(
                 body, insurer_code=insurer, claim_ref=ref, amount_satang=amount
             )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 
 class ConfigError(ValueError):
@@ -16,30 +18,28 @@ def env_str(name: str, default: str | None = None) -> str:
     return value
 
 
-def env_int(name: str, default: int, *, lo: int, hi: int) -> int:
+N = TypeVar("N", int, float)
+
+
+def _env_number(name: str, default: N, lo: N, hi: N, parse: Callable[[str], N], kind: str) -> N:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}") from exc
     if not lo <= value <= hi:
         raise ConfigError(f"{name} must be within {lo}..{hi}, got {value}")
     return value
+
+
+def env_int(name: str, default: int, *, lo: int, hi: int) -> int:
+    return _env_number(name, default, lo, hi, int, "an integer")
 
 
 def env_float(name: str, default: float, *, lo: float, hi: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
-    if not lo <= value <= hi:
-        raise ConfigError(f"{name} must be within {lo}..{hi}, got {value}")
-    return value
+    return _env_number(name, default, lo, hi, float, "a number")
 
 
 def env_bool(name: str, default: bool) -> bool:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from iclaim.client.credentials import Credentials
 from iclaim.client.hospital import HospitalClient
-from iclaim.fhir.claim import PatientInfo, build_claim
+from iclaim.fhir.claim import synthetic_claim
 from iclaim.v1 import claim_service_pb2 as pb
 
 
@@ -31,14 +31,8 @@ CASES = (
 
 
 def demo_claim(creds: Credentials, case: DemoCase, claim_ref: str) -> bytes:
-    return build_claim(
-        claim_ref=claim_ref,
-        hospital_code=creds.code,
-        insurer_code=case.insurer,
-        policy_number=case.policy,
-        amount_satang=case.amount_satang,
-        patient=PatientInfo(name="Demo Patient", citizen_id="1101700203451"),
-        diagnoses=["J18.9"],
+    return synthetic_claim(
+        creds.code, case.insurer, claim_ref, case.policy, case.amount_satang, patient_name="Demo Patient"
     )
 
 

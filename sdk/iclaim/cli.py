@@ -71,18 +71,11 @@ def _sample_claim(args: argparse.Namespace) -> int:
     """Writes a synthetic FHIR R4 Claim (no real patient) for trying `submit`."""
     import secrets
 
-    from iclaim.fhir.claim import PatientInfo, build_claim
+    from iclaim.fhir.claim import synthetic_claim
 
     creds = load_dev_credentials(args.as_, args.credentials)
-    doc = build_claim(
-        claim_ref=args.claim_ref or f"SAMPLE-{secrets.token_hex(4)}",
-        hospital_code=creds.code,
-        insurer_code=args.insurer,
-        policy_number=args.policy,
-        amount_satang=args.amount_satang,
-        patient=PatientInfo(name="Sample Patient", citizen_id="1101700203451"),
-        diagnoses=["J18.9"],
-    )
+    claim_ref = args.claim_ref or f"SAMPLE-{secrets.token_hex(4)}"
+    doc = synthetic_claim(creds.code, args.insurer, claim_ref, args.policy, args.amount_satang)
     sys.stdout.write(doc.decode() + "\n")
     return 0
 

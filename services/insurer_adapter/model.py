@@ -21,15 +21,10 @@ class DeliveryRequest:
 
 
 @dataclass(frozen=True)
-class NewDelivery:
-    transaction_id: str
-    insurer_code: str
-    hospital_code: str
-    claim_ref: str
-    billed_amount_satang: int
-    envelope: str
+class NewDelivery(DeliveryRequest):
+    """A checked DeliveryRequest, with the digest stored beside it."""
+
     envelope_sha256: str
-    submitted_at: datetime | None
 
 
 class Added(Enum):

@@ -19,7 +19,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -182,16 +182,7 @@ def checked(r: DeliveryRequest) -> NewDelivery:
         raise InvalidArgument("envelope is empty", reason="ENVELOPE_MISSING")
     if len(r.envelope.encode("utf-8")) > MAX_ENVELOPE_BYTES:
         raise InvalidArgument("envelope exceeds 1 MiB", reason="ENVELOPE_TOO_LARGE")
-    return NewDelivery(
-        transaction_id=r.transaction_id,
-        insurer_code=r.insurer_code,
-        hospital_code=r.hospital_code,
-        claim_ref=r.claim_ref,
-        billed_amount_satang=r.billed_amount_satang,
-        envelope=r.envelope,
-        envelope_sha256=sha256_hex(r.envelope),
-        submitted_at=r.submitted_at,
-    )
+    return NewDelivery(**asdict(r), envelope_sha256=sha256_hex(r.envelope))
 
 
 class ClaimIntake:

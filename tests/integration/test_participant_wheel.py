@@ -120,9 +120,10 @@ async def test_participant_wheel_alone_submits_and_watches(
     assert "iclaim" in installed and {"grpcio", "protobuf", "cryptography", "joserfc"} <= installed
     assert installed & HUB_ONLY == set()
 
-    helptext = await _run(
+    helped = await _run(
         [str(venv / "bin/iclaim"), "--help"], check=True, capture_output=True, text=True, cwd=tmp_path
-    ).stdout
+    )
+    helptext = helped.stdout
     assert "submit" in helptext and " up " not in helptext
 
     creds = running_stack.creds()

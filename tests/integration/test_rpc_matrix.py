@@ -814,6 +814,14 @@ CASES = [
         {NF},
     ),
     Case(
+        "billing-void-unknown-invoice",
+        H1,
+        B + "VoidInvoice",
+        lambda w: bpb.VoidInvoiceRequest(invoice_id="inv_unknown", reason="typo"),
+        bpb.Invoice,
+        {NF},
+    ),
+    Case(
         "billing-payment-no-date",
         INS,
         B + "PostPayment",

@@ -1,5 +1,5 @@
 """The repository stands alone: a fresh clone in an empty directory (nothing
-beside it, no ../shared) generates its stubs, collects every test and passes
+beside it, no shared/ folder) generates its stubs, collects every test and passes
 the unit tests."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
+# The workplace folder beside the checkout, spelt so that this file does not match itself.
+SHARED = "/".join(["..", "shared"])
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> str:
@@ -32,9 +34,9 @@ def test_fresh_clone_collects_and_passes_unit_tests(tmp_path: Path) -> None:
     assert sorted(p.name for p in empty.iterdir()) == ["repo"]
 
     tracked = subprocess.run(
-        ["git", "grep", "-l", "-e", "../shared", "--", "."], cwd=clone, capture_output=True, text=True
+        ["git", "grep", "-l", "-e", SHARED, "--", "."], cwd=clone, capture_output=True, text=True
     ).stdout.split()
-    assert tracked == [], f"tracked files refer to ../shared: {tracked}"
+    assert tracked == [], f"tracked files refer to {SHARED}: {tracked}"
 
     # This interpreter's packages, but the clone's code first on the path.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}

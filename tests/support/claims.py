@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from iclaim.fhir.claim import PatientInfo, build_claim
+from iclaim.fhir.claim import synthetic_claim
 
 
 def fhir(creds_code: str, insurer: str, ref: str, policy: str, amount: int) -> bytes:
-    return build_claim(
-        claim_ref=ref,
-        hospital_code=creds_code,
-        insurer_code=insurer,
-        policy_number=policy,
-        amount_satang=amount,
-        patient=PatientInfo(name="Test Patient", citizen_id="1101700203451"),
-        diagnoses=["K35.8"],
+    return synthetic_claim(
+        creds_code, insurer, ref, policy, amount, patient_name="Test Patient", diagnosis="K35.8"
     )

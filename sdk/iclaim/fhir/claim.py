@@ -142,6 +142,31 @@ def build_claim(
     return dumps(doc)
 
 
+SYNTHETIC_CITIZEN_ID = "1101700203451"  # a well-formed but invented Thai citizen id
+
+
+def synthetic_claim(
+    hospital_code: str,
+    insurer_code: str,
+    claim_ref: str,
+    policy_number: str,
+    amount_satang: int,
+    *,
+    patient_name: str = "Sample Patient",
+    diagnosis: str = "J18.9",
+) -> bytes:
+    """A Claim about an invented patient: for samples, demos and tests."""
+    return build_claim(
+        claim_ref=claim_ref,
+        hospital_code=hospital_code,
+        insurer_code=insurer_code,
+        policy_number=policy_number,
+        amount_satang=amount_satang,
+        patient=PatientInfo(name=patient_name, citizen_id=SYNTHETIC_CITIZEN_ID),
+        diagnoses=[diagnosis],
+    )
+
+
 def _item(n: int, line: ClaimItem) -> dict[str, Any]:
     if line.quantity < 1:
         raise FhirError("ITEM_INVALID", "item quantity must be at least 1")
