@@ -15,7 +15,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e './sdk[fhir]' -e '.[dev]'
+	$(PY) -m pip install -q -e './sdk[fhir,insurer]' -e '.[dev,devstack]'
 	touch $@
 
 proto: $(PROTO_STAMP)

@@ -27,6 +27,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.support.crd import custom_resource_errors, is_custom
+
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 K8S_VERSION = "1.33"
@@ -49,6 +51,15 @@ SHIPPER_MODULE = "services.audit_log.shipper"
 # Sidecars (never a pod's first container) -> the port their native gRPC probes
 # use; it is not named grpc, which stays the pod's one Service-facing gRPC port.
 SIDECARS = {SHIPPER_MODULE: "shipper-health"}
+# Services whose gRPC port speaks TLS (kubelet gRPC probes cannot) -> the
+# plaintext grpc.health port their probes use instead.
+TLS_GRPC = {"sandbox": "health"}
+# Only the dev overlay runs the sandbox insurers (docs/protocol.md §8): a
+# participant outside the hub, never in base or prod.
+DEV_ONLY = {"sandbox": 1}
+# Services the hub reaches at an endpoint from the registry (§10 pushes), not
+# through an ICLAIM_*_TARGET variable: name -> the apps that call them.
+REGISTRY_CALLERS = {"sandbox": {"insurer-adapter"}}
 SECRET_NAME = "iclaim-secrets"
 # Variables that name a credential: only ever from a Secret, never a literal.
 SECRET_ENV = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|_URL|DSN)$")
@@ -264,6 +275,8 @@ def secret_problems(docs: list[Obj]) -> list[str]:
         for path, text in _strings(doc):
             if path.endswith(".image"):
                 continue  # digests are long hex by design
+            if doc.get("kind") == "PrometheusRule" and path.endswith((".expr", ".runbook_url")):
+                continue  # PromQL and runbook links are long identifiers by design
             for shape in SECRET_SHAPES:
                 if shape.search(text):
                     problems.append(
@@ -302,11 +315,11 @@ def container_problems(dep: Obj, container: Obj) -> list[str]:
             problems.append(f"{where}: {kind} request above its limit")
 
     module = _module(container)
-    probe_port = SIDECARS.get(module or "", "grpc")
+    probe_port = SIDECARS.get(module or "", TLS_GRPC.get(module or "", "grpc"))
     grpc_port = _named_port(container, probe_port)
     if grpc_port is None:
         problems.append(f"{where}: needs a container port named {probe_port}")
-    if probe_port != "grpc" and _named_port(container, "grpc") is not None:
+    if module in SIDECARS and _named_port(container, "grpc") is not None:
         problems.append(f"{where}: a sidecar must not expose a port named grpc")
     for kind in ("readinessProbe", "livenessProbe"):
         probe = container.get(kind)
@@ -437,7 +450,9 @@ def target_problems(objs: list[Obj]) -> list[str]:
     each backend's NetworkPolicy admits exactly the pods that target it."""
     problems: list[str] = []
     services = {(_ns(s), s["metadata"]["name"]): s for s in _of_kind(objs, "Service")}
-    callers: dict[tuple[str, str], set[str]] = {key: set() for key in services}
+    callers: dict[tuple[str, str], set[str]] = {
+        key: set(REGISTRY_CALLERS.get(key[1], ())) for key in services
+    }
     for dep in _of_kind(objs, "Deployment"):
         app = dep["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/name", "")
         for container in _pod_spec(dep)["containers"]:
@@ -607,6 +622,9 @@ def _by_name(objs: list[Obj], kind: str) -> dict[str, Obj]:
 def test_every_object_is_valid_kubernetes(target: str) -> None:
     errors = []
     for obj in rendered(target):
+        if is_custom(obj):  # prometheus-operator kinds: their CRD schemas (tests/support/crd.py)
+            errors += [f"{_ident(obj)}: {e}" for e in custom_resource_errors(obj)]
+            continue
         try:
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -617,7 +635,8 @@ def test_every_object_is_valid_kubernetes(target: str) -> None:
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_house_rules(target: str) -> None:
     objs = rendered(target)
-    assert {d["metadata"]["name"] for d in _of_kind(objs, "Deployment")} == set(PROD_REPLICAS)
+    expected = set(PROD_REPLICAS) | (set(DEV_ONLY) if target == "dev" else set())
+    assert {d["metadata"]["name"] for d in _of_kind(objs, "Deployment")} == expected
     assert house_problems(objs) == []
 
 
@@ -654,8 +673,68 @@ def test_dev_overlay() -> None:
     assert ns["metadata"]["name"] == "iclaim-dev"
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     assert {d["metadata"]["name"]: d["spec"]["replicas"] for d in _of_kind(objs, "Deployment")} == {
-        name: 1 for name in PROD_REPLICAS
+        **{name: 1 for name in PROD_REPLICAS},
+        **DEV_ONLY,
     }
+
+
+def _sandbox_objects(objs: list[Obj]) -> list[str]:
+    return [
+        _ident(o)
+        for o in objs
+        if o["metadata"]["name"].startswith("sandbox")
+        or o["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "sandbox"
+    ]
+
+
+@pytest.mark.parametrize("target", ["base", "prod"])
+def test_only_the_dev_overlay_has_the_sandbox(target: str) -> None:
+    assert _sandbox_objects(rendered(target)) == []
+
+
+def test_dev_sandbox_is_a_participant_outside_the_hub() -> None:
+    objs = rendered("dev")
+    assert sorted(_sandbox_objects(objs)) == [
+        "Deployment/sandbox",
+        "NetworkPolicy/sandbox-ingress",
+        "Service/sandbox",
+        "ServiceAccount/sandbox",
+    ]
+    server = _server(objs, "sandbox")
+    assert _module(server) == "sandbox"
+    args = server["args"]
+    # Its credentials (private keys) come from a Secret volume, read-only.
+    credentials = args[args.index("--credentials") + 1]
+    mount = _mount_of(server, credentials)
+    assert mount is not None and mount.get("readOnly") is True
+    volume = {v["name"]: v for v in _pod_spec(_dep(objs, "sandbox"))["volumes"]}[mount["name"]]
+    assert volume["secret"]["secretName"] == "iclaim-sandbox"
+    # Listens where its Service and probes say.
+    for flag, port in (("--grpc", "grpc"), ("--webhook", "webhook"), ("--health", "health")):
+        host, _, number = args[args.index(flag) + 1].rpartition(":")
+        assert host == "0.0.0.0" and int(number) == _named_port(server, port), flag
+    service_ports = {p["name"] for p in _by_name(objs, "Service")["sandbox"]["spec"]["ports"]}
+    assert service_ports == {"grpc", "webhook"}
+    # Nothing of the hub: no database, master key, admin token or Redis.
+    names = {e["name"] for e in server.get("env", [])}
+    assert not names & {"ICLAIM_DATABASE_URL", "ICLAIM_MASTER_KEY", "ICLAIM_ADMIN_TOKEN", "ICLAIM_REDIS_URL"}
+    assert not any("secretKeyRef" in e.get("valueFrom", {}) for e in server.get("env", []))
+    # Pushes only from the hub's delivery layer, on both push ports.
+    (rule,) = _by_name(objs, "NetworkPolicy")["sandbox-ingress"]["spec"]["ingress"]
+    assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in rule["from"]] == [
+        "insurer-adapter"
+    ]
+    assert {p["port"] for p in rule["ports"]} == {"grpc", "webhook"}
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_the_hub_simulates_no_insurer(target: str) -> None:
+    """The sandbox's knobs are the sandbox's: no hub Deployment reads them."""
+    for dep in _of_kind(rendered(target), "Deployment"):
+        if dep["metadata"]["name"] in DEV_ONLY:
+            continue
+        for c in _all_containers(dep):
+            assert not [e["name"] for e in c.get("env", []) if e["name"].startswith("ICLAIM_SIM_")]
 
 
 def test_prod_overlay() -> None:

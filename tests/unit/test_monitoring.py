@@ -1,0 +1,195 @@
+"""deploy/monitoring: rules and alerts check and pass their promtool tests, the
+dashboards are what tools/dashboards.py generates, every query parses, and every
+metric they name is one our services export."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+REPO = Path(__file__).resolve().parents[2]
+MONITORING = REPO / "deploy" / "monitoring"
+# Every module that defines metrics; importing registers them in the default registry.
+METRIC_MODULES = (
+    "iclaim_hub.common.metrics",
+    "services.claim_router.metrics",
+    "services.insurer_adapter.metrics",
+    "services.audit_log.metrics",
+    "services.audit_log.shipping",
+    "services.billing.metrics",
+    "gateway.authz.metrics",
+)
+PROMQL_WORDS = {
+    "sum",
+    "max",
+    "min",
+    "avg",
+    "count",
+    "rate",
+    "increase",
+    "delta",
+    "deriv",
+    "by",
+    "without",
+    "and",
+    "or",
+    "unless",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "histogram_quantile",
+    "clamp_min",
+    "clamp_max",
+    "absent",
+    "bool",
+    "offset",
+    "le",
+    "time",
+    "vector",
+    "scalar",
+    "topk",
+    "bottomk",
+    "abs",
+    "humanize",
+}
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool not found: install the OS package `prometheus` (.ci/run does)")
+    return path
+
+
+def _rules() -> list[dict[str, object]]:
+    doc = yaml.safe_load((MONITORING / "rules.yaml").read_text())
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def _dashboard_queries() -> list[str]:
+    out = []
+    for path in sorted((MONITORING / "dashboards").glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            out += [t["expr"] for t in panel.get("targets", [])]
+    return out
+
+
+def _metric_names(expr: str) -> set[str]:
+    """Series names in a PromQL expression (not functions, labels or keywords)."""
+    without_strings = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    without_matchers = re.sub(r"\{[^}]*\}", "{}", without_strings)
+    without_groupings = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", without_matchers)
+    without_windows = re.sub(r"\[[^\]]*\]", "[]", without_groupings)
+    names = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", without_windows))
+    return {n for n in names if n not in PROMQL_WORDS and not re.fullmatch(r"e\d*", n)}
+
+
+def _our_metrics() -> set[str]:
+    for module in METRIC_MODULES:
+        importlib.import_module(module)
+    names: set[str] = set()
+    for collector in list(REGISTRY._collector_to_names):  # noqa: SLF001 - the registry's own index
+        describe = getattr(collector, "describe", None)
+        for metric in (describe() if describe else None) or collector.collect():
+            names.add(metric.name)
+            suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}.get(
+                metric.type, ()
+            )
+            names.update(metric.name + s for s in suffixes)
+    return names
+
+
+def test_rules_check() -> None:
+    run = subprocess.run(
+        [promtool(), "check", "rules", str(MONITORING / "rules.yaml")], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+TEST_FILES = ("tests.yaml",)
+
+
+def test_rule_unit_tests_pass() -> None:
+    run = subprocess.run(
+        [promtool(), "test", "rules", *TEST_FILES], cwd=MONITORING, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_every_alert_has_a_test_that_fires_and_one_that_does_not() -> None:
+    tests = [t for f in TEST_FILES for t in yaml.safe_load((MONITORING / f).read_text())["tests"]]
+    fired, quiet = set(), set()
+    for case in tests:
+        for check in case.get("alert_rule_test", []):
+            (fired if check["exp_alerts"] else quiet).add(check["alertname"])
+    alerts = {r["alert"] for r in _rules() if "alert" in r}
+    assert alerts - fired == set(), "alerts without a firing test"
+    assert alerts - quiet == set(), "alerts without a quiet test"
+
+
+def test_every_alert_is_documented_with_a_runbook() -> None:
+    runbooks = (REPO / "docs" / "runbooks.md").read_text()
+    anchors = {m.lower() for m in re.findall(r"^## (\S+)$", runbooks, re.M)}
+    for rule in (r for r in _rules() if "alert" in r):
+        name = str(rule["alert"])
+        labels, notes = rule["labels"], rule["annotations"]
+        assert isinstance(labels, dict) and labels.get("severity") in ("page", "ticket"), name
+        assert isinstance(notes, dict) and notes.get("summary") and notes.get("description"), name
+        assert str(notes["runbook_url"]).endswith(f"docs/runbooks.md#{name.lower()}"), name
+        assert name.lower() in anchors, f"docs/runbooks.md has no section {name}"
+        section = runbooks.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
+        for part in ("**Means.**", "**Check.**", "**Do.**"):
+            assert part in section, f"{name}: runbook lacks {part}"
+
+
+def test_dashboards_are_generated_from_code() -> None:
+    from tools.dashboards import rendered
+
+    files = {p.name: p.read_text() for p in (MONITORING / "dashboards").glob("*.json")}
+    assert files == rendered(), "run `python tools/dashboards.py` and commit the result"
+
+
+def test_every_dashboard_query_parses(tmp_path: Path) -> None:
+    queries = _dashboard_queries()
+    assert len(queries) >= 20
+    rules = {
+        "groups": [
+            {
+                "name": "dashboards",
+                "rules": [{"record": f"dashboard:query_{i}", "expr": q} for i, q in enumerate(queries)],
+            }
+        ]
+    }
+    path = tmp_path / "queries.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    run = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_every_metric_named_exists_in_our_registries() -> None:
+    recorded = {str(r["record"]) for r in _rules() if "record" in r}
+    named: set[str] = set()
+    for rule in _rules():
+        named |= _metric_names(str(rule["expr"]))
+    for query in _dashboard_queries():
+        named |= _metric_names(query)
+    ours = _our_metrics()
+    # Envoy's own stats are checked against a running Envoy (tests/integration/test_envoy_metrics.py).
+    missing = {n for n in named - recorded - {"up"} if not n.startswith("envoy_")} - ours
+    assert missing == set()
+
+
+def test_the_name_check_catches_a_misspelt_metric() -> None:
+    assert _metric_names('sum by (x) (rate(iclaim_claimz_total{state="A"}[5m])) / 100') == {
+        "iclaim_claimz_total"
+    }
+    assert "iclaim_claimz_total" not in _our_metrics()
