@@ -7,7 +7,7 @@ PUBLIC_PROTOS   := $(wildcard protos/iclaim/v1/*.proto)
 INTERNAL_PROTOS := $(wildcard protos/iclaim_hub/internal/v1/*.proto)
 PROTO_STAMP := sdk/iclaim/v1/.generated
 
-.PHONY: run test test-unit test-integration bench lint proto dist venv clean
+.PHONY: run test test-unit test-integration bench lint proto dist venv clean image-check
 
 venv: $(STAMP)
 
@@ -43,10 +43,14 @@ dist: $(PROTO_STAMP)
 	$(PY) -m build --wheel --no-isolation --outdir dist sdk
 	$(PY) -m build --wheel --no-isolation --outdir dist .
 
+# Builds the hub image and starts a service from it (podman/buildah, root; minutes).
+image-check: $(PROTO_STAMP)
+	$(PY) tools/image_check.py
+
 lint: $(PROTO_STAMP)
-	$(VENV)/bin/ruff check sdk/iclaim iclaim_hub iclaim_ops services gateway tests bench tools
-	$(VENV)/bin/ruff format --check sdk/iclaim iclaim_hub iclaim_ops services gateway tests bench tools
-	$(VENV)/bin/mypy sdk/iclaim iclaim_hub iclaim_ops services gateway
+	$(VENV)/bin/ruff check sdk/iclaim iclaim_hub iclaim_ops services gateway sandbox tests bench tools
+	$(VENV)/bin/ruff format --check sdk/iclaim iclaim_hub iclaim_ops services gateway sandbox tests bench tools
+	$(VENV)/bin/mypy sdk/iclaim iclaim_hub iclaim_ops services gateway sandbox
 	$(VENV)/bin/lint-imports
 
 clean:

@@ -1,8 +1,14 @@
 """`make bench`: claims through Envoy vs a bare grpc.aio echo server, plus the
 audit log and billing benchmarks. Prints a table and writes JSON.
 
-Env: BENCH_CLAIMS (default 2000), BENCH_CONCURRENCY (64), BENCH_ECHO_S (10),
-BENCH_SKIP (comma list of: claims, audit, billing)."""
+The sandbox insurers run in their own process (as in `make run`); each claims
+phase reports the CPU seconds of the hub's processes (per service and in total)
+apart from the sandbox's, the load generator's and this process's, and the
+submit->decision latency per delivery mode. An unloaded phase (one claim in
+flight) gives the latency a push adds.
+
+Env: BENCH_CLAIMS (default 2000), BENCH_CONCURRENCY (64), BENCH_UNLOADED_CLAIMS
+(300), BENCH_ECHO_S (10), BENCH_SKIP (comma list of: claims, audit, billing)."""
 
 from __future__ import annotations
 
@@ -11,16 +17,17 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench import cpu
 from iclaim_hub.crypto.secretbox import SecretBox
-from iclaim_ops.devstack.infra import Infra
-from iclaim_ops.devstack.stack import Ports, Stack, _free_port
+from iclaim_ops.devstack.infra import Infra, create_scratch_database, drop_database
+from iclaim_ops.devstack.stack import SANDBOX, Ports, Stack, _free_port
 from iclaim_ops.devstack.up import prepare
-from iclaim_ops.devstack.infra import create_scratch_database, drop_database
 
 
 # The machine's PostgreSQL and Redis (as in CI); each run gets a scratch database.
@@ -46,7 +53,27 @@ async def _child_json(*args: str) -> dict[str, Any]:
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
-async def bench_claims(total: int, concurrency: int, echo_s: float) -> dict[str, Any]:
+def cpu_report(used: dict[str, float], load_cpu_s: float) -> dict[str, Any]:
+    """CPU seconds spent during one phase, the hub apart from the sandbox."""
+    hub = {name: s for name, s in used.items() if name not in (SANDBOX.name, "self")}
+    return {
+        "hub_s": round(sum(hub.values()), 2),
+        "hub_by_process_s": hub,
+        "sandbox_s": used.get(SANDBOX.name, 0.0),
+        "load_generator_s": load_cpu_s,
+        "bench_s": used.get("self", 0.0),
+    }
+
+
+async def measured(stack: Stack, *load_args: str) -> dict[str, Any]:
+    """One load run (a separate process) with the CPU each part of the stack used."""
+    before = cpu.snapshot(stack.pids())
+    result = await _child_json("bench.load", *load_args)
+    result["cpu"] = cpu_report(cpu.used(before, cpu.snapshot(stack.pids())), result.pop("load_cpu_s", 0.0))
+    return result
+
+
+async def bench_claims(total: int, concurrency: int, echo_s: float, unloaded: int) -> dict[str, Any]:
     name, database_url = await create_scratch_database(PG_ADMIN_URL, "iclaim_bench")
     redis_url = f"{REDIS_BASE_URL}/14"
     import redis
@@ -72,12 +99,17 @@ async def bench_claims(total: int, concurrency: int, echo_s: float) -> dict[str,
     try:
         # Warm-up: connections, caches, prepared statements.
         await _child_json("bench.load", "claims", str(creds), "50", "8", "warm")
-        claims = await _child_json(
-            "bench.load", "claims", str(creds), str(total), str(concurrency), secrets.token_hex(3)
+        claims = await measured(
+            stack, "claims", str(creds), str(total), str(concurrency), secrets.token_hex(3)
         )
+        if unloaded > 0:
+            claims["unloaded"] = await measured(
+                stack, "claims", str(creds), str(unloaded), "1", secrets.token_hex(3)
+            )
     finally:
         await stack.stop()
         await drop_database(PG_ADMIN_URL, name)
+        shutil.rmtree(state_dir, ignore_errors=True)
 
     port = _free_port()
     echo = await asyncio.create_subprocess_exec(
@@ -103,6 +135,7 @@ async def main() -> None:
             int(os.environ.get("BENCH_CLAIMS", "2000")),
             int(os.environ.get("BENCH_CONCURRENCY", "64")),
             float(os.environ.get("BENCH_ECHO_S", "10")),
+            int(os.environ.get("BENCH_UNLOADED_CLAIMS", "300")),
         )
         print("claims:", json.dumps(results["claims"]), flush=True)
     for key, module, func in (

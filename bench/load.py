@@ -24,11 +24,28 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def mode_name(insurer: pb.Insurer) -> str:
+    if insurer.delivery == pb.DELIVERY_MODE_UNSPECIFIED:
+        return "unknown"
+    return pb.DeliveryMode.Name(insurer.delivery).removeprefix("DELIVERY_MODE_").lower()
+
+
+def latency_summary(latencies: list[float]) -> dict[str, float | int]:
+    if not latencies:
+        return {"claims": 0}
+    return {
+        "claims": len(latencies),
+        "p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+    }
+
+
 async def claims_load(credentials: Path, total: int, concurrency: int, run_id: str) -> dict:
     creds = load_dev_credentials(path=credentials)
+    # Sandbox insurers of every delivery mode (grpc, webhook, pull in turn down the directory).
     insurers = ["AIA", "MTL", "TLI", "OLI", "BLA", "FWD", "AZAY", "KTAL", "PRU", "TSLI"]
     async with HospitalClient(creds) as client:
-        await client.list_insurers()
+        modes = {i.code: mode_name(i) for i in await client.list_insurers()}
         work = []
         for n in range(total):
             insurer = insurers[n % len(insurers)]
@@ -40,6 +57,7 @@ async def claims_load(credentials: Path, total: int, concurrency: int, run_id: s
             )
             work.append((insurer, ref, amount, envelope))
         latencies: list[float] = []
+        by_mode: dict[str, list[float]] = {}
         undecided = 0
         queue: asyncio.Queue[tuple[str, str, int, str]] = asyncio.Queue()
         for item in work:
@@ -60,6 +78,7 @@ async def claims_load(credentials: Path, total: int, concurrency: int, run_id: s
                 )
                 if claim.state == pb.CLAIM_STATE_APPROVED:
                     latencies.append(time.perf_counter() - start)
+                    by_mode.setdefault(modes.get(insurer, "unknown"), []).append(latencies[-1])
                 else:
                     undecided += 1
 
@@ -75,6 +94,9 @@ async def claims_load(credentials: Path, total: int, concurrency: int, run_id: s
         "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 1),
         "undecided": undecided,
+        "by_mode": {mode: latency_summary(values) for mode, values in sorted(by_mode.items())},
+        # This load generator's own CPU (it is not part of the stack).
+        "load_cpu_s": round(time.process_time(), 2),
     }
 
 

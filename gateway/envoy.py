@@ -18,9 +18,11 @@ Layout
         iclaim.v1.AuditTrailService/*                         -> cluster `audit`
         grpc.health.v1.Health/*, grpc.reflection.v1{,alpha}.ServerReflection/*
                                    -> cluster `router`, ext_authz disabled
-        anything else -> direct_response UNIMPLEMENTED, ext_authz disabled
+        anything else -> ext_authz refuses it (UNIMPLEMENTED, UNKNOWN_METHOD) and
+                         hands back a keyed hash of the path for the access log
       access log: one JSON line per request (iclaim_hub.common.access_log
-                  ENVOY_JSON_FORMAT) to ICLAIM_ENVOY_ACCESS_LOG, denials included
+                  ENVOY_JSON_FORMAT) to ICLAIM_ENVOY_ACCESS_LOG, denials included;
+                  no caller text: route names, verified or hub-form values, hashes
     upstreams: plaintext HTTP/2 (ICLAIM_ROUTER_TARGET, ICLAIM_BILLING_TARGET,
                ICLAIM_AUTHZ_TARGET); admin on ICLAIM_ENVOY_ADMIN_ADDR (loopback only)
 
@@ -193,8 +195,11 @@ def _open_route(service: str) -> dict[str, Any]:
 
 
 def _fallback_route() -> dict[str, Any]:
-    # Envoy turns a local reply to a gRPC request into a trailers-only gRPC
-    # response, mapping HTTP 404 to UNIMPLEMENTED.
+    # ext_authz sees unknown paths too: it refuses them (UNKNOWN_METHOD) and
+    # gives the access log a keyed hash of the path, which may be any text a
+    # caller chose (PDPA). The direct response is only a backstop: Envoy turns
+    # a local reply to a gRPC request into a trailers-only gRPC response,
+    # mapping HTTP 404 to UNIMPLEMENTED.
     return {
         "name": "unimplemented",
         "match": {"prefix": "/"},
@@ -205,7 +210,6 @@ def _fallback_route() -> dict[str, Any]:
                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
             }
         ],
-        "typed_per_filter_config": _NO_AUTHZ,
     }
 
 

@@ -39,10 +39,27 @@ def ensure_dev_tls(
 ) -> TlsPaths:
     """Returns (ca_cert, server_cert, server_key) under `state_dir`/tls,
     creating or renewing them as needed. Private keys are mode 600."""
+    return ensure_dev_server_cert(
+        state_dir, "server", "iClaim dev gateway", dns_names=dns_names, ip_addresses=ip_addresses
+    )
+
+
+def ensure_dev_server_cert(
+    state_dir: Path,
+    stem: str,
+    common_name: str,
+    *,
+    dns_names: tuple[str, ...] = DEFAULT_DNS,
+    ip_addresses: tuple[str, ...] = DEFAULT_IPS,
+) -> TlsPaths:
+    """A server certificate `<stem>.pem` / `<stem>-key.pem` issued by the dev CA
+    under `state_dir`/tls (the CA is created if missing), reused while valid.
+    Each server gets its own key: the dev sandbox insurers never hold the
+    gateway's."""
     folder = Path(state_dir) / "tls"
     folder.mkdir(parents=True, exist_ok=True)
     ca_cert_p, ca_key_p = folder / "ca.pem", folder / "ca-key.pem"
-    cert_p, key_p = folder / "server.pem", folder / "server-key.pem"
+    cert_p, key_p = folder / f"{stem}.pem", folder / f"{stem}-key.pem"
     paths = TlsPaths(ca_cert_p, cert_p, key_p)
 
     ca = _load_ca(ca_cert_p, ca_key_p)
@@ -52,7 +69,7 @@ def ensure_dev_tls(
         _write(ca_cert_p, ca[0].public_bytes(serialization.Encoding.PEM))
     elif _server_ok(cert_p, key_p, ca[0], dns_names, ip_addresses):
         return paths
-    cert, key = _new_server_cert(ca[0], ca[1], dns_names, ip_addresses)
+    cert, key = _new_server_cert(ca[0], ca[1], dns_names, ip_addresses, common_name)
     _write_key(key_p, key)
     _write(cert_p, cert.public_bytes(serialization.Encoding.PEM))
     return paths
@@ -159,6 +176,7 @@ def _new_server_cert(
     ca_key: ec.EllipticCurvePrivateKey,
     dns_names: tuple[str, ...],
     ips: tuple[str, ...],
+    common_name: str = "iClaim dev gateway",
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
@@ -166,7 +184,7 @@ def _new_server_cert(
     san += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "iClaim dev gateway")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())

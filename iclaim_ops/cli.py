@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from iclaim.cli_groups import CommandGroups
-from iclaim_ops import audit_cli, billing_cli
+from iclaim_ops import admin_cli, audit_cli, billing_cli
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -20,3 +20,4 @@ def register(groups: CommandGroups) -> None:
     up.set_defaults(func=_up)
     audit_cli.register(groups)
     billing_cli.register(groups)
+    admin_cli.register(groups)

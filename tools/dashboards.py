@@ -135,7 +135,7 @@ OVERVIEW = build(
             [
                 Panel(
                     "Insurer health (0 unknown, 1 healthy, 2 degraded, 3 down)",
-                    [Query("max by (insurer) (iclaim_delivery_insurer_health)", "{{insurer}}")],
+                    [Query("max by (insurer) (iclaim_delivery_circuit_state)", "{{insurer}}")],
                     kind="table",
                 ),
                 Panel(
@@ -154,7 +154,12 @@ OVERVIEW = build(
                 ),
                 Panel(
                     "Push latency p99 by insurer",
-                    [Query(_quantile(0.99, "iclaim_delivery_push_seconds", by="le, insurer"), "{{insurer}}")],
+                    [
+                        Query(
+                            _quantile(0.99, "iclaim_delivery_attempt_seconds", by="le, insurer"),
+                            "{{insurer}}",
+                        )
+                    ],
                     "s",
                 ),
             ],

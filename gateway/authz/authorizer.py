@@ -9,16 +9,20 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from gateway.authz import frame, messages, policy, replay
 from gateway.authz.keys import KeyLookup
 from iclaim_hub.common.access_log import (
+    CLAIMED_CLIENT_KEY,
     ENVELOPE_SHA_HEADER,
     PRINCIPAL_HEADER,
     ROLE_HEADER,
+    ROUTE_HASH_KEY,
     TRANSACTION_HEADER,
+    UNKNOWN_ROUTE,
+    pseudonym,
 )
 from iclaim.errors import IclaimError, PermissionDenied, Unauthenticated, Unimplemented
 from iclaim.crypto import signing
@@ -65,6 +69,9 @@ class Allow:
 class Deny:
     error: IclaimError
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
+    # For the access log (Envoy dynamic metadata) and our own log line: keyed
+    # hashes of the caller's claimed client and of an unknown path, never the values.
+    log_fields: dict[str, str] = field(default_factory=dict)
 
 
 class Authorizer:
@@ -76,14 +83,41 @@ class Authorizer:
         clock: Callable[[], float] = time.time,
         max_message_bytes: int = frame.MAX_MESSAGE_BYTES,
         limiter: RateLimiter | None = None,
+        pseudonym_key: bytes | None = None,
     ) -> None:
         self._keys = keys
         self._guard = guard
         self._limiter = limiter
         self._clock = clock
         self._max = max_message_bytes
+        # The server passes the key derived from the master key (same hashes on
+        # every replica); a random one still hides the values, only uncorrelated.
+        self._pseudonym_key = pseudonym_key or os.urandom(32)
 
     async def check(self, req: CheckInput) -> Allow | Deny:
+        decision = await self._decide(req)
+        if isinstance(decision, Deny):
+            return replace(decision, log_fields=self._log_fields(req))
+        return decision
+
+    def route_of(self, method: str) -> str:
+        """The method as it may be logged: a public method, else a fixed token
+        plus the path's keyed hash (a path is whatever the caller wrote)."""
+        if method in policy.ALLOWED_ROLES:
+            return method
+        return f"{UNKNOWN_ROUTE}:{pseudonym(self._pseudonym_key, method)}"
+
+    def _log_fields(self, req: CheckInput) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if req.method not in policy.ALLOWED_ROLES:
+            out[ROUTE_HASH_KEY] = pseudonym(self._pseudonym_key, req.method)
+        claimed = req.headers.get(signing.H_CLIENT)
+        if claimed:
+            # Unverified: whatever the caller wrote, well-formed or not.
+            out[CLAIMED_CLIENT_KEY] = pseudonym(self._pseudonym_key, claimed)
+        return out
+
+    async def _decide(self, req: CheckInput) -> Allow | Deny:
         try:
             return await self._check(req)
         except _Skew as skew:

@@ -8,10 +8,17 @@ message bytes only (PROTOCOL.md §3), so the frame must be exact.
 from __future__ import annotations
 
 from iclaim.errors import InvalidArgument, ResourceExhausted
+from iclaim.limits import MAX_REQUEST_BYTES
 
 PREFIX_BYTES = 5
-# The envelope may be 1 MiB (§4); the other request fields get 64 KiB.
-MAX_MESSAGE_BYTES = 1024 * 1024 + 64 * 1024
+# The one request limit every service and client keeps (a 1 MiB envelope, §4,
+# plus 64 KiB for the other fields).
+MAX_MESSAGE_BYTES = MAX_REQUEST_BYTES
+# What the auth service itself must receive: Envoy's CheckRequest wraps the
+# framed body (at most MAX_MESSAGE_BYTES + PREFIX_BYTES + 1, gateway/envoy.py)
+# with the request headers (32 KiB at most), the client certificate as
+# URL-encoded PEM (BoringSSL caps a chain at 100 KiB) and a few attributes.
+MAX_CHECK_REQUEST_BYTES = MAX_MESSAGE_BYTES + 512 * 1024
 
 
 def too_large(limit: int) -> ResourceExhausted:

@@ -4,7 +4,6 @@ services rely on (transaction id, envelope digest)."""
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,12 +12,9 @@ from google.protobuf.message import DecodeError, Message
 
 from iclaim.errors import InvalidArgument
 from iclaim.public_api import public_services
+from iclaim_hub.common.access_log import HUB_TRANSACTION_RE
 
 SUBMIT_CLAIM = "/iclaim.v1.ClaimService/SubmitClaim"
-# Only a value that is a safe HTTP header token becomes x-iclaim-transaction-id:
-# CR/LF or a huge value would make Envoy fail the call (UNKNOWN/UNAVAILABLE)
-# instead of letting the service refuse it with INVALID_ARGUMENT.
-_HEADER_SAFE = re.compile(r"[\x21-\x7e]{1,256}")
 
 
 def _request_classes() -> dict[str, type[Message]]:
@@ -54,7 +50,11 @@ def derive(method: str, body: bytes) -> Derived:
     tf = fields.get("transaction_id")
     if tf is not None and tf.type == tf.TYPE_STRING and not _repeated(tf):
         value: str = _field(msg, "transaction_id")
-        txn = value if _HEADER_SAFE.fullmatch(value) else None
+        # x-iclaim-transaction-id reaches the access log, hence the audit log:
+        # only an id of the form the hub issues, never free text a caller sent
+        # (nor CR/LF or a huge value, which would make Envoy fail the call
+        # instead of letting the service refuse it with INVALID_ARGUMENT).
+        txn = value if HUB_TRANSACTION_RE.fullmatch(value) else None
     env: str | None = None
     if method == SUBMIT_CLAIM:
         envelope: str = _field(msg, "envelope")

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+# Unauthenticated by design (§3): health checks and reflection. Named with the
+# access-log contract, which audit_log reads too.
+from iclaim_hub.common.access_log import OPEN_SERVICES as OPEN_SERVICES
+
 
 class Role(StrEnum):
     HOSPITAL = "hospital"
@@ -57,13 +61,6 @@ LONG_UNARY = frozenset(
     }
 )
 SERVER_STREAMS = frozenset({f"/{CLAIM_SERVICE}/WatchClaim"})
-
-# Unauthenticated by design (§3): health checks and reflection.
-OPEN_SERVICES = (
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1alpha.ServerReflection",
-    "grpc.reflection.v1.ServerReflection",
-)
 
 
 class UnknownMethod(LookupError):

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
+from gateway.authz import frame
 from gateway.authz.authorizer import Authorizer
 from gateway.authz.keys import DEFAULT_TTL_S, MAX_TTL_S, CachedKeys
 from gateway.authz.nonces import RedisReplayGuard, redis_client
 from gateway.authz.ratelimit import RedisRateLimiter
 from gateway.authz.service import AuthorizationService
 from gateway.authz.store import PgMarkerLedger
+from iclaim_hub.common.access_log import pseudonym_key
 from iclaim_hub.common.config import ConfigError, env_float, env_int, env_str
 from iclaim_hub.common.db import create_pool
 from iclaim_hub.common.server import (
@@ -41,7 +43,8 @@ class Config:
     serve: ServeConfig
     database_url: str = field(repr=False)
     redis_url: str = field(repr=False)
-    master_key: bytes = field(repr=False)  # opens the registry's signing secrets
+    # Opens the registry's signing secrets; keys the access log's hashes.
+    master_key: bytes = field(repr=False)
     key_cache_ttl_s: float = DEFAULT_TTL_S
     rate_limit_per_s: float = DEFAULT_RATE_PER_S
     rate_limit_burst: int = 2 * int(DEFAULT_RATE_PER_S)
@@ -94,7 +97,7 @@ async def build_server(config: Config) -> AuthzApp:
         if config.rate_limit_per_s > 0
         else None
     )
-    authorizer = Authorizer(keys, guard, limiter=limiter)
+    authorizer = Authorizer(keys, guard, limiter=limiter, pseudonym_key=pseudonym_key(config.master_key))
 
     server, port, health = await bind_server(
         config.serve.listen_addr,
@@ -104,6 +107,7 @@ async def build_server(config: Config) -> AuthzApp:
             )
         ],
         [SERVICE_NAME],
+        max_receive_bytes=frame.MAX_CHECK_REQUEST_BYTES,
     )
 
     async def close_all() -> None:

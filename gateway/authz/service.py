@@ -18,12 +18,14 @@ import structlog
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from gateway.authz import clientcert
 from gateway.authz.authorizer import Allow, Authorizer, CheckInput, Deny
 from gateway.authz.metrics import CHECK_LATENCY, DECISIONS
-from iclaim_hub.common.access_log import REASON_HEADER
+from iclaim_hub.common.access_log import CLAIMED_CLIENT_KEY, REASON_HEADER
+from iclaim_hub.common.db import database_unavailable, is_connection_lost
 from iclaim.errors import build_status
 
 log = structlog.get_logger("gateway.authz")
@@ -64,12 +66,16 @@ def deny_response(deny: Deny) -> external_auth_pb2.CheckResponse:
         REASON_HEADER: err.reason,
         **deny.headers,
     }
+    # Envoy logs these (access log), not the caller's own values.
+    metadata = struct_pb2.Struct()
+    metadata.update(deny.log_fields)
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=err.reason),
         denied_response=external_auth_pb2.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=http_status_pb2.OK),
             headers=[_header(k, v) for k, v in headers.items()],
         ),
+        dynamic_metadata=metadata,
     )
 
 
@@ -93,23 +99,34 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
     def __init__(self, authorizer: Authorizer) -> None:
         self._authorizer = authorizer
 
+    async def _decide(self, inp: CheckInput) -> Allow | Deny:
+        try:
+            return await self._authorizer.check(inp)
+        except Exception as exc:
+            # The stores name their own outages (REGISTRY_UNAVAILABLE, ...); a
+            # database lost anywhere else is refused the same way, as retryable.
+            if not is_connection_lost(exc):
+                raise
+            log.warning("database_unavailable", error=type(exc).__name__)
+            return Deny(database_unavailable())
+
     async def Check(  # noqa: N802 (generated name)
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> external_auth_pb2.CheckResponse:
         start = time.perf_counter()
         inp = check_input(request)
-        decision = await self._authorizer.check(inp)
+        decision = await self._decide(inp)
         CHECK_LATENCY.observe(time.perf_counter() - start)
-        client = inp.headers.get("x-iclaim-client", "")[:32]
         if isinstance(decision, Allow):
             DECISIONS.labels("allow", "OK").inc()
             log.debug("allow", rpc=inp.method, client=decision.principal)
             return allow_response(decision)
         DECISIONS.labels("deny", decision.error.reason).inc()
+        # The path and the claimed client are the caller's text: hashes only.
         log.info(
             "deny",
-            rpc=inp.method[:200],
-            claimed_client=client,
+            rpc=self._authorizer.route_of(inp.method),
+            claimed_client=decision.log_fields.get(CLAIMED_CLIENT_KEY, ""),
             code=decision.error.code.name,
             reason=decision.error.reason,
         )

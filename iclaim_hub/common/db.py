@@ -1,16 +1,89 @@
-"""asyncpg pool (one per process) and ordered SQL migrations applied at start-up."""
+"""asyncpg pool (one per process), ordered SQL migrations applied at start-up,
+and which driver errors mean "no database right now" (UNAVAILABLE, not a bug)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import asyncpg.exceptions as pgerr
 import structlog
+
+from iclaim.errors import Unavailable
 
 log = structlog.get_logger("iclaim.db")
 
 QUERY_TIMEOUT_S = 10.0
+
+DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+# Server answers that mean "not now" rather than "this statement is wrong": a
+# connection refused, lost or never established (SQLSTATE class 08), a server
+# starting up or shutting down (57P01-57P03), no connection slot free (53300).
+_LOST = (
+    pgerr.PostgresConnectionError,
+    pgerr.CannotConnectNowError,
+    pgerr.AdminShutdownError,
+    pgerr.CrashShutdownError,
+    pgerr.TooManyConnectionsError,
+)
+# The client side of the same: a connection or pool already closed under us.
+_CLOSED = ("connection is closed", "pool is closing", "pool is closed")
+# asyncpg's protocol in state 2 (PROTOCOL_ERROR_CONSUME) with no query of ours
+# running: the server sent an error unasked, i.e. its FATAL before hanging up
+# (shutdown, terminated backend). The connection's next use fails with this.
+_HUNG_UP = "another operation (2) is in progress"
+_ASYNCPG_DIR = os.path.dirname(asyncpg.__file__) + os.sep
+
+
+def _raised_in_driver(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.startswith(_ASYNCPG_DIR):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """True when `exc` says the database is unreachable or went away (refused,
+    reset, restarting, out of connections, no answer in time): a retryable
+    outage. False for anything a statement or our code got wrong."""
+    if isinstance(exc, pgerr.ProtocolViolationError):
+        return False  # class 08 too, but it means we sent something malformed
+    if isinstance(exc, _LOST):
+        return True
+    if isinstance(exc, asyncpg.InterfaceError):
+        return any(text in str(exc) for text in _CLOSED)
+    if isinstance(exc, pgerr.InternalClientError):
+        return str(exc).endswith(_HUNG_UP)
+    if isinstance(exc, OSError):
+        # Refused or reset sockets, a missing unix socket, TimeoutError (an
+        # OSError): the database only when raised inside the driver, since a bug
+        # in our own file or socket handling raises the same types.
+        return _raised_in_driver(exc)
+    return False
+
+
+def database_unavailable() -> Unavailable:
+    return Unavailable("database unavailable; retry", reason=DATABASE_UNAVAILABLE)
+
+
+@contextlib.contextmanager
+def unavailable_when_connection_lost() -> Iterator[None]:
+    """Re-raises a lost or refused database connection as UNAVAILABLE
+    DATABASE_UNAVAILABLE; every other exception passes through unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_connection_lost(exc):
+            raise
+        # The driver's type only: its message may quote the statement.
+        log.warning("database_unavailable", error=type(exc).__name__)
+        raise database_unavailable() from exc
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:

@@ -6,16 +6,29 @@ import os
 
 from prometheus_client import Counter, Histogram, start_http_server
 
-RPC_REQUESTS = Counter(
-    "iclaim_rpc_requests_total",
-    "RPCs handled, by method and canonical status code.",
-    ["service", "method", "code"],
+# RPC metrics under the grpc-ecosystem names, so that community dashboards and
+# alerts work as they are. Handling time is for unary calls only: a stream's
+# lifetime (WatchClaim, long polls) is not latency.
+RPC_STARTED = Counter(
+    "grpc_server_started_total",
+    "RPCs started on the server.",
+    ["grpc_type", "grpc_service", "grpc_method"],
 )
-RPC_LATENCY = Histogram(
-    "iclaim_rpc_duration_seconds",
-    "RPC handling time.",
-    ["service", "method"],
+RPC_HANDLED = Counter(
+    "grpc_server_handled_total",
+    "RPCs completed on the server, by canonical status code.",
+    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+)
+RPC_HANDLING = Histogram(
+    "grpc_server_handling_seconds",
+    "Handling time of unary RPCs until the response is sent.",
+    ["grpc_type", "grpc_service", "grpc_method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+RPC_MSG_SENT = Counter(
+    "grpc_server_msg_sent_total",
+    "Stream messages sent by the server.",
+    ["grpc_type", "grpc_service", "grpc_method"],
 )
 
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, TypeVar, cast
@@ -18,20 +19,36 @@ from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
-from iclaim.limits import MAX_MESSAGE_BYTES
+from iclaim.limits import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from iclaim.errors import Code, IclaimError, Internal, Unauthenticated
+from iclaim_hub.common.access_log import HUB_TRANSACTION_RE
 from iclaim_hub.common.config import LOG_LEVELS, env_addr, env_choice, env_float, env_int
+from iclaim_hub.common.db import unavailable_when_connection_lost
 from iclaim_hub.common.logging import configure_logging
-from iclaim_hub.common.metrics import RPC_LATENCY, RPC_REQUESTS, start_metrics_server
+from iclaim_hub.common.metrics import (
+    RPC_HANDLED,
+    RPC_HANDLING,
+    RPC_MSG_SENT,
+    RPC_STARTED,
+    start_metrics_server,
+)
 
 log = structlog.get_logger("iclaim.server")
 C = TypeVar("C", bound="HasServeConfig")
 
-SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
-    ("grpc.so_reuseport", 0),
-]
+
+def server_options(max_receive_bytes: int = MAX_REQUEST_BYTES) -> list[tuple[str, int]]:
+    """Every service receives at most the gateway's request limit (one constant,
+    iclaim.limits); only the gateway's auth service, whose requests wrap a whole
+    client request, passes a larger one."""
+    return [
+        ("grpc.max_receive_message_length", max_receive_bytes),
+        ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+SERVER_OPTIONS = server_options()
 
 PRINCIPAL_HEADER = "x-iclaim-principal"
 ROLE_HEADER = "x-iclaim-role"
@@ -73,9 +90,10 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: IclaimError) 
 
 
 def _request_ids(request: Any) -> dict[str, str]:
-    """Binds the request's transaction id (when it has one) to every log line."""
+    """Binds the request's transaction id to every log line, only when it is one
+    the hub issued: a caller's free text never reaches a log."""
     tid = getattr(request, "transaction_id", "")
-    return {"transaction_id": tid} if isinstance(tid, str) and tid else {}
+    return {"transaction_id": tid} if isinstance(tid, str) and HUB_TRANSACTION_RE.fullmatch(tid) else {}
 
 
 def _method_parts(full: str) -> tuple[str, str]:
@@ -84,31 +102,52 @@ def _method_parts(full: str) -> tuple[str, str]:
     return service, method
 
 
+def _issued_id(bind: dict[str, str]) -> str:
+    """The bound transaction id if the hub issued it; a caller's text is not logged."""
+    tid = bind.get("transaction_id", "")
+    return tid if HUB_TRANSACTION_RE.fullmatch(tid) else ""
+
+
+def _frames(exc: BaseException) -> list[str]:
+    """Where a crash happened (file:line:function), without the exception's text."""
+    return [f"{f.filename}:{f.lineno}:{f.name}" for f in traceback.extract_tb(exc.__traceback__)][-8:]
+
+
 @contextlib.asynccontextmanager
 async def _guarded(
-    service: str, method: str, context: grpc.aio.ServicerContext[Any, Any], bind: dict[str, str]
+    rpc: tuple[str, str, str], context: grpc.aio.ServicerContext[Any, Any], bind: dict[str, str]
 ) -> AsyncIterator[None]:
-    """One RPC: log context, IclaimError -> status with ErrorInfo, a crash ->
-    INTERNAL (never UNKNOWN), and the RPC metrics, for unary and streams alike."""
+    """One RPC: log context, IclaimError -> status with ErrorInfo, a lost
+    database -> UNAVAILABLE DATABASE_UNAVAILABLE, a crash -> INTERNAL (never
+    UNKNOWN), and the RPC metrics, for unary and streams alike. `rpc` is
+    (grpc_type, service, method)."""
     start = time.perf_counter()
     code = "OK"
+    RPC_STARTED.labels(*rpc).inc()
     with structlog.contextvars.bound_contextvars(**bind):
         try:
-            yield
+            # A database that went away is an outage (UNAVAILABLE), not a crash.
+            with unavailable_when_connection_lost():
+                yield
         except IclaimError as err:
             code = err.code.name
-            log.info("rpc_error", code=code, reason=err.reason, error=err.message)
+            # Code and reason only: a message may quote what the caller sent
+            # (a claim_ref, an invoice_ref, a trace_no).
+            log.info("rpc_error", code=code, reason=err.reason, transaction_id=_issued_id(bind))
             await _abort(context, err)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             code = "CANCELLED"
             raise
-        except Exception:
+        except Exception as exc:
             code = "INTERNAL"
-            log.exception("rpc_crash")
+            # Type and frames only: a driver's message or traceback quotes the
+            # values it was given.
+            log.error("rpc_crash", error=type(exc).__name__, at=_frames(exc), transaction_id=_issued_id(bind))
             await _abort(context, Internal("internal error", reason="INTERNAL"))
         finally:
-            RPC_REQUESTS.labels(service, method, code).inc()
-            RPC_LATENCY.labels(service, method).observe(time.perf_counter() - start)
+            RPC_HANDLED.labels(*rpc, code).inc()
+            if rpc[0] == "unary":
+                RPC_HANDLING.labels(*rpc).observe(time.perf_counter() - start)
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
@@ -132,7 +171,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             inner = cast(_AioUnaryUnary, handler.unary_unary)
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                async with _guarded(service, method, context, {**bind, **_request_ids(request)}):
+                async with _guarded(("unary", service, method), context, {**bind, **_request_ids(request)}):
                     return await inner(request, context)
 
             return grpc.unary_unary_rpc_method_handler(
@@ -145,8 +184,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = cast(_AioUnaryStream, handler.unary_stream)
 
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                async with _guarded(service, method, context, {**bind, **_request_ids(request)}):
+                rpc = ("server_stream", service, method)
+                async with _guarded(rpc, context, {**bind, **_request_ids(request)}):
                     async for item in inner_stream(request, context):
+                        RPC_MSG_SENT.labels(*rpc).inc()
                         yield item
 
             return grpc.unary_stream_rpc_method_handler(
@@ -157,10 +198,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
-def new_server(extra_interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
+def new_server(
+    extra_interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+    max_receive_bytes: int = MAX_REQUEST_BYTES,
+) -> grpc.aio.Server:
     return grpc.aio.server(
         interceptors=[ServiceInterceptor(), *extra_interceptors],
-        options=SERVER_OPTIONS,
+        options=server_options(max_receive_bytes),
         maximum_concurrent_rpcs=2000,
     )
 
@@ -205,11 +249,13 @@ async def bind_server(
     servicers: Iterable[Callable[[grpc.aio.Server], None]],
     reflected: Sequence[str],
     also_serving: Sequence[str] = (),
+    *,
+    max_receive_bytes: int = MAX_REQUEST_BYTES,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A server with our interceptor, the servicers (each `add_*_to_server`
     bound to its servicer), health and reflection (for `reflected`), bound to
     `listen_addr` (port 0: any free port), not started."""
-    server = new_server()
+    server = new_server(max_receive_bytes=max_receive_bytes)
     for add in servicers:
         add(server)
     health_servicer = add_health_and_reflection(server, reflected)

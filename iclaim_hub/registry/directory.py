@@ -1,10 +1,15 @@
 """The sample directory seeded in development (docs/protocol.md §8): 20 life and 40
-non-life insurers served by simulated insurers, one pull-mode insurer, and the
-dev hospitals. Sample data: codes and names are illustrative."""
+non-life insurers served by the sandbox (outside the hub, §10), one pull-mode
+insurer, and the dev hospitals. Sample data: codes and names are illustrative.
+
+Sandbox delivery modes: the i-th sample insurer (life first, then non-life, in
+the order below) connects by SANDBOX_MODES[i % 3] -- grpc, webhook, pull, grpc,
+... -- so 20 use each mode and both lines have all three. Endpoints are left
+empty here: the dev stack knows the sandbox's ports and sets them."""
 
 from __future__ import annotations
 
-from iclaim_hub.registry.model import Principal
+from iclaim_hub.registry.model import DELIVERY_GRPC, DELIVERY_PULL, DELIVERY_WEBHOOK, Principal
 
 LIFE = 1
 NON_LIFE = 2
@@ -83,19 +88,28 @@ DEV_HOSPITALS = [
 ]
 
 
+SANDBOX_MODES = (DELIVERY_GRPC, DELIVERY_WEBHOOK, DELIVERY_PULL)
+
+
+def sandbox_modes() -> dict[str, str]:
+    """Sample insurer code -> its sandbox delivery mode (see the module doc)."""
+    codes = [code for code, _ in (*_LIFE_INSURERS, *_NON_LIFE_INSURERS)]
+    return {code: SANDBOX_MODES[i % len(SANDBOX_MODES)] for i, code in enumerate(codes)}
+
+
 def sample_insurers() -> list[Principal]:
-    """The 60 simulated insurers (20 life, 40 non-life)."""
+    """The 60 sandbox insurers (20 life, 40 non-life), each with its sandbox
+    delivery mode and no endpoint yet."""
+    modes = sandbox_modes()
     return [
-        Principal(code, "insurer", name, line=LIFE, delivery_mode="simulated")
-        for code, name in _LIFE_INSURERS
-    ] + [
-        Principal(code, "insurer", name, line=NON_LIFE, delivery_mode="simulated")
-        for code, name in _NON_LIFE_INSURERS
+        Principal(code, "insurer", name, line=line, delivery_mode=modes[code])
+        for line, insurers in ((LIFE, _LIFE_INSURERS), (NON_LIFE, _NON_LIFE_INSURERS))
+        for code, name in insurers
     ]
 
 
 def pull_insurer() -> Principal:
-    return Principal(PULL_INSURER, "insurer", "Test Pull Insurer", line=NON_LIFE, delivery_mode="pull")
+    return Principal(PULL_INSURER, "insurer", "Test Pull Insurer", line=NON_LIFE, delivery_mode=DELIVERY_PULL)
 
 
 def dev_hospitals() -> list[Principal]:

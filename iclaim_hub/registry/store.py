@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
 from iclaim_hub.common.db import apply_migrations
-from iclaim.errors import FailedPrecondition, NotFound
+from iclaim.errors import FailedPrecondition, InvalidArgument, NotFound
 from iclaim_hub.crypto.secretbox import SecretBox, SecretBoxError
-from iclaim_hub.registry.model import EncryptionKeyRecord, Principal, SigningKey
+from iclaim_hub.registry.endpoints import check_ca_pem, check_delivery_mode, check_endpoint
+from iclaim_hub.registry.model import (
+    DELIVERY_PULL,
+    HEALTH_VALUES,
+    EncryptionKeyRecord,
+    EndpointKey,
+    InsurerHealth,
+    Principal,
+    SigningKey,
+)
 
 SCHEMA = "registry"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -26,6 +39,53 @@ _LOOKUP_TIMEOUT_S = 2
 
 def _secret_context(code: str, key_id: str) -> str:
     return f"signing-key:{code}:{key_id}"
+
+
+def _endpoint_secret_context(code: str, key_id: str) -> str:
+    # Bound to its row like signing secrets: copied onto another insurer, it does not open.
+    return f"endpoint-key:{code}:{key_id}"
+
+
+ENDPOINT_SECRET_BYTES = 32  # §10.1: a 32-byte secret
+UNKNOWN_PRINCIPAL = "UNKNOWN_PRINCIPAL"
+
+
+def _unknown(code: str) -> NotFound:
+    return NotFound(f"no insurer {code} in the registry", reason=UNKNOWN_PRINCIPAL)
+
+
+def _principal(row: Mapping[str, Any], keys: tuple[EncryptionKeyRecord, ...]) -> Principal:
+    return Principal(
+        code=row["code"],
+        role=row["role"],
+        display_name=row["display_name"],
+        line=row["line"],
+        delivery_mode=row["delivery_mode"],
+        available=row["available"],
+        suspended=row["suspended"],
+        keys=keys,
+        endpoint=row["endpoint"],
+        endpoint_ca_pem=row["endpoint_ca_pem"],
+        endpoint_mtls=row["endpoint_mtls"],
+    )
+
+
+def _key_record(row: Mapping[str, Any]) -> EncryptionKeyRecord:
+    return EncryptionKeyRecord(
+        row["kid"], json.loads(row["public_jwk"]), row["status"], row["previous_since"]
+    )
+
+
+def _health(row: Mapping[str, Any]) -> InsurerHealth:
+    return InsurerHealth(
+        insurer_code=row["insurer_code"],
+        health=row["health"],
+        consecutive_failures=row["consecutive_failures"],
+        last_pull_at=row["last_pull_at"],
+        updated_at=row["updated_at"],
+        last_success_at=row["last_success_at"],
+        last_failure_at=row["last_failure_at"],
+    )
 
 
 @dataclass(frozen=True)
@@ -97,22 +157,8 @@ class RegistryStore:
         )
         by_code: dict[str, list[EncryptionKeyRecord]] = {}
         for k in keys:
-            by_code.setdefault(k["principal_code"], []).append(
-                EncryptionKeyRecord(k["kid"], json.loads(k["public_jwk"]), k["status"], k["previous_since"])
-            )
-        return [
-            Principal(
-                code=r["code"],
-                role=r["role"],
-                display_name=r["display_name"],
-                line=r["line"],
-                delivery_mode=r["delivery_mode"],
-                available=r["available"],
-                suspended=r["suspended"],
-                keys=tuple(by_code.get(r["code"], ())),
-            )
-            for r in rows
-        ]
+            by_code.setdefault(k["principal_code"], []).append(_key_record(k))
+        return [_principal(r, tuple(by_code.get(r["code"], ()))) for r in rows]
 
     async def principal(self, code: str) -> Principal | None:
         row = await self._pool.fetchrow("SELECT * FROM registry.principals WHERE code = $1", code)
@@ -123,29 +169,23 @@ class RegistryStore:
             " WHERE principal_code = $1 AND status <> 'retired' ORDER BY created_at, kid",
             code,
         )
-        return Principal(
-            code=row["code"],
-            role=row["role"],
-            display_name=row["display_name"],
-            line=row["line"],
-            delivery_mode=row["delivery_mode"],
-            available=row["available"],
-            suspended=row["suspended"],
-            keys=tuple(
-                EncryptionKeyRecord(k["kid"], json.loads(k["public_jwk"]), k["status"], k["previous_since"])
-                for k in keys
-            ),
-        )
+        return _principal(row, tuple(_key_record(k) for k in keys))
 
     # --- writes (enrolment, key lifecycle) ---------------------------------------
     async def upsert_principal(self, p: Principal) -> None:
+        """Writes every field of `p` (seeding and tests). The database checks the
+        delivery mode; endpoint shapes are checked by `set_endpoint` (operators)
+        or by the caller with iclaim_hub.registry.endpoints first."""
         await self._pool.execute(
             "INSERT INTO registry.principals (code, role, display_name, line, delivery_mode,"
-            " available, suspended) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            " available, suspended, endpoint, endpoint_ca_pem, endpoint_mtls)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
             " ON CONFLICT (code) DO UPDATE SET role = EXCLUDED.role,"
             " display_name = EXCLUDED.display_name, line = EXCLUDED.line,"
             " delivery_mode = EXCLUDED.delivery_mode, available = EXCLUDED.available,"
-            " suspended = EXCLUDED.suspended, updated_at = now()",
+            " suspended = EXCLUDED.suspended, endpoint = EXCLUDED.endpoint,"
+            " endpoint_ca_pem = EXCLUDED.endpoint_ca_pem, endpoint_mtls = EXCLUDED.endpoint_mtls,"
+            " updated_at = now()",
             p.code,
             p.role,
             p.display_name,
@@ -153,6 +193,9 @@ class RegistryStore:
             p.delivery_mode,
             p.available,
             p.suspended,
+            p.endpoint,
+            p.endpoint_ca_pem,
+            p.endpoint_mtls,
         )
 
     async def add_signing_key(self, code: str, key_id: str, secret: bytes) -> None:
@@ -251,8 +294,13 @@ class RegistryStore:
         )
 
     async def add_encryption_key(self, code: str, kid: str, public_jwk: dict[str, object]) -> None:
-        """Makes `kid` current; the previous current key stays accepted as `previous`."""
+        """Makes `kid` current; the previous current key stays accepted as `previous`.
+        At most one key is current (a unique index); writers for one principal
+        queue on its row, so concurrent rotations end with the last one current."""
         async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT 1 FROM registry.principals WHERE code = $1 FOR UPDATE", code, timeout=_QUERY_TIMEOUT_S
+            )
             await conn.execute(
                 "UPDATE registry.encryption_keys SET status = 'retired'"
                 " WHERE principal_code = $1 AND status = 'previous'",
@@ -272,3 +320,145 @@ class RegistryStore:
                 kid,
                 json.dumps(public_jwk),
             )
+
+    # --- insurer connectivity (§10, §11) -------------------------------------------
+    async def set_endpoint(
+        self,
+        code: str,
+        *,
+        delivery_mode: str | None = None,
+        endpoint: str | None = None,
+        endpoint_ca_pem: str | None = None,
+        endpoint_mtls: bool | None = None,
+        available: bool | None = None,
+    ) -> Principal:
+        """Changes the named fields of an insurer (None: unchanged) and returns
+        the entry. The result is checked as a whole (a grpc insurer needs
+        HOST:PORT, a webhook insurer an https:// URL, a pull insurer none);
+        switching to pull without naming an endpoint clears it. A refusal
+        (InvalidArgument, or NotFound UNKNOWN_PRINCIPAL) changes nothing."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT * FROM registry.principals WHERE code = $1 AND role = 'insurer' FOR UPDATE",
+                code,
+                timeout=_QUERY_TIMEOUT_S,
+            )
+            if row is None:
+                raise _unknown(code)
+            mode = check_delivery_mode(delivery_mode if delivery_mode is not None else row["delivery_mode"])
+            if endpoint is None:
+                endpoint = "" if delivery_mode == DELIVERY_PULL else row["endpoint"]
+            endpoint = check_endpoint(mode, endpoint)
+            ca = check_ca_pem(endpoint_ca_pem if endpoint_ca_pem is not None else row["endpoint_ca_pem"])
+            await conn.execute(
+                "UPDATE registry.principals SET delivery_mode = $2, endpoint = $3, endpoint_ca_pem = $4,"
+                " endpoint_mtls = coalesce($5, endpoint_mtls), available = coalesce($6, available),"
+                " updated_at = now() WHERE code = $1",
+                code,
+                mode,
+                endpoint,
+                ca,
+                endpoint_mtls,
+                available,
+                timeout=_QUERY_TIMEOUT_S,
+            )
+        updated = await self.principal(code)
+        assert updated is not None  # principals are never deleted
+        return updated
+
+    async def issue_endpoint_key(self, code: str) -> EndpointKey:
+        """A new endpoint key (32 random bytes, id `ep-<hex>`) for an insurer;
+        the previous one is revoked in the same transaction, so new pushes are
+        signed with the new key at once (§11)."""
+        key_id = f"ep-{secrets.token_hex(12)}"
+        secret = os.urandom(ENDPOINT_SECRET_BYTES)
+        sealed = self._box.seal(secret, _endpoint_secret_context(code, key_id))
+        async with self._pool.acquire() as conn, conn.transaction():
+            locked = await conn.fetchval(
+                "SELECT code FROM registry.principals WHERE code = $1 AND role = 'insurer' FOR UPDATE",
+                code,
+                timeout=_QUERY_TIMEOUT_S,
+            )
+            if locked is None:
+                raise _unknown(code)
+            await conn.execute(
+                "UPDATE registry.endpoint_keys SET revoked_at = now()"
+                " WHERE insurer_code = $1 AND revoked_at IS NULL",
+                code,
+                timeout=_QUERY_TIMEOUT_S,
+            )
+            await conn.execute(
+                "INSERT INTO registry.endpoint_keys (key_id, insurer_code, secret_sealed)"
+                " VALUES ($1, $2, $3)",
+                key_id,
+                code,
+                sealed,
+                timeout=_QUERY_TIMEOUT_S,
+            )
+        return EndpointKey(code, key_id, secret)
+
+    async def endpoint_key(self, code: str) -> EndpointKey | None:
+        """The insurer's current endpoint key, or None if it has none (or its
+        sealed secret does not open under this master key)."""
+        row = await self._pool.fetchrow(
+            "SELECT key_id, secret_sealed FROM registry.endpoint_keys"
+            " WHERE insurer_code = $1 AND revoked_at IS NULL",
+            code,
+            timeout=_QUERY_TIMEOUT_S,
+        )
+        if row is None:
+            return None
+        try:
+            secret = self._box.open(row["secret_sealed"], _endpoint_secret_context(code, row["key_id"]))
+        except SecretBoxError:
+            return None
+        return EndpointKey(code, row["key_id"], secret)
+
+    async def set_push_health(self, code: str, health: str, consecutive_failures: int) -> None:
+        """The delivery layer's view of a push insurer (§10.5). Stamps
+        last_success_at when `consecutive_failures` is 0, else last_failure_at."""
+        if health not in HEALTH_VALUES:
+            raise InvalidArgument(
+                "health must be unknown, healthy, degraded or down", reason="HEALTH_INVALID"
+            )
+        if consecutive_failures < 0:
+            raise InvalidArgument("consecutive_failures must not be negative", reason="HEALTH_INVALID")
+        try:
+            await self._pool.execute(
+                "INSERT INTO registry.insurer_health AS h (insurer_code, health, consecutive_failures,"
+                " last_success_at, last_failure_at)"
+                " VALUES ($1, $2, $3, CASE WHEN $3 = 0 THEN now() END, CASE WHEN $3 > 0 THEN now() END)"
+                " ON CONFLICT (insurer_code) DO UPDATE SET health = EXCLUDED.health,"
+                " consecutive_failures = EXCLUDED.consecutive_failures,"
+                " last_success_at = coalesce(EXCLUDED.last_success_at, h.last_success_at),"
+                " last_failure_at = coalesce(EXCLUDED.last_failure_at, h.last_failure_at),"
+                " updated_at = now()",
+                code,
+                health,
+                consecutive_failures,
+                timeout=_QUERY_TIMEOUT_S,
+            )
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise _unknown(code) from exc
+
+    async def record_pull(self, code: str) -> None:
+        """A pull insurer called PullClaims now (callers throttle)."""
+        try:
+            await self._pool.execute(
+                "INSERT INTO registry.insurer_health (insurer_code, last_pull_at) VALUES ($1, now())"
+                " ON CONFLICT (insurer_code) DO UPDATE SET last_pull_at = now(), updated_at = now()",
+                code,
+                timeout=_QUERY_TIMEOUT_S,
+            )
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise _unknown(code) from exc
+
+    async def health(self, code: str) -> InsurerHealth | None:
+        row = await self._pool.fetchrow(
+            "SELECT * FROM registry.insurer_health WHERE insurer_code = $1", code, timeout=_QUERY_TIMEOUT_S
+        )
+        return None if row is None else _health(row)
+
+    async def healths(self) -> dict[str, InsurerHealth]:
+        rows = await self._pool.fetch("SELECT * FROM registry.insurer_health", timeout=_QUERY_TIMEOUT_S)
+        return {r["insurer_code"]: _health(r) for r in rows}

@@ -1,5 +1,6 @@
 """The short demo `make run` plays once the stack is ready: a handful of claims
-from a dev hospital to different insurers, each decided by the §8 rules."""
+from a dev hospital to different sandbox insurers, each decided by the §8 rules;
+the insurers are picked so that gRPC push, webhook push and pull all show."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class DemoCase:
     expect: str
 
 
+# Sandbox modes (iclaim_hub.registry.directory.sandbox_modes): AIA, OLI grpc; MTL, BLA webhook; TLI pull.
 CASES = (
     DemoCase("AIA", "POL-0001", 1_250_000, "APPROVED"),
     DemoCase("MTL", "LIMIT-500000-0002", 800_000, "PARTIALLY_APPROVED"),
@@ -28,6 +30,13 @@ CASES = (
     DemoCase("OLI", "REVIEW-0004", 450_075, "APPROVED"),
     DemoCase("BLA", "POL-0005", 99_900, "APPROVED"),
 )
+
+
+def delivery_name(insurer: pb.Insurer | None) -> str:
+    """`grpc`, `webhook`, `pull`; `?` when the directory does not say."""
+    if insurer is None or insurer.delivery == pb.DELIVERY_MODE_UNSPECIFIED:
+        return "?"
+    return pb.DeliveryMode.Name(insurer.delivery).removeprefix("DELIVERY_MODE_").lower()
 
 
 def demo_claim(creds: Credentials, case: DemoCase, claim_ref: str) -> bytes:
@@ -41,6 +50,7 @@ async def run_demo(creds: Credentials, print_line: Callable[[str], object] = pri
     run = secrets.token_hex(3)
     decided: list[pb.Claim] = []
     async with HospitalClient(creds) as client:
+        directory = {i.code: i for i in await client.list_insurers()}
         for n, case in enumerate(CASES, start=1):
             ref = f"DEMO-{run}-{n}"
             claim = await client.submit_claim(
@@ -52,7 +62,8 @@ async def run_demo(creds: Credentials, print_line: Callable[[str], object] = pri
             )
             state = pb.ClaimState.Name(claim.state).removeprefix("CLAIM_STATE_")
             line = (
-                f"demo: {ref} -> {case.insurer:<4} billed {case.amount_satang / 100:>10,.2f} THB"
+                f"demo: {ref} -> {case.insurer:<4} by {delivery_name(directory.get(case.insurer)):<7}"
+                f" billed {case.amount_satang / 100:>10,.2f} THB"
                 f"  {state:<18} approved {claim.approved_amount_satang / 100:>10,.2f} THB"
             )
             if claim.status_reason:

@@ -1,4 +1,6 @@
-"""Seeds the dev registry (§8) and writes `.iclaim/dev/credentials.json`.
+"""Seeds the dev registry (§8) with the hospitals and TESTPULL and writes
+`.iclaim/dev/credentials.json`. (The 60 sandbox insurers are registered with
+their endpoints when the stack starts: sandbox_seed.py.)
 
 Credentials are generated at run time and kept across runs while the registry
 still knows them; a new database gets fresh ones."""
@@ -13,7 +15,7 @@ from typing import Any
 
 from iclaim.crypto.envelope import generate_encryption_key
 from iclaim.crypto.signing import b64url, b64url_decode
-from iclaim_hub.registry.directory import dev_hospitals, pull_insurer, sample_insurers
+from iclaim_hub.registry.directory import dev_hospitals, pull_insurer
 from iclaim_hub.registry.store import RegistryStore
 
 
@@ -44,7 +46,7 @@ async def _enrol(store: RegistryStore, code: str) -> dict[str, Any]:
 async def seed_dev_registry(
     store: RegistryStore, credentials_path: Path, *, gateway: str, ca_cert: Path
 ) -> dict[str, Any]:
-    for principal in [*dev_hospitals(), *sample_insurers(), pull_insurer()]:
+    for principal in [*dev_hospitals(), pull_insurer()]:
         await store.upsert_principal(principal)
 
     previous: dict[str, dict[str, Any]] = {}

@@ -1,6 +1,7 @@
 """Runs the whole clearinghouse as child processes: the services, the gateway's
 auth service and Envoy, with health-checked start-up and a clean stop that
-leaves no process behind. Used by `iclaim up` and by the integration tests."""
+leaves no process behind; then the sandbox insurers (§8) as a participant
+process of their own. Used by `iclaim up`, `make bench` and the integration tests."""
 
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ class Ports:
     audit_metrics: int = 9103
     billing_metrics: int = 9104
     authz_metrics: int = 9105
+    # The sandbox insurers' own listeners (the registry points push insurers here).
+    sandbox_grpc: int = 50101
+    sandbox_webhook: int = 50102
+    sandbox_health: int = 50103  # plaintext grpc.health, SERVING once all its listeners are up
 
     @classmethod
     def free(cls) -> Ports:
@@ -62,6 +67,16 @@ SERVICES = (
     ServiceSpec("authz", "gateway.authz", "authz"),
 )
 ENVOY = ServiceSpec("envoy", "gateway.envoy", None)
+# Not part of the hub: started last, stopped first, with an environment of its own.
+SANDBOX = ServiceSpec("sandbox", "sandbox", "sandbox_health")
+HUB = (*SERVICES, ENVOY)
+ADMIN_TOKEN_ENV = "ICLAIM_ADMIN_TOKEN"
+# What the sandbox process may see of the stack's settings: its own knobs only.
+SANDBOX_ENV_PREFIXES = ("ICLAIM_SIM_",)
+SANDBOX_ENV_NAMES = ("ICLAIM_LOG_LEVEL", "ICLAIM_STATE_DIR")
+# The sandbox is a top-level package of the repository, not of an installed
+# distribution: `python -m sandbox` finds it through PYTHONPATH from any cwd.
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -73,6 +88,10 @@ class Stack:
     ports: Ports = field(default_factory=Ports)
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+    # Set by start(): the adapter's AdminService token (also in admin.json).
+    admin_token: str = ""
+    # Delivery mode -> how many sandbox insurers use it (for the ready line).
+    sandbox_modes: dict[str, int] = field(default_factory=dict)
 
     @property
     def gateway(self) -> str:
@@ -86,9 +105,25 @@ class Stack:
     def access_log(self) -> Path:
         return self.state_dir / "envoy-access.log"
 
-    def env(self) -> dict[str, str]:
+    @property
+    def sandbox_credentials(self) -> Path:
+        return self.state_dir / "sandbox.json"
+
+    @property
+    def admin_config(self) -> Path:
+        return self.state_dir / "admin.json"
+
+    def env(self, spec: ServiceSpec | None = None) -> dict[str, str]:
+        """A hub process's environment. The admin token goes to insurer_adapter
+        only; the sandbox's timing knobs to none (the hub simulates nothing)."""
+        if spec is SANDBOX:
+            return self.sandbox_env()
         p = self.ports
-        env = dict(os.environ)
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k != ADMIN_TOKEN_ENV and not k.startswith(SANDBOX_ENV_PREFIXES)
+        }
         env.update(
             {
                 "PYTHONUNBUFFERED": "1",
@@ -116,19 +151,50 @@ class Stack:
                 "ICLAIM_AUTHZ_METRICS_PORT": str(p.authz_metrics),
             }
         )
-        env.update(self.extra_env)
+        env.update({k: v for k, v in self.extra_env.items() if not k.startswith(SANDBOX_ENV_PREFIXES)})
+        env.pop(ADMIN_TOKEN_ENV, None)
+        if spec is not None and spec.name == "insurer_adapter" and self.admin_token:
+            env[ADMIN_TOKEN_ENV] = self.admin_token
         return env
+
+    def sandbox_env(self) -> dict[str, str]:
+        """A participant's environment: nothing of the hub's (no database,
+        master key or admin token), only the sandbox's own knobs."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ICLAIM_")}
+        merged = {**os.environ, **self.extra_env}
+        env.update(
+            {k: v for k, v in merged.items() if k.startswith(SANDBOX_ENV_PREFIXES) or k in SANDBOX_ENV_NAMES}
+        )
+        env.update({"PYTHONUNBUFFERED": "1", "ICLAIM_STATE_DIR": str(self.state_dir)})
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_ROOT), env.get("PYTHONPATH", "")]))
+        return env
+
+    def sandbox_args(self) -> list[str]:
+        return [
+            "--credentials",
+            str(self.sandbox_credentials),
+            "--grpc",
+            f"127.0.0.1:{self.ports.sandbox_grpc}",
+            "--webhook",
+            f"127.0.0.1:{self.ports.sandbox_webhook}",
+            "--health",
+            f"127.0.0.1:{self.ports.sandbox_health}",
+            "--state-dir",
+            str(self.state_dir / "sandbox"),
+        ]
 
     # --- processes -------------------------------------------------------------------
     async def start_process(self, spec: ServiceSpec) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.logs_dir / f"{spec.name}.log", "ab")  # noqa: SIM115 - owned by child
         try:
+            args = self.sandbox_args() if spec is SANDBOX else []
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 spec.module,
-                env=self.env(),
+                *args,
+                env=self.env(spec),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -186,18 +252,32 @@ class Stack:
             writer.close()
 
     async def start(self) -> None:
+        """Sandbox registration (its endpoints follow this run's ports), the
+        services, Envoy, then the sandbox insurers: no claim gets in before
+        the insurers it is pushed to are listening."""
+        from iclaim_ops.devstack.participants import prepare_participants
+
+        prepared = await prepare_participants(self)
+        self.admin_token = prepared.admin_token
+        self.sandbox_modes = prepared.sandbox_modes
         try:
             for spec in SERVICES:
                 await self.start_process(spec)
             await asyncio.gather(*(self.wait_healthy(s) for s in SERVICES))
             await self.start_process(ENVOY)
             await self.wait_healthy(ENVOY)
+            await self.start_process(SANDBOX)
+            await self.wait_healthy(SANDBOX)
         except BaseException:
             await self.stop()
             raise
 
+    def pids(self) -> dict[str, int]:
+        """Running children by name (for CPU accounting and environment checks)."""
+        return {name: p.pid for name, p in self.procs.items() if p.returncode is None}
+
     async def restart(self, name: str) -> None:
-        spec = next(s for s in (*SERVICES, ENVOY) if s.name == name)
+        spec = next(s for s in (*SERVICES, ENVOY, SANDBOX) if s.name == name)
         await self.start_process(spec)
         await self.wait_healthy(spec)
 
@@ -208,8 +288,9 @@ class Stack:
         await proc.wait()
 
     async def stop(self) -> None:
-        """SIGTERM in reverse start order (gateway first), SIGKILL after the grace."""
-        order = [ENVOY.name, *(s.name for s in reversed(SERVICES))]
+        """SIGTERM in reverse start order (sandbox, gateway, then the services),
+        SIGKILL after the grace."""
+        order = [SANDBOX.name, ENVOY.name, *(s.name for s in reversed(SERVICES))]
         for name in order:
             proc = self.procs.get(name)
             if proc is not None and proc.returncode is None:

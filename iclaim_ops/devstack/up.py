@@ -54,11 +54,7 @@ async def _serve(demo: bool) -> int:
     try:
         await prepare(state_dir, infra, master_key, stack.gateway, credentials_path)
         await stack.start()
-        print(
-            f"iClaim clearinghouse ready: gateway {stack.gateway} (TLS, CA {state_dir}/tls/ca.pem),"
-            f" credentials {credentials_path}, logs {stack.logs_dir}",
-            flush=True,
-        )
+        print(ready_line(stack, credentials_path), flush=True)
         if demo:
             from iclaim_ops.devstack.demo import run_demo
 
@@ -77,6 +73,20 @@ async def _serve(demo: bool) -> int:
         await stack.stop()
         infra.stop()
         print("stopped", flush=True)
+
+
+def ready_line(stack: Stack, credentials_path: Path) -> str:
+    """One line: where everything is, and how the insurers are connected
+    (the sandbox's by mode, plus TESTPULL, which pulls and is yours to drive)."""
+    modes = dict(stack.sandbox_modes)
+    modes["pull"] = modes.get("pull", 0) + 1  # TESTPULL
+    by_mode = ", ".join(f"{n} {mode}" for mode, n in modes.items())
+    return (
+        f"iClaim clearinghouse ready: gateway {stack.gateway} (TLS, CA {stack.state_dir}/tls/ca.pem),"
+        f" credentials {credentials_path}, insurers {sum(modes.values())} ({by_mode}; sandbox insurers"
+        f" in their own process, {stack.sandbox_credentials}), admin {stack.admin_config},"
+        f" logs {stack.logs_dir}"
+    )
 
 
 async def _first_exit(stack: Stack) -> str:

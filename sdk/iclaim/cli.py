@@ -12,7 +12,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from iclaim import audit_cli, billing_cli
+from iclaim import audit_cli, billing_cli, insurer_cli
 from iclaim.cli_groups import CommandGroups, load_plugins
 from iclaim.client.credentials import DEV_CREDENTIALS, load_dev_credentials
 
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit_cli.register(groups)
     billing_cli.register(groups)
+    insurer_cli.register(groups)
     load_plugins(groups)
     return parser
 

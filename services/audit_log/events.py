@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 
 from iclaim.audit.entry import AuditEntry
+from iclaim.public_api import public_methods
+from iclaim_hub.common.access_log import OPEN_SERVICES, PSEUDONYM_RE, UNKNOWN_ROUTE
 
 KINDS = ("GATEWAY_CALL", "CLAIM_STATE_CHANGE")
 GRPC_CODE_NAMES = (
@@ -32,12 +34,20 @@ GRPC_CODE_NAMES = (
 
 # Every field has a closed form: codes, ids, addresses, numbers. Nothing here
 # can carry a name, a citizen id, a diagnosis or a policy number as free text.
+# (Checked with fullmatch: `$` alone would let a trailing newline through.)
 PRINCIPAL_RE = re.compile(r"^[A-Z0-9_]{2,16}$")
 UNVERIFIED_PREFIX = "unverified:"
-UNVERIFIED_RE = re.compile(r"^unverified:[A-Z0-9_]{0,16}$")
+# A claimed client is caller text even when well-formed: only its keyed hash.
+UNVERIFIED_RE = re.compile(rf"^{UNVERIFIED_PREFIX}({PSEUDONYM_RE.pattern})?$")
 EVENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 DESTINATION_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-ROUTE_RE = re.compile(r"^/[A-Za-z_][A-Za-z0-9_.]{0,127}/[A-Za-z_][A-Za-z0-9_]{0,63}$")
+# Routes are a closed set: the public methods, an open service (any of its
+# methods), the hub's internal methods (its own producers), or an unknown path
+# as a fixed token with its keyed hash. A path a caller wrote never fits.
+PUBLIC_ROUTES = frozenset(public_methods())
+OPEN_ROUTES = frozenset(f"/{s}/*" for s in OPEN_SERVICES)
+INTERNAL_ROUTE_RE = re.compile(r"^/iclaim_hub\.internal\.v1\.[A-Z][A-Za-z0-9]{0,63}/[A-Z][A-Za-z0-9]{0,63}$")
+UNKNOWN_ROUTE_RE = re.compile(rf"^{UNKNOWN_ROUTE}(:{PSEUDONYM_RE.pattern})?$")
 SERVICE_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 REASON_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 TRANSACTION_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -56,11 +66,19 @@ class Invalid:
 
 
 def valid_principal(value: str) -> bool:
-    return bool(PRINCIPAL_RE.match(value))
+    return bool(PRINCIPAL_RE.fullmatch(value))
 
 
 def valid_origin(value: str) -> bool:
-    return bool(PRINCIPAL_RE.match(value) or UNVERIFIED_RE.match(value))
+    return bool(PRINCIPAL_RE.fullmatch(value) or UNVERIFIED_RE.fullmatch(value))
+
+
+def valid_route(value: str) -> bool:
+    return (
+        value in PUBLIC_ROUTES
+        or value in OPEN_ROUTES
+        or bool(INTERNAL_ROUTE_RE.fullmatch(value) or UNKNOWN_ROUTE_RE.fullmatch(value))
+    )
 
 
 def valid_ip(value: str) -> bool:
@@ -76,20 +94,20 @@ def valid_ip(value: str) -> bool:
 def check_entry(e: AuditEntry, now_us: int) -> Invalid | None:
     """The first field not of its expected form, or None."""
     checks: list[tuple[str, bool]] = [
-        ("event_id", bool(EVENT_ID_RE.match(e.event_id))),
+        ("event_id", bool(EVENT_ID_RE.fullmatch(e.event_id))),
         ("kind", e.kind in KINDS),
         ("origin_principal", valid_origin(e.origin_principal)),
         ("source_address", e.source_address == "" or valid_ip(e.source_address)),
-        ("destination", bool(DESTINATION_RE.match(e.destination))),
-        ("route", e.route == "" or bool(ROUTE_RE.match(e.route))),
+        ("destination", bool(DESTINATION_RE.fullmatch(e.destination))),
+        ("route", e.route == "" or valid_route(e.route)),
         ("occurred_at", MIN_TIME_US <= e.occurred_at_us <= now_us + MAX_FUTURE_US),
         ("size_bytes", 0 <= e.size_bytes <= MAX_SIZE_BYTES),
         ("duration_ms", 0 <= e.duration_ms <= MAX_DURATION_MS),
-        ("service_type", bool(SERVICE_TYPE_RE.match(e.service_type))),
+        ("service_type", bool(SERVICE_TYPE_RE.fullmatch(e.service_type))),
         ("outcome_code", e.outcome_code in GRPC_CODE_NAMES),
-        ("outcome_reason", e.outcome_reason == "" or bool(REASON_RE.match(e.outcome_reason))),
-        ("transaction_id", e.transaction_id == "" or bool(TRANSACTION_RE.match(e.transaction_id))),
-        ("envelope_sha256", e.envelope_sha256 == "" or bool(SHA256_RE.match(e.envelope_sha256))),
+        ("outcome_reason", e.outcome_reason == "" or bool(REASON_RE.fullmatch(e.outcome_reason))),
+        ("transaction_id", e.transaction_id == "" or bool(TRANSACTION_RE.fullmatch(e.transaction_id))),
+        ("envelope_sha256", e.envelope_sha256 == "" or bool(SHA256_RE.fullmatch(e.envelope_sha256))),
     ]
     for name, ok in checks:
         if not ok:

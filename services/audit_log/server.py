@@ -26,6 +26,7 @@ from iclaim_hub.crypto.secretbox import SecretBox, check_master_key, master_key_
 from iclaim_hub.internal.v1 import audit_log_pb2, audit_log_pb2_grpc
 from services.audit_log.appender import Appender
 from services.audit_log.checkpointer import Checkpointer, load_or_create_signer
+from services.audit_log.db_login import ALLOW_OWNER_ENV, check_login
 from services.audit_log.retention import Retention
 from services.audit_log.service import AuditLogServicer
 from services.audit_log.store import AuditStore
@@ -49,6 +50,8 @@ class Config:
     checkpoint_interval_s: float = 60.0
     retention_days: int = 90
     retention_interval_s: float = 3600.0
+    # Dev only: start even if the login cannot act as iclaim_audit_writer.
+    allow_owner: bool = False
 
     def __post_init__(self) -> None:
         check_master_key(self.master_key)
@@ -72,6 +75,7 @@ class Config:
             checkpoint_interval_s=env_float("ICLAIM_AUDIT_CHECKPOINT_INTERVAL_S", 60.0, lo=0.1, hi=86_400),
             retention_days=env_int("ICLAIM_AUDIT_RETENTION_DAYS", 90, lo=90, hi=730),
             retention_interval_s=env_float("ICLAIM_AUDIT_RETENTION_INTERVAL_S", 3600.0, lo=1, hi=86_400),
+            allow_owner=env_bool(ALLOW_OWNER_ENV, False),
         )
 
 
@@ -107,7 +111,7 @@ async def build_server(config: Config) -> AuditApp:
     pool = await create_pool(config.database_url)
     try:
         store = AuditStore(pool)
-        await store.migrate()
+        check_login(await store.migrate(), config.allow_owner)
         signer = await load_or_create_signer(store, SecretBox(config.master_key), config.origin)
     except BaseException:
         await pool.close()

@@ -1,8 +1,9 @@
 """PostgreSQL storage of the audit log (schema `audit`): SQL only.
 
 Writes run as the role iclaim_audit_writer (SET LOCAL ROLE in each
-transaction) when the connecting user may assume it: that role has only
-INSERT/SELECT on the log tables; triggers refuse UPDATE/DELETE to everyone.
+transaction) when the login may assume it: that role has INSERT/SELECT on the
+log tables and no DELETE; triggers refuse changes to everyone, and only
+audit.expire_entries() (owned by iclaim_audit_expirer) removes entry data.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from iclaim.audit.entry import AuditEntry
 from iclaim.audit.merkle import CompactRange, Node, root_nodes
 from iclaim.audit.verifier import StoredLeaf
 from iclaim_hub.common.db import apply_migrations
+from services.audit_log.db_login import DbLogin
 from services.audit_log.domain import (
     AppendOutcome,
     Hold,
@@ -50,6 +52,17 @@ _SELECT_ENTRY = (
     " LEFT JOIN audit.expired x ON x.leaf_index = l.leaf_index"
 )
 _TREE_SIZE = "SELECT coalesce(max(leaf_index) + 1, 0) FROM audit.leaves"
+# Owner of the schema (or, before it exists, may create it): may apply migrations.
+_MAY_MIGRATE = (
+    "SELECT CASE WHEN n.oid IS NULL THEN has_database_privilege(current_database(), 'CREATE')"
+    " ELSE pg_has_role(n.nspowner, 'MEMBER') END"
+    " FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = 'audit'"
+)
+# A login that could switch the triggers off (or make itself one that can).
+_PRIVILEGED = (
+    "SELECT r.rolsuper OR r.rolcreaterole OR coalesce(pg_has_role(n.nspowner, 'MEMBER'), false)"
+    " FROM pg_roles r LEFT JOIN pg_namespace n ON n.nspname = 'audit' WHERE r.rolname = session_user"
+)
 
 
 def _entry_of(row: Any) -> AuditEntry | None:
@@ -141,17 +154,36 @@ class AuditStore:
     def writer_role_enforced(self) -> bool:
         return self._writer_role
 
-    async def migrate(self) -> None:
-        await apply_migrations(self._pool, SCHEMA, MIGRATIONS)
-        self._writer_role = bool(
-            await self._pool.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)"
-                " AND pg_has_role(current_user, $1, 'MEMBER')",
-                WRITER_ROLE,
-            )
-        )
+    async def migrate(self) -> DbLogin:
+        """Applies the migrations if this login may (owner, superuser), else
+        finds those missing; then whether writes can run as the writer role."""
+        if await self._pool.fetchval(_MAY_MIGRATE):
+            await apply_migrations(self._pool, SCHEMA, MIGRATIONS)
+            pending: tuple[str, ...] = ()
+        else:
+            pending = await self._pending_migrations()
+        self._writer_role = not pending and await self._can_become_writer()
         if not self._writer_role:
             log.warning("audit_writer_role_not_used", role=WRITER_ROLE)
+        return DbLogin(bool(await self._pool.fetchval(_PRIVILEGED)), self._writer_role, pending)
+
+    async def _pending_migrations(self) -> tuple[str, ...]:
+        try:
+            rows = await self._pool.fetch("SELECT version FROM audit.schema_migrations")
+        except (asyncpg.UndefinedTableError, asyncpg.InsufficientPrivilegeError):
+            rows = []  # no schema yet, or from before the writer could read it
+        done = {r["version"] for r in rows}
+        return tuple(p.name for p in sorted(MIGRATIONS.glob("*.sql")) if p.name not in done)
+
+    async def _can_become_writer(self) -> bool:
+        # Tried rather than looked up: membership need not carry SET (PostgreSQL 16+).
+        async with self._pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    await conn.execute(_SET_WRITER_ROLE)
+            except (asyncpg.InsufficientPrivilegeError, asyncpg.InvalidParameterValueError):
+                return False  # not a member, or no such role
+        return True
 
     async def _begin_write(self, conn: asyncpg.Connection) -> None:
         # Durable before acknowledged, whatever the server default says.

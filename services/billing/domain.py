@@ -300,6 +300,28 @@ def check_invoice_request(ref: str, insurer: str, transaction_ids: Sequence[str]
         raise InvalidArgument("a transaction_id is listed twice", reason="DUPLICATE_TRANSACTION_ID")
 
 
+MAX_VOID_REASON = 256
+
+
+def check_void_reason(reason: str) -> str:
+    """Free text kept with the invoice for the parties; never logged."""
+    if len(reason) > MAX_VOID_REASON or not reason.isprintable():
+        raise InvalidArgument(
+            f"reason must be at most {MAX_VOID_REASON} printable characters", reason="INVALID_VOID_REASON"
+        )
+    return reason
+
+
+def check_voidable(settled_on_claims: int) -> None:
+    """§9: an invoice is voided only before any payment on it, i.e. while no
+    payment has settled anything on its claims (Invoice.paid_satang is 0)."""
+    if settled_on_claims > 0:
+        raise FailedPrecondition(
+            "payments have been applied to this invoice's claims: it cannot be voided",
+            reason="INVOICE_HAS_PAYMENTS",
+        )
+
+
 def page_size_of(requested: int) -> int:
     if requested < 0:
         raise InvalidArgument("page_size must not be negative", reason="INVALID_PAGE_SIZE")
@@ -639,10 +661,13 @@ class JournalEffect:
 
 @dataclass(frozen=True)
 class InvoiceIssued:
-    submitted_at: datetime
+    """An invoice submitted, or (voided) withdrawn, at `at`."""
+
+    at: datetime
     invoice_ref: str
     total_satang: int
     claims: int
+    voided: bool = False
 
 
 def movements_of(journals: Iterable[JournalEffect], invoices: Iterable[InvoiceIssued]) -> list[Movement]:
@@ -667,17 +692,15 @@ def movements_of(journals: Iterable[JournalEffect], invoices: Iterable[InvoiceIs
         else:
             out.append(Movement(j.effective_at, kind, j.reference, j.description, j.effect))
     for inv in invoices:
-        out.append(
-            Movement(
-                inv.submitted_at,
-                "INVOICE",
-                inv.invoice_ref,
-                f"invoice {inv.invoice_ref}: {inv.claims} claims,"
-                f" {inv.total_satang // 100:,}.{inv.total_satang % 100:02d} THB"
-                " (already owed from approval)",
-                0,
+        amount = f"{inv.total_satang // 100:,}.{inv.total_satang % 100:02d} THB"
+        if inv.voided:
+            # Voiding changes nothing owed either: its claims stay owed, to be invoiced again.
+            text = (
+                f"invoice {inv.invoice_ref} voided: {inv.claims} claims, {amount} (still owed from approval)"
             )
-        )
+        else:
+            text = f"invoice {inv.invoice_ref}: {inv.claims} claims, {amount} (already owed from approval)"
+        out.append(Movement(inv.at, "INVOICE", inv.invoice_ref, text, 0))
     return out
 
 

@@ -23,6 +23,11 @@ DAYS_TO_PAY = Histogram(
 )
 PAYMENTS = Counter("iclaim_billing_payments_total", "Payments recorded (replays excluded).", ["insurer"])
 PAYMENT_LINES = Counter("iclaim_billing_payment_lines_total", "Payment lines recorded.", ["insurer"])
+DECISIONS_READ_THROUGH = Counter(
+    "iclaim_billing_decisions_read_through_total",
+    "Claim decisions read from the claim router because an invoice or a payment named them"
+    " before the router's outbox delivered them.",
+)
 PAID_NOTICES = Counter(
     "iclaim_billing_paid_notices_total", "MarkClaimPaid deliveries, by outcome.", ["outcome"]
 )

@@ -11,6 +11,7 @@ from typing import Protocol
 import grpc
 import structlog
 
+from iclaim_hub.common.db import is_connection_lost
 from iclaim_hub.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
 from services.billing import metrics
 
@@ -71,8 +72,11 @@ class PaidNotifier:
                 await self.drain_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # database blip: keep the loop alive, try again shortly
-                log.exception("outbox_drain_failed")
+            except Exception as exc:  # keep the loop alive, try again shortly
+                if is_connection_lost(exc):
+                    log.warning("outbox_drain_failed", error=type(exc).__name__)
+                else:
+                    log.exception("outbox_drain_failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
             self._wake.clear()

@@ -31,6 +31,7 @@ from iclaim_hub.internal.v1 import billing_intake_pb2, billing_intake_pb2_grpc
 from services.billing import metrics
 from services.billing.domain import DEFAULT_CREDIT_DAYS, bangkok_date
 from services.billing.notifier import PaidNotifier
+from services.billing.router_decisions import RouterDecisions
 from services.billing.service import BillingIntakeServicer, BillingServicer
 from services.billing.store import PgBillingStore
 from services.billing.usecases import Billing
@@ -130,7 +131,12 @@ async def build_server(config: Config) -> BillingApp:
             await store.set_credit_term(hospital, insurer, days)
         channel = grpc.aio.insecure_channel(config.router_target, options=CLIENT_OPTIONS)
         notifier = PaidNotifier(store, channel, deadline_s=config.rpc_deadline_s, poll_s=config.outbox_poll_s)
-        billing = Billing(store, default_credit_days=config.default_credit_days, on_paid=notifier.wake)
+        billing = Billing(
+            store,
+            default_credit_days=config.default_credit_days,
+            on_paid=notifier.wake,
+            decisions=RouterDecisions(channel, deadline_s=config.rpc_deadline_s),
+        )
         servicers = [
             partial(billing_service_pb2_grpc.add_BillingServiceServicer_to_server, BillingServicer(billing)),
             partial(

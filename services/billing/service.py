@@ -4,23 +4,23 @@ turns them into the §7 error model."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any, TypeAlias, cast
 
 import grpc
 from google.protobuf import timestamp_pb2
 from google.type import date_pb2
 
-from iclaim.errors import InvalidArgument, PermissionDenied, Unimplemented
+from iclaim.errors import InvalidArgument, PermissionDenied
 from iclaim.v1 import billing_service_pb2 as pb
-from iclaim.v1 import billing_service_pb2_grpc, claim_service_pb2
+from iclaim.v1 import billing_service_pb2_grpc
 from iclaim_hub.common.proto_time import timestamp, timestamp_or_none
 from iclaim_hub.common.server import Caller, caller_of
 from iclaim_hub.internal.v1 import billing_intake_pb2, billing_intake_pb2_grpc
+from services.billing.decision_map import datetime_or_none, decision_report
 from services.billing.domain import (
     MAX_LINES,
     Adjustment,
-    DecisionReport,
     PaymentInput,
     PaymentLine,
     ProviderAdjustment,
@@ -49,17 +49,8 @@ def _from_date(d: date_pb2.Date, what: str) -> date:
         raise InvalidArgument(f"{what} is not a valid date", reason="DATE_OUT_OF_RANGE") from None
 
 
-def _datetime_or_none(ts: timestamp_pb2.Timestamp) -> datetime | None:
-    """None: a Timestamp no datetime can hold."""
-    try:
-        dt: datetime = ts.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        return None
-    return dt
-
-
 def _from_ts(ts: timestamp_pb2.Timestamp, what: str) -> datetime:
-    dt = _datetime_or_none(ts)
+    dt = datetime_or_none(ts)
     if dt is None:
         raise InvalidArgument(f"{what} is out of range", reason="DATE_OUT_OF_RANGE")
     return dt
@@ -179,31 +170,14 @@ def status_filter(req: pb.ListInvoicesRequest) -> str | None:
         raise InvalidArgument("unknown status", reason="INVALID_STATUS") from None
 
 
-def decision_report(req: billing_intake_pb2.RecordClaimDecisionRequest) -> DecisionReport:
-    try:
-        state: str | None = claim_service_pb2.ClaimState.Name(req.state)
-    except ValueError:
-        state = None
-    given = req.HasField("decided_at")
-    decided_at = _datetime_or_none(req.decided_at) if given else None
-    return DecisionReport(
-        transaction_id=req.transaction_id,
-        hospital_code=req.hospital_code,
-        insurer_code=req.insurer_code,
-        state=None if state is None else state.removeprefix("CLAIM_STATE_"),
-        approved_satang=req.approved_amount_satang,
-        decided_at=decided_at,
-        decided_at_out_of_range=given and decided_at is None,
-    )
-
-
 class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
     def __init__(self, billing: Billing) -> None:
         self._billing = billing
 
     async def VoidInvoice(self, request: pb.VoidInvoiceRequest, context: Ctx) -> pb.Invoice:
-        # In the contract (§9, additive) but not served yet: say so, never INTERNAL.
-        raise Unimplemented("VoidInvoice is not available yet", reason="NOT_IMPLEMENTED")
+        caller = caller_of(context)
+        _require(caller, "hospital")
+        return invoice_pb(await self._billing.void_invoice(request.invoice_id, caller.code, request.reason))
 
     async def CreateInvoice(self, request: pb.CreateInvoiceRequest, context: Ctx) -> pb.Invoice:
         caller = caller_of(context)

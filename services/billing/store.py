@@ -85,6 +85,7 @@ _INSERT_CLAIM = (
     " ON CONFLICT (transaction_id) DO NOTHING RETURNING transaction_id"
 )
 _CLAIM = "SELECT * FROM billing.claims WHERE transaction_id = $1"
+_KNOWN_CLAIMS = "SELECT transaction_id FROM billing.claims WHERE transaction_id = ANY($1::text[])"
 _LOCK_CLAIMS = (
     "SELECT * FROM billing.claims WHERE transaction_id = ANY($1::text[]) ORDER BY transaction_id FOR UPDATE"
 )
@@ -162,8 +163,11 @@ _LOCK_OPEN_INVOICES_OF = (
 )
 _SET_INVOICE_STATUS = "UPDATE billing.invoices SET status = $2 WHERE invoice_id = $1"
 _SET_INVOICE_PAID = "UPDATE billing.invoices SET status = 'PAID', paid_at = $2 WHERE invoice_id = $1"
-# A claim is on at most one open invoice: a paid invoice lets its claims go.
+# A claim is on at most one open invoice: a paid or void invoice lets its claims go.
 _CLOSE_INVOICE_CLAIMS = "UPDATE billing.invoice_claims SET open = false WHERE invoice_id = $1"
+_SET_INVOICE_VOID = (
+    "UPDATE billing.invoices SET status = 'VOID', voided_at = $2, void_reason = $3 WHERE invoice_id = $1"
+)
 
 # --- payments ------------------------------------------------------------------------
 _PAYMENT_BY_TRACE = "SELECT * FROM billing.payments WHERE insurer_code = $1 AND trace_no = $2"
@@ -215,14 +219,22 @@ _INVOICES_SUBMITTED = (
     " FROM billing.invoices i WHERE hospital_code = $1 AND insurer_code = $2"
     " AND submitted_at >= $3 AND submitted_at < $4 ORDER BY submitted_at, invoice_id"
 )
+_INVOICES_VOIDED = (
+    "SELECT invoice_ref, total_satang, voided_at,"
+    " (SELECT count(*) FROM billing.invoice_claims x"
+    "   WHERE x.invoice_id = i.invoice_id) AS n"
+    " FROM billing.invoices i WHERE hospital_code = $1 AND insurer_code = $2"
+    " AND voided_at >= $3 AND voided_at < $4 ORDER BY voided_at, invoice_id"
+)
 # Per claim still due at $3, with the due date of the latest invoice holding it
-# that was submitted and acknowledged by then.
+# that was submitted and acknowledged by then (and not voided by then).
 _OUTSTANDING = (
     "SELECT l.transaction_id, sum(l.amount_satang)::bigint AS due,"
     " (SELECT i.due_date FROM billing.invoice_claims x"
     "   JOIN billing.invoices i USING (invoice_id)"
     "   WHERE x.transaction_id = l.transaction_id AND i.submitted_at < $3"
-    "   AND i.acknowledged_at < $3 ORDER BY i.submitted_at DESC LIMIT 1) AS due_date"
+    "   AND i.acknowledged_at < $3 AND NOT coalesce(i.voided_at < $3, false)"
+    "   ORDER BY i.submitted_at DESC LIMIT 1) AS due_date"
     " FROM billing.journal_lines l JOIN billing.journals j ON j.id = l.journal_id"
     " JOIN billing.accounts a ON a.id = l.account_id"
     " WHERE j.hospital_code = $1 AND j.insurer_code = $2 AND a.kind = 'receivable'"
@@ -245,7 +257,8 @@ _UNINVOICED_LINES = (
     " WHERE j.kind = 'PAYMENT' AND l.transaction_id IS NOT NULL"
     " AND j.effective_at >= $1 AND j.effective_at < $2 AND NOT EXISTS (SELECT 1"
     "  FROM billing.invoice_claims x JOIN billing.invoices i USING (invoice_id)"
-    "  WHERE x.transaction_id = l.transaction_id AND i.submitted_at <= j.recorded_at)"
+    "  WHERE x.transaction_id = l.transaction_id AND i.submitted_at <= j.recorded_at"
+    "  AND NOT coalesce(i.voided_at <= j.recorded_at, false))"
     " ORDER BY 1, 2, 3, 4"
 )
 _PAST_DUE = (
@@ -514,6 +527,10 @@ class PgBillingTx:
         await self._conn.execute(_SET_INVOICE_PAID, invoice_id, paid_at)
         await self._conn.execute(_CLOSE_INVOICE_CLAIMS, invoice_id)
 
+    async def set_invoice_void(self, invoice_id: str, at: datetime, reason: str) -> None:
+        await self._conn.execute(_SET_INVOICE_VOID, invoice_id, at, reason)
+        await self._conn.execute(_CLOSE_INVOICE_CLAIMS, invoice_id)
+
     # --- payments --------------------------------------------------------------------
     async def payment_by_trace(self, insurer: str, trace_no: str) -> PaymentRecord | None:
         row = await self._conn.fetchrow(_PAYMENT_BY_TRACE, insurer, trace_no)
@@ -574,6 +591,11 @@ class PgBillingStore:
     async def invoice(self, invoice_id: str) -> InvoiceRecord | None:
         return await _invoice(self._pool, invoice_id)
 
+    async def known_claims(self, transaction_ids: Sequence[str]) -> set[str]:
+        """Those of the ids whose decision billing has recorded."""
+        rows = await self._pool.fetch(_KNOWN_CLAIMS, list(transaction_ids))
+        return {r["transaction_id"] for r in rows}
+
     async def list_invoices(
         self,
         role: str,
@@ -608,6 +630,7 @@ class PgBillingStore:
             opening = await conn.fetchval(_OWED_BEFORE, hospital, insurer, start)
             journals = await conn.fetch(_JOURNAL_EFFECTS, hospital, insurer, start, end)
             invoices = await conn.fetch(_INVOICES_SUBMITTED, hospital, insurer, start, end)
+            voided = await conn.fetch(_INVOICES_VOIDED, hospital, insurer, start, end)
             outstanding = await conn.fetch(_OUTSTANDING, hospital, insurer, end)
             overpayment = await conn.fetchval(_OVERPAYMENT_BEFORE, hospital, insurer, end)
         return StatementRows(
@@ -626,6 +649,10 @@ class PgBillingStore:
             invoices=tuple(
                 InvoiceIssued(i["submitted_at"], i["invoice_ref"], i["total_satang"], int(i["n"]))
                 for i in invoices
+            )
+            + tuple(
+                InvoiceIssued(i["voided_at"], i["invoice_ref"], i["total_satang"], int(i["n"]), voided=True)
+                for i in voided
             ),
             outstanding=tuple(OutstandingItem(int(r["due"]), r["due_date"]) for r in outstanding),
             overpayment=int(overpayment),

@@ -33,6 +33,8 @@ from services.billing.domain import (
     check_insurer,
     check_invoice_request,
     check_period,
+    check_void_reason,
+    check_voidable,
     day_start,
     decision_of,
     due_date_for,
@@ -94,6 +96,7 @@ class BillingTx(Protocol):
     async def lock_open_invoices_of(self, transaction_ids: Sequence[str]) -> list[OpenInvoice]: ...
     async def set_invoice_status(self, invoice_id: str, status: str) -> None: ...
     async def set_invoice_paid(self, invoice_id: str, paid_at: datetime) -> None: ...
+    async def set_invoice_void(self, invoice_id: str, at: datetime, reason: str) -> None: ...
     async def payment_by_trace(self, insurer: str, trace_no: str) -> PaymentRecord | None: ...
     async def payment(self, payment_id: str) -> PaymentRecord: ...
     async def lock_overpayment_balances(self, insurer: str, hospitals: Sequence[str]) -> dict[str, int]: ...
@@ -107,6 +110,7 @@ class BillingStore(Protocol):
 
     async def atomically(self, work: Callable[[BillingTx], Awaitable[T]]) -> T: ...
     async def invoice(self, invoice_id: str) -> InvoiceRecord | None: ...
+    async def known_claims(self, transaction_ids: Sequence[str]) -> set[str]: ...
     async def list_invoices(
         self,
         role: str,
@@ -126,6 +130,12 @@ class BillingStore(Protocol):
     async def metrics_rows(self) -> MetricsRows: ...
 
 
+class DecisionSource(Protocol):
+    """The claim router, asked for decisions its outbox has not delivered yet."""
+
+    async def decisions(self, transaction_ids: Sequence[str]) -> list[DecisionReport]: ...
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -138,7 +148,9 @@ def invoice_view(r: InvoiceRecord, today: date) -> InvoiceView:
         insurer_code=r.insurer_code,
         transaction_ids=r.transaction_ids,
         total_satang=r.total_satang,
-        paid_satang=min(r.settled_satang, r.total_satang),
+        # A void invoice was voided before any payment on it; what its claims
+        # were paid afterwards belongs to the invoices that billed them again.
+        paid_satang=0 if r.status == "VOID" else min(r.settled_satang, r.total_satang),
         status=shown_status(r.status, r.due_date, today),
         submitted_at=r.submitted_at,
         acknowledged_at=r.acknowledged_at,
@@ -172,7 +184,9 @@ class _Posted:
 
 class Billing:
     """The use cases, over one store. `on_paid` is called after each newly
-    recorded payment (it wakes the PAID notifier)."""
+    recorded payment (it wakes the PAID notifier). `decisions` (the claim
+    router) is asked for claims an invoice or a payment names that billing has
+    not heard of; None: billing knows only what its intake delivered."""
 
     def __init__(
         self,
@@ -181,11 +195,13 @@ class Billing:
         default_credit_days: int = DEFAULT_CREDIT_DAYS,
         on_paid: Callable[[], None] = lambda: None,
         clock: Callable[[], datetime] = _now,
+        decisions: DecisionSource | None = None,
     ) -> None:
         self._store = store
         self._default_days = default_credit_days
         self._on_paid = on_paid
         self._clock = clock
+        self._decisions = decisions
 
     # --- decisions -------------------------------------------------------------------
     async def receive_decision(self, report: DecisionReport) -> None:
@@ -213,11 +229,35 @@ class Billing:
 
         await self._store.atomically(run)
 
+    async def _read_through(self, transaction_ids: Sequence[str], mine: Callable[[Decision], bool]) -> None:
+        """What a client sees must agree across services: a claim GetClaim shows
+        as approved may be invoiced or paid at once, though its approval reaches
+        billing through the router's outbox a moment later. Decisions of claims
+        billing has not heard of are read from the router and recorded exactly as
+        the intake records them (the outbox delivery then changes nothing). Only
+        the caller's own claims are recorded: the refusal of another party's
+        claim stays what it was."""
+        if self._decisions is None:
+            return
+        known = await self._store.known_claims(transaction_ids)
+        unknown = [t for t in dict.fromkeys(transaction_ids) if t not in known]
+        if not unknown:
+            return
+        asked = set(unknown)
+        recorded = 0
+        for report in await self._decisions.decisions(unknown):
+            decision = decision_of(report, self._clock()) if report.transaction_id in asked else None
+            if decision is not None and mine(decision):
+                await self.record_decision(decision)
+                recorded += 1
+        metrics.DECISIONS_READ_THROUGH.inc(recorded)
+
     # --- invoices --------------------------------------------------------------------
     async def create_invoice(
         self, hospital: str, insurer: str, ref: str, transaction_ids: Sequence[str]
     ) -> InvoiceView:
         check_invoice_request(ref, insurer, transaction_ids)
+        await self._read_through(transaction_ids, lambda d: d.hospital_code == hospital)
         now = self._clock()
         digest = sha256_json({"insurer": insurer, "transaction_ids": sorted(transaction_ids)})
 
@@ -248,6 +288,34 @@ class Billing:
                 now,
                 transaction_ids,
             )
+            return await tx.invoice(invoice_id)
+
+        record = await self._store.atomically(run)
+        assert record is not None
+        return invoice_view(record, bangkok_date(now))
+
+    async def void_invoice(self, invoice_id: str, hospital: str, reason: str) -> InvoiceView:
+        """§9 VoidInvoice: the hospital withdraws its invoice before any payment
+        on it; its claims may be invoiced again. Voiding a void invoice returns
+        it. No journal: issuing the invoice posted none (the approval did)."""
+        check_void_reason(reason)
+        now = self._clock()
+
+        async def run(tx: BillingTx) -> InvoiceRecord | None:
+            record = await tx.invoice(invoice_id)
+            if record is None or record.hospital_code != hospital:
+                raise NotFound("no such invoice", reason="INVOICE_NOT_FOUND")
+            if record.status == "VOID":
+                return record
+            # Its claims before the invoice, the order PostPayment locks them in:
+            # no payment can settle them while this decides.
+            claims = await tx.lock_claims(record.transaction_ids)
+            head = await tx.lock_invoice(invoice_id)
+            assert head is not None  # invoices are never deleted
+            if head.status == "VOID":  # a concurrent twin voided it first
+                return await tx.invoice(invoice_id)
+            check_voidable(sum(c.settled_satang for c in claims.values()))
+            await tx.set_invoice_void(invoice_id, now, reason)
             return await tx.invoice(invoice_id)
 
         record = await self._store.atomically(run)
@@ -305,6 +373,9 @@ class Billing:
         returns the recorded payment, other content under it is refused."""
         now = self._clock()
         validate_payment(p, now)
+        await self._read_through(
+            [ln.transaction_id for ln in p.lines], lambda d: d.insurer_code == p.insurer_code
+        )
         posted = await self._store.atomically(lambda tx: self._post_payment(tx, p, now))
         if not posted.replay:
             metrics.PAYMENTS.labels(p.insurer_code).inc()

@@ -1,27 +1,27 @@
-"""Durable push delivery to the insurer adapter.
+"""Durable hand-off of push claims (grpc and webhook insurers) to the delivery
+layer, the insurer adapter (docs/protocol.md §10).
 
 A committed claim stays due (delivered_at IS NULL) until the adapter has
-acknowledged it; a lease hides it while one attempt is in flight, so a crash
-anywhere means a later redelivery, which the adapter deduplicates by
-transaction_id. At-least-once on the wire, exactly-once at the insurer.
+acknowledged storing it; a lease hides it while one attempt is in flight, so a
+crash anywhere means a later hand-off again, which the adapter deduplicates by
+transaction_id. The acknowledgement only records the hand-off: the claim stays
+RECEIVED until the adapter reports that the insurer took it
+(DeliveryReportService/ReportTaken).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Protocol
 
 import grpc
 import structlog
 
+from iclaim_hub.common.db import is_connection_lost
 from iclaim_hub.common.proto_time import timestamp
 from iclaim_hub.internal.v1 import insurer_adapter_pb2, insurer_adapter_pb2_grpc
-from services.claim_router.domain import State
-from services.claim_router.events import state_change_events
-from services.claim_router.model import ClaimRecord, Event, Mutation
+from services.claim_router.model import ClaimRecord
 
 log = structlog.get_logger("claim_router.delivery")
 
@@ -30,7 +30,6 @@ LEASE_S = 15.0
 POLL_INTERVAL_S = 1.0
 RETRY_DELAY_S = 1.0
 BATCH = 32
-ROUTE_DELIVER = "/iclaim_hub.internal.v1.InsurerAdapterService/DeliverClaim"
 
 
 class PushStore(Protocol):
@@ -38,7 +37,7 @@ class PushStore(Protocol):
 
     async def retry_push_later(self, transaction_id: str, delay_s: float) -> None: ...
 
-    async def transition(self, transaction_id: str, mutate: Mutation) -> ClaimRecord | None: ...
+    async def mark_handed_off(self, transaction_id: str) -> None: ...
 
 
 class PushDeliverer:
@@ -53,20 +52,26 @@ class PushDeliverer:
 
     def kick(self, transaction_id: str) -> None:
         """Delivers a just-committed claim now instead of at the next poll."""
-        task = asyncio.create_task(self._deliver_due(only=transaction_id))
+        task = asyncio.create_task(self._pass(only=transaction_id))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
     async def _run(self) -> None:
         while True:
-            try:
-                await self._deliver_due(only=None)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("delivery_loop_error")
+            await self._pass(only=None)
             # New claims are kicked at once; the poll picks up retries and leftovers.
             await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def _pass(self, only: str | None) -> None:
+        """One delivery pass. A failure is logged, not raised: whatever the pass
+        leased and could not finish is due again when its lease ends."""
+        try:
+            await self._deliver_due(only)
+        except Exception as exc:
+            if is_connection_lost(exc):
+                log.warning("delivery_pass_failed", error=type(exc).__name__)
+            else:
+                log.exception("delivery_loop_error")
 
     async def _deliver_due(self, only: str | None) -> None:
         leased = await self._store.lease_push(BATCH, LEASE_S, only)
@@ -93,8 +98,8 @@ class PushDeliverer:
             )
             await self._store.retry_push_later(rec.transaction_id, RETRY_DELAY_S)
             return
-        await self._store.transition(rec.transaction_id, _mark_delivered)
-        log.info("delivered", transaction_id=rec.transaction_id, insurer=rec.insurer_code)
+        await self._store.mark_handed_off(rec.transaction_id)
+        log.info("handed_off", transaction_id=rec.transaction_id, insurer=rec.insurer_code)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -103,14 +108,3 @@ class PushDeliverer:
                 await self._task
         for task in list(self._inflight):
             task.cancel()
-
-
-def _mark_delivered(current: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
-    if current.delivered_at is not None:
-        return None, []
-    now = datetime.now(UTC)
-    if current.state == State.RECEIVED:
-        new = current.with_changes(state=State.DELIVERED, delivered_at=now, updated_at=now)
-        return new, state_change_events(new, actor="ICLAIM", route=ROUTE_DELIVER)
-    # A decision already came back (fast insurer): only record the delivery.
-    return current.with_changes(delivered_at=now), []

@@ -12,7 +12,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import IntEnum
 
 from iclaim.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -22,7 +22,18 @@ from iclaim.crypto.envelope import (
     ProtectedHeader,
     parse_protected_header,
 )
-from iclaim_hub.registry.model import DEFAULT_KEY_GRACE_S, Principal
+from iclaim_hub.registry.model import (
+    DEFAULT_KEY_GRACE_S,
+    DELIVERY_MODES,
+    DELIVERY_PULL,
+    HEALTH_DOWN,
+    HEALTH_HEALTHY,
+    HEALTH_UNKNOWN,
+    HEALTH_VALUES,
+    PUSH_MODES,
+    InsurerHealth,
+    Principal,
+)
 
 CLAIM_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
 INSURER_CODE_RE = re.compile(r"^[A-Z0-9_]{2,16}$")
@@ -60,6 +71,11 @@ POSTABLE_STATES = frozenset({State.PENDING_REVIEW}) | DECIDED_STATES
 BILLABLE_STATES = frozenset({State.APPROVED, State.PARTIALLY_APPROVED})
 # A pull insurer is offered a claim until it posts a state for it (review or decision).
 PULL_OFFER_STATES = frozenset({State.RECEIVED, State.DELIVERED})
+
+# §10.4: a push claim nobody took in time.
+DELIVERY_EXPIRED = "DELIVERY_EXPIRED"
+# §10.5: a pull insurer that has not pulled for this long while claims wait is DOWN.
+DEFAULT_PULL_DOWN_AFTER_S = 300.0
 
 
 def new_transaction_id() -> str:
@@ -207,6 +223,38 @@ def check_insurer_routable(insurer: Principal | None, code: str) -> Principal:
     if not insurer.available or insurer.suspended:
         raise FailedPrecondition(f"insurer {code} is not accepting claims", reason="INSURER_UNAVAILABLE")
     return insurer
+
+
+def claim_delivery_mode(insurer: Principal) -> str:
+    """How a new claim to this insurer leaves the router. An insurer without a
+    known mode is treated as pull: nothing is sent anywhere until it asks."""
+    mode = insurer.delivery_mode
+    return mode if mode in DELIVERY_MODES else DELIVERY_PULL
+
+
+def insurer_health(
+    mode: str | None,
+    recorded: InsurerHealth | None,
+    pull_waiting_since: datetime | None,
+    *,
+    now: datetime,
+    pull_down_after_s: float = DEFAULT_PULL_DOWN_AFTER_S,
+) -> str:
+    """§10.5 health as a registry name. Push insurers: what the delivery layer
+    recorded. Pull insurers: HEALTHY when they pulled within the window; DOWN
+    when they have not, while a claim has waited for them that long; else UNKNOWN."""
+    if mode in PUSH_MODES:
+        health = recorded.health if recorded is not None else HEALTH_UNKNOWN
+        return health if health in HEALTH_VALUES else HEALTH_UNKNOWN
+    if mode != DELIVERY_PULL:
+        return HEALTH_UNKNOWN
+    window = timedelta(seconds=pull_down_after_s)
+    last_pull = recorded.last_pull_at if recorded is not None else None
+    if last_pull is not None and now - last_pull <= window:
+        return HEALTH_HEALTHY
+    if pull_waiting_since is not None and now - pull_waiting_since >= window:
+        return HEALTH_DOWN
+    return HEALTH_UNKNOWN
 
 
 @dataclass(frozen=True)

@@ -3,18 +3,40 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from iclaim.v1 import claim_service_pb2 as pb
 from iclaim.v1 import insurer_service_pb2
 from iclaim_hub.common.proto_time import timestamp, timestamp_or_none
-from iclaim_hub.internal.v1 import decision_intake_pb2
+from iclaim_hub.internal.v1 import decision_intake_pb2, delivery_report_pb2
+from iclaim_hub.registry.model import (
+    DELIVERY_GRPC,
+    DELIVERY_PULL,
+    DELIVERY_WEBHOOK,
+    HEALTH_DEGRADED,
+    HEALTH_DOWN,
+    HEALTH_HEALTHY,
+)
 from services.claim_router.model import ClaimRecord
 from services.claim_router.usecases import (
     DecisionRequest,
+    DeliveryReport,
     ListClaimsRequest,
     Party,
     SubmitRequest,
 )
+
+# Registry names -> public enums (§10); anything else is the zero value.
+_DELIVERY_MODES: dict[str, pb.DeliveryMode] = {
+    DELIVERY_PULL: pb.DELIVERY_MODE_PULL,
+    DELIVERY_GRPC: pb.DELIVERY_MODE_GRPC,
+    DELIVERY_WEBHOOK: pb.DELIVERY_MODE_WEBHOOK,
+}
+_HEALTHS: dict[str, pb.InsurerHealth] = {
+    HEALTH_HEALTHY: pb.INSURER_HEALTH_HEALTHY,
+    HEALTH_DEGRADED: pb.INSURER_HEALTH_DEGRADED,
+    HEALTH_DOWN: pb.INSURER_HEALTH_DOWN,
+}
 
 
 def claim_to_proto(rec: ClaimRecord) -> pb.Claim:
@@ -46,8 +68,31 @@ def delivery_to_proto(rec: ClaimRecord) -> insurer_service_pb2.ClaimDelivery:
     )
 
 
+def claim_decision_to_proto(rec: ClaimRecord) -> decision_intake_pb2.ClaimDecision:
+    """What billing's read-through records: the same values the outbox sends to
+    BillingIntakeService (services/claim_router/events.py), so that the later
+    delivery finds the same decision and changes nothing."""
+    return decision_intake_pb2.ClaimDecision(
+        transaction_id=rec.transaction_id,
+        hospital_code=rec.hospital_code,
+        insurer_code=rec.insurer_code,
+        state=int(rec.state),  # type: ignore[arg-type]  # State mirrors ClaimState's numbers
+        approved_amount_satang=rec.approved_amount_satang,
+        decided_at=timestamp(rec.decided_at or datetime.now(UTC)),
+    )
+
+
 def _keys(party: Party) -> list[pb.EncryptionKey]:
-    return [pb.EncryptionKey(kid=k.kid, jwk=json.dumps(k.public_jwk, sort_keys=True)) for k in party.keys]
+    """`current` marks the one key to seal new envelopes to (§5); the others are
+    previous keys still accepted during a rotation."""
+    current = party.principal.current_key()
+    current_kid = None if current is None else current.kid
+    return [
+        pb.EncryptionKey(
+            kid=k.kid, jwk=json.dumps(k.public_jwk, sort_keys=True), current=k.kid == current_kid
+        )
+        for k in party.keys
+    ]
 
 
 def insurer_to_proto(party: Party) -> pb.Insurer:
@@ -58,6 +103,8 @@ def insurer_to_proto(party: Party) -> pb.Insurer:
         line=p.line or 0,  # type: ignore[arg-type]  # the registry stores InsuranceLine's number
         available=party.available,
         keys=_keys(party),
+        delivery=_DELIVERY_MODES.get(party.delivery, pb.DELIVERY_MODE_UNSPECIFIED),
+        health=_HEALTHS.get(party.health, pb.INSURER_HEALTH_UNKNOWN),
     )
 
 
@@ -99,3 +146,15 @@ def decision_request_of(
         decision_envelope=request.decision_envelope,
         reason_code=request.reason_code,
     )
+
+
+def delivery_report_of(
+    request: delivery_report_pb2.ReportTakenRequest
+    | delivery_report_pb2.ReportExpiredRequest
+    | delivery_report_pb2.ReportRedrivenRequest,
+) -> DeliveryReport:
+    return DeliveryReport(transaction_id=request.transaction_id, insurer_code=request.insurer_code)
+
+
+def claim_state_of(rec: ClaimRecord) -> pb.ClaimState:
+    return int(rec.state)  # type: ignore[return-value]  # State mirrors ClaimState's numbers

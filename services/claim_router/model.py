@@ -26,11 +26,16 @@ class ClaimRecord:
     envelope_sha256: str
     decision_envelope: str
     status_reason: str
-    delivery_mode: str  # simulated (pushed to the adapter) | pull
+    delivery_mode: str  # grpc | webhook (handed to the delivery layer) | pull
     submitted_at: datetime
     decided_at: datetime | None
     updated_at: datetime
-    delivered_at: datetime | None = None
+    # When the claim left the router: handed to the delivery layer (push) or
+    # first leased (pull). Stored in the column `delivered_at`.
+    handed_off_at: datetime | None = None
+    # When the router learned the insurer took it (push: ReportTaken; pull:
+    # first lease). A push claim becomes DELIVERED only then.
+    taken_at: datetime | None = None
 
     def with_changes(self, **changes: object) -> ClaimRecord:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

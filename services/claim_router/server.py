@@ -20,18 +20,26 @@ from iclaim_hub.common.server import (
     run_service,
 )
 from iclaim_hub.crypto.secretbox import SecretBox, master_key_from_env
-from iclaim_hub.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
+from iclaim_hub.internal.v1 import (
+    decision_intake_pb2,
+    decision_intake_pb2_grpc,
+    delivery_report_pb2,
+    delivery_report_pb2_grpc,
+)
 from iclaim_hub.registry.cache import DirectoryCache
 from iclaim_hub.registry.model import DEFAULT_KEY_GRACE_S
 from iclaim_hub.registry.store import RegistryStore
 from services.claim_router.delivery import PushDeliverer
+from services.claim_router.participation import ParticipationGauges
 from services.claim_router.relay import OutboxRelay
 from services.claim_router.service import (
     ClaimServicer,
     ClaimSettlementServicer,
     DecisionIntakeServicer,
+    DeliveryReportServicer,
     InsurerServicer,
 )
+from services.claim_router.domain import DEFAULT_PULL_DOWN_AFTER_S
 from services.claim_router.store import PgClaimStore
 from services.claim_router.usecases import DEFAULT_PULL_LEASE_S, ClaimRouter
 from services.claim_router.watch import ChangeHub
@@ -44,6 +52,7 @@ PUBLIC_SERVICES = public_service_names()
 INTERNAL_SERVICES = [
     decision_intake_pb2.DESCRIPTOR.services_by_name["DecisionIntakeService"].full_name,
     decision_intake_pb2.DESCRIPTOR.services_by_name["ClaimSettlementService"].full_name,
+    delivery_report_pb2.DESCRIPTOR.services_by_name["DeliveryReportService"].full_name,
 ]
 
 
@@ -59,6 +68,8 @@ class Config:
     # How long a rotated-out encryption key of a principal stays accepted.
     key_grace_s: float = DEFAULT_KEY_GRACE_S
     pull_lease_s: float = DEFAULT_PULL_LEASE_S
+    # §10.5: a pull insurer that has not pulled this long while claims wait is DOWN.
+    pull_down_after_s: float = DEFAULT_PULL_DOWN_AFTER_S
 
     @classmethod
     def from_env(cls) -> Config:
@@ -71,6 +82,9 @@ class Config:
             billing_target=env_str("ICLAIM_BILLING_TARGET", "127.0.0.1:50081"),
             key_grace_s=env_float("ICLAIM_KEY_GRACE_S", DEFAULT_KEY_GRACE_S, lo=0, hi=MAX_KEY_GRACE_S),
             pull_lease_s=env_float("ICLAIM_PULL_LEASE_S", DEFAULT_PULL_LEASE_S, lo=1, hi=3600),
+            pull_down_after_s=env_float(
+                "ICLAIM_PULL_DOWN_AFTER_S", DEFAULT_PULL_DOWN_AFTER_S, lo=1, hi=7 * 24 * 3600
+            ),
         )
 
 
@@ -121,7 +135,11 @@ async def _build(config: Config, resources: contextlib.AsyncExitStack) -> GrpcAp
         hub,
         key_grace_s=config.key_grace_s,
         pull_lease_s=config.pull_lease_s,
+        pulls=registry,
+        pull_down_after_s=config.pull_down_after_s,
     )
+    participation = ParticipationGauges(router, registry, store)
+    resources.push_async_callback(participation.close)
     servicers = [
         partial(claim_service_pb2_grpc.add_ClaimServiceServicer_to_server, ClaimServicer(router)),
         partial(insurer_service_pb2_grpc.add_InsurerServiceServicer_to_server, InsurerServicer(router)),
@@ -133,12 +151,18 @@ async def _build(config: Config, resources: contextlib.AsyncExitStack) -> GrpcAp
             decision_intake_pb2_grpc.add_ClaimSettlementServiceServicer_to_server,
             ClaimSettlementServicer(router),
         ),
+        partial(
+            delivery_report_pb2_grpc.add_DeliveryReportServiceServicer_to_server,
+            DeliveryReportServicer(router),
+        ),
     ]
     # Reflection goes through the gateway: it lists only the public contract.
     server, port, health = await bind_server(
         config.serve.listen_addr, servicers, PUBLIC_SERVICES, INTERNAL_SERVICES
     )
-    workers = [relay.start] if deliverer is None else [deliverer.start, relay.start]
+    workers = [relay.start, participation.start]
+    if deliverer is not None:
+        workers.append(deliverer.start)
     return GrpcApp(server=server, port=port, health=health, workers=workers, cleanup=resources.aclose)
 
 

@@ -1,5 +1,5 @@
 """Thin gRPC servicers: ClaimService, InsurerService (public) and the internal
-DecisionIntake / ClaimSettlement services. Each checks the caller's role,
+DecisionIntake / ClaimSettlement / DeliveryReport services. Each checks the caller's role,
 maps the request, calls one use case and maps the answer."""
 
 from __future__ import annotations
@@ -15,7 +15,12 @@ from iclaim.v1 import claim_service_pb2 as pb
 from iclaim.v1 import claim_service_pb2_grpc, insurer_service_pb2, insurer_service_pb2_grpc
 from iclaim_hub.common.access_log import TRANSACTION_HEADER
 from iclaim_hub.common.server import Caller, caller_of
-from iclaim_hub.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
+from iclaim_hub.internal.v1 import (
+    decision_intake_pb2,
+    decision_intake_pb2_grpc,
+    delivery_report_pb2,
+    delivery_report_pb2_grpc,
+)
 from services.claim_router import mappers
 from services.claim_router.usecases import ClaimRouter
 
@@ -117,7 +122,8 @@ class DecisionIntakeServicer(decision_intake_pb2_grpc.DecisionIntakeServiceServi
 
 
 class ClaimSettlementServicer(decision_intake_pb2_grpc.ClaimSettlementServiceServicer):
-    """Billing tells us when a claim has nothing left due."""
+    """Billing tells us when a claim has nothing left due, and reads the
+    decisions its intake has not received yet."""
 
     def __init__(self, router: ClaimRouter) -> None:
         self._r = router
@@ -127,3 +133,36 @@ class ClaimSettlementServicer(decision_intake_pb2_grpc.ClaimSettlementServiceSer
     ) -> decision_intake_pb2.MarkClaimPaidResponse:
         stored = await self._r.mark_paid(request.transaction_id)
         return decision_intake_pb2.MarkClaimPaidResponse(claim=mappers.claim_to_proto(stored))
+
+    async def GetClaimDecisions(
+        self, request: decision_intake_pb2.GetClaimDecisionsRequest, context: Ctx
+    ) -> decision_intake_pb2.GetClaimDecisionsResponse:
+        found = await self._r.billing_decisions(list(request.transaction_ids))
+        return decision_intake_pb2.GetClaimDecisionsResponse(
+            decisions=[mappers.claim_decision_to_proto(r) for r in found]
+        )
+
+
+class DeliveryReportServicer(delivery_report_pb2_grpc.DeliveryReportServiceServicer):
+    """What the delivery layer (insurer_adapter) says happened to a push."""
+
+    def __init__(self, router: ClaimRouter) -> None:
+        self._r = router
+
+    async def ReportTaken(
+        self, request: delivery_report_pb2.ReportTakenRequest, context: Ctx
+    ) -> delivery_report_pb2.ReportTakenResponse:
+        stored = await self._r.report_taken(mappers.delivery_report_of(request))
+        return delivery_report_pb2.ReportTakenResponse(state=mappers.claim_state_of(stored))
+
+    async def ReportExpired(
+        self, request: delivery_report_pb2.ReportExpiredRequest, context: Ctx
+    ) -> delivery_report_pb2.ReportExpiredResponse:
+        stored = await self._r.report_expired(mappers.delivery_report_of(request))
+        return delivery_report_pb2.ReportExpiredResponse(state=mappers.claim_state_of(stored))
+
+    async def ReportRedriven(
+        self, request: delivery_report_pb2.ReportRedrivenRequest, context: Ctx
+    ) -> delivery_report_pb2.ReportRedrivenResponse:
+        stored = await self._r.report_redriven(mappers.delivery_report_of(request))
+        return delivery_report_pb2.ReportRedrivenResponse(state=mappers.claim_state_of(stored))

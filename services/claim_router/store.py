@@ -12,6 +12,7 @@ from pathlib import Path
 import asyncpg
 
 from iclaim_hub.common.db import apply_migrations
+from iclaim_hub.registry.model import DELIVERY_PULL
 from services.claim_router.domain import OPEN_STATES, PULL_OFFER_STATES, State
 from services.claim_router.model import ClaimRecord, Event, Mutation
 
@@ -24,7 +25,7 @@ PULL_NOTIFY_CHANNEL = "iclaim_pull_ready"
 _COLUMNS = (
     "transaction_id, hospital_code, insurer_code, claim_ref, state, billed_amount_satang,"
     " approved_amount_satang, envelope, envelope_sha256, decision_envelope, status_reason,"
-    " delivery_mode, submitted_at, decided_at, updated_at, delivered_at"
+    " delivery_mode, submitted_at, decided_at, updated_at, delivered_at, taken_at"
 )
 
 
@@ -45,7 +46,8 @@ def _record(row: asyncpg.Record) -> ClaimRecord:
         submitted_at=row["submitted_at"],
         decided_at=row["decided_at"],
         updated_at=row["updated_at"],
-        delivered_at=row["delivered_at"],
+        handed_off_at=row["delivered_at"],
+        taken_at=row["taken_at"],
     )
 
 
@@ -68,7 +70,7 @@ class PgClaimStore:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"INSERT INTO router.claims ({_COLUMNS}) VALUES"
-                " ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,now(),NULL,now(),NULL)"
+                " ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,now(),NULL,now(),NULL,NULL)"
                 " ON CONFLICT (hospital_code, claim_ref) DO NOTHING"
                 f" RETURNING {_COLUMNS}",
                 rec.transaction_id,
@@ -94,9 +96,17 @@ class PgClaimStore:
                 return _record(existing), False
             stored = _record(row)
             await self._emit(conn, stored, events)
-            if stored.delivery_mode == "pull":
+            if stored.delivery_mode == DELIVERY_PULL:
                 await conn.execute("SELECT pg_notify($1, $2)", PULL_NOTIFY_CHANNEL, stored.insurer_code)
             return stored, True
+
+    async def find_by_ref(self, hospital_code: str, claim_ref: str) -> ClaimRecord | None:
+        row = await self._pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM router.claims WHERE hospital_code = $1 AND claim_ref = $2",
+            hospital_code,
+            claim_ref,
+        )
+        return None if row is None else _record(row)
 
     async def get(self, transaction_id: str) -> ClaimRecord | None:
         row = await self._pool.fetchrow(
@@ -144,7 +154,9 @@ class PgClaimStore:
             updated = await conn.fetchrow(
                 "UPDATE router.claims SET state = $2::smallint, approved_amount_satang = $3,"
                 " decision_envelope = $4, status_reason = $5, decided_at = $6,"
-                " delivered_at = $7, updated_at = now(),"
+                " delivered_at = $7, taken_at = $9,"
+                # Only a change the claim's readers see moves updated_at (not a hand-off note).
+                " updated_at = CASE WHEN $10 THEN now() ELSE updated_at END,"
                 # A pull claim under review is no longer offered: its lease is over.
                 " lease_until = CASE WHEN $2::smallint = $8::smallint THEN NULL ELSE lease_until END"
                 f" WHERE transaction_id = $1 RETURNING {_COLUMNS}",
@@ -154,8 +166,10 @@ class PgClaimStore:
                 new.decision_envelope,
                 new.status_reason,
                 new.decided_at,
-                new.delivered_at,
+                new.handed_off_at,
                 int(State.PENDING_REVIEW),
+                new.taken_at,
+                new.updated_at != current.updated_at,
             )
             assert updated is not None
             stored = _record(updated)
@@ -168,15 +182,17 @@ class PgClaimStore:
             await conn.executemany("INSERT INTO router.outbox (topic, payload) VALUES ($1, $2)", list(events))
         await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, rec.transaction_id)
 
-    # --- push delivery -------------------------------------------------------------
+    # --- push hand-off to the delivery layer ------------------------------------------
     async def lease_push(self, limit: int, lease_s: float, only: str | None = None) -> list[ClaimRecord]:
-        """Takes due, undelivered push claims and hides them for `lease_s` while delivering."""
+        """Takes due push claims not yet handed off and hides them for `lease_s`
+        while handing them to the delivery layer."""
         rows = await self._pool.fetch(
             "UPDATE router.claims SET next_attempt_at = now() + make_interval(secs => $2),"
             " delivery_attempts = delivery_attempts + 1"
             " WHERE transaction_id IN ("
             "  SELECT transaction_id FROM router.claims"
-            "  WHERE delivered_at IS NULL AND delivery_mode = 'simulated'"
+            # Spelled as in the partial index claims_push_due, so the planner uses it.
+            "  WHERE delivered_at IS NULL AND delivery_mode IN ('grpc', 'webhook')"
             "   AND next_attempt_at <= now() AND state = ANY($4::smallint[])"
             "   AND ($3::text IS NULL OR transaction_id = $3)"
             "  ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
@@ -187,6 +203,15 @@ class PgClaimStore:
             _states(OPEN_STATES),
         )
         return [_record(r) for r in rows]
+
+    async def mark_handed_off(self, transaction_id: str) -> None:
+        """The delivery layer stored the claim: it is no longer due here. The
+        state does not change; the delivery layer reports when the insurer took it."""
+        await self._pool.execute(
+            "UPDATE router.claims SET delivered_at = now()"
+            " WHERE transaction_id = $1 AND delivered_at IS NULL",
+            transaction_id,
+        )
 
     async def retry_push_later(self, transaction_id: str, delay_s: float) -> None:
         await self._pool.execute(
@@ -222,6 +247,7 @@ class PgClaimStore:
             updated = await conn.fetch(
                 "UPDATE router.claims SET lease_until = now() + make_interval(secs => $2),"
                 " state = $3::smallint, delivered_at = COALESCE(delivered_at, now()),"
+                " taken_at = COALESCE(taken_at, now()),"
                 " updated_at = CASE WHEN state = $4::smallint THEN now() ELSE updated_at END"
                 f" WHERE transaction_id = ANY($1::text[]) RETURNING {_COLUMNS}",
                 [r["transaction_id"] for r in rows],
@@ -234,6 +260,24 @@ class PgClaimStore:
                 if rec.transaction_id in first_time:
                     await self._emit(conn, rec, on_delivered(rec))
             return records
+
+    async def pull_waiting_since(self) -> dict[str, datetime]:
+        """Per pull insurer, since when its longest-waiting claim has been
+        ready to pull (never leased: since submission; lease ended: since then)."""
+        rows = await self._pool.fetch(
+            "SELECT insurer_code, min(COALESCE(lease_until, submitted_at)) AS since"
+            " FROM router.claims WHERE delivery_mode = 'pull' AND state = ANY($1::smallint[])"
+            "  AND (lease_until IS NULL OR lease_until < now())"
+            " GROUP BY insurer_code",
+            _states(PULL_OFFER_STATES),
+        )
+        return {r["insurer_code"]: r["since"] for r in rows}
+
+    async def hospitals_submitting_since(self, since: datetime) -> int:
+        value = await self._pool.fetchval(
+            "SELECT count(DISTINCT hospital_code) FROM router.claims WHERE submitted_at >= $1", since
+        )
+        return int(value or 0)
 
     # --- outbox --------------------------------------------------------------------
     async def outbox_batch(self, topic: str, limit: int) -> list[tuple[int, bytes]]:

@@ -6,17 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Generic, Protocol, TypeVar
 
 import structlog
 
-from iclaim.crypto.envelope import sha256_hex
-from iclaim.errors import FailedPrecondition, NotFound
-from iclaim_hub.registry.model import DEFAULT_KEY_GRACE_S, EncryptionKeyRecord, Principal
+from iclaim.crypto.envelope import ProtectedHeader, sha256_hex
+from iclaim.errors import FailedPrecondition, InvalidArgument, NotFound
+from iclaim_hub.registry.model import (
+    DEFAULT_KEY_GRACE_S,
+    DELIVERY_PULL,
+    HEALTH_UNKNOWN,
+    PUSH_MODES,
+    EncryptionKeyRecord,
+    InsurerHealth,
+    Principal,
+)
 from services.claim_router import domain
 from services.claim_router.domain import State
 from services.claim_router.events import state_change_events
@@ -27,6 +36,10 @@ DEFAULT_PULL_LEASE_S = 60.0  # §6: an undecided pulled claim is offered again a
 # Wake-ups can be lost (a dropped LISTEN connection), so waiters re-read this often.
 WATCH_RECHECK_S = 15.0
 PULL_RECHECK_S = 1.0
+# §10.5: a pull insurer's last PullClaims is written at most this often (per replica).
+PULL_RECORD_INTERVAL_S = 10.0
+# Billing's read-through names at most this many claims (its invoice and payment limit).
+MAX_DECISION_LOOKUP = 1000
 
 # Audit routes of the state changes each use case makes.
 ROUTE_SUBMIT = "/iclaim.v1.ClaimService/SubmitClaim"
@@ -34,6 +47,11 @@ ROUTE_CANCEL = "/iclaim.v1.ClaimService/CancelClaim"
 ROUTE_PULL = "/iclaim.v1.InsurerService/PullClaims"
 ROUTE_DECISION = "/iclaim.v1.InsurerService/PostDecision"
 ROUTE_MARK_PAID = "/iclaim_hub.internal.v1.ClaimSettlementService/MarkClaimPaid"
+ROUTE_REPORT_TAKEN = "/iclaim_hub.internal.v1.DeliveryReportService/ReportTaken"
+ROUTE_REPORT_EXPIRED = "/iclaim_hub.internal.v1.DeliveryReportService/ReportExpired"
+ROUTE_REPORT_REDRIVEN = "/iclaim_hub.internal.v1.DeliveryReportService/ReportRedriven"
+# Who the audit log names for changes the hub makes itself.
+HUB_ACTOR = "ICLAIM"
 
 T = TypeVar("T")
 # A google.protobuf.Duration as (seconds, nanos), not yet checked.
@@ -44,6 +62,8 @@ class ClaimStore(Protocol):
     async def insert(self, rec: ClaimRecord, events: Sequence[Event]) -> tuple[ClaimRecord, bool]: ...
 
     async def get(self, transaction_id: str) -> ClaimRecord | None: ...
+
+    async def find_by_ref(self, hospital_code: str, claim_ref: str) -> ClaimRecord | None: ...
 
     async def transition(self, transaction_id: str, mutate: Mutation) -> ClaimRecord | None: ...
 
@@ -65,11 +85,21 @@ class ClaimStore(Protocol):
         on_delivered: Callable[[ClaimRecord], Sequence[Event]],
     ) -> list[ClaimRecord]: ...
 
+    async def pull_waiting_since(self) -> dict[str, datetime]: ...
+
 
 class Directory(Protocol):
     async def get(self, code: str) -> Principal | None: ...
 
     async def insurers(self) -> list[Principal]: ...
+
+    async def healths(self) -> dict[str, InsurerHealth]: ...
+
+
+class PullLog(Protocol):
+    """Where a pull insurer's last PullClaims is recorded (the registry)."""
+
+    async def record_pull(self, code: str) -> None: ...
 
 
 class ChangeFeed(Protocol):
@@ -91,6 +121,8 @@ class Party:
     principal: Principal
     available: bool
     keys: tuple[EncryptionKeyRecord, ...]  # the ones an envelope to it may name
+    delivery: str = ""  # insurers: pull | grpc | webhook
+    health: str = HEALTH_UNKNOWN  # insurers: §10.5, as the registry spells it
 
 
 @dataclass(frozen=True)
@@ -128,6 +160,14 @@ class DecisionRequest:
     reason_code: str
 
 
+@dataclass(frozen=True)
+class DeliveryReport:
+    """What the delivery layer says happened to a push (DeliveryReportService)."""
+
+    transaction_id: str
+    insurer_code: str
+
+
 async def _wake_or_timeout(event: asyncio.Event, timeout_s: float) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout_s):
@@ -145,6 +185,8 @@ class ClaimRouter:
         *,
         key_grace_s: float = DEFAULT_KEY_GRACE_S,
         pull_lease_s: float = DEFAULT_PULL_LEASE_S,
+        pulls: PullLog | None = None,
+        pull_down_after_s: float = domain.DEFAULT_PULL_DOWN_AFTER_S,
     ) -> None:
         self._store = store
         self._directory = directory
@@ -152,6 +194,10 @@ class ClaimRouter:
         self._changes = changes
         self._key_grace_s = key_grace_s
         self._pull_lease_s = pull_lease_s
+        self._pulls = pulls
+        self._pull_down_after_s = pull_down_after_s
+        # insurer code -> monotonic time of its last recorded pull (registry codes only).
+        self._pull_recorded: dict[str, float] = {}
 
     # --- directory ---------------------------------------------------------------
 
@@ -165,8 +211,26 @@ class ClaimRouter:
         insurers = [p for p in await self._directory.insurers() if p.code > after]
         page = insurers[:size]
         more = len(insurers) > size
+        healths = await self._directory.healths()
+        waiting = (
+            await self._store.pull_waiting_since()
+            if any(p.delivery_mode == DELIVERY_PULL for p in page)
+            else {}
+        )
+        now = datetime.now(UTC)
+
+        def listed(p: Principal) -> Party:
+            health = domain.insurer_health(
+                p.delivery_mode,
+                healths.get(p.code),
+                waiting.get(p.code),
+                now=now,
+                pull_down_after_s=self._pull_down_after_s,
+            )
+            return replace(self._party(p), delivery=p.delivery_mode or "", health=health)
+
         return Page(
-            [self._party(p) for p in page],
+            [listed(p) for p in page],
             domain.encode_page_token({"after": page[-1].code}) if more else "",
         )
 
@@ -199,6 +263,28 @@ class ClaimRouter:
             )
         )
         header = domain.read_header(req.envelope)
+        # Idempotency first (§5): a resubmission is answered from what was stored,
+        # even if the insurer closed or the envelope's kid left its grace period since.
+        existing = await self._store.find_by_ref(req.hospital_code, req.claim_ref)
+        if existing is not None and existing.envelope_sha256 != sha256_hex(req.envelope):
+            raise domain.AlreadyExistsClaimRef(existing.claim_ref)
+        if existing is not None and _same_claim(existing, req):
+            stored, created = existing, False
+        else:
+            # New, or the same envelope with other request fields: the checks
+            # below refuse the mismatch as they would for a new claim.
+            stored, created = await self._accept_new(req, header)
+        structlog.contextvars.bind_contextvars(transaction_id=stored.transaction_id)
+        if created:
+            CLAIM_OUTCOMES.labels(State.RECEIVED.name).inc()
+            if stored.delivery_mode in PUSH_MODES and self._push is not None:
+                self._push.kick(stored.transaction_id)
+        if timeout_s > 0:
+            stored = await self._wait_settled(stored.transaction_id, timeout_s) or stored
+        return stored
+
+    async def _accept_new(self, req: SubmitRequest, header: ProtectedHeader) -> tuple[ClaimRecord, bool]:
+        """Routes and stores a claim not seen before: (stored, created)."""
         insurer = domain.check_insurer_routable(await self._directory.get(req.insurer_code), req.insurer_code)
         domain.check_envelope_routing(
             header,
@@ -212,16 +298,10 @@ class ClaimRouter:
         stored, created = await self._store.insert(
             candidate, state_change_events(candidate, actor=req.hospital_code, route=ROUTE_SUBMIT)
         )
-        if not created and stored.envelope_sha256 != candidate.envelope_sha256:
+        # A concurrent submission under the same claim_ref won the insert.
+        if not created and not _same_claim(stored, req):
             raise domain.AlreadyExistsClaimRef(stored.claim_ref)
-        structlog.contextvars.bind_contextvars(transaction_id=stored.transaction_id)
-        if created:
-            CLAIM_OUTCOMES.labels(State.RECEIVED.name).inc()
-            if stored.delivery_mode == "simulated" and self._push is not None:
-                self._push.kick(stored.transaction_id)
-        if timeout_s > 0:
-            stored = await self._wait_settled(stored.transaction_id, timeout_s) or stored
-        return stored
+        return stored, created
 
     async def _wait_settled(self, transaction_id: str, timeout_s: float) -> ClaimRecord | None:
         """The claim once terminal, or as it is when the timeout passes."""
@@ -298,6 +378,7 @@ class ClaimRouter:
         `wait` for the first one."""
         domain.check_max_claims(max_claims)
         wait_s = domain.duration_s(*wait, field="wait", reason="WAIT_INVALID", max_s=domain.MAX_PULL_WAIT_S)
+        await self._record_pull(insurer_code)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
 
@@ -313,6 +394,25 @@ class ClaimRouter:
                 if leased or remaining <= 0:
                     return leased
                 await _wake_or_timeout(ready, min(remaining, PULL_RECHECK_S))
+
+    async def _record_pull(self, insurer_code: str) -> None:
+        """Notes in the registry that a pull insurer pulled (§10.5 health), at
+        most once per PULL_RECORD_INTERVAL_S per insurer on this replica."""
+        if self._pulls is None:
+            return
+        now = time.monotonic()
+        last = self._pull_recorded.get(insurer_code)
+        if last is not None and now - last < PULL_RECORD_INTERVAL_S:
+            return
+        insurer = await self._directory.get(insurer_code)
+        if insurer is None or insurer.role != "insurer" or insurer.delivery_mode != DELIVERY_PULL:
+            return
+        self._pull_recorded[insurer_code] = now
+        try:
+            await self._pulls.record_pull(insurer_code)
+        except BaseException:
+            del self._pull_recorded[insurer_code]  # not written: the next pull tries again
+            raise
 
     async def post_decision(self, req: DecisionRequest) -> ClaimRecord:
         """An insurer's own PostDecision: a malformed id or a state it may not
@@ -380,6 +480,76 @@ class ClaimRouter:
             DECISION_LATENCY.observe((stored.decided_at - stored.submitted_at).total_seconds())
         return stored
 
+    # --- the delivery layer's reports (§10.2-10.4) -------------------------------------
+
+    async def _apply_report(self, report: DeliveryReport, mutate: Mutation) -> ClaimRecord:
+        """Checks that the report names a push claim to that insurer, then
+        applies `mutate` to it."""
+        domain.check_transaction_id(report.transaction_id)
+        domain.check_insurer_code(report.insurer_code)
+        rec = await self._store.get(report.transaction_id)
+        if rec is None or rec.insurer_code != report.insurer_code:
+            raise NotFound("claim not found", reason="CLAIM_NOT_FOUND")
+        if rec.delivery_mode not in PUSH_MODES:
+            raise FailedPrecondition("the claim is not delivered by push", reason="CLAIM_NOT_PUSHED")
+        stored = await self._store.transition(report.transaction_id, mutate)
+        assert stored is not None  # claims are never deleted
+        return stored
+
+    async def report_taken(self, report: DeliveryReport) -> ClaimRecord:
+        """The insurer took the claim: RECEIVED becomes DELIVERED; in any other
+        state (decided, cancelled, or expired while the push was in flight) only
+        the time is noted. Idempotent."""
+
+        def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
+            if cur.taken_at is not None and cur.state != State.RECEIVED:
+                return None, []
+            now = datetime.now(UTC)
+            # Taken implies handed off, even if the hand-off's own record is still on its way.
+            noted = cur.with_changes(taken_at=cur.taken_at or now, handed_off_at=cur.handed_off_at or now)
+            if cur.state != State.RECEIVED:
+                return noted, []
+            new = noted.with_changes(state=State.DELIVERED, updated_at=now)
+            return new, state_change_events(new, actor=HUB_ACTOR, route=ROUTE_REPORT_TAKEN)
+
+        return await self._apply_report(report, mutate)
+
+    async def report_expired(self, report: DeliveryReport) -> ClaimRecord:
+        """Nobody took the claim in time (§10.4): RECEIVED becomes FAILED /
+        DELIVERY_EXPIRED, which ends the hospital's WatchClaim. A claim the
+        insurer took (or one decided or cancelled) is left as it is. Idempotent."""
+
+        expired: list[ClaimRecord] = []
+
+        def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
+            if cur.state != State.RECEIVED or cur.taken_at is not None:
+                return None, []
+            new = cur.with_changes(
+                state=State.FAILED, status_reason=domain.DELIVERY_EXPIRED, updated_at=datetime.now(UTC)
+            )
+            expired.append(new)
+            return new, state_change_events(new, actor=HUB_ACTOR, route=ROUTE_REPORT_EXPIRED)
+
+        stored = await self._apply_report(report, mutate)
+        if expired:
+            CLAIM_OUTCOMES.labels(State.FAILED.name).inc()
+        return stored
+
+    async def report_redriven(self, report: DeliveryReport) -> ClaimRecord:
+        """An operator redrove an expired delivery: FAILED / DELIVERY_EXPIRED
+        becomes RECEIVED again (the delivery layer pushes it again from its own
+        record), or DELIVERED if the insurer took it after all (a push still in
+        flight at expiry). Any other state is left as it is. Idempotent."""
+
+        def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
+            if cur.state != State.FAILED or cur.status_reason != domain.DELIVERY_EXPIRED:
+                return None, []
+            state = State.RECEIVED if cur.taken_at is None else State.DELIVERED
+            new = cur.with_changes(state=state, status_reason="", updated_at=datetime.now(UTC))
+            return new, state_change_events(new, actor=HUB_ACTOR, route=ROUTE_REPORT_REDRIVEN)
+
+        return await self._apply_report(report, mutate)
+
     # --- billing ---------------------------------------------------------------------
 
     async def mark_paid(self, transaction_id: str) -> ClaimRecord:
@@ -401,6 +571,34 @@ class ClaimRouter:
             raise NotFound("claim not found", reason="CLAIM_NOT_FOUND")
         return stored
 
+    async def billing_decisions(self, transaction_ids: Sequence[str]) -> list[ClaimRecord]:
+        """Billing's read-through: the approved claims among these ids, so that a
+        decision a hospital has seen can be invoiced or paid before the outbox
+        brings it to billing. Ids that name no claim are left out, not refused:
+        billing passes on what its callers sent."""
+        if len(transaction_ids) > MAX_DECISION_LOOKUP:
+            raise InvalidArgument(
+                f"at most {MAX_DECISION_LOOKUP} transaction ids", reason="TOO_MANY_TRANSACTION_IDS"
+            )
+        found: list[ClaimRecord] = []
+        for tid in dict.fromkeys(transaction_ids):
+            if not domain.TRANSACTION_ID_RE.fullmatch(tid):
+                continue
+            rec = await self._store.get(tid)
+            if rec is not None and rec.state in domain.BILLABLE_STATES:
+                found.append(rec)
+        return found
+
+
+def _same_claim(stored: ClaimRecord, req: SubmitRequest) -> bool:
+    """The request is a resubmission of the stored claim: same envelope, insurer
+    and amount (the hospital and claim_ref are the lookup key)."""
+    return (
+        stored.envelope_sha256 == sha256_hex(req.envelope)
+        and stored.insurer_code == req.insurer_code
+        and stored.billed_amount_satang == req.billed_amount_satang
+    )
+
 
 def _new_claim(req: SubmitRequest, insurer: Principal) -> ClaimRecord:
     now = datetime.now(UTC)
@@ -416,7 +614,7 @@ def _new_claim(req: SubmitRequest, insurer: Principal) -> ClaimRecord:
         envelope_sha256=sha256_hex(req.envelope),
         decision_envelope="",
         status_reason="",
-        delivery_mode="pull" if insurer.delivery_mode == "pull" else "simulated",
+        delivery_mode=domain.claim_delivery_mode(insurer),
         submitted_at=now,
         decided_at=None,
         updated_at=now,

@@ -37,59 +37,89 @@ class Added(Enum):
 
 @dataclass(frozen=True)
 class Delivery:
+    """A delivery leased for one push attempt (`attempts` counts this one)."""
+
     transaction_id: str
     insurer_code: str
     hospital_code: str
     claim_ref: str
     billed_amount_satang: int
     envelope: str
+    submitted_at: datetime | None
     received_at: datetime
-    process_attempts: int
-
-
-@dataclass(frozen=True)
-class SealedDecision:
-    seq: int
-    state: str
-    approved_satang: int
-    reason_code: str
-    delay_s: float  # after received_at
-    final: bool
-    envelope: str
-
-
-@dataclass(frozen=True)
-class PendingDecision:
-    transaction_id: str
-    seq: int
-    insurer_code: str
-    state: str
-    approved_satang: int
-    reason_code: str
-    envelope: str
-    final: bool
     attempts: int
-    received_at: datetime
+
+
+class ReportKind(Enum):
+    """What the router is told about a delivery (DeliveryReportService)."""
+
+    TAKEN = "taken"
+    EXPIRED = "expired"
+    REDRIVEN = "redriven"
 
 
 @dataclass(frozen=True)
-class InsurerKey:
+class PendingReport:
+    transaction_id: str
     insurer_code: str
-    kid: str
-    public_jwk: dict[str, object]
-
-
-class SendOutcome(Enum):
-    ACKNOWLEDGED = "acknowledged"  # the router has it
-    REJECTED = "rejected"  # the router will never take it: retrying cannot help
-    RETRY = "retry"
+    kind: ReportKind
+    taken_at: datetime | None
+    attempts: int  # counts this one
 
 
 @dataclass(frozen=True)
-class SendResult:
-    outcome: SendOutcome
-    code: str  # the router's status code name, for logs and metrics
-    detail: str = ""
+class DeliveryView:
+    """One row of `iclaim admin deliveries list` (no claim content)."""
+
+    transaction_id: str
+    insurer_code: str
+    state: str  # waiting | taken | failed
+    attempts: int
+    last_error: str  # a PushError value, or ""
+    next_attempt_at: datetime | None  # None once taken or failed
+    received_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Waiting deliveries of one insurer, for the gauges and the lanes."""
+
+    insurer_code: str
+    waiting: int
+    oldest: datetime | None
+
+
+@dataclass(frozen=True)
+class EndpointKey:
+    key_id: str
+    secret: bytes
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to push to one insurer, as the registry says now."""
+
+    insurer_code: str
+    mode: str  # grpc | webhook | pull
+    target: str  # host:port (grpc) or https URL (webhook)
+    ca_pem: str  # "" = system roots
+    mtls: bool
+    available: bool
+    key: EndpointKey | None
+
+    @property
+    def pushable(self) -> bool:
+        """False: deliveries wait (pull insurer, closed by operators, no key yet)."""
+        return (
+            self.mode in ("grpc", "webhook") and self.available and bool(self.target) and self.key is not None
+        )
+
+
+@dataclass(frozen=True)
+class PushResult:
+    taken: bool
+    error: str = ""  # a PushError value when not taken
 
 
 class StorageUnavailable(Exception):

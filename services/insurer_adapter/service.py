@@ -1,4 +1,4 @@
-"""InsurerAdapterService: the router hands claims for simulated insurers here."""
+"""InsurerAdapterService: the router hands claims for push insurers here."""
 
 from __future__ import annotations
 

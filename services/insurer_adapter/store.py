@@ -1,115 +1,68 @@
-"""PostgreSQL storage of the adapter (schema `adapter`). The use cases see it
-through the protocols in usecases.py."""
+"""PostgreSQL storage of the adapter (schema `adapter`): the deliveries and, on
+the same rows, the outbox of reports to the router. SQL only; the use cases
+see it through the protocols in usecases.py, dispatcher.py and reporter.py.
+
+A row has at most one activity at a time, guarded by lease_owner/lease_until
+(taken with FOR UPDATE SKIP LOCKED): a push while it waits with no report
+pending, or a report while one is pending. An expired lease (a crash) frees it.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
-from iclaim_hub.common.db import apply_migrations
-from iclaim_hub.crypto.secretbox import SecretBox
+from iclaim_hub.common.db import apply_migrations, is_connection_lost
 from services.insurer_adapter.model import (
     Added,
+    Backlog,
     Delivery,
-    InsurerKey,
+    DeliveryView,
     NewDelivery,
-    PendingDecision,
-    SealedDecision,
+    PendingReport,
+    ReportKind,
     StorageUnavailable,
 )
 
 SCHEMA = "adapter"
 MIGRATIONS = Path(__file__).parent / "migrations"
-_ENROL_LOCK = int.from_bytes(hashlib.sha256(b"adapter-enrolment").digest()[:8], "big", signed=True)
-# The driver's ways of saying "no database", as opposed to a failed statement.
-_UNREACHABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
+EXPIRE_BATCH = 500
 
-
-def key_context(insurer_code: str, kid: str) -> str:
-    return f"adapter-insurer-key:{insurer_code}:{kid}"
+_DELIVERY_COLUMNS = (
+    "d.transaction_id, d.insurer_code, d.hospital_code, d.claim_ref, d.billed_amount_satang,"
+    " d.envelope, d.submitted_at, d.received_at, d.attempts"
+)
 
 
 @contextmanager
 def _reachable() -> Iterator[None]:
     try:
         yield
-    except _UNREACHABLE as exc:
-        raise StorageUnavailable(type(exc).__name__) from exc
+    except Exception as exc:
+        if is_connection_lost(exc):
+            raise StorageUnavailable(type(exc).__name__) from exc
+        raise
 
 
 class PgAdapterStore:
-    def __init__(self, pool: asyncpg.Pool, box: SecretBox) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._box = box
 
     async def migrate(self) -> None:
         await apply_migrations(self._pool, SCHEMA, MIGRATIONS)
 
-    # --- keys --------------------------------------------------------------------
-    async def current_keys(self) -> dict[str, InsurerKey]:
-        with _reachable():
-            rows = await self._pool.fetch(
-                "SELECT DISTINCT ON (insurer_code) insurer_code, kid, public_jwk"
-                " FROM adapter.insurer_keys ORDER BY insurer_code, created_at DESC, kid DESC"
-            )
-        return {
-            r["insurer_code"]: InsurerKey(r["insurer_code"], r["kid"], json.loads(r["public_jwk"]))
-            for r in rows
-        }
-
-    async def add_key(
-        self, insurer_code: str, kid: str, private_jwk: dict[str, Any], public_jwk: dict[str, Any]
-    ) -> None:
-        sealed = self._box.seal(json.dumps(private_jwk).encode(), key_context(insurer_code, kid))
-        await self._pool.execute(
-            "INSERT INTO adapter.insurer_keys (insurer_code, kid, private_jwk_sealed, public_jwk)"
-            " VALUES ($1, $2, $3, $4::jsonb)",
-            insurer_code,
-            kid,
-            sealed,
-            json.dumps(public_jwk),
-        )
-
-    async def private_jwk(self, insurer_code: str, kid: str) -> dict[str, Any] | None:
-        row = await self._pool.fetchrow(
-            "SELECT private_jwk_sealed FROM adapter.insurer_keys WHERE insurer_code = $1 AND kid = $2",
-            insurer_code,
-            kid,
-        )
-        if row is None:
-            return None
-        # A SecretBoxError (wrong master key, row copied elsewhere) propagates: it is
-        # an operator problem, not a bad claim.
-        data: dict[str, Any] = json.loads(
-            self._box.open(row["private_jwk_sealed"], key_context(insurer_code, kid))
-        )
-        return data
-
-    @asynccontextmanager
-    async def enrolment_lock(self) -> AsyncIterator[None]:
-        """Replicas starting together enrol each insurer once."""
-        async with self._pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1)", _ENROL_LOCK)
-            try:
-                yield
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", _ENROL_LOCK)
-
-    # --- deliveries ----------------------------------------------------------------
-    async def add_delivery(self, d: NewDelivery) -> Added:
+    # --- intake ------------------------------------------------------------------
+    async def add_delivery(self, d: NewDelivery, expiry_s: float) -> Added:
         """Committed before returning. A redelivery of the same content only
         counts; one with other content changes nothing."""
         with _reachable():
             inserted = await self._pool.fetchval(
                 "INSERT INTO adapter.deliveries (transaction_id, insurer_code, hospital_code,"
-                " claim_ref, billed_amount_satang, envelope, envelope_sha256, submitted_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                " claim_ref, billed_amount_satang, envelope, envelope_sha256, submitted_at, expires_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))"
                 " ON CONFLICT (transaction_id) DO NOTHING RETURNING true",
                 d.transaction_id,
                 d.insurer_code,
@@ -119,6 +72,7 @@ class PgAdapterStore:
                 d.envelope,
                 d.envelope_sha256,
                 d.submitted_at,
+                float(expiry_s),
             )
             if inserted:
                 return Added.NEW
@@ -137,151 +91,72 @@ class PgAdapterStore:
             )
         return Added.DUPLICATE if counted else Added.CONFLICT
 
-    async def lease_due_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]:
+    # --- pushes ------------------------------------------------------------------
+    async def lease_due(
+        self, insurer_code: str, owner: str, limit: int, lease_s: float, *, any_time: bool = False
+    ) -> list[Delivery]:
+        """Up to `limit` waiting deliveries of one insurer, due now (or the
+        earliest ones whatever their due time: a circuit's probe)."""
         rows = await self._pool.fetch(
             "WITH picked AS ("
             "  SELECT transaction_id FROM adapter.deliveries"
-            "  WHERE status = 'received' AND due_at <= now()"
+            "  WHERE insurer_code = $1 AND state = 'waiting' AND report_state <> 'pending'"
+            "    AND expires_at > now() AND ($5 OR next_attempt_at <= now())"
             "    AND (lease_until IS NULL OR lease_until < now())"
-            "  ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
-            " UPDATE adapter.deliveries d SET lease_owner = $1,"
-            "  lease_until = now() + make_interval(secs => $3),"
-            "  process_attempts = d.process_attempts + 1"
-            " FROM picked WHERE d.transaction_id = picked.transaction_id"
-            " RETURNING d.transaction_id, d.insurer_code, d.hospital_code, d.claim_ref,"
-            "  d.billed_amount_satang, d.envelope, d.received_at, d.process_attempts",
+            "  ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)"
+            " UPDATE adapter.deliveries d SET lease_owner = $2,"
+            "  lease_until = now() + make_interval(secs => $4), attempts = d.attempts + 1"
+            f" FROM picked WHERE d.transaction_id = picked.transaction_id RETURNING {_DELIVERY_COLUMNS}",
+            insurer_code,
             owner,
             limit,
             float(lease_s),
+            any_time,
         )
         return [Delivery(**dict(r)) for r in rows]
 
-    async def record_decisions(
-        self, transaction_id: str, owner: str, decisions: Sequence[SealedDecision]
-    ) -> bool:
-        """Stores the decisions (the outbox) and closes the delivery, atomically and
-        only while this owner holds the lease: a claim is decided at most once."""
-        final = decisions[-1]
-        async with self._pool.acquire() as conn, conn.transaction():
-            received_at = await conn.fetchval(
-                "UPDATE adapter.deliveries SET status = 'decided', decision_state = $3,"
-                " approved_amount_satang = $4, reason_code = $5, decision_envelope = $6,"
-                " decided_at = now(), lease_owner = NULL, lease_until = NULL, last_error = NULL"
-                " WHERE transaction_id = $1 AND lease_owner = $2 AND status = 'received'"
-                " RETURNING received_at",
+    async def mark_taken(self, transaction_id: str) -> bool:
+        """The insurer took it: a fact whoever holds the lease (a push that
+        another worker also has in flight only repeats a taken claim)."""
+        return bool(
+            await self._pool.fetchval(
+                "UPDATE adapter.deliveries SET state = 'taken', taken_at = now(), last_error = NULL,"
+                " lease_owner = NULL, lease_until = NULL, report_state = 'pending',"
+                " report_kind = 'taken', report_next_at = now(), report_attempts = 0"
+                " WHERE transaction_id = $1 AND state = 'waiting' RETURNING true",
                 transaction_id,
-                owner,
-                final.state,
-                final.approved_satang,
-                final.reason_code,
-                final.envelope,
             )
-            if received_at is None:
-                return False
-            await conn.executemany(
-                "INSERT INTO adapter.decisions (transaction_id, seq, state, approved_amount_satang,"
-                " reason_code, decision_envelope, final, due_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::timestamptz + make_interval(secs => $9))",
-                [
-                    (
-                        transaction_id,
-                        d.seq,
-                        d.state,
-                        d.approved_satang,
-                        d.reason_code,
-                        d.envelope,
-                        d.final,
-                        received_at,
-                        float(d.delay_s),
-                    )
-                    for d in decisions
-                ],
-            )
-            return True
+        )
 
-    async def postpone_delivery(self, transaction_id: str, owner: str, delay_s: float, error: str) -> None:
-        await self._pool.execute(
-            "UPDATE adapter.deliveries SET due_at = now() + make_interval(secs => $3),"
-            " lease_owner = NULL, lease_until = NULL, last_error = $4"
-            " WHERE transaction_id = $1 AND lease_owner = $2 AND status = 'received'",
+    async def mark_failed_attempt(
+        self, transaction_id: str, owner: str, error: str, delay_s: float
+    ) -> str | None:
+        """Not taken: due again after `delay_s`, or failed (report expired) when
+        past its expiry. Returns the new state, None when the lease was lost."""
+        state: str | None = await self._pool.fetchval(
+            "UPDATE adapter.deliveries SET lease_owner = NULL, lease_until = NULL, last_error = $3,"
+            " next_attempt_at = now() + make_interval(secs => $4),"
+            " state = CASE WHEN expires_at <= now() THEN 'failed' ELSE 'waiting' END,"
+            " report_state = CASE WHEN expires_at <= now() THEN 'pending' ELSE report_state END,"
+            " report_kind = CASE WHEN expires_at <= now() THEN 'expired' ELSE report_kind END,"
+            " report_attempts = CASE WHEN expires_at <= now() THEN 0 ELSE report_attempts END,"
+            " report_next_at = CASE WHEN expires_at <= now() THEN now() ELSE report_next_at END"
+            " WHERE transaction_id = $1 AND lease_owner = $2 AND state = 'waiting' RETURNING state",
             transaction_id,
             owner,
-            float(delay_s),
             error,
+            float(delay_s),
         )
+        return state
 
-    # --- decision outbox -------------------------------------------------------------
-    async def lease_due_decisions(self, owner: str, limit: int, lease_s: float) -> list[PendingDecision]:
-        # A later decision (APPROVED after PENDING_REVIEW) waits for the earlier one.
-        rows = await self._pool.fetch(
-            "WITH picked AS ("
-            "  SELECT x.transaction_id, x.seq FROM adapter.decisions x"
-            "  WHERE x.status = 'pending' AND x.due_at <= now()"
-            "    AND (x.lease_until IS NULL OR x.lease_until < now())"
-            "    AND NOT EXISTS (SELECT 1 FROM adapter.decisions e"
-            "      WHERE e.transaction_id = x.transaction_id AND e.seq < x.seq"
-            "        AND e.status = 'pending')"
-            "  ORDER BY x.due_at LIMIT $2 FOR UPDATE SKIP LOCKED),"
-            " upd AS ("
-            "  UPDATE adapter.decisions d SET lease_owner = $1,"
-            "   lease_until = now() + make_interval(secs => $3), attempts = d.attempts + 1"
-            "  FROM picked WHERE d.transaction_id = picked.transaction_id AND d.seq = picked.seq"
-            "  RETURNING d.*)"
-            " SELECT upd.transaction_id, upd.seq, dl.insurer_code, upd.state,"
-            "  upd.approved_amount_satang AS approved_satang, upd.reason_code,"
-            "  upd.decision_envelope AS envelope, upd.final, upd.attempts, dl.received_at"
-            " FROM upd JOIN adapter.deliveries dl ON dl.transaction_id = upd.transaction_id",
-            owner,
-            limit,
-            float(lease_s),
-        )
-        return [PendingDecision(**dict(r)) for r in rows]
-
-    async def mark_sent(self, d: PendingDecision) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE adapter.decisions SET status = 'sent', sent_at = now(),"
-                " lease_owner = NULL, lease_until = NULL, last_error = NULL"
-                " WHERE transaction_id = $1 AND seq = $2 AND status = 'pending'",
-                d.transaction_id,
-                d.seq,
-            )
-            if d.final:
-                await conn.execute(
-                    "UPDATE adapter.deliveries SET status = 'notified'"
-                    " WHERE transaction_id = $1 AND status = 'decided'",
-                    d.transaction_id,
-                )
-
-    async def mark_retry(self, d: PendingDecision, owner: str, delay_s: float, error: str) -> None:
+    async def release(self, transaction_ids: Sequence[str], owner: str) -> None:
+        """Attempts cut short (shutdown): due again at once."""
         await self._pool.execute(
-            "UPDATE adapter.decisions SET due_at = now() + make_interval(secs => $4),"
-            " lease_owner = NULL, lease_until = NULL, last_error = $5"
-            " WHERE transaction_id = $1 AND seq = $2 AND lease_owner = $3 AND status = 'pending'",
-            d.transaction_id,
-            d.seq,
+            "UPDATE adapter.deliveries SET lease_owner = NULL, lease_until = NULL"
+            " WHERE transaction_id = ANY($1::text[]) AND lease_owner = $2",
+            list(transaction_ids),
             owner,
-            float(delay_s),
-            error,
         )
-
-    async def mark_failed(self, d: PendingDecision, error: str) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE adapter.decisions SET status = 'failed', lease_owner = NULL,"
-                " lease_until = NULL, last_error = $3"
-                " WHERE transaction_id = $1 AND seq = $2 AND status = 'pending'",
-                d.transaction_id,
-                d.seq,
-                error,
-            )
-            if d.final:
-                await conn.execute(
-                    "UPDATE adapter.deliveries SET status = 'failed', last_error = $2"
-                    " WHERE transaction_id = $1 AND status = 'decided'",
-                    d.transaction_id,
-                    error,
-                )
 
     async def release_leases(self, owner: str) -> None:
         """On graceful stop, so another replica (or our restart) picks the work up at once."""
@@ -289,7 +164,121 @@ class PgAdapterStore:
             "UPDATE adapter.deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
             owner,
         )
+
+    async def make_due(self, insurer_code: str) -> None:
+        """An insurer's circuit closed: its waiting deliveries need not sit out their backoff."""
         await self._pool.execute(
-            "UPDATE adapter.decisions SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
-            owner,
+            "UPDATE adapter.deliveries SET next_attempt_at = now()"
+            " WHERE insurer_code = $1 AND state = 'waiting' AND next_attempt_at > now()",
+            insurer_code,
         )
+
+    async def expire_due(self) -> list[str]:
+        """Waiting deliveries past their expiry and not in flight become failed
+        with an expired report pending; returns their insurer codes (one per row)."""
+        rows = await self._pool.fetch(
+            "WITH picked AS ("
+            "  SELECT transaction_id FROM adapter.deliveries"
+            "  WHERE state = 'waiting' AND expires_at <= now()"
+            "    AND (lease_until IS NULL OR lease_until < now())"
+            "  ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
+            " UPDATE adapter.deliveries d SET state = 'failed', lease_owner = NULL, lease_until = NULL,"
+            "  report_state = 'pending', report_kind = 'expired', report_next_at = now(),"
+            "  report_attempts = 0"
+            " FROM picked WHERE d.transaction_id = picked.transaction_id RETURNING d.insurer_code",
+            EXPIRE_BATCH,
+        )
+        return [r["insurer_code"] for r in rows]
+
+    async def backlog(self) -> list[Backlog]:
+        rows = await self._pool.fetch(
+            "SELECT insurer_code, count(*) AS waiting, min(received_at) AS oldest"
+            " FROM adapter.deliveries WHERE state = 'waiting' GROUP BY insurer_code"
+        )
+        return [Backlog(r["insurer_code"], r["waiting"], r["oldest"]) for r in rows]
+
+    # --- reports to the router ---------------------------------------------------
+    async def lease_reports(self, owner: str, limit: int, lease_s: float) -> list[PendingReport]:
+        rows = await self._pool.fetch(
+            "WITH picked AS ("
+            "  SELECT transaction_id FROM adapter.deliveries"
+            "  WHERE report_state = 'pending' AND report_next_at <= now()"
+            "    AND (lease_until IS NULL OR lease_until < now())"
+            "  ORDER BY report_next_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            " UPDATE adapter.deliveries d SET lease_owner = $1,"
+            "  lease_until = now() + make_interval(secs => $3), report_attempts = d.report_attempts + 1"
+            " FROM picked WHERE d.transaction_id = picked.transaction_id"
+            " RETURNING d.transaction_id, d.insurer_code, d.report_kind, d.taken_at, d.report_attempts",
+            owner,
+            limit,
+            float(lease_s),
+        )
+        return [
+            PendingReport(
+                r["transaction_id"],
+                r["insurer_code"],
+                ReportKind(r["report_kind"]),
+                r["taken_at"],
+                r["report_attempts"],
+            )
+            for r in rows
+        ]
+
+    async def mark_reported(self, report: PendingReport, owner: str) -> bool:
+        return bool(
+            await self._pool.fetchval(
+                "UPDATE adapter.deliveries SET report_state = 'done', lease_owner = NULL,"
+                " lease_until = NULL"
+                " WHERE transaction_id = $1 AND lease_owner = $2 AND report_state = 'pending'"
+                " AND report_kind = $3 RETURNING true",
+                report.transaction_id,
+                owner,
+                report.kind.value,
+            )
+        )
+
+    async def retry_report(self, report: PendingReport, owner: str, delay_s: float) -> None:
+        await self._pool.execute(
+            "UPDATE adapter.deliveries SET report_next_at = now() + make_interval(secs => $3),"
+            " lease_owner = NULL, lease_until = NULL"
+            " WHERE transaction_id = $1 AND lease_owner = $2 AND report_state = 'pending'",
+            report.transaction_id,
+            owner,
+            float(delay_s),
+        )
+
+    # --- operators -----------------------------------------------------------------
+    async def redrive(self, transaction_ids: Sequence[str], expiry_s: float) -> list[str]:
+        """Failed deliveries wait again (attempts reset, a new expiry); the router
+        is told first (a redriven report pending holds pushes back)."""
+        with _reachable():
+            rows = await self._pool.fetch(
+                "UPDATE adapter.deliveries SET state = 'waiting', attempts = 0, last_error = NULL,"
+                " next_attempt_at = now(), expires_at = now() + make_interval(secs => $2),"
+                " lease_owner = NULL, lease_until = NULL, report_state = 'pending',"
+                " report_kind = 'redriven', report_next_at = now(), report_attempts = 0"
+                " WHERE transaction_id = ANY($1::text[]) AND state = 'failed'"
+                "   AND (lease_until IS NULL OR lease_until < now())"
+                " RETURNING transaction_id",
+                list(transaction_ids),
+                float(expiry_s),
+            )
+        return sorted(r["transaction_id"] for r in rows)
+
+    async def list_deliveries(
+        self, insurer_code: str, states: Sequence[str], limit: int
+    ) -> list[DeliveryView]:
+        with _reachable():
+            rows = await self._pool.fetch(
+                "SELECT transaction_id, insurer_code, state, attempts,"
+                "  coalesce(last_error, '') AS last_error,"
+                "  CASE WHEN state = 'waiting' THEN next_attempt_at END AS next_attempt_at,"
+                "  received_at, expires_at"
+                " FROM adapter.deliveries"
+                " WHERE state = ANY($1::text[]) AND ($2 = '' OR insurer_code = $2)"
+                " ORDER BY received_at, transaction_id LIMIT $3",
+                list(states),
+                insurer_code,
+                limit,
+            )
+        return [DeliveryView(**dict(r)) for r in rows]

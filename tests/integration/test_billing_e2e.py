@@ -1,6 +1,6 @@
-"""Issue 5 end to end through the gateway: claims → decisions → invoice →
-acknowledgement → two instalments → claims PAID, invoice PAID, statements zero
-and mirrored."""
+"""Issue 5 end to end through the gateway: claims → decisions → invoice (at
+once, issue 10) → voided and invoiced again → acknowledgement → two
+instalments → claims PAID, invoice PAID, statements zero and mirrored."""
 
 from __future__ import annotations
 
@@ -69,19 +69,6 @@ async def approved_pull_claims(stack: RunningStack, amounts: list[int]) -> list[
         return [await hospital.get_claim(t) for t in tids]
 
 
-async def until(fn, what: str, attempts: int = 100):  # type: ignore[no-untyped-def]
-    last: Exception | None = None
-    for _ in range(attempts):
-        try:
-            return await fn()
-        except grpc.aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.FAILED_PRECONDITION:
-                raise
-            last = err
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: {last}")
-
-
 async def test_invoice_paid_in_two_instalments(running_stack: RunningStack) -> None:
     claims = await approved_pull_claims(running_stack, [120_000, 80_050, 4_950])
     tids = [c.transaction_id for c in claims]
@@ -94,8 +81,18 @@ async def test_invoice_paid_in_two_instalments(running_stack: RunningStack) -> N
     ):
         opening_h = (await hospital.statement("TESTPULL", today, today)).opening_balance_satang
         ref = f"INV-{secrets.token_hex(4)}"
-        # The approvals reach billing through the router's outbox: retry until seen.
-        invoice = await until(lambda: hospital.create_invoice(ref, "TESTPULL", tids), "invoice")
+        # Issue 10: claims GetClaim has shown as APPROVED are invoiceable at once,
+        # whether or not the router's outbox has brought the approvals to billing yet.
+        withdrawn = await hospital.create_invoice(f"{ref}-W", "TESTPULL", tids)
+        assert withdrawn.total_satang == total
+        # Only the hospital voids (before any payment); its claims are then free again.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await insurer.void_invoice(withdrawn.invoice_id)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        voided = await hospital.void_invoice(withdrawn.invoice_id, "billed in the wrong period")
+        assert voided.status == bpb.INVOICE_STATUS_VOID and voided.paid_satang == 0
+        assert (await insurer.get_invoice(withdrawn.invoice_id)).status == bpb.INVOICE_STATUS_VOID
+        invoice = await hospital.create_invoice(ref, "TESTPULL", tids)
         assert invoice.total_satang == total
         assert invoice.status == bpb.INVOICE_STATUS_SUBMITTED
         # Idempotent by invoice_ref; a claim cannot be on two open invoices.

@@ -264,12 +264,16 @@ GET_INSURERS = "/iclaim.v1.ClaimService/ListInsurers"
 async def _router_calls(stack: RunningStack) -> float:
     return await metric_value(
         stack.stack.ports.router_metrics,
-        "iclaim_rpc_requests_total",
-        {"service": "iclaim.v1.ClaimService", "method": "ListInsurers", "code": "OK"},
+        "grpc_server_handled_total",
+        {"grpc_service": "iclaim.v1.ClaimService", "grpc_method": "ListInsurers", "grpc_code": "OK"},
     ) + await metric_value(
         stack.stack.ports.router_metrics,
-        "iclaim_rpc_requests_total",
-        {"service": "iclaim.v1.ClaimService", "method": "ListInsurers", "code": "PERMISSION_DENIED"},
+        "grpc_server_handled_total",
+        {
+            "grpc_service": "iclaim.v1.ClaimService",
+            "grpc_method": "ListInsurers",
+            "grpc_code": "PERMISSION_DENIED",
+        },
     )
 
 

@@ -70,3 +70,25 @@ async def test_insurers_sample_submit_get_watch(running_stack: RunningStack, tmp
     # The hospital proves its own audit trail through the gateway.
     code, out = await iclaim(running_stack, "audit", "trail")
     assert code == 0 and "OK:" in out and "entries of 10670" in out, out
+
+
+async def test_admin_against_the_dev_stack(running_stack: RunningStack) -> None:
+    """The dev stack's admin.json is all `iclaim admin` needs (§11); the sandbox
+    insurers are registered with their mode and the sandbox's endpoints."""
+    config = str(running_stack.stack.admin_config)
+    ports = running_stack.stack.ports
+    code, out = await iclaim(running_stack, "admin", "deliveries", "list", "--admin-config", config)
+    assert code == 0, out
+    assert "deliveries" in json.loads(out)
+    # Setting what is already true changes nothing and shows the entry.
+    for insurer, delivery, endpoint in (
+        ("AIA", "grpc", f"127.0.0.1:{ports.sandbox_grpc}"),
+        ("MTL", "webhook", f"https://127.0.0.1:{ports.sandbox_webhook}/insurers/MTL/claims"),
+        ("TLI", "pull", ""),
+    ):
+        code, out = await iclaim(
+            running_stack, "admin", "insurer", "set", insurer, "--available", "true", "--admin-config", config
+        )
+        assert code == 0, out
+        entry = json.loads(out)
+        assert (entry["delivery"], entry["endpoint"]) == (delivery, endpoint), entry

@@ -1,4 +1,6 @@
-"""`make run`'s program (`iclaim up`): ready line, demo decisions, clean stop.
+"""`make run`'s program (`iclaim up`): ready line (with the insurers by delivery
+mode), demo decisions by gRPC-push, webhook-push and pull sandbox insurers, the
+sandbox as its own process, clean stop of everything.
 
 Runs once with the machine's PostgreSQL/Redis (as CI has them) and once fully
 embedded (the fresh-machine path)."""
@@ -19,6 +21,8 @@ from tests.support.databases import REDIS_BASE_URL, create_db, drop_db
 pytestmark = pytest.mark.integration
 
 EXPECTED = ["APPROVED", "PARTIALLY_APPROVED", "DENIED", "APPROVED", "APPROVED"]
+# The demo's insurers connect by every mode (iclaim_hub.registry.directory.sandbox_modes).
+EXPECTED_MODES = ["grpc", "webhook", "pull", "grpc", "webhook"]
 
 
 def processes_of(state_dir: Path) -> list[int]:
@@ -35,6 +39,13 @@ def processes_of(state_dir: Path) -> list[int]:
         if marker in env.split(b"\0"):
             pids.append(int(entry.name))
     return pids
+
+
+def command_line(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return []
 
 
 async def run_up(state_dir: Path, env_extra: dict[str, str]) -> None:
@@ -65,14 +76,20 @@ async def run_up(state_dir: Path, env_extra: dict[str, str]) -> None:
                 lines.append(line)
                 if line.startswith("demo done"):
                     break
-        assert any("iClaim clearinghouse ready" in line for line in lines), "\n".join(lines)
+        ready = [line for line in lines if "iClaim clearinghouse ready" in line]
+        assert ready, "\n".join(lines)
+        assert "insurers 61 (20 grpc, 20 webhook, 21 pull;" in ready[0], ready[0]
         demo = [line for line in lines if line.startswith("demo: ")]
         assert len(demo) == len(EXPECTED), "\n".join(lines)
-        for line, state in zip(demo, EXPECTED, strict=True):
-            assert f" {state} " in line, line
-        creds = state_dir / "credentials.json"
-        assert creds.exists() and oct(creds.stat().st_mode & 0o777) == "0o600"
-        assert processes_of(state_dir), "stack children not found"
+        for line, state, mode in zip(demo, EXPECTED, EXPECTED_MODES, strict=True):
+            assert f" {state} " in line and f" by {mode} " in line, line
+        for name in ("credentials.json", "sandbox.json", "admin.json"):
+            path = state_dir / name
+            assert path.exists() and oct(path.stat().st_mode & 0o777) == "0o600", name
+        children = processes_of(state_dir)
+        assert children, "stack children not found"
+        # The sandbox insurers run as their own process.
+        assert any(command_line(pid)[1:3] == ["-m", "sandbox"] for pid in children)
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)

@@ -22,6 +22,8 @@ from google.type.date_pb2 import Date
 from iclaim.client.credentials import Credentials
 from iclaim.client.hospital import HospitalClient
 from iclaim.crypto import signing
+from iclaim.crypto.signing import b64url_decode
+from iclaim_hub.common.access_log import pseudonym, pseudonym_key
 from iclaim.fhir.claim import PatientInfo, build_claim
 from iclaim_hub.internal.v1 import audit_log_pb2, audit_log_pb2_grpc
 from iclaim.public_api import public_methods
@@ -918,6 +920,7 @@ async def missing_from_audit(
     """Polls the audit log (it tails Envoy's access log) until every refused call
     appears (by principal, route, code, reason); returns those still missing."""
     missing = list(wanted)
+    key = pseudonym_key(b64url_decode(w.stack.stack.master_key))
     deadline = asyncio.get_running_loop().time() + 15
     while missing and asyncio.get_running_loop().time() < deadline:
         seen = set()
@@ -936,7 +939,10 @@ async def missing_from_audit(
             (who, method, code, reason)
             for who, method, code, reason in missing
             if not any(
-                o.endswith(who) and r == method and c == code.name and (not reason or rr == reason)
+                o in (who, f"unverified:{pseudonym(key, who)}")
+                and r == method
+                and c == code.name
+                and (not reason or rr == reason)
                 for o, r, c, rr in seen
             )
         ]

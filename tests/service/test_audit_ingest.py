@@ -24,21 +24,21 @@ def test_line_mapping_and_sanitising() -> None:
         "GATEWAY_CALL",
     )
     assert (e.size_bytes, e.duration_ms, e.outcome_code) == (1500, 12, "OK")
-    assert e.transaction_id == "01JD3T0000000000000000000"
+    assert e.transaction_id == ""  # not in the hub's own form: never kept
     assert e.event_id == "5f0c2c1e-0000-4000-8000-000000000001"
 
     rejected = entry_from_line(
         line(
             2,
             principal=None,
-            claimed_client="MTL",
+            claimed_client="h:" + "ab" * 16,
             upstream_cluster=None,
             grpc_status=16,
             reason_header="SIGNATURE_INVALID",
             response_bytes=0,
         )
     )
-    assert rejected.origin_principal == "unverified:MTL"
+    assert rejected.origin_principal == "unverified:h:" + "ab" * 16
     assert rejected.destination == "gateway"
     assert (rejected.outcome_code, rejected.outcome_reason) == ("UNAUTHENTICATED", "SIGNATURE_INVALID")
 
@@ -58,7 +58,7 @@ def test_line_mapping_and_sanitising() -> None:
         )
     )
     assert hostile.origin_principal == "unverified:"
-    assert (hostile.route, hostile.outcome_reason, hostile.transaction_id) == ("", "", "")
+    assert (hostile.route, hostile.outcome_reason, hostile.transaction_id) == ("unknown-route", "", "")
     assert (hostile.envelope_sha256, hostile.source_address) == ("", "")
     assert hostile.event_id.startswith("gwline-") and hostile.outcome_code == "UNKNOWN"
 

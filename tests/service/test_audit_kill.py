@@ -75,7 +75,7 @@ def _line(i: int) -> bytes:
     return (
         json.dumps(
             {
-                "event_id": f"gw-{i:06d}",
+                "event_id": f"00000000-0000-4000-8000-{i:012d}",
                 "start_time": f"{time.time():.3f}",
                 "principal": "10670",
                 "claimed_client": "10670",
@@ -187,7 +187,9 @@ async def test_sigkill_service_and_producer_loses_and_duplicates_nothing(
         ids = [r["event_id"] for r in await conn.fetch("SELECT event_id FROM audit.leaves")]
         assert kills["service"] >= 1 and kills["producer"] >= 1, kills
         assert len(ids) == len(set(ids)) == expected
-        assert set(ids) == {f"gw-{i:06d}" for i in range(N_LINES)} | {f"rt-{i:06d}" for i in range(N_OUTBOX)}
+        assert set(ids) == {f"00000000-0000-4000-8000-{i:012d}" for i in range(N_LINES)} | {
+            f"rt-{i:06d}" for i in range(N_OUTBOX)
+        }
         assert await conn.fetchval("SELECT count(*) FROM audit.entry_data") == expected
     finally:
         writer.cancel()

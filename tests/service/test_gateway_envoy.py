@@ -129,7 +129,7 @@ async def _log_lines(e: Env, count: int) -> list[dict[str, Any]]:
 
 # --- tests ---------------------------------------------------------------------------
 async def test_signed_call_reaches_upstream_with_trusted_headers(env: Env) -> None:
-    body = _get_claim("T-42")
+    body = _get_claim("txn_019a2b3c4d5e6f708192a3b4c5d6")
     md = signed(env.hospital, GET_CLAIM, body) + [
         ("x-iclaim-principal", "AIA"),
         ("x-iclaim-role", "insurer"),
@@ -142,14 +142,14 @@ async def test_signed_call_reaches_upstream_with_trusted_headers(env: Env) -> No
     assert seen.method == GET_CLAIM
     assert seen.metadata["x-iclaim-principal"] == HOSPITAL
     assert seen.metadata["x-iclaim-role"] == "hospital"
-    assert seen.metadata["x-iclaim-transaction-id"] == "T-42"
-    assert seen.request.transaction_id == "T-42"
+    assert seen.metadata["x-iclaim-transaction-id"] == "txn_019a2b3c4d5e6f708192a3b4c5d6"
+    assert seen.request.transaction_id == "txn_019a2b3c4d5e6f708192a3b4c5d6"
     assert "x-iclaim-envelope-sha256" not in seen.metadata
     [line] = await _log_lines(env, 1)
     assert line["principal"] == HOSPITAL
-    assert line["route"] == GET_CLAIM
+    assert line["route"] == f"{GET_CLAIM} -"
     assert line["grpc_status"] == 0
-    assert line["req_transaction_id"] == "T-42"
+    assert line["req_transaction_id"] == "txn_019a2b3c4d5e6f708192a3b4c5d6"
     assert set(line) == set(ENVOY_JSON_FORMAT)
 
 
@@ -412,12 +412,14 @@ async def test_health_needs_no_signature(env: Env) -> None:
 
 async def test_watch_claim_stream_is_authorised(env: Env) -> None:
     method = f"{CLAIM}/WatchClaim"
-    body = claim_service_pb2.WatchClaimRequest(transaction_id="T-7").SerializeToString()
+    body = claim_service_pb2.WatchClaimRequest(
+        transaction_id="txn_019a2b3c4d5e6f708192a3b4c5d6"
+    ).SerializeToString()
     multi = env.channel.unary_stream(method, request_serializer=identity, response_deserializer=identity)
     items = [x async for x in multi(body, metadata=signed(env.hospital, method, body), timeout=10)]
     assert len(items) == 1
     [seen] = env.gw.recorder.calls
-    assert seen.metadata["x-iclaim-transaction-id"] == "T-7"
+    assert seen.metadata["x-iclaim-transaction-id"] == "txn_019a2b3c4d5e6f708192a3b4c5d6"
 
 
 async def test_nonce_store_loss_refuses_a_minute_then_accepts_later_stamps(env: Env) -> None:
@@ -479,15 +481,15 @@ async def test_access_log_has_one_line_per_call(env: Env) -> None:
     for line in lines:
         assert set(line) == set(ENVOY_JSON_FORMAT)
     ok, denied, unknown = lines
-    assert (ok["principal"], ok["route"], ok["grpc_status"]) == (HOSPITAL, GET_CLAIM, 0)
+    assert (ok["principal"], ok["route"], ok["grpc_status"]) == (HOSPITAL, f"{GET_CLAIM} -", 0)
     assert ok["upstream_cluster"] == "router"
     assert (denied["principal"], denied["grpc_status"], denied["reason_header"]) == (
         None,
         16,
         "BAD_SIGNATURE",
     )
-    assert denied["claimed_client"] == HOSPITAL
-    assert (unknown["route"], unknown["grpc_status"]) == (f"{CLAIM}/Nope", 12)
+    assert re.fullmatch(r"h:[0-9a-f]{32}", denied["claimed_client"])
+    assert unknown["route"].startswith("unimplemented h:") and unknown["grpc_status"] == 12
 
 
 async def test_largest_allowed_message_is_accepted(env: Env) -> None:

@@ -1,14 +1,17 @@
-"""claim_router in-process on port 0, real PostgreSQL; a recording fake adapter.
+"""claim_router in-process on port 0, real PostgreSQL; a recording fake adapter
+standing in for the delivery layer (it acknowledges hand-offs; it never reports
+that an insurer took a claim unless a test says so).
 
 The caller identity is set the way the gateway sets it (trusted headers)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
@@ -25,6 +28,8 @@ from iclaim_hub.crypto.secretbox import SecretBox
 from iclaim_hub.internal.v1 import (
     decision_intake_pb2,
     decision_intake_pb2_grpc,
+    delivery_report_pb2,
+    delivery_report_pb2_grpc,
     insurer_adapter_pb2,
     insurer_adapter_pb2_grpc,
 )
@@ -58,6 +63,8 @@ class Env:
     channel: grpc.aio.Channel
     adapter: RecordingAdapter
     keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # code -> private jwk
+    pool: asyncpg.Pool | None = None  # the router's database
+    registry: RegistryStore | None = None  # under the router's master key
 
     def md(self, code: str, role: str = "hospital") -> tuple[tuple[str, str], ...]:
         return (("x-iclaim-principal", code), ("x-iclaim-role", role))
@@ -73,6 +80,27 @@ class Env:
     @property
     def intake(self) -> decision_intake_pb2_grpc.DecisionIntakeServiceStub:
         return decision_intake_pb2_grpc.DecisionIntakeServiceStub(self.channel)
+
+    @property
+    def reports(self) -> delivery_report_pb2_grpc.DeliveryReportServiceStub:
+        return delivery_report_pb2_grpc.DeliveryReportServiceStub(self.channel)
+
+    async def report_taken(self, claim: pb.Claim) -> int:
+        """What the delivery layer sends once the insurer took the claim."""
+        resp = await self.reports.ReportTaken(
+            delivery_report_pb2.ReportTakenRequest(
+                transaction_id=claim.transaction_id, insurer_code=claim.insurer_code
+            ),
+            timeout=10,
+        )
+        return resp.state
+
+    async def handed_off(self, transaction_id: str) -> bool:
+        assert self.pool is not None
+        at = await self.pool.fetchval(
+            "SELECT delivered_at FROM router.claims WHERE transaction_id = $1", transaction_id
+        )
+        return at is not None
 
     def envelope(self, hospital: str, insurer: str, ref: str, amount: int, body: bytes = b"{}") -> str:
         public = {k: v for k, v in self.keys[insurer].items() if k != "d"}
@@ -90,8 +118,12 @@ class Env:
         )
 
 
-@pytest.fixture
-async def env(database_url: str) -> AsyncIterator[Env]:
+@contextlib.asynccontextmanager
+async def running_env(database_url: str, **config: Any) -> AsyncIterator[Env]:
+    """A router (1 s pull lease unless `config` says otherwise) handing push
+    claims to a RecordingAdapter, over a registry seeded with the dev hospitals,
+    the first five sample insurers (AIA grpc, MTL webhook, TLI pull, OLI grpc,
+    BLA webhook) and TESTPULL."""
     master_key = os.urandom(32)
     box = SecretBox(master_key)
     pool = await asyncpg.create_pool(database_url)
@@ -103,7 +135,6 @@ async def env(database_url: str) -> AsyncIterator[Env]:
         private, public = generate_encryption_key(f"{p.code}-k1")
         await registry.add_encryption_key(p.code, public["kid"], public)
         keys[p.code] = private
-    await pool.close()
 
     adapter = RecordingAdapter()
     adapter_server = grpc.aio.server()
@@ -111,22 +142,33 @@ async def env(database_url: str) -> AsyncIterator[Env]:
     adapter_port = adapter_server.add_insecure_port("127.0.0.1:0")
     await adapter_server.start()
 
-    config = Config(
-        serve=ServeConfig(listen_addr="127.0.0.1:0", metrics_port=-1),
-        database_url=database_url,
-        master_key=master_key,
-        adapter_target=f"127.0.0.1:{adapter_port}",
-        audit_target="off",
-        billing_target="off",
-        pull_lease_s=1.0,
+    settings: dict[str, Any] = {"pull_lease_s": 1.0, **config}
+    app = await build_server(
+        Config(
+            serve=ServeConfig(listen_addr="127.0.0.1:0", metrics_port=-1),
+            database_url=database_url,
+            master_key=master_key,
+            adapter_target=f"127.0.0.1:{adapter_port}",
+            audit_target="off",
+            billing_target="off",
+            **settings,
+        )
     )
-    app = await build_server(config)
     await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}", options=CLIENT_OPTIONS)
-    yield Env(channel, adapter, keys)
-    await channel.close()
-    await app.stop(0)
-    await adapter_server.stop(0)
+    try:
+        yield Env(channel, adapter, keys, pool, registry)
+    finally:
+        await channel.close()
+        await app.stop(0)
+        await adapter_server.stop(0)
+        await pool.close()
+
+
+@pytest.fixture
+async def env(database_url: str) -> AsyncIterator[Env]:
+    async with running_env(database_url) as e:
+        yield e
 
 
 def reason_of(err: grpc.aio.AioRpcError) -> str:
@@ -162,6 +204,15 @@ async def submit(
     return resp.claim
 
 
+async def wait_handed_off(env: Env, tid: str) -> None:
+    """Until the router recorded the delivery layer's acknowledgement."""
+    for _ in range(100):
+        if await env.handed_off(tid):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the claim was never handed off")
+
+
 async def wait_state(env: Env, tid: str, state: int, hospital: str = H1) -> pb.Claim:
     for _ in range(100):
         claim = await env.claims.GetClaim(pb.GetClaimRequest(transaction_id=tid), metadata=env.md(hospital))
@@ -173,11 +224,18 @@ async def wait_state(env: Env, tid: str, state: int, hospital: str = H1) -> pb.C
 
 async def test_submit_is_stored_delivered_once_and_decided(env: Env) -> None:
     claim = await submit(env, H1, "AIA", "REF-1", 12_345)
-    assert claim.state in (S.CLAIM_STATE_RECEIVED, S.CLAIM_STATE_DELIVERED)
+    assert claim.state == S.CLAIM_STATE_RECEIVED
     assert claim.transaction_id.startswith("txn_")
     assert len(claim.envelope_sha256) == 64
-    await wait_state(env, claim.transaction_id, S.CLAIM_STATE_DELIVERED)
+    # Handed to the delivery layer once; DELIVERED only when it reports the insurer took it.
+    await wait_handed_off(env, claim.transaction_id)
     assert env.adapter.calls == [claim.transaction_id]
+    assert (
+        await env.claims.GetClaim(
+            pb.GetClaimRequest(transaction_id=claim.transaction_id), metadata=env.md(H1)
+        )
+    ).state == S.CLAIM_STATE_RECEIVED
+    assert await env.report_taken(claim) == S.CLAIM_STATE_DELIVERED
 
     decision = env.decision(H1, "AIA", "REF-1", 12_345)
     request = decision_intake_pb2.RecordDecisionRequest(
@@ -213,7 +271,7 @@ async def test_resubmission_is_idempotent_and_conflicts_are_refused(env: Env) ->
     first = await submit(env, H1, "MTL", "REF-2", 5_000, envelope=envelope)
     second = await submit(env, H1, "MTL", "REF-2", 5_000, envelope=envelope)
     assert second.transaction_id == first.transaction_id
-    await wait_state(env, first.transaction_id, S.CLAIM_STATE_DELIVERED)
+    await wait_handed_off(env, first.transaction_id)
     await asyncio.sleep(0.3)
     assert env.adapter.calls.count(first.transaction_id) == 1
 
@@ -311,7 +369,7 @@ async def test_wrong_role_is_permission_denied(env: Env) -> None:
 
 async def test_watch_streams_each_change_and_ends_after_decision(env: Env) -> None:
     claim = await submit(env, H1, "AIA", "REF-4", 900)
-    await wait_state(env, claim.transaction_id, S.CLAIM_STATE_DELIVERED)
+    await env.report_taken(claim)
     stream = env.claims.WatchClaim(
         pb.WatchClaimRequest(transaction_id=claim.transaction_id), metadata=env.md(H1), timeout=20
     )
@@ -366,7 +424,7 @@ async def test_submit_waits_for_decision_within_timeout(env: Env) -> None:
 async def test_failed_delivery_is_retried_until_acknowledged(env: Env) -> None:
     env.adapter.fail_next = 2
     claim = await submit(env, H1, "AIA", "REF-6")
-    await wait_state(env, claim.transaction_id, S.CLAIM_STATE_DELIVERED)
+    await wait_handed_off(env, claim.transaction_id)
     assert env.adapter.calls == [claim.transaction_id]
 
 
@@ -476,12 +534,16 @@ async def test_log_lines_carry_transaction_id_and_no_claim_content(env: Env) -> 
             await env.claims.GetClaim(
                 pb.GetClaimRequest(transaction_id=claim.transaction_id), metadata=env.md(H2)
             )
-        await wait_state(env, claim.transaction_id, S.CLAIM_STATE_DELIVERED)
+        await wait_handed_off(env, claim.transaction_id)
+        for _ in range(50):  # the log line follows the database write
+            if any(e["event"] == "handed_off" for e in logs):
+                break
+            await asyncio.sleep(0.02)
     errors = [e for e in logs if e["event"] == "rpc_error"]
     assert errors and errors[0]["transaction_id"] == claim.transaction_id
     assert errors[0]["client"] == H2 and errors[0]["reason"] == "CLAIM_NOT_FOUND"
-    delivered = [e for e in logs if e["event"] == "delivered"]
-    assert delivered and delivered[0]["transaction_id"] == claim.transaction_id
+    handed_off = [e for e in logs if e["event"] == "handed_off"]
+    assert handed_off and handed_off[0]["transaction_id"] == claim.transaction_id
     text = repr(logs)
     assert "REF-LOG" not in text  # the hospital's claim reference is not logged
 
@@ -510,3 +572,96 @@ async def test_pull_claim_marked_pending_review_is_not_offered_again(env: Env) -
         metadata=md,
     )
     assert final.state == S.CLAIM_STATE_APPROVED
+
+
+# --- idempotency comes before availability and key checks (§5) -----------------------
+@pytest.fixture
+async def registry(database_url: str) -> AsyncIterator[RegistryStore]:
+    """The env's registry (same database), to close insurers and rotate keys."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    # Principals and public keys are not sealed: any master key reads them.
+    yield RegistryStore(pool, SecretBox(os.urandom(32)))
+    await pool.close()
+
+
+async def _refused(attempt: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await attempt
+    return err.value
+
+
+async def _until_refused(env: Env, make_envelope: Any, insurer: str, reason: str) -> None:
+    """Submits NEW claims (a fresh claim_ref each) until the router refuses one
+    with `reason`: the registry change has reached its directory cache."""
+    for i in range(200):
+        ref = f"REF-PROBE-{i}"
+        try:
+            await submit(env, H1, insurer, ref, 1_000, envelope=make_envelope(ref))
+        except grpc.aio.AioRpcError as err:
+            assert reason_of(err) == reason, err
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"a new claim to {insurer} was never refused with {reason}")
+
+
+async def test_identical_resubmission_returns_the_claim_after_the_insurer_closed(
+    env: Env, registry: RegistryStore
+) -> None:
+    envelope = env.envelope(H1, "MTL", "REF-CLOSED", 5_000)
+    first = await submit(env, H1, "MTL", "REF-CLOSED", 5_000, envelope=envelope)
+    mtl = await registry.principal("MTL")
+    assert mtl is not None
+    await registry.upsert_principal(replace(mtl, available=False))
+
+    # A new claim to the closed insurer is still refused ...
+    await _until_refused(env, lambda ref: env.envelope(H1, "MTL", ref, 1_000), "MTL", "INSURER_UNAVAILABLE")
+    err = await _refused(submit(env, H1, "MTL", "REF-NEW", 1_000))
+    assert (err.code(), reason_of(err)) == (grpc.StatusCode.FAILED_PRECONDITION, "INSURER_UNAVAILABLE")
+    # ... but the identical resubmission is the same claim, not a refusal.
+    again = await submit(env, H1, "MTL", "REF-CLOSED", 5_000, envelope=envelope)
+    assert again.transaction_id == first.transaction_id
+    # A different envelope under the used claim_ref is still a conflict.
+    err = await _refused(submit(env, H1, "MTL", "REF-CLOSED", 5_000))
+    assert (err.code(), reason_of(err)) == (grpc.StatusCode.ALREADY_EXISTS, "CLAIM_REF_CONFLICT")
+
+
+@contextlib.asynccontextmanager
+async def _router(env: Env, database_url: str, **config: Any) -> AsyncIterator[Env]:
+    """A second router on the env's database with other settings (no delivery)."""
+    app = await build_server(
+        Config(
+            serve=ServeConfig(listen_addr="127.0.0.1:0", metrics_port=-1),
+            database_url=database_url,
+            master_key=os.urandom(32),
+            adapter_target="off",
+            audit_target="off",
+            billing_target="off",
+            **config,
+        )
+    )
+    await app.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}", options=CLIENT_OPTIONS)
+    try:
+        yield Env(channel, env.adapter, env.keys)
+    finally:
+        await channel.close()
+        await app.stop(0)
+
+
+async def test_identical_resubmission_returns_the_claim_after_its_kid_left_the_grace_period(
+    env: Env, registry: RegistryStore, database_url: str
+) -> None:
+    async with _router(env, database_url, key_grace_s=0.5) as short:
+        envelope = short.envelope(H1, "AIA", "REF-ROTATED", 6_000)  # sealed to AIA-k1
+        first = await submit(short, H1, "AIA", "REF-ROTATED", 6_000, envelope=envelope)
+        _, public = generate_encryption_key("AIA-k2")
+        await registry.add_encryption_key("AIA", public["kid"], public)
+
+        # Once AIA-k1 is out of its grace period, new envelopes naming it are refused ...
+        await _until_refused(
+            short, lambda ref: short.envelope(H1, "AIA", ref, 1_000), "AIA", "ENVELOPE_KID_UNKNOWN"
+        )
+        # ... but the identical resubmission of the claim sealed to it is the same claim.
+        again = await submit(short, H1, "AIA", "REF-ROTATED", 6_000, envelope=envelope)
+        assert again.transaction_id == first.transaction_id
+        assert again.envelope_sha256 == first.envelope_sha256

@@ -33,10 +33,17 @@ INSURER2 = "MTL"
 
 
 class FakeSettlement(decision_intake_pb2_grpc.ClaimSettlementServiceServicer):
+    """The claim router as billing sees it: MarkClaimPaid, and GetClaimDecisions
+    answered from `decided` (claims the router has approved; empty: billing's
+    read-through finds nothing and billing behaves as if it had no router)."""
+
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.fail_next = 0
         self.event = asyncio.Event()
+        self.decided: dict[str, decision_intake_pb2.ClaimDecision] = {}
+        self.lookups: list[list[str]] = []
+        self.lookup_down = False
 
     async def MarkClaimPaid(self, request, context):  # type: ignore[no-untyped-def]
         if self.fail_next > 0:
@@ -48,6 +55,33 @@ class FakeSettlement(decision_intake_pb2_grpc.ClaimSettlementServiceServicer):
             claim=claim_service_pb2.Claim(
                 transaction_id=request.transaction_id, state=claim_service_pb2.CLAIM_STATE_PAID
             )
+        )
+
+    async def GetClaimDecisions(self, request, context):  # type: ignore[no-untyped-def]
+        if self.lookup_down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "router restarting")
+        self.lookups.append(list(request.transaction_ids))
+        return decision_intake_pb2.GetClaimDecisionsResponse(
+            decisions=[self.decided[t] for t in request.transaction_ids if t in self.decided]
+        )
+
+    def approve_at_router(
+        self,
+        tx: str,
+        amount: int,
+        *,
+        hospital: str,
+        insurer: str,
+        state: int = claim_service_pb2.CLAIM_STATE_APPROVED,
+    ) -> None:
+        """A decision the router has made and billing's intake has not received."""
+        self.decided[tx] = decision_intake_pb2.ClaimDecision(
+            transaction_id=tx,
+            hospital_code=hospital,
+            insurer_code=insurer,
+            state=state,  # type: ignore[arg-type]
+            approved_amount_satang=amount,
+            decided_at=ts(datetime.now(UTC)),
         )
 
 
@@ -97,6 +131,11 @@ class Harness:
             timeout=10,
         )
 
+    async def void(self, invoice_id: str, reason: str = "", *, hospital: str = HOSPITAL) -> pb.Invoice:
+        return await self.stub.VoidInvoice(
+            pb.VoidInvoiceRequest(invoice_id=invoice_id, reason=reason), metadata=md(hospital), timeout=10
+        )
+
     async def pay(
         self,
         trace: str,
@@ -123,7 +162,11 @@ class Harness:
 
 
 @asynccontextmanager
-async def running_billing(database_url: str, **config: object) -> AsyncIterator[Harness]:
+async def running_billing(
+    database_url: str, *, router_target: str | None = None, **config: object
+) -> AsyncIterator[Harness]:
+    """Billing in-process; its claim router is the FakeSettlement unless
+    `router_target` names a real one (then `fake` sees no calls)."""
     fake = FakeSettlement()
     peer = grpc.aio.server()
     decision_intake_pb2_grpc.add_ClaimSettlementServiceServicer_to_server(fake, peer)
@@ -133,7 +176,7 @@ async def running_billing(database_url: str, **config: object) -> AsyncIterator[
     cfg = Config(
         serve=ServeConfig(listen_addr="127.0.0.1:0", metrics_port=-1),
         database_url=database_url,
-        router_target=f"127.0.0.1:{peer_port}",
+        router_target=router_target or f"127.0.0.1:{peer_port}",
         outbox_poll_s=0.05,
         **config,
     )  # type: ignore[arg-type]

@@ -86,14 +86,18 @@ async def test_allow_sets_trusted_headers() -> None:
         "x-iclaim-role": "hospital",
         "x-iclaim-envelope-sha256": hashlib.sha256(b"a.b.c.d.e").hexdigest(),
     }
-    get = claim_service_pb2.GetClaimRequest(transaction_id="T1").SerializeToString()
+    get = claim_service_pb2.GetClaimRequest(
+        transaction_id="txn_019a2b3c4d5e6f708192a3b4c5d6"
+    ).SerializeToString()
     decision = await authorizer(HOSP).check(request(GET, get))
     assert isinstance(decision, Allow)
-    assert decision.headers["x-iclaim-transaction-id"] == "T1"
+    assert decision.headers["x-iclaim-transaction-id"] == "txn_019a2b3c4d5e6f708192a3b4c5d6"
 
 
 async def test_unknown_client_key_and_bad_signature_are_indistinguishable() -> None:
-    body = claim_service_pb2.GetClaimRequest(transaction_id="T1").SerializeToString()
+    body = claim_service_pb2.GetClaimRequest(
+        transaction_id="txn_019a2b3c4d5e6f708192a3b4c5d6"
+    ).SerializeToString()
     az = authorizer(HOSP)
     outcomes = [
         await az.check(request(GET, body, secret=b"\x02" * 32)),
@@ -110,7 +114,9 @@ async def test_unknown_client_key_and_bad_signature_are_indistinguishable() -> N
 
 
 async def test_skew_denial_carries_server_time() -> None:
-    body = claim_service_pb2.GetClaimRequest(transaction_id="T1").SerializeToString()
+    body = claim_service_pb2.GetClaimRequest(
+        transaction_id="txn_019a2b3c4d5e6f708192a3b4c5d6"
+    ).SerializeToString()
     d = await authorizer(HOSP).check(request(GET, body, ts=NOW - 301))
     assert isinstance(d, Deny) and d.error.reason == "TIMESTAMP_SKEW"
     assert d.headers == {"x-iclaim-server-time": str(NOW)}
@@ -131,7 +137,9 @@ async def test_permission_denials(key: SigningKey, method: str, reason: str) -> 
 
 
 async def test_denied_requests_do_not_burn_the_nonce() -> None:
-    body = claim_service_pb2.GetClaimRequest(transaction_id="T1").SerializeToString()
+    body = claim_service_pb2.GetClaimRequest(
+        transaction_id="txn_019a2b3c4d5e6f708192a3b4c5d6"
+    ).SerializeToString()
     az = authorizer(HOSP)
     assert isinstance(await az.check(request(GET, body, secret=b"\x02" * 32)), Deny)
     assert isinstance(await az.check(request(GET, body)), Allow)

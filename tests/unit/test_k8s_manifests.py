@@ -661,7 +661,7 @@ def test_readme_documents_every_secret_key() -> None:
         for item in c.get("env", [])
         if "secretKeyRef" in item.get("valueFrom", {})
     }
-    assert keys == {"database-url", "redis-url", "master-key"}
+    assert keys == {"database-url", "redis-url", "master-key", "admin-token"}
     for key in keys:
         assert f"--from-literal={key}=" in readme
 

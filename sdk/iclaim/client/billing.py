@@ -44,6 +44,13 @@ class BillingClient:
             timeout=DEFAULT_TIMEOUT_S,
         )
 
+    async def void_invoice(self, invoice_id: str, reason: str = "") -> bpb.Invoice:
+        """Withdraws one of your invoices before any payment on it (hospitals, §9);
+        its claims may then be invoiced again. Voiding a void invoice returns it."""
+        return await self.stub.VoidInvoice(
+            bpb.VoidInvoiceRequest(invoice_id=invoice_id, reason=reason), timeout=DEFAULT_TIMEOUT_S
+        )
+
     async def get_invoice(self, invoice_id: str) -> bpb.Invoice:
         return await self.stub.GetInvoice(
             bpb.GetInvoiceRequest(invoice_id=invoice_id), timeout=DEFAULT_TIMEOUT_S

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,11 +15,15 @@ from google.protobuf.duration_pb2 import Duration
 
 from iclaim.client.channel import gateway_channel
 from iclaim.client.credentials import Credentials
+from iclaim.client.keys import sealing_jwk
 from iclaim.crypto.envelope import ProtectedHeader, open_envelope, seal
 from iclaim.v1 import claim_service_pb2 as pb
 from iclaim.v1 import claim_service_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 10.0
+# How long a listed directory is used to seal before it is listed again, so a
+# rotated insurer key is picked up well within the rotation grace period (days).
+DIRECTORY_TTL_S = 300.0
 
 
 class DecisionVerificationError(ValueError):
@@ -32,11 +37,13 @@ class OpenedDecision:
 
 
 class HospitalClient:
-    def __init__(self, creds: Credentials) -> None:
+    def __init__(self, creds: Credentials, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.creds = creds
         self.channel = gateway_channel(creds)
         self.stub = claim_service_pb2_grpc.ClaimServiceStub(self.channel)
         self._insurers: dict[str, pb.Insurer] = {}
+        self._clock = clock
+        self._listed_at = -DIRECTORY_TTL_S
 
     async def __aenter__(self) -> HospitalClient:
         return self
@@ -59,16 +66,20 @@ class HospitalClient:
             if not token:
                 break
         self._insurers = {i.code: i for i in insurers}
+        self._listed_at = self._clock()
         return insurers
 
     async def insurer_key(self, insurer_code: str) -> dict[str, Any]:
-        """The insurer's current encryption key (the first listed), refreshed on miss."""
-        if insurer_code not in self._insurers:
+        """The insurer's current encryption key (`EncryptionKey.current`, §5),
+        from the directory as last listed; listed again on a miss or when the
+        listing is older than DIRECTORY_TTL_S."""
+        stale = self._clock() - self._listed_at > DIRECTORY_TTL_S
+        if stale or insurer_code not in self._insurers:
             await self.list_insurers()
         insurer = self._insurers.get(insurer_code)
-        if insurer is None or not insurer.keys:
-            raise KeyError(f"insurer {insurer_code} is not in the directory or has no key")
-        return dict(json.loads(insurer.keys[-1].jwk))
+        if insurer is None:
+            raise KeyError(f"insurer {insurer_code} is not in the directory")
+        return sealing_jwk(insurer.keys, f"insurer {insurer_code}")
 
     async def seal_claim(
         self, fhir_claim: bytes, *, insurer_code: str, claim_ref: str, amount_satang: int

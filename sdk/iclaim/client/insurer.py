@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
 from iclaim.client.channel import gateway_channel
 from iclaim.client.credentials import Credentials
+from iclaim.client.keys import sealing_jwk
 from iclaim.crypto.envelope import ProtectedHeader, open_envelope, seal
 from iclaim.v1 import claim_service_pb2 as pb
 from iclaim.v1 import insurer_service_pb2 as ipb
@@ -42,12 +42,11 @@ class InsurerClient:
         return open_envelope(delivery.envelope, self.creds.encryption_private_jwk)
 
     async def hospital_key(self, hospital_code: str) -> dict[str, Any]:
+        """The hospital's current encryption key (`EncryptionKey.current`, §5)."""
         hospital = await self.stub.GetHospital(
             ipb.GetHospitalRequest(hospital_code=hospital_code), timeout=DEFAULT_TIMEOUT_S
         )
-        if not hospital.keys:
-            raise KeyError(f"hospital {hospital_code} has no encryption key")
-        return dict(json.loads(hospital.keys[-1].jwk))
+        return sealing_jwk(hospital.keys, f"hospital {hospital_code}")
 
     async def decide(
         self,

@@ -24,7 +24,9 @@ SECRET_BYTES = 32
 # Limits on each metadata value; anything else is MALFORMED_METADATA.
 CLIENT_RE = re.compile(r"^(?:[0-9]{5}|[A-Z0-9_]{2,16})$")
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-TIMESTAMP_RE = re.compile(r"^[0-9]{1,12}$")
+# Canonical decimal only (no sign, no leading zeros): the string-to-sign carries
+# the parsed value, so "0017..." would verify as "17..." and fail as BAD_SIGNATURE.
+TIMESTAMP_RE = re.compile(r"^(?:0|[1-9][0-9]{0,11})$")
 NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 SIGNATURE_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # 32 bytes, base64url unpadded
 

@@ -1,0 +1,66 @@
+"""CPU time of processes from /proc (Linux; no psutil): user + system seconds
+of a process and its live descendants, e.g. Envoy under its Python runner."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int | str) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone meanwhile
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: split after it.
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def cpu_seconds(pid: int | str) -> float:
+    """utime + stime (fields 14, 15) of one process; 0 if it is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0
+    # fields[0] is field 3 (state): utime is fields[11], stime fields[12].
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def children_of() -> dict[int, list[int]]:
+    """Parent pid -> child pids, for every process we can see."""
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(entry.name)
+        if fields is not None:
+            tree.setdefault(int(fields[1]), []).append(int(entry.name))
+    return tree
+
+
+def tree_cpu_seconds(pid: int, tree: Mapping[int, list[int]] | None = None) -> float:
+    """The process and its live descendants."""
+    tree = children_of() if tree is None else tree
+    total, todo, seen = 0.0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        total += cpu_seconds(p)
+        todo.extend(tree.get(p, ()))
+    return total
+
+
+def snapshot(pids: Mapping[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each named process tree, plus this process ("self")."""
+    tree = children_of()
+    out = {name: tree_cpu_seconds(pid, tree) for name, pid in pids.items()}
+    out["self"] = cpu_seconds(os.getpid())
+    return out
+
+
+def used(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    return {name: round(after[name] - before.get(name, 0.0), 2) for name in after}

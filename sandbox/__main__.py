@@ -1,0 +1,74 @@
+"""`python -m sandbox --credentials FILE [--grpc HOST:PORT] [--webhook HOST:PORT]
+[--health HOST:PORT] [--state-dir DIR]`: the sandbox insurers until SIGTERM/SIGINT.
+
+Timing knobs (§8): ICLAIM_SIM_REVIEW_S (default 2), ICLAIM_SIM_SLOW_S (10).
+Exit status: 0 after a clean stop, 2 for unusable arguments or credentials."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+from iclaim.insurer.credentials import CredentialsError
+from sandbox.app import Listen, run
+from sandbox.config import load_sandbox
+from sandbox.policies import Timing, TimingError
+
+_ADDR = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
+
+
+def _addr(value: str) -> str:
+    if value == "":  # not given (argparse also runs defaults through here)
+        return value
+    if not _ADDR.fullmatch(value) or not 0 <= int(value.rpartition(":")[2]) <= 65535:
+        raise argparse.ArgumentTypeError("must be HOST:PORT")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sandbox", description="The sandbox insurers (§8).")
+    p.add_argument("--credentials", type=Path, required=True, help="sandbox.json (written by the dev stack)")
+    p.add_argument("--grpc", type=_addr, default="", help="listen address for the gRPC-push insurers")
+    p.add_argument("--webhook", type=_addr, default="", help="listen address for the webhook insurers")
+    p.add_argument("--health", type=_addr, default="", help="plaintext grpc.health.v1 address")
+    p.add_argument("--state-dir", type=Path, default=Path(".iclaim/dev/sandbox"), help="the kit's inbox")
+    return p
+
+
+async def _main(args: argparse.Namespace) -> int:
+    try:
+        insurers = load_sandbox(args.credentials)
+        timing = Timing.from_env(os.environ)
+    except (CredentialsError, TimingError) as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await run(insurers, Listen(args.grpc, args.webhook, args.health), args.state_dir, timing, stop)
+    except (CredentialsError, ValueError) as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    level = os.environ.get("ICLAIM_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level if level in logging.getLevelNamesMapping() else "INFO",
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    return asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Taking a delivery: verify the push (§10.1) over the raw bytes, then parse,
+check, store durably, and hand it to the worker. Shared by the gRPC and the
+webhook receivers; the pull loop skips verification (the gateway channel is
+authenticated) but stores the same way.
+
+Errors are `iclaim.errors` with stable reasons; each receiver maps them to
+its transport (gRPC status / HTTP status).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from iclaim.crypto.envelope import MAX_ENVELOPE_BYTES
+from iclaim.crypto.signing import CLIENT_RE
+from iclaim.errors import InvalidArgument, ResourceExhausted, Unauthenticated
+from iclaim.insurer.inbox import Inbox, PutResult
+from iclaim.insurer.verify import NONCE_CACHE_FULL, PushRejected, PushVerifier, auth_headers
+from iclaim.v1 import insurer_service_pb2 as ipb
+
+DELIVERY_INVALID = "DELIVERY_INVALID"
+# Lenient on purpose: the hub's id format is its own business; this only keeps
+# ids short and printable (they are logged and used as keys).
+TRANSACTION_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+MAX_CLAIM_REF = 256
+
+
+@dataclass(frozen=True)
+class Taken:
+    insurer_code: str
+    transaction_id: str
+    result: PutResult
+
+
+def check_delivery(d: ipb.ClaimDelivery) -> None:
+    """A delivery the worker can act on; else INVALID_ARGUMENT DELIVERY_INVALID."""
+    problems = (
+        not TRANSACTION_ID_RE.fullmatch(d.transaction_id),
+        not CLIENT_RE.fullmatch(d.hospital_code),
+        not 0 < len(d.claim_ref) <= MAX_CLAIM_REF,
+        not 0 < len(d.envelope) <= MAX_ENVELOPE_BYTES,
+        d.billed_amount_satang < 0,
+    )
+    if any(problems):
+        raise InvalidArgument("delivery is incomplete or malformed", reason=DELIVERY_INVALID)
+
+
+class Intake:
+    def __init__(
+        self,
+        verifier: PushVerifier,
+        inbox: Callable[[], Inbox],
+        on_new: Callable[[str, str], None],
+    ) -> None:
+        self._verifier = verifier
+        self._inbox = inbox
+        self._on_new = on_new
+
+    def verify(
+        self,
+        method_lines: Sequence[str],
+        body: bytes,
+        headers: Iterable[tuple[str, str | bytes]],
+        insurer_code: str | None = None,
+    ) -> str:
+        """The insurer the push is for. `headers`: every (name, value) pair as
+        received (HTTP headers or gRPC metadata), duplicates included."""
+        try:
+            found = auth_headers(headers)
+            return self._verifier.verify_any(method_lines, body, found, insurer_code=insurer_code)
+        except PushRejected as exc:
+            meta = {"server_time": str(exc.server_time)}
+            if exc.reason == NONCE_CACHE_FULL:
+                raise ResourceExhausted("too many recent pushes", reason=exc.reason, metadata=meta) from None
+            raise Unauthenticated("push not authenticated", reason=exc.reason, metadata=meta) from None
+
+    async def store(self, insurer_code: str, delivery: ipb.ClaimDelivery) -> Taken:
+        return await store(self._inbox(), self._on_new, insurer_code, delivery)
+
+
+async def store(
+    inbox: Inbox, on_new: Callable[[str, str], None], insurer_code: str, delivery: ipb.ClaimDelivery
+) -> Taken:
+    """Checks, stores durably, then tells the worker (only about new ones)."""
+    check_delivery(delivery)
+    result = await inbox.put(insurer_code, delivery)
+    if result is PutResult.NEW:
+        on_new(insurer_code, delivery.transaction_id)
+    return Taken(insurer_code, delivery.transaction_id, result)

@@ -1,0 +1,81 @@
+"""The pull loop (docs/protocol.md §6, DELIVERY_MODE_PULL): long-poll
+`PullClaims` through the gateway, store each delivery in the inbox, let the
+worker decide it. A delivery not decided within the lease is offered again;
+the inbox sees it as a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+
+import grpc
+
+from iclaim.errors import IclaimError
+from iclaim.insurer.host import InsurerHost
+
+log = logging.getLogger("iclaim.insurer")
+
+PULL_BATCH = 10
+PULL_WAIT_S = 20.0  # long-poll; the protocol allows up to 30 s
+BACKOFF_FIRST_S = 1.0
+BACKOFF_CAP_S = 30.0
+
+
+def _name(exc: Exception) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return str(exc.code().name)
+    if isinstance(exc, IclaimError):
+        return exc.reason
+    return type(exc).__name__
+
+
+async def _until_stopped(stop: asyncio.Event, delay_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay_s)
+
+
+async def run_pull(
+    host: InsurerHost,
+    insurer_code: str,
+    stop: asyncio.Event,
+    *,
+    batch: int = PULL_BATCH,
+    wait_s: float = PULL_WAIT_S,
+    rand: Callable[[], float] = random.random,
+) -> None:
+    """Pulls for one insurer served by `host` until `stop` is set."""
+    client = host.client(insurer_code)
+    failures = 0
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            pulling = asyncio.ensure_future(client.pull(max_claims=batch, wait_s=wait_s))
+            await asyncio.wait({pulling, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                pulling.cancel()
+                with contextlib.suppress(BaseException):
+                    await pulling
+                return
+            try:
+                deliveries = pulling.result()
+                for delivery in deliveries:
+                    try:
+                        await host.take_pulled(insurer_code, delivery)
+                    except IclaimError as exc:
+                        if exc.reason != "DELIVERY_INVALID":
+                            raise
+                        log.warning("insurer kit: %s pulled an invalid delivery; skipped", insurer_code)
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 (gateway or inbox unavailable: back off, keep pulling)
+                # What was not stored is offered again after its lease.
+                failures += 1
+                name = _name(exc)
+                delay = rand() * min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** min(failures, 16))
+                log.warning("insurer kit: %s pull failed (%s); again in %.1f s", insurer_code, name, delay)
+                await _until_stopped(stop, delay)
+    finally:
+        stopping.cancel()

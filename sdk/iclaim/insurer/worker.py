@@ -1,0 +1,377 @@
+"""Decides what the inbox holds: open the envelope, ask the insurer's handler,
+seal each ClaimResponse to the hospital's current key, post it through the
+gateway (§6 PostDecision), then mark the row decided.
+
+Each claim runs as its own task (a decision that waits, e.g. PENDING_REVIEW
+then APPROVED later, never holds up others), at most `max_active` at once;
+the rest wait in the inbox. A failed attempt is retried with full-jitter
+backoff (1 s doubling to 60 s); a crash loses nothing because the inbox row
+stays open until the final decision is posted. PENDING_REVIEW followed by a
+final decision is recorded in between, so a restart does not post it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import grpc
+from google.rpc import status_pb2
+
+from iclaim.crypto.envelope import EnvelopeError, seal
+from iclaim.errors import error_info_of
+from iclaim.fhir import FhirError, build_claim_response
+from iclaim.fhir import claim_response as fhir_states
+from iclaim.insurer.credentials import InsurerCredentials
+from iclaim.insurer.handler import (
+    APPROVED,
+    DENIED,
+    MAX_DELAY_S,
+    PARTIALLY_APPROVED,
+    PENDING_REVIEW,
+    ClaimHandler,
+    Decision,
+)
+from iclaim.insurer.inbox import DECIDED, FAILED, OPEN_STATES, REVIEWING, Inbox
+from iclaim.insurer.opening import InvalidDocument, open_claim
+from iclaim.v1 import insurer_service_pb2 as ipb
+
+log = logging.getLogger("iclaim.insurer")
+
+FHIR_STATE: dict[int, str] = {
+    PENDING_REVIEW: fhir_states.PENDING_REVIEW,
+    APPROVED: fhir_states.APPROVED,
+    PARTIALLY_APPROVED: fhir_states.PARTIALLY_APPROVED,
+    DENIED: fhir_states.DENIED,
+}
+REASON_CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+DEFAULT_MAX_ACTIVE = 256
+SCAN_INTERVAL_S = 1.0
+BACKOFF_FIRST_S = 1.0
+BACKOFF_CAP_S = 60.0
+# The hospital's current key is looked up through the gateway; reused this
+# long (a rotation is announced ahead, and the previous key stays accepted).
+HOSPITAL_KEY_TTL_S = 5.0
+PURGE_INTERVAL_S = 3600.0
+
+
+class InsurerGateway(Protocol):
+    """What the kit calls on the gateway; `iclaim.client.insurer.InsurerClient` is one."""
+
+    async def hospital_key(self, hospital_code: str) -> dict[str, Any]: ...
+
+    async def post_decision(
+        self,
+        transaction_id: str,
+        *,
+        state: int,
+        approved_amount_satang: int,
+        decision_envelope: str,
+        reason_code: str = "",
+    ) -> Any: ...
+
+    async def pull(self, max_claims: int = 10, wait_s: float = 0.0) -> list[ipb.ClaimDelivery]: ...
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _GiveUp(Exception):
+    def __init__(self, reason: str, *, decided: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.decided = decided  # the claim is decided already (e.g. by an earlier run)
+
+
+def decision_steps(decision: Decision) -> list[Decision]:
+    """The decisions to post, in order; raises _GiveUp(DECISION_INVALID)."""
+    if not isinstance(decision, Decision):
+        raise _GiveUp("DECISION_INVALID")
+    steps = [decision]
+    if decision.pending_then is not None:
+        if decision.state != PENDING_REVIEW:
+            raise _GiveUp("DECISION_INVALID")
+        steps.append(decision.pending_then)
+    for i, step in enumerate(steps):
+        if step.state not in FHIR_STATE:
+            raise _GiveUp("DECISION_INVALID")
+        if i > 0 and (step.state == PENDING_REVIEW or step.pending_then is not None):
+            raise _GiveUp("DECISION_INVALID")  # one review step, then a final decision
+        if step.reason_code and not REASON_CODE_RE.fullmatch(step.reason_code):
+            raise _GiveUp("DECISION_INVALID")
+        if not 0 <= step.delay_s <= MAX_DELAY_S:
+            raise _GiveUp("DECISION_DELAY_INVALID")
+    return steps
+
+
+def _reason(exc: grpc.aio.AioRpcError) -> str:
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            try:
+                info = error_info_of(status_pb2.Status.FromString(value))
+            except Exception:  # noqa: BLE001 (a garbled trailer is just "no reason")
+                return ""
+            if info is not None and REASON_CODE_RE.fullmatch(info.reason):
+                return str(info.reason)
+    return ""
+
+
+def _classify(exc: grpc.aio.AioRpcError) -> Exception:
+    code, reason = exc.code(), _reason(exc)
+    label = f"{code.name}:{reason}" if reason else code.name
+    if code == grpc.StatusCode.FAILED_PRECONDITION and reason == "DECISION_CONFLICT":
+        return _GiveUp(label, decided=True)
+    if code == grpc.StatusCode.INVALID_ARGUMENT and reason == "ENVELOPE_KID_UNKNOWN":
+        return _Retry(label)  # the hospital rotated its key: look it up again
+    if code in (
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+    ):
+        return _GiveUp(label)
+    return _Retry(label)
+
+
+def backoff_s(attempts: int, rand: Callable[[], float] = random.random) -> float:
+    """Full jitter: uniform in [0, min(cap, first * 2**attempts))."""
+    return float(rand() * min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2.0 ** min(attempts, 16)))
+
+
+class Worker:
+    def __init__(
+        self,
+        inbox: Inbox,
+        insurers: Mapping[str, InsurerCredentials],
+        handlers: Mapping[str, ClaimHandler],
+        clients: Mapping[str, InsurerGateway],
+        *,
+        max_active: int = DEFAULT_MAX_ACTIVE,
+        scan_interval_s: float = SCAN_INTERVAL_S,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        missing = set(insurers) - set(handlers) | set(insurers) - set(clients)
+        if missing:
+            raise ValueError(f"no handler or gateway client for {sorted(missing)}")
+        self.inbox = inbox
+        self.insurers = dict(insurers)
+        self.handlers = dict(handlers)
+        self.clients = dict(clients)
+        self.max_active = max_active
+        self.scan_interval_s = scan_interval_s
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._rand = rand
+        self._active: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._keys: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._closed = False
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def submit(self, insurer_code: str, transaction_id: str) -> None:
+        """A new delivery was stored: start on it now if there is room (else
+        the next scan of the inbox picks it up)."""
+        key = (insurer_code, transaction_id)
+        if self._closed or key in self._active:
+            return
+        if len(self._active) >= self.max_active:
+            self._wake.set()
+            return
+        self._spawn(key)
+
+    def _spawn(self, key: tuple[str, str]) -> None:
+        task = asyncio.create_task(self._attempt(*key))
+        self._active[key] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._active.pop(key, None)
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Scans the inbox for due rows until `stop`; then cancels what runs
+        (open rows are resumed by the next run)."""
+        codes = sorted(self.insurers)
+        await self.inbox.reset_schedule(codes)
+        next_purge = 0.0
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                try:
+                    await self._scan(codes)
+                    if self._monotonic() >= next_purge:
+                        next_purge = self._monotonic() + PURGE_INTERVAL_S
+                        await self.inbox.purge()
+                except Exception as exc:  # noqa: BLE001 (the inbox may be briefly unusable; keep going)
+                    log.warning("insurer kit: inbox scan failed (%s)", type(exc).__name__)
+                waking = asyncio.create_task(self._wake.wait())
+                await asyncio.wait(
+                    {stopping, waking}, timeout=self.scan_interval_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                waking.cancel()
+        finally:
+            stopping.cancel()
+            await self.close()
+
+    async def _scan(self, codes: Sequence[str]) -> None:
+        free = self.max_active - len(self._active)
+        if free <= 0:
+            return
+        for key in await self.inbox.due(codes, free + len(self._active)):
+            if len(self._active) >= self.max_active:
+                break
+            if key not in self._active and not self._closed:
+                self._spawn(key)
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = list(self._active.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _attempt(self, insurer_code: str, transaction_id: str) -> None:
+        try:
+            await self.process(insurer_code, transaction_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (anything unforeseen: retry later, never lose the claim)
+            log.warning("insurer kit: %s %s failed (%s)", insurer_code, transaction_id, type(exc).__name__)
+            with contextlib.suppress(Exception):  # else the next run's reset retries it
+                await self._retry_later(insurer_code, transaction_id, "WORKER_ERROR")
+
+    async def _retry_later(self, insurer_code: str, transaction_id: str, reason: str) -> None:
+        item = await self.inbox.get(insurer_code, transaction_id)
+        attempts = item.attempts if item else 0
+        delay = backoff_s(attempts, self._rand)
+        await self.inbox.reschedule(insurer_code, transaction_id, delay, reason)
+        log.info(
+            "insurer kit: %s %s will be retried in %.1f s (%s)", insurer_code, transaction_id, delay, reason
+        )
+
+    async def process(self, insurer_code: str, transaction_id: str) -> str:
+        """One attempt at one claim; returns the row's state afterwards."""
+        item = await self.inbox.get(insurer_code, transaction_id)
+        if item is None or item.state not in OPEN_STATES:
+            return item.state if item else ""
+        try:
+            await self._decide(insurer_code, item.delivery, item.state)
+        except _Retry as exc:
+            await self._retry_later(insurer_code, transaction_id, exc.reason)
+            return await self.inbox.state_of(insurer_code, transaction_id) or item.state
+        except _GiveUp as exc:
+            state = DECIDED if exc.decided else FAILED
+            (log.warning if exc.decided else log.error)(
+                "insurer kit: %s %s %s (%s)",
+                insurer_code,
+                transaction_id,
+                "was decided already" if exc.decided else "cannot be decided; giving up",
+                exc.reason,
+            )
+            await self.inbox.mark(insurer_code, transaction_id, state, exc.reason)
+            return state
+        await self.inbox.mark(insurer_code, transaction_id, DECIDED)
+        return DECIDED
+
+    async def _decide(self, code: str, delivery: ipb.ClaimDelivery, state: str) -> None:
+        opened = open_claim(self.insurers[code], delivery)
+        if isinstance(opened, InvalidDocument):
+            log.warning(
+                "insurer kit: %s %s invalid claim document (%s)",
+                code,
+                delivery.transaction_id,
+                opened.problem,
+            )
+            steps = [Decision.deny(fhir_states.INVALID_CLAIM_DOCUMENT)]
+        else:
+            try:
+                decision = await self.handlers[code].decide(opened)
+            except Exception as exc:  # noqa: BLE001 (the insurer's code failed: try again later)
+                raise _Retry(f"HANDLER_ERROR:{type(exc).__name__}") from None
+            steps = decision_steps(decision)
+        documents = [self._document(code, delivery, step) for step in steps]
+        for i, (step, document) in enumerate(zip(steps, documents, strict=True)):
+            if step.state == PENDING_REVIEW and state == REVIEWING:
+                continue  # posted by an earlier attempt
+            if step.delay_s > 0:
+                await self._sleep(step.delay_s)
+            await self._post(code, delivery, step, document)
+            if step.state == PENDING_REVIEW and i + 1 < len(steps):
+                await self.inbox.mark(code, delivery.transaction_id, REVIEWING)
+
+    def _document(self, code: str, delivery: ipb.ClaimDelivery, step: Decision) -> bytes:
+        try:
+            return build_claim_response(
+                claim_ref=delivery.claim_ref,
+                hospital_code=delivery.hospital_code,
+                insurer_code=code,
+                state=FHIR_STATE[step.state],
+                billed_satang=delivery.billed_amount_satang,
+                approved_satang=step.approved_satang,
+                reason_code=step.reason_code,
+            )
+        except FhirError as exc:
+            raise _GiveUp(f"DECISION_INVALID:{exc.reason}") from None
+
+    async def _hospital_key(self, code: str, hospital_code: str) -> dict[str, Any]:
+        cached = self._keys.get(hospital_code)
+        if cached and cached[0] > self._monotonic():
+            return cached[1]
+        try:
+            jwk = await self.clients[code].hospital_key(hospital_code)
+        except grpc.aio.AioRpcError as exc:
+            raise _classify(exc) from None
+        except KeyError:
+            raise _Retry("HOSPITAL_KEY_MISSING") from None
+        self._keys[hospital_code] = (self._monotonic() + HOSPITAL_KEY_TTL_S, jwk)
+        return jwk
+
+    async def _post(self, code: str, delivery: ipb.ClaimDelivery, step: Decision, document: bytes) -> None:
+        try:
+            envelope = seal(
+                document,
+                await self._hospital_key(code, delivery.hospital_code),
+                sender=code,
+                recipient=delivery.hospital_code,
+                claim_ref=delivery.claim_ref,
+                amount_satang=step.approved_satang,
+            )
+        except (EnvelopeError, ValueError, TypeError):
+            # A listed key we cannot seal to: ask again later, maybe it is fixed.
+            self._keys.pop(delivery.hospital_code, None)
+            raise _Retry("HOSPITAL_KEY_UNUSABLE") from None
+        try:
+            await self.clients[code].post_decision(
+                delivery.transaction_id,
+                state=step.state,
+                approved_amount_satang=step.approved_satang,
+                decision_envelope=envelope,
+                reason_code=step.reason_code,
+            )
+        except grpc.aio.AioRpcError as exc:
+            error = _classify(exc)
+            if isinstance(error, _Retry):
+                self._keys.pop(delivery.hospital_code, None)
+            raise error from None
+        log.debug(
+            "insurer kit: %s %s posted %s",
+            code,
+            delivery.transaction_id,
+            FHIR_STATE[step.state],
+        )

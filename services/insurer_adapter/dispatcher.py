@@ -1,0 +1,280 @@
+"""Pushes waiting deliveries to their insurers (docs/protocol.md §10.4, §10.5).
+
+One lane per insurer (an asyncio task with its own in-flight cap and circuit),
+never one queue for all: a dead or slow insurer holds only its own lane's
+slots. A lane runs when woken (a new delivery, a push finished, the periodic
+scan found due work) or when its DOWN circuit may probe. Each push works on a
+leased row, so replicas share the work and a crash anywhere means the row is
+pushed again once the lease ends (receivers deduplicate on transaction_id).
+The scan also expires deliveries and keeps the backlog gauges.
+
+Pure of transports: the store, the registry, the pushers and the health sink
+are protocols.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import structlog
+
+from services.insurer_adapter import metrics
+from services.insurer_adapter.domain import Circuit, DeliverySettings, Health, PushError
+from services.insurer_adapter.model import Backlog, Delivery, Endpoint, PushResult
+
+log = structlog.get_logger("iclaim.adapter.dispatcher")
+
+HEALTH_REPUBLISH_S = 1.0  # a changed failure count alone is published at most this often
+
+
+class PushStore(Protocol):
+    async def lease_due(
+        self, insurer_code: str, owner: str, limit: int, lease_s: float, *, any_time: bool = False
+    ) -> list[Delivery]: ...
+
+    async def mark_taken(self, transaction_id: str) -> bool: ...
+
+    async def mark_failed_attempt(
+        self, transaction_id: str, owner: str, error: str, delay_s: float
+    ) -> str | None: ...
+
+    async def release(self, transaction_ids: Sequence[str], owner: str) -> None: ...
+
+    async def release_leases(self, owner: str) -> None: ...
+
+    async def make_due(self, insurer_code: str) -> None: ...
+
+    async def expire_due(self) -> list[str]: ...
+
+    async def backlog(self) -> list[Backlog]: ...
+
+
+class Endpoints(Protocol):
+    async def get(self, insurer_code: str) -> Endpoint | None: ...
+
+    def invalidate(self, insurer_code: str | None = None) -> None: ...
+
+
+class Pusher(Protocol):
+    async def push(self, endpoint: Endpoint, delivery: Delivery) -> PushResult: ...
+
+
+class HealthSink(Protocol):
+    async def set_push_health(self, code: str, health: str, consecutive_failures: int) -> None: ...
+
+
+@dataclass
+class _Lane:
+    code: str
+    circuit: Circuit
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    inflight: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+    published: tuple[Health, int] | None = None
+    published_at: float = -1e9
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: PushStore,
+        endpoints: Endpoints,
+        pusher: Pusher,
+        health: HealthSink,
+        settings: DeliverySettings,
+        *,
+        owner: str,
+        on_report: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._endpoints = endpoints
+        self._pusher = pusher
+        self._health = health
+        self._s = settings
+        self.owner = owner
+        self._on_report = on_report  # a report is pending: send it without waiting
+        self._clock = clock
+        self._lanes: dict[str, _Lane] = {}
+        self._scan_task: asyncio.Task[None] | None = None
+        self._running = False
+
+    # --- life cycle --------------------------------------------------------------
+    def start(self) -> None:
+        self._running = True
+        self._scan_task = asyncio.create_task(self._scan_loop())
+
+    async def stop(self) -> None:
+        self._running = False
+        tasks = [t for t in (self._scan_task,) if t is not None]
+        tasks += [lane.task for lane in self._lanes.values() if lane.task is not None]
+        pushes = [t for lane in self._lanes.values() for t in lane.inflight.values()]
+        for task in [*tasks, *pushes]:
+            task.cancel()
+        for task in [*tasks, *pushes]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        try:  # cut-short attempts are due again at once, here or on another replica
+            await self._store.release_leases(self.owner)
+        except Exception as exc:  # the leases end by themselves
+            log.warning("lease_release_failed", error=type(exc).__name__)
+
+    def notify(self, insurer_code: str) -> None:
+        """A delivery for this insurer was just stored: push it now."""
+        if self._running:
+            self._lane(insurer_code).wake.set()
+
+    def _lane(self, code: str) -> _Lane:
+        lane = self._lanes.get(code)
+        if lane is None:
+            lane = _Lane(code, Circuit(self._s.probe_s))
+            self._lanes[code] = lane
+            # A fresh context: a lane outlives the RPC that happened to create
+            # it, whose log bindings (rpc, transaction_id) must not leak into it.
+            lane.task = asyncio.create_task(self._lane_loop(lane), context=contextvars.Context())
+        return lane
+
+    # --- the scan: expiry, backlog, waking lanes with due work --------------------
+    async def _scan_loop(self) -> None:
+        while True:
+            try:
+                await self.scan()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database is down, say: keep trying
+                log.warning("delivery_scan_failed", error=type(exc).__name__)
+            await asyncio.sleep(self._s.poll_s)
+
+    async def scan(self) -> None:
+        expired = await self._store.expire_due()
+        for code in expired:
+            metrics.PUSHES.labels(code, "expired").inc()
+        if expired:
+            log.info("deliveries_expired", count=len(expired))
+            self._on_report()
+        backlog = {b.insurer_code: b for b in await self._store.backlog()}
+        now = datetime.now(UTC)
+        for code in set(backlog) | set(self._lanes):
+            b = backlog.get(code)
+            metrics.BACKLOG.labels(code).set(b.waiting if b else 0)
+            oldest = (now - b.oldest).total_seconds() if b and b.oldest else 0.0
+            metrics.BACKLOG_OLDEST.labels(code).set(max(0.0, oldest))
+            if b is not None and b.waiting > 0:
+                self._lane(code).wake.set()
+
+    # --- one insurer's lane --------------------------------------------------------
+    async def _lane_loop(self, lane: _Lane) -> None:
+        while True:
+            try:
+                more = await self._lane_pass(lane)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("delivery_lane_failed", insurer=lane.code, error=type(exc).__name__)
+                more = False
+            await self._publish_health(lane)
+            if more:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lane.wake.wait(), timeout=self._sleep_s(lane))
+            lane.wake.clear()
+
+    def _sleep_s(self, lane: _Lane) -> float | None:
+        """Until a wake-up or the scan, except that a DOWN circuit wakes itself
+        for its probe and an unpublished health is retried."""
+        waits = [w for w in (lane.circuit.wait_s(self._clock()),) if w is not None]
+        current = (lane.circuit.health, lane.circuit.failures)
+        if current[0] is not Health.UNKNOWN and lane.published != current:
+            waits.append(HEALTH_REPUBLISH_S)
+        return min(waits) if waits else None
+
+    async def _lane_pass(self, lane: _Lane) -> bool:
+        """Starts what the cap and the circuit allow; True when there may be more."""
+        endpoint = await self._endpoints.get(lane.code)
+        if endpoint is None or not endpoint.pushable:
+            return False  # pull, closed, or no endpoint key: deliveries wait (and may expire)
+        slots = lane.circuit.slots(self._clock(), self._s.max_inflight - len(lane.inflight))
+        if slots <= 0:
+            return False
+        down = lane.circuit.health is Health.DOWN
+        batch = await self._store.lease_due(lane.code, self.owner, slots, self._s.lease_s, any_time=down)
+        for delivery in batch:
+            probe = lane.circuit.started()
+            task = asyncio.create_task(self._push(lane, endpoint, delivery, probe))
+            lane.inflight[delivery.transaction_id] = task
+        return len(batch) == slots and not down
+
+    async def _push(self, lane: _Lane, endpoint: Endpoint, d: Delivery, probe: bool) -> None:
+        with structlog.contextvars.bound_contextvars(transaction_id=d.transaction_id):
+            try:
+                started = self._clock()
+                try:
+                    result = await self._pusher.push(endpoint, d)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a bug in a pusher is a failed attempt, not a dead lane
+                    log.error("push_crashed", insurer=lane.code, error=type(exc).__name__)
+                    result = PushResult(False, PushError.INTERNAL.value)
+                metrics.ATTEMPT_LATENCY.labels(lane.code).observe(self._clock() - started)
+                closed = lane.circuit.record(result.taken, self._clock(), probe)
+                await self._settle(lane, d, result, closed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the outcome is lost: the lease ends and it is pushed again
+                log.warning("push_outcome_not_stored", insurer=lane.code, error=type(exc).__name__)
+            finally:
+                lane.inflight.pop(d.transaction_id, None)
+                lane.wake.set()
+
+    async def _settle(self, lane: _Lane, d: Delivery, result: PushResult, closed: bool) -> None:
+        if result.taken:
+            metrics.PUSHES.labels(lane.code, "taken").inc()
+            await self._store.mark_taken(d.transaction_id)
+            log.info("claim_taken", insurer=lane.code, attempts=d.attempts)
+            self._on_report()
+            if closed:  # the endpoint is back: what sat out its backoff goes now
+                log.info("insurer_circuit_closed", insurer=lane.code)
+                await self._store.make_due(lane.code)
+            return
+        metrics.PUSHES.labels(lane.code, "failed").inc()
+        # The registry may have changed (endpoint, CA, rotated key): read it afresh.
+        self._endpoints.invalidate(lane.code)
+        delay = self._s.backoff.delay(d.attempts)
+        state = await self._store.mark_failed_attempt(d.transaction_id, self.owner, result.error, delay)
+        log.info(
+            "push_failed",
+            insurer=lane.code,
+            error=result.error,
+            attempts=d.attempts,
+            retry_in_s=round(delay, 2),
+            health=lane.circuit.health.label,
+        )
+        if state == "failed":
+            metrics.PUSHES.labels(lane.code, "expired").inc()
+            log.info("delivery_expired", insurer=lane.code)
+            self._on_report()
+
+    async def _publish_health(self, lane: _Lane) -> None:
+        health, failures = lane.circuit.health, lane.circuit.failures
+        metrics.CIRCUIT.labels(lane.code).set(int(health))
+        if health is Health.UNKNOWN or lane.published == (health, failures):
+            return
+        now = self._clock()
+        same_health = lane.published is not None and lane.published[0] is health
+        if same_health and now - lane.published_at < HEALTH_REPUBLISH_S:
+            return
+        try:
+            await self._health.set_push_health(lane.code, health.label, failures)
+        except Exception as exc:  # published on a later pass
+            log.warning("health_publish_failed", insurer=lane.code, error=type(exc).__name__)
+            return
+        if lane.published is None or lane.published[0] is not health:
+            log.info("insurer_health", insurer=lane.code, health=health.label, failures=failures)
+        lane.published, lane.published_at = (health, failures), now
