@@ -265,7 +265,12 @@ async def _router_calls(stack: RunningStack) -> float:
     return await metric_value(
         stack.stack.ports.router_metrics,
         "grpc_server_handled_total",
-        {"grpc_service": "iclaim.v1.ClaimService", "grpc_method": "ListInsurers", "grpc_code": "OK"},
+        {
+            "grpc_type": "unary",
+            "grpc_service": "iclaim.v1.ClaimService",
+            "grpc_method": "ListInsurers",
+            "grpc_code": "OK",
+        },
     ) + await metric_value(
         stack.stack.ports.router_metrics,
         "grpc_server_handled_total",

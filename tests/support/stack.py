@@ -35,15 +35,19 @@ class RunningStack:
 
 
 @asynccontextmanager
-async def running_stack_in(state_dir: Path) -> AsyncIterator[RunningStack]:
+async def running_stack_in(
+    state_dir: Path, env: dict[str, str] | None = None, redis_db: int | None = None
+) -> AsyncIterator[RunningStack]:
+    """The stack on a scratch database; `env` adds to STACK_ENV (every process)."""
     name, database_url = await create_db()
-    redis_db = int(os.environ.get("ICLAIM_TEST_STACK_REDIS_DB", "12"))
+    if redis_db is None:
+        redis_db = int(os.environ.get("ICLAIM_TEST_STACK_REDIS_DB", "12"))
     redis_url = f"{REDIS_BASE_URL}/{redis_db}"
     import redis as sync_redis
 
     sync_redis.Redis.from_url(redis_url).flushdb()
     master_key = SecretBox.new_master_key()
-    stack = Stack(state_dir, database_url, redis_url, master_key, Ports.free(), dict(STACK_ENV))
+    stack = Stack(state_dir, database_url, redis_url, master_key, Ports.free(), {**STACK_ENV, **(env or {})})
     credentials_path = state_dir / "credentials.json"
     infra = Infra(database_url, redis_url, [])
     await prepare(state_dir, infra, master_key, stack.gateway, credentials_path)

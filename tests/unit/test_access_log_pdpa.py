@@ -251,7 +251,7 @@ class _Context:
 async def _logged(exc: Exception, bound_txn: str) -> list[dict[str, Any]]:
     ctx = _Context()
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-        async with server._guarded("S", "M", ctx, {"rpc": "/S/M", "transaction_id": bound_txn}):
+        async with server._guarded(("unary", "S", "M"), ctx, {"rpc": "/S/M", "transaction_id": bound_txn}):
             raise exc
     assert ctx.aborted is not None
     return logs
