@@ -221,7 +221,7 @@ GATEWAY = build(
                             _rate(
                                 "envoy_http_downstream_rq_xx",
                                 "envoy_response_code_class",
-                                where='envoy_http_conn_manager_prefix="ingress_grpc"',
+                                where='envoy_http_conn_manager_prefix="ingress"',
                             ),
                             "{{envoy_response_code_class}}xx",
                         )
@@ -235,7 +235,7 @@ GATEWAY = build(
                             _quantile(
                                 0.5,
                                 "envoy_http_downstream_rq_time",
-                                where='envoy_http_conn_manager_prefix="ingress_grpc"',
+                                where='envoy_http_conn_manager_prefix="ingress"',
                             ),
                             "p50",
                         ),
@@ -243,7 +243,7 @@ GATEWAY = build(
                             _quantile(
                                 0.99,
                                 "envoy_http_downstream_rq_time",
-                                where='envoy_http_conn_manager_prefix="ingress_grpc"',
+                                where='envoy_http_conn_manager_prefix="ingress"',
                             ),
                             "p99",
                         ),

@@ -17,6 +17,7 @@ from iclaim.fhir.claim import PatientInfo, build_claim
 from iclaim_hub.common.access_log import pseudonym, pseudonym_key
 from iclaim_hub.internal.v1 import audit_log_pb2, audit_log_pb2_grpc
 from iclaim.v1 import claim_service_pb2 as pb
+from tests.support.audit_trail import entries_for
 from tests.support.stack import RunningStack
 from tests.support.wire import raw_call
 
@@ -27,19 +28,6 @@ CITIZEN_ID = "3100600123458"
 PATIENT = "Somchai Markerpatient"
 DIAGNOSIS = "C50.912"
 POLICY = "POL-MARKER-99887766"
-
-
-async def entries_for(stack: RunningStack, tid: str, want: int) -> list[audit_log_pb2.LogEntry]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.stack.ports.audit}") as ch:
-        stub = audit_log_pb2_grpc.AuditLogServiceStub(ch)
-        for _ in range(100):
-            resp = await stub.ListEntriesByTransaction(
-                audit_log_pb2.ListEntriesByTransactionRequest(transaction_id=tid), timeout=5
-            )
-            if len(resp.entries) >= want:
-                return list(resp.entries)
-            await asyncio.sleep(0.1)
-    return list(resp.entries)
 
 
 async def all_entries(stack: RunningStack) -> list[audit_log_pb2.LogEntry]:

@@ -67,7 +67,7 @@ async def test_killing_router_and_audit_mid_run_loses_and_duplicates_no_audit_en
 ) -> None:
     """Claims flow while the audit service and then the router (a producer) are
     SIGKILLed; every claim's state changes end up in the log exactly once."""
-    from tests.integration.test_audit_trail import entries_for
+    from tests.support.audit_trail import entries_for
 
     stack = running_stack.stack
     tids: list[str] = []

@@ -17,7 +17,7 @@ from google.protobuf.duration_pb2 import Duration
 from iclaim.v1 import claim_service_pb2 as pb
 from iclaim.v1 import insurer_service_pb2
 from iclaim_hub.internal.v1 import audit_log_pb2, decision_intake_pb2, delivery_report_pb2
-from tests.service.test_router import (
+from tests.support.router_env import (
     H1,
     Env,
     reason_of,

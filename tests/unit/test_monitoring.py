@@ -15,6 +15,8 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
+from tests.support.promql import metric_names as _metric_names
+
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "deploy" / "monitoring"
 # Every module that defines metrics; importing registers them in the default registry.
@@ -27,40 +29,6 @@ METRIC_MODULES = (
     "services.billing.metrics",
     "gateway.authz.metrics",
 )
-PROMQL_WORDS = {
-    "sum",
-    "max",
-    "min",
-    "avg",
-    "count",
-    "rate",
-    "increase",
-    "delta",
-    "deriv",
-    "by",
-    "without",
-    "and",
-    "or",
-    "unless",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "histogram_quantile",
-    "clamp_min",
-    "clamp_max",
-    "absent",
-    "bool",
-    "offset",
-    "le",
-    "time",
-    "vector",
-    "scalar",
-    "topk",
-    "bottomk",
-    "abs",
-    "humanize",
-}
 
 
 def promtool() -> str:
@@ -81,16 +49,6 @@ def _dashboard_queries() -> list[str]:
         for panel in json.loads(path.read_text())["panels"]:
             out += [t["expr"] for t in panel.get("targets", [])]
     return out
-
-
-def _metric_names(expr: str) -> set[str]:
-    """Series names in a PromQL expression (not functions, labels or keywords)."""
-    without_strings = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    without_matchers = re.sub(r"\{[^}]*\}", "{}", without_strings)
-    without_groupings = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", without_matchers)
-    without_windows = re.sub(r"\[[^\]]*\]", "[]", without_groupings)
-    names = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", without_windows))
-    return {n for n in names if n not in PROMQL_WORDS and not re.fullmatch(r"e\d*", n)}
 
 
 def _our_metrics() -> set[str]:
