@@ -5,13 +5,15 @@ the unit tests."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# The clone's unit tests alone take minutes: well past the suite's 300 s default.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[2]
 # The workplace folder beside the checkout, spelt so that this file does not match itself.
@@ -19,11 +21,25 @@ SHARED = "/".join(["..", "shared"])
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, (
-        f"{args} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    # Its own process group: if this test is stopped, nothing of the inner run lives on
+    # (an orphaned inner pytest would flush the Redis databases the outer run uses).
+    proc = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    return proc.stdout
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, f"{args} exited {proc.returncode}:\n{out[-4000:]}\n{err[-4000:]}"
+    return out
 
 
 def test_fresh_clone_collects_and_passes_unit_tests(tmp_path: Path) -> None:
@@ -41,6 +57,8 @@ def test_fresh_clone_collects_and_passes_unit_tests(tmp_path: Path) -> None:
     # This interpreter's packages, but the clone's code first on the path.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     env["PYTHONPATH"] = f"{clone / 'sdk'}{os.pathsep}{clone}"
+    # Redis databases of its own, apart from the ones this (outer) run uses.
+    env["ICLAIM_TEST_REDIS_DB"], env["ICLAIM_TEST_STACK_REDIS_DB"] = "6", "7"
     _run([sys.executable, "tools/gen_protos.py"], clone, env, 300)
     where = _run(
         [
