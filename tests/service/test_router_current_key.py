@@ -20,15 +20,20 @@ from tests.support.router import PULL, Router, md, running_router
 H1 = "10670"
 
 
-async def directory(router: Router, want: dict[str, str]) -> dict[str, pb.Insurer]:
-    """ListInsurers once the router's directory cache (TTL 2 s) shows `want`
-    ({code: current kid})."""
+Listing = list[tuple[str, bool]]
+
+
+async def directory(router: Router, want: dict[str, Listing]) -> dict[str, pb.Insurer]:
+    """ListInsurers once the router's directory cache (TTL 2 s) lists exactly
+    `want` ({code: [(kid, current), ...]}). Waiting for the whole listing, not
+    just the current kid: a snapshot taken mid-rotation can already show the
+    right current kid (MTL's original k1) without the key it rotated through."""
     for _ in range(60):
         resp = await router.claims.ListInsurers(
             pb.ListInsurersRequest(page_size=100), metadata=md(H1), timeout=10
         )
         by_code = {i.code: i for i in resp.insurers}
-        if all(any(k.kid == kid and k.current for k in by_code[c].keys) for c, kid in want.items()):
+        if all([(k.kid, k.current) for k in by_code[c].keys] == keys for c, keys in want.items()):
             return by_code
         await asyncio.sleep(0.1)
     raise AssertionError(f"directory never showed {want}")
@@ -47,12 +52,13 @@ async def test_list_insurers_and_get_hospital_mark_exactly_one_current_key(datab
         _, h1_k2 = generate_encryption_key(f"{H1}-k2")
         await router.registry.add_encryption_key(H1, f"{H1}-k2", h1_k2)
 
-        insurers = await directory(router, {aia: "AIA-k2", mtl: "MTL-k1"})
+        # Within the grace period the previous key is still listed, not current.
+        insurers = await directory(
+            router,
+            {aia: [("AIA-k1", False), ("AIA-k2", True)], mtl: [("MTL-k1", True), ("MTL-k2", False)]},
+        )
         for ins in insurers.values():
             assert [k.current for k in ins.keys].count(True) == 1, ins
-        # Within the grace period the previous key is still listed, not current.
-        assert [(k.kid, k.current) for k in insurers[aia].keys] == [("AIA-k1", False), ("AIA-k2", True)]
-        assert [(k.kid, k.current) for k in insurers[mtl].keys] == [("MTL-k1", True), ("MTL-k2", False)]
 
         # The SDK's choice against this real listing: the current key, not the last listed.
         assert sealing_jwk(insurers[aia].keys, aia)["kid"] == "AIA-k2"
