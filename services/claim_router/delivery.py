@@ -13,27 +13,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 from typing import Protocol
 
 import grpc
 import structlog
 
 from iclaim_hub.common.db import is_connection_lost
+from iclaim_hub.common.tracing import within_trace
 from iclaim_hub.common.proto_time import timestamp
 from iclaim_hub.internal.v1 import insurer_adapter_pb2, insurer_adapter_pb2_grpc
+from services.claim_router.domain import PUSH_HANDOFF_LEASE_S
 from services.claim_router.model import ClaimRecord
 
 log = structlog.get_logger("claim_router.delivery")
 
 DELIVER_TIMEOUT_S = 5.0
-LEASE_S = 15.0
+LEASE_S = PUSH_HANDOFF_LEASE_S
 POLL_INTERVAL_S = 1.0
 RETRY_DELAY_S = 1.0
 BATCH = 32
 
 
 class PushStore(Protocol):
-    async def lease_push(self, limit: int, lease_s: float, only: str | None) -> list[ClaimRecord]: ...
+    async def lease_push(self, limit: int, lease_s: float) -> list[ClaimRecord]: ...
 
     async def retry_push_later(self, transaction_id: str, delay_s: float) -> None: ...
 
@@ -50,33 +53,39 @@ class PushDeliverer:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
-    def kick(self, transaction_id: str) -> None:
-        """Delivers a just-committed claim now instead of at the next poll."""
-        task = asyncio.create_task(self._pass(only=transaction_id))
+    def kick(self, rec: ClaimRecord) -> None:
+        """Hands off a just-committed claim now instead of at the next poll. The
+        insert leased it for this hand-off (PUSH_HANDOFF_LEASE_S), so the record
+        in hand is sent as it is."""
+        task = asyncio.create_task(self._guarded(self._deliver(rec)))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
     async def _run(self) -> None:
         while True:
-            await self._pass(only=None)
+            await self._pass()
             # New claims are kicked at once; the poll picks up retries and leftovers.
             await asyncio.sleep(POLL_INTERVAL_S)
 
-    async def _pass(self, only: str | None) -> None:
+    async def _pass(self) -> None:
         """One delivery pass. A failure is logged, not raised: whatever the pass
         leased and could not finish is due again when its lease ends."""
+        await self._guarded(self._deliver_due())
+
+    @staticmethod
+    async def _guarded(work: Awaitable[None]) -> None:
         try:
-            await self._deliver_due(only)
+            await work
         except Exception as exc:
             if is_connection_lost(exc):
                 log.warning("delivery_pass_failed", error=type(exc).__name__)
             else:
                 log.exception("delivery_loop_error")
 
-    async def _deliver_due(self, only: str | None) -> None:
-        leased = await self._store.lease_push(BATCH, LEASE_S, only)
+    async def _deliver_due(self) -> None:
+        leased = await self._store.lease_push(BATCH, LEASE_S)
         if leased:
-            await asyncio.gather(*(self._deliver(rec) for rec in leased))
+            await asyncio.gather(*(within_trace(rec.traceparent, self._deliver(rec)) for rec in leased))
 
     async def _deliver(self, rec: ClaimRecord) -> None:
         request = insurer_adapter_pb2.DeliverClaimRequest(

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import asyncpg
 
+from iclaim_hub.common import tracing
 from iclaim_hub.common.db import apply_migrations
 from iclaim_hub.registry.model import DELIVERY_PULL
-from services.claim_router.domain import OPEN_STATES, PULL_OFFER_STATES, State
-from services.claim_router.model import ClaimRecord, Event, Mutation
+from services.claim_router.domain import OPEN_STATES, PULL_OFFER_STATES, PUSH_HANDOFF_LEASE_S, State
+from services.claim_router.model import ClaimRecord, Event, Mutation, OutboxEvent
 
 SCHEMA = "router"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -25,7 +26,7 @@ PULL_NOTIFY_CHANNEL = "iclaim_pull_ready"
 _COLUMNS = (
     "transaction_id, hospital_code, insurer_code, claim_ref, state, billed_amount_satang,"
     " approved_amount_satang, envelope, envelope_sha256, decision_envelope, status_reason,"
-    " delivery_mode, submitted_at, decided_at, updated_at, delivered_at, taken_at"
+    " delivery_mode, submitted_at, decided_at, updated_at, delivered_at, taken_at, traceparent"
 )
 
 
@@ -48,6 +49,7 @@ def _record(row: asyncpg.Record) -> ClaimRecord:
         updated_at=row["updated_at"],
         handed_off_at=row["delivered_at"],
         taken_at=row["taken_at"],
+        traceparent=row["traceparent"] or "",
     )
 
 
@@ -67,10 +69,15 @@ class PgClaimStore:
 
     async def insert(self, rec: ClaimRecord, events: Sequence[Event]) -> tuple[ClaimRecord, bool]:
         """Stores a new claim unless (hospital, claim_ref) exists; returns (stored, created)."""
+        # A push claim is stored already leased for its first hand-off, which the
+        # caller starts at once with the record in hand: no second commit to
+        # lease it, and the poller leaves it alone unless that hand-off fails.
+        push = rec.delivery_mode != DELIVERY_PULL
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                f"INSERT INTO router.claims ({_COLUMNS}) VALUES"
-                " ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,now(),NULL,now(),NULL,NULL)"
+                f"INSERT INTO router.claims ({_COLUMNS}, next_attempt_at, delivery_attempts) VALUES"
+                " ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,now(),NULL,now(),NULL,NULL,$15,"
+                " now() + make_interval(secs => $13), $14)"
                 " ON CONFLICT (hospital_code, claim_ref) DO NOTHING"
                 f" RETURNING {_COLUMNS}",
                 rec.transaction_id,
@@ -85,6 +92,9 @@ class PgClaimStore:
                 rec.decision_envelope,
                 rec.status_reason,
                 rec.delivery_mode,
+                PUSH_HANDOFF_LEASE_S if push else 0.0,
+                1 if push else 0,
+                rec.traceparent or None,
             )
             if row is None:
                 existing = await conn.fetchrow(
@@ -179,11 +189,16 @@ class PgClaimStore:
     @staticmethod
     async def _emit(conn: asyncpg.Connection, rec: ClaimRecord, events: Sequence[Event]) -> None:
         if events:
-            await conn.executemany("INSERT INTO router.outbox (topic, payload) VALUES ($1, $2)", list(events))
+            # Each event carries the trace it was emitted in (the relay sends it there).
+            traceparent = tracing.current_traceparent() or None
+            await conn.executemany(
+                "INSERT INTO router.outbox (topic, payload, traceparent) VALUES ($1, $2, $3)",
+                [(topic, payload, traceparent) for topic, payload in events],
+            )
         await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, rec.transaction_id)
 
     # --- push hand-off to the delivery layer ------------------------------------------
-    async def lease_push(self, limit: int, lease_s: float, only: str | None = None) -> list[ClaimRecord]:
+    async def lease_push(self, limit: int, lease_s: float) -> list[ClaimRecord]:
         """Takes due push claims not yet handed off and hides them for `lease_s`
         while handing them to the delivery layer."""
         rows = await self._pool.fetch(
@@ -193,13 +208,11 @@ class PgClaimStore:
             "  SELECT transaction_id FROM router.claims"
             # Spelled as in the partial index claims_push_due, so the planner uses it.
             "  WHERE delivered_at IS NULL AND delivery_mode IN ('grpc', 'webhook')"
-            "   AND next_attempt_at <= now() AND state = ANY($4::smallint[])"
-            "   AND ($3::text IS NULL OR transaction_id = $3)"
+            "   AND next_attempt_at <= now() AND state = ANY($3::smallint[])"
             "  ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
             f" RETURNING {_COLUMNS}",
             limit,
             lease_s,
-            only,
             _states(OPEN_STATES),
         )
         return [_record(r) for r in rows]
@@ -280,13 +293,14 @@ class PgClaimStore:
         return int(value or 0)
 
     # --- outbox --------------------------------------------------------------------
-    async def outbox_batch(self, topic: str, limit: int) -> list[tuple[int, bytes]]:
+    async def outbox_batch(self, topic: str, limit: int) -> list[OutboxEvent]:
         rows = await self._pool.fetch(
-            "SELECT id, payload FROM router.outbox WHERE topic = $1 AND sent_at IS NULL ORDER BY id LIMIT $2",
+            "SELECT id, payload, traceparent FROM router.outbox"
+            " WHERE topic = $1 AND sent_at IS NULL ORDER BY id LIMIT $2",
             topic,
             limit,
         )
-        return [(r["id"], bytes(r["payload"])) for r in rows]
+        return [OutboxEvent(r["id"], bytes(r["payload"]), r["traceparent"] or "") for r in rows]
 
     async def outbox_mark_sent(self, ids: Sequence[int]) -> None:
         await self._pool.execute(

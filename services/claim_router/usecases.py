@@ -9,7 +9,7 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Generic, Protocol, TypeVar
 
@@ -17,6 +17,8 @@ import structlog
 
 from iclaim.crypto.envelope import ProtectedHeader, sha256_hex
 from iclaim.errors import FailedPrecondition, InvalidArgument, NotFound
+from iclaim_hub.common import tracing
+from iclaim_hub.common.fields import copy_fields
 from iclaim_hub.registry.model import (
     DEFAULT_KEY_GRACE_S,
     DELIVERY_PULL,
@@ -111,7 +113,7 @@ class ChangeFeed(Protocol):
 
 
 class PushQueue(Protocol):
-    def kick(self, transaction_id: str) -> None: ...
+    def kick(self, rec: ClaimRecord) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -175,45 +177,35 @@ async def _wake_or_timeout(event: asyncio.Event, timeout_s: float) -> None:
     event.clear()
 
 
+@dataclass(frozen=True, eq=False)
 class ClaimRouter:
-    def __init__(
-        self,
-        store: ClaimStore,
-        directory: Directory,
-        push: PushQueue | None,
-        changes: ChangeFeed,
-        *,
-        key_grace_s: float = DEFAULT_KEY_GRACE_S,
-        pull_lease_s: float = DEFAULT_PULL_LEASE_S,
-        pulls: PullLog | None = None,
-        pull_down_after_s: float = domain.DEFAULT_PULL_DOWN_AFTER_S,
-    ) -> None:
-        self._store = store
-        self._directory = directory
-        self._push = push
-        self._changes = changes
-        self._key_grace_s = key_grace_s
-        self._pull_lease_s = pull_lease_s
-        self._pulls = pulls
-        self._pull_down_after_s = pull_down_after_s
-        # insurer code -> monotonic time of its last recorded pull (registry codes only).
-        self._pull_recorded: dict[str, float] = {}
+    store: ClaimStore
+    directory: Directory
+    push: PushQueue | None
+    changes: ChangeFeed
+    _: KW_ONLY
+    key_grace_s: float = DEFAULT_KEY_GRACE_S
+    pull_lease_s: float = DEFAULT_PULL_LEASE_S
+    pulls: PullLog | None = None
+    pull_down_after_s: float = domain.DEFAULT_PULL_DOWN_AFTER_S
+    # insurer code -> monotonic time of its last recorded pull (registry codes only).
+    _pull_recorded: dict[str, float] = field(default_factory=dict, init=False)
 
     # --- directory ---------------------------------------------------------------
 
     def _party(self, p: Principal) -> Party:
-        return Party(p, p.available and not p.suspended, p.accepted_keys(self._key_grace_s))
+        return Party(p, p.available and not p.suspended, p.accepted_keys(self.key_grace_s))
 
     async def list_insurers(self, page_size: int, page_token: str) -> Page[Party]:
         size = domain.page_size_of(page_size)
         token = domain.decode_page_token(page_token, ("after",))
         after = token["after"] if token else ""
-        insurers = [p for p in await self._directory.insurers() if p.code > after]
+        insurers = [p for p in await self.directory.insurers() if p.code > after]
         page = insurers[:size]
         more = len(insurers) > size
-        healths = await self._directory.healths()
+        healths = await self.directory.healths()
         waiting = (
-            await self._store.pull_waiting_since()
+            await self.store.pull_waiting_since()
             if any(p.delivery_mode == DELIVERY_PULL for p in page)
             else {}
         )
@@ -225,7 +217,7 @@ class ClaimRouter:
                 healths.get(p.code),
                 waiting.get(p.code),
                 now=now,
-                pull_down_after_s=self._pull_down_after_s,
+                pull_down_after_s=self.pull_down_after_s,
             )
             return replace(self._party(p), delivery=p.delivery_mode or "", health=health)
 
@@ -236,7 +228,7 @@ class ClaimRouter:
 
     async def get_hospital(self, hospital_code: str) -> Party:
         domain.check_hospital_code(hospital_code)
-        hospital = await self._directory.get(hospital_code)
+        hospital = await self.directory.get(hospital_code)
         if hospital is None or hospital.role != "hospital":
             raise NotFound("hospital not found", reason="HOSPITAL_NOT_FOUND")
         return self._party(hospital)
@@ -252,20 +244,11 @@ class ClaimRouter:
             reason="DECISION_TIMEOUT_INVALID",
             max_s=domain.MAX_DECISION_TIMEOUT_S,
         )
-        domain.validate_submit(
-            domain.SubmitInput(
-                hospital_code=req.hospital_code,
-                claim_ref=req.claim_ref,
-                insurer_code=req.insurer_code,
-                billed_amount_satang=req.billed_amount_satang,
-                envelope=req.envelope,
-                decision_timeout_s=timeout_s,
-            )
-        )
+        domain.validate_submit(copy_fields(domain.SubmitInput, req, decision_timeout_s=timeout_s))
         header = domain.read_header(req.envelope)
         # Idempotency first (§5): a resubmission is answered from what was stored,
         # even if the insurer closed or the envelope's kid left its grace period since.
-        existing = await self._store.find_by_ref(req.hospital_code, req.claim_ref)
+        existing = await self.store.find_by_ref(req.hospital_code, req.claim_ref)
         if existing is not None and existing.envelope_sha256 != sha256_hex(req.envelope):
             raise domain.AlreadyExistsClaimRef(existing.claim_ref)
         if existing is not None and _same_claim(existing, req):
@@ -277,25 +260,25 @@ class ClaimRouter:
         structlog.contextvars.bind_contextvars(transaction_id=stored.transaction_id)
         if created:
             CLAIM_OUTCOMES.labels(State.RECEIVED.name).inc()
-            if stored.delivery_mode in PUSH_MODES and self._push is not None:
-                self._push.kick(stored.transaction_id)
+            if stored.delivery_mode in PUSH_MODES and self.push is not None:
+                self.push.kick(stored)
         if timeout_s > 0:
             stored = await self._wait_settled(stored.transaction_id, timeout_s) or stored
         return stored
 
     async def _accept_new(self, req: SubmitRequest, header: ProtectedHeader) -> tuple[ClaimRecord, bool]:
         """Routes and stores a claim not seen before: (stored, created)."""
-        insurer = domain.check_insurer_routable(await self._directory.get(req.insurer_code), req.insurer_code)
+        insurer = domain.check_insurer_routable(await self.directory.get(req.insurer_code), req.insurer_code)
         domain.check_envelope_routing(
             header,
             sender=req.hospital_code,
             recipient=insurer,
             claim_ref=req.claim_ref,
             amount_satang=req.billed_amount_satang,
-            key_grace_s=self._key_grace_s,
+            key_grace_s=self.key_grace_s,
         )
         candidate = _new_claim(req, insurer)
-        stored, created = await self._store.insert(
+        stored, created = await self.store.insert(
             candidate, state_change_events(candidate, actor=req.hospital_code, route=ROUTE_SUBMIT)
         )
         # A concurrent submission under the same claim_ref won the insert.
@@ -307,9 +290,9 @@ class ClaimRouter:
         """The claim once terminal, or as it is when the timeout passes."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        with self._changes.claim_changes(transaction_id) as changed:
+        with self.changes.claim_changes(transaction_id) as changed:
             while True:
-                rec = await self._store.get(transaction_id)
+                rec = await self.store.get(transaction_id)
                 remaining = deadline - loop.time()
                 if rec is None or rec.state in domain.TERMINAL_STATES or remaining <= 0:
                     return rec
@@ -317,7 +300,7 @@ class ClaimRouter:
 
     async def get_claim(self, hospital_code: str, transaction_id: str) -> ClaimRecord:
         domain.check_transaction_id(transaction_id)
-        rec = await self._store.get(transaction_id)
+        rec = await self.store.get(transaction_id)
         if rec is None or rec.hospital_code != hospital_code:
             # Another party's claim is indistinguishable from a missing one.
             raise NotFound("claim not found", reason="CLAIM_NOT_FOUND")
@@ -326,10 +309,10 @@ class ClaimRouter:
     async def watch(self, hospital_code: str, transaction_id: str) -> AsyncGenerator[ClaimRecord, None]:
         """The claim now and after each change of state, ending with a terminal one."""
         rec = await self.get_claim(hospital_code, transaction_id)
-        with self._changes.claim_changes(rec.transaction_id) as changed:
+        with self.changes.claim_changes(rec.transaction_id) as changed:
             last: State | None = None
             while True:
-                current = await self._store.get(rec.transaction_id)
+                current = await self.store.get(rec.transaction_id)
                 assert current is not None  # claims are never deleted
                 if current.state != last:
                     yield current
@@ -343,7 +326,7 @@ class ClaimRouter:
         after = domain.decode_claims_cursor(req.page_token)
         state = None if req.state is None else domain.state_filter_of(req.state)
         insurer = None if req.insurer_code is None else domain.check_insurer_code(req.insurer_code)
-        rows = await self._store.list_for_hospital(
+        rows = await self.store.list_for_hospital(
             req.hospital_code, state=state, insurer_code=insurer, after=after, limit=size + 1
         )
         page = rows[:size]
@@ -367,7 +350,7 @@ class ClaimRouter:
             )
             return new, state_change_events(new, actor=hospital_code, route=ROUTE_CANCEL)
 
-        stored = await self._store.transition(rec.transaction_id, mutate)
+        stored = await self.store.transition(rec.transaction_id, mutate)
         assert stored is not None  # claims are never deleted
         return stored
 
@@ -385,10 +368,10 @@ class ClaimRouter:
         def on_delivered(rec: ClaimRecord) -> Sequence[Event]:
             return state_change_events(rec, actor=insurer_code, route=ROUTE_PULL)
 
-        with self._changes.pull_ready(insurer_code) as ready:
+        with self.changes.pull_ready(insurer_code) as ready:
             while True:
-                leased = await self._store.lease_pull(
-                    insurer_code, max_claims, self._pull_lease_s, on_delivered
+                leased = await self.store.lease_pull(
+                    insurer_code, max_claims, self.pull_lease_s, on_delivered
                 )
                 remaining = deadline - loop.time()
                 if leased or remaining <= 0:
@@ -398,18 +381,18 @@ class ClaimRouter:
     async def _record_pull(self, insurer_code: str) -> None:
         """Notes in the registry that a pull insurer pulled (§10.5 health), at
         most once per PULL_RECORD_INTERVAL_S per insurer on this replica."""
-        if self._pulls is None:
+        if self.pulls is None:
             return
         now = time.monotonic()
         last = self._pull_recorded.get(insurer_code)
         if last is not None and now - last < PULL_RECORD_INTERVAL_S:
             return
-        insurer = await self._directory.get(insurer_code)
+        insurer = await self.directory.get(insurer_code)
         if insurer is None or insurer.role != "insurer" or insurer.delivery_mode != DELIVERY_PULL:
             return
         self._pull_recorded[insurer_code] = now
         try:
-            await self._pulls.record_pull(insurer_code)
+            await self.pulls.record_pull(insurer_code)
         except BaseException:
             del self._pull_recorded[insurer_code]  # not written: the next pull tries again
             raise
@@ -435,12 +418,19 @@ class ClaimRouter:
             reason_code=req.reason_code,
         )
         domain.check_transaction_id(d.transaction_id)
-        rec = await self._store.get(d.transaction_id)
+        rec = await self.store.get(d.transaction_id)
         if rec is None or rec.insurer_code != d.insurer_code:
             raise NotFound("claim not found", reason="CLAIM_NOT_FOUND")
+        # The decision joins the claim's trace (the insurer's call is linked to it),
+        # and so does what it emits: the billing event, the audit event.
+        insurer = {"iclaim.insurer": d.insurer_code}
+        with tracing.span("claim.decision", parent=rec.traceparent, attributes=insurer):
+            return await self._decide_claim(d, rec)
+
+    async def _decide_claim(self, d: domain.DecisionInput, rec: ClaimRecord) -> ClaimRecord:
         domain.validate_decision_shape(d, rec.billed_amount_satang)
         if d.decision_envelope:
-            hospital = await self._directory.get(rec.hospital_code)
+            hospital = await self.directory.get(rec.hospital_code)
             if hospital is None:
                 raise FailedPrecondition("hospital unknown", reason="HOSPITAL_NOT_FOUND")
             domain.check_envelope_routing(
@@ -449,7 +439,7 @@ class ClaimRouter:
                 recipient=hospital,
                 claim_ref=rec.claim_ref,
                 amount_satang=d.approved_amount_satang,
-                key_grace_s=self._key_grace_s,
+                key_grace_s=self.key_grace_s,
             )
 
         def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
@@ -473,7 +463,7 @@ class ClaimRouter:
             )
             return new, state_change_events(new, actor=d.insurer_code, route=ROUTE_DECISION)
 
-        stored = await self._store.transition(d.transaction_id, mutate)
+        stored = await self.store.transition(d.transaction_id, mutate)
         assert stored is not None  # claims are never deleted
         if stored.state in domain.DECIDED_STATES and stored.decided_at is not None:
             CLAIM_OUTCOMES.labels(stored.state.name).inc()
@@ -487,12 +477,12 @@ class ClaimRouter:
         applies `mutate` to it."""
         domain.check_transaction_id(report.transaction_id)
         domain.check_insurer_code(report.insurer_code)
-        rec = await self._store.get(report.transaction_id)
+        rec = await self.store.get(report.transaction_id)
         if rec is None or rec.insurer_code != report.insurer_code:
             raise NotFound("claim not found", reason="CLAIM_NOT_FOUND")
         if rec.delivery_mode not in PUSH_MODES:
             raise FailedPrecondition("the claim is not delivered by push", reason="CLAIM_NOT_PUSHED")
-        stored = await self._store.transition(report.transaction_id, mutate)
+        stored = await self.store.transition(report.transaction_id, mutate)
         assert stored is not None  # claims are never deleted
         return stored
 
@@ -566,7 +556,7 @@ class ClaimRouter:
             new = cur.with_changes(state=State.PAID, updated_at=datetime.now(UTC))
             return new, state_change_events(new, actor="ICLAIM", route=ROUTE_MARK_PAID)
 
-        stored = await self._store.transition(transaction_id, mutate)
+        stored = await self.store.transition(transaction_id, mutate)
         if stored is None:
             raise NotFound("claim not found", reason="CLAIM_NOT_FOUND")
         return stored
@@ -584,7 +574,7 @@ class ClaimRouter:
         for tid in dict.fromkeys(transaction_ids):
             if not domain.TRANSACTION_ID_RE.fullmatch(tid):
                 continue
-            rec = await self._store.get(tid)
+            rec = await self.store.get(tid)
             if rec is not None and rec.state in domain.BILLABLE_STATES:
                 found.append(rec)
         return found
@@ -618,4 +608,5 @@ def _new_claim(req: SubmitRequest, insurer: Principal) -> ClaimRecord:
         submitted_at=now,
         decided_at=None,
         updated_at=now,
+        traceparent=tracing.current_traceparent(),
     )

@@ -27,7 +27,7 @@ import structlog
 
 from services.insurer_adapter import metrics
 from services.insurer_adapter.domain import Circuit, DeliverySettings, Health, PushError
-from services.insurer_adapter.model import Backlog, Delivery, Endpoint, PushResult
+from services.insurer_adapter.model import Backlog, Delivery, Endpoint, Lease, PushResult
 
 log = structlog.get_logger("iclaim.adapter.dispatcher")
 
@@ -76,6 +76,8 @@ class _Lane:
     circuit: Circuit
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     inflight: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # Slots promised to deliveries being stored leased (reserve → start_leased).
+    reserved: int = 0
     task: asyncio.Task[None] | None = None
     published: tuple[Health, int] | None = None
     published_at: float = -1e9
@@ -130,6 +132,38 @@ class Dispatcher:
         """A delivery for this insurer was just stored: push it now."""
         if self._running:
             self._lane(insurer_code).wake.set()
+
+    def reserve(self, insurer_code: str) -> Lease | None:
+        """A slot to push a just-received delivery at once, stored already
+        leased: skips a wake-up and a lease round trip on the unloaded path.
+        Only while the circuit is not DOWN (probes stay with the lane) and the
+        lane has room. The caller then calls `start_leased` or `unreserve`."""
+        if not self._running:
+            return None
+        lane = self._lane(insurer_code)
+        if lane.circuit.health is Health.DOWN or self._free(lane) <= 0:
+            return None
+        lane.reserved += 1
+        return Lease(self.owner, self._s.lease_s)
+
+    def unreserve(self, insurer_code: str) -> None:
+        """The reserved slot was not used (a duplicate, a failed insert)."""
+        lane = self._lane(insurer_code)
+        lane.reserved = max(0, lane.reserved - 1)
+
+    def start_leased(self, endpoint: Endpoint, delivery: Delivery) -> None:
+        """Pushes a delivery stored leased to this dispatcher in a reserved slot."""
+        lane = self._lane(delivery.insurer_code)
+        lane.reserved = max(0, lane.reserved - 1)
+        self._start(lane, endpoint, delivery)
+
+    def _free(self, lane: _Lane) -> int:
+        return self._s.max_inflight - len(lane.inflight) - lane.reserved
+
+    def _start(self, lane: _Lane, endpoint: Endpoint, delivery: Delivery) -> None:
+        probe = lane.circuit.started()
+        task = asyncio.create_task(self._push(lane, endpoint, delivery, probe))
+        lane.inflight[delivery.transaction_id] = task
 
     def _lane(self, code: str) -> _Lane:
         lane = self._lanes.get(code)
@@ -200,15 +234,13 @@ class Dispatcher:
         endpoint = await self._endpoints.get(lane.code)
         if endpoint is None or not endpoint.pushable:
             return False  # pull, closed, or no endpoint key: deliveries wait (and may expire)
-        slots = lane.circuit.slots(self._clock(), self._s.max_inflight - len(lane.inflight))
+        slots = lane.circuit.slots(self._clock(), self._free(lane))
         if slots <= 0:
             return False
         down = lane.circuit.health is Health.DOWN
         batch = await self._store.lease_due(lane.code, self.owner, slots, self._s.lease_s, any_time=down)
         for delivery in batch:
-            probe = lane.circuit.started()
-            task = asyncio.create_task(self._push(lane, endpoint, delivery, probe))
-            lane.inflight[delivery.transaction_id] = task
+            self._start(lane, endpoint, delivery)
         return len(batch) == slots and not down
 
     async def _push(self, lane: _Lane, endpoint: Endpoint, d: Delivery, probe: bool) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 
@@ -18,6 +18,8 @@ class DeliveryRequest:
     billed_amount_satang: int
     envelope: str
     submitted_at: datetime | None
+    # W3C traceparent of the DeliverClaim call ("" with tracing off): its pushes join that trace.
+    traceparent: str = field(default="", kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -36,18 +38,20 @@ class Added(Enum):
 
 
 @dataclass(frozen=True)
-class Delivery:
-    """A delivery leased for one push attempt (`attempts` counts this one)."""
+class Delivery(DeliveryRequest):
+    """A delivery leased for one push attempt (`attempts` counts this one);
+    `traceparent` as stored with it."""
 
-    transaction_id: str
-    insurer_code: str
-    hospital_code: str
-    claim_ref: str
-    billed_amount_satang: int
-    envelope: str
-    submitted_at: datetime | None
     received_at: datetime
     attempts: int
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who holds a delivery's push attempt, and for how long."""
+
+    owner: str
+    seconds: float
 
 
 class ReportKind(Enum):

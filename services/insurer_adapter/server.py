@@ -13,9 +13,11 @@ from pathlib import Path
 import grpc
 import structlog
 
-from iclaim.limits import CLIENT_OPTIONS
+from iclaim_hub.common.channels import INTERNAL_CLIENT_OPTIONS, internal_target
 from iclaim_hub.common.config import ConfigError, env_addr, env_float, env_int, env_str
+from iclaim_hub.common import tracing
 from iclaim_hub.common.db import create_pool
+from iclaim_hub.common.grpc_tracing import client_interceptors
 from iclaim_hub.common.server import GrpcApp, ServeConfig, bind_server, run_service
 from iclaim_hub.crypto.secretbox import SecretBox, check_master_key, master_key_from_env
 from iclaim_hub.internal.v1 import admin_pb2_grpc, insurer_adapter_pb2, insurer_adapter_pb2_grpc
@@ -27,7 +29,8 @@ from services.insurer_adapter.domain import Backoff, DeliverySettings
 from services.insurer_adapter.endpoints import MAX_TTL_S, EndpointCache
 from services.insurer_adapter.push_grpc import GrpcPusher
 from services.insurer_adapter.push_webhook import WebhookPusher
-from services.insurer_adapter.pushers import ByMode, ClientIdentity
+from services.insurer_adapter.push_tracing import TracedPusher
+from services.insurer_adapter.pushers import ByMode, ClientIdentity, Pusher
 from services.insurer_adapter.reporter import Reporter
 from services.insurer_adapter.router_reports import RouterReports
 from services.insurer_adapter.service import InsurerAdapterServicer
@@ -128,13 +131,19 @@ async def build_server(config: Config) -> AdapterApp:
     if config.client_cert is not None and config.client_key is not None:
         identity = ClientIdentity.load(config.client_cert, config.client_key)
     pool = await create_pool(config.database_url)
-    channel = grpc.aio.insecure_channel(config.router_target, options=CLIENT_OPTIONS)
-    pusher = ByMode(
+    channel = grpc.aio.insecure_channel(
+        internal_target(config.router_target),
+        options=INTERNAL_CLIENT_OPTIONS,
+        interceptors=client_interceptors(),
+    )
+    pusher: Pusher = ByMode(
         {
             "grpc": GrpcPusher(settings.timeout_s, identity),
             "webhook": WebhookPusher(settings.timeout_s, identity, settings.max_inflight),
         }
     )
+    if tracing.enabled():
+        pusher = TracedPusher(pusher)
     try:
         store = PgAdapterStore(pool)
         registry = RegistryStore(pool, SecretBox(config.master_key))
@@ -158,7 +167,7 @@ async def build_server(config: Config) -> AdapterApp:
         dispatcher = Dispatcher(
             store, endpoints, pusher, registry, settings, owner=owner, on_report=reporter.notify
         )
-        intake = ClaimIntake(store, endpoints, settings.expiry_s, dispatcher.notify)
+        intake = ClaimIntake(store, endpoints, settings.expiry_s, dispatcher)
         deliveries = DeliveryAdmin(store, settings.expiry_s, reporter.notify)
         servicers = [
             partial(

@@ -21,6 +21,7 @@ from services.insurer_adapter.model import (
     Backlog,
     Delivery,
     DeliveryView,
+    Lease,
     NewDelivery,
     PendingReport,
     ReportKind,
@@ -33,7 +34,7 @@ EXPIRE_BATCH = 500
 
 _DELIVERY_COLUMNS = (
     "d.transaction_id, d.insurer_code, d.hospital_code, d.claim_ref, d.billed_amount_satang,"
-    " d.envelope, d.submitted_at, d.received_at, d.attempts"
+    " d.envelope, d.submitted_at, d.received_at, d.attempts, coalesce(d.traceparent, '') AS traceparent"
 )
 
 
@@ -55,15 +56,22 @@ class PgAdapterStore:
         await apply_migrations(self._pool, SCHEMA, MIGRATIONS)
 
     # --- intake ------------------------------------------------------------------
-    async def add_delivery(self, d: NewDelivery, expiry_s: float) -> Added:
+    async def add_delivery(
+        self, d: NewDelivery, expiry_s: float, lease: Lease | None = None
+    ) -> tuple[Added, Delivery | None]:
         """Committed before returning. A redelivery of the same content only
-        counts; one with other content changes nothing."""
+        counts; one with other content changes nothing. With `lease`, a new
+        delivery is stored already leased for its first push attempt and
+        returned as leased (None otherwise)."""
         with _reachable():
-            inserted = await self._pool.fetchval(
-                "INSERT INTO adapter.deliveries (transaction_id, insurer_code, hospital_code,"
-                " claim_ref, billed_amount_satang, envelope, envelope_sha256, submitted_at, expires_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))"
-                " ON CONFLICT (transaction_id) DO NOTHING RETURNING true",
+            row = await self._pool.fetchrow(
+                "INSERT INTO adapter.deliveries AS d (transaction_id, insurer_code, hospital_code,"
+                " claim_ref, billed_amount_satang, envelope, envelope_sha256, submitted_at, expires_at,"
+                " lease_owner, lease_until, attempts, traceparent)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9),"
+                " $10, CASE WHEN $10::text IS NULL THEN NULL ELSE now() + make_interval(secs => $11) END,"
+                " CASE WHEN $10::text IS NULL THEN 0 ELSE 1 END, $12)"
+                f" ON CONFLICT (transaction_id) DO NOTHING RETURNING {_DELIVERY_COLUMNS}",
                 d.transaction_id,
                 d.insurer_code,
                 d.hospital_code,
@@ -73,9 +81,12 @@ class PgAdapterStore:
                 d.envelope_sha256,
                 d.submitted_at,
                 float(expiry_s),
+                None if lease is None else lease.owner,
+                0.0 if lease is None else float(lease.seconds),
+                d.traceparent or None,
             )
-            if inserted:
-                return Added.NEW
+            if row is not None:
+                return Added.NEW, None if lease is None else Delivery(**dict(row))
             counted = await self._pool.fetchval(
                 "UPDATE adapter.deliveries SET delivery_count = delivery_count + 1,"
                 " last_delivered_at = now()"
@@ -89,7 +100,7 @@ class PgAdapterStore:
                 d.billed_amount_satang,
                 d.envelope_sha256,
             )
-        return Added.DUPLICATE if counted else Added.CONFLICT
+        return (Added.DUPLICATE if counted else Added.CONFLICT), None
 
     # --- pushes ------------------------------------------------------------------
     async def lease_due(

@@ -16,9 +16,11 @@ from services.insurer_adapter import metrics
 from services.insurer_adapter.domain import INSURER_RE, TXID_RE, checked
 from services.insurer_adapter.model import (
     Added,
+    Delivery,
     DeliveryRequest,
     DeliveryView,
     Endpoint,
+    Lease,
     NewDelivery,
     StorageUnavailable,
 )
@@ -39,11 +41,25 @@ LIST_STATES: dict[str, tuple[str, ...]] = {
 
 # --- seams -------------------------------------------------------------------------
 class DeliveryLog(Protocol):
-    async def add_delivery(self, d: NewDelivery, expiry_s: float) -> Added: ...
+    async def add_delivery(
+        self, d: NewDelivery, expiry_s: float, lease: Lease | None = None
+    ) -> tuple[Added, Delivery | None]: ...
 
 
 class InsurerLookup(Protocol):
     async def get(self, insurer_code: str) -> Endpoint | None: ...
+
+
+class Pushes(Protocol):
+    """The dispatcher, as the intake sees it."""
+
+    def notify(self, insurer_code: str) -> None: ...
+
+    def reserve(self, insurer_code: str) -> Lease | None: ...
+
+    def unreserve(self, insurer_code: str) -> None: ...
+
+    def start_leased(self, endpoint: Endpoint, delivery: Delivery) -> None: ...
 
 
 class DeliveryAdminStore(Protocol):
@@ -61,32 +77,43 @@ class ClaimIntake:
         store: DeliveryLog,
         insurers: InsurerLookup,
         expiry_s: float,
-        on_new: Callable[[str], None],
+        pushes: Pushes,
     ) -> None:
         self._store = store
         self._insurers = insurers
         self._expiry_s = expiry_s
-        self._on_new = on_new  # a new delivery is committed: push it without waiting
+        self._pushes = pushes
 
     async def deliver(self, request: DeliveryRequest) -> bool:
         """Stores the claim for pushing (committed before the ack); True when
-        new, False for a redelivery of the same content."""
+        new, False for a redelivery of the same content. A new claim is pushed
+        at once: leased as it is stored when its lane has room, else its lane
+        is woken."""
         delivery = checked(request)
-        if await self._insurers.get(delivery.insurer_code) is None:
+        code = delivery.insurer_code
+        endpoint = await self._insurers.get(code)
+        if endpoint is None:
             raise NotFound("insurer is not in the registry", reason="INSURER_NOT_FOUND")
+        lease = self._pushes.reserve(code) if endpoint.pushable else None
+        leased: Delivery | None = None
         try:
-            added = await self._store.add_delivery(delivery, self._expiry_s)
+            added, leased = await self._store.add_delivery(delivery, self._expiry_s, lease)
         except StorageUnavailable as exc:
             raise Unavailable("storage unavailable", reason="STORAGE_UNAVAILABLE") from exc
+        finally:
+            if lease is not None and leased is None:
+                self._pushes.unreserve(code)
         if added is Added.CONFLICT:
             raise AlreadyExists(
                 "transaction_id was delivered with different content", reason="DELIVERY_CONFLICT"
             )
         new = added is Added.NEW
         metrics.DELIVERIES.labels("new" if new else "duplicate").inc()
-        log.info("claim_received", insurer=delivery.insurer_code, duplicate=not new)
-        if new:
-            self._on_new(delivery.insurer_code)
+        log.info("claim_received", insurer=code, duplicate=not new)
+        if leased is not None:
+            self._pushes.start_leased(endpoint, leased)
+        elif new:
+            self._pushes.notify(code)
         return new
 
 

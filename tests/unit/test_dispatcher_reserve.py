@@ -1,0 +1,152 @@
+"""The dispatcher's inline-push slots (issue 9's latency work): a delivery is
+stored already leased and pushed at once only while its lane has room and its
+circuit is not DOWN; a slot not used is given back. In-memory fakes of the
+store and the pusher: this is the slot accounting, not the transport."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from services.insurer_adapter.dispatcher import Dispatcher
+from services.insurer_adapter.domain import DeliverySettings
+from services.insurer_adapter.model import Backlog, Delivery, Endpoint, EndpointKey, PushResult
+
+CODE = "AIA"
+ENDPOINT = Endpoint(CODE, "grpc", "127.0.0.1:1", "", False, True, EndpointKey("ek", b"k" * 32))
+
+
+class NoStore:
+    """Nothing is due: only the inline path pushes."""
+
+    def __init__(self) -> None:
+        self.taken: list[str] = []
+
+    async def lease_due(self, *args: object, **kwargs: object) -> list[Delivery]:
+        return []
+
+    async def mark_taken(self, transaction_id: str) -> bool:
+        self.taken.append(transaction_id)
+        return True
+
+    async def mark_failed_attempt(self, transaction_id: str, owner: str, error: str, delay_s: float) -> str:
+        return "waiting"
+
+    async def release(self, transaction_ids: Sequence[str], owner: str) -> None:
+        return None
+
+    async def release_leases(self, owner: str) -> None:
+        return None
+
+    async def make_due(self, insurer_code: str) -> None:
+        return None
+
+    async def expire_due(self) -> list[str]:
+        return []
+
+    async def backlog(self) -> list[Backlog]:
+        return []
+
+
+class Endpoints:
+    async def get(self, insurer_code: str) -> Endpoint | None:
+        return ENDPOINT
+
+    def invalidate(self, insurer_code: str | None = None) -> None:
+        return None
+
+
+class HeldPusher:
+    """Each push waits until released, then answers `taken`."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.taken = True
+        self.started: list[str] = []
+
+    async def push(self, endpoint: Endpoint, delivery: Delivery) -> PushResult:
+        self.started.append(delivery.transaction_id)
+        await self.release.wait()
+        return PushResult(self.taken, "" if self.taken else "UNAVAILABLE")
+
+
+class Health:
+    async def set_push_health(self, code: str, health: str, consecutive_failures: int) -> None:
+        return None
+
+
+def delivery(n: int) -> Delivery:
+    return Delivery(
+        transaction_id=f"txn_{n:028x}",
+        insurer_code=CODE,
+        hospital_code="10670",
+        claim_ref=f"CK-{n}",
+        billed_amount_satang=100,
+        envelope="e",
+        submitted_at=None,
+        received_at=datetime.now(UTC),
+        attempts=1,
+    )
+
+
+def dispatcher(pusher: HeldPusher, store: NoStore, cap: int) -> Dispatcher:
+    settings = DeliverySettings(max_inflight=cap, poll_s=60.0)
+    return Dispatcher(store, Endpoints(), pusher, Health(), settings, owner="me", on_report=lambda: None)
+
+
+async def test_slots_are_reserved_up_to_the_cap_and_given_back() -> None:
+    pusher, store = HeldPusher(), NoStore()
+    d = dispatcher(pusher, store, cap=2)
+    d.start()
+    try:
+        first, second = d.reserve(CODE), d.reserve(CODE)
+        assert first is not None and first.owner == "me"
+        assert second is not None
+        assert d.reserve(CODE) is None  # reserved slots count against the cap
+        d.unreserve(CODE)
+        assert d.reserve(CODE) is not None
+
+        # Started pushes hold their slots until they finish.
+        d.start_leased(ENDPOINT, delivery(1))
+        d.start_leased(ENDPOINT, delivery(2))
+        await asyncio.sleep(0)
+        assert pusher.started == [delivery(1).transaction_id, delivery(2).transaction_id]
+        assert d.reserve(CODE) is None
+        pusher.release.set()
+        for _ in range(100):
+            if len(store.taken) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(store.taken) == [delivery(1).transaction_id, delivery(2).transaction_id]
+        assert d.reserve(CODE) is not None
+    finally:
+        await d.stop()
+
+
+async def test_no_inline_slot_while_the_circuit_is_down() -> None:
+    pusher, store = HeldPusher(), NoStore()
+    pusher.taken = False
+    pusher.release.set()
+    d = dispatcher(pusher, store, cap=16)
+    d.start()
+    try:
+        for n in range(5):  # five consecutive failures: DOWN
+            lease = d.reserve(CODE)
+            assert lease is not None, n
+            d.start_leased(ENDPOINT, delivery(n))
+            for _ in range(100):
+                if len(pusher.started) == n + 1 and not d._lanes[CODE].inflight:
+                    break
+                await asyncio.sleep(0.01)
+        assert d.reserve(CODE) is None  # the lane's probe decides when pushing resumes
+    finally:
+        await d.stop()
+
+
+async def test_nothing_is_reserved_before_start_or_after_stop() -> None:
+    d = dispatcher(HeldPusher(), NoStore(), cap=4)
+    assert d.reserve(CODE) is None
+    d.start()
+    await d.stop()
+    assert d.reserve(CODE) is None
