@@ -11,11 +11,12 @@ PROTO_STAMP := sdk/iclaim/v1/.generated
 
 venv: $(STAMP)
 
-# Two distributions, installed editable: the participant SDK (sdk/) and the hub (.).
-$(STAMP): pyproject.toml sdk/pyproject.toml
+# Three distributions, installed editable: the participant SDK (sdk/), the hub (.) and
+# the participant portal (portal/, with its browser-test extra).
+$(STAMP): pyproject.toml sdk/pyproject.toml portal/pyproject.toml
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e './sdk[fhir,insurer]' -e '.[dev,devstack]'
+	$(PY) -m pip install -q -e './sdk[fhir,insurer]' -e '.[dev,devstack]' -e './portal[test]'
 	touch $@
 
 proto: $(PROTO_STAMP)
@@ -37,21 +38,22 @@ test-unit: $(PROTO_STAMP)
 bench: $(PROTO_STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 
-# Both wheels, generated stubs inside, from what is on disk (nothing generated is in git).
+# The three wheels (generated stubs inside the SDK), from what is on disk (nothing generated is in git).
 dist: $(PROTO_STAMP)
-	rm -rf dist sdk/build build
+	rm -rf dist sdk/build build portal/build
 	$(PY) -m build --wheel --no-isolation --outdir dist sdk
 	$(PY) -m build --wheel --no-isolation --outdir dist .
+	$(PY) -m build --wheel --no-isolation --outdir dist portal
 
 # Builds the hub image and starts a service from it (podman/buildah, root; minutes).
 image-check: $(PROTO_STAMP)
 	$(PY) tools/image_check.py
 
 lint: $(PROTO_STAMP)
-	$(VENV)/bin/ruff check sdk/iclaim iclaim_hub iclaim_ops services gateway sandbox tests bench tools
-	$(VENV)/bin/ruff format --check sdk/iclaim iclaim_hub iclaim_ops services gateway sandbox tests bench tools
-	$(VENV)/bin/mypy sdk/iclaim iclaim_hub iclaim_ops services gateway sandbox
+	$(VENV)/bin/ruff check sdk/iclaim iclaim_hub iclaim_ops services gateway sandbox portal/iclaim_portal tests bench tools
+	$(VENV)/bin/ruff format --check sdk/iclaim iclaim_hub iclaim_ops services gateway sandbox portal/iclaim_portal tests bench tools
+	$(VENV)/bin/mypy sdk/iclaim iclaim_hub iclaim_ops services gateway sandbox portal/iclaim_portal
 	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf $(VENV) sdk/iclaim/v1 iclaim_hub/internal .iclaim dist build sdk/build
+	rm -rf $(VENV) sdk/iclaim/v1 iclaim_hub/internal .iclaim dist build sdk/build portal/build

@@ -1,14 +1,21 @@
 """`make bench`: claims through Envoy vs a bare grpc.aio echo server, plus the
 audit log and billing benchmarks. Prints a table and writes JSON.
 
-The sandbox insurers run in their own process (as in `make run`); each claims
-phase reports the CPU seconds of the hub's processes (per service and in total)
-apart from the sandbox's, the load generator's and this process's, and the
-submit->decision latency per delivery mode. An unloaded phase (one claim in
-flight) gives the latency a push adds.
+The sandbox insurers run in their own process (as in `make run`). Each claims
+phase reports the CPU seconds of the hub (every hub process, PostgreSQL and
+Redis) apart from the sandbox's, the load generator's and this process's; per
+claim: hub CPU, its cost in echo-equivalents (hub CPU per claim / CPU of one
+echo request, server and client, measured in the same run), PostgreSQL write
+transactions and the hub's gRPC calls; and the submit->decision latency per
+delivery mode. Phases: closed loop at each BENCH_CONCURRENCY (1 in flight
+gives the latency a push adds), open loop at 70 % of the best closed-loop rate
+(latency from the scheduled send time), and isolation: claims to ten insurers
+without and with an insurer that never answers (bench/isolation.py).
 
-Env: BENCH_CLAIMS (default 2000), BENCH_CONCURRENCY (64), BENCH_UNLOADED_CLAIMS
-(300), BENCH_ECHO_S (10), BENCH_SKIP (comma list of: claims, audit, billing)."""
+Env: BENCH_CLAIMS (per loaded phase, default 2000), BENCH_CONCURRENCY (1,8,64),
+BENCH_UNLOADED_CLAIMS (the 1-in-flight phase, 300), BENCH_OPEN_S (20; 0 skips),
+BENCH_ISOLATION_CLAIMS (300; 0 skips), BENCH_ECHO_S (10), BENCH_SKIP (comma
+list of: claims, audit, billing)."""
 
 from __future__ import annotations
 
@@ -20,10 +27,14 @@ import secrets
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import cpu
+import redis
+
+from bench import cpu, infra, rpcs
+from bench.isolation import bench_isolation
 from iclaim_hub.crypto.secretbox import SecretBox
 from iclaim_ops.devstack.infra import Infra, create_scratch_database, drop_database
 from iclaim_ops.devstack.stack import SANDBOX, Ports, Stack, _free_port
@@ -33,6 +44,9 @@ from iclaim_ops.devstack.up import prepare
 # The machine's PostgreSQL and Redis (as in CI); each run gets a scratch database.
 PG_ADMIN_URL = os.environ.get("ICLAIM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE_URL = os.environ.get("ICLAIM_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+ISOLATION_CONCURRENCY = 4
+# The open-loop phase's arrival rate, as a share of the best closed-loop rate.
+OPEN_LOOP_SHARE = 0.7
 
 
 def machine() -> dict[str, Any]:
@@ -53,9 +67,12 @@ async def _child_json(*args: str) -> dict[str, Any]:
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
-def cpu_report(used: dict[str, float], load_cpu_s: float) -> dict[str, Any]:
-    """CPU seconds spent during one phase, the hub apart from the sandbox."""
+def cpu_report(used: dict[str, float], infra_used: dict[str, Any], load_cpu_s: float) -> dict[str, Any]:
+    """CPU seconds spent during one phase: the hub (its processes, PostgreSQL
+    and Redis) apart from the sandbox insurers and the load generator."""
     hub = {name: s for name, s in used.items() if name not in (SANDBOX.name, "self")}
+    hub["postgres"] = infra_used["postgres"]
+    hub["redis"] = infra_used["redis"]
     return {
         "hub_s": round(sum(hub.values()), 2),
         "hub_by_process_s": hub,
@@ -65,19 +82,73 @@ def cpu_report(used: dict[str, float], load_cpu_s: float) -> dict[str, Any]:
     }
 
 
-async def measured(stack: Stack, *load_args: str) -> dict[str, Any]:
-    """One load run (a separate process) with the CPU each part of the stack used."""
-    before = cpu.snapshot(stack.pids())
-    result = await _child_json("bench.load", *load_args)
-    result["cpu"] = cpu_report(cpu.used(before, cpu.snapshot(stack.pids())), result.pop("load_cpu_s", 0.0))
+@dataclass(frozen=True)
+class Measured:
+    """What a load runs against, and how to read what it cost."""
+
+    stack: Stack
+    database: str
+    redis_url: str
+
+    def metrics_ports(self) -> dict[str, int]:
+        p = self.stack.ports
+        return {
+            "claim_router": p.router_metrics,
+            "insurer_adapter": p.adapter_metrics,
+            "audit_log": p.audit_metrics,
+            "billing": p.billing_metrics,
+            "authz": p.authz_metrics,
+        }
+
+    async def __call__(self, *load_args: str) -> dict[str, Any]:
+        """One load run (a separate process) with the CPU each part of the stack
+        used, PostgreSQL's write transactions and the hub's gRPC calls."""
+        infra_before = await infra.snapshot(PG_ADMIN_URL, self.database, self.redis_url)
+        rpcs_before = rpcs.scrape(self.metrics_ports())
+        before = cpu.snapshot(self.stack.pids())
+        result = await _child_json("bench.load", *load_args)
+        after = cpu.snapshot(self.stack.pids())
+        rpcs_after = rpcs.scrape(self.metrics_ports())
+        infra_used = infra.used(
+            infra_before, await infra.snapshot(PG_ADMIN_URL, self.database, self.redis_url)
+        )
+        result["cpu"] = cpu_report(cpu.used(before, after), infra_used, result.pop("load_cpu_s", 0.0))
+        claims = max(int(result["claims"]), 1)
+        result["per_claim"] = {
+            "hub_cpu_ms": round(result["cpu"]["hub_s"] * 1000 / claims, 2),
+            "postgres_write_transactions": round(int(infra_used["write_transactions"]) / claims, 2),
+            "rpcs": rpcs.used(rpcs_before, rpcs_after, claims),
+        }
+        return result
+
+
+async def bench_echo(echo_s: float, concurrency: int) -> dict[str, Any]:
+    """A bare grpc.aio echo: its requests/s and the CPU one request costs, server
+    and client together, as the unit of cost."""
+    port = _free_port()
+    echo = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.echo_server", str(port), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert echo.stdout is not None
+        await echo.stdout.readline()
+        server_before = cpu.cpu_seconds(echo.pid)
+        result = await _child_json("bench.load", "echo", str(port), str(echo_s), str(concurrency))
+        server_s = cpu.cpu_seconds(echo.pid) - server_before
+    finally:
+        echo.terminate()
+        await echo.wait()
+    cpu_s = server_s + result.pop("load_cpu_s", 0.0)
+    result["cpu_s"] = round(cpu_s, 2)
+    result["cpu_us_per_request"] = round(cpu_s * 1e6 / max(int(result["requests"]), 1), 1)
     return result
 
 
-async def bench_claims(total: int, concurrency: int, echo_s: float, unloaded: int) -> dict[str, Any]:
+async def bench_claims(
+    total: int, concurrencies: list[int], echo_s: float, unloaded: int, isolation: int, open_s: float
+) -> dict[str, Any]:
     name, database_url = await create_scratch_database(PG_ADMIN_URL, "iclaim_bench")
     redis_url = f"{REDIS_BASE_URL}/14"
-    import redis
-
     redis.Redis.from_url(redis_url).flushdb()
     state_dir = Path(tempfile.mkdtemp(prefix="iclaim-bench-"))
     master_key = SecretBox.new_master_key()
@@ -96,35 +167,77 @@ async def bench_claims(total: int, concurrency: int, echo_s: float, unloaded: in
     creds = state_dir / "credentials.json"
     await prepare(state_dir, Infra(database_url, redis_url, []), master_key, stack.gateway, creds)
     await stack.start()
+    measured = Measured(stack, name, redis_url)
+    claims: dict[str, Any] = {"closed_loop": {}}
     try:
         # Warm-up: connections, caches, prepared statements.
         await _child_json("bench.load", "claims", str(creds), "50", "8", "warm")
-        claims = await measured(
-            stack, "claims", str(creds), str(total), str(concurrency), secrets.token_hex(3)
-        )
-        if unloaded > 0:
-            claims["unloaded"] = await measured(
-                stack, "claims", str(creds), str(unloaded), "1", secrets.token_hex(3)
+        for concurrency in concurrencies:
+            n = unloaded if concurrency == 1 else total
+            if n > 0:
+                claims["closed_loop"][str(concurrency)] = await measured(
+                    "claims", str(creds), str(n), str(concurrency), secrets.token_hex(3)
+                )
+        peak = max((r["claims_per_s"] for r in claims["closed_loop"].values()), default=0.0)
+        if open_s > 0 and peak > 0:
+            rate = OPEN_LOOP_SHARE * peak
+            claims["open_loop"] = await measured(
+                "open", str(creds), f"{rate:.2f}", str(open_s), secrets.token_hex(3)
+            )
+            claims["open_loop"]["share_of_peak"] = OPEN_LOOP_SHARE
+        if isolation > 0:
+            claims["isolation"] = await bench_isolation(
+                measured,
+                creds,
+                stack.admin_config,
+                state_dir,
+                isolation,
+                ISOLATION_CONCURRENCY,
+                secrets.token_hex(3),
             )
     finally:
         await stack.stop()
         await drop_database(PG_ADMIN_URL, name)
         shutil.rmtree(state_dir, ignore_errors=True)
 
-    port = _free_port()
-    echo = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.echo_server", str(port), stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        assert echo.stdout is not None
-        await echo.stdout.readline()
-        echo_result = await _child_json("bench.load", "echo", str(port), str(echo_s), str(concurrency))
-    finally:
-        echo.terminate()
-        await echo.wait()
-    claims["echo_requests_per_s"] = echo_result["requests_per_s"]
-    claims["ratio_to_echo"] = round(claims["claims_per_s"] / echo_result["requests_per_s"], 3)
+    echo = await bench_echo(echo_s, max(concurrencies))
+    claims["echo"] = echo
+    for result in (*claims["closed_loop"].values(), claims.get("open_loop")):
+        if result:
+            result["ratio_to_echo"] = round(result["claims_per_s"] / echo["requests_per_s"], 3)
+            # Cost per claim in echo-equivalents: hub CPU per claim / CPU per echo request.
+            result["per_claim"]["echo_equivalents"] = round(
+                result["per_claim"]["hub_cpu_ms"] * 1000 / max(echo["cpu_us_per_request"], 0.1), 1
+            )
     return claims
+
+
+def table(claims: dict[str, Any]) -> str:
+    """One line per phase: what a reader compares between runs."""
+    head = (
+        f"{'phase':<18}{'claims/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'hub ms/claim':>13}"
+        f"{'echo-eq':>9}{'PG writes':>10}{'int. RPCs':>10}{'sandbox s':>10}"
+    )
+    rows = [head]
+    phases = [(f"closed {c}", r) for c, r in claims.get("closed_loop", {}).items()]
+    if "open_loop" in claims:
+        phases.append((f"open {claims['open_loop']['target_per_s']}/s", claims["open_loop"]))
+    for label, key in (("without stuck", "without_stuck"), ("with stuck", "with_stuck")):
+        if key in claims.get("isolation", {}):
+            phases.append((label, claims["isolation"][key]))
+    for label, r in phases:
+        pc = r["per_claim"]
+        rows.append(
+            f"{label:<18}{r['claims_per_s']:>9}{r['p50_ms']!s:>9}{r['p99_ms']!s:>9}{pc['hub_cpu_ms']:>13}"
+            f"{pc.get('echo_equivalents', '-')!s:>9}{pc['postgres_write_transactions']:>10}"
+            f"{pc['rpcs']['internal_per_claim']:>10}{r['cpu']['sandbox_s']:>10}"
+        )
+    echo = claims.get("echo")
+    if echo:
+        rows.append(
+            f"echo: {echo['requests_per_s']} requests/s, {echo['cpu_us_per_request']} µs CPU per request"
+        )
+    return "\n".join(rows)
 
 
 async def main() -> None:
@@ -133,11 +246,14 @@ async def main() -> None:
     if "claims" not in skip:
         results["claims"] = await bench_claims(
             int(os.environ.get("BENCH_CLAIMS", "2000")),
-            int(os.environ.get("BENCH_CONCURRENCY", "64")),
+            [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,8,64").split(",") if c],
             float(os.environ.get("BENCH_ECHO_S", "10")),
             int(os.environ.get("BENCH_UNLOADED_CLAIMS", "300")),
+            int(os.environ.get("BENCH_ISOLATION_CLAIMS", "300")),
+            float(os.environ.get("BENCH_OPEN_S", "20")),
         )
         print("claims:", json.dumps(results["claims"]), flush=True)
+        print(table(results["claims"]), flush=True)
     for key, module, func in (
         ("audit", "bench.audit_bench", "run_audit_bench"),
         ("billing", "bench.billing_bench", "run_billing_bench"),

@@ -25,6 +25,7 @@ from iclaim.audit import merkle
 from iclaim.audit.entry import AuditEntry
 from iclaim.audit.note import Checkpoint, NoteVerifier, sign_checkpoint
 from iclaim.audit.verifier import verify_log
+from iclaim.progress import progress
 from iclaim_hub.common.db import create_pool
 from iclaim_hub.crypto.secretbox import SecretBox
 from services.audit_log import proofs
@@ -136,10 +137,12 @@ async def _bench(url: str, entries: int) -> dict[str, Any]:
 
         # 3. Fill to `entries` through the same path, 10k per transaction.
         start, start_n = time.perf_counter(), n
-        while n < entries:
-            take = min(BULK_BATCH, entries - n)
-            await store.append([_entry(n + j, now_us) for j in range(take)])
-            n += take
+        with progress("audit fill", entries - start_n) as filling:  # minutes: show it
+            while n < entries:
+                take = min(BULK_BATCH, entries - n)
+                await store.append([_entry(n + j, now_us) for j in range(take)])
+                n += take
+                filling.advance(take)
         fill = time.perf_counter() - start
         result["audit_fill_seconds"] = round(fill, 1)
         result["audit_fill_entries_per_s"] = round((entries - start_n) / fill) if fill else None
@@ -198,9 +201,13 @@ async def _bench(url: str, entries: int) -> dict[str, Any]:
             )
         )
         start = time.perf_counter()
-        report = await verify_log(
-            proofs.VerifiableLog(store), NoteVerifier(signer.name, signer.public_key), signer.name
-        )
+        with progress("audit verify", size) as verifying:
+            report = await verify_log(
+                proofs.VerifiableLog(store),
+                NoteVerifier(signer.name, signer.public_key),
+                signer.name,
+                progress=verifying,
+            )
         result["audit_verify_seconds"] = round(time.perf_counter() - start, 1)
         result["audit_verify_ok"] = report.ok
         return result

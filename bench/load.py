@@ -4,6 +4,7 @@ services' CPU accounting: sealed claims through Envoy, or bare echo calls."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
@@ -16,6 +17,7 @@ from bench.echo_server import METHOD
 from iclaim.client.credentials import load_dev_credentials
 from iclaim.client.hospital import HospitalClient
 from iclaim.fhir.claim import synthetic_claim
+from iclaim.progress import progress
 from iclaim.v1 import claim_service_pb2 as pb
 
 
@@ -40,22 +42,64 @@ def latency_summary(latencies: list[float]) -> dict[str, float | int]:
     }
 
 
-async def claims_load(credentials: Path, total: int, concurrency: int, run_id: str) -> dict:
-    creds = load_dev_credentials(path=credentials)
-    # Sandbox insurers of every delivery mode (grpc, webhook, pull in turn down the directory).
-    insurers = ["AIA", "MTL", "TLI", "OLI", "BLA", "FWD", "AZAY", "KTAL", "PRU", "TSLI"]
-    async with HospitalClient(creds) as client:
-        modes = {i.code: mode_name(i) for i in await client.list_insurers()}
-        work = []
+STUCK_EVERY_S = 0.05  # claims to a never-answering insurer, beside the measured ones
+
+
+async def _flood(
+    client: HospitalClient, hospital: str, insurer: str, run_id: str, stop: asyncio.Event
+) -> int:
+    """Submits claims to `insurer` without waiting for decisions until `stop`;
+    returns how many. They only fill its lane: none is ever decided."""
+    sent = 0
+    while not stop.is_set():
+        ref = f"STUCK-{run_id}-{sent}"
+        body = synthetic_claim(hospital, insurer, ref, f"POL-S{sent}", 5_000, patient_name="Bench Patient")
+        envelope = await client.seal_claim(body, insurer_code=insurer, claim_ref=ref, amount_satang=5_000)
+        await client.submit_claim(
+            b"",
+            insurer_code=insurer,
+            claim_ref=ref,
+            amount_satang=5_000,
+            decision_timeout_s=0,
+            envelope=envelope,
+        )
+        sent += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STUCK_EVERY_S)
+    return sent
+
+
+# Sandbox insurers of every delivery mode (grpc, webhook, pull in turn down the directory).
+INSURERS = ("AIA", "MTL", "TLI", "OLI", "BLA", "FWD", "AZAY", "KTAL", "PRU", "TSLI")
+
+
+async def _sealed(
+    client: HospitalClient, hospital: str, total: int, run_id: str
+) -> list[tuple[str, str, int, str]]:
+    """`total` claims sealed ahead of the timed part: (insurer, claim_ref, amount, envelope)."""
+    work = []
+    # Progress on stderr (stdout carries the result): a bar on a terminal, else lines.
+    with progress(f"sealing {run_id}", total) as sealing:
         for n in range(total):
-            insurer = insurers[n % len(insurers)]
+            insurer = INSURERS[n % len(INSURERS)]
             ref = f"BENCH-{run_id}-{n}"
             amount = 10_000 + n
-            body = synthetic_claim(creds.code, insurer, ref, f"POL-{n}", amount, patient_name="Bench Patient")
+            body = synthetic_claim(hospital, insurer, ref, f"POL-{n}", amount, patient_name="Bench Patient")
             envelope = await client.seal_claim(
                 body, insurer_code=insurer, claim_ref=ref, amount_satang=amount
             )
             work.append((insurer, ref, amount, envelope))
+            sealing.advance()
+    return work
+
+
+async def claims_load(
+    credentials: Path, total: int, concurrency: int, run_id: str, stuck: str | None = None
+) -> dict:
+    creds = load_dev_credentials(path=credentials)
+    async with HospitalClient(creds) as client:
+        modes = {i.code: mode_name(i) for i in await client.list_insurers()}
+        work = await _sealed(client, creds.code, total, run_id)
         latencies: list[float] = []
         by_mode: dict[str, list[float]] = {}
         undecided = 0
@@ -81,10 +125,18 @@ async def claims_load(credentials: Path, total: int, concurrency: int, run_id: s
                     by_mode.setdefault(modes.get(insurer, "unknown"), []).append(latencies[-1])
                 else:
                     undecided += 1
+                submitted.advance()
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
+        stop = asyncio.Event()
+        flood = asyncio.create_task(_flood(client, creds.code, stuck, run_id, stop)) if stuck else None
+        if flood is not None:
+            await asyncio.sleep(2.0)  # let the stuck lane fill its in-flight cap first
+        with progress(f"claims {run_id}", total) as submitted:
+            start = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            elapsed = time.perf_counter() - start
+        stop.set()
+        stuck_sent = await flood if flood is not None else 0
     return {
         "claims": total,
         "concurrency": concurrency,
@@ -95,7 +147,59 @@ async def claims_load(credentials: Path, total: int, concurrency: int, run_id: s
         "mean_ms": round(statistics.fmean(latencies) * 1000, 1),
         "undecided": undecided,
         "by_mode": {mode: latency_summary(values) for mode, values in sorted(by_mode.items())},
+        "stuck_claims": stuck_sent,
         # This load generator's own CPU (it is not part of the stack).
+        "load_cpu_s": round(time.process_time(), 2),
+    }
+
+
+async def open_load(credentials: Path, rate: float, seconds: float, run_id: str) -> dict:
+    """Open loop: claims sent at a fixed rate whatever the answers, each
+    latency measured from its scheduled send time, so a server that falls
+    behind shows its queue instead of slowing the sender down."""
+    creds = load_dev_credentials(path=credentials)
+    total = max(1, int(rate * seconds))
+    async with HospitalClient(creds) as client:
+        work = await _sealed(client, creds.code, total, run_id)
+        latencies: list[float] = []
+        undecided = 0
+        late_sends = 0
+
+        async def one(scheduled: float, item: tuple[str, str, int, str]) -> None:
+            nonlocal undecided
+            insurer, ref, amount, envelope = item
+            claim = await client.submit_claim(
+                b"", insurer_code=insurer, claim_ref=ref, amount_satang=amount,
+                decision_timeout_s=10, envelope=envelope,
+            )  # fmt: skip
+            if claim.state == pb.CLAIM_STATE_APPROVED:
+                latencies.append(time.perf_counter() - scheduled)
+            else:
+                undecided += 1
+
+        tasks = []
+        start = time.perf_counter()
+        with progress(f"open loop {run_id}", total) as sent:
+            for n, item in enumerate(work):
+                scheduled = start + n / rate
+                delay = scheduled - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif delay < -0.01:
+                    late_sends += 1  # this process fell behind its own schedule
+                tasks.append(asyncio.create_task(one(scheduled, item)))
+                sent.advance()
+            await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    return {
+        "claims": total,
+        "target_per_s": round(rate, 1),
+        "seconds": round(elapsed, 3),
+        "claims_per_s": round(total / elapsed, 1),
+        "p50_ms": round(percentile(latencies, 0.50) * 1000, 1) if latencies else None,
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1) if latencies else None,
+        "undecided": undecided,
+        "late_sends": late_sends,
         "load_cpu_s": round(time.process_time(), 2),
     }
 
@@ -112,17 +216,31 @@ async def echo_load(port: int, seconds: float, concurrency: int) -> dict:
             while time.perf_counter() < deadline:
                 await call(payload, timeout=5)
                 done += 1
+                calls.advance()
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return {"requests": done, "seconds": round(elapsed, 3), "requests_per_s": round(done / elapsed, 1)}
+        with progress("echo", None) as calls:
+            start = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            elapsed = time.perf_counter() - start
+    return {
+        "requests": done,
+        "seconds": round(elapsed, 3),
+        "requests_per_s": round(done / elapsed, 1),
+        "load_cpu_s": round(time.process_time(), 2),
+    }
 
 
 if __name__ == "__main__":
     mode = sys.argv[1]
-    if mode == "claims":
-        result = asyncio.run(claims_load(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]))
+    if mode == "open":
+        result = asyncio.run(
+            open_load(Path(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
+        )
+    elif mode == "claims":
+        stuck = sys.argv[6] if len(sys.argv) > 6 else None
+        result = asyncio.run(
+            claims_load(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], stuck)
+        )
     else:
         result = asyncio.run(echo_load(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])))
     print(json.dumps(result))

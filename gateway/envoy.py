@@ -23,8 +23,19 @@ Layout
       access log: one JSON line per request (iclaim_hub.common.access_log
                   ENVOY_JSON_FORMAT) to ICLAIM_ENVOY_ACCESS_LOG, denials included;
                   no caller text: route names, verified or hub-form values, hashes
+      paths are normalised (RFC 3986, merged slashes) and a path with an escaped
+      slash (%2F, %5C) is refused with 400 before any filter, ext_authz included
+      grpc_stats: per-method counters and upstream latency for the public methods only
     upstreams: plaintext HTTP/2 (ICLAIM_ROUTER_TARGET, ICLAIM_BILLING_TARGET,
-               ICLAIM_AUTHZ_TARGET); admin on ICLAIM_ENVOY_ADMIN_ADDR (loopback only)
+               ICLAIM_AUTHZ_TARGET); a DNS name is re-resolved every few seconds and
+               every address gets requests (STRICT_DNS + ROUND_ROBIN: headless
+               Services in Kubernetes spread long-lived HTTP/2 over all replicas)
+    admin on ICLAIM_ENVOY_ADMIN_ADDR (loopback only); ICLAIM_ENVOY_STATS_ADDR (optional)
+    is a plain-HTTP listener that proxies GET /stats/prometheus to admin and answers
+    404 to everything else, for Prometheus
+    overload manager: fixed-heap monitor sized from ICLAIM_ENVOY_MEMORY_LIMIT_BYTES
+                      (Kubernetes: the container's memory limit), shrink the heap,
+                      then refuse new requests; a global cap on downstream connections
 
 Mutual TLS (optional): with ICLAIM_GATEWAY_CLIENT_CA set to a CA PEM, Envoy
 asks for a client certificate, fails the handshake for one not issued by that
@@ -72,6 +83,17 @@ UNARY_TIMEOUT_S = 15
 LONG_TIMEOUT_S = 40  # SubmitClaim/PullClaims wait up to 30 s for the far side
 STREAM_IDLE_TIMEOUT_S = 300
 AUTHZ_TIMEOUT_S = 5
+# The only admin path the stats listener forwards (Prometheus text format).
+STATS_PATH = "/stats/prometheus"
+# Envoy's heap may use this share of the memory limit; the rest is for what
+# tcmalloc does not count (binary, thread stacks, kernel socket buffers).
+HEAP_SHARE_OF_LIMIT = 0.8
+SHRINK_HEAP_AT = 0.90  # of the max heap: return free pages to the OS
+STOP_REQUESTS_AT = 0.95  # new requests get 503 until the heap falls again
+MAX_DOWNSTREAM_CONNECTIONS = 50000
+DEFAULT_MEMORY_LIMIT_BYTES = 1 << 30  # no limit given and no cgroup limit found
+CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 # Modern ECDHE + AEAD suites for TLS 1.2; TLS 1.3 suites are all AEAD already.
 CIPHER_SUITES = (
     "ECDHE-ECDSA-AES128-GCM-SHA256",
@@ -94,6 +116,8 @@ class GatewaySettings:
     state_dir: Path = Path(".iclaim/dev")
     access_log: Path | None = None  # default: state_dir/envoy-access.log
     client_ca: Path | None = None  # mutual TLS: verify client certs against this CA
+    stats: str | None = None  # the /stats/prometheus listener; None: none
+    memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -109,10 +133,39 @@ class GatewaySettings:
             state_dir=state,
             access_log=Path(log),
             client_ca=Path(ca) if (ca := os.environ.get("ICLAIM_GATEWAY_CLIENT_CA")) else None,
+            # Off unless set: tests and the dev stack run several Envoys on one host.
+            stats=env_addr("ICLAIM_ENVOY_STATS_ADDR", "")
+            if os.environ.get("ICLAIM_ENVOY_STATS_ADDR")
+            else None,
+            memory_limit_bytes=memory_limit_bytes(),
         )
 
     def access_log_path(self) -> Path:
         return self.access_log or self.state_dir / "envoy-access.log"
+
+
+def memory_limit_bytes() -> int:
+    """ICLAIM_ENVOY_MEMORY_LIMIT_BYTES (Kubernetes: the downward API's
+    limits.memory), else the cgroup v2 limit of this container, else 1 GiB."""
+    if os.environ.get("ICLAIM_ENVOY_MEMORY_LIMIT_BYTES"):
+        return env_int("ICLAIM_ENVOY_MEMORY_LIMIT_BYTES", DEFAULT_MEMORY_LIMIT_BYTES, lo=64 << 20, hi=1 << 40)
+    try:
+        text = CGROUP_MEMORY_MAX.read_text().strip()
+    except OSError:
+        return DEFAULT_MEMORY_LIMIT_BYTES
+    return int(text) if text.isdigit() else DEFAULT_MEMORY_LIMIT_BYTES  # "max": unlimited
+
+
+def cpu_limit_workers() -> int:
+    """Envoy workers for this container's CPU limit (cgroup v2 cpu.max, rounded
+    up: 1.5 CPUs -> 2); 0 (Envoy's default: one per host CPU) without a limit."""
+    try:
+        quota, _, period = CGROUP_CPU_MAX.read_text().strip().partition(" ")
+    except OSError:
+        return 0
+    if not quota.isdigit() or not period.isdigit() or int(period) == 0:
+        return 0  # "max": no limit
+    return max(1, -(-int(quota) // int(period)))
 
 
 def _split(addr: str) -> tuple[str, int]:
@@ -137,7 +190,11 @@ def _cluster(name: str, target: str, *, timeout_s: float = 1.0) -> dict[str, Any
     host, _ = _split(target)
     return {
         "name": name,
+        # A DNS name (in Kubernetes a headless Service: one A record per ready
+        # pod) is re-resolved every 5 s (Envoy's default) and each address
+        # becomes an endpoint, so requests spread over every replica, new ones too.
         "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "lb_policy": "ROUND_ROBIN",
         "connect_timeout": f"{timeout_s}s",
         "dns_lookup_family": "V4_PREFERRED",
         "load_assignment": {
@@ -257,6 +314,32 @@ def _access_log(path: Path) -> dict[str, Any]:
     }
 
 
+def _grpc_stats() -> dict[str, Any]:
+    # Per-method series only for the public methods (a fixed list): a caller
+    # cannot mint new series by calling made-up paths; those count without a
+    # method name.
+    by_service: dict[str, list[str]] = {}
+    for method in policy.ALLOWED_ROLES:
+        service, _, name = method.strip("/").partition("/")
+        by_service.setdefault(service, []).append(name)
+    return {
+        "name": "envoy.filters.http.grpc_stats",
+        "typed_config": {
+            "@type": _TYPE + "filters.http.grpc_stats.v3.FilterConfig",
+            # Request/response message counts as filter state, for access logs.
+            "emit_filter_state": True,
+            "individual_method_stats_allowlist": {
+                "services": [{"name": s, "method_names": sorted(m)} for s, m in sorted(by_service.items())]
+            },
+            # Upstream latency per method (a histogram each: bounded by the list above).
+            "enable_upstream_stats": True,
+            # iclaim.v1.ClaimService -> iclaim_v1_ClaimService: Envoy's tag extraction
+            # splits stat names at dots, and would label service "iclaim", method "v1".
+            "replace_dots_in_grpc_service_name": True,
+        },
+    }
+
+
 def _http_filters(authz_timeout_s: float) -> list[dict[str, Any]]:
     return [
         {
@@ -266,6 +349,8 @@ def _http_filters(authz_timeout_s: float) -> list[dict[str, Any]]:
                 "mutations": {"request_mutations": [{"remove": h} for h in STRIPPED_HEADERS]},
             },
         },
+        # Before ext_authz, so calls it refuses are counted too.
+        _grpc_stats(),
         {
             "name": "envoy.filters.http.ext_authz",
             "typed_config": {
@@ -307,11 +392,15 @@ def render_config(
     access_log: Path,
     authz_timeout_s: float = AUTHZ_TIMEOUT_S,
     client_ca: Path | None = None,
+    stats: str | None = None,
+    memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
 ) -> dict[str, Any]:
     """The Envoy bootstrap (v3) as a JSON-serialisable dict."""
     admin_host, _ = _split(admin)
     if not ipaddress.ip_address(admin_host).is_loopback:
         raise ValueError("the Envoy admin interface must listen on a loopback address")
+    if stats is not None and _split(stats)[1] in {_split(admin)[1], _split(listen)[1]}:
+        raise ValueError("the stats listener needs a port of its own")
     routes = [_open_route(s) for s in policy.OPEN_SERVICES]
     routes += [_method_route(m) for m in policy.ALLOWED_ROLES]
     routes.append(_fallback_route())
@@ -320,9 +409,28 @@ def render_config(
         "stat_prefix": "ingress",
         "codec_type": "HTTP2",
         "use_remote_address": True,
+        # x-request-id: Envoy's own UUID on every request, sent upstream and to
+        # ext_authz and echoed to the client. A client's own is removed before
+        # Envoy decides (it keeps one from an "internal" address, and behind a
+        # load balancer every client looks internal). traceparent passes through
+        # untouched (no Envoy tracer): authz and the services continue it.
+        "generate_request_id": True,
+        "preserve_external_request_id": False,
+        "always_set_request_id_in_response": True,
+        "early_header_mutation_extensions": [
+            {
+                "name": "envoy.http.early_header_mutation.header_mutation",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation."
+                    "header_mutation.v3.HeaderMutation",
+                    "mutations": [{"remove": "x-request-id"}],
+                },
+            }
+        ],
         "request_headers_timeout": "10s",
         "stream_idle_timeout": f"{STREAM_IDLE_TIMEOUT_S}s",
         "max_request_headers_kb": 32,
+        **_PATH_HARDENING,
         "common_http_protocol_options": {
             "idle_timeout": "3600s",
             "headers_with_underscores_action": "REJECT_REQUEST",
@@ -342,48 +450,159 @@ def render_config(
         },
         "http_filters": _http_filters(authz_timeout_s),
     }
-    return {
-        "node": {"id": "iclaim-gateway", "cluster": "iclaim"},
-        "admin": {"address": _socket(admin)},
-        "static_resources": {
-            "listeners": [
+    listeners: list[dict[str, Any]] = [
+        {
+            "name": "public_grpc",
+            "address": _socket(listen),
+            # Bounds what one connection may buffer (the largest request + slack).
+            "per_connection_buffer_limit_bytes": 2 * MAX_REQUEST_BYTES,
+            "filter_chains": [
                 {
-                    "name": "public_grpc",
-                    "address": _socket(listen),
-                    # Bounds what one connection may buffer (the largest request + slack).
-                    "per_connection_buffer_limit_bytes": 2 * MAX_REQUEST_BYTES,
-                    "filter_chains": [
+                    "transport_socket": _tls_context(tls, client_ca),
+                    "filters": [
                         {
-                            "transport_socket": _tls_context(tls, client_ca),
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": hcm,
-                                }
-                            ],
+                            "name": "envoy.filters.network.http_connection_manager",
+                            "typed_config": hcm,
                         }
                     ],
                 }
             ],
-            "clusters": [
-                _cluster("router", router),
-                _cluster("billing", billing),
-                _cluster("audit", audit),
-                _cluster("authz", authz),
+        }
+    ]
+    clusters = [
+        _cluster("router", router),
+        _cluster("billing", billing),
+        _cluster("audit", audit),
+        _cluster("authz", authz),
+    ]
+    if stats is not None:
+        listeners.append(_stats_listener(stats))
+        clusters.append(_admin_cluster(admin))
+    return {
+        "node": {"id": "iclaim-gateway", "cluster": "iclaim"},
+        "admin": {"address": _socket(admin)},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+        "overload_manager": overload_manager(memory_limit_bytes),
+        "stats_config": {"stats_tags": _GRPC_STATS_TAGS},
+    }
+
+
+# grpc_stats names its series cluster.<cluster>.grpc.<service>.<method>.<stat>;
+# Envoy's default tags cut the service at its first dot (iclaim / v1). These
+# label the whole service and the method, so the per-method series become one
+# metric each with two labels (envoy_cluster_grpc_total{grpc_service, grpc_method}).
+_GRPC_STATS_TAGS = [
+    {"tag_name": "grpc_service", "regex": r"^cluster\.[^.]+\.grpc\.((iclaim\.v1\.[A-Za-z]+)\.)"},
+    {"tag_name": "grpc_method", "regex": r"^cluster\.[^.]+\.grpc\.iclaim\.v1\.[A-Za-z]+\.(([A-Za-z]+)\.)"},
+]
+
+
+# RFC 3986 normalisation and merged slashes, so routes and ext_authz see the
+# path the upstream will; an escaped slash or backslash (%2F, %5C) could be
+# decoded differently further in, so such a request is refused (400) before
+# any filter runs.
+_PATH_HARDENING = {
+    "normalize_path": True,
+    "merge_slashes": True,
+    "path_with_escaped_slashes_action": "REJECT_REQUEST",
+}
+
+
+def _stats_listener(addr: str) -> dict[str, Any]:
+    """Plain HTTP for Prometheus: GET /stats/prometheus is proxied to the
+    loopback admin, every other path and method gets 404, so nothing of the
+    admin interface (config_dump, quitquitquit, runtime_modify, ...) is reachable."""
+    not_found = {"direct_response": {"status": 404, "body": {"inline_string": "not found"}}}
+    hcm = {
+        "@type": _TYPE + "filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "stats",
+        "codec_type": "AUTO",
+        "request_headers_timeout": "5s",
+        "stream_idle_timeout": "30s",
+        "max_request_headers_kb": 8,
+        **_PATH_HARDENING,
+        "route_config": {
+            "name": "stats",
+            "virtual_hosts": [
+                {
+                    "name": "stats",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "name": "prometheus",
+                            # Exact path (the query string, e.g. ?usedonly, is not part of it).
+                            "match": {
+                                "path": STATS_PATH,
+                                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+                            },
+                            "route": {"cluster": "envoy_admin", "timeout": "10s"},
+                        },
+                        {"name": "not_found", "match": {"prefix": "/"}, **not_found},
+                    ],
+                }
             ],
         },
-        "overload_manager": {
-            "resource_monitors": [
-                {
-                    "name": "envoy.resource_monitors.global_downstream_max_connections",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
-                        "downstream_connections.v3.DownstreamConnectionsConfig",
-                        "max_active_downstream_connections": 50000,
-                    },
-                }
-            ]
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": _TYPE + "filters.http.router.v3.Router"},
+            }
+        ],
+    }
+    return {
+        "name": "prometheus_stats",
+        "address": _socket(addr),
+        # Scrapes still work when the public listener has hit the connection cap.
+        "ignore_global_conn_limit": True,
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+
+
+def _admin_cluster(admin: str) -> dict[str, Any]:
+    return {
+        "name": "envoy_admin",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "envoy_admin",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(admin)}}]}],
         },
+    }
+
+
+def overload_manager(memory_limit_bytes: int) -> dict[str, Any]:
+    """Heap actions sized from the memory limit, so Envoy sheds load before
+    the kernel's OOM killer ends every connection at once."""
+    heap = "envoy.resource_monitors.fixed_heap"
+
+    def at(action: str, threshold: float) -> dict[str, Any]:
+        return {"name": action, "triggers": [{"name": heap, "threshold": {"value": threshold}}]}
+
+    return {
+        "refresh_interval": "0.25s",
+        "resource_monitors": [
+            {
+                "name": heap,
+                "typed_config": {
+                    "@type": _TYPE + "resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                    "max_heap_size_bytes": int(memory_limit_bytes * HEAP_SHARE_OF_LIMIT),
+                },
+            },
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": _TYPE
+                    + "resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+                },
+            },
+        ],
+        "actions": [
+            at("envoy.overload_actions.shrink_heap", SHRINK_HEAP_AT),
+            at("envoy.overload_actions.stop_accepting_requests", STOP_REQUESTS_AT),
+        ],
     }
 
 
@@ -432,6 +651,8 @@ def write_config(settings: GatewaySettings) -> Path:
         tls=tls,
         access_log=log_path.resolve(),
         client_ca=settings.client_ca.resolve() if settings.client_ca else None,
+        stats=settings.stats,
+        memory_limit_bytes=settings.memory_limit_bytes,
     )
     path = state / "envoy.json"
     tmp = path.with_suffix(".json.tmp")
@@ -478,7 +699,8 @@ def main() -> None:
     config_path = write_config(settings)
     level = os.environ.get("ICLAIM_ENVOY_LOG_LEVEL", "warn")
     flush_ms = env_int("ICLAIM_ENVOY_LOG_FLUSH_MS", 1000, lo=10, hi=60000)
-    concurrency = env_int("ICLAIM_ENVOY_CONCURRENCY", 0, lo=0, hi=256)
+    # Kubernetes sets it from the CPU limit (downward API); elsewhere the cgroup says.
+    concurrency = env_int("ICLAIM_ENVOY_CONCURRENCY", 0, lo=0, hi=256) or cpu_limit_workers()
     command = envoy_command(config_path, log_level=level, log_flush_ms=flush_ms, concurrency=concurrency)
     # Own session so a parent shell's hang-up does not kill Envoy; we forward signals.
     child = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)

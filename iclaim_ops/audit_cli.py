@@ -17,6 +17,7 @@ from iclaim.audit.trail import DEFAULT_ORIGIN, RPC_TIMEOUT_S, TrailItem, TrailPa
 from iclaim.audit.verifier import VerifyReport, verify_log
 from iclaim.audit_cli import add_trail_options, prove_and_print
 from iclaim.cli_groups import CommandGroups
+from iclaim.progress import ProgressSink, progress
 from iclaim_hub.audit.wire import entry_of_event
 from iclaim_hub.internal.v1 import audit_log_pb2 as pb
 
@@ -63,10 +64,12 @@ async def verify_database(
     verifier_key: str | None = None,
     origin: str = DEFAULT_ORIGIN,
     witness_file: str | None = None,
+    progress: ProgressSink | None = None,
 ) -> tuple[VerifyReport, str]:
     """Returns the report and the verifier key it trusted. With `witness_file`,
     the checkpoint saved there by the previous run must still be in the log, and
-    on success the latest checkpoint is saved there."""
+    on success the latest checkpoint is saved there. `progress` sees the entries
+    checked out of the log's size."""
     from iclaim_hub.common.db import create_pool
     from services.audit_log.proofs import VerifiableLog
     from services.audit_log.store import AuditStore
@@ -83,7 +86,9 @@ async def verify_database(
             verifier = NoteVerifier(origin, public)
         witness = Path(witness_file) if witness_file else None
         witnessed = [witness.read_text()] if witness and witness.exists() else []
-        report = await verify_log(VerifiableLog(store), verifier, origin, witnessed)
+        if progress is not None:
+            progress.set_total(await store.tree_size())
+        report = await verify_log(VerifiableLog(store), verifier, origin, witnessed, progress)
         if witness is not None and report.ok:
             notes = await store.checkpoint_notes()
             if notes:
@@ -100,9 +105,11 @@ async def _verify_cmd(args: argparse.Namespace) -> int:
         print("set --database-url or ICLAIM_DATABASE_URL", file=sys.stderr)
         return 2
     try:
-        report, vkey = await verify_database(
-            args.database_url, args.verifier_key, args.origin, args.witness_file
-        )
+        # About a minute per million entries: a bar on a terminal, else a line every 5 s / 10 %.
+        with progress("audit verify") as shown:
+            report, vkey = await verify_database(
+                args.database_url, args.verifier_key, args.origin, args.witness_file, shown
+            )
     except NoteError as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 1

@@ -80,6 +80,15 @@ def _quantile(q: float, histogram: str, by: str = "le", where: str = "") -> str:
     return f"histogram_quantile({q}, sum by ({by}) (rate({histogram}_bucket{{{where}}}[5m])))"
 
 
+def _latency(title: str, histogram: str, unit: str = "s", where: str = "") -> Panel:
+    """The median and the tail of one latency histogram."""
+    return Panel(
+        title,
+        [Query(_quantile(q, histogram, where=where), f"p{round(q * 100)}") for q in (0.5, 0.99)],
+        unit,
+    )
+
+
 OVERVIEW = build(
     "iclaim-overview",
     "iClaim — overview",
@@ -106,14 +115,7 @@ OVERVIEW = build(
                     ],
                     "reqps",
                 ),
-                Panel(
-                    "Submit → decision latency",
-                    [
-                        Query(_quantile(0.5, "iclaim_claim_decision_seconds"), "p50"),
-                        Query(_quantile(0.99, "iclaim_claim_decision_seconds"), "p99"),
-                    ],
-                    "s",
-                ),
+                _latency("Submit → decision latency", "iclaim_claim_decision_seconds"),
                 Panel(
                     "Public API errors by code",
                     [
@@ -201,14 +203,7 @@ GATEWAY = build(
                     ],
                     "reqps",
                 ),
-                Panel(
-                    "Authz check latency",
-                    [
-                        Query(_quantile(0.5, "iclaim_authz_check_duration_seconds"), "p50"),
-                        Query(_quantile(0.99, "iclaim_authz_check_duration_seconds"), "p99"),
-                    ],
-                    "s",
-                ),
+                _latency("Authz check latency", "iclaim_authz_check_duration_seconds"),
             ],
         ),
         (
@@ -228,39 +223,47 @@ GATEWAY = build(
                     ],
                     "reqps",
                 ),
-                Panel(
+                _latency(
                     "Request latency",
-                    [
-                        Query(
-                            _quantile(
-                                0.5,
-                                "envoy_http_downstream_rq_time",
-                                where='envoy_http_conn_manager_prefix="ingress"',
-                            ),
-                            "p50",
-                        ),
-                        Query(
-                            _quantile(
-                                0.99,
-                                "envoy_http_downstream_rq_time",
-                                where='envoy_http_conn_manager_prefix="ingress"',
-                            ),
-                            "p99",
-                        ),
-                    ],
+                    "envoy_http_downstream_rq_time",
                     "ms",
+                    where='envoy_http_conn_manager_prefix="ingress"',
                 ),
                 Panel(
                     "Upstream requests by cluster",
                     [
                         Query(
-                            _rate("envoy_cluster_upstream_rq_total", "envoy_cluster_name"),
+                            # envoy_admin: the stats listener's own scrapes.
+                            _rate(
+                                "envoy_cluster_upstream_rq_total",
+                                "envoy_cluster_name",
+                                where='envoy_cluster_name!="envoy_admin"',
+                            ),
                             "{{envoy_cluster_name}}",
                         )
                     ],
                     "reqps",
                 ),
-                Panel("Downstream connections", [Query("sum(envoy_http_downstream_cx_active)", "active")]),
+                Panel(
+                    "Calls by method",
+                    [
+                        Query(
+                            # grpc_stats, public methods only (gateway/envoy.py labels them).
+                            _rate("envoy_cluster_grpc_total", "grpc_method", where='grpc_method!=""'),
+                            "{{grpc_method}}",
+                        )
+                    ],
+                    "reqps",
+                ),
+                Panel(
+                    "Downstream connections",
+                    [
+                        Query(
+                            'sum(envoy_http_downstream_cx_active{envoy_http_conn_manager_prefix="ingress"})',
+                            "active",
+                        )
+                    ],
+                ),
             ],
         ),
     ],

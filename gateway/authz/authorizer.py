@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Protocol
 
 from gateway.authz import frame, messages, policy, replay
@@ -74,25 +74,17 @@ class Deny:
     log_fields: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, eq=False)
 class Authorizer:
-    def __init__(
-        self,
-        keys: KeyLookup,
-        guard: ReplayGuard,
-        *,
-        clock: Callable[[], float] = time.time,
-        max_message_bytes: int = frame.MAX_MESSAGE_BYTES,
-        limiter: RateLimiter | None = None,
-        pseudonym_key: bytes | None = None,
-    ) -> None:
-        self._keys = keys
-        self._guard = guard
-        self._limiter = limiter
-        self._clock = clock
-        self._max = max_message_bytes
-        # The server passes the key derived from the master key (same hashes on
-        # every replica); a random one still hides the values, only uncorrelated.
-        self._pseudonym_key = pseudonym_key or os.urandom(32)
+    keys: KeyLookup
+    guard: ReplayGuard
+    _: KW_ONLY
+    clock: Callable[[], float] = time.time
+    max_message_bytes: int = frame.MAX_MESSAGE_BYTES
+    limiter: RateLimiter | None = None
+    # The server passes the key derived from the master key (same hashes on
+    # every replica); a random one still hides the values, only uncorrelated.
+    pseudonym_key: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
 
     async def check(self, req: CheckInput) -> Allow | Deny:
         decision = await self._decide(req)
@@ -105,16 +97,16 @@ class Authorizer:
         plus the path's keyed hash (a path is whatever the caller wrote)."""
         if method in policy.ALLOWED_ROLES:
             return method
-        return f"{UNKNOWN_ROUTE}:{pseudonym(self._pseudonym_key, method)}"
+        return f"{UNKNOWN_ROUTE}:{pseudonym(self.pseudonym_key, method)}"
 
     def _log_fields(self, req: CheckInput) -> dict[str, str]:
         out: dict[str, str] = {}
         if req.method not in policy.ALLOWED_ROLES:
-            out[ROUTE_HASH_KEY] = pseudonym(self._pseudonym_key, req.method)
+            out[ROUTE_HASH_KEY] = pseudonym(self.pseudonym_key, req.method)
         claimed = req.headers.get(signing.H_CLIENT)
         if claimed:
             # Unverified: whatever the caller wrote, well-formed or not.
-            out[CLAIMED_CLIENT_KEY] = pseudonym(self._pseudonym_key, claimed)
+            out[CLAIMED_CLIENT_KEY] = pseudonym(self.pseudonym_key, claimed)
         return out
 
     async def _decide(self, req: CheckInput) -> Allow | Deny:
@@ -127,7 +119,7 @@ class Authorizer:
             )
         except IclaimError as err:
             if err.reason in _TIME_HINT_REASONS:
-                return Deny(err, {signing.H_SERVER_TIME: str(int(self._clock()))})
+                return Deny(err, {signing.H_SERVER_TIME: str(int(self.clock()))})
             return Deny(err)
 
     async def _check(self, req: CheckInput) -> Allow:
@@ -139,13 +131,15 @@ class Authorizer:
             raise Unauthenticated(
                 f"authentication metadata invalid: {exc}", reason="MALFORMED_METADATA"
             ) from None
-        body = frame.message_bytes(req.raw_body, partial=req.partial_body, max_message_bytes=self._max)
-        now = self._clock()
+        body = frame.message_bytes(
+            req.raw_body, partial=req.partial_body, max_message_bytes=self.max_message_bytes
+        )
+        now = self.clock()
         problem = replay.skew_problem(meta.timestamp, now)
         if problem is not None:
             raise _Skew(problem, int(now))
 
-        key = await self._keys.signing_key(meta.client, meta.key_id)
+        key = await self.keys.signing_key(meta.client, meta.key_id)
         ok = signing.verify(key.secret if key else _DUMMY_SECRET, meta, req.method, body)
         if key is None or not ok:
             raise Unauthenticated(BAD_SIGNATURE_MESSAGE, reason="BAD_SIGNATURE")
@@ -154,10 +148,10 @@ class Authorizer:
         _check_client_cert(key, req.cert_principals)
         if not policy.may_call(key.role, req.method):
             raise PermissionDenied(f"a {key.role} may not call {req.method}", reason="WRONG_ROLE")
-        if self._limiter is not None:
-            await self._limiter.take(key.principal_code)
+        if self.limiter is not None:
+            await self.limiter.take(key.principal_code)
         derived = messages.derive(req.method, body)
-        await self._guard.admit(meta.client, meta.nonce, meta.timestamp)
+        await self.guard.admit(meta.client, meta.nonce, meta.timestamp)
 
         headers = {PRINCIPAL_HEADER: key.principal_code, ROLE_HEADER: key.role}
         if derived.transaction_id:

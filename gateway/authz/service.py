@@ -25,12 +25,15 @@ from gateway.authz import clientcert
 from gateway.authz.authorizer import Allow, Authorizer, CheckInput, Deny
 from gateway.authz.metrics import CHECK_LATENCY, DECISIONS
 from iclaim_hub.common.access_log import CLAIMED_CLIENT_KEY, REASON_HEADER
+from iclaim_hub.common import tracing
 from iclaim_hub.common.db import database_unavailable, is_connection_lost
+from iclaim_hub.common.grpc_tracing import request_id
 from iclaim.errors import build_status
 
 log = structlog.get_logger("gateway.authz")
 
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
+CHECK_SPAN = "envoy.service.auth.v3.Authorization/Check"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
@@ -115,6 +118,15 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
     ) -> external_auth_pb2.CheckResponse:
         start = time.perf_counter()
         inp = check_input(request)
+        # Envoy's request id (UUID form only) and the client's trace for this check's log lines.
+        rid = request_id(request.attributes.request.http.id)
+        with (
+            tracing.request_span(CHECK_SPAN, inp.headers),
+            structlog.contextvars.bound_contextvars(**({"request_id": rid} if rid else {})),
+        ):
+            return await self._check(inp, start)
+
+    async def _check(self, inp: CheckInput, start: float) -> external_auth_pb2.CheckResponse:
         decision = await self._decide(inp)
         CHECK_LATENCY.observe(time.perf_counter() - start)
         if isinstance(decision, Allow):

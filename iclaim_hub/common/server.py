@@ -8,7 +8,7 @@ import contextlib
 import signal
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, TypeVar, cast
 
@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 
 from iclaim.limits import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from iclaim.errors import Code, IclaimError, Internal, Unauthenticated
+from iclaim_hub.common import grpc_tracing, tracing
 from iclaim_hub.common.access_log import HUB_TRANSACTION_RE
 from iclaim_hub.common.config import LOG_LEVELS, env_addr, env_choice, env_float, env_int
 from iclaim_hub.common.db import unavailable_when_connection_lost
@@ -37,6 +38,10 @@ log = structlog.get_logger("iclaim.server")
 C = TypeVar("C", bound="HasServeConfig")
 
 
+MAX_CONNECTION_AGE_MS = 300_000
+MAX_CONNECTION_AGE_GRACE_MS = 30_000
+
+
 def server_options(max_receive_bytes: int = MAX_REQUEST_BYTES) -> list[tuple[str, int]]:
     """Every service receives at most the gateway's request limit (one constant,
     iclaim.limits); only the gateway's auth service, whose requests wrap a whole
@@ -45,6 +50,11 @@ def server_options(max_receive_bytes: int = MAX_REQUEST_BYTES) -> list[tuple[str
         ("grpc.max_receive_message_length", max_receive_bytes),
         ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
         ("grpc.so_reuseport", 0),
+        # Internal clients resolve headless Services (dns:/// + round_robin) only
+        # when they reconnect: ending connections every 5 min (30 s to finish
+        # calls) lets them find replicas an autoscaler added.
+        ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+        ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
     ]
 
 
@@ -115,16 +125,23 @@ def _frames(exc: BaseException) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def _guarded(
-    rpc: tuple[str, str, str], context: grpc.aio.ServicerContext[Any, Any], bind: dict[str, str]
+    rpc: tuple[str, str, str],
+    context: grpc.aio.ServicerContext[Any, Any],
+    bind: dict[str, str],
+    metadata: Mapping[str, str] | None = None,
 ) -> AsyncIterator[None]:
-    """One RPC: log context, IclaimError -> status with ErrorInfo, a lost
-    database -> UNAVAILABLE DATABASE_UNAVAILABLE, a crash -> INTERNAL (never
-    UNKNOWN), and the RPC metrics, for unary and streams alike. `rpc` is
-    (grpc_type, service, method)."""
+    """One RPC: its span (tracing on), log context, IclaimError -> status with
+    ErrorInfo, a lost database -> UNAVAILABLE DATABASE_UNAVAILABLE, a crash ->
+    INTERNAL (never UNKNOWN), and the RPC metrics, for unary and streams alike.
+    `rpc` is (grpc_type, service, method)."""
     start = time.perf_counter()
     code = "OK"
     RPC_STARTED.labels(*rpc).inc()
-    with structlog.contextvars.bound_contextvars(**bind):
+    # The span first, so that every line logged in the call carries its trace id.
+    with (
+        grpc_tracing.server_span(f"/{rpc[1]}/{rpc[2]}", metadata or {}) as span,
+        structlog.contextvars.bound_contextvars(**bind),
+    ):
         try:
             # A database that went away is an outage (UNAVAILABLE), not a crash.
             with unavailable_when_connection_lost():
@@ -145,6 +162,8 @@ async def _guarded(
             log.error("rpc_crash", error=type(exc).__name__, at=_frames(exc), transaction_id=_issued_id(bind))
             await _abort(context, Internal("internal error", reason="INTERNAL"))
         finally:
+            if span is not None:
+                span.finish(code)
             RPC_HANDLED.labels(*rpc, code).inc()
             if rpc[0] == "unary":
                 RPC_HANDLING.labels(*rpc).observe(time.perf_counter() - start)
@@ -166,12 +185,16 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             return handler
         md = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
         bind = {"rpc": details.method, "client": md.get(PRINCIPAL_HEADER, "")}
+        if rid := grpc_tracing.request_id(md.get(grpc_tracing.REQUEST_ID_HEADER)):
+            bind["request_id"] = rid  # Envoy's id (or the hub's, forwarded), never a caller's text
 
         if handler.unary_unary:
             inner = cast(_AioUnaryUnary, handler.unary_unary)
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                async with _guarded(("unary", service, method), context, {**bind, **_request_ids(request)}):
+                async with _guarded(
+                    ("unary", service, method), context, {**bind, **_request_ids(request)}, md
+                ):
                     return await inner(request, context)
 
             return grpc.unary_unary_rpc_method_handler(
@@ -185,7 +208,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 rpc = ("server_stream", service, method)
-                async with _guarded(rpc, context, {**bind, **_request_ids(request)}):
+                async with _guarded(rpc, context, {**bind, **_request_ids(request)}, md):
                     async for item in inner_stream(request, context):
                         RPC_MSG_SENT.labels(*rpc).inc()
                         yield item
@@ -355,8 +378,12 @@ def run_service(load_config: Callable[[], C], build: Callable[[C], Awaitable[App
     configured from it, then `serve`."""
     config = load_config()
     configure_logging(config.serve.log_level)
+    tracing.configure_tracing()  # before the build: channels and servers see it
 
     async def main() -> None:
-        await serve(await build(config), config.serve)
+        try:
+            await serve(await build(config), config.serve)
+        finally:
+            tracing.shutdown_tracing()  # what the exporter still buffers
 
     asyncio.run(main())

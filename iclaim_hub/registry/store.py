@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from iclaim_hub.common.db import apply_migrations
+from iclaim_hub.common.fields import copy_columns
 from iclaim.errors import FailedPrecondition, InvalidArgument, NotFound
 from iclaim_hub.crypto.secretbox import SecretBox, SecretBoxError
 from iclaim_hub.registry.endpoints import check_ca_pem, check_delivery_mode, check_endpoint
@@ -54,20 +55,23 @@ def _unknown(code: str) -> NotFound:
     return NotFound(f"no insurer {code} in the registry", reason=UNKNOWN_PRINCIPAL)
 
 
-def _principal(row: Mapping[str, Any], keys: tuple[EncryptionKeyRecord, ...]) -> Principal:
-    return Principal(
-        code=row["code"],
-        role=row["role"],
-        display_name=row["display_name"],
-        line=row["line"],
-        delivery_mode=row["delivery_mode"],
-        available=row["available"],
-        suspended=row["suspended"],
-        keys=keys,
-        endpoint=row["endpoint"],
-        endpoint_ca_pem=row["endpoint_ca_pem"],
-        endpoint_mtls=row["endpoint_mtls"],
+async def _lock_principal(conn: asyncpg.Connection, code: str) -> asyncpg.Record | None:
+    """Its row, locked: writers of one principal's keys and endpoint queue on it."""
+    return await conn.fetchrow(
+        "SELECT * FROM registry.principals WHERE code = $1 FOR UPDATE", code, timeout=_QUERY_TIMEOUT_S
     )
+
+
+async def _lock_insurer(conn: asyncpg.Connection, code: str) -> asyncpg.Record:
+    """The same for an insurer's row; NotFound UNKNOWN_PRINCIPAL without one."""
+    row = await _lock_principal(conn, code)
+    if row is None or row["role"] != "insurer":
+        raise _unknown(code)
+    return row
+
+
+def _principal(row: Mapping[str, Any], keys: tuple[EncryptionKeyRecord, ...]) -> Principal:
+    return copy_columns(Principal, row, keys=keys)
 
 
 def _key_record(row: Mapping[str, Any]) -> EncryptionKeyRecord:
@@ -201,16 +205,19 @@ class RegistryStore:
     async def add_signing_key(self, code: str, key_id: str, secret: bytes) -> None:
         """Adds (or re-seals and re-activates) a key; raises TooManyActiveKeys when
         the principal already has two other active keys (the database enforces it)."""
-        sealed = self._box.seal(secret, _secret_context(code, key_id))
+        async with self._pool.acquire() as conn:
+            await self._put_signing_key(conn, code, key_id, secret)
+
+    async def _put_signing_key(self, conn: asyncpg.Connection, code: str, key_id: str, secret: bytes) -> None:
         try:
-            await self._pool.execute(
+            await conn.execute(
                 "INSERT INTO registry.signing_keys (principal_code, key_id, secret_sealed)"
                 " VALUES ($1, $2, $3) ON CONFLICT (principal_code, key_id)"
                 " DO UPDATE SET secret_sealed = EXCLUDED.secret_sealed, status = 'active',"
                 " revoked_at = NULL",
                 code,
                 key_id,
-                sealed,
+                self._box.seal(secret, _secret_context(code, key_id)),
                 timeout=_QUERY_TIMEOUT_S,
             )
         except asyncpg.CheckViolationError as exc:
@@ -222,14 +229,8 @@ class RegistryStore:
         """Adds `new_key_id` and, in the same transaction, revokes `revoke_key_id`
         (or, when two keys are active and none is named, the oldest), so a
         principal never has more than two active keys nor zero."""
-        sealed = self._box.seal(secret, _secret_context(code, new_key_id))
         async with self._pool.acquire() as conn, conn.transaction():
-            locked = await conn.fetchval(
-                "SELECT code FROM registry.principals WHERE code = $1 FOR UPDATE",
-                code,
-                timeout=_QUERY_TIMEOUT_S,
-            )
-            if locked is None:
+            if await _lock_principal(conn, code) is None:
                 raise NotFound(f"no principal {code}", reason="PRINCIPAL_NOT_FOUND")
             active = [
                 r["key_id"]
@@ -245,19 +246,7 @@ class RegistryStore:
                 revoke_key_id = active[0]
             if revoke_key_id is not None:
                 await self._revoke(conn, code, revoke_key_id)
-            try:
-                await conn.execute(
-                    "INSERT INTO registry.signing_keys (principal_code, key_id, secret_sealed)"
-                    " VALUES ($1, $2, $3) ON CONFLICT (principal_code, key_id)"
-                    " DO UPDATE SET secret_sealed = EXCLUDED.secret_sealed, status = 'active',"
-                    " revoked_at = NULL",
-                    code,
-                    new_key_id,
-                    sealed,
-                    timeout=_QUERY_TIMEOUT_S,
-                )
-            except asyncpg.CheckViolationError as exc:
-                raise _too_many(code) from exc
+            await self._put_signing_key(conn, code, new_key_id, secret)
 
     async def revoke_signing_key(self, code: str, key_id: str) -> None:
         """Revokes at once in the registry; gateways stop accepting it within
@@ -298,9 +287,7 @@ class RegistryStore:
         At most one key is current (a unique index); writers for one principal
         queue on its row, so concurrent rotations end with the last one current."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "SELECT 1 FROM registry.principals WHERE code = $1 FOR UPDATE", code, timeout=_QUERY_TIMEOUT_S
-            )
+            await _lock_principal(conn, code)
             await conn.execute(
                 "UPDATE registry.encryption_keys SET status = 'retired'"
                 " WHERE principal_code = $1 AND status = 'previous'",
@@ -338,13 +325,7 @@ class RegistryStore:
         switching to pull without naming an endpoint clears it. A refusal
         (InvalidArgument, or NotFound UNKNOWN_PRINCIPAL) changes nothing."""
         async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT * FROM registry.principals WHERE code = $1 AND role = 'insurer' FOR UPDATE",
-                code,
-                timeout=_QUERY_TIMEOUT_S,
-            )
-            if row is None:
-                raise _unknown(code)
+            row = await _lock_insurer(conn, code)
             mode = check_delivery_mode(delivery_mode if delivery_mode is not None else row["delivery_mode"])
             if endpoint is None:
                 endpoint = "" if delivery_mode == DELIVERY_PULL else row["endpoint"]
@@ -374,13 +355,7 @@ class RegistryStore:
         secret = os.urandom(ENDPOINT_SECRET_BYTES)
         sealed = self._box.seal(secret, _endpoint_secret_context(code, key_id))
         async with self._pool.acquire() as conn, conn.transaction():
-            locked = await conn.fetchval(
-                "SELECT code FROM registry.principals WHERE code = $1 AND role = 'insurer' FOR UPDATE",
-                code,
-                timeout=_QUERY_TIMEOUT_S,
-            )
-            if locked is None:
-                raise _unknown(code)
+            await _lock_insurer(conn, code)
             await conn.execute(
                 "UPDATE registry.endpoint_keys SET revoked_at = now()"
                 " WHERE insurer_code = $1 AND revoked_at IS NULL",

@@ -17,6 +17,7 @@ from iclaim.crypto.envelope import generate_encryption_key
 from iclaim.crypto.signing import b64url, b64url_decode
 from iclaim_hub.registry.directory import dev_hospitals, pull_insurer
 from iclaim_hub.registry.store import RegistryStore
+from iclaim_ops.devstack.sandbox_seed import write_private_json
 
 
 async def _still_valid(store: RegistryStore, entry: dict[str, Any]) -> bool:
@@ -67,13 +68,7 @@ async def seed_dev_registry(
         "hospitals": [await entry_for(h.code) for h in dev_hospitals()],
         "insurers": [await entry_for(pull_insurer().code)],
     }
-    credentials_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = credentials_path.with_suffix(".tmp")
-    # Holds secrets and private keys: owner-only, replaced atomically.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(creds, fh, indent=2)
-    os.replace(tmp, credentials_path)
+    write_private_json(credentials_path, creds)  # it holds secrets and private keys
     return creds
 
 

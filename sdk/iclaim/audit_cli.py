@@ -11,6 +11,7 @@ import sys
 from iclaim.audit.note import NoteError
 from iclaim.audit.trail import DEFAULT_ORIGIN, TrailReport, TrailSource, verify_trail
 from iclaim.cli_groups import CommandGroups
+from iclaim.progress import progress
 
 
 def add_trail_options(parser: argparse.ArgumentParser) -> None:
@@ -29,9 +30,11 @@ def register(groups: CommandGroups) -> None:
 
 async def prove_and_print(source: TrailSource, principal: str, args: argparse.Namespace) -> int:
     try:
-        report: TrailReport = await verify_trail(
-            source, principal, args.verifier_key, args.origin, args.transaction_id
-        )
+        # One inclusion proof per entry: a bar on a terminal, else a line every 5 s / 10 %.
+        with progress("audit trail") as shown:
+            report: TrailReport = await verify_trail(
+                source, principal, args.verifier_key, args.origin, args.transaction_id, shown
+            )
     except NoteError as exc:
         print(f"FAIL: checkpoint: {exc}", file=sys.stderr)
         return 1

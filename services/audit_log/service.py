@@ -10,7 +10,9 @@ import grpc
 from iclaim.audit.verifier import StoredLeaf
 from iclaim_hub.audit.wire import entry_of_event, event_of_entry
 from iclaim_hub.common.access_log import PRINCIPAL_HEADER
+from iclaim_hub.common.fields import copy_fields
 from iclaim_hub.common.proto_time import timestamp, timestamp_or_none
+from iclaim_hub.common.servicer import Serves
 from iclaim_hub.internal.v1 import audit_log_pb2 as pb
 from iclaim_hub.internal.v1 import audit_log_pb2_grpc as pb_grpc
 from services.audit_log.domain import Hold, StoredCheckpoint
@@ -36,73 +38,57 @@ def _log_entry(leaf: StoredLeaf) -> pb.LogEntry:
 
 
 def _hold(h: Hold) -> pb.LegalHold:
-    return pb.LegalHold(
-        hold_id=h.hold_id,
+    return copy_fields(
+        pb.LegalHold,
+        h,
         scope=_SCOPE_ENUM[h.scope],
-        value=h.value,
-        reference=h.reference,
         placed_at=timestamp(h.placed_at),
         released_at=timestamp_or_none(h.released_at),
     )
 
 
-class AuditLogServicer(pb_grpc.AuditLogServiceServicer):
-    def __init__(self, log: AuditLog) -> None:
-        self._log = log
-
+class AuditLogServicer(Serves[AuditLog], pb_grpc.AuditLogServiceServicer):
     def _checkpoint(self, cp: StoredCheckpoint) -> pb.Checkpoint:
-        return pb.Checkpoint(
-            note=cp.note,
-            tree_size=cp.tree_size,
-            root_hash=cp.root_hash,
-            signed_at=timestamp(cp.signed_at),
-            verifier_key=self._log.verifier_key,
+        return copy_fields(
+            pb.Checkpoint, cp, signed_at=timestamp(cp.signed_at), verifier_key=self.use_cases.verifier_key
         )
 
     async def Append(self, request: pb.AppendRequest, context: Ctx) -> pb.AppendResponse:
-        result = await self._log.append([entry_of_event(ev) for ev in request.events])
+        result = await self.use_cases.append([entry_of_event(ev) for ev in request.events])
         return pb.AppendResponse(appended=result.appended, duplicates=result.duplicates)
 
     async def GetCheckpoint(self, request: pb.GetCheckpointRequest, context: Ctx) -> pb.GetCheckpointResponse:
-        return pb.GetCheckpointResponse(checkpoint=self._checkpoint(await self._log.checkpoint()))
+        return pb.GetCheckpointResponse(checkpoint=self._checkpoint(await self.use_cases.checkpoint()))
 
     async def SignCheckpoint(
         self, request: pb.SignCheckpointRequest, context: Ctx
     ) -> pb.SignCheckpointResponse:
-        return pb.SignCheckpointResponse(checkpoint=self._checkpoint(await self._log.sign_checkpoint()))
+        return pb.SignCheckpointResponse(checkpoint=self._checkpoint(await self.use_cases.sign_checkpoint()))
 
     async def GetInclusionProof(
         self, request: pb.GetInclusionProofRequest, context: Ctx
     ) -> pb.GetInclusionProofResponse:
-        p = await self._log.inclusion_proof(
+        p = await self.use_cases.inclusion_proof(
             request.leaf_index, request.tree_size, _reader(request.principal, context)
         )
-        return pb.GetInclusionProofResponse(
-            leaf_index=p.leaf_index, tree_size=p.tree_size, leaf_hash=p.leaf_hash, proof=p.proof
-        )
+        return copy_fields(pb.GetInclusionProofResponse, p)
 
     async def GetConsistencyProof(
         self, request: pb.GetConsistencyProofRequest, context: Ctx
     ) -> pb.GetConsistencyProofResponse:
-        proof = await self._log.consistency_proof(request.first_size, request.second_size)
-        return pb.GetConsistencyProofResponse(
-            first_size=request.first_size, second_size=request.second_size, proof=proof
-        )
+        proof = await self.use_cases.consistency_proof(request.first_size, request.second_size)
+        return copy_fields(pb.GetConsistencyProofResponse, request, proof=proof)
 
     async def ListEntries(self, request: pb.ListEntriesRequest, context: Ctx) -> pb.ListEntriesResponse:
-        page = await self._log.list_entries(
+        page = await self.use_cases.list_entries(
             request.start_index, request.max_entries, _reader(request.principal, context)
         )
-        return pb.ListEntriesResponse(
-            entries=[_log_entry(x) for x in page.leaves],
-            next_start_index=page.next_start_index,
-            tree_size=page.tree_size,
-        )
+        return copy_fields(pb.ListEntriesResponse, page, entries=[_log_entry(x) for x in page.leaves])
 
     async def ListEntriesByTransaction(
         self, request: pb.ListEntriesByTransactionRequest, context: Ctx
     ) -> pb.ListEntriesByTransactionResponse:
-        leaves = await self._log.entries_by_transaction(
+        leaves = await self.use_cases.entries_by_transaction(
             request.transaction_id, _reader(request.principal, context)
         )
         return pb.ListEntriesByTransactionResponse(entries=[_log_entry(x) for x in leaves])
@@ -110,22 +96,24 @@ class AuditLogServicer(pb_grpc.AuditLogServiceServicer):
     async def PlaceLegalHold(
         self, request: pb.PlaceLegalHoldRequest, context: Ctx
     ) -> pb.PlaceLegalHoldResponse:
-        hold = await self._log.place_hold(_SCOPES.get(request.scope, ""), request.value, request.reference)
+        hold = await self.use_cases.place_hold(
+            _SCOPES.get(request.scope, ""), request.value, request.reference
+        )
         return pb.PlaceLegalHoldResponse(hold=_hold(hold))
 
     async def ReleaseLegalHold(
         self, request: pb.ReleaseLegalHoldRequest, context: Ctx
     ) -> pb.ReleaseLegalHoldResponse:
-        return pb.ReleaseLegalHoldResponse(hold=_hold(await self._log.release_hold(request.hold_id)))
+        return pb.ReleaseLegalHoldResponse(hold=_hold(await self.use_cases.release_hold(request.hold_id)))
 
     async def ListLegalHolds(
         self, request: pb.ListLegalHoldsRequest, context: Ctx
     ) -> pb.ListLegalHoldsResponse:
-        holds = await self._log.holds(request.include_released)
+        holds = await self.use_cases.holds(request.include_released)
         return pb.ListLegalHoldsResponse(holds=[_hold(h) for h in holds])
 
     async def ApplyRetention(
         self, request: pb.ApplyRetentionRequest, context: Ctx
     ) -> pb.ApplyRetentionResponse:
-        expired = await self._log.apply_retention()
-        return pb.ApplyRetentionResponse(expired=expired, retention_days=self._log.retention_days)
+        expired = await self.use_cases.apply_retention()
+        return pb.ApplyRetentionResponse(expired=expired, retention_days=self.use_cases.retention_days)

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import structlog
 
-from iclaim.limits import CLIENT_OPTIONS
+from iclaim_hub.common.channels import INTERNAL_CLIENT_OPTIONS, internal_target
 from iclaim_hub.common.config import env_addr, env_float, env_int
 from iclaim_hub.common.server import (
     GrpcApp,
@@ -33,7 +33,7 @@ log = structlog.get_logger("audit_log.shipper")
 HEALTH_NAME = "iclaim.audit.AccessLogShipper"
 # Reconnect quickly once audit_log is back (gRPC's default backoff grows to 120 s).
 CHANNEL_OPTIONS = [
-    *CLIENT_OPTIONS,
+    *INTERNAL_CLIENT_OPTIONS,
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
@@ -90,7 +90,7 @@ class ShipperApp(GrpcApp):
 
 async def build_shipper(config: Config) -> ShipperApp:
     """Binds the health endpoint; starts nothing."""
-    channel = grpc.aio.insecure_channel(config.target, options=CHANNEL_OPTIONS)
+    channel = grpc.aio.insecure_channel(internal_target(config.target), options=CHANNEL_OPTIONS)
     shipper = Shipper(config.shipping, pb_grpc.AuditLogServiceStub(channel))
     server, port, health = await bind_server(config.serve.listen_addr, [], [HEALTH_NAME])
     if port == 0:

@@ -21,6 +21,7 @@ from iclaim.audit.entry import AuditEntry
 from iclaim.audit.merkle import CompactRange, Node, root_nodes
 from iclaim.audit.verifier import StoredLeaf
 from iclaim_hub.common.db import apply_migrations
+from iclaim_hub.common.fields import copy_columns
 from services.audit_log.db_login import DbLogin
 from services.audit_log.domain import (
     AppendOutcome,
@@ -68,22 +69,7 @@ _PRIVILEGED = (
 def _entry_of(row: Any) -> AuditEntry | None:
     if row["kind"] is None:
         return None
-    return AuditEntry(
-        event_id=row["event_id"],
-        kind=row["kind"],
-        origin_principal=row["origin_principal"],
-        source_address=row["source_address"],
-        destination=row["destination"],
-        route=row["route"],
-        occurred_at_us=row["occurred_at_us"],
-        size_bytes=row["size_bytes"],
-        duration_ms=row["duration_ms"],
-        service_type=row["service_type"],
-        outcome_code=row["outcome_code"],
-        outcome_reason=row["outcome_reason"],
-        transaction_id=row["transaction_id"],
-        envelope_sha256=row["envelope_sha256"],
-    )
+    return copy_columns(AuditEntry, row)
 
 
 def _entry_row(index: int, e: AuditEntry) -> tuple[Any, ...]:

@@ -130,25 +130,25 @@ class OffsetStore(AppendStore, Protocol):
         """How far `source` has been consumed (committed with its entries)."""
 
 
+@dataclass(frozen=True, eq=False)
 class AccessLogTailer:
-    def __init__(self, store: OffsetStore, path: Path, poll_s: float = 0.2) -> None:
-        self._store = store
-        self._path = path
-        self._poll_s = poll_s
+    store: OffsetStore
+    path: Path
+    poll_s: float = 0.2
 
     async def _commit(self, chunk: Chunk, pos: Position) -> None:
         if chunk.malformed:
             metrics.INGEST_MALFORMED.inc(chunk.malformed)
             log.warning("access_log_malformed_lines", count=chunk.malformed)
-        await timed_append(self._store, chunk.entries, "gateway", OffsetUpdate(SOURCE, pos))
+        await timed_append(self.store, chunk.entries, "gateway", OffsetUpdate(SOURCE, pos))
 
     async def step(self) -> int:
         """Ingests what is there now; returns how many bytes it consumed."""
-        plan = plan_read(self._path, await self._store.ingest_offset(SOURCE))
+        plan = plan_read(self.path, await self.store.ingest_offset(SOURCE))
         if plan is None:
             return 0
         chunk = read_chunk(plan.path, plan.offset)  # page-cache read of at most 1 MiB
-        pos = next_position(self._path, plan, chunk)
+        pos = next_position(self.path, plan, chunk)
         if pos is None:
             return 0
         await self._commit(chunk, pos)
@@ -162,4 +162,4 @@ class AccessLogTailer:
                 log.exception("access_log_ingest_failed")
                 consumed = 0
             if not consumed:
-                await asyncio.sleep(self._poll_s)
+                await asyncio.sleep(self.poll_s)

@@ -13,8 +13,10 @@ import grpc
 from iclaim.audit.verifier import StoredLeaf
 from iclaim.v1 import audit_trail_service_pb2 as pb
 from iclaim.v1 import audit_trail_service_pb2_grpc as pb_grpc
+from iclaim_hub.common.fields import copy_fields
 from iclaim_hub.common.proto_time import timestamp
 from iclaim_hub.common.server import caller_of
+from iclaim_hub.common.servicer import Serves
 from services.audit_log.events import KINDS
 from services.audit_log.usecases import AuditLog, Reader
 
@@ -36,21 +38,17 @@ def _own(context: Ctx) -> Reader:
     return Reader(verified=me, requested=me)
 
 
-class AuditTrailServicer(pb_grpc.AuditTrailServiceServicer):
-    def __init__(self, log: AuditLog) -> None:
-        self._log = log
-
+class AuditTrailServicer(Serves[AuditLog], pb_grpc.AuditTrailServiceServicer):
     async def GetAuditCheckpoint(
         self, request: pb.GetAuditCheckpointRequest, context: Ctx
     ) -> pb.AuditCheckpoint:
         caller_of(context)
-        cp = await self._log.checkpoint()
-        return pb.AuditCheckpoint(
-            note=cp.note,
-            tree_size=cp.tree_size,
-            root_hash=cp.root_hash,
+        cp = await self.use_cases.checkpoint()
+        return copy_fields(
+            pb.AuditCheckpoint,
+            cp,
             signed_at=timestamp(cp.signed_at),
-            verifier_key=self._log.verifier_key,
+            verifier_key=self.use_cases.verifier_key,
         )
 
     async def ListAuditEntries(
@@ -58,31 +56,23 @@ class AuditTrailServicer(pb_grpc.AuditTrailServiceServicer):
     ) -> pb.ListAuditEntriesResponse:
         reader = _own(context)
         if request.transaction_id:
-            leaves = await self._log.entries_by_transaction(request.transaction_id, reader)
-            size = (await self._log.checkpoint()).tree_size
+            leaves = await self.use_cases.entries_by_transaction(request.transaction_id, reader)
+            size = (await self.use_cases.checkpoint()).tree_size
             return pb.ListAuditEntriesResponse(
                 entries=[_trail_entry(x) for x in leaves], next_start_index=size, tree_size=size
             )
-        page = await self._log.list_entries(request.start_index, request.max_entries, reader)
-        return pb.ListAuditEntriesResponse(
-            entries=[_trail_entry(x) for x in page.leaves],
-            next_start_index=page.next_start_index,
-            tree_size=page.tree_size,
-        )
+        page = await self.use_cases.list_entries(request.start_index, request.max_entries, reader)
+        return copy_fields(pb.ListAuditEntriesResponse, page, entries=[_trail_entry(x) for x in page.leaves])
 
     async def GetAuditInclusionProof(
         self, request: pb.GetAuditInclusionProofRequest, context: Ctx
     ) -> pb.AuditInclusionProof:
-        p = await self._log.inclusion_proof(request.leaf_index, request.tree_size, _own(context))
-        return pb.AuditInclusionProof(
-            leaf_index=p.leaf_index, tree_size=p.tree_size, leaf_hash=p.leaf_hash, proof=p.proof
-        )
+        p = await self.use_cases.inclusion_proof(request.leaf_index, request.tree_size, _own(context))
+        return copy_fields(pb.AuditInclusionProof, p)
 
     async def GetAuditConsistencyProof(
         self, request: pb.GetAuditConsistencyProofRequest, context: Ctx
     ) -> pb.AuditConsistencyProof:
         caller_of(context)
-        proof = await self._log.consistency_proof(request.first_size, request.second_size)
-        return pb.AuditConsistencyProof(
-            first_size=request.first_size, second_size=request.second_size, proof=proof
-        )
+        proof = await self.use_cases.consistency_proof(request.first_size, request.second_size)
+        return copy_fields(pb.AuditConsistencyProof, request, proof=proof)

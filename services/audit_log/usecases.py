@@ -88,20 +88,13 @@ def principal_filter(reader: Reader) -> str | None:
     return reader.requested or None
 
 
+@dataclass(frozen=True, eq=False)
 class AuditLog:
-    def __init__(
-        self,
-        reader: LogReader,
-        holds: HoldStore,
-        appender: Appender,
-        checkpointer: Checkpointer,
-        retention: Retention,
-    ) -> None:
-        self._reader = reader
-        self._holds = holds
-        self._appender = appender
-        self._checkpointer = checkpointer
-        self._retention = retention
+    reader: LogReader
+    hold_store: HoldStore
+    appender: Appender
+    checkpointer: Checkpointer
+    retention: Retention
 
     # --- append --------------------------------------------------------------
     async def append(self, entries: Sequence[AuditEntry]) -> AppendResult:
@@ -116,44 +109,44 @@ class AuditLog:
             if bad is not None:
                 # Name the field, never echo its value: it may be what must not be stored.
                 raise _invalid_event(f"event field {bad.field} is not of its expected form")
-        return await self._appender.append(entries)
+        return await self.appender.append(entries)
 
     # --- checkpoints and proofs ----------------------------------------------
     @property
     def verifier_key(self) -> str:
-        return self._checkpointer.verifier_key
+        return self.checkpointer.verifier_key
 
     async def checkpoint(self) -> StoredCheckpoint:
-        return await self._checkpointer.latest()
+        return await self.checkpointer.latest()
 
     async def sign_checkpoint(self) -> StoredCheckpoint:
-        return await self._checkpointer.sign_now()
+        return await self.checkpointer.sign_now()
 
     async def inclusion_proof(self, leaf_index: int, tree_size: int, reader: Reader) -> InclusionProof:
         """Proof for one entry the reader may see; tree_size 0: the latest checkpoint's."""
         principal = principal_filter(reader)
-        size = tree_size or (await self._checkpointer.latest()).tree_size
-        current = await self._reader.tree_size()
+        size = tree_size or (await self.checkpointer.latest()).tree_size
+        current = await self.reader.tree_size()
         if size < 0 or size > current:
             raise InvalidArgument("tree_size beyond the log", reason="TREE_SIZE_INVALID")
         if not 0 <= leaf_index < size:
             raise InvalidArgument("leaf_index outside the tree", reason="LEAF_INDEX_INVALID")
-        leaf = await self._reader.entry(leaf_index)
+        leaf = await self.reader.entry(leaf_index)
         if leaf is None or (
             principal is not None
             and (leaf.entry is None or principal not in (leaf.entry.origin_principal, leaf.entry.destination))
         ):
             raise NotFound("no such entry", reason="AUDIT_ENTRY_NOT_FOUND")
-        proof = await proofs.inclusion_proof(self._reader, leaf_index, size)
+        proof = await proofs.inclusion_proof(self.reader, leaf_index, size)
         return InclusionProof(leaf_index, size, leaf.leaf_hash, proof)
 
     async def consistency_proof(self, first_size: int, second_size: int) -> list[bytes]:
-        current = await self._reader.tree_size()
+        current = await self.reader.tree_size()
         if not 0 < first_size <= second_size <= current:
             raise InvalidArgument(
                 "need 0 < first_size <= second_size <= tree size", reason="TREE_SIZE_INVALID"
             )
-        return await proofs.consistency_proof(self._reader, first_size, second_size)
+        return await proofs.consistency_proof(self.reader, first_size, second_size)
 
     # --- reads ---------------------------------------------------------------
     async def list_entries(self, start_index: int, max_entries: int, reader: Reader) -> Page:
@@ -162,8 +155,8 @@ class AuditLog:
         if start_index < 0 or not 0 <= max_entries <= MAX_LIST:
             raise InvalidArgument("bad start_index or max_entries", reason="PAGE_INVALID")
         limit = max_entries or DEFAULT_LIST
-        size = await self._reader.tree_size()
-        leaves = await self._reader.list_entries(start_index, limit, principal)
+        size = await self.reader.tree_size()
+        leaves = await self.reader.list_entries(start_index, limit, principal)
         # Entries appended after the size was read wait for the next page.
         leaves = [x for x in leaves if x.leaf_index < size]
         nxt = leaves[-1].leaf_index + 1 if len(leaves) == limit else max(size, start_index)
@@ -173,7 +166,7 @@ class AuditLog:
         principal = principal_filter(reader)
         if not TRANSACTION_RE.match(transaction_id):
             raise InvalidArgument("transaction_id malformed", reason="TRANSACTION_ID_INVALID")
-        return await self._reader.entries_by_transaction(transaction_id, principal, MAX_LIST)
+        return await self.reader.entries_by_transaction(transaction_id, principal, MAX_LIST)
 
     # --- legal holds and retention -------------------------------------------
     async def place_hold(self, scope: str, value: str, reference: str) -> Hold:
@@ -183,20 +176,20 @@ class AuditLog:
         ok = valid_principal(value) if scope == "principal" else bool(TRANSACTION_RE.match(value))
         if not ok or not HOLD_REFERENCE_RE.match(reference):
             raise InvalidArgument("hold value or reference malformed", reason="HOLD_INVALID")
-        return await self._holds.place_hold(scope, value, reference)
+        return await self.hold_store.place_hold(scope, value, reference)
 
     async def release_hold(self, hold_id: int) -> Hold:
-        hold = await self._holds.release_hold(hold_id)
+        hold = await self.hold_store.release_hold(hold_id)
         if hold is None:
             raise NotFound("no such hold", reason="HOLD_NOT_FOUND")
         return hold
 
     async def holds(self, include_released: bool) -> list[Hold]:
-        return await self._holds.holds(include_released)
+        return await self.hold_store.holds(include_released)
 
     @property
     def retention_days(self) -> int:
-        return self._retention.days
+        return self.retention.days
 
     async def apply_retention(self) -> int:
-        return await self._retention.expire_all()
+        return await self.retention.expire_all()

@@ -534,6 +534,23 @@ class PaymentPlan:
     hospitals: list[str]
 
 
+def _payment_journal(
+    p: PaymentInput, hospital: str, key: str, kind: str, description: str, lines: tuple[LineDraft, ...]
+) -> JournalDraft:
+    """One journal of payment `p` for one hospital, referenced by the payment's
+    trace number; `key` tells the payment's journals apart (idempotency)."""
+    return JournalDraft(
+        idem_key=f"payment:{p.insurer_code}:{p.trace_no}:{key}",
+        kind=kind,
+        hospital_code=hospital,
+        insurer_code=p.insurer_code,
+        reference=p.trace_no,
+        description=description,
+        effective_at=p.paid_at,
+        lines=lines,
+    )
+
+
 def plan_payment(
     p: PaymentInput,
     claims: Mapping[str, ClaimDue],
@@ -577,16 +594,7 @@ def plan_payment(
             drafts.append(LineDraft("overpayment", -excess, tx))
             held[c.hospital_code] = held.get(c.hospital_code, 0) + excess
     journals = [
-        JournalDraft(
-            idem_key=f"payment:{p.insurer_code}:{p.trace_no}:{h}",
-            kind="PAYMENT",
-            hospital_code=h,
-            insurer_code=p.insurer_code,
-            reference=p.trace_no,
-            description=f"payment {p.trace_no}",
-            effective_at=p.paid_at,
-            lines=tuple(by_hospital[h]),
-        )
+        _payment_journal(p, h, h, "PAYMENT", f"payment {p.trace_no}", tuple(by_hospital[h]))
         for h in hospitals
         if by_hospital[h] and any(d.amount for d in by_hospital[h])
     ]
@@ -616,18 +624,8 @@ def plan_payment(
             lines = (LineDraft("overpayment", plb.amount), LineDraft("cash", -plb.amount))
         else:
             lines = (LineDraft("cash", -plb.amount), LineDraft(f"plb_{plb.code}", plb.amount))
-        journals.append(
-            JournalDraft(
-                idem_key=f"payment:{p.insurer_code}:{p.trace_no}:plb:{i}",
-                kind="ADJUSTMENT",
-                hospital_code=h,
-                insurer_code=p.insurer_code,
-                reference=p.trace_no,
-                description=f"{plb.code} {plb.reference}".strip(),
-                effective_at=p.paid_at,
-                lines=lines,
-            )
-        )
+        description = f"{plb.code} {plb.reference}".strip()
+        journals.append(_payment_journal(p, h, f"plb:{i}", "ADJUSTMENT", description, lines))
     for j in journals:
         j.check_balanced()
     return PaymentPlan(journals, settled, now_paid, sorted(all_hospitals))

@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from services.billing.views import InvoiceBasics, PaymentView
 from services.billing.domain import (
     InvoiceIssued,
     JournalEffect,
     LineDraft,
     OutstandingItem,
-    PaymentInput,
 )
 
 
@@ -26,16 +26,10 @@ class JournalRecord:
 
 
 @dataclass(frozen=True)
-class InvoiceRecord:
+class InvoiceRecord(InvoiceBasics):
     """An invoice with its claims and what payments settled on them (which may
     exceed the total when claims were invoiced after partial payment)."""
 
-    invoice_id: str
-    invoice_ref: str
-    hospital_code: str
-    insurer_code: str
-    transaction_ids: tuple[str, ...]
-    total_satang: int
     settled_satang: int
     status: str  # as stored: never OVERDUE
     submitted_at: datetime
@@ -68,12 +62,11 @@ class OpenInvoice:
 
 
 @dataclass(frozen=True)
-class PaymentRecord:
-    payment_id: str
+class PaymentRecord(PaymentView):
+    """What a payer sees of a payment, and the digest of the request that
+    posted it (a replay must carry the same)."""
+
     request_sha256: str
-    payment: PaymentInput
-    hospital_codes: tuple[str, ...]
-    recorded_at: datetime
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,11 @@ from typing import Any
 import grpc
 import structlog
 
-from iclaim.limits import CLIENT_OPTIONS
+from iclaim_hub.common.channels import INTERNAL_CLIENT_OPTIONS, internal_target
 from iclaim.v1 import billing_service_pb2, billing_service_pb2_grpc
 from iclaim_hub.common.config import ConfigError, env_addr, env_float, env_int, env_str
 from iclaim_hub.common.db import create_pool
+from iclaim_hub.common.grpc_tracing import client_interceptors
 from iclaim_hub.common.server import (
     GrpcApp,
     ServeConfig,
@@ -129,7 +130,11 @@ async def build_server(config: Config) -> BillingApp:
         await store.migrate()
         for (hospital, insurer), days in config.credit_terms.items():
             await store.set_credit_term(hospital, insurer, days)
-        channel = grpc.aio.insecure_channel(config.router_target, options=CLIENT_OPTIONS)
+        channel = grpc.aio.insecure_channel(
+            internal_target(config.router_target),
+            options=INTERNAL_CLIENT_OPTIONS,
+            interceptors=client_interceptors(),
+        )
         notifier = PaidNotifier(store, channel, deadline_s=config.rpc_deadline_s, poll_s=config.outbox_poll_s)
         billing = Billing(
             store,

@@ -14,8 +14,10 @@ from google.type import date_pb2
 from iclaim.errors import InvalidArgument, PermissionDenied
 from iclaim.v1 import billing_service_pb2 as pb
 from iclaim.v1 import billing_service_pb2_grpc
+from iclaim_hub.common.fields import copy_fields
 from iclaim_hub.common.proto_time import timestamp, timestamp_or_none
 from iclaim_hub.common.server import Caller, caller_of
+from iclaim_hub.common.servicer import Serves
 from iclaim_hub.internal.v1 import billing_intake_pb2, billing_intake_pb2_grpc
 from services.billing.decision_map import datetime_or_none, decision_report
 from services.billing.domain import (
@@ -57,14 +59,9 @@ def _from_ts(ts: timestamp_pb2.Timestamp, what: str) -> datetime:
 
 
 def invoice_pb(v: InvoiceView) -> pb.Invoice:
-    return pb.Invoice(
-        invoice_id=v.invoice_id,
-        invoice_ref=v.invoice_ref,
-        hospital_code=v.hospital_code,
-        insurer_code=v.insurer_code,
-        transaction_ids=list(v.transaction_ids),
-        total_satang=v.total_satang,
-        paid_satang=v.paid_satang,
+    return copy_fields(
+        pb.Invoice,
+        v,
         status=cast(pb.InvoiceStatus, pb.InvoiceStatus.Value(f"INVOICE_STATUS_{v.status}")),
         submitted_at=timestamp(v.submitted_at),
         acknowledged_at=timestamp_or_none(v.acknowledged_at),
@@ -170,20 +167,17 @@ def status_filter(req: pb.ListInvoicesRequest) -> str | None:
         raise InvalidArgument("unknown status", reason="INVALID_STATUS") from None
 
 
-class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
-    def __init__(self, billing: Billing) -> None:
-        self._billing = billing
-
+class BillingServicer(Serves[Billing], billing_service_pb2_grpc.BillingServiceServicer):
     async def VoidInvoice(self, request: pb.VoidInvoiceRequest, context: Ctx) -> pb.Invoice:
         caller = caller_of(context)
         _require(caller, "hospital")
-        return invoice_pb(await self._billing.void_invoice(request.invoice_id, caller.code, request.reason))
+        return invoice_pb(await self.use_cases.void_invoice(request.invoice_id, caller.code, request.reason))
 
     async def CreateInvoice(self, request: pb.CreateInvoiceRequest, context: Ctx) -> pb.Invoice:
         caller = caller_of(context)
         _require(caller, "hospital")
         return invoice_pb(
-            await self._billing.create_invoice(
+            await self.use_cases.create_invoice(
                 caller.code, request.insurer_code, request.invoice_ref, list(request.transaction_ids)
             )
         )
@@ -191,7 +185,7 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
     async def ListInvoices(self, request: pb.ListInvoicesRequest, context: Ctx) -> pb.ListInvoicesResponse:
         caller = caller_of(context)
         size = page_size_of(request.page_size)
-        views, token = await self._billing.list_invoices(
+        views, token = await self.use_cases.list_invoices(
             caller.role,
             caller.code,
             request.counterparty_code,
@@ -203,17 +197,17 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
 
     async def GetInvoice(self, request: pb.GetInvoiceRequest, context: Ctx) -> pb.Invoice:
         caller = caller_of(context)
-        return invoice_pb(await self._billing.get_invoice(request.invoice_id, caller.role, caller.code))
+        return invoice_pb(await self.use_cases.get_invoice(request.invoice_id, caller.role, caller.code))
 
     async def AcknowledgeInvoice(self, request: pb.AcknowledgeInvoiceRequest, context: Ctx) -> pb.Invoice:
         caller = caller_of(context)
         _require(caller, "insurer")
-        return invoice_pb(await self._billing.acknowledge_invoice(request.invoice_id, caller.code))
+        return invoice_pb(await self.use_cases.acknowledge_invoice(request.invoice_id, caller.code))
 
     async def PostPayment(self, request: pb.PostPaymentRequest, context: Ctx) -> pb.Payment:
         caller = caller_of(context)
         _require(caller, "insurer")
-        return payment_pb(await self._billing.post_payment(payment_input(caller.code, request)))
+        return payment_pb(await self.use_cases.post_payment(payment_input(caller.code, request)))
 
     async def GetStatement(self, request: pb.GetStatementRequest, context: Ctx) -> pb.Statement:
         caller = caller_of(context)
@@ -222,18 +216,15 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
         start = _from_date(request.period_start, "period_start")
         end = _from_date(request.period_end, "period_end")
         return statement_pb(
-            await self._billing.statement(caller.role, caller.code, request.counterparty_code, start, end)
+            await self.use_cases.statement(caller.role, caller.code, request.counterparty_code, start, end)
         )
 
 
-class BillingIntakeServicer(billing_intake_pb2_grpc.BillingIntakeServiceServicer):
+class BillingIntakeServicer(Serves[Billing], billing_intake_pb2_grpc.BillingIntakeServiceServicer):
     """Claim decisions from the claim router's outbox."""
-
-    def __init__(self, billing: Billing) -> None:
-        self._billing = billing
 
     async def RecordClaimDecision(
         self, request: billing_intake_pb2.RecordClaimDecisionRequest, context: Ctx
     ) -> billing_intake_pb2.RecordClaimDecisionResponse:
-        await self._billing.receive_decision(decision_report(request))
+        await self.use_cases.receive_decision(decision_report(request))
         return billing_intake_pb2.RecordClaimDecisionResponse()

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from iclaim_hub.common.db import apply_migrations
+from iclaim_hub.common.fields import copy_columns
 from services.billing.domain import (
     OPEN_STATUSES,
     ClaimDue,
@@ -25,6 +26,7 @@ from services.billing.domain import (
     PaymentInput,
     payment_from_canonical,
 )
+from services.billing.queries import InvoiceQuery, NewInvoice
 from services.billing.records import (
     HeldOverpayment,
     InvoiceBalance,
@@ -307,18 +309,8 @@ _OUTBOX_FAILED = (
 
 
 def _invoice_record(row: asyncpg.Record) -> InvoiceRecord:
-    return InvoiceRecord(
-        invoice_id=row["invoice_id"],
-        invoice_ref=row["invoice_ref"],
-        hospital_code=row["hospital_code"],
-        insurer_code=row["insurer_code"],
-        transaction_ids=tuple(row["txs"]),
-        total_satang=row["total_satang"],
-        settled_satang=int(row["paid"]),
-        status=row["status"],
-        submitted_at=row["submitted_at"],
-        acknowledged_at=row["acknowledged_at"],
-        due_date=row["due_date"],
+    return copy_columns(
+        InvoiceRecord, row, transaction_ids=tuple(row["txs"]), settled_satang=int(row["paid"])
     )
 
 
@@ -420,30 +412,11 @@ class PgBillingTx:
 
     async def decision(self, transaction_id: str) -> Decision | None:
         row = await self._conn.fetchrow(_CLAIM, transaction_id)
-        if row is None:
-            return None
-        return Decision(
-            row["transaction_id"],
-            row["hospital_code"],
-            row["insurer_code"],
-            row["state"],
-            row["approved_satang"],
-            row["decided_at"],
-        )
+        return None if row is None else copy_columns(Decision, row)
 
     async def lock_claims(self, transaction_ids: Sequence[str]) -> dict[str, ClaimDue]:
         rows = await self._conn.fetch(_LOCK_CLAIMS, sorted(set(transaction_ids)))
-        return {
-            r["transaction_id"]: ClaimDue(
-                r["transaction_id"],
-                r["hospital_code"],
-                r["insurer_code"],
-                r["state"],
-                r["approved_satang"],
-                r["settled_satang"],
-            )
-            for r in rows
-        }
+        return {r["transaction_id"]: copy_columns(ClaimDue, r) for r in rows}
 
     async def add_approved(self, amounts: Mapping[str, int]) -> bool:
         """False when the claims' CHECK refuses (the transaction is then spent)."""
@@ -469,34 +442,24 @@ class PgBillingTx:
         rows = await self._conn.fetch(_OPEN_INVOICE_OF, list(transaction_ids))
         return {r["transaction_id"]: r["invoice_id"] for r in rows}
 
-    async def insert_invoice(
-        self,
-        invoice_id: str,
-        ref: str,
-        hospital: str,
-        insurer: str,
-        request_sha256: str,
-        total: int,
-        status: str,
-        submitted_at: datetime,
-        transaction_ids: Sequence[str],
-    ) -> None:
+    async def insert_invoice(self, invoice: NewInvoice) -> None:
+        i = invoice
         await self._conn.execute(
-            _INSERT_INVOICE, invoice_id, ref, hospital, insurer, request_sha256, total, status, submitted_at
+            _INSERT_INVOICE,
+            i.invoice_id,
+            i.invoice_ref,
+            i.hospital_code,
+            i.insurer_code,
+            i.request_sha256,
+            i.total_satang,
+            i.status,
+            i.submitted_at,
         )
-        await self._conn.execute(_INSERT_INVOICE_CLAIMS, invoice_id, list(transaction_ids))
+        await self._conn.execute(_INSERT_INVOICE_CLAIMS, i.invoice_id, list(i.transaction_ids))
 
     async def lock_invoice(self, invoice_id: str) -> InvoiceHead | None:
         row = await self._conn.fetchrow(_LOCK_INVOICE, invoice_id)
-        if row is None:
-            return None
-        return InvoiceHead(
-            row["invoice_id"],
-            row["hospital_code"],
-            row["insurer_code"],
-            row["status"],
-            row["acknowledged_at"],
-        )
+        return None if row is None else copy_columns(InvoiceHead, row)
 
     async def credit_term(self, hospital: str, insurer: str) -> int | None:
         days = await self._conn.fetchval(_CREDIT_TERM, hospital, insurer)
@@ -508,16 +471,7 @@ class PgBillingTx:
     async def lock_open_invoices_of(self, transaction_ids: Sequence[str]) -> list[OpenInvoice]:
         rows = await self._conn.fetch(_LOCK_OPEN_INVOICES_OF, list(transaction_ids))
         return [
-            OpenInvoice(
-                r["invoice_id"],
-                r["insurer_code"],
-                r["total_satang"],
-                int(r["paid"]),
-                r["status"],
-                r["acked"],
-                r["submitted_at"],
-            )
-            for r in rows
+            copy_columns(OpenInvoice, r, settled_satang=int(r["paid"]), acknowledged=r["acked"]) for r in rows
         ]
 
     async def set_invoice_status(self, invoice_id: str, status: str) -> None:
@@ -596,29 +550,18 @@ class PgBillingStore:
         rows = await self._pool.fetch(_KNOWN_CLAIMS, list(transaction_ids))
         return {r["transaction_id"] for r in rows}
 
-    async def list_invoices(
-        self,
-        role: str,
-        code: str,
-        counterparty: str,
-        status: str | None,
-        today: date,
-        after: tuple[datetime, str] | None,
-        limit: int,
-    ) -> list[InvoiceRecord]:
-        """The invoices of `code` (a hospital's or an insurer's, by role) in
-        submission order after `after`; `status` is the shown status."""
-        sql = _HOSPITAL_INVOICES if role == "hospital" else _INSURER_INVOICES
+    async def list_invoices(self, q: InvoiceQuery) -> list[InvoiceRecord]:
+        sql = _HOSPITAL_INVOICES if q.role == "hospital" else _INSURER_INVOICES
         rows = await self._pool.fetch(
             sql,
-            code,
-            counterparty,
-            status,
-            today,
-            after[0] if after else None,
-            after[1] if after else "",
+            q.code,
+            q.counterparty,
+            q.status,
+            q.today,
+            q.after[0] if q.after else None,
+            q.after[1] if q.after else "",
             sorted(OPEN_STATUSES),
-            limit,
+            q.limit,
         )
         return [_invoice_record(r) for r in rows]
 
@@ -670,35 +613,11 @@ class PgBillingStore:
             held = await conn.fetch(_OVERPAYMENTS_HELD)
         return ReconciliationRows(
             overpaid_lines=tuple(
-                PaymentLineEntry(
-                    r["hospital_code"],
-                    r["insurer_code"],
-                    r["reference"],
-                    r["transaction_id"],
-                    int(r["amount"]),
-                )
-                for r in overpaid
+                copy_columns(PaymentLineEntry, r, amount=int(r["amount"])) for r in overpaid
             ),
-            uninvoiced_lines=tuple(
-                PaymentLineEntry(
-                    r["hospital_code"], r["insurer_code"], r["reference"], r["transaction_id"], 0
-                )
-                for r in uninvoiced
-            ),
-            past_due=tuple(
-                PastDueClaim(
-                    r["hospital_code"],
-                    r["insurer_code"],
-                    r["transaction_id"],
-                    r["invoice_ref"],
-                    r["due_date"],
-                    int(r["due"]),
-                )
-                for r in past_due
-            ),
-            overpayments=tuple(
-                HeldOverpayment(r["hospital_code"], r["insurer_code"], int(r["held"])) for r in held
-            ),
+            uninvoiced_lines=tuple(copy_columns(PaymentLineEntry, r, amount=0) for r in uninvoiced),
+            past_due=tuple(copy_columns(PastDueClaim, r, due=int(r["due"])) for r in past_due),
+            overpayments=tuple(copy_columns(HeldOverpayment, r, held=int(r["held"])) for r in held),
         )
 
     async def metrics_rows(self) -> MetricsRows:
@@ -706,12 +625,7 @@ class PgBillingStore:
             invoices = await conn.fetch(_INVOICE_BALANCES)
             owed = await conn.fetch(_OWED_BY_INSURER)
         return MetricsRows(
-            invoices=tuple(
-                InvoiceBalance(
-                    r["status"], r["due_date"], r["insurer_code"], r["total_satang"], int(r["paid"])
-                )
-                for r in invoices
-            ),
+            invoices=tuple(copy_columns(InvoiceBalance, r, settled_satang=int(r["paid"])) for r in invoices),
             owed_by_insurer={r["insurer_code"]: int(r["owed"]) for r in owed},
         )
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol, TypeVar
 
 from iclaim.errors import AlreadyExists, FailedPrecondition, NotFound
 from iclaim.thai_baht_text import baht_text
+from iclaim_hub.common.fields import copy_fields
 from services.billing import metrics
 from services.billing.domain import (
     DEFAULT_CREDIT_DAYS,
@@ -49,6 +50,7 @@ from services.billing.domain import (
     stored_status,
     validate_payment,
 )
+from services.billing.queries import InvoiceQuery, NewInvoice
 from services.billing.records import (
     InvoiceHead,
     InvoiceRecord,
@@ -78,18 +80,7 @@ class BillingTx(Protocol):
     async def invoice(self, invoice_id: str) -> InvoiceRecord | None: ...
     async def invoice_by_ref(self, hospital: str, ref: str) -> tuple[str, str] | None: ...
     async def open_invoice_of(self, transaction_ids: Sequence[str]) -> dict[str, str]: ...
-    async def insert_invoice(
-        self,
-        invoice_id: str,
-        ref: str,
-        hospital: str,
-        insurer: str,
-        request_sha256: str,
-        total: int,
-        status: str,
-        submitted_at: datetime,
-        transaction_ids: Sequence[str],
-    ) -> None: ...
+    async def insert_invoice(self, invoice: NewInvoice) -> None: ...
     async def lock_invoice(self, invoice_id: str) -> InvoiceHead | None: ...
     async def credit_term(self, hospital: str, insurer: str) -> int | None: ...
     async def acknowledge_invoice(self, invoice_id: str, at: datetime, due: date, status: str) -> None: ...
@@ -111,16 +102,7 @@ class BillingStore(Protocol):
     async def atomically(self, work: Callable[[BillingTx], Awaitable[T]]) -> T: ...
     async def invoice(self, invoice_id: str) -> InvoiceRecord | None: ...
     async def known_claims(self, transaction_ids: Sequence[str]) -> set[str]: ...
-    async def list_invoices(
-        self,
-        role: str,
-        code: str,
-        counterparty: str,
-        status: str | None,
-        today: date,
-        after: tuple[datetime, str] | None,
-        limit: int,
-    ) -> list[InvoiceRecord]: ...
+    async def list_invoices(self, q: InvoiceQuery) -> list[InvoiceRecord]: ...
     async def statement_rows(
         self, hospital: str, insurer: str, start: datetime, end: datetime
     ) -> StatementRows: ...
@@ -141,25 +123,14 @@ def _now() -> datetime:
 
 
 def invoice_view(r: InvoiceRecord, today: date) -> InvoiceView:
-    return InvoiceView(
-        invoice_id=r.invoice_id,
-        invoice_ref=r.invoice_ref,
-        hospital_code=r.hospital_code,
-        insurer_code=r.insurer_code,
-        transaction_ids=r.transaction_ids,
-        total_satang=r.total_satang,
+    return copy_fields(
+        InvoiceView,
+        r,
         # A void invoice was voided before any payment on it; what its claims
         # were paid afterwards belongs to the invoices that billed them again.
         paid_satang=0 if r.status == "VOID" else min(r.settled_satang, r.total_satang),
         status=shown_status(r.status, r.due_date, today),
-        submitted_at=r.submitted_at,
-        acknowledged_at=r.acknowledged_at,
-        due_date=r.due_date,
     )
-
-
-def payment_view(r: PaymentRecord) -> PaymentView:
-    return PaymentView(r.payment_id, r.payment, r.hospital_codes, r.recorded_at)
 
 
 async def post_journal(tx: BillingTx, j: JournalDraft, reverses: int | None = None) -> int:
@@ -182,32 +153,25 @@ class _Posted:
     replay: bool = False
 
 
+@dataclass(frozen=True, eq=False)
 class Billing:
     """The use cases, over one store. `on_paid` is called after each newly
     recorded payment (it wakes the PAID notifier). `decisions` (the claim
     router) is asked for claims an invoice or a payment names that billing has
     not heard of; None: billing knows only what its intake delivered."""
 
-    def __init__(
-        self,
-        store: BillingStore,
-        *,
-        default_credit_days: int = DEFAULT_CREDIT_DAYS,
-        on_paid: Callable[[], None] = lambda: None,
-        clock: Callable[[], datetime] = _now,
-        decisions: DecisionSource | None = None,
-    ) -> None:
-        self._store = store
-        self._default_days = default_credit_days
-        self._on_paid = on_paid
-        self._clock = clock
-        self._decisions = decisions
+    store: BillingStore
+    _: KW_ONLY
+    default_credit_days: int = DEFAULT_CREDIT_DAYS
+    on_paid: Callable[[], None] = lambda: None
+    clock: Callable[[], datetime] = _now
+    decisions: DecisionSource | None = None
 
     # --- decisions -------------------------------------------------------------------
     async def receive_decision(self, report: DecisionReport) -> None:
         """A decision from the claim router's outbox: the same decision twice is a
         no-op; non-final states change nothing."""
-        decision = decision_of(report, self._clock())
+        decision = decision_of(report, self.clock())
         if decision is not None:
             await self.record_decision(decision)
 
@@ -227,7 +191,7 @@ class Billing:
             if journal is not None:
                 await post_journal(tx, journal)
 
-        await self._store.atomically(run)
+        await self.store.atomically(run)
 
     async def _read_through(self, transaction_ids: Sequence[str], mine: Callable[[Decision], bool]) -> None:
         """What a client sees must agree across services: a claim GetClaim shows
@@ -237,16 +201,16 @@ class Billing:
         the intake records them (the outbox delivery then changes nothing). Only
         the caller's own claims are recorded: the refusal of another party's
         claim stays what it was."""
-        if self._decisions is None:
+        if self.decisions is None:
             return
-        known = await self._store.known_claims(transaction_ids)
+        known = await self.store.known_claims(transaction_ids)
         unknown = [t for t in dict.fromkeys(transaction_ids) if t not in known]
         if not unknown:
             return
         asked = set(unknown)
         recorded = 0
-        for report in await self._decisions.decisions(unknown):
-            decision = decision_of(report, self._clock()) if report.transaction_id in asked else None
+        for report in await self.decisions.decisions(unknown):
+            decision = decision_of(report, self.clock()) if report.transaction_id in asked else None
             if decision is not None and mine(decision):
                 await self.record_decision(decision)
                 recorded += 1
@@ -258,7 +222,7 @@ class Billing:
     ) -> InvoiceView:
         check_invoice_request(ref, insurer, transaction_ids)
         await self._read_through(transaction_ids, lambda d: d.hospital_code == hospital)
-        now = self._clock()
+        now = self.clock()
         digest = sha256_json({"insurer": insurer, "transaction_ids": sorted(transaction_ids)})
 
         async def run(tx: BillingTx) -> InvoiceRecord | None:
@@ -278,19 +242,21 @@ class Billing:
             settled = sum(claims[t].settled_satang for t in transaction_ids)
             invoice_id = "inv_" + uuid.uuid4().hex
             await tx.insert_invoice(
-                invoice_id,
-                ref,
-                hospital,
-                insurer,
-                digest,
-                total,
-                stored_status(total, settled, False),
-                now,
-                transaction_ids,
+                NewInvoice(
+                    invoice_id=invoice_id,
+                    invoice_ref=ref,
+                    hospital_code=hospital,
+                    insurer_code=insurer,
+                    request_sha256=digest,
+                    total_satang=total,
+                    status=stored_status(total, settled, False),
+                    submitted_at=now,
+                    transaction_ids=tuple(transaction_ids),
+                )
             )
             return await tx.invoice(invoice_id)
 
-        record = await self._store.atomically(run)
+        record = await self.store.atomically(run)
         assert record is not None
         return invoice_view(record, bangkok_date(now))
 
@@ -299,7 +265,7 @@ class Billing:
         on it; its claims may be invoiced again. Voiding a void invoice returns
         it. No journal: issuing the invoice posted none (the approval did)."""
         check_void_reason(reason)
-        now = self._clock()
+        now = self.clock()
 
         async def run(tx: BillingTx) -> InvoiceRecord | None:
             record = await tx.invoice(invoice_id)
@@ -318,28 +284,28 @@ class Billing:
             await tx.set_invoice_void(invoice_id, now, reason)
             return await tx.invoice(invoice_id)
 
-        record = await self._store.atomically(run)
+        record = await self.store.atomically(run)
         assert record is not None
         return invoice_view(record, bangkok_date(now))
 
     async def get_invoice(self, invoice_id: str, role: str, code: str) -> InvoiceView:
-        record = await self._store.invoice(invoice_id)
+        record = await self.store.invoice(invoice_id)
         party = (
             None if record is None else (record.hospital_code if role == "hospital" else record.insurer_code)
         )
         if record is None or party != code:
             # Another party's invoice is as absent as a missing one: no enumeration.
             raise NotFound("no such invoice", reason="INVOICE_NOT_FOUND")
-        return invoice_view(record, bangkok_date(self._clock()))
+        return invoice_view(record, bangkok_date(self.clock()))
 
     async def list_invoices(
         self, role: str, code: str, counterparty: str, status: str | None, page_size: int, token: str
     ) -> tuple[list[InvoiceView], str]:
         """One page (page_size already bounded) and the token of the next ('' at the end)."""
         after = page_start(token)
-        today = bangkok_date(self._clock())
-        records = await self._store.list_invoices(
-            role, code, counterparty, status, today, after, page_size + 1
+        today = bangkok_date(self.clock())
+        records = await self.store.list_invoices(
+            InvoiceQuery(role, code, counterparty, status, today, after, page_size + 1)
         )
         views = [invoice_view(r, today) for r in records[:page_size]]
         if len(records) <= page_size:
@@ -348,7 +314,7 @@ class Billing:
         return views, page_token(last.submitted_at, last.invoice_id)
 
     async def acknowledge_invoice(self, invoice_id: str, insurer: str) -> InvoiceView:
-        now = self._clock()
+        now = self.clock()
 
         async def run(tx: BillingTx) -> InvoiceRecord | None:
             head = await tx.lock_invoice(invoice_id)
@@ -358,12 +324,12 @@ class Billing:
                 raise FailedPrecondition("invoice is void", reason="INVOICE_VOID")
             if head.acknowledged_at is None:
                 days = await tx.credit_term(head.hospital_code, insurer)
-                due = due_date_for(now, self._default_days if days is None else days)
+                due = due_date_for(now, self.default_credit_days if days is None else days)
                 status = "ACKNOWLEDGED" if head.status == "SUBMITTED" else head.status
                 await tx.acknowledge_invoice(invoice_id, now, due, status)
             return await tx.invoice(invoice_id)
 
-        record = await self._store.atomically(run)
+        record = await self.store.atomically(run)
         assert record is not None
         return invoice_view(record, bangkok_date(now))
 
@@ -371,18 +337,18 @@ class Billing:
     async def post_payment(self, p: PaymentInput) -> PaymentView:
         """Records a payment once per (insurer, trace_no); the same content again
         returns the recorded payment, other content under it is refused."""
-        now = self._clock()
+        now = self.clock()
         validate_payment(p, now)
         await self._read_through(
             [ln.transaction_id for ln in p.lines], lambda d: d.insurer_code == p.insurer_code
         )
-        posted = await self._store.atomically(lambda tx: self._post_payment(tx, p, now))
+        posted = await self.store.atomically(lambda tx: self._post_payment(tx, p, now))
         if not posted.replay:
             metrics.PAYMENTS.labels(p.insurer_code).inc()
             metrics.PAYMENT_LINES.labels(p.insurer_code).inc(len(p.lines))
             for insurer, days in posted.invoices_paid:
                 metrics.DAYS_TO_PAY.labels(insurer).observe(days)
-            self._on_paid()
+            self.on_paid()
         return posted.view
 
     @staticmethod
@@ -396,7 +362,7 @@ class Billing:
                 reason="TRACE_NO_REUSED",
                 metadata={"payment_id": have.payment_id},
             )
-        return _Posted(payment_view(have), replay=True)
+        return _Posted(have, replay=True)
 
     async def _post_payment(self, tx: BillingTx, p: PaymentInput, now: datetime) -> _Posted:
         recorded = await self._recorded(tx, p)
@@ -421,7 +387,7 @@ class Billing:
         if plan.now_paid:
             await tx.queue_paid(plan.now_paid)
         paid = await self._settle_invoices(tx, list(plan.settled), p.paid_at)
-        return _Posted(payment_view(await tx.payment(payment_id)), invoices_paid=paid)
+        return _Posted(await tx.payment(payment_id), invoices_paid=paid)
 
     @staticmethod
     async def _settle_invoices(
@@ -455,7 +421,7 @@ class Billing:
         else:
             hospital, insurer = check_hospital(counterparty), code
         check_period(start, end)
-        rows = await self._store.statement_rows(
+        rows = await self.store.statement_rows(
             hospital, insurer, day_start(start), day_start(end + timedelta(days=1))
         )
         aging = aging_of(rows.outstanding, rows.overpayment, end)
@@ -489,20 +455,20 @@ class Billing:
                 )
             return new_id
 
-        return await self._store.atomically(run)
+        return await self.store.atomically(run)
 
     # --- reports ---------------------------------------------------------------------
     async def reconcile(self, month: str) -> Reconciliation:
         """Finance's monthly findings: overpaid or uninvoiced payment lines, claims
         past due at the month's end and overpayments held."""
         first, last = month_bounds(month)
-        rows = await self._store.reconciliation_rows(
+        rows = await self.store.reconciliation_rows(
             day_start(first), day_start(last + timedelta(days=1)), last + timedelta(days=1)
         )
         return Reconciliation(month, _findings(rows))
 
     async def metrics_snapshot(self, today: date) -> MetricsSnapshot:
-        rows = await self._store.metrics_rows()
+        rows = await self.store.metrics_rows()
         by_status: dict[str, int] = {}
         overdue: dict[str, int] = {}
         for inv in rows.invoices:

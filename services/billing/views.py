@@ -9,13 +9,20 @@ from services.billing.domain import PaymentInput
 
 
 @dataclass(frozen=True)
-class InvoiceView:
+class InvoiceBasics:
+    """What every account of an invoice starts with: who bills whom, for which
+    claims, and the total."""
+
     invoice_id: str
     invoice_ref: str
     hospital_code: str
     insurer_code: str
     transaction_ids: tuple[str, ...]
     total_satang: int
+
+
+@dataclass(frozen=True)
+class InvoiceView(InvoiceBasics):
     paid_satang: int
     status: str
     submitted_at: datetime

@@ -11,6 +11,7 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import IntEnum
@@ -43,6 +44,10 @@ MAX_AMOUNT_SATANG = 10**13  # 100 billion THB: above any single claim
 MAX_DECISION_TIMEOUT_S = 30.0
 MAX_PULL_WAIT_S = 30.0
 MAX_PULL_CLAIMS = 100
+# What one ListClaims or PullClaims answer may carry in envelopes: a page of
+# 1 MiB envelopes must stay within the clients' 8 MiB receive limit
+# (iclaim.limits.MAX_RESPONSE_BYTES). A page always holds at least one claim.
+PAGE_ENVELOPE_BUDGET_BYTES = 6 * 1024 * 1024
 # How long one hand-off of a push claim to the delivery layer hides it from the
 # router's poller; a hand-off that dies mid-way is retried once it ends.
 PUSH_HANDOFF_LEASE_S = 15.0
@@ -159,6 +164,16 @@ class SubmitInput:
     billed_amount_satang: int
     envelope: str
     decision_timeout_s: float
+
+
+def within_byte_budget(sizes: Sequence[int], budget: int = PAGE_ENVELOPE_BUDGET_BYTES) -> int:
+    """How many of the leading items fit in `budget` bytes (at least one, if any)."""
+    total = 0
+    for n, size in enumerate(sizes):
+        total += size
+        if total > budget and n > 0:
+            return n
+    return len(sizes)
 
 
 def validate_submit(s: SubmitInput) -> None:

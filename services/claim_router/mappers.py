@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from iclaim.v1 import claim_service_pb2 as pb
 from iclaim.v1 import insurer_service_pb2
+from iclaim_hub.common.fields import copy_fields
 from iclaim_hub.common.proto_time import timestamp, timestamp_or_none
 from iclaim_hub.internal.v1 import decision_intake_pb2, delivery_report_pb2
 from iclaim_hub.registry.model import (
@@ -40,17 +41,10 @@ _HEALTHS: dict[str, pb.InsurerHealth] = {
 
 
 def claim_to_proto(rec: ClaimRecord) -> pb.Claim:
-    return pb.Claim(
-        transaction_id=rec.transaction_id,
-        claim_ref=rec.claim_ref,
-        hospital_code=rec.hospital_code,
-        insurer_code=rec.insurer_code,
-        state=int(rec.state),  # type: ignore[arg-type]  # State mirrors ClaimState's numbers
-        billed_amount_satang=rec.billed_amount_satang,
-        approved_amount_satang=rec.approved_amount_satang,
-        decision_envelope=rec.decision_envelope,
-        status_reason=rec.status_reason,
-        envelope_sha256=rec.envelope_sha256,
+    return copy_fields(
+        pb.Claim,
+        rec,
+        state=claim_state_of(rec),
         submitted_at=timestamp(rec.submitted_at),
         decided_at=timestamp_or_none(rec.decided_at),
         updated_at=timestamp(rec.updated_at),
@@ -58,14 +52,7 @@ def claim_to_proto(rec: ClaimRecord) -> pb.Claim:
 
 
 def delivery_to_proto(rec: ClaimRecord) -> insurer_service_pb2.ClaimDelivery:
-    return insurer_service_pb2.ClaimDelivery(
-        transaction_id=rec.transaction_id,
-        hospital_code=rec.hospital_code,
-        claim_ref=rec.claim_ref,
-        billed_amount_satang=rec.billed_amount_satang,
-        envelope=rec.envelope,
-        submitted_at=timestamp(rec.submitted_at),
-    )
+    return copy_fields(insurer_service_pb2.ClaimDelivery, rec, submitted_at=timestamp(rec.submitted_at))
 
 
 def claim_decision_to_proto(rec: ClaimRecord) -> decision_intake_pb2.ClaimDecision:

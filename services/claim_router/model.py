@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from services.claim_router.domain import State
 
@@ -36,12 +37,25 @@ class ClaimRecord:
     # When the router learned the insurer took it (push: ReportTaken; pull:
     # first lease). A push claim becomes DELIVERED only then.
     taken_at: datetime | None = None
+    # W3C traceparent of the SubmitClaim that stored it ("" when tracing is off):
+    # later work on the claim (hand-off retries, the decision) joins its trace.
+    traceparent: str = ""
 
     def with_changes(self, **changes: object) -> ClaimRecord:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
 Event = tuple[str, bytes]  # (outbox topic, payload)
+
+
+class OutboxEvent(NamedTuple):
+    """An unsent outbox event, with the trace it was emitted in ("" for none)."""
+
+    id: int
+    payload: bytes
+    traceparent: str = ""
+
+
 # Given the locked current row, returns the new row (None: unchanged) and the
 # events to store with it; raising leaves the row as it was.
 Mutation = Callable[[ClaimRecord], tuple[ClaimRecord | None, Sequence[Event]]]

@@ -20,7 +20,9 @@ from iclaim_hub.internal.v1 import (
     billing_intake_pb2,
     billing_intake_pb2_grpc,
 )
+from iclaim_hub.common import tracing
 from services.claim_router.events import TOPIC_AUDIT, TOPIC_BILLING
+from services.claim_router.model import OutboxEvent
 
 log = structlog.get_logger("claim_router.relay")
 
@@ -53,7 +55,7 @@ async def _send_or_drop(call: Awaitable[object], *, topic: str) -> None:
         log.error("relay_event_rejected", topic=topic, code=err.code().name)
 
 
-Batch = list[tuple[int, bytes]]  # (outbox id, payload)
+Batch = list[OutboxEvent]
 
 
 class OutboxStore(Protocol):
@@ -89,7 +91,7 @@ class OutboxRelay:
                 batch = await self._store.outbox_batch(topic, BATCH)
                 if batch:
                     await send(batch)
-                    await self._store.outbox_mark_sent([i for i, _ in batch])
+                    await self._store.outbox_mark_sent([e.id for e in batch])
                     backoff = IDLE_S
                     continue
                 await asyncio.sleep(IDLE_S)
@@ -102,7 +104,8 @@ class OutboxRelay:
 
     async def _send_audit(self, batch: Batch) -> None:
         assert self._audit is not None
-        events = [audit_log_pb2.AuditEvent.FromString(p) for _, p in batch]
+        # One call for the batch: it belongs to no single claim's trace.
+        events = [audit_log_pb2.AuditEvent.FromString(e.payload) for e in batch]
         try:
             await self._audit.Append(audit_log_pb2.AppendRequest(events=events), timeout=SEND_TIMEOUT_S)
         except grpc.aio.AioRpcError as err:
@@ -117,12 +120,14 @@ class OutboxRelay:
 
     async def _send_billing(self, batch: Batch) -> None:
         assert self._billing is not None
-        for _, payload in batch:
-            request = billing_intake_pb2.RecordClaimDecisionRequest.FromString(payload)
-            await _send_or_drop(
-                self._billing.RecordClaimDecision(request, timeout=SEND_TIMEOUT_S),
-                topic=TOPIC_BILLING,
-            )
+        for event in batch:
+            request = billing_intake_pb2.RecordClaimDecisionRequest.FromString(event.payload)
+            # Sent in the trace the event was emitted in: billing's intake joins the claim's trace.
+            with tracing.resumed(event.traceparent):
+                await _send_or_drop(
+                    self._billing.RecordClaimDecision(request, timeout=SEND_TIMEOUT_S),
+                    topic=TOPIC_BILLING,
+                )
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from iclaim.limits import CLIENT_OPTIONS
+from iclaim_hub.common.channels import INTERNAL_CLIENT_OPTIONS, internal_target
 from iclaim.public_api import public_service_names
 from iclaim.v1 import claim_service_pb2_grpc, insurer_service_pb2_grpc
 from iclaim_hub.common.config import env_addr, env_float, env_str
 from iclaim_hub.common.db import create_pool
+from iclaim_hub.common.grpc_tracing import client_interceptors
 from iclaim_hub.common.server import (
     GrpcApp,
     ServeConfig,
@@ -91,7 +92,9 @@ class Config:
 def _channel(target: str) -> grpc.aio.Channel | None:
     if not target or target == "off":
         return None
-    return grpc.aio.insecure_channel(target, options=CLIENT_OPTIONS)
+    return grpc.aio.insecure_channel(
+        internal_target(target), options=INTERNAL_CLIENT_OPTIONS, interceptors=client_interceptors()
+    )
 
 
 async def build_server(config: Config) -> GrpcApp:

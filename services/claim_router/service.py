@@ -15,6 +15,7 @@ from iclaim.v1 import claim_service_pb2 as pb
 from iclaim.v1 import claim_service_pb2_grpc, insurer_service_pb2, insurer_service_pb2_grpc
 from iclaim_hub.common.access_log import TRANSACTION_HEADER
 from iclaim_hub.common.server import Caller, caller_of
+from iclaim_hub.common.servicer import Serves
 from iclaim_hub.internal.v1 import (
     decision_intake_pb2,
     decision_intake_pb2_grpc,
@@ -34,15 +35,12 @@ def _caller(context: Ctx, role: str) -> Caller:
     return caller
 
 
-class ClaimServicer(claim_service_pb2_grpc.ClaimServiceServicer):
+class ClaimServicer(Serves[ClaimRouter], claim_service_pb2_grpc.ClaimServiceServicer):
     """For hospitals."""
-
-    def __init__(self, router: ClaimRouter) -> None:
-        self._r = router
 
     async def ListInsurers(self, request: pb.ListInsurersRequest, context: Ctx) -> pb.ListInsurersResponse:
         _caller(context, "hospital")
-        page = await self._r.list_insurers(request.page_size, request.page_token)
+        page = await self.use_cases.list_insurers(request.page_size, request.page_token)
         return pb.ListInsurersResponse(
             insurers=[mappers.insurer_to_proto(p) for p in page.items],
             next_page_token=page.next_page_token,
@@ -50,24 +48,24 @@ class ClaimServicer(claim_service_pb2_grpc.ClaimServiceServicer):
 
     async def SubmitClaim(self, request: pb.SubmitClaimRequest, context: Ctx) -> pb.SubmitClaimResponse:
         caller = _caller(context, "hospital")
-        stored = await self._r.submit(mappers.submit_request_of(request, caller.code))
+        stored = await self.use_cases.submit(mappers.submit_request_of(request, caller.code))
         context.set_trailing_metadata(((TRANSACTION_HEADER, stored.transaction_id),))
         return pb.SubmitClaimResponse(claim=mappers.claim_to_proto(stored))
 
     async def GetClaim(self, request: pb.GetClaimRequest, context: Ctx) -> pb.Claim:
         caller = _caller(context, "hospital")
-        return mappers.claim_to_proto(await self._r.get_claim(caller.code, request.transaction_id))
+        return mappers.claim_to_proto(await self.use_cases.get_claim(caller.code, request.transaction_id))
 
     async def WatchClaim(self, request: pb.WatchClaimRequest, context: Ctx) -> AsyncIterator[pb.Claim]:
         caller = _caller(context, "hospital")
         # aclosing: a cancelled stream releases the watch's subscription at once.
-        async with aclosing(self._r.watch(caller.code, request.transaction_id)) as changes:
+        async with aclosing(self.use_cases.watch(caller.code, request.transaction_id)) as changes:
             async for rec in changes:
                 yield mappers.claim_to_proto(rec)
 
     async def ListClaims(self, request: pb.ListClaimsRequest, context: Ctx) -> pb.ListClaimsResponse:
         caller = _caller(context, "hospital")
-        page = await self._r.list_claims(mappers.list_claims_request_of(request, caller.code))
+        page = await self.use_cases.list_claims(mappers.list_claims_request_of(request, caller.code))
         return pb.ListClaimsResponse(
             claims=[mappers.claim_to_proto(r) for r in page.items],
             next_page_token=page.next_page_token,
@@ -75,21 +73,18 @@ class ClaimServicer(claim_service_pb2_grpc.ClaimServiceServicer):
 
     async def CancelClaim(self, request: pb.CancelClaimRequest, context: Ctx) -> pb.Claim:
         caller = _caller(context, "hospital")
-        stored = await self._r.cancel(caller.code, request.transaction_id, request.reason)
+        stored = await self.use_cases.cancel(caller.code, request.transaction_id, request.reason)
         return mappers.claim_to_proto(stored)
 
 
-class InsurerServicer(insurer_service_pb2_grpc.InsurerServiceServicer):
+class InsurerServicer(Serves[ClaimRouter], insurer_service_pb2_grpc.InsurerServiceServicer):
     """For insurers."""
-
-    def __init__(self, router: ClaimRouter) -> None:
-        self._r = router
 
     async def PullClaims(
         self, request: insurer_service_pb2.PullClaimsRequest, context: Ctx
     ) -> insurer_service_pb2.PullClaimsResponse:
         caller = _caller(context, "insurer")
-        leased = await self._r.pull(
+        leased = await self.use_cases.pull(
             caller.code, request.max_claims, (request.wait.seconds, request.wait.nanos)
         )
         return insurer_service_pb2.PullClaimsResponse(
@@ -100,69 +95,62 @@ class InsurerServicer(insurer_service_pb2_grpc.InsurerServiceServicer):
         self, request: insurer_service_pb2.GetHospitalRequest, context: Ctx
     ) -> insurer_service_pb2.Hospital:
         _caller(context, "insurer")
-        return mappers.hospital_to_proto(await self._r.get_hospital(request.hospital_code))
+        return mappers.hospital_to_proto(await self.use_cases.get_hospital(request.hospital_code))
 
     async def PostDecision(self, request: insurer_service_pb2.PostDecisionRequest, context: Ctx) -> pb.Claim:
         caller = _caller(context, "insurer")
-        stored = await self._r.post_decision(mappers.decision_request_of(request, caller.code))
+        stored = await self.use_cases.post_decision(mappers.decision_request_of(request, caller.code))
         return mappers.claim_to_proto(stored)
 
 
-class DecisionIntakeServicer(decision_intake_pb2_grpc.DecisionIntakeServiceServicer):
+class DecisionIntakeServicer(Serves[ClaimRouter], decision_intake_pb2_grpc.DecisionIntakeServiceServicer):
     """Decisions from the insurer adapter (simulated and push insurers)."""
-
-    def __init__(self, router: ClaimRouter) -> None:
-        self._r = router
 
     async def RecordDecision(
         self, request: decision_intake_pb2.RecordDecisionRequest, context: Ctx
     ) -> decision_intake_pb2.RecordDecisionResponse:
-        stored = await self._r.record_decision(mappers.decision_request_of(request, request.insurer_code))
+        stored = await self.use_cases.record_decision(
+            mappers.decision_request_of(request, request.insurer_code)
+        )
         return decision_intake_pb2.RecordDecisionResponse(claim=mappers.claim_to_proto(stored))
 
 
-class ClaimSettlementServicer(decision_intake_pb2_grpc.ClaimSettlementServiceServicer):
+class ClaimSettlementServicer(Serves[ClaimRouter], decision_intake_pb2_grpc.ClaimSettlementServiceServicer):
     """Billing tells us when a claim has nothing left due, and reads the
     decisions its intake has not received yet."""
-
-    def __init__(self, router: ClaimRouter) -> None:
-        self._r = router
 
     async def MarkClaimPaid(
         self, request: decision_intake_pb2.MarkClaimPaidRequest, context: Ctx
     ) -> decision_intake_pb2.MarkClaimPaidResponse:
-        stored = await self._r.mark_paid(request.transaction_id)
+        stored = await self.use_cases.mark_paid(request.transaction_id)
         return decision_intake_pb2.MarkClaimPaidResponse(claim=mappers.claim_to_proto(stored))
 
     async def GetClaimDecisions(
         self, request: decision_intake_pb2.GetClaimDecisionsRequest, context: Ctx
     ) -> decision_intake_pb2.GetClaimDecisionsResponse:
-        found = await self._r.billing_decisions(list(request.transaction_ids))
+        found = await self.use_cases.billing_decisions(list(request.transaction_ids))
         return decision_intake_pb2.GetClaimDecisionsResponse(
             decisions=[mappers.claim_decision_to_proto(r) for r in found]
         )
 
 
-class DeliveryReportServicer(delivery_report_pb2_grpc.DeliveryReportServiceServicer):
+class DeliveryReportServicer(Serves[ClaimRouter], delivery_report_pb2_grpc.DeliveryReportServiceServicer):
     """What the delivery layer (insurer_adapter) says happened to a push."""
-
-    def __init__(self, router: ClaimRouter) -> None:
-        self._r = router
 
     async def ReportTaken(
         self, request: delivery_report_pb2.ReportTakenRequest, context: Ctx
     ) -> delivery_report_pb2.ReportTakenResponse:
-        stored = await self._r.report_taken(mappers.delivery_report_of(request))
+        stored = await self.use_cases.report_taken(mappers.delivery_report_of(request))
         return delivery_report_pb2.ReportTakenResponse(state=mappers.claim_state_of(stored))
 
     async def ReportExpired(
         self, request: delivery_report_pb2.ReportExpiredRequest, context: Ctx
     ) -> delivery_report_pb2.ReportExpiredResponse:
-        stored = await self._r.report_expired(mappers.delivery_report_of(request))
+        stored = await self.use_cases.report_expired(mappers.delivery_report_of(request))
         return delivery_report_pb2.ReportExpiredResponse(state=mappers.claim_state_of(stored))
 
     async def ReportRedriven(
         self, request: delivery_report_pb2.ReportRedrivenRequest, context: Ctx
     ) -> delivery_report_pb2.ReportRedrivenResponse:
-        stored = await self._r.report_redriven(mappers.delivery_report_of(request))
+        stored = await self.use_cases.report_redriven(mappers.delivery_report_of(request))
         return delivery_report_pb2.ReportRedrivenResponse(state=mappers.claim_state_of(stored))

@@ -14,7 +14,13 @@ import asyncpg
 from iclaim_hub.common import tracing
 from iclaim_hub.common.db import apply_migrations
 from iclaim_hub.registry.model import DELIVERY_PULL
-from services.claim_router.domain import OPEN_STATES, PULL_OFFER_STATES, PUSH_HANDOFF_LEASE_S, State
+from services.claim_router.domain import (
+    OPEN_STATES,
+    PULL_OFFER_STATES,
+    PUSH_HANDOFF_LEASE_S,
+    State,
+    within_byte_budget,
+)
 from services.claim_router.model import ClaimRecord, Event, Mutation, OutboxEvent
 
 SCHEMA = "router"
@@ -245,7 +251,7 @@ class PgClaimStore:
         """Offers open pull claims whose lease has passed; RECEIVED ones become DELIVERED."""
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT transaction_id, state FROM router.claims"
+                "SELECT transaction_id, state, octet_length(envelope) AS size FROM router.claims"
                 " WHERE insurer_code = $1 AND delivery_mode = 'pull'"
                 "  AND state = ANY($3::smallint[])"
                 "  AND (lease_until IS NULL OR lease_until < now())"
@@ -254,6 +260,8 @@ class PgClaimStore:
                 limit,
                 _states(PULL_OFFER_STATES),
             )
+            # Only what fits one answer is leased; the rest stay offered.
+            rows = rows[: within_byte_budget([r["size"] for r in rows])]
             if not rows:
                 return []
             first_time = {r["transaction_id"] for r in rows if r["state"] == State.RECEIVED}

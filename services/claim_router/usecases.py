@@ -330,8 +330,10 @@ class ClaimRouter:
             req.hospital_code, state=state, insurer_code=insurer, after=after, limit=size + 1
         )
         page = rows[:size]
+        # A page of large decision envelopes ends early: the rest follow the token.
+        page = page[: domain.within_byte_budget([len(r.decision_envelope) for r in page])]
         next_token = ""
-        if len(rows) > size:
+        if len(rows) > len(page):
             next_token = domain.encode_claims_cursor(page[-1].submitted_at, page[-1].transaction_id)
         return Page(page, next_token)
 

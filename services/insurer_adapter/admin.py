@@ -18,6 +18,7 @@ import grpc
 from iclaim.crypto.signing import b64url
 from iclaim.errors import Unauthenticated
 from iclaim_hub.common.config import ConfigError
+from iclaim_hub.common.fields import copy_fields
 from iclaim_hub.internal.v1 import admin_pb2 as pb
 from iclaim_hub.internal.v1 import admin_pb2_grpc
 from services.insurer_adapter.admin_usecases import (
@@ -80,18 +81,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def AddInsurer(self, request: pb.AddInsurerRequest, context: _Context) -> pb.AddInsurerResponse:
         self._auth.check(context)
-        enrolled = await self._registry.add_insurer(
-            NewInsurer(
-                code=request.code,
-                display_name=request.display_name,
-                line=request.line,
-                delivery=request.delivery,
-                endpoint=request.endpoint,
-                endpoint_ca_pem=request.endpoint_ca_pem,
-                encryption_public_jwk=request.encryption_public_jwk,
-                endpoint_mtls=request.endpoint_mtls,
-            )
-        )
+        enrolled = await self._registry.add_insurer(copy_fields(NewInsurer, request))
         return pb.AddInsurerResponse(
             code=enrolled.code,
             key_id=enrolled.key_id,
@@ -156,22 +146,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
 
 def _entry(v: RegistryView) -> pb.RegistryEntry:
-    return pb.RegistryEntry(
-        code=v.code,
-        role=v.role,
-        display_name=v.display_name,
-        line=v.line,
-        available=v.available,
-        suspended=v.suspended,
-        delivery=v.delivery,
-        endpoint=v.endpoint,
-        endpoint_ca_set=v.endpoint_ca_set,
-        endpoint_mtls=v.endpoint_mtls,
-        encryption_kids=list(v.encryption_kids),
-        current_kid=v.current_kid,
-        endpoint_key_id=v.endpoint_key_id,
-        health=v.health,
-        endpoint_secret=b64url(v.endpoint_secret) if v.endpoint_secret else "",
+    return copy_fields(
+        pb.RegistryEntry, v, endpoint_secret=b64url(v.endpoint_secret) if v.endpoint_secret else ""
     )
 
 

@@ -12,7 +12,6 @@ registry and the delivery layer are the protocols below.
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -21,11 +20,10 @@ from typing import Any, Protocol
 
 from iclaim.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from iclaim_hub.common.access_log import HUB_TRANSACTION_RE
+from iclaim_hub.registry.codes import HOSPITAL_CODE_RE, INSURER_CODE_RE, check_code
 from iclaim_hub.registry.endpoints import check_ca_pem, check_delivery_mode, check_endpoint, check_public_jwk
 from iclaim_hub.registry.model import HEALTH_UNKNOWN, PUSH_MODES, Principal
 
-INSURER_CODE_RE = re.compile(r"^[A-Z0-9_]{2,16}$")  # §1
-HOSPITAL_CODE_RE = re.compile(r"^[0-9]{5}$")  # §1: MOPH hcode
 LINES = {"life": 1, "non-life": 2}
 LINE_NAMES = {v: k for k, v in LINES.items()}
 DELIVERY_STATES = ("", "waiting", "failed")
@@ -158,12 +156,6 @@ class Enrolled:
 
 
 @dataclass(frozen=True)
-class EndpointSecret:
-    key_id: str
-    secret: bytes
-
-
-@dataclass(frozen=True)
 class RegistryView:
     code: str
     role: str
@@ -185,15 +177,11 @@ class RegistryView:
 
 # --- validation (pure) -------------------------------------------------------------
 def _insurer_code(code: str) -> str:
-    if not INSURER_CODE_RE.fullmatch(code):
-        raise InvalidArgument("insurer code must be 2-16 of A-Z 0-9 _", reason="INSURER_CODE_INVALID")
-    return code
+    return check_code(code, "insurer", "insurer code must be 2-16 of A-Z 0-9 _")
 
 
 def _hospital_code(code: str) -> str:
-    if not HOSPITAL_CODE_RE.fullmatch(code):
-        raise InvalidArgument("hospital code must be 5 digits (MOPH hcode)", reason="HOSPITAL_CODE_INVALID")
-    return code
+    return check_code(code, "hospital", "hospital code must be 5 digits (MOPH hcode)")
 
 
 def _name(name: str) -> str:
@@ -324,14 +312,13 @@ class RegistryAdmin:
         view = await self.entry(current.code)
         return replace(view, endpoint_secret=issued.secret) if issued is not None else view
 
-    async def rotate_endpoint_key(self, code: str) -> EndpointSecret:
+    async def rotate_endpoint_key(self, code: str) -> IssuedEndpointKey:
         insurer = await self._insurer(code)
         if insurer.delivery_mode not in PUSH_MODES:
             raise FailedPrecondition(
                 "endpoint keys sign pushes; this insurer pulls", reason="DELIVERY_NOT_PUSH"
             )
-        key = await self._registry.issue_endpoint_key(insurer.code)
-        return EndpointSecret(key.key_id, key.secret)
+        return await self._registry.issue_endpoint_key(insurer.code)
 
     async def add_hospital(self, req: NewHospital) -> Enrolled:
         code = _hospital_code(req.code)

@@ -19,7 +19,7 @@ import contextlib
 import contextvars
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -83,30 +83,20 @@ class _Lane:
     published_at: float = -1e9
 
 
+@dataclass(eq=False)
 class Dispatcher:
-    def __init__(
-        self,
-        store: PushStore,
-        endpoints: Endpoints,
-        pusher: Pusher,
-        health: HealthSink,
-        settings: DeliverySettings,
-        *,
-        owner: str,
-        on_report: Callable[[], None],
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._store = store
-        self._endpoints = endpoints
-        self._pusher = pusher
-        self._health = health
-        self._s = settings
-        self.owner = owner
-        self._on_report = on_report  # a report is pending: send it without waiting
-        self._clock = clock
-        self._lanes: dict[str, _Lane] = {}
-        self._scan_task: asyncio.Task[None] | None = None
-        self._running = False
+    store: PushStore
+    endpoints: Endpoints
+    pusher: Pusher
+    health: HealthSink
+    settings: DeliverySettings
+    _: KW_ONLY
+    owner: str
+    on_report: Callable[[], None]  # a report is pending: send it without waiting
+    clock: Callable[[], float] = time.monotonic
+    _lanes: dict[str, _Lane] = field(init=False, default_factory=dict)
+    _scan_task: asyncio.Task[None] | None = field(init=False, default=None)
+    _running: bool = field(init=False, default=False)
 
     # --- life cycle --------------------------------------------------------------
     def start(self) -> None:
@@ -124,7 +114,7 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         try:  # cut-short attempts are due again at once, here or on another replica
-            await self._store.release_leases(self.owner)
+            await self.store.release_leases(self.owner)
         except Exception as exc:  # the leases end by themselves
             log.warning("lease_release_failed", error=type(exc).__name__)
 
@@ -144,7 +134,7 @@ class Dispatcher:
         if lane.circuit.health is Health.DOWN or self._free(lane) <= 0:
             return None
         lane.reserved += 1
-        return Lease(self.owner, self._s.lease_s)
+        return Lease(self.owner, self.settings.lease_s)
 
     def unreserve(self, insurer_code: str) -> None:
         """The reserved slot was not used (a duplicate, a failed insert)."""
@@ -158,7 +148,7 @@ class Dispatcher:
         self._start(lane, endpoint, delivery)
 
     def _free(self, lane: _Lane) -> int:
-        return self._s.max_inflight - len(lane.inflight) - lane.reserved
+        return self.settings.max_inflight - len(lane.inflight) - lane.reserved
 
     def _start(self, lane: _Lane, endpoint: Endpoint, delivery: Delivery) -> None:
         probe = lane.circuit.started()
@@ -168,7 +158,7 @@ class Dispatcher:
     def _lane(self, code: str) -> _Lane:
         lane = self._lanes.get(code)
         if lane is None:
-            lane = _Lane(code, Circuit(self._s.probe_s))
+            lane = _Lane(code, Circuit(self.settings.probe_s))
             self._lanes[code] = lane
             # A fresh context: a lane outlives the RPC that happened to create
             # it, whose log bindings (rpc, transaction_id) must not leak into it.
@@ -184,16 +174,16 @@ class Dispatcher:
                 raise
             except Exception as exc:  # the database is down, say: keep trying
                 log.warning("delivery_scan_failed", error=type(exc).__name__)
-            await asyncio.sleep(self._s.poll_s)
+            await asyncio.sleep(self.settings.poll_s)
 
     async def scan(self) -> None:
-        expired = await self._store.expire_due()
+        expired = await self.store.expire_due()
         for code in expired:
             metrics.PUSHES.labels(code, "expired").inc()
         if expired:
             log.info("deliveries_expired", count=len(expired))
-            self._on_report()
-        backlog = {b.insurer_code: b for b in await self._store.backlog()}
+            self.on_report()
+        backlog = {b.insurer_code: b for b in await self.store.backlog()}
         now = datetime.now(UTC)
         for code in set(backlog) | set(self._lanes):
             b = backlog.get(code)
@@ -223,7 +213,7 @@ class Dispatcher:
     def _sleep_s(self, lane: _Lane) -> float | None:
         """Until a wake-up or the scan, except that a DOWN circuit wakes itself
         for its probe and an unpublished health is retried."""
-        waits = [w for w in (lane.circuit.wait_s(self._clock()),) if w is not None]
+        waits = [w for w in (lane.circuit.wait_s(self.clock()),) if w is not None]
         current = (lane.circuit.health, lane.circuit.failures)
         if current[0] is not Health.UNKNOWN and lane.published != current:
             waits.append(HEALTH_REPUBLISH_S)
@@ -231,14 +221,14 @@ class Dispatcher:
 
     async def _lane_pass(self, lane: _Lane) -> bool:
         """Starts what the cap and the circuit allow; True when there may be more."""
-        endpoint = await self._endpoints.get(lane.code)
+        endpoint = await self.endpoints.get(lane.code)
         if endpoint is None or not endpoint.pushable:
             return False  # pull, closed, or no endpoint key: deliveries wait (and may expire)
-        slots = lane.circuit.slots(self._clock(), self._free(lane))
+        slots = lane.circuit.slots(self.clock(), self._free(lane))
         if slots <= 0:
             return False
         down = lane.circuit.health is Health.DOWN
-        batch = await self._store.lease_due(lane.code, self.owner, slots, self._s.lease_s, any_time=down)
+        batch = await self.store.lease_due(lane.code, self.owner, slots, self.settings.lease_s, any_time=down)
         for delivery in batch:
             self._start(lane, endpoint, delivery)
         return len(batch) == slots and not down
@@ -246,16 +236,16 @@ class Dispatcher:
     async def _push(self, lane: _Lane, endpoint: Endpoint, d: Delivery, probe: bool) -> None:
         with structlog.contextvars.bound_contextvars(transaction_id=d.transaction_id):
             try:
-                started = self._clock()
+                started = self.clock()
                 try:
-                    result = await self._pusher.push(endpoint, d)
+                    result = await self.pusher.push(endpoint, d)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # a bug in a pusher is a failed attempt, not a dead lane
                     log.error("push_crashed", insurer=lane.code, error=type(exc).__name__)
                     result = PushResult(False, PushError.INTERNAL.value)
-                metrics.ATTEMPT_LATENCY.labels(lane.code).observe(self._clock() - started)
-                closed = lane.circuit.record(result.taken, self._clock(), probe)
+                metrics.ATTEMPT_LATENCY.labels(lane.code).observe(self.clock() - started)
+                closed = lane.circuit.record(result.taken, self.clock(), probe)
                 await self._settle(lane, d, result, closed)
             except asyncio.CancelledError:
                 raise
@@ -268,18 +258,18 @@ class Dispatcher:
     async def _settle(self, lane: _Lane, d: Delivery, result: PushResult, closed: bool) -> None:
         if result.taken:
             metrics.PUSHES.labels(lane.code, "taken").inc()
-            await self._store.mark_taken(d.transaction_id)
+            await self.store.mark_taken(d.transaction_id)
             log.info("claim_taken", insurer=lane.code, attempts=d.attempts)
-            self._on_report()
+            self.on_report()
             if closed:  # the endpoint is back: what sat out its backoff goes now
                 log.info("insurer_circuit_closed", insurer=lane.code)
-                await self._store.make_due(lane.code)
+                await self.store.make_due(lane.code)
             return
         metrics.PUSHES.labels(lane.code, "failed").inc()
         # The registry may have changed (endpoint, CA, rotated key): read it afresh.
-        self._endpoints.invalidate(lane.code)
-        delay = self._s.backoff.delay(d.attempts)
-        state = await self._store.mark_failed_attempt(d.transaction_id, self.owner, result.error, delay)
+        self.endpoints.invalidate(lane.code)
+        delay = self.settings.backoff.delay(d.attempts)
+        state = await self.store.mark_failed_attempt(d.transaction_id, self.owner, result.error, delay)
         log.info(
             "push_failed",
             insurer=lane.code,
@@ -291,19 +281,19 @@ class Dispatcher:
         if state == "failed":
             metrics.PUSHES.labels(lane.code, "expired").inc()
             log.info("delivery_expired", insurer=lane.code)
-            self._on_report()
+            self.on_report()
 
     async def _publish_health(self, lane: _Lane) -> None:
         health, failures = lane.circuit.health, lane.circuit.failures
         metrics.CIRCUIT.labels(lane.code).set(int(health))
         if health is Health.UNKNOWN or lane.published == (health, failures):
             return
-        now = self._clock()
+        now = self.clock()
         same_health = lane.published is not None and lane.published[0] is health
         if same_health and now - lane.published_at < HEALTH_REPUBLISH_S:
             return
         try:
-            await self._health.set_push_health(lane.code, health.label, failures)
+            await self.health.set_push_health(lane.code, health.label, failures)
         except Exception as exc:  # published on a later pass
             log.warning("health_publish_failed", insurer=lane.code, error=type(exc).__name__)
             return

@@ -12,6 +12,7 @@ import grpc
 
 from iclaim.limits import MAX_REQUEST_BYTES
 from iclaim.v1 import insurer_endpoint_pb2
+from iclaim_hub.common import tracing
 from services.insurer_adapter.domain import GRPC_METHOD, MAX_ANSWER_BYTES, PushError, grpc_error
 from services.insurer_adapter.model import Delivery, Endpoint, PushResult
 from services.insurer_adapter.push_auth import signed_headers
@@ -68,7 +69,8 @@ class GrpcPusher:
         if refused is not None or endpoint.key is None:
             return refused or PushResult(False, PushError.INTERNAL.value)
         body = insurer_endpoint_pb2.ReceiveClaimRequest(delivery=claim_delivery(delivery)).SerializeToString()
-        metadata = signed_headers(endpoint.key, GRPC_METHOD, body)
+        # traceparent is not signed: it only names the trace the insurer may continue.
+        metadata = signed_headers(endpoint.key, GRPC_METHOD, body) + tracing.outgoing_headers()
         try:
             channel = self._channel(endpoint)
         except (ValueError, TypeError):  # a target gRPC cannot parse

@@ -19,6 +19,7 @@ import aiohttp
 from google.protobuf import json_format
 from yarl import URL
 
+from iclaim_hub.common import tracing
 from services.insurer_adapter.domain import (
     MAX_ANSWER_BYTES,
     PushError,
@@ -93,6 +94,7 @@ class WebhookPusher:
             "accept": "application/json",
             "accept-encoding": "identity",
             **dict(signed_headers(endpoint.key, method_line(url), body)),
+            **dict(tracing.outgoing_headers()),  # not signed: only names the trace
         }
         try:
             session = self._session(endpoint)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Awaitable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Protocol
 
 import structlog
@@ -37,24 +38,17 @@ class ReportSink(Protocol):
         """None when the router acknowledged; else why not (a status code name)."""
 
 
+@dataclass(eq=False)
 class Reporter:
-    def __init__(
-        self,
-        store: ReportStore,
-        sink: ReportSink,
-        settings: DeliverySettings,
-        *,
-        owner: str,
-        on_redriven: Callable[[str], None] = lambda code: None,
-    ) -> None:
-        self._store = store
-        self._sink = sink
-        self._s = settings
-        self.owner = owner
-        # A redriven delivery is pushed once the router knows: wake its lane.
-        self._on_redriven = on_redriven
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+    store: ReportStore
+    sink: ReportSink
+    settings: DeliverySettings
+    _: KW_ONLY
+    owner: str
+    # A redriven delivery is pushed once the router knows: wake its lane.
+    on_redriven: Callable[[str], None] = lambda code: None
+    _wake: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = field(init=False, default=None)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -71,11 +65,11 @@ class Reporter:
         self._wake.set()
 
     async def _loop(self) -> None:
-        await _run_passes(self.send_due, self._wake, self._s.poll_s, "report")
+        await _run_passes(self.send_due, self._wake, self.settings.poll_s, "report")
 
     async def send_due(self) -> bool:
         """One batch; True when it was full (there may be more due)."""
-        batch = await self._store.lease_reports(self.owner, BATCH, self._s.lease_s)
+        batch = await self.store.lease_reports(self.owner, BATCH, self.settings.lease_s)
         if batch:
             await asyncio.gather(*(self._send(r) for r in batch))
         return len(batch) == BATCH
@@ -83,18 +77,18 @@ class Reporter:
     async def _send(self, r: PendingReport) -> None:
         with structlog.contextvars.bound_contextvars(transaction_id=r.transaction_id):
             try:
-                problem = await self._sink.report(r)
+                problem = await self.sink.report(r)
                 if problem is None:
                     metrics.REPORTS.labels(r.kind.value, "acked").inc()
-                    await self._store.mark_reported(r, self.owner)
+                    await self.store.mark_reported(r, self.owner)
                     log.info("delivery_reported", kind=r.kind.value, attempts=r.attempts)
                     if r.kind is ReportKind.REDRIVEN:
-                        self._on_redriven(r.insurer_code)
+                        self.on_redriven(r.insurer_code)
                     return
                 metrics.REPORTS.labels(r.kind.value, "retry").inc()
-                delay = self._s.backoff.delay(r.attempts)
+                delay = self.settings.backoff.delay(r.attempts)
                 log.warning("report_retry", kind=r.kind.value, code=problem, retry_in_s=round(delay, 2))
-                await self._store.retry_report(r, self.owner, delay)
+                await self.store.retry_report(r, self.owner, delay)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # not stored: the lease ends and it is sent again

@@ -103,6 +103,9 @@ async def test_other_refusals_are_not_retried(clock_and_sleeps) -> None:
         ("NONCE_REPLAYED", grpc.StatusCode.UNAUTHENTICATED),
         ("WRONG_ROLE", grpc.StatusCode.PERMISSION_DENIED),
         ("BAD_SIGNATURE", grpc.StatusCode.UNAUTHENTICATED),
+        # Too large: the same request is refused again, however long one waits.
+        ("REQUEST_TOO_LARGE", grpc.StatusCode.RESOURCE_EXHAUSTED),
+        ("", grpc.StatusCode.RESOURCE_EXHAUSTED),  # gRPC's own message limit
     ):
         gw, call = await _run(clock, [FakeCall(code, reason, server_time=int(T0) + 900), OK])
         assert await call.code() == code and len(gw.seen) == 1

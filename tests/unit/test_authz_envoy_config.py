@@ -73,6 +73,7 @@ def test_trusted_headers_are_stripped_before_ext_authz(cfg: dict[str, Any]) -> N
     names = [f["name"] for f in filters]
     assert names == [
         "envoy.filters.http.header_mutation",
+        "envoy.filters.http.grpc_stats",  # counts only (tests/unit/test_envoy_edge_config.py)
         "envoy.filters.http.ext_authz",
         "envoy.filters.http.router",
     ]
@@ -81,7 +82,9 @@ def test_trusted_headers_are_stripped_before_ext_authz(cfg: dict[str, Any]) -> N
 
 
 def test_ext_authz_fails_closed_and_sees_the_body(cfg: dict[str, Any]) -> None:
-    authz = _hcm(cfg)["http_filters"][1]["typed_config"]
+    [authz] = [
+        f["typed_config"] for f in _hcm(cfg)["http_filters"] if f["name"] == "envoy.filters.http.ext_authz"
+    ]
     assert authz["failure_mode_allow"] is False
     assert authz["status_on_error"]["code"] == "ServiceUnavailable"
     assert authz["with_request_body"]["max_request_bytes"] == MAX_REQUEST_BYTES

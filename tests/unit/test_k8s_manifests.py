@@ -14,6 +14,7 @@ import copy
 import functools
 import ipaddress
 import json
+import math
 import os
 import re
 import shutil
@@ -63,6 +64,26 @@ REGISTRY_CALLERS = {"sandbox": {"insurer-adapter"}}
 SECRET_NAME = "iclaim-secrets"
 # Variables that name a credential: only ever from a Secret, never a literal.
 SECRET_ENV = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|_URL|DSN)$")
+# Listen addresses (ICLAIM_*_ADDR) that are not the pod's probe port -> the
+# container port they must name (Envoy's Prometheus stats listener).
+ADDR_PORTS = {"ICLAIM_ENVOY_STATS_ADDR": "envoy-metrics"}
+# Container ports scraped by Prometheus: each needs a Service port of that name.
+SCRAPED_PORTS = ("metrics", "envoy-metrics")
+# The request path scales with load (base/hpa.yaml): these Deployments have a
+# HorizontalPodAutoscaler and no replica count of their own.
+AUTOSCALED = {"gateway", "authz", "claim-router"}
+# Services that are not internal gRPC backends: the public entry point, and the
+# dev sandbox (an insurer endpoint from the registry, one replica).
+NOT_HEADLESS = {"gateway", "sandbox"}
+# Connections no env variable shows (dev): pushes to the sandbox's registered
+# endpoints, and the sandbox calling the gateway like any insurer.
+HIDDEN_FLOWS = [("insurer-adapter", "sandbox", "grpc"), ("insurer-adapter", "sandbox", "webhook")]
+HIDDEN_FLOWS += [("sandbox", "gateway", "grpc")]
+# The only pods that may reach addresses outside the cluster (ipBlock egress),
+# and the ports any pod may reach by port alone (PostgreSQL, Redis: outside
+# these manifests, addresses unknown).
+INTERNET_EGRESS = {"insurer-adapter"}
+STORE_PORTS = {5432, 6379}
 # Read by the manifests but not yet by the code (the lead wires them; see README).
 PENDING_CODE_SUPPORT: set[str] = set()
 
@@ -381,8 +402,9 @@ def container_problems(dep: Obj, container: Obj) -> list[str]:
         else:
             if host not in ("0.0.0.0", "::"):
                 problems.append(f"{where}: {name} must listen on all interfaces, not {host}")
-            if int(port) != grpc_port:
-                problems.append(f"{where}: {name} port {port} is not the {probe_port} container port")
+            want = ADDR_PORTS.get(name, probe_port)
+            if int(port) != _named_port(container, want):
+                problems.append(f"{where}: {name} port {port} is not the {want} container port")
     metrics_port = _named_port(container, "metrics")
     for name, value in env.items():
         if name.endswith("_METRICS_PORT") and value is not None and int(value) != metrics_port:
@@ -436,9 +458,11 @@ def deployment_problems(objs: list[Obj]) -> list[str]:
                 for c in pod["containers"]
             ):
                 problems.append(f"{_ident(dep)}: Service port {pname} targets no container port")
-        has_metrics = any(_named_port(c, "metrics") for c in pod["containers"])
-        if has_metrics and "metrics" not in ports:
-            problems.append(f"{_ident(dep)}: metrics container port needs a Service port named metrics")
+        for scraped in SCRAPED_PORTS:
+            if any(_named_port(c, scraped) for c in pod["containers"]) and scraped not in ports:
+                problems.append(
+                    f"{_ident(dep)}: {scraped} container port needs a Service port named {scraped}"
+                )
     return problems
 
 
@@ -562,6 +586,239 @@ def shipper_problems(objs: list[Obj]) -> list[str]:
     return problems
 
 
+def _labels(dep: Obj) -> dict[str, str]:
+    labels: dict[str, str] = dep["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def _app(dep: Obj) -> str:
+    return _labels(dep).get("app.kubernetes.io/name", "")
+
+
+def _pod_selected(selector: Obj, labels: dict[str, str]) -> bool:
+    """A NetworkPolicy podSelector: {} selects every pod of the namespace."""
+    if set(selector) - {"matchLabels"}:
+        return False  # matchExpressions: not used here, never assumed to match
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _policies(objs: list[Obj], ns: str, labels: dict[str, str], direction: str) -> list[Obj]:
+    return [
+        p
+        for p in _of_kind(objs, "NetworkPolicy")
+        if _ns(p) == ns
+        and direction in p["spec"].get("policyTypes", ["Ingress"])
+        and _pod_selected(p["spec"]["podSelector"], labels)
+    ]
+
+
+def _port_allowed(rule: Obj, name: str, number: int) -> bool:
+    if not rule.get("ports"):
+        return True
+    for p in rule["ports"]:
+        port = p.get("port")
+        if port == name or (isinstance(port, int) and port <= number <= p.get("endPort", port)):
+            return True
+    return False
+
+
+def _peer_is(peer: Obj, labels: dict[str, str]) -> bool:
+    """A same-namespace pod peer (no namespaceSelector, no ipBlock) that selects these labels."""
+    return (
+        "podSelector" in peer and set(peer) == {"podSelector"} and _pod_selected(peer["podSelector"], labels)
+    )
+
+
+def _flows(objs: list[Obj]) -> list[tuple[Obj, Obj, str, int]]:
+    """(caller, callee, container port name, number) for every env value of
+    the form <service>.<namespace>.svc:<port> (plus HIDDEN_FLOWS)."""
+    deps = _of_kind(objs, "Deployment")
+    services = {(_ns(s), s["metadata"]["name"]): s for s in _of_kind(objs, "Service")}
+    flows: list[tuple[Obj, Obj, str, int]] = []
+    for caller in deps:
+        for container in _all_containers(caller):
+            for value in _resolved_env(container, _ns(caller)).values():
+                host, _, port = (value or "").rpartition(":")
+                m = _TARGET_HOST.fullmatch(host)
+                svc = services.get((m["ns"], m["svc"])) if m else None
+                if svc is None or not port.isdigit():
+                    continue
+                for sport in svc["spec"]["ports"]:
+                    if sport["port"] != int(port):
+                        continue
+                    target = sport.get("targetPort", sport["port"])
+                    for callee in deps:
+                        if _ns(callee) != _ns(svc) or not _selects(svc["spec"]["selector"], _labels(callee)):
+                            continue
+                        for c in _pod_spec(callee)["containers"]:
+                            for cp in c.get("ports", []):
+                                if target in (cp.get("name"), cp["containerPort"]):
+                                    flows.append((caller, callee, cp.get("name", ""), cp["containerPort"]))
+    by_app = {(_ns(d), _app(d)): d for d in deps}
+    for caller_app, callee_app, port_name in HIDDEN_FLOWS:
+        for (ns, app), caller in by_app.items():
+            callee = by_app.get((ns, callee_app))
+            if app != caller_app or callee is None:
+                continue
+            number = next(
+                _named_port(c, port_name)
+                for c in _pod_spec(callee)["containers"]
+                if _named_port(c, port_name)
+            )
+            flows.append((caller, callee, port_name, int(number or 0)))
+    return flows
+
+
+def network_problems(objs: list[Obj]) -> list[str]:
+    """Default-deny in and out; DNS for every pod; each caller -> callee
+    connection allowed at both ends; the internet only where it is needed."""
+    problems: list[str] = []
+    namespaces = {_ns(d) for d in _of_kind(objs, "Deployment")}
+    for ns in sorted(namespaces):
+        deny = [
+            p
+            for p in _of_kind(objs, "NetworkPolicy")
+            if _ns(p) == ns
+            and p["spec"]["podSelector"] == {}
+            and {"Ingress", "Egress"} <= set(p["spec"].get("policyTypes", []))
+            and not p["spec"].get("ingress")
+            and not p["spec"].get("egress")
+        ]
+        if not deny:
+            problems.append(f"namespace {ns}: needs a default-deny NetworkPolicy (ingress and egress)")
+    for dep in _of_kind(objs, "Deployment"):
+        egress = [
+            r for p in _policies(objs, _ns(dep), _labels(dep), "Egress") for r in p["spec"].get("egress", [])
+        ]
+        dns = [
+            r
+            for r in egress
+            if any(
+                peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                == "kube-system"
+                for peer in r.get("to", [])
+            )
+        ]
+        for proto in ("UDP", "TCP"):
+            if not any(
+                p.get("port") == 53 and p.get("protocol") == proto for r in dns for p in r.get("ports", [])
+            ):
+                problems.append(f"{_ident(dep)}: no DNS egress (kube-system, {proto} 53)")
+    for pol in _of_kind(objs, "NetworkPolicy"):
+        selected = {
+            _app(d)
+            for d in _of_kind(objs, "Deployment")
+            if _ns(d) == _ns(pol) and _pod_selected(pol["spec"]["podSelector"], _labels(d))
+        }
+        for rule in pol["spec"].get("egress", []):
+            peers = rule.get("to", [])
+            if not peers and not rule.get("ports"):
+                problems.append(f"{_ident(pol)}: an allow-all egress rule")
+            elif not peers and {p.get("port") for p in rule["ports"]} - STORE_PORTS:
+                problems.append(f"{_ident(pol)}: egress to any address only for PostgreSQL/Redis ports")
+            if any("ipBlock" in peer for peer in peers) and selected - INTERNET_EGRESS:
+                problems.append(
+                    f"{_ident(pol)}: internet egress (ipBlock) for {sorted(selected - INTERNET_EGRESS)}; "
+                    f"only {sorted(INTERNET_EGRESS)} pushes outside the cluster"
+                )
+    for caller, callee, name, number in _flows(objs):
+        ns, what = _ns(caller), f"{_app(caller)} -> {_app(callee)}:{name or number}"
+        if not any(
+            _port_allowed(r, name, number)
+            and (not r.get("to") or any(_peer_is(peer, _labels(callee)) for peer in r["to"]))
+            for p in _policies(objs, ns, _labels(caller), "Egress")
+            for r in p["spec"].get("egress", [])
+        ):
+            problems.append(f"{what}: no egress rule from the caller allows it")
+        if not any(
+            _port_allowed(r, name, number)
+            # (no `from`: every source, e.g. the public gateway port)
+            and (not r.get("from") or any(_peer_is(peer, _labels(caller)) for peer in r["from"]))
+            for p in _policies(objs, ns, _labels(callee), "Ingress")
+            for r in p["spec"].get("ingress", [])
+        ):
+            problems.append(f"{what}: no ingress rule at the callee admits it")
+    return problems
+
+
+def scaling_problems(objs: list[Obj]) -> list[str]:
+    """HPAs: the autoscaled Deployments exist, have CPU requests (utilisation
+    is relative to them) and no replica count (the HPA owns it); behavior set;
+    internal gRPC backends are headless (clients spread over every pod)."""
+    problems: list[str] = []
+    deps = {(_ns(d), d["metadata"]["name"]): d for d in _of_kind(objs, "Deployment")}
+    hpas = _of_kind(objs, "HorizontalPodAutoscaler")
+    targeted: dict[tuple[str, str], int] = {}
+    for hpa in hpas:
+        ref, spec = hpa["spec"]["scaleTargetRef"], hpa["spec"]
+        key = (_ns(hpa), ref["name"])
+        targeted[key] = targeted.get(key, 0) + 1
+        dep = deps.get(key)
+        if ref.get("kind") != "Deployment" or dep is None:
+            problems.append(f"{_ident(hpa)}: no such Deployment {ref.get('kind')}/{ref['name']}")
+            continue
+        for c in _all_containers(dep):
+            if "cpu" not in c.get("resources", {}).get("requests", {}):
+                problems.append(f"{_ident(hpa)}: {_ident(dep)}[{c['name']}] has no CPU request")
+        if "replicas" in dep["spec"]:
+            problems.append(f"{_ident(dep)}: has replicas, but its HPA owns the count")
+        behavior = spec.get("behavior", {})
+        for direction in ("scaleUp", "scaleDown"):
+            if "stabilizationWindowSeconds" not in behavior.get(direction, {}):
+                problems.append(f"{_ident(hpa)}: behavior.{direction} needs a stabilization window")
+        if behavior.get("scaleDown", {}).get("stabilizationWindowSeconds", 0) < 60:
+            problems.append(f"{_ident(hpa)}: behavior.scaleDown must wait at least a minute")
+        if not 1 <= spec.get("minReplicas", 1) <= spec["maxReplicas"]:
+            problems.append(f"{_ident(hpa)}: needs 1 <= minReplicas <= maxReplicas")
+    for (ns, name), dep in deps.items():
+        if name in AUTOSCALED and targeted.get((ns, name)) != 1:
+            problems.append(f"{_ident(dep)}: needs exactly one HorizontalPodAutoscaler")
+    for svc in _of_kind(objs, "Service"):
+        grpc = any(p.get("name") == "grpc" for p in svc["spec"]["ports"])
+        if grpc and svc["metadata"]["name"] not in NOT_HEADLESS and svc["spec"].get("clusterIP") != "None":
+            problems.append(f"{_ident(svc)}: an internal gRPC backend must be headless (clusterIP: None)")
+    return problems
+
+
+def _env_resource(container: Obj, var: str, resource: str) -> float | None:
+    """What the kubelet puts in `var`: a literal, or a resourceFieldRef of this
+    container (rounded up to whole divisors); None when unset or from elsewhere."""
+    for item in container.get("env", []):
+        if item["name"] != var:
+            continue
+        if "value" in item:
+            return float(item["value"])
+        ref = item.get("valueFrom", {}).get("resourceFieldRef")
+        if ref is None or ref.get("containerName", container["name"]) != container["name"]:
+            return None
+        if ref["resource"] != resource:
+            return None
+        limit = container.get("resources", {}).get("limits", {}).get(resource.partition(".")[2])
+        return math.ceil(quantity(limit) / quantity(ref.get("divisor", "1"))) if limit else None
+    return None
+
+
+def envoy_problems(objs: list[Obj]) -> list[str]:
+    """Envoy runs one worker per CPU of its limit (rounded up), not one per
+    host CPU, and sizes its overload manager from its own memory limit."""
+    problems: list[str] = []
+    for dep in _of_kind(objs, "Deployment"):
+        for c in _all_containers(dep):
+            if _module(c) != ENVOY_MODULE:
+                continue
+            limits = c.get("resources", {}).get("limits", {})
+            want = math.ceil(quantity(limits.get("cpu", 0)))
+            got = _env_resource(c, "ICLAIM_ENVOY_CONCURRENCY", "limits.cpu")
+            if got != want:
+                problems.append(
+                    f"{_ident(dep)}: Envoy concurrency {got} != its CPU limit rounded up ({want})"
+                )
+            memory = _env_resource(c, "ICLAIM_ENVOY_MEMORY_LIMIT_BYTES", "limits.memory")
+            if memory != quantity(limits.get("memory", 0)):
+                problems.append(f"{_ident(dep)}: Envoy memory limit {memory} is not its container's")
+    return problems
+
+
 def env_name_problems(objs: list[Obj]) -> list[str]:
     """Every ICLAIM_* variable set in a manifest is read somewhere in the code
     (catches typos that would silently fall back to a default)."""
@@ -599,6 +856,9 @@ def house_problems(objs: list[Obj]) -> list[str]:
         + deployment_problems(objs)
         + target_problems(objs)
         + shipper_problems(objs)
+        + network_problems(objs)
+        + scaling_problems(objs)
+        + envoy_problems(objs)
         + env_name_problems(objs)
     )
 
@@ -615,6 +875,15 @@ def rendered(name: str) -> list[Obj]:
 
 def _by_name(objs: list[Obj], kind: str) -> dict[str, Obj]:
     return {o["metadata"]["name"]: o for o in _of_kind(objs, kind)}
+
+
+def _replica_counts(objs: list[Obj]) -> dict[str, int]:
+    """Deployment -> its replicas; for an autoscaled one, its HPA's minimum."""
+    floors = {
+        h["spec"]["scaleTargetRef"]["name"]: h["spec"]["minReplicas"]
+        for h in _of_kind(objs, "HorizontalPodAutoscaler")
+    }
+    return {n: d["spec"].get("replicas", floors.get(n)) for n, d in _by_name(objs, "Deployment").items()}
 
 
 # --------------------------------------------------------------------------- tests
@@ -672,10 +941,7 @@ def test_dev_overlay() -> None:
     (ns,) = _of_kind(objs, "Namespace")
     assert ns["metadata"]["name"] == "iclaim-dev"
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    assert {d["metadata"]["name"]: d["spec"]["replicas"] for d in _of_kind(objs, "Deployment")} == {
-        **{name: 1 for name in PROD_REPLICAS},
-        **DEV_ONLY,
-    }
+    assert _replica_counts(objs) == {**{name: 1 for name in PROD_REPLICAS}, **DEV_ONLY}
 
 
 def _sandbox_objects(objs: list[Obj]) -> list[str]:
@@ -696,6 +962,7 @@ def test_dev_sandbox_is_a_participant_outside_the_hub() -> None:
     objs = rendered("dev")
     assert sorted(_sandbox_objects(objs)) == [
         "Deployment/sandbox",
+        "NetworkPolicy/sandbox-egress",
         "NetworkPolicy/sandbox-ingress",
         "Service/sandbox",
         "ServiceAccount/sandbox",
@@ -741,7 +1008,7 @@ def test_prod_overlay() -> None:
     objs = rendered("prod")
     assert {_ns(o) for o in objs if o["kind"] != "Namespace"} == {"iclaim"}
     deps = _by_name(objs, "Deployment")
-    assert {n: d["spec"]["replicas"] for n, d in deps.items()} == PROD_REPLICAS
+    assert _replica_counts(objs) == PROD_REPLICAS
     for name, dep in deps.items():
         for c in _all_containers(dep):
             _, tag, digest = _split_image(c["image"])
@@ -752,8 +1019,9 @@ def test_prod_overlay() -> None:
         mine = [p for p in pdbs if _selects(p["spec"]["selector"]["matchLabels"], labels)]
         assert len(mine) == 1, f"{name}: needs exactly one PodDisruptionBudget"
         spec = mine[0]["spec"]
-        allowed = spec.get("maxUnavailable", dep["spec"]["replicas"] - spec.get("minAvailable", 0))
-        assert 1 <= allowed < dep["spec"]["replicas"], f"{name}: PDB must allow 1..n-1 down"
+        replicas = _replica_counts(objs)[name]
+        allowed = spec.get("maxUnavailable", replicas - spec.get("minAvailable", 0))
+        assert 1 <= allowed < replicas, f"{name}: PDB must allow 1..n-1 down"
     dev = _by_name(rendered("dev"), "Deployment")
     for name, dep in deps.items():
         prod_lim = dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
@@ -761,6 +1029,58 @@ def test_prod_overlay() -> None:
         for kind in ("cpu", "memory"):
             assert quantity(prod_lim[kind]) > quantity(dev_lim[kind]), f"{name}: prod {kind} limit"
     assert _by_name(objs, "Service")["gateway"]["spec"]["type"] == "LoadBalancer"
+
+
+HUB_FLOWS = {
+    ("gateway", "authz"),
+    ("gateway", "claim-router"),
+    ("gateway", "billing"),
+    ("gateway", "audit-log"),  # Envoy (AuditTrailService) and the shipper sidecar (Append)
+    ("claim-router", "insurer-adapter"),
+    ("claim-router", "audit-log"),
+    ("claim-router", "billing"),
+    ("insurer-adapter", "claim-router"),
+    ("billing", "claim-router"),
+}
+SANDBOX_FLOWS = {("insurer-adapter", "sandbox"), ("sandbox", "gateway")}
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_every_connection_is_found_and_allowed(target: str) -> None:
+    """The pairs network_problems checks (egress at the caller, ingress at the
+    callee) are every connection the hub makes, read from the env targets."""
+    objs = rendered(target)
+    found = {(_app(a), _app(b)) for a, b, _, _ in _flows(objs)}
+    assert found == HUB_FLOWS | (SANDBOX_FLOWS if target == "dev" else set())
+    assert network_problems(objs) == []
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_default_deny_autoscaling_headless_and_envoy_workers(target: str) -> None:
+    objs = rendered(target)
+    deny = _by_name(objs, "NetworkPolicy")["default-deny"]["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    hpas = _by_name(objs, "HorizontalPodAutoscaler")
+    assert set(hpas) == AUTOSCALED
+    for name, hpa in hpas.items():
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["scaleTargetRef"]["name"] == name
+        assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 60
+    headless = {
+        s["metadata"]["name"] for s in _of_kind(objs, "Service") if s["spec"].get("clusterIP") == "None"
+    }
+    assert headless == {"claim-router", "insurer-adapter", "audit-log", "billing", "authz"}
+    envoy = _server(objs, "gateway")
+    cpu = math.ceil(quantity(envoy["resources"]["limits"]["cpu"]))
+    assert _env_resource(envoy, "ICLAIM_ENVOY_CONCURRENCY", "limits.cpu") == cpu
+    assert scaling_problems(objs) == [] and envoy_problems(objs) == []
+
+
+def test_prod_envoy_has_two_workers_for_two_cpus() -> None:
+    envoy = _server(rendered("prod"), "gateway")
+    assert envoy["resources"]["limits"]["cpu"] == "2"
+    assert _env_resource(envoy, "ICLAIM_ENVOY_CONCURRENCY", "limits.cpu") == 2
+    assert _env_resource(envoy, "ICLAIM_ENVOY_MEMORY_LIMIT_BYTES", "limits.memory") == 2**30
 
 
 # --- the rules must be able to fail ---------------------------------------------------
@@ -906,6 +1226,102 @@ MUTATIONS: dict[str, tuple[Callable[[list[Obj]], object], str]] = {
     "audit-log tails in-cluster": (
         lambda o: _env(o, "audit-log", "ICLAIM_AUDIT_TAIL_ACCESS_LOG").update(value="true"),
         "must not tail",
+    ),
+    "no default deny": (
+        lambda o: o.remove(_by_name(o, "NetworkPolicy")["default-deny"]),
+        "default-deny",
+    ),
+    "no DNS": (
+        lambda o: o.remove(_by_name(o, "NetworkPolicy")["dns-egress"]),
+        "no DNS egress",
+    ),
+    "caller may not connect": (
+        lambda o: _by_name(o, "NetworkPolicy")["gateway-egress"]["spec"]["egress"][0]["to"].pop(0),
+        "gateway -> authz:grpc: no egress rule",
+    ),
+    "callee does not admit": (
+        lambda o: _by_name(o, "NetworkPolicy")["billing-ingress"]["spec"]["ingress"][0]["from"].pop(1),
+        "claim-router -> billing:grpc: no ingress rule",
+    ),
+    "egress to the wrong port": (
+        lambda o: _by_name(o, "NetworkPolicy")["billing-egress"]["spec"]["egress"][0]["ports"][0].update(
+            port="metrics"
+        ),
+        "billing -> claim-router:grpc: no egress rule",
+    ),
+    "allow-all egress": (
+        lambda o: _by_name(o, "NetworkPolicy")["audit-log-egress"]["spec"]["egress"].append({}),
+        "allow-all egress",
+    ),
+    "any address on any port": (
+        lambda o: _by_name(o, "NetworkPolicy")["authz-egress"]["spec"]["egress"][0]["ports"].append(
+            {"protocol": "TCP", "port": 443}
+        ),
+        "only for PostgreSQL/Redis ports",
+    ),
+    "internet from the router": (
+        lambda o: _by_name(o, "NetworkPolicy")["claim-router-egress"]["spec"]["egress"].append(
+            {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"protocol": "TCP", "port": 443}]}
+        ),
+        "internet egress (ipBlock) for ['claim-router']",
+    ),
+    "hpa to a missing deployment": (
+        lambda o: _by_name(o, "HorizontalPodAutoscaler")["authz"]["spec"]["scaleTargetRef"].update(
+            name="auth"
+        ),
+        "no such Deployment",
+    ),
+    "hpa without behavior": (
+        lambda o: _by_name(o, "HorizontalPodAutoscaler")["gateway"]["spec"].pop("behavior"),
+        "stabilization window",
+    ),
+    "autoscaled pod without cpu request": (
+        lambda o: _shipper(o)["resources"]["requests"].pop("cpu"),
+        "has no CPU request",
+    ),
+    "replicas beside an hpa": (
+        lambda o: _dep(o, "claim-router")["spec"].update(replicas=3),
+        "HPA owns the count",
+    ),
+    "no hpa for the router": (
+        lambda o: o.remove(_by_name(o, "HorizontalPodAutoscaler")["claim-router"]),
+        "exactly one HorizontalPodAutoscaler",
+    ),
+    "backend behind a virtual ip": (
+        lambda o: _by_name(o, "Service")["billing"]["spec"].pop("clusterIP"),
+        "headless",
+    ),
+    "envoy workers per host cpu": (
+        lambda o: _server(o, "gateway")["env"].remove(_env(o, "gateway", "ICLAIM_ENVOY_CONCURRENCY")),
+        "Envoy concurrency None",
+    ),
+    "envoy workers above the limit": (
+        lambda o: _env(o, "gateway", "ICLAIM_ENVOY_CONCURRENCY")["valueFrom"]["resourceFieldRef"].update(
+            divisor="500m"
+        ),
+        "Envoy concurrency 4",
+    ),
+    "envoy workers literal": (
+        lambda o: _literal(_env(o, "gateway", "ICLAIM_ENVOY_CONCURRENCY"), "1"),
+        "Envoy concurrency 1.0",
+    ),
+    "envoy heap from another container": (
+        lambda o: _env(o, "gateway", "ICLAIM_ENVOY_MEMORY_LIMIT_BYTES")["valueFrom"][
+            "resourceFieldRef"
+        ].update(containerName="audit-shipper"),
+        "Envoy memory limit",
+    ),
+    "stats listener on loopback": (
+        lambda o: _env(o, "gateway", "ICLAIM_ENVOY_STATS_ADDR").update(value="127.0.0.1:9902"),
+        "all interfaces",
+    ),
+    "stats listener off its port": (
+        lambda o: _env(o, "gateway", "ICLAIM_ENVOY_STATS_ADDR").update(value="0.0.0.0:9903"),
+        "envoy-metrics container port",
+    ),
+    "envoy stats not on a service": (
+        lambda o: _by_name(o, "Service")["gateway-metrics"]["spec"]["ports"].pop(1),
+        "Service port named envoy-metrics",
     ),
     "wrong module": (
         lambda o: _server(o, "billing").update(command=["python", "-m", "services.biling"]),

@@ -70,3 +70,21 @@ def test_the_crd_check_refuses_an_unknown_field() -> None:
     wrong_type = copy.deepcopy(mon)
     wrong_type["spec"]["endpoints"] = "metrics"
     assert custom_resource_errors(wrong_type) != []
+
+
+def test_envoy_stats_are_scraped_from_the_stats_listener() -> None:
+    """Prometheus reaches Envoy's series through the stats listener (never the
+    loopback admin): the gateway monitor's envoy-metrics endpoint is the port
+    Envoy's ICLAIM_ENVOY_STATS_ADDR listens on, on the cluster-internal Service."""
+    objs = _prod()
+    (mon,) = [o for o in objs if o["kind"] == "ServiceMonitor" and o["metadata"]["name"] == "gateway"]
+    endpoints = {e["port"]: e for e in mon["spec"]["endpoints"]}
+    assert endpoints["envoy-metrics"]["path"] == "/stats/prometheus"
+    services = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Service"}
+    assert "envoy-metrics" not in {p["name"] for p in services["gateway"]["spec"]["ports"]}  # public
+    (port,) = [p for p in services["gateway-metrics"]["spec"]["ports"] if p["name"] == "envoy-metrics"]
+    (dep,) = [o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "gateway"]
+    envoy = dep["spec"]["template"]["spec"]["containers"][0]
+    (container_port,) = [p for p in envoy["ports"] if p["name"] == port["targetPort"]]
+    (stats_addr,) = [e["value"] for e in envoy["env"] if e["name"] == "ICLAIM_ENVOY_STATS_ADDR"]
+    assert stats_addr == f"0.0.0.0:{container_port['containerPort']}"

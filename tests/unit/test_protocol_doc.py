@@ -115,6 +115,7 @@ REASONS = frozenset(
         "PAYMENT_UNBALANCED",
         "DELIVERY_EXPIRED",
         "INSURER_UNAVAILABLE",
+        "REQUEST_TOO_LARGE",
     }
 )
 # Values of string fields, keyed by the fields that carry them.

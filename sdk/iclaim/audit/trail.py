@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from iclaim.audit.entry import AuditEntry, entry_leaf_hash
 from iclaim.audit.merkle import MerkleError, verify_inclusion
 from iclaim.audit.note import open_checkpoint, parse_verifier_key
+from iclaim.progress import NoProgress, ProgressSink
 from iclaim.v1 import audit_trail_service_pb2 as pb
 from iclaim.v1 import audit_trail_service_pb2_grpc as pb_grpc
 
@@ -65,8 +66,10 @@ async def verify_trail(
     verifier_key: str | None,
     origin: str = DEFAULT_ORIGIN,
     transaction_id: str = "",
+    progress: ProgressSink | None = None,
 ) -> TrailReport:
-    """Fetches one principal's entries and proves each is in the signed log."""
+    """Fetches one principal's entries and proves each is in the signed log
+    (one inclusion proof each: `progress` sees them proved)."""
     report = TrailReport()
     note, served_key = await source.checkpoint()
     cp = open_checkpoint(note, parse_verifier_key(verifier_key or served_key), origin)
@@ -81,7 +84,10 @@ async def verify_trail(
             if page.next_start_index <= start:
                 break
             start = page.next_start_index
+    shown = progress or NoProgress()
+    shown.set_total(len(items))
     for item in items:
+        shown.advance()
         where = f"entry {item.leaf_index} (event {item.event_id})"
         entry = item.entry
         if entry is None:

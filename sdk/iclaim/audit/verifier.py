@@ -16,6 +16,7 @@ from typing import Protocol
 from iclaim.audit.entry import AuditEntry, entry_leaf_hash
 from iclaim.audit.merkle import CompactRange, MerkleError, verify_consistency
 from iclaim.audit.note import Checkpoint, NoteError, NoteVerifier, open_checkpoint
+from iclaim.progress import NoProgress, ProgressSink
 
 
 @dataclass(frozen=True)
@@ -79,15 +80,23 @@ class VerifyReport:
 
 
 _MAX_FINDINGS = 50
+# Entries per progress report: a report per entry would cost more than the check.
+PROGRESS_STEP = 1000
 
 
 async def verify_log(
-    source: LogSource, verifier: NoteVerifier, origin: str, witnessed: Sequence[str] = ()
+    source: LogSource,
+    verifier: NoteVerifier,
+    origin: str,
+    witnessed: Sequence[str] = (),
+    progress: ProgressSink | None = None,
 ) -> VerifyReport:
     """`witnessed`: checkpoint notes seen earlier and kept outside the database
     (e.g. by the last run of this verifier); the log must still contain them,
-    which catches a history rewritten together with its stored checkpoints."""
+    which catches a history rewritten together with its stored checkpoints.
+    `progress` is told of every entry checked (in steps of PROGRESS_STEP)."""
     report = VerifyReport()
+    shown = progress or NoProgress()
 
     def add(f: Finding) -> None:
         if len(report.findings) < _MAX_FINDINGS:
@@ -124,6 +133,8 @@ async def verify_log(
                 add(Finding("entry missing (deleted or renumbered)", expected))
             continue
         report.entries += 1
+        if report.entries % PROGRESS_STEP == 0:
+            shown.advance(PROGRESS_STEP)
         if leaf.entry is not None:
             h = entry_leaf_hash(leaf.entry, leaf.leaf_index)
             if leaf.entry.event_id != leaf.event_id or h != leaf.leaf_hash:
@@ -150,6 +161,7 @@ async def verify_log(
                     )
                 )
             previous_size = cp.tree_size
+    shown.advance(report.entries % PROGRESS_STEP)
     if pending and broken_at is None:
         add(
             Finding(

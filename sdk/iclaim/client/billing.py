@@ -8,7 +8,7 @@ from datetime import date, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import date_pb2
 
-from iclaim.client.channel import gateway_channel
+from iclaim.client.channel import GatewayClient
 from iclaim.client.credentials import Credentials
 from iclaim.v1 import billing_service_pb2 as bpb
 from iclaim.v1 import billing_service_pb2_grpc
@@ -20,17 +20,10 @@ def to_date(d: date) -> date_pb2.Date:
     return date_pb2.Date(year=d.year, month=d.month, day=d.day)
 
 
-class BillingClient:
+class BillingClient(GatewayClient):
     def __init__(self, creds: Credentials) -> None:
-        self.creds = creds
-        self.channel = gateway_channel(creds)
+        super().__init__(creds)
         self.stub = billing_service_pb2_grpc.BillingServiceStub(self.channel)
-
-    async def __aenter__(self) -> BillingClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.channel.close()
 
     async def create_invoice(
         self, invoice_ref: str, insurer_code: str, transaction_ids: Sequence[str]

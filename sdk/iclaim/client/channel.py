@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Self
+
 import grpc
 
 from iclaim.client.credentials import Credentials
@@ -17,3 +19,21 @@ def gateway_channel(creds: Credentials, clock: Clock | None = None) -> grpc.aio.
         options=CLIENT_OPTIONS,
         interceptors=signing_interceptors(creds.code, creds.key_id, creds.secret, clock),
     )
+
+
+class GatewayClient:
+    """What every client shares: its credentials and one signed channel to the
+    gateway, closed when the client is (`async with` or `close()`)."""
+
+    def __init__(self, creds: Credentials) -> None:
+        self.creds = creds
+        self.channel = gateway_channel(creds)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from iclaim.client.channel import gateway_channel
+from iclaim.client.channel import GatewayClient
 from iclaim.client.credentials import Credentials
 from iclaim.client.keys import sealing_jwk
 from iclaim.crypto.envelope import ProtectedHeader, open_envelope, seal
@@ -36,23 +36,13 @@ class OpenedDecision:
     claim_response: dict[str, Any]
 
 
-class HospitalClient:
+class HospitalClient(GatewayClient):
     def __init__(self, creds: Credentials, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.creds = creds
-        self.channel = gateway_channel(creds)
+        super().__init__(creds)
         self.stub = claim_service_pb2_grpc.ClaimServiceStub(self.channel)
         self._insurers: dict[str, pb.Insurer] = {}
         self._clock = clock
         self._listed_at = -DIRECTORY_TTL_S
-
-    async def __aenter__(self) -> HospitalClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self.channel.close()
 
     async def list_insurers(self) -> list[pb.Insurer]:
         insurers: list[pb.Insurer] = []

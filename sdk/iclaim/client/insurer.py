@@ -6,7 +6,7 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
-from iclaim.client.channel import gateway_channel
+from iclaim.client.channel import GatewayClient
 from iclaim.client.credentials import Credentials
 from iclaim.client.keys import sealing_jwk
 from iclaim.crypto.envelope import ProtectedHeader, open_envelope, seal
@@ -17,17 +17,10 @@ from iclaim.v1 import insurer_service_pb2_grpc
 DEFAULT_TIMEOUT_S = 10.0
 
 
-class InsurerClient:
+class InsurerClient(GatewayClient):
     def __init__(self, creds: Credentials) -> None:
-        self.creds = creds
-        self.channel = gateway_channel(creds)
+        super().__init__(creds)
         self.stub = insurer_service_pb2_grpc.InsurerServiceStub(self.channel)
-
-    async def __aenter__(self) -> InsurerClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.channel.close()
 
     async def pull(self, max_claims: int = 10, wait_s: float = 0.0) -> list[ipb.ClaimDelivery]:
         wait = Duration()

@@ -11,7 +11,9 @@ never a replay. What a failure teaches:
   floor as soon as it is within reach (about 4 s after the loss) instead of
   waiting out the whole minute.
 - RESOURCE_EXHAUSTED RATE_LIMITED: wait ErrorInfo metadata retry_after_ms.
-- other UNAVAILABLE / RESOURCE_EXHAUSTED: exponential backoff with jitter.
+- other UNAVAILABLE / RESOURCE_EXHAUSTED: exponential backoff with jitter,
+  except RESOURCE_EXHAUSTED for a request too large (REQUEST_TOO_LARGE, or
+  gRPC's own size limit without a reason): never retried.
 Attempts and total time are bounded (and never outlast the call's deadline).
 """
 
@@ -35,6 +37,9 @@ SKEW_REASON_CODE = grpc.StatusCode.UNAUTHENTICATED
 SKEW_REASON = "TIMESTAMP_SKEW"
 RECOVERING_REASON = "NONCE_STORE_RECOVERING"
 RATE_LIMITED_REASON = "RATE_LIMITED"
+# RESOURCE_EXHAUSTED reasons that pass with time; any other (REQUEST_TOO_LARGE,
+# none at all) would only repeat.
+TRANSIENT_EXHAUSTION = frozenset({RATE_LIMITED_REASON, RECOVERING_REASON, "INBOX_FULL"})
 # The gateway accepts timestamps up to 60 s ahead; keep a margin for our
 # whole-second offset estimate and network time.
 AHEAD_ALLOWANCE_S = 57
@@ -164,6 +169,10 @@ def retry_delay_s(
         return None
     if code not in RETRYABLE:
         return None
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and reason not in TRANSIENT_EXHAUSTION:
+        # A request too large (the gateway's REQUEST_TOO_LARGE, or gRPC's own
+        # message limit, which carries no reason) is refused again every time.
+        return None
     if reason == RECOVERING_REASON:
         clock.learn(trailing)
         floor = info.get("retry_not_before", "")
@@ -180,10 +189,14 @@ def retry_delay_s(
     return _backoff_s(attempt)
 
 
-class SigningUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+class _SignsCalls:
+    """Each interceptor signs with the one signer its channel was given."""
+
     def __init__(self, signer: _Signer) -> None:
         self._s = signer
 
+
+class SigningUnaryUnary(_SignsCalls, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
@@ -209,10 +222,7 @@ class SigningUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
                 await asyncio.sleep(delay)
 
 
-class SigningUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, signer: _Signer) -> None:
-        self._s = signer
-
+class SigningUnaryStream(_SignsCalls, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fhir.resources.R4B.claim import Claim
-from pydantic import ValidationError
 
 from iclaim.fhir import systems
 from iclaim.fhir.errors import FhirError
-from iclaim.fhir.jsonio import dumps, loads
+from iclaim.fhir.jsonio import dumps
+from iclaim.fhir.resource import load_resource, validated
 from iclaim.fhir.money import money, money_satang
 
 _CID = re.compile(r"^[0-9]{13}$")
@@ -138,7 +138,7 @@ def build_claim(
         "item": [_item(n, line) for n, line in enumerate(lines, start=1)],
         "total": money(amount_satang),
     }
-    _validate(doc)
+    validated(doc, Claim)
     return dumps(doc)
 
 
@@ -183,13 +183,6 @@ def _item(n: int, line: ClaimItem) -> dict[str, Any]:
     return out
 
 
-def _validate(doc: dict[str, Any]) -> Claim:
-    try:
-        return Claim.model_validate(doc)
-    except (ValidationError, ValueError, TypeError) as exc:
-        raise FhirError("FHIR_INVALID", "not a valid FHIR Claim") from exc
-
-
 def _identifier_value(ref: Any, system: str | None = None) -> str | None:
     if not isinstance(ref, dict):
         return None
@@ -204,10 +197,7 @@ def _identifier_value(ref: Any, system: str | None = None) -> str | None:
 
 def parse_claim(data: bytes | str) -> ParsedClaim:
     """Reads a FHIR R4 Claim; anything unusable is a FhirError with a reason."""
-    doc = loads(data)
-    if not isinstance(doc, dict) or doc.get("resourceType") != "Claim":
-        raise FhirError("NOT_A_CLAIM", "document is not a FHIR Claim")
-    _validate(doc)
+    doc = load_resource(data, Claim, "NOT_A_CLAIM")
 
     claim_ref = None
     for ident in doc.get("identifier") or ():

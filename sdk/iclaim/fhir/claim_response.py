@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fhir.resources.R4B.claimresponse import ClaimResponse
-from pydantic import ValidationError
 
 from iclaim.fhir import systems
 from iclaim.fhir.errors import FhirError
-from iclaim.fhir.jsonio import dumps, loads
+from iclaim.fhir.jsonio import dumps
+from iclaim.fhir.resource import load_resource, validated
 from iclaim.fhir.money import money, money_satang
 
 APPROVED = "APPROVED"
@@ -137,15 +137,8 @@ def build_claim_response(
         }
     if outcome == "error":
         doc["error"] = [{"code": _reason(reason_code)}]
-    _validate(doc)
+    validated(doc, ClaimResponse)
     return dumps(doc)
-
-
-def _validate(doc: dict[str, Any]) -> ClaimResponse:
-    try:
-        return ClaimResponse.model_validate(doc)
-    except (ValidationError, ValueError, TypeError) as exc:
-        raise FhirError("FHIR_INVALID", "not a valid FHIR ClaimResponse") from exc
 
 
 def _total(doc: dict[str, Any], category: str) -> int | None:
@@ -164,10 +157,7 @@ def _ident(ref: Any) -> str | None:
 
 def parse_claim_response(data: bytes | str) -> ParsedClaimResponse:
     """Reads a decision document (what a hospital gets in decision_envelope)."""
-    doc = loads(data)
-    if not isinstance(doc, dict) or doc.get("resourceType") != "ClaimResponse":
-        raise FhirError("NOT_A_CLAIM_RESPONSE", "document is not a FHIR ClaimResponse")
-    _validate(doc)
+    doc = load_resource(data, ClaimResponse, "NOT_A_CLAIM_RESPONSE")
     claim_ref = _ident(doc.get("request"))
     if not claim_ref:
         raise FhirError("CLAIM_REF_MISSING", "ClaimResponse.request.identifier is missing")

@@ -43,13 +43,9 @@ class CredentialsError(ValueError):
 
 
 @dataclass(frozen=True)
-class InsurerCredentials:
-    code: str
-    gateway: str
-    ca_cert: Path | None
-    key_id: str
-    secret: bytes
-    encryption_private_jwk: dict[str, Any]
+class InsurerCredentials(Credentials):
+    """An insurer's gateway credentials, plus what its push receiver needs."""
+
     endpoint_key_id: str = ""
     endpoint_secret: bytes = b""
     tls_cert: Path | None = None
@@ -58,15 +54,9 @@ class InsurerCredentials:
     previous_encryption_private_jwks: tuple[dict[str, Any], ...] = field(default=())
 
     def client_credentials(self) -> Credentials:
-        """What `iclaim.client.insurer.InsurerClient` needs to call the gateway."""
-        return Credentials(
-            gateway=self.gateway,
-            ca_cert=self.ca_cert,
-            code=self.code,
-            key_id=self.key_id,
-            secret=self.secret,
-            encryption_private_jwk=self.encryption_private_jwk,
-        )
+        """What `iclaim.client.insurer.InsurerClient` needs to call the gateway:
+        these credentials are that already."""
+        return self
 
     @property
     def decryption_jwks(self) -> tuple[dict[str, Any], ...]:

@@ -183,43 +183,34 @@ class Inbox:
 
         return await self._run(put)
 
-    async def get(self, insurer_code: str, transaction_id: str) -> InboxItem | None:
-        def get() -> InboxItem | None:
-            row = (
-                self._conn()
-                .execute(
-                    "SELECT delivery, state, attempts, last_error FROM deliveries"
-                    " WHERE insurer_code = ? AND transaction_id = ?",
-                    (insurer_code, transaction_id),
-                )
-                .fetchone()
-            )
-            if row is None:
-                return None
-            return InboxItem(
-                insurer_code=insurer_code,
-                transaction_id=transaction_id,
-                delivery=ipb.ClaimDelivery.FromString(row[0]),
-                state=row[1],
-                attempts=row[2],
-                last_error=row[3],
-            )
+    async def _read(self, sql: str, params: Sequence[object]) -> list[Any]:
+        """The rows of one query, read in the inbox's thread."""
+        return await self._run(lambda: self._conn().execute(sql, params).fetchall())
 
-        return await self._run(get)
+    async def get(self, insurer_code: str, transaction_id: str) -> InboxItem | None:
+        rows = await self._read(
+            "SELECT delivery, state, attempts, last_error FROM deliveries"
+            " WHERE insurer_code = ? AND transaction_id = ?",
+            (insurer_code, transaction_id),
+        )
+        if not rows:
+            return None
+        delivery, state, attempts, last_error = rows[0]
+        return InboxItem(
+            insurer_code=insurer_code,
+            transaction_id=transaction_id,
+            delivery=ipb.ClaimDelivery.FromString(delivery),
+            state=state,
+            attempts=attempts,
+            last_error=last_error,
+        )
 
     async def state_of(self, insurer_code: str, transaction_id: str) -> str | None:
-        def state() -> str | None:
-            row = (
-                self._conn()
-                .execute(
-                    "SELECT state FROM deliveries WHERE insurer_code = ? AND transaction_id = ?",
-                    (insurer_code, transaction_id),
-                )
-                .fetchone()
-            )
-            return None if row is None else str(row[0])
-
-        return await self._run(state)
+        rows = await self._read(
+            "SELECT state FROM deliveries WHERE insurer_code = ? AND transaction_id = ?",
+            (insurer_code, transaction_id),
+        )
+        return str(rows[0][0]) if rows else None
 
     async def due(self, codes: Sequence[str], limit: int) -> list[tuple[str, str]]:
         """Keys (insurer, transaction_id) of undecided rows whose next attempt
@@ -227,21 +218,13 @@ class Inbox:
         if not codes or limit <= 0:
             return []
         marks = ",".join("?" * len(codes))
-
-        def due() -> list[tuple[str, str]]:
-            rows = (
-                self._conn()
-                .execute(
-                    "SELECT insurer_code, transaction_id FROM deliveries"
-                    f" WHERE state IN (?, ?) AND next_attempt_at <= ? AND insurer_code IN ({marks})"
-                    " ORDER BY next_attempt_at, received_at LIMIT ?",
-                    (*OPEN_STATES, self._clock(), *codes, limit),
-                )
-                .fetchall()
-            )
-            return [(str(a), str(b)) for a, b in rows]
-
-        return await self._run(due)
+        rows = await self._read(
+            "SELECT insurer_code, transaction_id FROM deliveries"
+            f" WHERE state IN (?, ?) AND next_attempt_at <= ? AND insurer_code IN ({marks})"
+            " ORDER BY next_attempt_at, received_at LIMIT ?",
+            (*OPEN_STATES, self._clock(), *codes, limit),
+        )
+        return [(str(a), str(b)) for a, b in rows]
 
     async def reset_schedule(self, codes: Sequence[str]) -> None:
         """At start-up: retry everything undecided now rather than after a
@@ -315,8 +298,5 @@ class Inbox:
         return await self._run(purge)
 
     async def counts(self) -> dict[str, int]:
-        def counts() -> dict[str, int]:
-            rows = self._conn().execute("SELECT state, count(*) FROM deliveries GROUP BY state").fetchall()
-            return {str(s): int(n) for s, n in rows}
-
-        return await self._run(counts)
+        rows = await self._read("SELECT state, count(*) FROM deliveries GROUP BY state", ())
+        return {str(s): int(n) for s, n in rows}

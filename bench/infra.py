@@ -1,0 +1,61 @@
+"""What PostgreSQL and Redis spend on a bench phase: the CPU of their processes
+(the bench database's backends and the server's background processes; the
+Redis server) and the write transactions PostgreSQL assigned, each a WAL flush
+at commit. Both servers are the machine's, shared with nothing else while the
+bench runs (as in CI)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import asyncpg
+import redis
+
+from bench import cpu
+
+
+@dataclass(frozen=True)
+class InfraSnapshot:
+    postgres: Mapping[int, float]  # pid -> CPU seconds so far
+    redis: Mapping[int, float]
+    next_xid: int
+
+
+async def _postgres_pids(conn: asyncpg.Connection, database: str) -> list[int]:
+    """The bench database's backends and the server's own processes
+    (WAL writer, checkpointer, background writer, autovacuum, ...)."""
+    rows = await conn.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 OR datname IS NULL", database
+    )
+    return [r["pid"] for r in rows]
+
+
+async def snapshot(admin_url: str, database: str, redis_url: str) -> InfraSnapshot:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        pids = await _postgres_pids(conn, database)
+        # The next xid to be assigned, read without taking one.
+        next_xid = int(await conn.fetchval("SELECT pg_snapshot_xmax(pg_current_snapshot())::text"))
+    finally:
+        await conn.close()
+    redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
+    return InfraSnapshot(
+        postgres={p: cpu.cpu_seconds(p) for p in pids},
+        redis={redis_pid: cpu.cpu_seconds(redis_pid)},
+        next_xid=next_xid,
+    )
+
+
+def _spent(before: Mapping[int, float], after: Mapping[int, float]) -> float:
+    """CPU spent between two snapshots by the processes alive at the second
+    (a backend that started meanwhile counts from zero)."""
+    return round(sum(s - before.get(pid, 0.0) for pid, s in after.items()), 2)
+
+
+def used(before: InfraSnapshot, after: InfraSnapshot) -> dict[str, float | int]:
+    return {
+        "postgres": _spent(before.postgres, after.postgres),
+        "redis": _spent(before.redis, after.redis),
+        "write_transactions": after.next_xid - before.next_xid,
+    }
