@@ -13,6 +13,7 @@ from iclaim_hub.common.db import create_pool
 from iclaim_hub.crypto.secretbox import MASTER_KEY_ENV, SecretBox
 from iclaim.crypto.signing import b64url_decode
 from iclaim_ops.devstack.infra import Infra, start_infra
+from iclaim_ops.devstack.portals import Portals, start_portals
 from iclaim_ops.devstack.seed import load_or_create_master_key, seed_dev_registry
 from iclaim_ops.devstack.stack import Ports, Stack
 from iclaim_hub.registry.store import RegistryStore
@@ -51,10 +52,12 @@ async def _serve(demo: bool) -> int:
 
     infra = await start_infra(state_dir)
     stack = Stack(state_dir, infra.database_url, infra.redis_url, master_key, Ports())
+    portals = Portals()
     try:
         await prepare(state_dir, infra, master_key, stack.gateway, credentials_path)
         await stack.start()
-        print(ready_line(stack, credentials_path), flush=True)
+        portals = await start_portals(state_dir, infra.database_url, credentials_path)
+        print(ready_line(stack, credentials_path) + ", " + portals.describe(), flush=True)
         if demo:
             from iclaim_ops.devstack.demo import run_demo
 
@@ -70,6 +73,7 @@ async def _serve(demo: bool) -> int:
             return 1
         return 0
     finally:
+        await portals.stop()
         await stack.stop()
         infra.stop()
         print("stopped", flush=True)

@@ -1,0 +1,1 @@
+"""iClaim participant portal."""

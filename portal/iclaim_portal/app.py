@@ -1,0 +1,106 @@
+"""The ASGI app: routes, static files, security middleware, and at start the
+database (migrations), the bootstrap admin and the SDK client for this side."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from iclaim.client.billing import BillingClient
+from iclaim.client.hospital import HospitalClient
+from iclaim.client.insurer import InsurerClient
+from iclaim.insurer.credentials import InsurerCredentials
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from iclaim_portal import db, views_auth, views_billing, views_hospital, views_insurer, views_reports
+from iclaim_portal.insurer_queue import Queue, pull_forever
+from iclaim_portal.claims import Timeline
+from iclaim_portal.config import HOSPITAL, INSURER, Config
+from iclaim_portal.context import Portal, portal_of, signed_in
+from iclaim_portal.i18n import environments
+from iclaim_portal.passkeys import Passkeys, RelyingParty
+from iclaim_portal.render import Renderer
+from iclaim_portal.security import SecurityMiddleware
+from iclaim_portal.sessions import SessionStore
+from iclaim_portal.staff import StaffStore
+
+STATIC = Path(__file__).parent / "static"
+
+
+@signed_in()
+async def home(request: Request) -> Response:
+    side = portal_of(request).config.side
+    return RedirectResponse("/claims" if side == HOSPITAL else "/queue", status_code=303)
+
+
+def portal_of_app(app: Starlette) -> Portal:
+    portal: Portal = app.state.portal
+    return portal
+
+
+def build_app(config: Config) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool = await db.connect(config.database_url)
+        staff = StaffStore(pool)
+        if config.bootstrap_admin and await staff.count() == 0:
+            await staff.create(
+                config.bootstrap_admin, config.bootstrap_admin, "admin", config.bootstrap_password
+            )
+        hospital = HospitalClient(config.credentials) if config.side == HOSPITAL else None
+        insurer = InsurerClient(config.credentials) if config.side == INSURER else None
+        billing = BillingClient(config.credentials)
+        app.state.portal = Portal(
+            config=config,
+            pool=pool,
+            staff=staff,
+            sessions=SessionStore(pool),
+            passkeys=Passkeys(pool, RelyingParty(config.rp_id, "iClaim portal", config.origin)),
+            renderer=Renderer(
+                environments(), {"side": config.side, "participant_code": config.credentials.code}
+            ),
+            timeline=Timeline(pool),
+            billing=billing,
+            hospital=hospital,
+            insurer=insurer,
+        )
+        puller = None
+        if insurer is not None and isinstance(config.credentials, InsurerCredentials):
+            puller = asyncio.create_task(pull_forever(insurer, config.credentials, Queue(pool)))
+        try:
+            yield
+        finally:
+            if puller is not None:
+                puller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await puller
+            for client in (hospital, insurer, billing):
+                if client is not None:
+                    await client.channel.close()
+            await pool.close()
+
+    routes = [
+        Route("/", home, methods=["GET"]),
+        *views_auth.ROUTES,
+        *(views_hospital.ROUTES if config.side == HOSPITAL else []),
+        *(views_insurer.ROUTES if config.side == INSURER else []),
+        *views_billing.ROUTES,
+        *views_reports.ROUTES,
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(
+        SecurityMiddleware,
+        # built before the pool exists: reached at request time
+        sessions=lambda: portal_of_app(app).sessions,
+        origin=config.origin,
+        secure=config.secure_cookies,
+    )
+    return app

@@ -1,0 +1,163 @@
+"""A hospital's claims as the portal shows them: state names, the timeline the
+portal has observed, the new-claim form read into a FHIR Claim. Sealing and
+opening stay behind `Envelopes`, so they can move into the browser later."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import asyncpg
+from iclaim.client.hospital import OpenedDecision
+from iclaim.fhir.claim import PatientInfo, build_claim, parse_claim
+from iclaim.fhir.errors import FhirError
+from iclaim.v1 import claim_service_pb2 as pb
+
+from iclaim_portal.formatting import parse_baht
+
+STATE_PREFIX = "CLAIM_STATE_"
+# WatchClaim ends after these (docs/protocol.md §4).
+FINAL_STATES = frozenset({"APPROVED", "PARTIALLY_APPROVED", "DENIED", "CANCELLED", "FAILED", "PAID"})
+DECIDED_STATES = frozenset({"APPROVED", "PARTIALLY_APPROVED", "DENIED", "PAID"})
+CANCELLABLE_STATES = frozenset({"RECEIVED", "DELIVERED", "PENDING_REVIEW"})
+FILTER_STATES = ("RECEIVED", "DELIVERED", "PENDING_REVIEW", *sorted(FINAL_STATES))
+MAX_UPLOAD_BYTES = 1024 * 1024
+
+
+class Envelopes(Protocol):
+    """Who holds the hospital's keys: today the portal server (the SDK's
+    HospitalClient has both methods); later possibly the browser."""
+
+    async def seal_claim(
+        self, fhir_claim: bytes, *, insurer_code: str, claim_ref: str, amount_satang: int
+    ) -> str: ...
+
+    def open_decision(self, claim: pb.Claim) -> OpenedDecision: ...
+
+
+def state_name(claim: pb.Claim) -> str:
+    return pb.ClaimState.Name(claim.state).removeprefix(STATE_PREFIX)
+
+
+def state_value(name: str) -> int:
+    return int(pb.ClaimState.Value(STATE_PREFIX + name))
+
+
+def when(ts: Any) -> datetime | None:
+    return ts.ToDatetime(tzinfo=UTC) if ts.seconds or ts.nanos else None
+
+
+class FormError(ValueError):
+    """Input the page explains; `field` names the form field."""
+
+    def __init__(self, field: str, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message  # an English msgid, translated on the page
+        self.reason = reason  # a code shown as is (the clearinghouse's refusal reason)
+
+
+@dataclass(frozen=True)
+class NewClaim:
+    insurer_code: str
+    claim_ref: str
+    amount_satang: int
+    fhir: bytes
+
+
+def new_claim_ref() -> str:
+    return f"P-{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(4).upper()}"
+
+
+def claim_from_form(form: dict[str, str], hospital_code: str, insurers: set[str]) -> NewClaim:
+    insurer = form.get("insurer_code", "").strip()
+    if insurer not in insurers:
+        raise FormError("insurer_code", "Choose an insurer from the list.")
+    try:
+        amount = parse_baht(form.get("amount", ""))
+    except ValueError as exc:
+        raise FormError("amount", "Enter the amount in baht, e.g. 12500.00 (not negative).") from exc
+    if amount <= 0:
+        raise FormError("amount", "The amount must be more than zero.")
+    claim_ref = form.get("claim_ref", "").strip() or new_claim_ref()
+    try:
+        doc = build_claim(
+            claim_ref=claim_ref,
+            hospital_code=hospital_code,
+            insurer_code=insurer,
+            policy_number=form.get("policy_number", "").strip(),
+            amount_satang=amount,
+            patient=PatientInfo(
+                name=form.get("patient_name", "").strip(),
+                citizen_id=form.get("citizen_id", "").strip(),
+            ),
+            diagnoses=[d for d in form.get("diagnosis", "").replace(",", " ").split() if d],
+        )
+    except FhirError as exc:
+        raise FormError(
+            _FHIR_FIELDS.get(exc.reason, "form"), FHIR_MESSAGES.get(exc.reason, str(exc))
+        ) from exc
+    return NewClaim(insurer, claim_ref, amount, doc)
+
+
+def claim_from_upload(data: bytes, hospital_code: str, insurers: set[str]) -> NewClaim:
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise FormError("fhir_file", "The file is too large (the limit is 1 MB).")
+    try:
+        parsed = parse_claim(data)
+    except FhirError as exc:
+        raise FormError("fhir_file", "The file is not a valid FHIR Claim (JSON).") from exc
+    if parsed.insurer_code not in insurers:
+        raise FormError("fhir_file", "The Claim's insurer is not in the directory.")
+    if parsed.hospital_code not in (None, hospital_code):
+        raise FormError("fhir_file", "The Claim names another hospital as its provider.")
+    if parsed.total_satang <= 0:
+        raise FormError("fhir_file", "The Claim's total must be more than zero.")
+    return NewClaim(parsed.insurer_code or "", parsed.claim_ref, parsed.total_satang, data)
+
+
+_FHIR_FIELDS = {
+    "CITIZEN_ID_INVALID": "citizen_id",
+    "DIAGNOSIS_MISSING": "diagnosis",
+    "DIAGNOSIS_INVALID": "diagnosis",
+}
+FHIR_MESSAGES = {
+    "CITIZEN_ID_INVALID": "The citizen id must be 13 digits.",
+    "DIAGNOSIS_MISSING": "Enter at least one ICD-10 diagnosis code.",
+    "DIAGNOSIS_INVALID": "A diagnosis is not an ICD-10 code (e.g. J18.9).",
+    "FIELD_MISSING": "Fill in the policy number and the patient's name.",
+}
+
+
+class Timeline:
+    """The states this portal has observed per claim (SQL only)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def observe(self, claim: pb.Claim) -> None:
+        await self.pool.execute(
+            "INSERT INTO claim_events (transaction_id, state) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            claim.transaction_id,
+            state_name(claim),
+        )
+
+    async def of(self, transaction_id: str) -> list[tuple[str, datetime]]:
+        rows = await self.pool.fetch(
+            "SELECT state, observed_at FROM claim_events WHERE transaction_id = $1 ORDER BY observed_at, id",
+            transaction_id,
+        )
+        return [(r["state"], r["observed_at"]) for r in rows]
+
+
+def decision_summary(opened: OpenedDecision) -> dict[str, Any]:
+    """What the page shows of the opened ClaimResponse."""
+    doc = opened.claim_response
+    return {
+        "disposition": doc.get("disposition", ""),
+        "outcome": doc.get("outcome", ""),
+        "json": json.dumps(doc, ensure_ascii=False, indent=2),
+    }
