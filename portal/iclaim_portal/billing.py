@@ -3,8 +3,6 @@ payment forms read into PaymentLines, statements as CSV. No I/O."""
 
 from __future__ import annotations
 
-import csv
-import io
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -12,7 +10,7 @@ from datetime import UTC, date, datetime
 from iclaim.v1 import billing_service_pb2 as bpb
 
 from iclaim_portal.claims import FormError
-from iclaim_portal.formatting import BANGKOK, parse_baht
+from iclaim_portal.formatting import BANGKOK, csv_text, parse_baht
 
 STATUS_PREFIX = "INVOICE_STATUS_"
 # X12 CAS claim adjustment groups (§9)
@@ -104,35 +102,33 @@ def provider_adjustments(form: dict[str, str]) -> list[bpb.ProviderAdjustment]:
 
 def statement_csv(statement: bpb.Statement) -> str:
     """Amounts in satang and in baht (exact), times in ISO 8601 with the Bangkok offset."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(
+    return csv_text(
         [
-            "occurred_at",
-            "kind",
-            "reference",
-            "description",
-            "amount_satang",
-            "amount_thb",
-            "running_balance_satang",
+            [
+                "occurred_at",
+                "kind",
+                "reference",
+                "description",
+                "amount_satang",
+                "amount_thb",
+                "running_balance_satang",
+            ],
+            ["", "OPENING", "", "", "", "", statement.opening_balance_satang],
+            *(
+                [
+                    line.occurred_at.ToDatetime(tzinfo=UTC).astimezone(BANGKOK).isoformat(),
+                    line.kind,
+                    line.reference,
+                    line.description,
+                    line.amount_satang,
+                    _thb(line.amount_satang),
+                    line.running_balance_satang,
+                ]
+                for line in statement.lines
+            ),
+            ["", "CLOSING", "", "", "", "", statement.closing_balance_satang],
         ]
     )
-    writer.writerow(["", "OPENING", "", "", "", "", statement.opening_balance_satang])
-    for line in statement.lines:
-        at = line.occurred_at.ToDatetime(tzinfo=UTC).astimezone(BANGKOK).isoformat()
-        writer.writerow(
-            [
-                at,
-                line.kind,
-                line.reference,
-                line.description,
-                line.amount_satang,
-                _thb(line.amount_satang),
-                line.running_balance_satang,
-            ]
-        )
-    writer.writerow(["", "CLOSING", "", "", "", "", statement.closing_balance_satang])
-    return out.getvalue()
 
 
 def _thb(satang: int) -> str:

@@ -66,6 +66,16 @@ def signed_in(*, acting: bool = False, admin: bool = False) -> Callable[[Handler
     return wrap
 
 
+async def form_values(request: Request) -> dict[str, str]:
+    """The posted form's text fields (a file part is left out)."""
+    async with request.form() as form:
+        return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def not_found(request: Request) -> Response:
+    return portal_of(request).renderer.page(request, "not_found.html", status_code=404)
+
+
 def staff_of(request: Request) -> Staff:
     staff: Staff = request.state.staff
     return staff

@@ -3,6 +3,9 @@ the Buddhist era (พ.ศ. = CE + 543), English pages in CE. Pure."""
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
@@ -11,6 +14,13 @@ from iclaim.thai_baht_text import baht_text
 
 BANGKOK = ZoneInfo("Asia/Bangkok")
 BUDDHIST_ERA_OFFSET = 543
+
+
+def csv_text(rows: Iterable[Sequence[object]]) -> str:
+    """A download's CSV: one line per row, CRLF line ends."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerows(rows)
+    return out.getvalue()
 
 
 def baht(satang: int) -> str:

@@ -5,6 +5,8 @@ never in the page, and is used once."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,15 @@ from iclaim_portal.staff import Staff
 
 class PasskeyRefused(ValueError):
     """A ceremony that did not verify: wrong challenge, origin, signature, unknown key."""
+
+
+@contextmanager
+def _refused_as(message: str) -> Iterator[None]:
+    """What the webauthn library rejects becomes a PasskeyRefused saying `message`."""
+    try:
+        yield
+    except (WebAuthnException, ValueError, KeyError, TypeError) as exc:
+        raise PasskeyRefused(message) from exc
 
 
 @dataclass(frozen=True)
@@ -66,15 +77,13 @@ class Passkeys:
     ) -> bytes:
         if challenge is None:
             raise PasskeyRefused("no registration in progress")
-        try:
+        with _refused_as("registration did not verify"):
             verified = verify_registration_response(
                 credential=credential,
                 expected_challenge=challenge,
                 expected_rp_id=self.rp.rp_id,
                 expected_origin=self.rp.origin,
             )
-        except (WebAuthnException, ValueError, KeyError, TypeError) as exc:
-            raise PasskeyRefused("registration did not verify") from exc
         await self.pool.execute(
             "INSERT INTO passkeys (credential_id, staff_id, public_key, sign_count) VALUES ($1, $2, $3, $4)",
             verified.credential_id,
@@ -96,12 +105,10 @@ class Passkeys:
         """The staff id the passkey belongs to."""
         if challenge is None:
             raise PasskeyRefused("no sign-in in progress")
-        try:
+        with _refused_as("not a WebAuthn assertion"):
             parsed = parse_authentication_credential_json(
                 json.dumps(credential) if isinstance(credential, dict) else credential
             )
-        except (WebAuthnException, ValueError, KeyError, TypeError) as exc:
-            raise PasskeyRefused("not a WebAuthn assertion") from exc
         row = await self.pool.fetchrow(
             "SELECT p.staff_id, p.public_key, p.sign_count FROM passkeys p JOIN staff s ON s.id = p.staff_id"
             " WHERE p.credential_id = $1 AND s.disabled_at IS NULL",
@@ -109,7 +116,7 @@ class Passkeys:
         )
         if row is None:
             raise PasskeyRefused("unknown passkey")
-        try:
+        with _refused_as("sign-in did not verify"):
             verified = verify_authentication_response(
                 credential=parsed,
                 expected_challenge=challenge,
@@ -118,8 +125,6 @@ class Passkeys:
                 credential_public_key=bytes(row["public_key"]),
                 credential_current_sign_count=row["sign_count"],
             )
-        except (WebAuthnException, ValueError, KeyError, TypeError) as exc:
-            raise PasskeyRefused("sign-in did not verify") from exc
         await self.pool.execute(
             "UPDATE passkeys SET sign_count = $2, last_used_at = now() WHERE credential_id = $1",
             parsed.raw_id,

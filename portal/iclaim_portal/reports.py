@@ -7,8 +7,6 @@ invoice for an insurer); outstanding = approved − paid."""
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -16,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from xml.sax.saxutils import escape
 
-from iclaim_portal.formatting import BANGKOK
+from iclaim_portal.formatting import BANGKOK, csv_text
 
 OUTCOMES = ("APPROVED", "PARTIALLY_APPROVED", "DENIED", "PENDING", "WITHDRAWN")
 OUTCOME_COLOURS = {
@@ -118,40 +116,39 @@ def _desc(month: str) -> str:
 
 
 def to_csv(rows: Sequence[Row]) -> str:
-    out = io.StringIO()
-    w = csv.writer(out, lineterminator="\r\n")
-    w.writerow(
+    return csv_text(
         [
-            "month",
-            "counterparty",
-            "claims",
-            *(o.lower() for o in OUTCOMES),
-            "approval_rate",
-            "median_decision_s",
-            "p90_decision_s",
-            "billed_satang",
-            "approved_satang",
-            "paid_satang",
-            "outstanding_satang",
+            [
+                "month",
+                "counterparty",
+                "claims",
+                *(o.lower() for o in OUTCOMES),
+                "approval_rate",
+                "median_decision_s",
+                "p90_decision_s",
+                "billed_satang",
+                "approved_satang",
+                "paid_satang",
+                "outstanding_satang",
+            ],
+            *(
+                [
+                    r.month,
+                    r.counterparty or "ALL",
+                    r.claims,
+                    *(r.outcomes[o] for o in OUTCOMES),
+                    "" if r.approval_rate is None else f"{r.approval_rate:.4f}",
+                    _num(r.median_s),
+                    _num(r.p90_s),
+                    r.billed,
+                    r.approved,
+                    r.paid,
+                    r.outstanding,
+                ]
+                for r in rows
+            ),
         ]
     )
-    for r in rows:
-        w.writerow(
-            [
-                r.month,
-                r.counterparty or "ALL",
-                r.claims,
-                *(r.outcomes[o] for o in OUTCOMES),
-                "" if r.approval_rate is None else f"{r.approval_rate:.4f}",
-                _num(r.median_s),
-                _num(r.p90_s),
-                r.billed,
-                r.approved,
-                r.paid,
-                r.outstanding,
-            ]
-        )
-    return out.getvalue()
 
 
 def _num(value: float | None) -> str:
@@ -168,56 +165,77 @@ def _svg(width: int, height: int, title: str, body: list[str]) -> str:
 
 
 MonthLabel = Callable[[str], str]
+# One month's bars: (row, its slot's left edge, the slot's width, a value's bar height).
+MonthBars = Callable[[Row, float, float, Callable[[int], float]], list[str]]
+
+_WIDTH, _HEIGHT, _PAD, _LEGEND = 640, 260, 36, 24
+
+
+def _monthly_chart(
+    rows: Sequence[Row],
+    title: str,
+    month: MonthLabel,
+    peak_of: Callable[[Row], int],
+    bars: MonthBars,
+    legend: list[tuple[str, str]],
+) -> str:
+    """Per month (oldest left), in a slot of its own: its bars over its label; a legend on top."""
+    totals = [r for r in reversed(rows) if not r.counterparty]
+    peak = max((peak_of(r) for r in totals), default=0) or 1
+    slot = (_WIDTH - 2 * _PAD) / max(1, len(totals))
+
+    def bar_height(value: int) -> float:
+        return (_HEIGHT - 2 * _PAD - _LEGEND) * value / peak
+
+    body: list[str] = []
+    for i, r in enumerate(totals):
+        body += bars(r, _PAD + i * slot, slot, bar_height)
+        body.append(
+            f'<text x="{_PAD + (i + 0.5) * slot:.1f}" y="{_HEIGHT - _PAD + 16}" text-anchor="middle" '
+            f'font-size="12">{escape(month(r.month))}</text>'
+        )
+    body += _legend(legend, _WIDTH)
+    return _svg(_WIDTH, _HEIGHT, title, body)
 
 
 def outcomes_chart(rows: Sequence[Row], title: str, labels: dict[str, str], month: MonthLabel = str) -> str:
     """Stacked bars: per month (oldest left), claims by outcome."""
-    totals = [r for r in reversed(rows) if not r.counterparty]
-    width, height, pad, legend = 640, 260, 36, 24
-    peak = max((r.claims for r in totals), default=0) or 1
-    bar = (width - 2 * pad) / max(1, len(totals))
-    body: list[str] = []
-    for i, r in enumerate(totals):
-        y: float = height - pad
+
+    def bars(r: Row, left: float, slot: float, bar_height: Callable[[int], float]) -> list[str]:
+        out: list[str] = []
+        y: float = _HEIGHT - _PAD
         for o in OUTCOMES:
-            h = (height - 2 * pad - legend) * r.outcomes[o] / peak
+            h = bar_height(r.outcomes[o])
             if h:
                 y -= h
-                body.append(
-                    f'<rect x="{pad + i * bar + bar * 0.15:.1f}" y="{y:.1f}" width="{bar * 0.7:.1f}" '
+                out.append(
+                    f'<rect x="{left + slot * 0.15:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" '
                     f'height="{h:.1f}" fill="{OUTCOME_COLOURS[o]}"><title>{escape(month(r.month))} '
                     f"{escape(labels.get(o, o))}: {r.outcomes[o]}</title></rect>"
                 )
-        body.append(
-            f'<text x="{pad + (i + 0.5) * bar:.1f}" y="{height - pad + 16}" text-anchor="middle" '
-            f'font-size="12">{escape(month(r.month))}</text>'
-        )
-    body += _legend([(labels.get(o, o), OUTCOME_COLOURS[o]) for o in OUTCOMES], width)
-    return _svg(width, height, title, body)
+        return out
+
+    legend = [(labels.get(o, o), OUTCOME_COLOURS[o]) for o in OUTCOMES]
+    return _monthly_chart(rows, title, month, lambda r: r.claims, bars, legend)
 
 
 def amounts_chart(rows: Sequence[Row], title: str, labels: dict[str, str], month: MonthLabel = str) -> str:
     """Grouped bars: per month, billed / approved / paid."""
-    totals = [r for r in reversed(rows) if not r.counterparty]
-    width, height, pad, legend = 640, 260, 36, 24
-    peak = max((r.billed for r in totals), default=0) or 1
-    group = (width - 2 * pad) / max(1, len(totals))
-    body: list[str] = []
-    for i, r in enumerate(totals):
+
+    def bars(r: Row, left: float, slot: float, bar_height: Callable[[int], float]) -> list[str]:
+        out: list[str] = []
         for j, (name, value) in enumerate((("billed", r.billed), ("approved", r.approved), ("paid", r.paid))):
-            h = (height - 2 * pad - legend) * value / peak
-            x = pad + i * group + group * (0.1 + 0.27 * j)
+            h = bar_height(value)
+            x = left + slot * (0.1 + 0.27 * j)
             tip = f"{month(r.month)} {labels.get(name, name)}: ฿{value // 100:,}.{value % 100:02d}"
-            body.append(
-                f'<rect x="{x:.1f}" y="{height - pad - h:.1f}" width="{group * 0.25:.1f}" height="{h:.1f}" '
+            out.append(
+                f'<rect x="{x:.1f}" y="{_HEIGHT - _PAD - h:.1f}" width="{slot * 0.25:.1f}" height="{h:.1f}" '
                 f'fill="{AMOUNT_COLOURS[name]}"><title>{escape(tip)}</title></rect>'
             )
-        body.append(
-            f'<text x="{pad + (i + 0.5) * group:.1f}" y="{height - pad + 16}" text-anchor="middle" '
-            f'font-size="12">{escape(month(r.month))}</text>'
-        )
-    body += _legend([(labels.get(n, n), c) for n, c in AMOUNT_COLOURS.items()], width)
-    return _svg(width, height, title, body)
+        return out
+
+    legend = [(labels.get(n, n), c) for n, c in AMOUNT_COLOURS.items()]
+    return _monthly_chart(rows, title, month, lambda r: r.billed, bars, legend)
 
 
 def _legend(items: list[tuple[str, str]], width: int) -> list[str]:

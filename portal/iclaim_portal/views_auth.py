@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from iclaim_portal.context import local_path, portal_of, signed_in, staff_of
+from iclaim_portal.context import form_values, local_path, portal_of, signed_in, staff_of
 from iclaim_portal.i18n import LOCALES
 from iclaim_portal.passkeys import PasskeyRefused
 from iclaim_portal.render import LANG_COOKIE, session_of
@@ -152,8 +152,7 @@ async def _staff_form(
 @signed_in(admin=True)
 async def add_staff(request: Request) -> Response:
     portal = portal_of(request)
-    async with request.form() as form:
-        values = {k: v for k, v in form.items() if isinstance(v, str)}
+    values = await form_values(request)
     username = values.get("username", "").strip()
     password = values.get("password", "")
     role = values.get("role", "")

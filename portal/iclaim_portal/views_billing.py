@@ -26,7 +26,7 @@ from iclaim_portal.billing import (
 )
 from iclaim_portal.claims import FormError, state_value, when
 from iclaim_portal.config import HOSPITAL
-from iclaim_portal.context import portal_of, signed_in, staff_of
+from iclaim_portal.context import form_values, portal_of, signed_in, staff_of
 from iclaim_portal.formatting import BANGKOK
 from iclaim_portal.rpc import is_reason, refusal_reason
 from iclaim_portal.views_hospital import refused
@@ -183,17 +183,14 @@ async def post_payment(request: Request) -> Response:
     if portal.config.side == HOSPITAL:
         return Response(status_code=404)
     invoice = await portal.billing.get_invoice(request.path_params["invoice_id"])
-    async with request.form() as form:
-        values = {k: v for k, v in form.items() if isinstance(v, str)}
+    values = await form_values(request)
     try:
         lines = payment_lines(values, list(invoice.transaction_ids))
         adjustments = provider_adjustments(values)
         payment = await portal.billing.post_payment(
             values.get("trace_no", "").strip() or new_ref("TRACE"), datetime.now(UTC), lines, adjustments
         )
-    except FormError as err:
-        return await _payment_form(request, values, err, 422)
-    except grpc.aio.AioRpcError as err:
+    except (FormError, grpc.aio.AioRpcError) as err:
         return await _payment_form(request, values, refused(err), 422)
     await portal.staff.log(
         staff_of(request),

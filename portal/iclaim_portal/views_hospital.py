@@ -34,7 +34,7 @@ from iclaim_portal.claims import (
     state_value,
     when,
 )
-from iclaim_portal.context import portal_of, signed_in, staff_of
+from iclaim_portal.context import not_found, portal_of, signed_in, staff_of
 from iclaim_portal.rpc import refusal_reason
 
 log = logging.getLogger(__name__)
@@ -97,11 +97,8 @@ async def submit_claim(request: Request) -> Response:
             if data
             else claim_from_form(fields, client.creds.code, insurers)
         )
-    except FormError as err:
-        return await _form(request, fields, error=err, status_code=422)
-    try:
         submitted = await _submit(client, envelopes(request), claim)
-    except grpc.aio.AioRpcError as err:
+    except (FormError, grpc.aio.AioRpcError) as err:
         return await _form(request, fields, error=refused(err), status_code=422)
     await portal.timeline.observe(submitted)
     await portal.staff.log(
@@ -138,7 +135,7 @@ async def claim_page(request: Request) -> Response:
         claim = await hospital(request).get_claim(request.path_params["tid"])
     except grpc.aio.AioRpcError as err:
         if err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-            return portal.renderer.page(request, "not_found.html", status_code=404)
+            return not_found(request)
         raise
     await portal.timeline.observe(claim)
     return portal.renderer.page(request, "claim.html", **await _claim_view(request, claim))
@@ -190,7 +187,10 @@ async def cancel_claim(request: Request) -> Response:
     return RedirectResponse(f"/claims/{tid}", status_code=303)
 
 
-def refused(err: grpc.aio.AioRpcError) -> FormError:
+def refused(err: FormError | grpc.aio.AioRpcError) -> FormError:
+    """What a form shows: its own error, or the clearinghouse's refusal."""
+    if isinstance(err, FormError):
+        return err
     return FormError("form", "The clearinghouse refused:", refusal_reason(err))
 
 

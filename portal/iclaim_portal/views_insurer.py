@@ -11,7 +11,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from iclaim_portal.claims import FormError
-from iclaim_portal.context import portal_of, signed_in, staff_of
+from iclaim_portal.context import form_values, not_found, portal_of, signed_in, staff_of
 from iclaim_portal.insurer_queue import (
     DENY_REASONS,
     PARTIAL_REASONS,
@@ -49,7 +49,7 @@ async def _review(
     _, creds, queue = _insurer(request)
     found = await queue.get(request.path_params["tid"])
     if found is None:
-        return portal.renderer.page(request, "not_found.html", status_code=404)
+        return not_found(request)
     row, delivery = found
     incoming = opened(creds, delivery)
     await portal.staff.log(staff_of(request), "claim_opened", delivery.transaction_id)
@@ -78,18 +78,15 @@ async def decide(request: Request) -> Response:
     client, creds, queue = _insurer(request)
     found = await queue.get(request.path_params["tid"])
     if found is None:
-        return portal.renderer.page(request, "not_found.html", status_code=404)
+        return not_found(request)
     row, delivery = found
-    async with request.form() as form:
-        values = {k: v for k, v in form.items() if isinstance(v, str)}
+    values = await form_values(request)
     if row["decided_at"] is not None:
         return await _review(request, values, FormError("form", "This claim is already decided."), 409)
     try:
         decision = decision_from_form(values, delivery.billed_amount_satang)
         await post(client, creds, delivery, decision)
-    except FormError as err:
-        return await _review(request, values, err, 422)
-    except grpc.aio.AioRpcError as err:
+    except (FormError, grpc.aio.AioRpcError) as err:
         return await _review(request, values, refused(err), 422)
     staff = staff_of(request)
     await queue.decided(delivery.transaction_id, decision, staff.id)
