@@ -56,8 +56,11 @@ class PushDeliverer:
     def kick(self, rec: ClaimRecord) -> None:
         """Hands off a just-committed claim now instead of at the next poll. The
         insert leased it for this hand-off (PUSH_HANDOFF_LEASE_S), so the record
-        in hand is sent as it is."""
-        task = asyncio.create_task(self._guarded(self._deliver(rec)))
+        in hand is sent as it is, and the hand-off is not recorded: the adapter's
+        ReportTaken, normally within milliseconds, records it (one commit fewer
+        per claim). Should the claim not be taken before the lease ends, the
+        poller hands it off again (the adapter counts a duplicate) and records it."""
+        task = asyncio.create_task(self._guarded(self._deliver(rec, record=False)))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
@@ -87,7 +90,7 @@ class PushDeliverer:
         if leased:
             await asyncio.gather(*(within_trace(rec.traceparent, self._deliver(rec)) for rec in leased))
 
-    async def _deliver(self, rec: ClaimRecord) -> None:
+    async def _deliver(self, rec: ClaimRecord, *, record: bool = True) -> None:
         request = insurer_adapter_pb2.DeliverClaimRequest(
             transaction_id=rec.transaction_id,
             hospital_code=rec.hospital_code,
@@ -107,7 +110,8 @@ class PushDeliverer:
             )
             await self._store.retry_push_later(rec.transaction_id, RETRY_DELAY_S)
             return
-        await self._store.mark_handed_off(rec.transaction_id)
+        if record:
+            await self._store.mark_handed_off(rec.transaction_id)
         log.info("handed_off", transaction_id=rec.transaction_id, insurer=rec.insurer_code)
 
     async def close(self) -> None:

@@ -27,7 +27,16 @@ import structlog
 
 from services.insurer_adapter import metrics
 from services.insurer_adapter.domain import Circuit, DeliverySettings, Health, PushError
-from services.insurer_adapter.model import Backlog, Delivery, Endpoint, Lease, PushResult
+from services.insurer_adapter.reporter import ReportSink
+from services.insurer_adapter.model import (
+    Backlog,
+    Delivery,
+    Endpoint,
+    Lease,
+    PendingReport,
+    PushResult,
+    ReportKind,
+)
 
 log = structlog.get_logger("iclaim.adapter.dispatcher")
 
@@ -39,7 +48,7 @@ class PushStore(Protocol):
         self, insurer_code: str, owner: str, limit: int, lease_s: float, *, any_time: bool = False
     ) -> list[Delivery]: ...
 
-    async def mark_taken(self, transaction_id: str) -> bool: ...
+    async def mark_taken(self, transaction_id: str, taken_at: datetime, *, reported: bool) -> bool: ...
 
     async def mark_failed_attempt(
         self, transaction_id: str, owner: str, error: str, delay_s: float
@@ -94,6 +103,8 @@ class Dispatcher:
     owner: str
     on_report: Callable[[], None]  # a report is pending: send it without waiting
     clock: Callable[[], float] = time.monotonic
+    # Tells the router at once that a push was taken; None: only through the outbox.
+    reports: ReportSink | None = None
     _lanes: dict[str, _Lane] = field(init=False, default_factory=dict)
     _scan_task: asyncio.Task[None] | None = field(init=False, default=None)
     _running: bool = field(init=False, default=False)
@@ -258,9 +269,12 @@ class Dispatcher:
     async def _settle(self, lane: _Lane, d: Delivery, result: PushResult, closed: bool) -> None:
         if result.taken:
             metrics.PUSHES.labels(lane.code, "taken").inc()
-            await self.store.mark_taken(d.transaction_id)
-            log.info("claim_taken", insurer=lane.code, attempts=d.attempts)
-            self.on_report()
+            taken_at = datetime.now(UTC)
+            reported = await self._report_taken(lane.code, d, taken_at)
+            await self.store.mark_taken(d.transaction_id, taken_at, reported=reported)
+            log.info("claim_taken", insurer=lane.code, attempts=d.attempts, reported=reported)
+            if not reported:
+                self.on_report()
             if closed:  # the endpoint is back: what sat out its backoff goes now
                 log.info("insurer_circuit_closed", insurer=lane.code)
                 await self.store.make_due(lane.code)
@@ -282,6 +296,18 @@ class Dispatcher:
             metrics.PUSHES.labels(lane.code, "expired").inc()
             log.info("delivery_expired", insurer=lane.code)
             self.on_report()
+
+    async def _report_taken(self, code: str, d: Delivery, taken_at: datetime) -> bool:
+        """Reports a taken push straight away: one call instead of the outbox's
+        lease, call and second write. Should this process die before the row
+        says so, the push is repeated once its lease ends, the insurer
+        deduplicates it, and the router's ReportTaken is idempotent."""
+        if self.reports is None:
+            return False
+        report = PendingReport(d.transaction_id, code, ReportKind.TAKEN, taken_at, 1)
+        problem = await self.reports.report(report)
+        metrics.REPORTS.labels(ReportKind.TAKEN.value, "acked" if problem is None else "retry").inc()
+        return problem is None
 
     async def _publish_health(self, lane: _Lane) -> None:
         health, failures = lane.circuit.health, lane.circuit.failures

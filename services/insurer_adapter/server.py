@@ -157,15 +157,23 @@ async def build_server(config: Config) -> AdapterApp:
             if dispatcher is not None:
                 dispatcher.notify(insurer_code)
 
+        router_reports = RouterReports(channel, settings.report_deadline_s)
         reporter = Reporter(
             store,
-            RouterReports(channel, settings.report_deadline_s),
+            router_reports,
             settings,
             owner=owner,
             on_redriven=redriven,
         )
         dispatcher = Dispatcher(
-            store, endpoints, pusher, registry, settings, owner=owner, on_report=reporter.notify
+            store,
+            endpoints,
+            pusher,
+            registry,
+            settings,
+            owner=owner,
+            on_report=reporter.notify,
+            reports=router_reports,
         )
         intake = ClaimIntake(store, endpoints, settings.expiry_s, dispatcher)
         deliveries = DeliveryAdmin(store, settings.expiry_s, reporter.notify)

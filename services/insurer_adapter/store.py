@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -126,16 +127,21 @@ class PgAdapterStore:
         )
         return [Delivery(**dict(r)) for r in rows]
 
-    async def mark_taken(self, transaction_id: str) -> bool:
+    async def mark_taken(self, transaction_id: str, taken_at: datetime, *, reported: bool) -> bool:
         """The insurer took it: a fact whoever holds the lease (a push that
-        another worker also has in flight only repeats a taken claim)."""
+        another worker also has in flight only repeats a taken claim). With
+        `reported` the router already knows; else the report waits in the outbox."""
         return bool(
             await self._pool.fetchval(
-                "UPDATE adapter.deliveries SET state = 'taken', taken_at = now(), last_error = NULL,"
-                " lease_owner = NULL, lease_until = NULL, report_state = 'pending',"
-                " report_kind = 'taken', report_next_at = now(), report_attempts = 0"
+                "UPDATE adapter.deliveries SET state = 'taken', taken_at = $2, last_error = NULL,"
+                " lease_owner = NULL, lease_until = NULL,"
+                " report_state = CASE WHEN $3 THEN 'done' ELSE 'pending' END,"
+                " report_kind = 'taken', report_next_at = now(),"
+                " report_attempts = CASE WHEN $3 THEN 1 ELSE 0 END"
                 " WHERE transaction_id = $1 AND state = 'waiting' RETURNING true",
                 transaction_id,
+                taken_at,
+                reported,
             )
         )
 

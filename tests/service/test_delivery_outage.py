@@ -86,7 +86,11 @@ async def test_endpoint_down_claims_wait_then_every_claim_is_taken_once(h: Harne
     before = await _attempts(h, txids)
     await endpoint.start(endpoint.port)
     await wait_for(lambda: sorted(h.reports.acked("taken")) == sorted(txids), what="all taken")
-    assert set((await h.states(txids)).values()) == {"taken"}
+
+    async def all_taken() -> bool:  # the router is told first, then the row is marked
+        return set((await h.states(txids)).values()) == {"taken"}
+
+    await wait_for(all_taken, what="rows taken")
     # The first probe after the endpoint is back reaches it (at most one probe was
     # already failing): pushes do not sit out a stale connection's reconnect backoff.
     retried = await _attempts(h, txids) - before - len(txids)

@@ -57,7 +57,10 @@ async def test_grpc_push_is_signed_verified_and_reported_taken(h: Harness) -> No
     )
     assert sent.submitted_at == original.submitted_at
 
-    assert set((await h.states(txids)).values()) == {"taken"}
+    async def all_taken() -> bool:  # the router is told first, then the row is marked
+        return set((await h.states(txids)).values()) == {"taken"}
+
+    await wait_for(all_taken, what="rows taken")
     await wait_for(lambda: _report_states(h, txids, "done"), what="reports marked done")
     assert _metric("iclaim_delivery_pushes_total", insurer="GRPCINS", outcome="taken") - taken_before == 3
     await wait_for(lambda: _health_is(h, "GRPCINS", "healthy"), what="health published")

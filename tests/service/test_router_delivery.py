@@ -121,6 +121,28 @@ async def test_the_adapters_ack_alone_does_not_make_a_claim_delivered(env: Env, 
     assert env.adapter.calls == [claim.transaction_id]
 
 
+async def test_a_claim_not_taken_by_the_end_of_its_lease_is_handed_off_again_and_recorded(env: Env) -> None:
+    """The first hand-off is not recorded (ReportTaken records it); one that no
+    report follows is repeated by the poller once the insert's lease ends, and
+    that one is recorded so the claim is not handed off for ever."""
+    claim = await submit(env, H1, GRPC, "REF-LEASE-END")
+    await wait_handed_off(env, claim.transaction_id)
+    assert not await env.handed_off(claim.transaction_id)
+    assert env.pool is not None
+    # The lease (PUSH_HANDOFF_LEASE_S) ends: moved here, not waited for.
+    await env.pool.execute(
+        "UPDATE router.claims SET next_attempt_at = now() WHERE transaction_id = $1", claim.transaction_id
+    )
+    for _ in range(100):
+        if await env.handed_off(claim.transaction_id):
+            break
+        await asyncio.sleep(0.05)
+    assert env.adapter.calls == [claim.transaction_id] * 2
+    assert await env.handed_off(claim.transaction_id)
+    await asyncio.sleep(1.2)  # recorded: the poller leaves it alone now
+    assert env.adapter.calls == [claim.transaction_id] * 2
+
+
 async def test_pull_insurers_claims_are_never_handed_off(env: Env) -> None:
     claim = await submit(env, H1, PULL_SAMPLE, "REF-PULLSAMPLE")
     await asyncio.sleep(1.2)

@@ -26,7 +26,7 @@ class NoStore:
     async def lease_due(self, *args: object, **kwargs: object) -> list[Delivery]:
         return []
 
-    async def mark_taken(self, transaction_id: str) -> bool:
+    async def mark_taken(self, transaction_id: str, taken_at: datetime, *, reported: bool) -> bool:
         self.taken.append(transaction_id)
         return True
 
