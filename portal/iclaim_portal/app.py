@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from iclaim.audit.trail import GatewayTrail
 from iclaim.client.billing import BillingClient
 from iclaim.client.hospital import HospitalClient
 from iclaim.client.insurer import InsurerClient
@@ -66,7 +67,8 @@ def build_app(config: Config) -> Starlette:
             renderer=Renderer(
                 environments(), {"side": config.side, "participant_code": config.credentials.code}
             ),
-            timeline=Timeline(pool),
+            # The hub's audit trail, read over the hospital's signed channel.
+            timeline=Timeline(pool, GatewayTrail(hospital.channel) if hospital else None),
             billing=billing,
             hospital=hospital,
             insurer=insurer,

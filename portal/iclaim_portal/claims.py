@@ -1,16 +1,22 @@
-"""A hospital's claims as the portal shows them: state names, the timeline the
-portal has observed, the new-claim form read into a FHIR Claim. Sealing and
-opening stay behind `Envelopes`, so they can move into the browser later."""
+"""A hospital's claims as the portal shows them: state names, the timeline (the
+hub's audit trail, topped up with what the portal observed), the new-claim
+form read into a FHIR Claim. Sealing and opening stay behind `Envelopes`, so
+they can move into the browser later."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import secrets
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import asyncpg
+import grpc
+from iclaim.audit.trail import TrailItem
 from iclaim.client.hospital import OpenedDecision
 from iclaim.fhir.claim import PatientInfo, build_claim, parse_claim
 from iclaim.fhir.errors import FhirError
@@ -25,6 +31,13 @@ DECIDED_STATES = frozenset({"APPROVED", "PARTIALLY_APPROVED", "DENIED", "PAID"})
 CANCELLABLE_STATES = frozenset({"RECEIVED", "DELIVERED", "PENDING_REVIEW"})
 FILTER_STATES = ("RECEIVED", "DELIVERED", "PENDING_REVIEW", *sorted(FINAL_STATES))
 MAX_UPLOAD_BYTES = 1024 * 1024
+STATE_CHANGE = "CLAIM_STATE_CHANGE"
+# A page waits this long for the audit trail before showing what the portal observed.
+TRAIL_TIMEOUT_S = 3.0
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+log = logging.getLogger(__name__)
 
 
 class Envelopes(Protocol):
@@ -132,11 +145,73 @@ FHIR_MESSAGES = {
 }
 
 
-class Timeline:
-    """The states this portal has observed per claim (SQL only)."""
+class TrailReader(Protocol):
+    """The part of the SDK's `GatewayTrail` the timeline reads."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    async def by_transaction(self, transaction_id: str) -> Sequence[TrailItem]: ...
+
+
+@dataclass(frozen=True)
+class Step:
+    state: str
+    at: datetime
+    from_trail: bool  # False: the portal's own observation, not (yet) in the audit trail
+
+
+@dataclass(frozen=True)
+class History:
+    steps: list[Step]
+    trail_read: bool  # False: the audit trail could not be read; steps are the portal's only
+
+
+def trail_steps(items: Iterable[TrailItem], transaction_id: str) -> list[Step]:
+    """The claim's state changes as the hub's audit log recorded them, at the
+    hub's times. Gateway calls and expired entries (no data left) say nothing
+    about states and are skipped."""
+    steps: list[Step] = []
+    seen: set[str] = set()
+    for item in items:
+        e = item.entry
+        if e is None or e.kind != STATE_CHANGE or e.transaction_id != transaction_id:
+            continue
+        state = e.outcome_reason.removeprefix(STATE_PREFIX)
+        if state not in FILTER_STATES or item.event_id in seen:
+            continue
+        seen.add(item.event_id)
+        # Exact microseconds (a float of them would round).
+        at = EPOCH + timedelta(microseconds=e.occurred_at_us)
+        steps.append(Step(state, at, True))
+    return steps
+
+
+def merge_timeline(trail: list[Step] | None, observed: Iterable[tuple[str, datetime]]) -> History:
+    """The trail's state changes plus what the portal observed that the trail
+    lacks (it is fed asynchronously, so the newest state may arrive there later),
+    ordered by time; `trail` None means it could not be read. A state the trail
+    has is never shown again from the portal's observations; a state the claim
+    re-entered (a redriven delivery: RECEIVED, FAILED, RECEIVED) stays, as in
+    the log, but the same state twice in a row is shown once."""
+    if trail is None:
+        seen = [Step(state, at, False) for state, at in observed]
+        return History(sorted(seen, key=lambda s: s.at), trail_read=False)
+    have = {s.state for s in trail}
+    extra = [Step(state, at, False) for state, at in observed if state not in have]
+    # Ties keep the trail's entries first (sorted is stable).
+    ordered = sorted([*trail, *extra], key=lambda s: s.at)
+    steps: list[Step] = []
+    for step in ordered:
+        if not steps or steps[-1].state != step.state:
+            steps.append(step)
+    return History(steps, trail_read=True)
+
+
+class Timeline:
+    """A claim's states: the hub's audit trail merged with the states this
+    portal observed (SQL), which stand in while the trail lags or is down."""
+
+    def __init__(self, pool: asyncpg.Pool, trail: TrailReader | None = None) -> None:
         self.pool = pool
+        self.trail = trail
 
     async def observe(self, claim: pb.Claim) -> None:
         await self.pool.execute(
@@ -145,12 +220,31 @@ class Timeline:
             state_name(claim),
         )
 
-    async def of(self, transaction_id: str) -> list[tuple[str, datetime]]:
+    async def observed(self, transaction_id: str) -> list[tuple[str, datetime]]:
         rows = await self.pool.fetch(
             "SELECT state, observed_at FROM claim_events WHERE transaction_id = $1 ORDER BY observed_at, id",
             transaction_id,
         )
         return [(r["state"], r["observed_at"]) for r in rows]
+
+    async def of(self, transaction_id: str) -> History:
+        trail, observed = await asyncio.gather(self._trail(transaction_id), self.observed(transaction_id))
+        return merge_timeline(trail, observed)
+
+    async def _trail(self, transaction_id: str) -> list[Step] | None:
+        if self.trail is None:
+            return None
+        try:
+            async with asyncio.timeout(TRAIL_TIMEOUT_S):
+                items = await self.trail.by_transaction(transaction_id)
+        except grpc.aio.AioRpcError as err:
+            # The code only: details may echo the request.
+            log.warning("audit trail unreadable: %s", err.code().name)
+            return None
+        except TimeoutError:
+            log.warning("audit trail unreadable: timed out")
+            return None
+        return trail_steps(items, transaction_id)
 
 
 def decision_summary(opened: OpenedDecision) -> dict[str, Any]:

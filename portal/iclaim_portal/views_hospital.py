@@ -1,6 +1,6 @@
 """The hospital's pages: new claim, claims with filters, a claim's timeline
-(live by server-sent events; a refresh link without JavaScript), its opened
-decision, cancel."""
+(the hub's audit trail with what the portal observed; live by server-sent
+events; a refresh link without JavaScript), its opened decision, cancel."""
 
 from __future__ import annotations
 
@@ -221,9 +221,11 @@ async def _claim_view(request: Request, claim: pb.Claim) -> dict[str, Any]:
             decision = decision_summary(envelopes(request).open_decision(claim))
         except (DecisionVerificationError, ValueError):
             decision_error = True
+    history = await portal.timeline.of(claim.transaction_id)
     return {
         "claim": _row(claim) | {"reason": claim.status_reason, "decided_at": when(claim.decided_at)},
-        "timeline": await portal.timeline.of(claim.transaction_id),
+        "timeline": history.steps,
+        "trail_read": history.trail_read,
         "decision": decision,
         "decision_error": decision_error,
         "final": state in FINAL_STATES,

@@ -1,22 +1,27 @@
 """Issue 12 through a real browser and the real stack (Envoy, services, the
 sandbox insurers): a hospital's staff sign in, submit claims in the form and
-watch the decision arrive on the page without reloading it."""
+watch the decision arrive on the page without reloading it; a claim decided
+while its page was closed shows its timeline from the hub's audit trail."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import re
 import secrets
 from pathlib import Path
 
+import grpc
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from iclaim.fhir.claim import synthetic_claim
+from iclaim_hub.internal.v1 import audit_log_pb2, audit_log_pb2_grpc
 
 from tests.portal.browser import sign_in
 from tests.portal.support import RunningPortal
+from tests.support.stack import RunningStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 INSURER = "AIA"
@@ -241,3 +246,67 @@ async def test_an_invoice_voided_frees_its_claims(page: Page, hospital_portal: R
     await expect(page.get_by_label(re.compile(re.escape(claim_ref)))).to_have_count(
         1
     )  # may be invoiced again
+
+
+async def hub_state_changes(stack: RunningStack, tid: str, last: str) -> list[tuple[str, str]]:
+    """The claim's state changes in the hub's audit log (internal service), as
+    (state, ISO time), once `last` is among them."""
+    changes: list[tuple[str, str]] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.stack.ports.audit}") as ch:
+        stub = audit_log_pb2_grpc.AuditLogServiceStub(ch)
+        for _ in range(300):
+            resp = await stub.ListEntriesByTransaction(
+                audit_log_pb2.ListEntriesByTransactionRequest(transaction_id=tid), timeout=5
+            )
+            events = sorted(
+                (
+                    e.event
+                    for e in resp.entries
+                    if e.event.kind == audit_log_pb2.AUDIT_EVENT_KIND_CLAIM_STATE_CHANGE
+                ),
+                key=lambda e: e.occurred_at.ToNanoseconds(),
+            )
+            changes = [
+                (
+                    e.outcome_reason.removeprefix("CLAIM_STATE_"),
+                    e.occurred_at.ToDatetime(tzinfo=dt.UTC).isoformat(),
+                )
+                for e in events
+            ]
+            if last in {state for state, _ in changes}:
+                return changes
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{last} not in the audit log: {changes}")
+
+
+async def test_a_claim_decided_while_its_page_was_closed_shows_the_hubs_timeline(
+    page: Page, hospital_portal: RunningPortal, stack: RunningStack
+) -> None:
+    await sign_in(page, hospital_portal)
+    # AIA takes claims by gRPC push (RECEIVED, then DELIVERED once taken); SLOW- is decided ~10 s later
+    await fill_claim(page, hospital_portal, "SLOW-TRAIL-1", "250")
+    await submit(page)
+    await expect(page).to_have_url(re.compile(r"/claims/txn_"))
+    tid = page.url.rsplit("/", 1)[1]
+    await page.goto(hospital_portal.url + "/claims")  # closed well before the decision
+    await expect(page.get_by_role("heading", name="เคลม", exact=True)).to_be_visible()
+    hub = await hub_state_changes(stack, tid, last="APPROVED")
+    assert [state for state, _ in hub] == ["RECEIVED", "DELIVERED", "APPROVED"]
+
+    await page.goto(f"{hospital_portal.url}/claims/{tid}")
+    await expect(page.locator("#claim-state")).to_have_text("อนุมัติ")
+    steps = page.locator("#timeline li")
+    await expect(steps).to_have_count(3)
+    shown = [
+        (await li.get_attribute("data-state"), await li.locator("time").get_attribute("datetime"))
+        for li in await steps.all()
+    ]
+    assert shown == hub  # every state, at the hub's time (not when this portal saw it)
+    await expect(steps.locator("span")).to_have_text(["รับเรื่องแล้ว", "ส่งถึงบริษัทประกันแล้ว", "อนุมัติ"])
+    decided = page.locator("#claim-status p time")  # the claim's own decided_at agrees
+    assert await decided.get_attribute("datetime") == hub[-1][1]
+    buddhist_year = str(
+        dt.datetime.fromisoformat(hub[0][1]).astimezone(dt.timezone(dt.timedelta(hours=7))).year + 543
+    )
+    await expect(steps.locator("time").first).to_contain_text(buddhist_year)
+    await expect(page.locator("#timeline-note")).to_have_count(0)  # the trail was read
