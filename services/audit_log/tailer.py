@@ -20,6 +20,7 @@ from typing import Protocol
 import structlog
 
 from iclaim.audit.entry import AuditEntry
+from iclaim_hub.common.db import is_connection_lost
 from services.audit_log import metrics
 from services.audit_log.appender import AppendStore, timed_append
 from services.audit_log.domain import OffsetUpdate, Position
@@ -158,8 +159,13 @@ class AccessLogTailer:
         while True:
             try:
                 consumed = await self.step()
-            except Exception:
-                log.exception("access_log_ingest_failed")
+            except Exception as exc:
+                # A database outage is expected and retried: a warning, not a
+                # traceback every poll; anything else is a bug worth its trace.
+                if is_connection_lost(exc):
+                    log.warning("access_log_ingest_waiting", error=type(exc).__name__)
+                else:
+                    log.exception("access_log_ingest_failed")
                 consumed = 0
             if not consumed:
                 await asyncio.sleep(self.poll_s)

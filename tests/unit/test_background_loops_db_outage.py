@@ -16,6 +16,7 @@ import grpc
 import pytest
 from structlog.testing import capture_logs
 
+from services.audit_log.tailer import AccessLogTailer
 from services.billing.notifier import PaidNotifier
 from services.claim_router.delivery import PushDeliverer
 from services.claim_router.domain import State
@@ -149,3 +150,34 @@ async def test_the_paid_notifier_keeps_polling_through_an_outage(lost: BaseExcep
     events: Sequence[tuple[str, str]] = [(e["event"], e["log_level"]) for e in logs]
     assert events and set(events) == {("outbox_drain_failed", "warning")}
     assert not any("exc_info" in e for e in logs)
+
+
+class DownOffsets:
+    """The audit store's ingest offsets while the database is down."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.reads = 0
+        self.read_thrice = asyncio.Event()
+
+    async def ingest_offset(self, source: str) -> Any:
+        self.reads += 1
+        if self.reads >= 3:
+            self.read_thrice.set()
+        raise self.error
+
+
+async def test_the_access_log_tailer_waits_out_an_outage_without_tracebacks(
+    lost: BaseException, tmp_path: Path
+) -> None:
+    store = DownOffsets(lost)
+    tailer = AccessLogTailer(store, tmp_path / "envoy-access.log", poll_s=0.01)  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        task = asyncio.create_task(tailer.run())
+        try:
+            async with asyncio.timeout(10):
+                await store.read_thrice.wait()
+        finally:
+            task.cancel()
+    assert {(e["event"], e["log_level"]) for e in logs} == {("access_log_ingest_waiting", "warning")}
+    assert not any("exc_info" in e or "exception" in e for e in logs)
