@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from iclaim.v1 import claim_service_pb2 as pb
 from iclaim.v1 import insurer_service_pb2 as ipb
 from tests.support.claims import fhir
 from tests.support.delivery_endpoints import PushVerifier, TestCA, WebhookEndpoint, free_port
-from tests.support.stack import RunningStack, running_stack_in
+from tests.support.stack import RunningStack, run_admin, running_stack_in
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -46,18 +45,6 @@ CODE = "XHOOK"
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningStack]:
     async with running_stack_in(tmp_path_factory.mktemp("stack9"), FAST_DELIVERY, redis_db=11) as s:
         yield s
-
-
-async def admin(stack: RunningStack, *args: str) -> dict[str, Any]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "iclaim.cli", "admin", *args[:2], *args[2:],
-        "--admin-config", str(stack.stack.admin_config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    result: dict[str, Any] = json.loads(out)
-    return result
 
 
 async def wait_for(predicate: Any, timeout_s: float = 20.0, every_s: float = 0.2) -> Any:
@@ -87,7 +74,7 @@ async def test_enrolled_webhook_insurer_end_to_end(stack: RunningStack, tmp_path
     port = free_port()
     url = f"https://127.0.0.1:{port}/iclaim/claims"
 
-    enrolled = await admin(
+    enrolled = await run_admin(
         stack, "insurer", "add", CODE, "--name", "Hook Insurance", "--line", "non-life",
         "--delivery", "webhook", "--endpoint", url, "--ca", str(ca.path),
         "--encryption-jwk", str(tmp_path / "public.jwk"),
@@ -143,7 +130,7 @@ async def test_enrolled_webhook_insurer_end_to_end(stack: RunningStack, tmp_path
             assert hospital.open_decision(decided).claim_response["resourceType"] == "ClaimResponse"
 
             # After rotate-endpoint-key only the new key signs.
-            rotated = await admin(stack, "insurer", "rotate-endpoint-key", CODE)
+            rotated = await run_admin(stack, "insurer", "rotate-endpoint-key", CODE)
             assert rotated["endpoint_key_id"] != first_key
             verifier.keys = {rotated["endpoint_key_id"]: b64url_decode(rotated["endpoint_secret"])}
             await asyncio.sleep(5)  # the hub's endpoint cache (≤ 4 s)
@@ -174,14 +161,14 @@ async def test_enrolled_webhook_insurer_end_to_end(stack: RunningStack, tmp_path
             # Nobody takes them before expiry: FAILED / DELIVERY_EXPIRED, and WatchClaim ends on it.
             states = await asyncio.wait_for(watch, 40)
             assert states[-1] == (pb.CLAIM_STATE_FAILED, "DELIVERY_EXPIRED")
-            failed = await admin(stack, "deliveries", "list", "--insurer", CODE, "--state", "failed")
+            failed = await run_admin(stack, "deliveries", "list", "--insurer", CODE, "--state", "failed")
             assert set(waiting) <= {d["transaction_id"] for d in failed["deliveries"]}
 
             # Back up, redriven: each is taken and DELIVERED.
             endpoint2 = WebhookEndpoint(cert, verifier)
             await endpoint2.start(port)
             try:
-                redriven = await admin(stack, "deliveries", "redrive", *waiting)
+                redriven = await run_admin(stack, "deliveries", "redrive", *waiting)
                 assert sorted(redriven["redriven"]) == sorted(waiting)
                 for tid in waiting:
                     await wait_for(lambda t=tid: _in_state(hospital, t, pb.CLAIM_STATE_DELIVERED), 30)

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import sys
 
 import grpc
 import pytest
@@ -27,7 +26,7 @@ from iclaim.client.hospital import HospitalClient
 from iclaim.v1 import claim_service_pb2 as pb
 from tests.support.claims import fhir
 from tests.support.delivery_endpoints import wait_for
-from tests.support.stack import RunningStack, running_stack_in
+from tests.support.stack import RunningStack, run_admin, running_stack_in
 from tests.support.wire import raw_call
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -169,18 +168,6 @@ def _log_lines(stack: RunningStack, service: str, transaction_id: str) -> list[d
     return lines
 
 
-async def _admin(stack: RunningStack, *args: str) -> dict[str, Any]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "iclaim.cli", "admin", *args,
-        "--admin-config", str(stack.stack.admin_config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    result: dict[str, Any] = json.loads(out)
-    return result
-
-
 async def test_a_push_retried_later_still_joins_the_claims_trace(
     traced_stack: RunningStack, collector: tuple[Collector, int]
 ) -> None:
@@ -189,15 +176,15 @@ async def test_a_push_retried_later_still_joins_the_claims_trace(
     call, and must find the claim's trace in the delivery's row."""
     sink = collector[0]
     insurer = await _insurer_of_mode(traced_stack, pb.DELIVERY_MODE_GRPC)
-    endpoint = (await _admin(traced_stack, "insurer", "set", insurer))["endpoint"]
-    await _admin(traced_stack, "insurer", "set", insurer, "--endpoint", "127.0.0.1:1")
+    endpoint = (await run_admin(traced_stack, "insurer", "set", insurer))["endpoint"]
+    await run_admin(traced_stack, "insurer", "set", insurer, "--endpoint", "127.0.0.1:1")
     try:
         await asyncio.sleep(4)  # the adapter's endpoint cache (3 s) sees the dead endpoint
         trace_id = secrets.token_hex(16)
         claim = await _submit(traced_stack, insurer, f"00-{trace_id}-{secrets.token_hex(8)}-01", wait_s=0)
         await wait_for(lambda: bool(_pushes(sink, trace_id)), timeout=20, what="the first (failing) push")
     finally:
-        await _admin(traced_stack, "insurer", "set", insurer, "--endpoint", endpoint)
+        await run_admin(traced_stack, "insurer", "set", insurer, "--endpoint", endpoint)
     async with HospitalClient(traced_stack.creds()) as hospital:
 
         async def decided() -> bool:

@@ -3,10 +3,14 @@ on the machine's PostgreSQL and Redis, on free ports."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -58,3 +62,16 @@ async def running_stack_in(
         await stack.stop()
         await drop_db(name)
         sync_redis.Redis.from_url(redis_url).flushdb()
+
+
+async def run_admin(stack: RunningStack, *args: str) -> dict[str, Any]:
+    """`iclaim admin ARGS` against the stack, as an operator runs it; its JSON answer."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "iclaim.cli", "admin", *args,
+        "--admin-config", str(stack.stack.admin_config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    result: dict[str, Any] = json.loads(out)
+    return result
