@@ -7,7 +7,7 @@ PUBLIC_PROTOS   := $(wildcard protos/iclaim/v1/*.proto)
 INTERNAL_PROTOS := $(wildcard protos/iclaim_hub/internal/v1/*.proto)
 PROTO_STAMP := sdk/iclaim/v1/.generated
 
-.PHONY: run test test-unit test-integration bench lint proto dist venv clean image-check
+.PHONY: run test test-unit test-integration bench soak lint proto dist venv clean image-check
 
 venv: $(STAMP)
 
@@ -37,6 +37,13 @@ test-unit: $(PROTO_STAMP)
 
 bench: $(PROTO_STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Claims through the whole hub while processes are killed, Redis flushed, PostgreSQL
+# restarted (its own servers, README "Soak"); `make soak SOAK_CLAIMS=1000 SOAK_KILLS=5` in CI.
+SOAK_CLAIMS ?= 10000
+SOAK_KILLS  ?= 30
+soak: $(PROTO_STAMP)
+	SOAK_CLAIMS=$(SOAK_CLAIMS) SOAK_KILLS=$(SOAK_KILLS) $(PY) -m bench.soak
 
 # The three wheels (generated stubs inside the SDK), from what is on disk (nothing generated is in git).
 dist: $(PROTO_STAMP)

@@ -1,0 +1,179 @@
+"""The soak's verdicts, as pure functions over what the databases hold (read by
+evidence.py) and what the clients were told. No I/O here, so each check can be
+shown to fail on synthetic data (tests/unit/test_soak_checks.py)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+# Final states, and the reasons the contract names for the ones that are not a
+# decision (docs/protocol.md §5, §10.4; README "Errors").
+DECIDED = frozenset({"APPROVED", "PARTIALLY_APPROVED", "DENIED"})
+ENDED_WITH_REASON = {
+    "FAILED": frozenset({"DELIVERY_EXPIRED"}),
+    "CANCELLED": frozenset({"CANCELLED_BY_HOSPITAL"}),
+}
+# The order a claim's states go through; DELIVERED and PENDING_REVIEW may be skipped.
+RANK = {
+    "RECEIVED": 0, "DELIVERED": 1, "PENDING_REVIEW": 2,
+    "APPROVED": 3, "PARTIALLY_APPROVED": 3, "DENIED": 3, "CANCELLED": 3, "FAILED": 3,
+    "PAID": 4,
+}  # fmt: skip
+BILLABLE = frozenset({"APPROVED", "PARTIALLY_APPROVED", "PAID"})
+
+
+@dataclass(frozen=True)
+class RouterClaim:
+    transaction_id: str
+    hospital_code: str
+    claim_ref: str
+    state: str  # ClaimState name without CLAIM_STATE_
+    status_reason: str
+    approved_satang: int
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """One CLAIM_STATE_CHANGE: from the router's outbox (position = outbox id) or
+    from the audit log (position = leaf index)."""
+
+    transaction_id: str
+    state: str
+    event_id: str
+    position: int
+
+
+@dataclass(frozen=True)
+class Ledger:
+    lines_sum: int  # all journal lines, debits +, credits -: 0 when balanced
+    cached_sum: int  # the accounts' cached balances
+    accounts_off: int  # accounts whose cached balance differs from their lines
+    approvals: Mapping[str, int]  # transaction id -> APPROVAL journals naming it
+    intake: Mapping[str, tuple[str, int]]  # transaction id -> (state, approved) billing recorded
+
+
+def lost(
+    acked: Mapping[tuple[str, str], set[str]], router: Mapping[tuple[str, str], RouterClaim]
+) -> list[str]:
+    """Acknowledged claims (hospital, claim_ref) -> the transaction ids the client
+    was given. Lost: not stored, stored under another id, given two ids, or not
+    in a final state the contract names (a decision, or an end with its reason)."""
+    out = []
+    for key, tids in sorted(acked.items()):
+        rec = router.get(key)
+        if rec is None:
+            out.append(f"{key}: acknowledged as {sorted(tids)} but not stored")
+        elif tids != {rec.transaction_id}:
+            out.append(f"{key}: acknowledged as {sorted(tids)}, stored as {rec.transaction_id}")
+        elif not final_with_reason(rec):
+            out.append(f"{rec.transaction_id}: {rec.state} {rec.status_reason}".rstrip())
+    return out
+
+
+def final_with_reason(rec: RouterClaim) -> bool:
+    if rec.state in DECIDED or rec.state == "PAID":
+        return True
+    return rec.status_reason in ENDED_WITH_REASON.get(rec.state, frozenset())
+
+
+def by_claim(changes: Iterable[StateChange]) -> dict[str, list[StateChange]]:
+    out: dict[str, list[StateChange]] = defaultdict(list)
+    for c in sorted(changes, key=lambda c: c.position):
+        out[c.transaction_id].append(c)
+    return out
+
+
+def history_problems(history: Sequence[StateChange]) -> list[str]:
+    """One claim's state changes in order: from RECEIVED, each state once, never
+    backwards, at most one decision."""
+    states = [c.state for c in history]
+    if not states or states[0] != "RECEIVED":
+        return [f"starts with {states[:1]}, not RECEIVED"]
+    for before, after in zip(states, states[1:], strict=False):
+        if RANK.get(after, -1) <= RANK.get(before, -1):
+            return [f"{' -> '.join(states)}"]
+    return []
+
+
+def decided_twice(
+    router: Mapping[str, list[StateChange]],
+    audit: Mapping[str, list[StateChange]],
+    billing_events: Mapping[str, int],
+    ledger: Ledger,
+) -> dict[str, str]:
+    """Claims whose decision was recorded more than once anywhere: as a state
+    change in the router (its outbox keeps every change) or in the audit log,
+    as billing intake events the router emitted, or as ledger approvals."""
+    out: dict[str, str] = {}
+    for where, changes in (("router", router), ("audit", audit)):
+        for tid, history in changes.items():
+            decisions = [c.state for c in history if c.state in DECIDED]
+            if len(decisions) > 1:
+                out.setdefault(tid, f"{where}: {decisions}")
+    for tid, n in billing_events.items():
+        if n > 1:
+            out.setdefault(tid, f"router emitted {n} billing intake events")
+    for tid, n in ledger.approvals.items():
+        if n > 1:
+            out.setdefault(tid, f"{n} APPROVAL journals")
+    return out
+
+
+def audit_problems(
+    router: Mapping[str, list[StateChange]], audit: Mapping[str, list[StateChange]]
+) -> list[str]:
+    """The audit log holds each claim's state changes exactly once, in order:
+    the same events as the router emitted (by event id), in the same order, and
+    a history that makes sense."""
+    out = []
+    for tid in sorted(set(router) | set(audit)):
+        emitted = [c.event_id for c in router.get(tid, [])]
+        logged = [c.event_id for c in audit.get(tid, [])]
+        if logged != emitted:
+            missing = set(emitted) - set(logged)
+            extra = [e for e in logged if e not in emitted or logged.count(e) > 1]
+            out.append(
+                f"{tid}: audit {len(logged)} vs router {len(emitted)} changes (missing {len(missing)},"
+                f" extra {len(extra)}, same set: {set(emitted) == set(logged)})"
+            )
+            continue
+        out.extend(f"{tid}: {p}" for p in history_problems(audit.get(tid, [])))
+    return out
+
+
+def ledger_problems(ledger: Ledger, router: Iterable[RouterClaim]) -> list[str]:
+    """Beyond the trial balance: cached balances agree with the lines, and every
+    approval the router recorded reached billing with its amount, once."""
+    out = []
+    if ledger.cached_sum != ledger.lines_sum:
+        out.append(f"accounts' cached balances sum to {ledger.cached_sum}, lines to {ledger.lines_sum}")
+    if ledger.accounts_off:
+        out.append(f"{ledger.accounts_off} accounts' cached balance differs from their lines")
+    for rec in router:
+        if rec.state not in BILLABLE:
+            continue
+        got = ledger.intake.get(rec.transaction_id)
+        if got is None:
+            out.append(f"{rec.transaction_id}: {rec.state} at the router, unknown to billing")
+        elif got[1] != rec.approved_satang:
+            out.append(
+                f"{rec.transaction_id}: approved {rec.approved_satang} at the router, {got[1]} in billing"
+            )
+        elif rec.approved_satang > 0 and ledger.approvals.get(rec.transaction_id, 0) != 1:
+            out.append(
+                f"{rec.transaction_id}: {ledger.approvals.get(rec.transaction_id, 0)} APPROVAL journals"
+            )
+    return out
+
+
+def final_line(
+    claims: int, kills: int, flushes: int, restarts: int, lost: int, twice: int, accepted: int,
+    audit_ok: bool, trial_balance: int,
+) -> str:  # fmt: skip
+    return (
+        f"soak: {claims} claims, {kills} kills, {flushes} Redis flushes, {restarts} PostgreSQL restarts;"
+        f" lost {lost}, decided twice {twice}, replays accepted {accepted},"
+        f" audit {'verified' if audit_ok else 'FAILED'}, trial balance {trial_balance}"
+    )

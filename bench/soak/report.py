@@ -1,0 +1,116 @@
+"""What the soak prints: what happened (chaos, claims, billing, replays, audit),
+then each check, ok or FAIL with its first findings, then the summary line."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from bench.soak import checks
+from bench.soak.billing import Billing
+from bench.soak.chaos import Tally
+from bench.soak.config import SoakConfig
+from bench.soak.decisions import DecisionReposter
+from bench.soak.evidence import Evidence
+from bench.soak.his import His
+from bench.soak.replay import Replayer
+from iclaim.audit.verifier import VerifyReport
+
+SHOWN = 20  # findings printed per check
+
+
+@dataclass
+class Run:
+    cfg: SoakConfig
+    seconds: dict[str, float]  # load, settle, total
+    his: His
+    billing: Billing
+    reposter: DecisionReposter
+    replayer: Replayer
+    tally: Tally
+    attempts: Counter[str]  # every signed attempt of the soak's clients, by outcome
+    found: Evidence
+    audit: VerifyReport
+    crashes: Counter[str]  # `rpc_crash` log lines per process
+    unsettled: list[str]
+
+
+def report(r: Run) -> tuple[bool, list[str]]:
+    """(every check passed, the lines to print; the last is the summary)."""
+    out: list[str] = []
+    failed: list[str] = list(r.unsettled)
+    out.extend(f"FAIL {u}" for u in r.unsettled)
+    acked = {key: v.transaction_ids for key, v in r.his.acknowledged().items()}
+    lost = checks.lost(acked, r.found.claims)
+    router = checks.by_claim(r.found.router_changes)
+    audit = checks.by_claim(r.found.audit_changes)
+    twice = checks.decided_twice(router, audit, r.found.billing_events, r.found.ledger)
+    audit_problems = checks.audit_problems(router, audit)
+    histories = [f"{tid}: {p}" for tid, h in router.items() for p in checks.history_problems(h)]
+    ledger_problems = checks.ledger_problems(r.found.ledger, r.found.claims.values())
+    t, rp = r.tally, r.replayer
+    states = Counter(c.state for c in r.found.claims.values())
+    internal = {k: n for k, n in r.attempts.items() if " INTERNAL" in k and "no status details" not in k}
+    s = r.seconds
+
+    out.append(
+        f"seed {r.cfg.seed}; load {s['load']:.0f} s, settle {s['settle']:.0f} s, total {s['total']:.0f} s"
+    )
+    kills = ", ".join(f"{n} {name}" for name, n in sorted(t.kills.items()))
+    out.append(
+        f"chaos: {kills}; {t.flushes} Redis flushes, {t.pg_restarts} PostgreSQL restarts,"
+        f" {t.insurer_kills} insurer kills"
+    )
+    out.extend(f"  {line}" for line in t.log)
+    out.append(
+        f"claims: {r.his.acked} acknowledged of {r.cfg.claims}, {r.his.resubmits} resubmitted after the"
+        f" SDK gave up; router states {dict(sorted(states.items()))}"
+    )
+    b = r.billing
+    out.append(
+        f"billing: {b.invoices} invoices, {b.payments} payments, {b.paid_claims} claims paid;"
+        f" {len(r.found.ledger.intake)} decisions recorded"
+    )
+    out.append(
+        f"replays: {rp.sent} sent, {rp.refused} refused, {len(rp.accepted)} accepted,"
+        f" {rp.unanswered_left} never answered; captured"
+        f" {dict(rp.captured)}; {r.reposter.reposted} decisions re-posted as they were"
+    )
+    out.extend(f"  {k}: {n}" for k, n in sorted(rp.outcomes.items()))
+    if r.his.notes:
+        out.append("HIS notes: " + ", ".join(f"{k} {n}" for k, n in sorted(r.his.notes.items())))
+    out.append(f"audit: {r.audit.summary()}; {len(r.found.audit_changes)} claim state changes")
+    out.append("client attempts: " + ", ".join(f"{k} {n}" for k, n in sorted(r.attempts.items())))
+
+    def check(ok: bool, what: str, details: Iterable[str] = ()) -> None:
+        out.append(f"{'ok  ' if ok else 'FAIL'} {what}")
+        out.extend(f"       {d}" for d in list(details)[:SHOWN])
+        if not ok:
+            failed.append(what)
+
+    check(not lost, f"lost: {len(lost)}", lost)
+    check(not twice, f"decided twice: {len(twice)}", (f"{tid}: {w}" for tid, w in twice.items()))
+    check(not rp.accepted, f"replays accepted: {len(rp.accepted)}", rp.accepted)
+    # A replay check that replayed nothing proves nothing.
+    check(rp.refused > 0, f"replays refused: {rp.refused} of {rp.sent}")
+    check(r.audit.ok, "audit log verifies against its signed checkpoints", (str(f) for f in r.audit.findings))
+    check(not audit_problems, "audit log holds each claim's state changes once, in order", audit_problems)
+    check(not histories, "router's state changes in order, each once", histories)
+    check(r.found.ledger.lines_sum == 0, f"trial balance: {r.found.ledger.lines_sum}")
+    check(not ledger_problems, "ledger agrees with the router's decisions", ledger_problems)
+    check(not r.his.given_up, f"every claim acknowledged ({len(r.his.given_up)} given up)", r.his.given_up)
+    errors = r.his.errors + b.errors + r.reposter.errors
+    check(not errors, "no call refused for good (besides replays)", (f"{k}: {n}" for k, n in errors.items()))
+    bad = {**internal, **r.crashes}
+    check(not bad, "no INTERNAL from a service", (f"{k}: {n}" for k, n in bad.items()))
+    planned = (r.cfg.kills, r.cfg.flushes, r.cfg.pg_restarts, r.cfg.insurer_kills)
+    done = (t.total_kills, t.flushes, t.pg_restarts, t.insurer_kills)
+    check(done == planned and not t.problems, f"chaos as planned {planned}: {done}", t.problems)
+    out.append(
+        checks.final_line(
+            r.his.acked, t.total_kills, t.flushes, t.pg_restarts, len(lost), len(twice), len(rp.accepted),
+            r.audit.ok and not audit_problems, r.found.ledger.lines_sum,
+        )
+    )  # fmt: skip
+    return not failed, out

@@ -1,0 +1,102 @@
+"""The soak's checks (bench/soak/checks.py) catch what they are there to catch:
+shown on synthetic data, a lost claim, a decision recorded twice, an audit log
+missing or repeating a state change, and an unbalanced ledger."""
+
+from __future__ import annotations
+
+import grpc
+
+from bench.soak import checks
+from bench.soak.checks import Ledger, RouterClaim, StateChange
+from bench.soak.replay import classify
+
+T1, T2 = "txn_" + "1" * 28, "txn_" + "2" * 28
+
+
+def _claim(tid: str, ref: str, state: str = "APPROVED", reason: str = "", amount: int = 500) -> RouterClaim:
+    return RouterClaim(tid, "10670", ref, state, reason, amount)
+
+
+def _changes(tid: str, *states: str, start: int = 0) -> list[StateChange]:
+    return [StateChange(tid, s, f"ev-{tid}-{i}", start + i) for i, s in enumerate(states)]
+
+
+def _ledger(**over: object) -> Ledger:
+    base: dict[str, object] = {
+        "lines_sum": 0, "cached_sum": 0, "accounts_off": 0,
+        "approvals": {T1: 1}, "intake": {T1: ("APPROVED", 500)},
+    }  # fmt: skip
+    base.update(over)
+    return Ledger(**base)  # type: ignore[arg-type]
+
+
+def test_every_acknowledged_claim_decided_is_nothing_lost() -> None:
+    router = {("10670", "A"): _claim(T1, "A"), ("10670", "B"): _claim(T2, "B", "FAILED", "DELIVERY_EXPIRED")}
+    assert checks.lost({("10670", "A"): {T1}, ("10670", "B"): {T2}}, router) == []
+
+
+def test_a_skipped_claim_a_stuck_one_and_a_second_id_are_lost() -> None:
+    router = {("10670", "B"): _claim(T2, "B", "DELIVERED")}
+    found = checks.lost({("10670", "A"): {T1}, ("10670", "B"): {T2}}, router)
+    assert len(found) == 2 and "not stored" in found[0] and "DELIVERED" in found[1]
+    router = {("10670", "A"): _claim(T1, "A")}
+    assert checks.lost({("10670", "A"): {T1, T2}}, router)  # one claim_ref, two transaction ids
+    assert checks.lost({("10670", "A"): {T1}}, {("10670", "A"): _claim(T1, "A", "FAILED", "")})  # no reason
+
+
+def test_an_injected_second_decision_is_decided_twice() -> None:
+    good = checks.by_claim(_changes(T1, "RECEIVED", "DELIVERED", "APPROVED"))
+    assert checks.decided_twice(good, good, {T1: 1}, _ledger()) == {}
+    twice = checks.by_claim(_changes(T1, "RECEIVED", "APPROVED", "APPROVED"))
+    assert T1 in checks.decided_twice(twice, good, {T1: 1}, _ledger())
+    assert T1 in checks.decided_twice(good, twice, {T1: 1}, _ledger())
+    assert T1 in checks.decided_twice(good, good, {T1: 2}, _ledger())
+    assert T1 in checks.decided_twice(good, good, {T1: 1}, _ledger(approvals={T1: 2}))
+
+
+def test_the_audit_log_must_hold_each_change_once_in_order() -> None:
+    router = checks.by_claim(_changes(T1, "RECEIVED", "PENDING_REVIEW", "APPROVED", "PAID"))
+    assert checks.audit_problems(router, router) == []
+    missing = checks.by_claim(_changes(T1, "RECEIVED", "PENDING_REVIEW", "APPROVED"))
+    assert checks.audit_problems(router, missing)
+    repeated = checks.by_claim([*router[T1], StateChange(T1, "APPROVED", "ev-x", 99)])
+    assert checks.audit_problems(repeated, repeated)  # the router emitted it twice: out of order
+    swapped = {T1: [router[T1][1], router[T1][0], *router[T1][2:]]}
+    assert checks.audit_problems(router, swapped)
+    stray = checks.by_claim(_changes(T2, "RECEIVED"))
+    assert checks.audit_problems(router, {**router, **stray})
+
+
+def test_state_histories() -> None:
+    assert checks.history_problems(_changes(T1, "RECEIVED", "DELIVERED", "DENIED")) == []
+    assert checks.history_problems(_changes(T1, "DELIVERED", "DENIED"))
+    assert checks.history_problems(_changes(T1, "RECEIVED", "PENDING_REVIEW", "PENDING_REVIEW", "APPROVED"))
+    assert checks.history_problems(_changes(T1, "RECEIVED", "APPROVED", "DELIVERED"))
+
+
+def test_ledger_problems() -> None:
+    router = [_claim(T1, "A"), _claim(T2, "B", "DENIED", amount=0)]
+    assert checks.ledger_problems(_ledger(), router) == []
+    assert checks.ledger_problems(_ledger(cached_sum=7), router)
+    assert checks.ledger_problems(_ledger(accounts_off=1), router)
+    assert checks.ledger_problems(_ledger(intake={}), router)  # an approval billing never heard of
+    assert checks.ledger_problems(_ledger(intake={T1: ("APPROVED", 499)}), router)
+
+
+def test_replay_verdicts() -> None:
+    s = grpc.StatusCode
+    assert classify(s.UNAUTHENTICATED, "NONCE_REPLAYED", True) == "refused"
+    assert classify(s.UNAVAILABLE, "NONCE_STORE_RECOVERING", True) == "refused"
+    assert classify(s.UNAVAILABLE, "", False) == "unanswered"  # Envoy: its auth service is down
+    assert classify(s.OK, "", True) == "accepted"
+    assert classify(s.NOT_FOUND, "CLAIM_NOT_FOUND", True) == "accepted"  # it reached the router
+    assert classify(s.FAILED_PRECONDITION, "DECISION_CONFLICT", True) == "accepted"
+
+
+def test_the_last_line() -> None:
+    line = checks.final_line(1000, 5, 5, 3, 0, 0, 0, True, 0)
+    assert line == (
+        "soak: 1000 claims, 5 kills, 5 Redis flushes, 3 PostgreSQL restarts; lost 0, decided twice 0,"
+        " replays accepted 0, audit verified, trial balance 0"
+    )
+    assert "audit FAILED" in checks.final_line(1, 0, 0, 0, 1, 0, 0, False, 3)
