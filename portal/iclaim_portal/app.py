@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import grpc
 from iclaim.audit.trail import GatewayTrail
 from iclaim.client.billing import BillingClient
 from iclaim.client.hospital import HospitalClient
@@ -44,6 +45,24 @@ async def home(request: Request) -> Response:
 def portal_of_app(app: Starlette) -> Portal:
     portal: Portal = app.state.portal
     return portal
+
+
+# What the SDK has already retried for as long as its deadline allows: the
+# clearinghouse is down or busy, not the page broken.
+_UNREACHABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
+RETRY_AFTER_S = 30
+
+
+async def clearinghouse_unreachable(request: Request, exc: Exception) -> Response:
+    """A page that says so (503, Retry-After) instead of an internal error;
+    any other refusal a page did not handle stays a bug (500)."""
+    if not isinstance(exc, grpc.aio.AioRpcError) or exc.code() not in _UNREACHABLE:
+        raise exc
+    response = portal_of(request).renderer.page(request, "unavailable.html", status_code=503)
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
 
 
 def build_app(config: Config) -> Starlette:
@@ -97,7 +116,11 @@ def build_app(config: Config) -> Starlette:
         *views_reports.ROUTES,
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={grpc.aio.AioRpcError: clearinghouse_unreachable},
+    )
     app.add_middleware(
         SecurityMiddleware,
         # built before the pool exists: reached at request time

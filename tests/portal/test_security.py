@@ -203,3 +203,15 @@ async def test_password_guessing_locks_the_account_but_not_its_passkeys(
     finally:
         await conn.close()
     assert subjects == {"admin", ""}
+
+
+async def test_an_unreachable_clearinghouse_is_a_503_page_not_an_internal_error(
+    portal: RunningPortal, browser_like: httpx.AsyncClient
+) -> None:
+    # This portal's gateway address answers nothing: the SDK retries until its
+    # deadline, then the page says the clearinghouse cannot be reached.
+    assert (await sign_in(browser_like, portal.password)).status_code == 303
+    resp = await browser_like.get("/claims", timeout=60)
+    assert resp.status_code == 503
+    assert resp.headers["retry-after"] == "30"
+    assert "ไม่พร้อมให้บริการชั่วคราว" in resp.text  # Thai by default
