@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml sdk/pyproject.toml portal/pyproject.toml
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e './sdk[fhir,insurer]' -e '.[dev,devstack]' -e './portal[test]'
+	# xds-protos (Envoy's protos, for ext_authz) ships an older copy of opentelemetry/proto/;
+	# whichever installs last wins, and the OTLP exporter needs opentelemetry-proto's own.
+	$(PY) -m pip install -q --force-reinstall --no-deps \
+	  "opentelemetry-proto==$$($(PY) -c 'from importlib.metadata import version; print(version("opentelemetry-proto"))')"
 	touch $@
 
 proto: $(PROTO_STAMP)

@@ -103,3 +103,12 @@ def test_user_and_paths_agree_with_the_pods_security_context() -> None:
             assert c["securityContext"]["readOnlyRootFilesystem"] is True
             mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
             assert workdir in mounts, f"{dep['metadata']['name']}/{c['name']}: {workdir} is not writable"
+
+
+def test_the_image_reinstalls_opentelemetry_proto_after_the_lock() -> None:
+    """xds-protos and opentelemetry-proto both ship opentelemetry/proto/…; the
+    exporter needs the latter's, so it is installed again after the lock."""
+    lock_at = DOCKERFILE.index("-r deploy/image/requirements.lock")
+    again_at = DOCKERFILE.find("--force-reinstall", lock_at)
+    assert again_at > lock_at
+    assert "^opentelemetry-proto==" in DOCKERFILE[again_at : again_at + 200]

@@ -66,3 +66,14 @@ def test_envoy_issues_the_request_id_and_passes_traceparent_through() -> None:
     # Nothing strips the trace context on its way to ext_authz and the services.
     text = json.dumps(hcm).lower()
     assert "traceparent" not in text and "tracestate" not in text
+
+
+def test_the_otlp_exporter_imports_with_its_own_protos() -> None:
+    """xds-protos ships an older opentelemetry/proto/common/v1 without
+    InstrumentationScope; installed after opentelemetry-proto it breaks the
+    exporter (the Makefile and the image reinstall opentelemetry-proto last)."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.proto.common.v1 import common_pb2
+
+    assert OTLPSpanExporter is not None
+    assert hasattr(common_pb2, "InstrumentationScope")
