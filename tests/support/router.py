@@ -36,8 +36,23 @@ def md(code: str) -> tuple[tuple[str, str], ...]:
     return (("x-iclaim-principal", code), ("x-iclaim-role", role))
 
 
+class RouterStubs:
+    """The router's public stubs on `channel` (shared by this harness and
+    tests/support/router_env.py)."""
+
+    channel: grpc.aio.Channel
+
+    @property
+    def claims(self) -> claim_service_pb2_grpc.ClaimServiceStub:
+        return claim_service_pb2_grpc.ClaimServiceStub(self.channel)
+
+    @property
+    def insurer(self) -> insurer_service_pb2_grpc.InsurerServiceStub:
+        return insurer_service_pb2_grpc.InsurerServiceStub(self.channel)
+
+
 @dataclass
-class Router:
+class Router(RouterStubs):
     app: GrpcApp
     channel: grpc.aio.Channel
     pool: asyncpg.Pool
@@ -47,14 +62,6 @@ class Router:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.app.port}"
-
-    @property
-    def claims(self) -> claim_service_pb2_grpc.ClaimServiceStub:
-        return claim_service_pb2_grpc.ClaimServiceStub(self.channel)
-
-    @property
-    def insurer(self) -> insurer_service_pb2_grpc.InsurerServiceStub:
-        return insurer_service_pb2_grpc.InsurerServiceStub(self.channel)
 
     @property
     def settlement(self) -> decision_intake_pb2_grpc.ClaimSettlementServiceStub:

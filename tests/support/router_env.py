@@ -30,8 +30,8 @@ from iclaim_hub.internal.v1 import (
 from iclaim_hub.registry.directory import dev_hospitals, pull_insurer, sample_insurers
 from iclaim_hub.registry.store import RegistryStore
 from iclaim.v1 import claim_service_pb2 as pb
-from iclaim.v1 import claim_service_pb2_grpc, insurer_service_pb2_grpc
 from services.claim_router.server import Config, build_server
+from tests.support.router import RouterStubs
 
 H1, H2 = "10670", "10671"
 S = pb.ClaimState
@@ -53,7 +53,7 @@ class RecordingAdapter(insurer_adapter_pb2_grpc.InsurerAdapterServiceServicer):
 
 
 @dataclass
-class Env:
+class Env(RouterStubs):
     channel: grpc.aio.Channel
     adapter: RecordingAdapter
     keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # code -> private jwk
@@ -62,14 +62,6 @@ class Env:
 
     def md(self, code: str, role: str = "hospital") -> tuple[tuple[str, str], ...]:
         return (("x-iclaim-principal", code), ("x-iclaim-role", role))
-
-    @property
-    def claims(self) -> claim_service_pb2_grpc.ClaimServiceStub:
-        return claim_service_pb2_grpc.ClaimServiceStub(self.channel)
-
-    @property
-    def insurer(self) -> insurer_service_pb2_grpc.InsurerServiceStub:
-        return insurer_service_pb2_grpc.InsurerServiceStub(self.channel)
 
     @property
     def intake(self) -> decision_intake_pb2_grpc.DecisionIntakeServiceStub:
