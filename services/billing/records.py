@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from services.billing.views import InvoiceBasics, PaymentView
+from services.billing.views import InvoiceBasics, InvoiceClaimAmounts, PaymentView
 from services.billing.domain import (
     InvoiceIssued,
     JournalEffect,
@@ -31,6 +31,7 @@ class InvoiceRecord(InvoiceBasics):
     exceed the total when claims were invoiced after partial payment)."""
 
     settled_satang: int
+    claims: tuple[InvoiceClaimAmounts, ...]
     status: str  # as stored: never OVERDUE
     submitted_at: datetime
     acknowledged_at: datetime | None

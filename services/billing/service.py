@@ -66,6 +66,7 @@ def invoice_pb(v: InvoiceView) -> pb.Invoice:
         submitted_at=timestamp(v.submitted_at),
         acknowledged_at=timestamp_or_none(v.acknowledged_at),
         due_date=_date(v.due_date),
+        claims=[copy_fields(pb.InvoiceClaim, c) for c in v.claims],
     )
 
 

@@ -41,6 +41,7 @@ from services.billing.records import (
     ReconciliationRows,
     StatementRows,
 )
+from services.billing.views import InvoiceClaimAmounts
 
 SCHEMA = "billing"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -104,11 +105,19 @@ _QUEUE_PAID = (
 )
 
 # --- invoices ------------------------------------------------------------------------
+# Per claim: approved, settled and the money paid on it (its cash lines, which
+# reversals net out), in invoice order.
 _INVOICE_SELECT = (
     "SELECT i.*, coalesce(sum(c.settled_satang), 0)::bigint AS paid,"
-    " array_agg(ic.transaction_id ORDER BY ic.position) AS txs"
+    " array_agg(ic.transaction_id ORDER BY ic.position) AS txs,"
+    " array_agg(c.approved_satang ORDER BY ic.position) AS approved_each,"
+    " array_agg(c.settled_satang ORDER BY ic.position) AS settled_each,"
+    " array_agg(cash.paid ORDER BY ic.position) AS paid_each"
     " FROM billing.invoices i JOIN billing.invoice_claims ic USING (invoice_id)"
     " JOIN billing.claims c ON c.transaction_id = ic.transaction_id"
+    " CROSS JOIN LATERAL (SELECT coalesce(sum(l.amount_satang), 0)::bigint AS paid"
+    "   FROM billing.journal_lines l JOIN billing.accounts a ON a.id = l.account_id"
+    "   WHERE l.transaction_id = c.transaction_id AND a.kind = 'cash') cash"
 )
 _INVOICE = _INVOICE_SELECT + " WHERE i.invoice_id = $1 GROUP BY i.invoice_id"
 # A page of one party's invoices. $3 filters by shown status: OVERDUE is derived
@@ -309,8 +318,18 @@ _OUTBOX_FAILED = (
 
 
 def _invoice_record(row: asyncpg.Record) -> InvoiceRecord:
+    claims = tuple(
+        InvoiceClaimAmounts(t, int(a), int(p), int(s))
+        for t, a, p, s in zip(
+            row["txs"], row["approved_each"], row["paid_each"], row["settled_each"], strict=True
+        )
+    )
     return copy_columns(
-        InvoiceRecord, row, transaction_ids=tuple(row["txs"]), settled_satang=int(row["paid"])
+        InvoiceRecord,
+        row,
+        transaction_ids=tuple(row["txs"]),
+        settled_satang=int(row["paid"]),
+        claims=claims,
     )
 
 

@@ -129,6 +129,9 @@ def invoice_view(r: InvoiceRecord, today: date) -> InvoiceView:
         # A void invoice was voided before any payment on it; what its claims
         # were paid afterwards belongs to the invoices that billed them again.
         paid_satang=0 if r.status == "VOID" else min(r.settled_satang, r.total_satang),
+        claims=tuple(
+            replace(c, paid_satang=0, settled_satang=0) if r.status == "VOID" else c for c in r.claims
+        ),
         status=shown_status(r.status, r.due_date, today),
     )
 

@@ -22,7 +22,19 @@ class InvoiceBasics:
 
 
 @dataclass(frozen=True)
+class InvoiceClaimAmounts:
+    """One claim of an invoice: approved, the money paid on it, and what
+    payments took off what is due (paid plus adjustments)."""
+
+    transaction_id: str
+    approved_satang: int
+    paid_satang: int
+    settled_satang: int
+
+
+@dataclass(frozen=True)
 class InvoiceView(InvoiceBasics):
+    claims: tuple[InvoiceClaimAmounts, ...]
     paid_satang: int
     status: str
     submitted_at: datetime

@@ -54,6 +54,10 @@ async def statement(h: Harness, caller: str, other: str, start: date, end: date)
     )
 
 
+def per_claim(inv: pb.Invoice) -> list[tuple[str, int, int, int]]:
+    return [(c.transaction_id, c.approved_satang, c.paid_satang, c.settled_satang) for c in inv.claims]
+
+
 @pytest.fixture
 async def h(database_url: str):  # type: ignore[no-untyped-def]
     async with running_billing(database_url) as harness:
@@ -81,6 +85,8 @@ async def test_invoice_payment_and_paid_claim_flow(h: Harness) -> None:
     )
     assert got.status == pb.INVOICE_STATUS_PARTIALLY_PAID and got.paid_satang == 70_000
     assert h.fake.calls == []
+    # Per claim: money paid apart from what the adjustment took off.
+    assert per_claim(got) == [("tx-1", 100_000, 60_000, 70_000), ("tx-2", 50_000, 0, 0)]
 
     # Pay the rest of tx-1 and all of tx-2: both claims become PAID at the router.
     await h.pay("TRC-2", [line("tx-1", 30_000), line("tx-2", 50_000)])
@@ -88,6 +94,9 @@ async def test_invoice_payment_and_paid_claim_flow(h: Harness) -> None:
         pb.GetInvoiceRequest(invoice_id=inv.invoice_id), metadata=md(INSURER), timeout=10
     )
     assert got.status == pb.INVOICE_STATUS_PAID and got.paid_satang == 150_000
+    assert per_claim(got) == [("tx-1", 100_000, 90_000, 100_000), ("tx-2", 50_000, 50_000, 50_000)]
+    listed = await h.stub.ListInvoices(pb.ListInvoicesRequest(), metadata=md(HOSPITAL), timeout=10)
+    assert [per_claim(i) for i in listed.invoices] == [per_claim(got)]
     for _ in range(100):
         if sorted(h.fake.calls) == ["tx-1", "tx-2"]:
             break
@@ -124,12 +133,18 @@ async def test_outbox_retries_until_router_acknowledges(h: Harness) -> None:
 
 async def test_overpayment_is_held_and_recovered_with_wo(h: Harness) -> None:
     await h.approve("tx-o", 10_000)
+    inv = await h.invoice("INV-O", ["tx-o"])
     await h.pay("TRC-O1", [line("tx-o", 12_500)])
     today = datetime.now(BANGKOK).date()
     st = await statement(h, INSURER, HOSPITAL, today, today)
     assert st.closing_balance_satang == -2_500  # owed back to the insurer
     assert st.aging.current == -2_500
     assert (await ledger_invariants(h.pool))["overpayment_held"] == 2_500
+    # The money paid counts the excess; what is settled stops at the approval.
+    inv = await h.stub.GetInvoice(
+        pb.GetInvoiceRequest(invoice_id=inv.invoice_id), metadata=md(INSURER), timeout=10
+    )
+    assert per_claim(inv) == [("tx-o", 10_000, 12_500, 10_000)]
 
     # Recovering more than is held is refused and changes nothing.
     await h.approve("tx-p", 5_000)
@@ -516,3 +531,20 @@ async def test_metrics_invoices_outstanding_overdue_and_days_to_pay(h: Harness) 
     assert REGISTRY.get_sample_value("iclaim_billing_invoices", {"status": "OVERDUE"}) == 1
     assert REGISTRY.get_sample_value("iclaim_billing_overdue_satang", {"insurer": INSURER}) == 2_000
     assert paid.invoice_id
+
+
+async def test_a_reversed_payment_leaves_the_claims_amounts(h: Harness) -> None:
+    await h.approve("tx-rv", 8_000)
+    inv = await h.invoice("INV-RV", ["tx-rv"])
+    await h.pay("TRC-RV", [line("tx-rv", 5_000, ("CO", "45", 1_000))])
+    got = await h.stub.GetInvoice(
+        pb.GetInvoiceRequest(invoice_id=inv.invoice_id), metadata=md(HOSPITAL), timeout=10
+    )
+    assert per_claim(got) == [("tx-rv", 8_000, 5_000, 6_000)]
+    jid = await h.pool.fetchval("SELECT id FROM billing.journals WHERE kind = 'PAYMENT'")
+    await h.billing.usecases.reverse_journal(jid, "rev:rv", datetime.now(UTC))
+    got = await h.stub.GetInvoice(
+        pb.GetInvoiceRequest(invoice_id=inv.invoice_id), metadata=md(HOSPITAL), timeout=10
+    )
+    assert per_claim(got) == [("tx-rv", 8_000, 0, 0)] and got.paid_satang == 0
+    await ledger_invariants(h.pool)

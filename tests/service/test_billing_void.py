@@ -88,9 +88,19 @@ async def test_void_before_payment_frees_the_claims_and_leaves_the_ledger(h: Har
     second = await h.invoice("INV-V2", ["tx-v1", "tx-v2"])
     assert second.status == pb.INVOICE_STATUS_SUBMITTED and second.total_satang == 15_000
     await h.pay("TRC-V", [line("tx-v1", 10_000), line("tx-v2", 5_000)])
-    assert (await get(h, second.invoice_id)).status == pb.INVOICE_STATUS_PAID
+    paid = await get(h, second.invoice_id)
+    assert paid.status == pb.INVOICE_STATUS_PAID
+    assert [(c.transaction_id, c.paid_satang, c.settled_satang) for c in paid.claims] == [
+        ("tx-v1", 10_000, 10_000),
+        ("tx-v2", 5_000, 5_000),
+    ]
     after = await get(h, first.invoice_id)
     assert after.status == pb.INVOICE_STATUS_VOID and after.paid_satang == 0
+    # What the new invoice collected is not shown again on the void one.
+    assert [(c.transaction_id, c.approved_satang, c.paid_satang, c.settled_satang) for c in after.claims] == [
+        ("tx-v1", 10_000, 0, 0),
+        ("tx-v2", 5_000, 0, 0),
+    ]
 
     listed = await h.stub.ListInvoices(
         pb.ListInvoicesRequest(counterparty_code=INSURER, status=pb.INVOICE_STATUS_VOID),
