@@ -13,6 +13,9 @@ import redis.asyncio as aioredis
 
 from tests.support.databases import REDIS_BASE_URL, create_db, drop_db
 
+# `pytester`: tests/portal/test_browser_artifacts.py runs a small browser suite of its own.
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture
 async def make_database() -> AsyncIterator[Callable[[], Awaitable[str]]]:

@@ -8,12 +8,14 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page
+from playwright.async_api import Page
+from pytest_playwright_asyncio import CreateContextCallback
 
-from tests.portal.browser import chromium, traced_page
+from tests.portal.browser import ARGS, ARTIFACTS, CHROMIUM, CONTEXT
 from tests.portal.support import ADMIN, RunningPortal, offline_credentials, running_portal
 from tests.support.databases import create_db, drop_db
 from tests.support.stack import RunningStack, running_stack_in
@@ -46,17 +48,11 @@ async def sign_in(client: httpx.AsyncClient, password: str, username: str = ADMI
     )
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    """Keeps each phase's report on the test item, so browser fixtures know a test failed."""
-    report = yield
-    setattr(item, f"rep_{report.when}", report)
-    return report
-
-
 # The real stack (Envoy, services, sandbox insurers), one hospital portal and
-# the TESTPULL insurer portal on it, and Chromium: once per session, for the
-# browser tests only (unit tests here request none of them).
+# the TESTPULL insurer portal on it: once per session, for the browser tests only
+# (unit tests here request none of them). The browser, its contexts and pages are
+# pytest-playwright-asyncio's fixtures (`browser`, `context`, `page`, `new_context`),
+# configured below.
 
 
 @pytest.fixture(scope="session")
@@ -91,37 +87,41 @@ async def insurer_portal(stack: RunningStack) -> AsyncIterator[RunningPortal]:
         yield portal
 
 
+# (option, the plugin's default, ours)
+_ARTIFACT_OPTIONS = (
+    ("screenshot", "off", "only-on-failure"),
+    ("tracing", "off", "retain-on-failure"),
+    ("output", "test-results", str(ARTIFACTS)),
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The plugin's failure artifacts, for `make test` as for `pytest tests/portal`:
+    a full-page screenshot of each page and the trace of each context of a failed
+    test, under ARTIFACTS/<test id>/ (the plugin empties ARTIFACTS at session start).
+    Here rather than in pyproject's addopts: an absolute path whatever the working
+    directory, and no plugin option in runs that do not collect tests/portal. An
+    option given on the command line (other than the plugin's default) stands."""
+    for dest, plugin_default, ours in _ARTIFACT_OPTIONS:
+        if getattr(config.option, dest, None) == plugin_default:
+            setattr(config.option, dest, ours)
+    if hasattr(config.option, "full_page_screenshot"):
+        config.option.full_page_screenshot = True
+
+
 @pytest.fixture(scope="session")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as b:
-        yield b
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": ARGS}
 
 
-async def _context_page(
-    request: pytest.FixtureRequest, browser: Browser, suffix: str = ""
-) -> AsyncIterator[tuple[BrowserContext, Page]]:
-    failed = [False]
-    async with traced_page(browser, request.node.name + suffix, failed) as pair:
-        yield pair
-        report = getattr(request.node, "rep_call", None)
-        failed[0] = report is None or report.failed
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args: dict[str, Any]) -> dict[str, Any]:
+    return {**browser_context_args, **CONTEXT}
 
 
 @pytest.fixture
-async def context_page(
-    request: pytest.FixtureRequest, browser: Browser
-) -> AsyncIterator[tuple[BrowserContext, Page]]:
-    async for pair in _context_page(request, browser):
-        yield pair
-
-
-@pytest.fixture
-def page(context_page: tuple[BrowserContext, Page]) -> Page:
-    return context_page[1]
-
-
-@pytest.fixture
-async def second_page(request: pytest.FixtureRequest, browser: Browser) -> AsyncIterator[Page]:
-    """Another person's browser (own cookies), e.g. the insurer's reviewer."""
-    async for _, page in _context_page(request, browser, "-second"):
-        yield page
+async def second_page(new_context: CreateContextCallback) -> Page:
+    """Another person's browser (own cookies), e.g. the insurer's reviewer: a context
+    of the plugin's, so it is traced and screenshotted like `page`'s."""
+    context = await new_context()
+    return await context.new_page()

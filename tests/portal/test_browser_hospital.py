@@ -14,7 +14,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, expect
+from playwright.async_api import BrowserContext, Page, expect
+from pytest_playwright_asyncio import CreateContextCallback
 
 from iclaim.fhir.claim import synthetic_claim
 from iclaim_hub.internal.v1 import audit_log_pb2, audit_log_pb2_grpc
@@ -123,9 +124,8 @@ async def test_a_form_without_its_csrf_token_is_refused(page: Page, hospital_por
 
 
 async def test_passkey_sign_in_through_the_virtual_authenticator(
-    context_page: tuple[BrowserContext, Page], hospital_portal: RunningPortal
+    context: BrowserContext, page: Page, hospital_portal: RunningPortal
 ) -> None:
-    context, page = context_page
     cdp = await context.new_cdp_session(page)
     await cdp.send("WebAuthn.enable")
     await cdp.send(
@@ -152,23 +152,20 @@ async def test_passkey_sign_in_through_the_virtual_authenticator(
 
 
 async def test_without_javascript_a_claim_is_submitted_and_its_decision_seen_by_refreshing(
-    browser: Browser, hospital_portal: RunningPortal
+    new_context: CreateContextCallback, hospital_portal: RunningPortal
 ) -> None:
-    context = await browser.new_context(java_script_enabled=False, locale="th-TH")
-    try:
-        page = await context.new_page()
-        await sign_in(page, hospital_portal)
-        await fill_claim(page, hospital_portal, "NOJS-1", "321")
-        await submit(page)
-        await expect(page).to_have_url(re.compile(r"/claims/txn_"))
-        for _ in range(60):
-            if await page.locator("#claim-state").inner_text() == "อนุมัติ":
-                break
-            await page.get_by_role("link", name="โหลดใหม่").click()
-        await expect(page.locator("#claim-state")).to_have_text("อนุมัติ")
-        await expect(page.locator("#claim-approved")).to_have_text("฿321.00")
-    finally:
-        await context.close()
+    context = await new_context(java_script_enabled=False)  # Thai, traced; closed by the fixture
+    page = await context.new_page()
+    await sign_in(page, hospital_portal)
+    await fill_claim(page, hospital_portal, "NOJS-1", "321")
+    await submit(page)
+    await expect(page).to_have_url(re.compile(r"/claims/txn_"))
+    for _ in range(60):
+        if await page.locator("#claim-state").inner_text() == "อนุมัติ":
+            break
+        await page.get_by_role("link", name="โหลดใหม่").click()
+    await expect(page.locator("#claim-state")).to_have_text("อนุมัติ")
+    await expect(page.locator("#claim-approved")).to_have_text("฿321.00")
 
 
 async def test_fhir_upload_is_submitted_and_a_file_that_is_not_a_claim_is_refused(
