@@ -215,7 +215,8 @@ _JOURNAL_EFFECTS = (
     "SELECT j.id, j.kind, j.reference, j.description, j.effective_at,"
     " coalesce(sum(l.amount_satang) FILTER (WHERE a.kind IN"
     "   ('receivable', 'overpayment')), 0)::bigint AS effect,"
-    " coalesce(-sum(l.amount_satang) FILTER (WHERE a.kind LIKE 'adj\\_%'), 0)::bigint"
+    # Claim adjustments are debits (adj_* lines positive): what they took off what is owed.
+    " coalesce(sum(l.amount_satang) FILTER (WHERE a.kind LIKE 'adj\\_%'), 0)::bigint"
     "   AS adj"
     " FROM billing.journals j JOIN billing.journal_lines l ON l.journal_id = j.id"
     " JOIN billing.accounts a ON a.id = l.account_id"

@@ -108,6 +108,15 @@ async def test_invoice_payment_and_paid_claim_flow(h: Harness) -> None:
     kinds = [ln.kind for ln in st.lines]
     assert kinds.count("APPROVAL") == 2 and kinds.count("INVOICE") == 1
     assert kinds.count("PAYMENT") == 2 and kinds.count("ADJUSTMENT") == 1
+    # Money paid and the adjustment each on their own line, both lowering what is owed.
+    moves = [
+        (ln.kind, ln.reference, ln.amount_satang) for ln in st.lines if ln.kind in ("PAYMENT", "ADJUSTMENT")
+    ]
+    assert moves == [
+        ("PAYMENT", "TRC-1", -60_000),
+        ("ADJUSTMENT", "TRC-1", -10_000),
+        ("PAYMENT", "TRC-2", -80_000),
+    ]
     assert st.lines[-1].running_balance_satang == 0
     assert st.closing_balance_text_th == "ศูนย์บาทถ้วน"
     await ledger_invariants(h.pool)
