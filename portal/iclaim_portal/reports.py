@@ -2,8 +2,10 @@
 decision (median, p90), amounts billed / approved / paid / outstanding; charts
 as server-rendered SVG; CSV. Pure: the views gather the facts.
 
-"Paid" counts claims fully settled (state PAID for a hospital; on a PAID
-invoice for an insurer); outstanding = approved − paid."""
+"Paid" is the money paid on the claims (per claim, from their invoices);
+outstanding is what they still owe: approved − settled, where settled is paid
+plus what adjustments took off (so a claim paid 9,500 with a 500 contractual
+adjustment is paid 9,500 and owes nothing)."""
 
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ class ClaimFact:
     approved_satang: int
     submitted_at: datetime
     decided_at: datetime | None
-    paid: bool
+    paid_satang: int = 0
+    settled_satang: int = 0
 
 
 def outcome(fact: ClaimFact) -> str:
@@ -69,6 +72,7 @@ class Row:
     billed: int = 0
     approved: int = 0
     paid: int = 0
+    settled: int = 0
 
     @property
     def claims(self) -> int:
@@ -89,14 +93,14 @@ class Row:
 
     @property
     def outstanding(self) -> int:
-        return self.approved - self.paid
+        return self.approved - self.settled
 
     def add(self, fact: ClaimFact) -> None:
         self.outcomes[outcome(fact)] += 1
         self.billed += fact.billed_satang
         self.approved += fact.approved_satang
-        if fact.paid:
-            self.paid += fact.approved_satang
+        self.paid += fact.paid_satang
+        self.settled += min(fact.settled_satang, fact.approved_satang)
         if fact.decided_at is not None and outcome(fact) in ("APPROVED", "PARTIALLY_APPROVED", "DENIED"):
             self.decision_s.append(max(0.0, (fact.decided_at - fact.submitted_at).total_seconds()))
 

@@ -28,6 +28,10 @@ MAX_FAILURES = 10
 LOCKOUT_WINDOW = timedelta(minutes=15)
 
 
+class StaffChangeRefused(Exception):
+    """A change to a staff account that is not allowed; the message is shown."""
+
+
 @dataclass(frozen=True)
 class Staff:
     id: int
@@ -83,6 +87,48 @@ class StaffStore:
             "SELECT * FROM staff WHERE username = $1 AND disabled_at IS NULL", username
         )
         return _staff(row) if row else None
+
+    async def username_taken(self, username: str) -> bool:
+        """Disabled accounts keep their names: the staff log refers to them."""
+        return bool(
+            await self.pool.fetchval("SELECT EXISTS (SELECT 1 FROM staff WHERE username = $1)", username)
+        )
+
+    async def set_role(self, username: str, role: str) -> Staff:
+        """Changes an active member's role; the last admin stays one."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
+        return await self._change(
+            username, role != "admin", False, "UPDATE staff SET role = $2 WHERE id = $1 RETURNING *", role
+        )
+
+    async def disable(self, username: str) -> Staff:
+        """Ends the member's access at once (sign-in refused, sessions ended);
+        the account and its log stay."""
+        return await self._change(
+            username, True, True, "UPDATE staff SET disabled_at = now() WHERE id = $1 RETURNING *"
+        )
+
+    async def _change(
+        self, username: str, drops_admin: bool, end_sessions: bool, update: str, *args: Any
+    ) -> Staff:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Locking every active admin serialises concurrent changes, so two
+            # admins cannot each demote the other and leave none.
+            admins = await conn.fetch(
+                "SELECT id FROM staff WHERE role = 'admin' AND disabled_at IS NULL ORDER BY id FOR UPDATE"
+            )
+            row = await conn.fetchrow(
+                "SELECT * FROM staff WHERE username = $1 AND disabled_at IS NULL FOR UPDATE", username
+            )
+            if row is None:
+                raise StaffChangeRefused("No such staff member.")
+            if drops_admin and row["role"] == "admin" and len(admins) <= 1:
+                raise StaffChangeRefused("The last admin cannot be disabled or lose the admin role.")
+            changed = await conn.fetchrow(update, row["id"], *args)
+            if end_sessions:
+                await conn.execute("DELETE FROM sessions WHERE staff_id = $1", row["id"])
+            return _staff(changed)
 
     async def check_password(self, username: str, password: str) -> Staff | None:
         row = await self.pool.fetchrow(

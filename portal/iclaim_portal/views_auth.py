@@ -13,7 +13,7 @@ from iclaim_portal.i18n import LOCALES
 from iclaim_portal.passkeys import PasskeyRefused
 from iclaim_portal.render import LANG_COOKIE, session_of
 from iclaim_portal.security import END_SESSION
-from iclaim_portal.staff import MAX_FAILURES, MIN_PASSWORD_LENGTH, ROLES
+from iclaim_portal.staff import MAX_FAILURES, MIN_PASSWORD_LENGTH, ROLES, StaffChangeRefused
 
 
 async def signin_page(request: Request) -> Response:
@@ -162,7 +162,7 @@ async def add_staff(request: Request) -> Response:
         return await _staff_form(request, values, "Choose a role.", 422)
     if len(password) < MIN_PASSWORD_LENGTH:
         return await _staff_form(request, values, "The password needs at least 12 characters.", 422)
-    if await portal.staff.by_username(username) is not None:
+    if await portal.staff.username_taken(username):
         return await _staff_form(request, values, "That username is taken.", 409)
     display = values.get("display_name", "").strip()[:100] or username
     member = await portal.staff.create(username, display, role, password)
@@ -170,9 +170,40 @@ async def add_staff(request: Request) -> Response:
     return RedirectResponse("/staff", status_code=303)
 
 
+@signed_in(admin=True)
+async def change_role(request: Request) -> Response:
+    portal = portal_of(request)
+    username = request.path_params["username"]
+    role = (await form_values(request)).get("role", "")
+    if role not in ROLES:
+        return await _staff_form(request, {}, "Choose a role.", 422)
+    try:
+        member = await portal.staff.set_role(username, role)
+    except StaffChangeRefused as refused:
+        return await _staff_form(request, {}, str(refused), 409)
+    await portal.staff.log(staff_of(request), "staff_role_changed", member.username, role=role)
+    return RedirectResponse("/staff", status_code=303)
+
+
+@signed_in(admin=True)
+async def disable_staff(request: Request) -> Response:
+    portal = portal_of(request)
+    username = request.path_params["username"]
+    if username == staff_of(request).username:
+        return await _staff_form(request, {}, "You cannot disable your own account.", 409)
+    try:
+        member = await portal.staff.disable(username)
+    except StaffChangeRefused as refused:
+        return await _staff_form(request, {}, str(refused), 409)
+    await portal.staff.log(staff_of(request), "staff_disabled", member.username)
+    return RedirectResponse("/staff", status_code=303)
+
+
 ROUTES = [
     Route("/staff", staff_page, methods=["GET"]),
     Route("/staff", add_staff, methods=["POST"]),
+    Route("/staff/{username}/role", change_role, methods=["POST"]),
+    Route("/staff/{username}/disable", disable_staff, methods=["POST"]),
     Route("/signin", signin_page, methods=["GET"]),
     Route("/signin", signin_password, methods=["POST"]),
     Route("/signin/passkey/options", passkey_signin_options, methods=["POST"]),

@@ -161,7 +161,14 @@ async def _payment_form(
         "payment_new.html",
         status_code=status_code,
         invoice=_invoice_row(invoice),
-        lines=[{"transaction_id": t, "known": known.get(t)} for t in invoice.transaction_ids],
+        lines=[
+            {
+                "transaction_id": c.transaction_id,
+                "known": known.get(c.transaction_id),
+                "due": c.approved_satang - c.settled_satang,
+            }
+            for c in invoice.claims
+        ],
         groups=CAS_GROUPS,
         plb_codes=PLB_CODES,
         values=values,

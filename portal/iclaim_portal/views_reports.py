@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from iclaim.v1 import billing_service_pb2 as bpb
 from iclaim_portal.billing import invoice_status
 from iclaim_portal.claims import state_name, when
 from iclaim_portal.context import Portal, portal_of, signed_in
@@ -16,15 +19,28 @@ from iclaim_portal.i18n import translations
 from iclaim_portal.reports import OUTCOMES, ClaimFact, amounts_chart, outcomes_chart, summarise, to_csv
 
 
+def _claim_amounts(invoices: Iterable[bpb.Invoice]) -> dict[str, bpb.InvoiceClaim]:
+    """Each claim's paid and settled amounts, from the invoices that billed it
+    (a void invoice carries none)."""
+    return {
+        c.transaction_id: c
+        for invoice in invoices
+        if invoice_status(invoice) != "VOID"
+        for c in invoice.claims
+    }
+
+
 async def _hospital_facts(portal: Portal) -> list[ClaimFact]:
     if portal.hospital is None:
         raise RuntimeError("not a hospital portal")
+    amounts = _claim_amounts(await portal.billing.list_invoices(""))
     facts = []
     for claim in await portal.hospital.list_claims():
         submitted = when(claim.submitted_at)
         if submitted is None:
             continue
         state = state_name(claim)
+        billed = amounts.get(claim.transaction_id)
         facts.append(
             ClaimFact(
                 claim.insurer_code,
@@ -33,7 +49,11 @@ async def _hospital_facts(portal: Portal) -> list[ClaimFact]:
                 claim.approved_amount_satang,
                 submitted,
                 when(claim.decided_at),
-                state == "PAID",
+                paid_satang=0 if billed is None else billed.paid_satang,
+                # PAID means nothing is left due, even if paid without an invoice.
+                settled_satang=claim.approved_amount_satang
+                if state == "PAID"
+                else (0 if billed is None else billed.settled_satang),
             )
         )
     return facts
@@ -44,11 +64,11 @@ async def _insurer_facts(portal: Portal) -> list[ClaimFact]:
         "SELECT transaction_id, hospital_code, state, billed_satang, approved_satang, taken_at, decided_at"
         " FROM queue"
     )
-    paid: set[str] = set()
-    for hospital in sorted({r["hospital_code"] for r in rows}):
-        for invoice in await portal.billing.list_invoices(hospital):
-            if invoice_status(invoice) == "PAID":
-                paid.update(invoice.transaction_ids)
+    invoices = [
+        i for h in sorted({r["hospital_code"] for r in rows}) for i in await portal.billing.list_invoices(h)
+    ]
+    amounts = _claim_amounts(invoices)
+    none = bpb.InvoiceClaim()
     return [
         ClaimFact(
             r["hospital_code"],
@@ -57,7 +77,8 @@ async def _insurer_facts(portal: Portal) -> list[ClaimFact]:
             r["approved_satang"],
             r["taken_at"],
             r["decided_at"],
-            r["transaction_id"] in paid,
+            paid_satang=amounts.get(r["transaction_id"], none).paid_satang,
+            settled_satang=amounts.get(r["transaction_id"], none).settled_satang,
         )
         for r in rows
     ]

@@ -90,7 +90,12 @@ async def test_claim_decided_in_part_by_the_insurer_portal_then_billed_and_paid(
     await reviewer.get_by_label(re.compile(f"^ชำระ \\(บาท\\) {re.escape(claim_ref)}")).fill("-5")
     await reviewer.get_by_role("button", name="บันทึกการชำระเงิน").click()
     await expect(reviewer.get_by_role("alert")).to_have_text("กรุณากรอกจำนวนเงินเป็นบาท (ห้ามติดลบ)")
-    await reviewer.get_by_label(re.compile(f"^ชำระ \\(บาท\\) {re.escape(claim_ref)}")).fill("600")
+    # the form shows what is still due on the claim; 500 paid and a 100 contractual adjustment settle it
+    await expect(reviewer.locator("td[data-due]")).to_have_text("฿600.00")
+    await reviewer.get_by_label(re.compile(f"^ชำระ \\(บาท\\) {re.escape(claim_ref)}")).fill("500")
+    await reviewer.get_by_label(f"กลุ่มการปรับยอด {claim_ref}").select_option("CO")
+    await reviewer.get_by_label(f"เหตุผลการปรับยอด {claim_ref}").fill("45")
+    await reviewer.get_by_label(f"ยอดปรับ (บาท) {claim_ref}").fill("100")
     await reviewer.get_by_role("button", name="บันทึกการชำระเงิน").click()
     await expect(reviewer_row).to_contain_text("ชำระครบ")
 
@@ -98,14 +103,15 @@ async def test_claim_decided_in_part_by_the_insurer_portal_then_billed_and_paid(
     await page.goto(f"{hospital_portal.url}/statement?counterparty={PULL}")
     statement = page.get_by_role("table", name=re.compile("รายงานสรุปบัญชี"))
     await expect(statement).to_contain_text("ชำระเงิน")
-    await expect(statement).to_contain_text("-฿600.00")
+    await expect(statement).to_contain_text("-฿500.00")
     async with page.expect_download() as download_info:
         await page.get_by_role("link", name="ดาวน์โหลด CSV").click()
     download = await download_info.value
     csv_text = Path(await download.path()).read_text(encoding="utf-8")
-    assert re.search(r"^.*,PAYMENT,.*,-60000,-600\.00,", csv_text, re.M), csv_text
+    assert re.search(r"^.*,PAYMENT,.*,-50000,-500\.00,", csv_text, re.M), csv_text
+    assert re.search(r"^.*,ADJUSTMENT,.*,-10000,-100\.00,", csv_text, re.M), csv_text
 
-    # reports on both sides count it as approved in part and paid
+    # reports on both sides count it as approved in part, paid 500 (money received) and owing nothing
     for viewer, portal, counterparty in (
         (page, hospital_portal, PULL),
         (reviewer, insurer_portal, hospital_code),
@@ -116,6 +122,8 @@ async def test_claim_decided_in_part_by_the_insurer_portal_then_billed_and_paid(
         row = viewer.get_by_role("row", name=re.compile(f" {counterparty} "))
         await expect(row).to_contain_text("฿600.00")
         await expect(row.locator("td").nth(4)).to_have_text("1")  # one PARTIALLY_APPROVED
+        await expect(row.locator("td").nth(13)).to_have_text("฿500.00")  # paid
+        await expect(row.locator("td").nth(14)).to_have_text("฿0.00")  # outstanding
 
 
 async def test_claim_appears_in_the_open_queue_and_is_denied_with_a_reason(
