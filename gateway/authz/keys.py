@@ -14,6 +14,7 @@ from typing import Protocol
 import structlog
 
 from iclaim.errors import Unavailable
+from iclaim_hub.common.db import is_connection_lost
 from iclaim_hub.registry.model import SigningKey
 
 log = structlog.get_logger("gateway.authz.keys")
@@ -51,7 +52,12 @@ class CachedKeys:
             return hit[1]
         try:
             key = await self._lookup.signing_key(code, key_id)
-        except Exception as exc:  # the registry's driver errors vary; none may leak
+        except Exception as exc:
+            # An outage (connection lost or refused, the lookup's own timeout) is
+            # retryable; anything else is a bug and crashes the check, where the
+            # server logs its type and Envoy refuses the call.
+            if not (is_connection_lost(exc) or isinstance(exc, TimeoutError)):
+                raise
             log.warning("registry_unavailable", error=type(exc).__name__)
             raise Unavailable("registry unavailable", reason="REGISTRY_UNAVAILABLE") from exc
         if len(self._entries) >= self._max:

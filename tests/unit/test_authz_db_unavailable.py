@@ -117,3 +117,14 @@ async def test_a_bug_on_the_check_path_is_not_reported_as_an_outage() -> None:
     service = _service(Keys(), Guard(ValueError("a bug")))
     with pytest.raises(ValueError):
         await service.Check(_check_request(), None)
+
+
+async def test_a_bug_in_the_key_lookup_is_not_reported_as_an_outage() -> None:
+    service = _service(Keys(ValueError("a bug")), Guard())
+    with pytest.raises(ValueError):
+        await service.Check(_check_request(), None)
+
+
+async def test_a_key_lookup_that_times_out_is_registry_unavailable() -> None:
+    service = _service(Keys(TimeoutError()), Guard())
+    assert _refusal(await service.Check(_check_request(), None)) == ("14", "REGISTRY_UNAVAILABLE")
