@@ -14,7 +14,6 @@ from typing import Protocol
 import structlog
 
 from iclaim.errors import Unavailable
-from iclaim_hub.common.db import is_connection_lost
 from iclaim_hub.registry.model import SigningKey
 
 log = structlog.get_logger("gateway.authz.keys")
@@ -33,6 +32,7 @@ class CachedKeys:
         self,
         lookup: KeyLookup,
         *,
+        is_outage: Callable[[BaseException], bool],
         ttl_s: float = DEFAULT_TTL_S,
         max_entries: int = 50_000,
         clock: Callable[[], float] = time.monotonic,
@@ -40,6 +40,9 @@ class CachedKeys:
         if not 0 <= ttl_s <= MAX_TTL_S:
             raise ValueError(f"key cache TTL must be within 0..{MAX_TTL_S} s")
         self._lookup = lookup
+        # Given by the wiring (the registry's driver decides what an outage is),
+        # so this module stays free of database imports.
+        self._is_outage = is_outage
         self._ttl = ttl_s
         self._max = max_entries
         self._clock = clock
@@ -56,7 +59,7 @@ class CachedKeys:
             # An outage (connection lost or refused, the lookup's own timeout) is
             # retryable; anything else is a bug and crashes the check, where the
             # server logs its type and Envoy refuses the call.
-            if not (is_connection_lost(exc) or isinstance(exc, TimeoutError)):
+            if not (self._is_outage(exc) or isinstance(exc, TimeoutError)):
                 raise
             log.warning("registry_unavailable", error=type(exc).__name__)
             raise Unavailable("registry unavailable", reason="REGISTRY_UNAVAILABLE") from exc

@@ -24,7 +24,7 @@ from gateway.authz.service import AuthorizationService
 from gateway.authz.store import PgMarkerLedger
 from iclaim_hub.common.access_log import pseudonym_key
 from iclaim_hub.common.config import ConfigError, env_float, env_int, env_str
-from iclaim_hub.common.db import create_pool
+from iclaim_hub.common.db import create_pool, is_connection_lost
 from iclaim_hub.common.server import (
     GrpcApp,
     ServeConfig,
@@ -91,7 +91,7 @@ async def build_server(config: Config) -> AuthzApp:
         await redis.aclose()
         await pool.close()
         raise
-    keys = CachedKeys(registry, ttl_s=config.key_cache_ttl_s)
+    keys = CachedKeys(registry, is_outage=is_connection_lost, ttl_s=config.key_cache_ttl_s)
     limiter = (
         RedisRateLimiter(redis, per_second=config.rate_limit_per_s, burst=config.rate_limit_burst)
         if config.rate_limit_per_s > 0

@@ -17,6 +17,7 @@ from google.rpc import status_pb2
 from gateway.authz.authorizer import Authorizer
 from gateway.authz.keys import CachedKeys
 from gateway.authz.service import AuthorizationService
+from iclaim_hub.common.db import is_connection_lost
 from iclaim.crypto import signing
 from iclaim.errors import error_info_of
 from iclaim.v1 import claim_service_pb2
@@ -88,7 +89,7 @@ def _refusal(resp: external_auth_pb2.CheckResponse) -> tuple[str, str]:
 
 
 def _service(keys: Keys, guard: Guard) -> AuthorizationService:
-    return AuthorizationService(Authorizer(CachedKeys(keys, ttl_s=0), guard))
+    return AuthorizationService(Authorizer(CachedKeys(keys, is_outage=is_connection_lost, ttl_s=0), guard))
 
 
 async def test_a_lost_database_on_the_check_path_is_unavailable(tmp_path: Path) -> None:
