@@ -350,3 +350,51 @@ async def test_a_slow_claim_does_not_hold_up_the_next_one(tmp_path: Path) -> Non
         # Stopping left the slow one open: the next run decides it.
         assert await inbox.state_of("AIA", slow.transaction_id) == RECEIVED
         await inbox.close()
+
+
+def _envelopes_sent(kit: Kit) -> list[str]:
+    """Every envelope post_decision was called with, answered or not."""
+    sent: list[str] = []
+    real = kit.gateway.post_decision
+
+    async def post(transaction_id: str, **kw: object) -> object:
+        sent.append(str(kw["decision_envelope"]))
+        return await real(transaction_id, **kw)  # type: ignore[arg-type]
+
+    kit.gateway.post_decision = post  # type: ignore[method-assign]
+    return sent
+
+
+async def test_a_post_whose_answer_was_lost_is_repeated_byte_for_byte(kit: Kit, tmp_path: Path) -> None:
+    sent = _envelopes_sent(kit)
+    kit.gateway.errors = [rpc_error(grpc.StatusCode.UNAVAILABLE, "")]
+    txid = await _put(kit)
+    assert await kit.worker.process("AIA", txid) == RECEIVED
+    # A restarted kit (new worker, inbox reopened) posts what was staged.
+    await kit.worker.close()
+    await kit.inbox.close()
+    inbox = await Inbox.open(tmp_path / "state")
+    again = Worker(inbox, {"AIA": kit.party.creds}, {"AIA": kit.rules}, {"AIA": kit.gateway})
+    try:
+        assert await again.process("AIA", txid) == DECIDED
+        assert len(sent) == 2 and sent[0] == sent[1]  # the hub sees the same decision, not a conflict
+        assert len(kit.rules.seen) == 1  # the handler was asked once
+        assert await inbox.staged("AIA", txid) == []  # dropped once decided
+    finally:
+        await again.close()
+        await inbox.close()
+
+
+async def test_an_envelope_refused_for_its_key_is_sealed_again_without_asking_the_handler(kit: Kit) -> None:
+    sent = _envelopes_sent(kit)
+    kit.rules.answer = Decision.partially_approve(100_000, "COVERAGE_LIMIT_REACHED")
+    kit.gateway.errors = [rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "ENVELOPE_KID_UNKNOWN")]
+    txid = await _put(kit, amount=125_000)
+    assert await kit.worker.process("AIA", txid) == RECEIVED
+    assert all(p.envelope == "" for p in await kit.inbox.staged("AIA", txid))
+    assert await kit.worker.process("AIA", txid) == DECIDED
+    assert len(sent) == 2 and sent[0] != sent[1]
+    assert len(kit.rules.seen) == 1
+    assert [(p.state, p.approved, p.reason_code) for p in kit.gateway.posted] == [
+        (PARTIALLY_APPROVED, 100_000, "COVERAGE_LIMIT_REACHED")
+    ]

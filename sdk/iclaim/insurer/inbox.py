@@ -57,6 +57,20 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_done ON deliveries (state, updated_at);
+-- The decision of an open row, each step sealed, kept before the first post:
+-- a post whose answer was lost is repeated byte for byte (the hub answers it
+-- as the same decision), and the handler is not asked twice.
+CREATE TABLE IF NOT EXISTS staged_posts (
+  insurer_code    TEXT NOT NULL,
+  transaction_id  TEXT NOT NULL,
+  step            INTEGER NOT NULL,
+  state           INTEGER NOT NULL,
+  approved_satang INTEGER NOT NULL,
+  reason_code     TEXT NOT NULL,
+  delay_s         REAL NOT NULL,
+  envelope        TEXT NOT NULL,  -- '' = to be sealed (again)
+  PRIMARY KEY (insurer_code, transaction_id, step)
+);
 """
 
 T = TypeVar("T")
@@ -75,6 +89,18 @@ class InboxItem:
     state: str
     attempts: int
     last_error: str
+
+
+@dataclass(frozen=True)
+class StagedPost:
+    """One step of a decision as it will be posted; `envelope` '' until sealed."""
+
+    step: int
+    state: int
+    approved_satang: int
+    reason_code: str
+    delay_s: float
+    envelope: str = ""
 
 
 class Inbox:
@@ -260,9 +286,48 @@ class Inbox:
 
         return await self._run(reschedule)
 
+    async def stage(self, insurer_code: str, transaction_id: str, posts: Sequence[StagedPost]) -> None:
+        """Keeps a decision's steps (replacing what was staged) in one commit."""
+
+        def stage() -> None:
+            db = self._conn()
+            with db:
+                db.execute("BEGIN")
+                db.execute(
+                    "DELETE FROM staged_posts WHERE insurer_code = ? AND transaction_id = ?",
+                    (insurer_code, transaction_id),
+                )
+                db.executemany(
+                    "INSERT INTO staged_posts (insurer_code, transaction_id, step, state,"
+                    " approved_satang, reason_code, delay_s, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            insurer_code,
+                            transaction_id,
+                            p.step,
+                            p.state,
+                            p.approved_satang,
+                            p.reason_code,
+                            p.delay_s,
+                            p.envelope,
+                        )
+                        for p in posts
+                    ],
+                )
+
+        await self._run(stage)
+
+    async def staged(self, insurer_code: str, transaction_id: str) -> list[StagedPost]:
+        rows = await self._read(
+            "SELECT step, state, approved_satang, reason_code, delay_s, envelope FROM staged_posts"
+            " WHERE insurer_code = ? AND transaction_id = ? ORDER BY step",
+            (insurer_code, transaction_id),
+        )
+        return [StagedPost(int(r[0]), int(r[1]), int(r[2]), str(r[3]), float(r[4]), str(r[5])) for r in rows]
+
     async def mark(self, insurer_code: str, transaction_id: str, state: str, error: str = "") -> None:
-        """Moves a row on. A closed row (decided/failed) drops its envelope: only
-        the key is needed from now on, for deduplication."""
+        """Moves a row on. A closed row (decided/failed) drops its envelope and
+        staged decision: only the key is needed from now on, for deduplication."""
 
         def mark() -> None:
             db = self._conn()
@@ -274,12 +339,19 @@ class Inbox:
             if before is None:
                 return
             closing = state not in OPEN_STATES
-            db.execute(
-                "UPDATE deliveries SET state = ?, last_error = ?, updated_at = ?"
-                + (", delivery = x''" if closing else "")
-                + " WHERE insurer_code = ? AND transaction_id = ?",
-                (state, error, now, insurer_code, transaction_id),
-            )
+            with db:  # one commit
+                db.execute("BEGIN")
+                db.execute(
+                    "UPDATE deliveries SET state = ?, last_error = ?, updated_at = ?"
+                    + (", delivery = x''" if closing else "")
+                    + " WHERE insurer_code = ? AND transaction_id = ?",
+                    (state, error, now, insurer_code, transaction_id),
+                )
+                if closing:
+                    db.execute(
+                        "DELETE FROM staged_posts WHERE insurer_code = ? AND transaction_id = ?",
+                        (insurer_code, transaction_id),
+                    )
             if closing and before[0] in OPEN_STATES:
                 self._undecided -= 1
 

@@ -8,6 +8,9 @@ the rest wait in the inbox. A failed attempt is retried with full-jitter
 backoff (1 s doubling to 60 s); a crash loses nothing because the inbox row
 stays open until the final decision is posted. PENDING_REVIEW followed by a
 final decision is recorded in between, so a restart does not post it twice.
+The decision is staged in the inbox, sealed, before its first post: a post
+whose answer was lost is repeated byte for byte (the hub takes it as the same
+decision, not a conflicting one) and the handler is asked once per claim.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 import random
 import re
 import time
+from dataclasses import replace
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -38,7 +42,7 @@ from iclaim.insurer.handler import (
     ClaimHandler,
     Decision,
 )
-from iclaim.insurer.inbox import DECIDED, FAILED, OPEN_STATES, REVIEWING, Inbox
+from iclaim.insurer.inbox import DECIDED, FAILED, OPEN_STATES, REVIEWING, Inbox, StagedPost
 from iclaim.insurer.opening import InvalidDocument, open_claim
 from iclaim.v1 import insurer_service_pb2 as ipb
 
@@ -290,6 +294,30 @@ class Worker:
         return DECIDED
 
     async def _decide(self, code: str, delivery: ipb.ClaimDelivery, state: str) -> None:
+        tid = delivery.transaction_id
+        posts = await self.inbox.staged(code, tid)
+        if not posts:
+            posts = [
+                StagedPost(i, step.state, step.approved_satang, step.reason_code, step.delay_s)
+                for i, step in enumerate(await self._steps(code, delivery))
+            ]
+        if not all(p.envelope for p in posts):
+            posts = [
+                p if p.envelope else replace(p, envelope=await self._seal(code, delivery, p)) for p in posts
+            ]
+            # Kept before the first post, so a post whose answer is lost is
+            # repeated byte for byte and the handler is not asked again.
+            await self.inbox.stage(code, tid, posts)
+        for post in posts:
+            if post.state == PENDING_REVIEW and state == REVIEWING:
+                continue  # posted by an earlier attempt
+            if post.delay_s > 0:
+                await self._sleep(post.delay_s)
+            await self._post(code, delivery, post, posts)
+            if post.state == PENDING_REVIEW and post.step + 1 < len(posts):
+                await self.inbox.mark(code, tid, REVIEWING)
+
+    async def _steps(self, code: str, delivery: ipb.ClaimDelivery) -> list[Decision]:
         opened = open_claim(self.insurers[code], delivery)
         if isinstance(opened, InvalidDocument):
             log.warning(
@@ -298,22 +326,12 @@ class Worker:
                 delivery.transaction_id,
                 opened.problem,
             )
-            steps = [Decision.deny(fhir_states.INVALID_CLAIM_DOCUMENT)]
-        else:
-            try:
-                decision = await self.handlers[code].decide(opened)
-            except Exception as exc:  # noqa: BLE001 (the insurer's code failed: try again later)
-                raise _Retry(f"HANDLER_ERROR:{type(exc).__name__}") from None
-            steps = decision_steps(decision)
-        documents = [self._document(code, delivery, step) for step in steps]
-        for i, (step, document) in enumerate(zip(steps, documents, strict=True)):
-            if step.state == PENDING_REVIEW and state == REVIEWING:
-                continue  # posted by an earlier attempt
-            if step.delay_s > 0:
-                await self._sleep(step.delay_s)
-            await self._post(code, delivery, step, document)
-            if step.state == PENDING_REVIEW and i + 1 < len(steps):
-                await self.inbox.mark(code, delivery.transaction_id, REVIEWING)
+            return [Decision.deny(fhir_states.INVALID_CLAIM_DOCUMENT)]
+        try:
+            decision = await self.handlers[code].decide(opened)
+        except Exception as exc:  # noqa: BLE001 (the insurer's code failed: try again later)
+            raise _Retry(f"HANDLER_ERROR:{type(exc).__name__}") from None
+        return decision_steps(decision)
 
     def _document(self, code: str, delivery: ipb.ClaimDelivery, step: Decision) -> bytes:
         try:
@@ -342,36 +360,48 @@ class Worker:
         self._keys[hospital_code] = (self._monotonic() + HOSPITAL_KEY_TTL_S, jwk)
         return jwk
 
-    async def _post(self, code: str, delivery: ipb.ClaimDelivery, step: Decision, document: bytes) -> None:
+    async def _seal(self, code: str, delivery: ipb.ClaimDelivery, post: StagedPost) -> str:
+        document = self._document(
+            code, delivery, Decision(post.state, post.approved_satang, post.reason_code)
+        )
         try:
-            envelope = seal(
+            return seal(
                 document,
                 await self._hospital_key(code, delivery.hospital_code),
                 sender=code,
                 recipient=delivery.hospital_code,
                 claim_ref=delivery.claim_ref,
-                amount_satang=step.approved_satang,
+                amount_satang=post.approved_satang,
             )
         except (EnvelopeError, ValueError, TypeError):
             # A listed key we cannot seal to: ask again later, maybe it is fixed.
             self._keys.pop(delivery.hospital_code, None)
             raise _Retry("HOSPITAL_KEY_UNUSABLE") from None
+
+    async def _post(
+        self, code: str, delivery: ipb.ClaimDelivery, post: StagedPost, posts: Sequence[StagedPost]
+    ) -> None:
         try:
             await self.clients[code].post_decision(
                 delivery.transaction_id,
-                state=step.state,
-                approved_amount_satang=step.approved_satang,
-                decision_envelope=envelope,
-                reason_code=step.reason_code,
+                state=post.state,
+                approved_amount_satang=post.approved_satang,
+                decision_envelope=post.envelope,
+                reason_code=post.reason_code,
             )
         except grpc.aio.AioRpcError as exc:
             error = _classify(exc)
             if isinstance(error, _Retry):
                 self._keys.pop(delivery.hospital_code, None)
+            if _reason(exc) == "ENVELOPE_KID_UNKNOWN":
+                # Refused, so not recorded: seal again to the hospital's current key.
+                await self.inbox.stage(
+                    code, delivery.transaction_id, [replace(p, envelope="") for p in posts]
+                )
             raise error from None
         log.debug(
             "insurer kit: %s %s posted %s",
             code,
             delivery.transaction_id,
-            FHIR_STATE[step.state],
+            FHIR_STATE[post.state],
         )
