@@ -72,6 +72,7 @@ from iclaim_hub.common.access_log import (
     TRANSACTION_HEADER,
 )
 from iclaim_hub.common.config import env_addr, env_int, env_str
+from iclaim_hub.common.parent_death import die_with_parent
 
 TRUSTED_HEADERS = (PRINCIPAL_HEADER, ROLE_HEADER, TRANSACTION_HEADER, ENVELOPE_SHA_HEADER)
 # Also dropped from client requests: Envoy's own "body was truncated" signal to ext_authz.
@@ -685,15 +686,6 @@ def envoy_command(
     ]
 
 
-def _die_with_parent() -> None:
-    """Linux: Envoy gets SIGTERM if this runner dies without forwarding (e.g. SIGKILL)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
 def main() -> None:
     settings = GatewaySettings.from_env()
     config_path = write_config(settings)
@@ -703,7 +695,7 @@ def main() -> None:
     concurrency = env_int("ICLAIM_ENVOY_CONCURRENCY", 0, lo=0, hi=256) or cpu_limit_workers()
     command = envoy_command(config_path, log_level=level, log_flush_ms=flush_ms, concurrency=concurrency)
     # Own session so a parent shell's hang-up does not kill Envoy; we forward signals.
-    child = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
+    child = subprocess.Popen(command, start_new_session=True, preexec_fn=die_with_parent())
 
     def forward(signum: int, _frame: object) -> None:
         if child.poll() is None:

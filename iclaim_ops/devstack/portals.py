@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from iclaim_hub.common.parent_death import die_with_parent
 from iclaim_ops.devstack.infra import ensure_database
 
 HOSPITAL_PORT = 8601
@@ -99,8 +100,9 @@ async def start_portals(
             }
             with (logs / f"portal-{code}.log").open("ab") as log:
                 proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "iclaim_portal", env=env, stdout=log, stderr=log
-                )
+                    sys.executable, "-m", "iclaim_portal", env=env, stdout=log, stderr=log,
+                    preexec_fn=die_with_parent(),
+                )  # fmt: skip
             portals.procs.append(proc)
             await _wait_listening(proc, port)
             portals.urls[code] = origin

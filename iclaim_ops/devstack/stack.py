@@ -18,6 +18,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from iclaim_hub.common.parent_death import die_with_parent
+
 STOP_GRACE_S = 10.0
 START_TIMEOUT_S = 60.0
 
@@ -200,6 +202,8 @@ class Stack:
                 stderr=log,
                 # Own session: a terminal's Ctrl-C reaches only us; we stop children in order.
                 start_new_session=True,
+                # If we are killed outright, they stop too.
+                preexec_fn=die_with_parent(),
             )
         finally:
             log.close()

@@ -24,6 +24,7 @@ from gateway.authz.server import Config
 from iclaim.crypto import signing
 from iclaim.errors import error_info_of
 from iclaim.public_api import public_services
+from iclaim_hub.common.parent_death import die_with_parent
 from iclaim_hub.common.server import ServeConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,7 +158,9 @@ async def recording_gateway(state: Path, extra_env: dict[str, str] | None = None
         "ICLAIM_ENVOY_LOG_FLUSH_MS": "50",
         **(extra_env or {}),
     }
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway.envoy", cwd=ROOT, env=env)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.envoy", cwd=ROOT, env=env, preexec_fn=die_with_parent()
+    )
     try:
         await _wait_ready(admin_port, proc)
         ca_pem = (state / "tls" / "ca.pem").read_bytes()
