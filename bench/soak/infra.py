@@ -16,7 +16,6 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from iclaim_hub.common.parent_death import die_with_parent
 from iclaim_hub.crypto.secretbox import SecretBox
 from iclaim_ops.devstack.infra import Infra, ensure_database
 from iclaim_ops.devstack.stack import Ports, Stack, _free_port
@@ -37,7 +36,6 @@ class RedisServer:
                 ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "no", "--dir", str(folder)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                preexec_fn=die_with_parent(),
             )  # fmt: skip
         finally:
             log.close()

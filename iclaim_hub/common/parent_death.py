@@ -1,10 +1,15 @@
-"""Children that do not outlive the process that started them.
+"""Processes that do not outlive the process that started them.
 
-A launcher (the dev stack, a test fixture, the Envoy runner) that is killed
-with SIGKILL cannot stop its children, and they keep running in their own
-sessions: ports stay taken and, in tests, leftovers share a Redis database
-with the next run. On Linux the kernel can send them SIGTERM instead
-(prctl PR_SET_PDEATHSIG); elsewhere this does nothing.
+A launcher (the dev stack, a test fixture, the Envoy runner) killed with
+SIGKILL cannot stop its children, and they keep running in their own sessions:
+ports stay taken and, in tests, leftovers share a Redis database with the next
+run. On Linux the kernel can send them SIGTERM instead (prctl
+PR_SET_PDEATHSIG); elsewhere nothing is done.
+
+The child asks for it itself (`die_with(parent)`, first thing at start):
+setting it between fork and exec (`preexec_fn`) would make Python fork
+instead of spawn, and a parent holding gRPC channels may abort the child in
+gRPC's fork handlers.
 """
 
 from __future__ import annotations
@@ -22,25 +27,32 @@ def _load_prctl() -> Callable[[int, int], int] | None:
         return None
     import ctypes
 
-    # Looked up now, in the parent: the child between fork and exec must not
-    # load libraries (another thread may hold the loader's lock at fork time).
     prctl: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).prctl
     return prctl
 
 
-_prctl = _load_prctl()
+def die_with(parent: int) -> None:
+    """This process gets SIGTERM when process `parent` (which must be its
+    parent) dies; if it has died already, exit now."""
+    prctl = _load_prctl()
+    if prctl is None:
+        return
+    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
 
 
 def die_with_parent() -> Callable[[], None] | None:
-    """A `preexec_fn` for subprocess/asyncio: the child gets SIGTERM when the
-    calling process dies. None where the platform cannot do it."""
-    if _prctl is None:
+    """A `preexec_fn` for a launcher that holds no gRPC state (the Envoy
+    runner): the child gets SIGTERM when the launcher dies."""
+    prctl = _load_prctl()
+    if prctl is None:
         return None
-    prctl, parent = _prctl, os.getpid()
+    parent = os.getpid()
 
     def preexec() -> None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before the line above
+        if os.getppid() != parent:
             os._exit(1)
 
     return preexec

@@ -12,11 +12,10 @@ import json
 import os
 import secrets
 import signal
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from iclaim_hub.common.parent_death import die_with_parent
+from iclaim_ops.devstack import tied
 from iclaim_ops.devstack.infra import ensure_database
 
 HOSPITAL_PORT = 8601
@@ -100,9 +99,8 @@ async def start_portals(
             }
             with (logs / f"portal-{code}.log").open("ab") as log:
                 proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "iclaim_portal", env=env, stdout=log, stderr=log,
-                    preexec_fn=die_with_parent(),
-                )  # fmt: skip
+                    *tied.command(os.getpid(), "iclaim_portal"), env=env, stdout=log, stderr=log
+                )
             portals.procs.append(proc)
             await _wait_listening(proc, port)
             portals.urls[code] = origin

@@ -10,7 +10,6 @@ import contextlib
 import os
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from iclaim_hub.common.parent_death import die_with_parent
+from iclaim_ops.devstack import tied
 
 STOP_GRACE_S = 10.0
 START_TIMEOUT_S = 60.0
@@ -192,9 +191,8 @@ class Stack:
         try:
             args = self.sandbox_args() if spec is SANDBOX else []
             proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                spec.module,
+                # Stopped by the kernel if we are killed outright.
+                *tied.command(os.getpid(), spec.module),
                 *args,
                 env=self.env(spec),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -202,8 +200,6 @@ class Stack:
                 stderr=log,
                 # Own session: a terminal's Ctrl-C reaches only us; we stop children in order.
                 start_new_session=True,
-                # If we are killed outright, they stop too.
-                preexec_fn=die_with_parent(),
             )
         finally:
             log.close()

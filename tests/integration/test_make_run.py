@@ -89,7 +89,8 @@ async def run_up(state_dir: Path, env_extra: dict[str, str]) -> None:
         children = processes_of(state_dir)
         assert children, "stack children not found"
         # The sandbox insurers run as their own process.
-        assert any(command_line(pid)[1:3] == ["-m", "sandbox"] for pid in children)
+        # (started through the launcher-tying wrapper: python -m iclaim_ops.devstack.tied PID sandbox ...)
+        assert any(command_line(pid)[2:5:2] == ["iclaim_ops.devstack.tied", "sandbox"] for pid in children)
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)

@@ -9,7 +9,6 @@ import contextlib
 import os
 import secrets
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,8 +23,8 @@ from gateway.authz.server import Config
 from iclaim.crypto import signing
 from iclaim.errors import error_info_of
 from iclaim.public_api import public_services
-from iclaim_hub.common.parent_death import die_with_parent
 from iclaim_hub.common.server import ServeConfig
+from iclaim_ops.devstack import tied
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,7 +158,7 @@ async def recording_gateway(state: Path, extra_env: dict[str, str] | None = None
         **(extra_env or {}),
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.envoy", cwd=ROOT, env=env, preexec_fn=die_with_parent()
+        *tied.command(os.getpid(), "gateway.envoy"), cwd=ROOT, env=env
     )
     try:
         await _wait_ready(admin_port, proc)

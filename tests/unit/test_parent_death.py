@@ -1,6 +1,8 @@
 """A launcher killed outright (SIGKILL: no teardown runs) takes its children
-with it: the dev stack's services, the portals, the Envoy runner's Envoy and
-the test gateway are started with `die_with_parent()`."""
+with it: the dev stack starts its services and portals, and the test gateway
+its runner, through `iclaim_ops.devstack.tied`; the Envoy runner starts Envoy
+with `die_with_parent()`. The control shows the child outliving its launcher
+without either."""
 
 from __future__ import annotations
 
@@ -14,23 +16,33 @@ from pathlib import Path
 
 import pytest
 
-from iclaim_hub.common.parent_death import die_with_parent
-
 ROOT = Path(__file__).resolve().parents[2]
 
 LAUNCHER = textwrap.dedent(
     """
-    import subprocess, sys, time
+    import os, subprocess, sys, time
     from iclaim_hub.common.parent_death import die_with_parent
+    from iclaim_ops.devstack import tied
+    serve = ["--bind", "127.0.0.1", "0"]  # http.server: a module that runs until stopped
+    mode = sys.argv[1]
+    if mode == "tied":
+        cmd, preexec = [*tied.command(os.getpid(), "http.server"), *serve], None
+    else:
+        cmd = [sys.executable, "-m", "http.server", *serve]
+        preexec = die_with_parent() if mode == "preexec" else None
     child = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)"],
+        cmd,
         start_new_session=True,  # like the stack's services: out of reach of a process-group kill
-        preexec_fn=die_with_parent() if sys.argv[1] == "tied" else None,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=preexec,
     )
     print(child.pid, flush=True)
     time.sleep(120)
     """
 )
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
 
 
 def _alive(pid: int) -> bool:
@@ -43,7 +55,7 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split(") ", 1)[1].startswith("Z"))
 
 
-def _grandchild_after_launcher_killed(mode: str) -> int:
+def _child_of_killed_launcher(mode: str) -> int:
     launcher = subprocess.Popen(
         [sys.executable, "-c", LAUNCHER, mode],
         stdout=subprocess.PIPE,
@@ -52,27 +64,29 @@ def _grandchild_after_launcher_killed(mode: str) -> int:
     )
     assert launcher.stdout is not None
     pid = int(launcher.stdout.readline())
+    time.sleep(0.5)  # the tied child asks for the signal as it starts
     launcher.send_signal(signal.SIGKILL)
     launcher.wait()
     return pid
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
-def test_a_child_dies_when_its_launcher_is_killed() -> None:
-    assert die_with_parent() is not None
-    tied = _grandchild_after_launcher_killed("tied")
-    deadline = time.monotonic() + 10
-    while _alive(tied) and time.monotonic() < deadline:
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(tied)
+    return not _alive(pid)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+@linux_only
+@pytest.mark.parametrize("mode", ["tied", "preexec"])
+def test_a_child_stops_when_its_launcher_is_killed(mode: str) -> None:
+    assert _gone_within(_child_of_killed_launcher(mode), 10)
+
+
+@linux_only
 def test_without_it_the_child_is_orphaned() -> None:
-    """The control: the same launcher without the hook leaves its child running."""
-    loose = _grandchild_after_launcher_killed("loose")
+    loose = _child_of_killed_launcher("loose")
     try:
-        time.sleep(0.5)
-        assert _alive(loose)
+        assert not _gone_within(loose, 1)
     finally:
         os.kill(loose, signal.SIGKILL)
