@@ -86,6 +86,15 @@ def unavailable_when_connection_lost() -> Iterator[None]:
         raise database_unavailable() from exc
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A released connection keeps its session as it is. asyncpg's default reset
+    costs a round trip per release (advisory unlock, CLOSE ALL, UNLISTEN, RESET
+    ALL) for state the hub never leaves behind: settings are SET LOCAL, locks
+    are transaction-scoped (apply_migrations unlocks its own or drops the
+    connection), LISTEN and cursors are not used on pooled connections. An open
+    transaction is still rolled back by asyncpg before this runs."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
@@ -93,6 +102,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
         max_size=max_size,
         command_timeout=QUERY_TIMEOUT_S,
         timeout=10.0,
+        reset=_keep_session,
     )
     assert pool is not None
     return pool
@@ -129,7 +139,13 @@ async def apply_migrations(pool: asyncpg.Pool, schema: str, directory: Path) -> 
                     )
                 applied.append(path.name)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _lock_key(schema))
+            try:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _lock_key(schema))
+            except BaseException:
+                # The pool does not reset sessions: a connection that may still
+                # hold the session lock must not go back to it.
+                conn.terminate()
+                raise
     if applied:
         log.info("migrations_applied", schema=schema, versions=applied)
     return applied
