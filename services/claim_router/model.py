@@ -40,6 +40,9 @@ class ClaimRecord:
     # W3C traceparent of the SubmitClaim that stored it ("" when tracing is off):
     # later work on the claim (hand-off retries, the decision) joins its trace.
     traceparent: str = ""
+    # The stored row's version as read (0: unknown). Storage's, for optimistic
+    # updates: not part of the claim, so not compared.
+    row_version: int = dataclasses.field(default=0, compare=False, repr=False)
 
     def with_changes(self, **changes: object) -> ClaimRecord:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

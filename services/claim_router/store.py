@@ -36,6 +36,11 @@ _COLUMNS = (
 )
 
 
+# The row version an optimistic update checks (see transition): PostgreSQL's
+# xmin, which every UPDATE of the row changes.
+_VERSIONED = f"{_COLUMNS}, xmin AS row_version"
+
+
 def _record(row: asyncpg.Record) -> ClaimRecord:
     return ClaimRecord(
         transaction_id=row["transaction_id"],
@@ -56,11 +61,31 @@ def _record(row: asyncpg.Record) -> ClaimRecord:
         handed_off_at=row["delivered_at"],
         taken_at=row["taken_at"],
         traceparent=row["traceparent"] or "",
+        row_version=row.get("row_version") or 0,
     )
 
 
 def _states(states: frozenset[State]) -> list[int]:
     return sorted(int(s) for s in states)
+
+
+def _emit_cte(source: str, first: int) -> str:
+    """A CTE storing a statement's events in the outbox, in order, once per row
+    of `source` (none when the claim was not written). Parameters $first,
+    $first+1 and $first+2 are the topics, the payloads and the traceparent each
+    event carries (the relay sends it there). Unreferenced, a data-modifying
+    CTE still runs."""
+    return (
+        "emitted AS ("
+        " INSERT INTO router.outbox (topic, payload, traceparent)"
+        f" SELECT e.topic, e.payload, ${first + 2}"
+        f" FROM {source}, unnest(${first}::text[], ${first + 1}::bytea[])"
+        " WITH ORDINALITY AS e(topic, payload, n) ORDER BY e.n)"
+    )
+
+
+def _event_columns(events: Sequence[Event]) -> tuple[list[str], list[bytes]]:
+    return [topic for topic, _ in events], [payload for _, payload in events]
 
 
 class PgClaimStore:
@@ -74,51 +99,55 @@ class PgClaimStore:
         await apply_migrations(self._pool, SCHEMA, MIGRATIONS)
 
     async def insert(self, rec: ClaimRecord, events: Sequence[Event]) -> tuple[ClaimRecord, bool]:
-        """Stores a new claim unless (hospital, claim_ref) exists; returns (stored, created)."""
+        """Stores a new claim unless (hospital, claim_ref) exists; returns (stored, created).
+        The claim, its events and its notifications go in one statement (one
+        round trip, one implicit transaction)."""
         # A push claim is stored already leased for its first hand-off, which the
         # caller starts at once with the record in hand: no second commit to
         # lease it, and the poller leaves it alone unless that hand-off fails.
         push = rec.delivery_mode != DELIVERY_PULL
-        async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                f"INSERT INTO router.claims ({_COLUMNS}, next_attempt_at, delivery_attempts) VALUES"
-                " ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,now(),NULL,now(),NULL,NULL,$15,"
-                " now() + make_interval(secs => $13), $14)"
-                " ON CONFLICT (hospital_code, claim_ref) DO NOTHING"
-                f" RETURNING {_COLUMNS}",
-                rec.transaction_id,
-                rec.hospital_code,
-                rec.insurer_code,
-                rec.claim_ref,
-                int(rec.state),
-                rec.billed_amount_satang,
-                rec.approved_amount_satang,
-                rec.envelope,
-                rec.envelope_sha256,
-                rec.decision_envelope,
-                rec.status_reason,
-                rec.delivery_mode,
-                PUSH_HANDOFF_LEASE_S if push else 0.0,
-                1 if push else 0,
-                rec.traceparent or None,
-            )
-            if row is None:
-                existing = await conn.fetchrow(
-                    f"SELECT {_COLUMNS} FROM router.claims WHERE hospital_code = $1 AND claim_ref = $2",
-                    rec.hospital_code,
-                    rec.claim_ref,
-                )
-                assert existing is not None
-                return _record(existing), False
-            stored = _record(row)
-            await self._emit(conn, stored, events)
-            if stored.delivery_mode == DELIVERY_PULL:
-                await conn.execute("SELECT pg_notify($1, $2)", PULL_NOTIFY_CHANNEL, stored.insurer_code)
-            return stored, True
+        topics, payloads = _event_columns(events)
+        row = await self._pool.fetchrow(
+            "WITH inserted AS ("
+            f"  INSERT INTO router.claims ({_COLUMNS}, next_attempt_at, delivery_attempts) VALUES"
+            "  ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,now(),NULL,now(),NULL,NULL,$15,"
+            "   now() + make_interval(secs => $13), $14)"
+            "  ON CONFLICT (hospital_code, claim_ref) DO NOTHING"
+            f"  RETURNING {_VERSIONED}),"
+            f" {_emit_cte('inserted', 16)}"
+            " SELECT inserted.*, pg_notify($19, inserted.transaction_id),"
+            "  CASE WHEN inserted.delivery_mode = 'pull' THEN pg_notify($20, inserted.insurer_code) END"
+            " FROM inserted",
+            rec.transaction_id,
+            rec.hospital_code,
+            rec.insurer_code,
+            rec.claim_ref,
+            int(rec.state),
+            rec.billed_amount_satang,
+            rec.approved_amount_satang,
+            rec.envelope,
+            rec.envelope_sha256,
+            rec.decision_envelope,
+            rec.status_reason,
+            rec.delivery_mode,
+            PUSH_HANDOFF_LEASE_S if push else 0.0,
+            1 if push else 0,
+            rec.traceparent or None,
+            topics,
+            payloads,
+            tracing.current_traceparent() or None,
+            NOTIFY_CHANNEL,
+            PULL_NOTIFY_CHANNEL,
+        )
+        if row is not None:
+            return _record(row), True
+        existing = await self.find_by_ref(rec.hospital_code, rec.claim_ref)
+        assert existing is not None
+        return existing, False
 
     async def find_by_ref(self, hospital_code: str, claim_ref: str) -> ClaimRecord | None:
         row = await self._pool.fetchrow(
-            f"SELECT {_COLUMNS} FROM router.claims WHERE hospital_code = $1 AND claim_ref = $2",
+            f"SELECT {_VERSIONED} FROM router.claims WHERE hospital_code = $1 AND claim_ref = $2",
             hospital_code,
             claim_ref,
         )
@@ -126,7 +155,7 @@ class PgClaimStore:
 
     async def get(self, transaction_id: str) -> ClaimRecord | None:
         row = await self._pool.fetchrow(
-            f"SELECT {_COLUMNS} FROM router.claims WHERE transaction_id = $1", transaction_id
+            f"SELECT {_VERSIONED} FROM router.claims WHERE transaction_id = $1", transaction_id
         )
         return None if row is None else _record(row)
 
@@ -154,28 +183,36 @@ class PgClaimStore:
         )
         return [_record(r) for r in rows]
 
-    async def transition(self, transaction_id: str, mutate: Mutation) -> ClaimRecord | None:
-        """Runs `mutate` on the locked row; stores its result and events atomically."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM router.claims WHERE transaction_id = $1 FOR UPDATE",
-                transaction_id,
-            )
-            if row is None:
-                return None
-            current = _record(row)
+    async def transition(
+        self, transaction_id: str, mutate: Mutation, current: ClaimRecord | None = None
+    ) -> ClaimRecord | None:
+        """Runs `mutate` on the claim as read and stores its result and events
+        atomically, in one statement that applies only if the row is still the
+        version that was read; if another writer got there first, reads again
+        and runs `mutate` again (so it must be free of side effects). `current`,
+        the record as the caller just read it, saves the first read. One round
+        trip for a write instead of a locking transaction's five."""
+        while True:
+            if current is None or not current.row_version:
+                current = await self.get(transaction_id)
+                if current is None:
+                    return None
             new, events = mutate(current)
             if new is None:
                 return current
-            updated = await conn.fetchrow(
-                "UPDATE router.claims SET state = $2::smallint, approved_amount_satang = $3,"
-                " decision_envelope = $4, status_reason = $5, decided_at = $6,"
-                " delivered_at = $7, taken_at = $9,"
+            topics, payloads = _event_columns(events)
+            updated = await self._pool.fetchrow(
+                "WITH updated AS ("
+                "  UPDATE router.claims SET state = $2::smallint, approved_amount_satang = $3,"
+                "  decision_envelope = $4, status_reason = $5, decided_at = $6,"
+                "  delivered_at = $7, taken_at = $9,"
                 # Only a change the claim's readers see moves updated_at (not a hand-off note).
-                " updated_at = CASE WHEN $10 THEN now() ELSE updated_at END,"
+                "  updated_at = CASE WHEN $10 THEN now() ELSE updated_at END,"
                 # A pull claim under review is no longer offered: its lease is over.
-                " lease_until = CASE WHEN $2::smallint = $8::smallint THEN NULL ELSE lease_until END"
-                f" WHERE transaction_id = $1 RETURNING {_COLUMNS}",
+                "  lease_until = CASE WHEN $2::smallint = $8::smallint THEN NULL ELSE lease_until END"
+                f"  WHERE transaction_id = $1 AND xmin = $11::xid RETURNING {_VERSIONED}),"
+                f" {_emit_cte('updated', 12)}"
+                " SELECT updated.*, pg_notify($15, updated.transaction_id) FROM updated",
                 transaction_id,
                 int(new.state),
                 new.approved_amount_satang,
@@ -186,11 +223,15 @@ class PgClaimStore:
                 int(State.PENDING_REVIEW),
                 new.taken_at,
                 new.updated_at != current.updated_at,
+                current.row_version,
+                topics,
+                payloads,
+                tracing.current_traceparent() or None,
+                NOTIFY_CHANNEL,
             )
-            assert updated is not None
-            stored = _record(updated)
-            await self._emit(conn, stored, events)
-            return stored
+            if updated is not None:
+                return _record(updated)
+            current = None  # changed since it was read: decide again on what is there now
 
     @staticmethod
     async def _emit(conn: asyncpg.Connection, rec: ClaimRecord, events: Sequence[Event]) -> None:

@@ -67,7 +67,10 @@ class ClaimStore(Protocol):
 
     async def find_by_ref(self, hospital_code: str, claim_ref: str) -> ClaimRecord | None: ...
 
-    async def transition(self, transaction_id: str, mutate: Mutation) -> ClaimRecord | None: ...
+    async def transition(
+        self, transaction_id: str, mutate: Mutation, current: ClaimRecord | None = None
+    ) -> ClaimRecord | None:
+        """`mutate` may run more than once (a concurrent change): no side effects."""
 
     async def list_for_hospital(
         self,
@@ -352,7 +355,7 @@ class ClaimRouter:
             )
             return new, state_change_events(new, actor=hospital_code, route=ROUTE_CANCEL)
 
-        stored = await self.store.transition(rec.transaction_id, mutate)
+        stored = await self.store.transition(rec.transaction_id, mutate, rec)
         assert stored is not None  # claims are never deleted
         return stored
 
@@ -465,7 +468,7 @@ class ClaimRouter:
             )
             return new, state_change_events(new, actor=d.insurer_code, route=ROUTE_DECISION)
 
-        stored = await self.store.transition(d.transaction_id, mutate)
+        stored = await self.store.transition(d.transaction_id, mutate, rec)
         assert stored is not None  # claims are never deleted
         if stored.state in domain.DECIDED_STATES and stored.decided_at is not None:
             CLAIM_OUTCOMES.labels(stored.state.name).inc()
@@ -484,7 +487,7 @@ class ClaimRouter:
             raise NotFound("claim not found", reason="CLAIM_NOT_FOUND")
         if rec.delivery_mode not in PUSH_MODES:
             raise FailedPrecondition("the claim is not delivered by push", reason="CLAIM_NOT_PUSHED")
-        stored = await self.store.transition(report.transaction_id, mutate)
+        stored = await self.store.transition(report.transaction_id, mutate, rec)
         assert stored is not None  # claims are never deleted
         return stored
 
@@ -514,6 +517,7 @@ class ClaimRouter:
         expired: list[ClaimRecord] = []
 
         def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
+            expired.clear()  # what the last run decided (a retried one may decide otherwise)
             if cur.state != State.RECEIVED or cur.taken_at is not None:
                 return None, []
             new = cur.with_changes(

@@ -1,0 +1,105 @@
+"""The router store's one-statement writes: a claim and its events stored
+together, and a transition that applies only to the row as it was read,
+deciding again when another writer got there first."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from iclaim_hub.common.db import create_pool
+from services.claim_router.domain import State
+from services.claim_router.model import ClaimRecord, Event
+from services.claim_router.store import PgClaimStore
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[tuple[PgClaimStore, asyncpg.Pool]]:
+    pool = await create_pool(database_url, max_size=4)
+    s = PgClaimStore(pool)
+    await s.migrate()
+    yield s, pool
+    await pool.close()
+
+
+def _claim(ref: str, mode: str = "grpc") -> ClaimRecord:
+    now = datetime.now(UTC)
+    return ClaimRecord(
+        transaction_id=f"txn_{ref.lower():0>28}",
+        hospital_code="10670",
+        insurer_code="AIA",
+        claim_ref=ref,
+        state=State.RECEIVED,
+        billed_amount_satang=100,
+        approved_amount_satang=0,
+        envelope="e",
+        envelope_sha256="0" * 64,
+        decision_envelope="",
+        status_reason="",
+        delivery_mode=mode,
+        submitted_at=now,
+        decided_at=None,
+        updated_at=now,
+    )
+
+
+async def _outbox(pool: asyncpg.Pool) -> list[tuple[str, bytes]]:
+    rows = await pool.fetch("SELECT topic, payload FROM router.outbox ORDER BY id")
+    return [(r["topic"], bytes(r["payload"])) for r in rows]
+
+
+async def test_insert_stores_the_events_in_order_once(store: tuple[PgClaimStore, asyncpg.Pool]) -> None:
+    s, pool = store
+    events: list[Event] = [("audit", b"a1"), ("billing", b"b1"), ("audit", b"a2")]
+    stored, created = await s.insert(_claim("INS1"), events)
+    assert created and stored.row_version != 0
+    again, created_again = await s.insert(_claim("INS1"), events)
+    assert not created_again and again.transaction_id == stored.transaction_id
+    assert await _outbox(pool) == events
+
+
+async def test_a_transition_on_a_stale_read_decides_again(store: tuple[PgClaimStore, asyncpg.Pool]) -> None:
+    s, pool = store
+    stale, _ = await s.insert(_claim("CAS1"), [])
+    # Another writer moves the row on after `stale` was read.
+    await s.transition(
+        stale.transaction_id, lambda cur: (cur.with_changes(state=State.DELIVERED), [("audit", b"delivered")])
+    )
+    seen: list[State] = []
+
+    def decide(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
+        seen.append(cur.state)
+        return cur.with_changes(state=State.APPROVED), [("audit", b"approved")]
+
+    stored = await s.transition(stale.transaction_id, decide, stale)
+    assert stored is not None and stored.state == State.APPROVED
+    # Tried on the stale read, refused by the row version, decided again on what was there.
+    assert seen == [State.RECEIVED, State.DELIVERED]
+    # Only the write that happened emitted.
+    assert await _outbox(pool) == [("audit", b"delivered"), ("audit", b"approved")]
+
+
+async def test_concurrent_transitions_all_apply_once(store: tuple[PgClaimStore, asyncpg.Pool]) -> None:
+    s, pool = store
+    claim, _ = await s.insert(_claim("CAS2"), [])
+
+    def bump(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
+        new = cur.with_changes(approved_amount_satang=cur.approved_amount_satang + 1)
+        return new, [("audit", str(new.approved_amount_satang).encode())]
+
+    await asyncio.gather(*(s.transition(claim.transaction_id, bump, claim) for _ in range(8)))
+    final = await s.get(claim.transaction_id)
+    assert final is not None and final.approved_amount_satang == 8
+    assert sorted(int(p) for _, p in await _outbox(pool)) == list(range(1, 9))
+
+
+async def test_an_unchanged_claim_writes_nothing(store: tuple[PgClaimStore, asyncpg.Pool]) -> None:
+    s, pool = store
+    claim, _ = await s.insert(_claim("CAS3"), [])
+    same = await s.transition(claim.transaction_id, lambda cur: (None, []), claim)
+    assert same == claim and same.row_version == claim.row_version
+    assert await s.transition("txn_" + "f" * 28, lambda cur: (None, [])) is None
