@@ -465,6 +465,10 @@ class ClaimRouter:
                 status_reason=d.reason_code,
                 decided_at=now if d.state in domain.DECIDED_STATES else None,
                 updated_at=now,
+                # An insurer deciding has taken the claim. Noted here, the push's
+                # ReportTaken, often still on its way, finds nothing to write.
+                taken_at=cur.taken_at or now,
+                handed_off_at=cur.handed_off_at or now,
             )
             return new, state_change_events(new, actor=d.insurer_code, route=ROUTE_DECISION)
 
