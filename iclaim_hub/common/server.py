@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 import traceback
@@ -14,6 +15,7 @@ from typing import Any, Protocol, TypeAlias, TypeVar, cast
 
 import grpc
 import structlog
+from prometheus_client import Counter, Histogram
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
@@ -123,6 +125,19 @@ def _frames(exc: BaseException) -> list[str]:
     return [f"{f.filename}:{f.lineno}:{f.name}" for f in traceback.extract_tb(exc.__traceback__)][-8:]
 
 
+# One set of metric children per method (and outcome), looked up once: labels()
+# takes a lock and checks its arguments on every call. Bounded: only registered
+# methods get here, and the codes are gRPC's.
+@functools.cache
+def _rpc_metrics(rpc: tuple[str, str, str]) -> tuple[Counter, Histogram]:
+    return RPC_STARTED.labels(*rpc), RPC_HANDLING.labels(*rpc)
+
+
+@functools.cache
+def _rpc_handled(rpc: tuple[str, str, str], code: str) -> Counter:
+    return RPC_HANDLED.labels(*rpc, code)
+
+
 @contextlib.asynccontextmanager
 async def _guarded(
     rpc: tuple[str, str, str],
@@ -136,7 +151,8 @@ async def _guarded(
     `rpc` is (grpc_type, service, method)."""
     start = time.perf_counter()
     code = "OK"
-    RPC_STARTED.labels(*rpc).inc()
+    started, handling = _rpc_metrics(rpc)
+    started.inc()
     # The span first, so that every line logged in the call carries its trace id.
     with (
         grpc_tracing.server_span(f"/{rpc[1]}/{rpc[2]}", metadata or {}) as span,
@@ -164,9 +180,9 @@ async def _guarded(
         finally:
             if span is not None:
                 span.finish(code)
-            RPC_HANDLED.labels(*rpc, code).inc()
+            _rpc_handled(rpc, code).inc()
             if rpc[0] == "unary":
-                RPC_HANDLING.labels(*rpc).observe(time.perf_counter() - start)
+                handling.observe(time.perf_counter() - start)
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
