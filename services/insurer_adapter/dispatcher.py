@@ -28,6 +28,7 @@ import structlog
 from services.insurer_adapter import metrics
 from services.insurer_adapter.domain import Circuit, DeliverySettings, Health, PushError
 from services.insurer_adapter.reporter import ReportSink
+from services.insurer_adapter.taken_marks import TakenMarks
 from services.insurer_adapter.model import (
     Backlog,
     Delivery,
@@ -105,6 +106,8 @@ class Dispatcher:
     clock: Callable[[], float] = time.monotonic
     # Tells the router at once that a push was taken; None: only through the outbox.
     reports: ReportSink | None = None
+    # Writes "taken" for reported pushes in batches; None: one write per push.
+    taken_marks: TakenMarks | None = None
     _lanes: dict[str, _Lane] = field(init=False, default_factory=dict)
     _scan_task: asyncio.Task[None] | None = field(init=False, default=None)
     _running: bool = field(init=False, default=False)
@@ -124,6 +127,8 @@ class Dispatcher:
         for task in [*tasks, *pushes]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.taken_marks is not None:  # before the leases go: taken rows are not pushed again
+            await self.taken_marks.close()
         try:  # cut-short attempts are due again at once, here or on another replica
             await self.store.release_leases(self.owner)
         except Exception as exc:  # the leases end by themselves
@@ -271,7 +276,10 @@ class Dispatcher:
             metrics.PUSHES.labels(lane.code, "taken").inc()
             taken_at = datetime.now(UTC)
             reported = await self._report_taken(lane.code, d, taken_at)
-            await self.store.mark_taken(d.transaction_id, taken_at, reported=reported)
+            if reported and self.taken_marks is not None:
+                self.taken_marks.add(d.transaction_id, taken_at)
+            else:
+                await self.store.mark_taken(d.transaction_id, taken_at, reported=reported)
             log.info("claim_taken", insurer=lane.code, attempts=d.attempts, reported=reported)
             if not reported:
                 self.on_report()

@@ -35,6 +35,7 @@ from services.insurer_adapter.reporter import Reporter
 from services.insurer_adapter.router_reports import RouterReports
 from services.insurer_adapter.service import InsurerAdapterServicer
 from services.insurer_adapter.store import PgAdapterStore
+from services.insurer_adapter.taken_marks import TakenMarks
 from services.insurer_adapter.usecases import ClaimIntake, DeliveryAdmin
 
 log = structlog.get_logger("iclaim.adapter")
@@ -174,6 +175,7 @@ async def build_server(config: Config) -> AdapterApp:
             owner=owner,
             on_report=reporter.notify,
             reports=router_reports,
+            taken_marks=TakenMarks(store),
         )
         intake = ClaimIntake(store, endpoints, settings.expiry_s, dispatcher)
         deliveries = DeliveryAdmin(store, settings.expiry_s, reporter.notify)

@@ -145,6 +145,18 @@ class PgAdapterStore:
             )
         )
 
+    async def mark_taken_reported(self, taken: Sequence[tuple[str, datetime]]) -> None:
+        """mark_taken(reported=True) for many deliveries in one statement."""
+        await self._pool.execute(
+            "UPDATE adapter.deliveries d SET state = 'taken', taken_at = t.taken_at, last_error = NULL,"
+            " lease_owner = NULL, lease_until = NULL, report_state = 'done', report_kind = 'taken',"
+            " report_next_at = now(), report_attempts = 1"
+            " FROM unnest($1::text[], $2::timestamptz[]) AS t(transaction_id, taken_at)"
+            " WHERE d.transaction_id = t.transaction_id AND d.state = 'waiting'",
+            [txid for txid, _ in taken],
+            [at for _, at in taken],
+        )
+
     async def mark_failed_attempt(
         self, transaction_id: str, owner: str, error: str, delay_s: float
     ) -> str | None:

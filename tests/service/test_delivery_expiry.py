@@ -70,7 +70,7 @@ async def test_a_claim_nobody_takes_in_time_fails_and_redrive_delivers_it(h: Har
     # The router heard of the redrive before the insurer got the claim again.
     assert all(r.at > redriven_at for r in endpoint.received)
     assert endpoint.taken_ids() == [txid]
-    row = await h.row(txid)
+    row = await h.taken_row(txid)
     assert (row["state"], row["attempts"], row["last_error"]) == ("taken", 1, None)
     assert await deliveries.redrive([txid]) == []  # taken: nothing to redrive
 

@@ -213,7 +213,7 @@ async def test_grpc_error_status_is_a_failed_push_then_taken(h: Harness) -> None
     await wait_for(failed, what="failed push")
     endpoint.answer = grpc.StatusCode.OK
     await wait_for(lambda: h.reports.acked("taken") == [txid], what="taken")
-    assert (await h.row(txid))["last_error"] is None
+    assert (await h.taken_row(txid))["last_error"] is None
 
 
 async def test_after_rotation_only_the_new_endpoint_key_signs(h: Harness) -> None:

@@ -574,6 +574,16 @@ class Harness:
         assert row is not None
         return row
 
+    async def taken_row(self, txid: str) -> asyncpg.Record:
+        """The row once it says taken: a push the router acknowledged is
+        written taken a moment later, in a batch (taken_marks.py)."""
+
+        async def taken() -> bool:
+            return (await self.row(txid))["state"] == "taken"
+
+        await wait_for(taken, what="the row written taken")
+        return await self.row(txid)
+
     async def states(self, txids: list[str]) -> dict[str, str]:
         rows = await self.pool.fetch(
             "SELECT transaction_id, state FROM adapter.deliveries WHERE transaction_id = ANY($1::text[])",
