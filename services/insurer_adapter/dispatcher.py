@@ -85,6 +85,11 @@ class _Lane:
     code: str
     circuit: Circuit
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Work may be due that no pass has leased yet (a delivery that found no
+    # room, a full batch, the scan's backlog). A finished push wakes the lane
+    # only then, or when its circuit has news: not a lease query per push
+    # when every delivery was pushed inline.
+    may_have_due: bool = False
     inflight: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # Slots promised to deliveries being stored leased (reserve → start_leased).
     reserved: int = 0
@@ -137,7 +142,9 @@ class Dispatcher:
     def notify(self, insurer_code: str) -> None:
         """A delivery for this insurer was just stored: push it now."""
         if self._running:
-            self._lane(insurer_code).wake.set()
+            lane = self._lane(insurer_code)
+            lane.may_have_due = True
+            lane.wake.set()
 
     def reserve(self, insurer_code: str) -> Lease | None:
         """A slot to push a just-received delivery at once, stored already
@@ -207,7 +214,9 @@ class Dispatcher:
             oldest = (now - b.oldest).total_seconds() if b and b.oldest else 0.0
             metrics.BACKLOG_OLDEST.labels(code).set(max(0.0, oldest))
             if b is not None and b.waiting > 0:
-                self._lane(code).wake.set()
+                lane = self._lane(code)
+                lane.may_have_due = True
+                lane.wake.set()
 
     # --- one insurer's lane --------------------------------------------------------
     async def _lane_loop(self, lane: _Lane) -> None:
@@ -247,6 +256,7 @@ class Dispatcher:
         batch = await self.store.lease_due(lane.code, self.owner, slots, self.settings.lease_s, any_time=down)
         for delivery in batch:
             self._start(lane, endpoint, delivery)
+        lane.may_have_due = len(batch) == slots
         return len(batch) == slots and not down
 
     async def _push(self, lane: _Lane, endpoint: Endpoint, d: Delivery, probe: bool) -> None:
@@ -269,7 +279,9 @@ class Dispatcher:
                 log.warning("push_outcome_not_stored", insurer=lane.code, error=type(exc).__name__)
             finally:
                 lane.inflight.pop(d.transaction_id, None)
-                lane.wake.set()
+                circuit_news = lane.published != (lane.circuit.health, lane.circuit.failures)
+                if lane.may_have_due or circuit_news:
+                    lane.wake.set()
 
     async def _settle(self, lane: _Lane, d: Delivery, result: PushResult, closed: bool) -> None:
         if result.taken:
