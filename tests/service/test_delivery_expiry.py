@@ -102,8 +102,9 @@ async def test_list_shows_waiting_deliveries_with_their_last_error(h: Harness) -
     assert deliveries is not None
 
     async def all_tried() -> bool:
+        # Tried to the end: attempts counts an attempt when it starts, last_error when it failed.
         listed = await deliveries.list_deliveries("LISTINS", "", 0)
-        return len(listed) == 3 and all(d.attempts >= 1 for d in listed)
+        return len(listed) == 3 and all(d.attempts >= 1 and d.last_error for d in listed)
 
     await wait_for(all_tried, what="each tried")
     listed = await deliveries.list_deliveries("", "waiting", 2)
