@@ -113,7 +113,10 @@ class PgClaimStore:
             "  ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,now(),NULL,now(),NULL,NULL,$15,"
             "   now() + make_interval(secs => $13), $14)"
             "  ON CONFLICT (hospital_code, claim_ref) DO NOTHING"
-            f"  RETURNING {_VERSIONED}),"
+            # Only what the database decided: the rest is `rec` (the envelope
+            # alone is kilobytes, stored out of line).
+            "  RETURNING transaction_id, insurer_code, delivery_mode, submitted_at, updated_at,"
+            "  xmin AS row_version),"
             f" {_emit_cte('inserted', 16)}"
             " SELECT inserted.*, pg_notify($19, inserted.transaction_id),"
             "  CASE WHEN inserted.delivery_mode = 'pull' THEN pg_notify($20, inserted.insurer_code) END"
@@ -140,7 +143,15 @@ class PgClaimStore:
             PULL_NOTIFY_CHANNEL,
         )
         if row is not None:
-            return _record(row), True
+            stored = rec.with_changes(
+                submitted_at=row["submitted_at"],
+                updated_at=row["updated_at"],
+                decided_at=None,
+                handed_off_at=None,
+                taken_at=None,
+                row_version=row["row_version"],
+            )
+            return stored, True
         existing = await self.find_by_ref(rec.hospital_code, rec.claim_ref)
         assert existing is not None
         return existing, False
@@ -158,6 +169,14 @@ class PgClaimStore:
             f"SELECT {_VERSIONED} FROM router.claims WHERE transaction_id = $1", transaction_id
         )
         return None if row is None else _record(row)
+
+    async def state_of(self, transaction_id: str) -> State | None:
+        """The claim's state alone: what a waiter checks on each wake-up,
+        without fetching the envelopes stored out of line."""
+        value = await self._pool.fetchval(
+            "SELECT state FROM router.claims WHERE transaction_id = $1", transaction_id
+        )
+        return None if value is None else State(value)
 
     async def list_for_hospital(
         self,
@@ -210,7 +229,9 @@ class PgClaimStore:
                 "  updated_at = CASE WHEN $10 THEN now() ELSE updated_at END,"
                 # A pull claim under review is no longer offered: its lease is over.
                 "  lease_until = CASE WHEN $2::smallint = $8::smallint THEN NULL ELSE lease_until END"
-                f"  WHERE transaction_id = $1 AND xmin = $11::xid RETURNING {_VERSIONED}),"
+                # Only what the database decided: the rest is `new`.
+                "  WHERE transaction_id = $1 AND xmin = $11::xid"
+                "  RETURNING transaction_id, updated_at, xmin AS row_version),"
                 f" {_emit_cte('updated', 12)}"
                 " SELECT updated.*, pg_notify($15, updated.transaction_id) FROM updated",
                 transaction_id,
@@ -230,7 +251,7 @@ class PgClaimStore:
                 NOTIFY_CHANNEL,
             )
             if updated is not None:
-                return _record(updated)
+                return new.with_changes(updated_at=updated["updated_at"], row_version=updated["row_version"])
             current = None  # changed since it was read: decide again on what is there now
 
     @staticmethod

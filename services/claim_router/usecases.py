@@ -65,6 +65,8 @@ class ClaimStore(Protocol):
 
     async def get(self, transaction_id: str) -> ClaimRecord | None: ...
 
+    async def state_of(self, transaction_id: str) -> State | None: ...
+
     async def find_by_ref(self, hospital_code: str, claim_ref: str) -> ClaimRecord | None: ...
 
     async def transition(
@@ -295,10 +297,11 @@ class ClaimRouter:
         deadline = loop.time() + timeout_s
         with self.changes.claim_changes(transaction_id) as changed:
             while True:
-                rec = await self.store.get(transaction_id)
+                # Each wake-up checks the state only; the whole claim is read once, at the end.
+                state = await self.store.state_of(transaction_id)
                 remaining = deadline - loop.time()
-                if rec is None or rec.state in domain.TERMINAL_STATES or remaining <= 0:
-                    return rec
+                if state is None or state in domain.TERMINAL_STATES or remaining <= 0:
+                    return await self.store.get(transaction_id)
                 await _wake_or_timeout(changed, remaining)
 
     async def get_claim(self, hospital_code: str, transaction_id: str) -> ClaimRecord:

@@ -57,6 +57,9 @@ async def test_insert_stores_the_events_in_order_once(store: tuple[PgClaimStore,
     events: list[Event] = [("audit", b"a1"), ("billing", b"b1"), ("audit", b"a2")]
     stored, created = await s.insert(_claim("INS1"), events)
     assert created and stored.row_version != 0
+    # What it returns without reading the row back is what a read finds.
+    read = await s.get(stored.transaction_id)
+    assert read is not None and (read, read.row_version) == (stored, stored.row_version)
     again, created_again = await s.insert(_claim("INS1"), events)
     assert not created_again and again.transaction_id == stored.transaction_id
     assert await _outbox(pool) == events
@@ -77,6 +80,9 @@ async def test_a_transition_on_a_stale_read_decides_again(store: tuple[PgClaimSt
 
     stored = await s.transition(stale.transaction_id, decide, stale)
     assert stored is not None and stored.state == State.APPROVED
+    read = await s.get(stale.transaction_id)
+    assert read is not None and (read, read.row_version) == (stored, stored.row_version)
+    assert await s.state_of(stale.transaction_id) == State.APPROVED
     # Tried on the stale read, refused by the row version, decided again on what was there.
     assert seen == [State.RECEIVED, State.DELIVERED]
     # Only the write that happened emitted.
