@@ -16,7 +16,7 @@ from typing import Generic, Protocol, TypeVar
 import structlog
 
 from iclaim.crypto.envelope import ProtectedHeader, sha256_hex
-from iclaim.errors import FailedPrecondition, InvalidArgument, NotFound
+from iclaim.errors import FailedPrecondition, IclaimError, InvalidArgument, NotFound
 from iclaim_hub.common import tracing
 from iclaim_hub.common.fields import copy_fields
 from iclaim_hub.registry.model import (
@@ -251,17 +251,23 @@ class ClaimRouter:
         )
         domain.validate_submit(copy_fields(domain.SubmitInput, req, decision_timeout_s=timeout_s))
         header = domain.read_header(req.envelope)
-        # Idempotency first (§5): a resubmission is answered from what was stored,
-        # even if the insurer closed or the envelope's kid left its grace period since.
-        existing = await self.store.find_by_ref(req.hospital_code, req.claim_ref)
-        if existing is not None and existing.envelope_sha256 != sha256_hex(req.envelope):
-            raise domain.AlreadyExistsClaimRef(existing.claim_ref)
-        if existing is not None and _same_claim(existing, req):
+        # Idempotency (§5): a resubmission is answered from what was stored, even
+        # if the insurer closed or the envelope's kid left its grace period since.
+        # A claim the routing checks accept is inserted straight away (the insert
+        # itself finds one stored under its claim_ref): no lookup first for the
+        # usual, new claim. Only one the checks refuse is looked up, and answered
+        # from what was stored if it is a resubmission.
+        try:
+            insurer = await self._routable(req, header)
+        except IclaimError:
+            existing = await self.store.find_by_ref(req.hospital_code, req.claim_ref)
+            if existing is not None and existing.envelope_sha256 != sha256_hex(req.envelope):
+                raise domain.AlreadyExistsClaimRef(existing.claim_ref) from None
+            if existing is None or not _same_claim(existing, req):
+                raise  # new (or the same envelope with other request fields): refused
             stored, created = existing, False
         else:
-            # New, or the same envelope with other request fields: the checks
-            # below refuse the mismatch as they would for a new claim.
-            stored, created = await self._accept_new(req, header)
+            stored, created = await self._insert_new(req, insurer)
         structlog.contextvars.bind_contextvars(transaction_id=stored.transaction_id)
         if created:
             CLAIM_OUTCOMES.labels(State.RECEIVED.name).inc()
@@ -271,8 +277,8 @@ class ClaimRouter:
             stored = await self._wait_settled(stored.transaction_id, timeout_s) or stored
         return stored
 
-    async def _accept_new(self, req: SubmitRequest, header: ProtectedHeader) -> tuple[ClaimRecord, bool]:
-        """Routes and stores a claim not seen before: (stored, created)."""
+    async def _routable(self, req: SubmitRequest, header: ProtectedHeader) -> Principal:
+        """The insurer, if a new claim with this request may be routed to it."""
         insurer = domain.check_insurer_routable(await self.directory.get(req.insurer_code), req.insurer_code)
         domain.check_envelope_routing(
             header,
@@ -282,11 +288,16 @@ class ClaimRouter:
             amount_satang=req.billed_amount_satang,
             key_grace_s=self.key_grace_s,
         )
+        return insurer
+
+    async def _insert_new(self, req: SubmitRequest, insurer: Principal) -> tuple[ClaimRecord, bool]:
+        """Stores the claim unless one is stored under its claim_ref: (stored, created)."""
         candidate = _new_claim(req, insurer)
         stored, created = await self.store.insert(
             candidate, state_change_events(candidate, actor=req.hospital_code, route=ROUTE_SUBMIT)
         )
-        # A concurrent submission under the same claim_ref won the insert.
+        # Stored before (a resubmission is answered from it), or by a concurrent
+        # submission under the same claim_ref: anything but the same claim conflicts.
         if not created and not _same_claim(stored, req):
             raise domain.AlreadyExistsClaimRef(stored.claim_ref)
         return stored, created
