@@ -23,7 +23,7 @@ from grpc_status import rpc_status
 
 from iclaim.limits import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from iclaim.errors import Code, IclaimError, Internal, Unauthenticated
-from iclaim_hub.common import grpc_tracing, tracing
+from iclaim_hub.common import event_loop, grpc_tracing, tracing
 from iclaim_hub.common.access_log import HUB_TRANSACTION_RE
 from iclaim_hub.common.config import LOG_LEVELS, env_addr, env_choice, env_float, env_int
 from iclaim_hub.common.db import unavailable_when_connection_lost
@@ -393,6 +393,7 @@ def run_service(load_config: Callable[[], C], build: Callable[[C], Awaitable[App
     """A service's `main()`: config validated before anything binds, logging
     configured from it, then `serve`."""
     config = load_config()
+    event_loop.chosen_loop()  # a bad ICLAIM_EVENT_LOOP fails here, before anything runs
     configure_logging(config.serve.log_level)
     tracing.configure_tracing()  # before the build: channels and servers see it
 
@@ -402,4 +403,4 @@ def run_service(load_config: Callable[[], C], build: Callable[[C], Awaitable[App
         finally:
             tracing.shutdown_tracing()  # what the exporter still buffers
 
-    asyncio.run(main())
+    event_loop.run(main())
