@@ -27,6 +27,8 @@ from iclaim.errors import FailedPrecondition, InvalidArgument
 BANGKOK = ZoneInfo("Asia/Bangkok")
 MAX_SATANG = 10**15
 MAX_LINES = 1000
+# Decisions per RecordClaimDecisions call (the router's relay sends at most 200).
+MAX_DECISIONS_PER_CALL = 500
 DEFAULT_CREDIT_DAYS = 15
 DEFAULT_PAGE = 50
 MAX_PAGE = 500

@@ -229,3 +229,11 @@ class BillingIntakeServicer(Serves[Billing], billing_intake_pb2_grpc.BillingInta
     ) -> billing_intake_pb2.RecordClaimDecisionResponse:
         await self.use_cases.receive_decision(decision_report(request))
         return billing_intake_pb2.RecordClaimDecisionResponse()
+
+    async def RecordClaimDecisions(
+        self, request: billing_intake_pb2.RecordClaimDecisionsRequest, context: Ctx
+    ) -> billing_intake_pb2.RecordClaimDecisionsResponse:
+        refused = await self.use_cases.receive_decisions([decision_report(d) for d in request.decisions])
+        return billing_intake_pb2.RecordClaimDecisionsResponse(
+            refused=[billing_intake_pb2.RefusedDecision(index=i, reason=r) for i, r in refused]
+        )

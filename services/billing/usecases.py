@@ -11,11 +11,12 @@ from dataclasses import KW_ONLY, dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol, TypeVar
 
-from iclaim.errors import AlreadyExists, FailedPrecondition, NotFound
+from iclaim.errors import AlreadyExists, Code, FailedPrecondition, IclaimError, InvalidArgument, NotFound
 from iclaim.thai_baht_text import baht_text
 from iclaim_hub.common.fields import copy_fields
 from services.billing import metrics
 from services.billing.domain import (
+    MAX_DECISIONS_PER_CALL,
     DEFAULT_CREDIT_DAYS,
     ClaimDue,
     Decision,
@@ -136,6 +137,23 @@ def invoice_view(r: InvoiceRecord, today: date) -> InvoiceView:
     )
 
 
+async def _record(tx: BillingTx, d: Decision) -> None:
+    """A decision once: the same again changes nothing, a different one is refused."""
+    if not await tx.insert_claim(d):
+        have = await tx.decision(d.transaction_id)
+        assert have is not None
+        if not have.same_as(d):
+            raise FailedPrecondition(
+                f"claim {d.transaction_id} was already decided differently",
+                reason="DECISION_CONFLICT",
+                metadata={"transaction_id": d.transaction_id},
+            )
+        return
+    journal = approval_journal(d)
+    if journal is not None:
+        await post_journal(tx, journal)
+
+
 async def post_journal(tx: BillingTx, j: JournalDraft, reverses: int | None = None) -> int:
     """Posts a balanced journal once per idempotency key; the same key with
     different content is refused."""
@@ -179,22 +197,47 @@ class Billing:
             await self.record_decision(decision)
 
     async def record_decision(self, d: Decision) -> None:
-        async def run(tx: BillingTx) -> None:
-            if not await tx.insert_claim(d):
-                have = await tx.decision(d.transaction_id)
-                assert have is not None
-                if not have.same_as(d):
-                    raise FailedPrecondition(
-                        f"claim {d.transaction_id} was already decided differently",
-                        reason="DECISION_CONFLICT",
-                        metadata={"transaction_id": d.transaction_id},
-                    )
-                return
-            journal = approval_journal(d)
-            if journal is not None:
-                await post_journal(tx, journal)
+        await self.store.atomically(lambda tx: _record(tx, d))
 
-        await self.store.atomically(run)
+    async def receive_decisions(self, reports: Sequence[DecisionReport]) -> list[tuple[int, str]]:
+        """Many decisions from the outbox in one transaction. Returns those
+        refused for good as (index, reason); the others are recorded. An outage
+        is raised (the relay sends them all again: each is idempotent)."""
+        if len(reports) > MAX_DECISIONS_PER_CALL:
+            raise InvalidArgument(
+                f"at most {MAX_DECISIONS_PER_CALL} decisions per call", reason="TOO_MANY_DECISIONS"
+            )
+        refused: list[tuple[int, str]] = []
+        decisions: list[tuple[int, Decision]] = []
+        now = self.clock()
+        for i, report in enumerate(reports):
+            try:
+                decision = decision_of(report, now)
+            except IclaimError as exc:
+                refused.append((i, exc.reason))
+                continue
+            if decision is not None:
+                decisions.append((i, decision))
+
+        async def run(tx: BillingTx) -> None:
+            for _, d in decisions:
+                await _record(tx, d)
+
+        try:
+            await self.store.atomically(run)
+        except IclaimError as exc:
+            if exc.code is Code.UNAVAILABLE:
+                raise
+            # One of them is refused (rare: a conflicting redelivery); find which,
+            # each in its own transaction.
+            for i, d in decisions:
+                try:
+                    await self.record_decision(d)
+                except IclaimError as one:
+                    if one.code is Code.UNAVAILABLE:
+                        raise
+                    refused.append((i, one.reason))
+        return sorted(refused)
 
     async def _read_through(self, transaction_ids: Sequence[str], mine: Callable[[Decision], bool]) -> None:
         """What a client sees must agree across services: a claim GetClaim shows

@@ -126,15 +126,39 @@ class OutboxRelay:
                 )
 
     async def _send_billing(self, batch: Batch) -> None:
-        assert self._billing is not None
-        for event in batch:
+        billing = self._billing
+        assert billing is not None
+
+        async def singly(event: OutboxEvent) -> None:
             request = billing_intake_pb2.RecordClaimDecisionRequest.FromString(event.payload)
-            # Sent in the trace the event was emitted in: billing's intake joins the claim's trace.
             with tracing.resumed(event.traceparent):
                 await _send_or_drop(
-                    self._billing.RecordClaimDecision(request, timeout=SEND_TIMEOUT_S),
-                    topic=TOPIC_BILLING,
+                    billing.RecordClaimDecision(request, timeout=SEND_TIMEOUT_S), topic=TOPIC_BILLING
                 )
+
+        # A traced claim's decision goes on its own, in the trace it was emitted
+        # in (billing's intake joins the claim's trace); the rest in one call.
+        together = [e for e in batch if not e.traceparent]
+        for event in batch:
+            if event.traceparent:
+                await singly(event)
+        if not together:
+            return
+        request = billing_intake_pb2.RecordClaimDecisionsRequest(
+            decisions=[billing_intake_pb2.RecordClaimDecisionRequest.FromString(e.payload) for e in together]
+        )
+        try:
+            answer = await billing.RecordClaimDecisions(request, timeout=SEND_TIMEOUT_S)
+        except grpc.aio.AioRpcError as err:
+            # UNIMPLEMENTED: a billing not yet upgraded (rolling deploy); any other
+            # refusal for good of the whole call: send singly, dropping only the refused.
+            if err.code() in _RETRYABLE and err.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            for event in together:
+                await singly(event)
+            return
+        for refused in answer.refused:
+            log.error("relay_event_rejected", topic=TOPIC_BILLING, reason=refused.reason)
 
     async def close(self) -> None:
         for task in self._tasks:

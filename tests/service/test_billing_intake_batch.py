@@ -1,0 +1,144 @@
+"""Billing's batched intake (RecordClaimDecisions) on real PostgreSQL, and the
+router's relay using it: one call and one transaction for a batch of decisions;
+a decision refused for good is named and the others are still recorded; a
+billing that does not know the call yet is sent the decisions one by one."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from iclaim.v1 import claim_service_pb2
+from iclaim_hub.internal.v1 import billing_intake_pb2 as bi
+from iclaim_hub.internal.v1 import billing_intake_pb2_grpc as bi_grpc
+from services.billing.domain import MAX_DECISIONS_PER_CALL
+from services.claim_router.model import OutboxEvent
+from services.claim_router.relay import OutboxRelay
+from tests.support.billing import HOSPITAL, INSURER, Harness, running_billing
+
+APPROVED = claim_service_pb2.CLAIM_STATE_APPROVED
+PENDING = claim_service_pb2.CLAIM_STATE_PENDING_REVIEW
+
+
+def decision(tx: str, amount: int, state: int = APPROVED) -> bi.RecordClaimDecisionRequest:
+    ts = Timestamp()
+    ts.FromDatetime(datetime.now(UTC))
+    return bi.RecordClaimDecisionRequest(
+        transaction_id=tx,
+        hospital_code=HOSPITAL,
+        insurer_code=INSURER,
+        state=state,  # type: ignore[arg-type]
+        approved_amount_satang=amount,
+        decided_at=ts,
+    )
+
+
+@pytest.fixture
+async def h(database_url: str) -> AsyncIterator[Harness]:
+    async with running_billing(database_url) as harness:
+        yield harness
+
+
+async def _journal_txids(h: Harness) -> set[int]:
+    rows = await h.pool.fetch("SELECT DISTINCT created_txid FROM billing.journals WHERE kind = 'APPROVAL'")
+    return {int(r[0]) for r in rows}
+
+
+async def test_a_batch_is_recorded_in_one_transaction(h: Harness) -> None:
+    answer = await h.intake.RecordClaimDecisions(
+        bi.RecordClaimDecisionsRequest(
+            decisions=[decision("tx-b1", 1_000), decision("tx-b2", 2_000), decision("tx-b3", 0, PENDING)]
+        ),
+        timeout=10,
+    )
+    assert list(answer.refused) == []
+    assert len(await _journal_txids(h)) == 1  # both approvals, one commit
+    owed = await h.pool.fetchval("SELECT sum(approved_satang) FROM billing.claims")
+    assert owed == 3_000
+    # The same batch again changes nothing.
+    again = await h.intake.RecordClaimDecisions(
+        bi.RecordClaimDecisionsRequest(decisions=[decision("tx-b1", 1_000), decision("tx-b2", 2_000)]),
+        timeout=10,
+    )
+    assert list(again.refused) == []
+    assert await h.pool.fetchval("SELECT count(*) FROM billing.journals") == 2
+
+
+async def test_refused_decisions_are_named_and_the_rest_recorded(h: Harness) -> None:
+    await h.approve("tx-r1", 5_000)
+    answer = await h.intake.RecordClaimDecisions(
+        bi.RecordClaimDecisionsRequest(
+            decisions=[
+                decision("tx-r2", 1_000),
+                decision("tx-r1", 6_000),  # decided differently before
+                decision("tx-r3", 2_000, state=99),  # not a claim state
+                decision("tx-r4", 3_000),
+            ]
+        ),
+        timeout=10,
+    )
+    assert [(r.index, r.reason) for r in answer.refused] == [(1, "DECISION_CONFLICT"), (2, "INVALID_STATE")]
+    rows = await h.pool.fetch("SELECT transaction_id, approved_satang FROM billing.claims ORDER BY 1")
+    assert [(r[0], r[1]) for r in rows] == [("tx-r1", 5_000), ("tx-r2", 1_000), ("tx-r4", 3_000)]
+
+
+async def test_a_batch_has_a_limit(h: Harness) -> None:
+    too_many = [decision(f"tx-l{i}", 1) for i in range(MAX_DECISIONS_PER_CALL + 1)]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await h.intake.RecordClaimDecisions(bi.RecordClaimDecisionsRequest(decisions=too_many), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await h.pool.fetchval("SELECT count(*) FROM billing.claims") == 0
+
+
+class _OldBilling(bi_grpc.BillingIntakeServiceServicer):
+    """A billing before RecordClaimDecisions: the generated base answers UNIMPLEMENTED."""
+
+    def __init__(self) -> None:
+        self.singly: list[str] = []
+
+    async def RecordClaimDecision(  # noqa: N802 (generated name)
+        self, request: bi.RecordClaimDecisionRequest, context: object
+    ) -> bi.RecordClaimDecisionResponse:
+        self.singly.append(request.transaction_id)
+        return bi.RecordClaimDecisionResponse()
+
+
+async def test_the_relay_sends_one_call_and_falls_back_for_an_older_billing(h: Harness) -> None:
+    events = [OutboxEvent(i, decision(f"tx-v{i}", 100 * (i + 1)).SerializeToString()) for i in range(3)]
+    calls: list[str] = []
+
+    async def count(continuation, details, request):  # type: ignore[no-untyped-def]
+        calls.append(details.method.decode() if isinstance(details.method, bytes) else details.method)
+        return await continuation(details, request)
+
+    class Counting(grpc.aio.UnaryUnaryClientInterceptor):
+        intercept_unary_unary = staticmethod(count)
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{h.billing.port}", interceptors=[Counting()]) as channel:
+        await OutboxRelay(_NoStore(), None, channel)._send_billing(events)
+    assert calls == ["/iclaim_hub.internal.v1.BillingIntakeService/RecordClaimDecisions"]
+    assert await h.pool.fetchval("SELECT count(*) FROM billing.claims") == 3
+
+    old = _OldBilling()
+    server = grpc.aio.server()
+    bi_grpc.add_BillingIntakeServiceServicer_to_server(old, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await OutboxRelay(_NoStore(), None, channel)._send_billing(events)
+    finally:
+        await server.stop(None)
+    assert old.singly == ["tx-v0", "tx-v1", "tx-v2"]
+
+
+class _NoStore:
+    async def outbox_batch(self, topic: str, limit: int) -> list[OutboxEvent]:
+        return []
+
+    async def outbox_mark_sent(self, ids: object) -> None:
+        return None
