@@ -215,12 +215,18 @@ async def test_tampered_body_is_denied_by_the_insurer_never_approved(
             opened = client.open_decision(claim)
             assert opened.header.amount_satang == 0
         # Each was pushed and taken exactly once: the insurer, not the hub, decided.
+        # (The adapter writes "taken" for acknowledged pushes in batches, within
+        # about 100 ms: wait for it rather than read at once.)
         conn = await running_stack.db()
         try:
-            rows = await conn.fetch(
-                "SELECT claim_ref, state FROM adapter.deliveries WHERE claim_ref = ANY($1::text[])",
-                [r for _, r, _, _ in cases],
-            )
+            for _ in range(100):
+                rows = await conn.fetch(
+                    "SELECT claim_ref, state FROM adapter.deliveries WHERE claim_ref = ANY($1::text[])",
+                    [r for _, r, _, _ in cases],
+                )
+                if all(row["state"] == "taken" for row in rows):
+                    break
+                await asyncio.sleep(0.05)
         finally:
             await conn.close()
         by_ref = {row["claim_ref"]: row for row in rows}
