@@ -20,7 +20,7 @@ from pytest_playwright_asyncio import CreateContextCallback
 from iclaim.fhir.claim import synthetic_claim
 from iclaim_hub.internal.v1 import audit_log_pb2, audit_log_pb2_grpc
 
-from tests.portal.browser import sign_in
+from tests.portal.browser import invoice_refs, new_invoice_ref, sign_in
 from tests.portal.support import RunningPortal
 from tests.support.stack import RunningStack
 
@@ -235,10 +235,11 @@ async def test_an_invoice_voided_frees_its_claims(page: Page, hospital_portal: R
     for box in await page.get_by_role("checkbox").all():
         await box.set_checked(False)
     await claim_box.check()
+    before = set(await invoice_refs(page))
     await page.get_by_role("button", name="สร้างใบแจ้งหนี้").click()
     await expect(page.get_by_label(re.compile(re.escape(claim_ref)))).to_have_count(0)  # invoiced now
-    void = page.get_by_role("button", name=re.compile("^ยกเลิกใบแจ้งหนี้ "))
-    await void.last.click()
+    invoice_ref = await new_invoice_ref(page, before)
+    await page.get_by_role("button", name=f"ยกเลิกใบแจ้งหนี้ {invoice_ref}").click()
     await expect(page.get_by_role("table", name=re.compile("ใบแจ้งหนี้"))).to_contain_text("ยกเลิกแล้ว")
     await expect(page.get_by_label(re.compile(re.escape(claim_ref)))).to_have_count(
         1

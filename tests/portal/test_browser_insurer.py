@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.portal.browser import sign_in
+from tests.portal.browser import invoice_refs, new_invoice_ref, sign_in
 from tests.portal.support import RunningPortal
 from tests.portal.test_browser_hospital import LIVE_TIMEOUT_MS, fill_claim, submit
 
@@ -28,13 +28,6 @@ async def submitted_to_pull(page: Page, hospital: RunningPortal, policy: str, am
     await expect(page.locator("#claim-state")).to_have_text("รอพิจารณา", timeout=LIVE_TIMEOUT_MS)
     await page.evaluate("window.__same_page = true")
     return claim_ref
-
-
-async def invoice_refs(page: Page) -> list[str]:
-    table = page.get_by_role("table", name=re.compile("ใบแจ้งหนี้"))
-    if not await table.count():
-        return []
-    return [t.strip() for t in await table.locator("tbody tr td:first-child").all_inner_texts()]
 
 
 async def report_totals(viewer: Page, portal: RunningPortal, counterparty: str) -> dict[str, int]:
@@ -96,7 +89,7 @@ async def test_claim_decided_in_part_by_the_insurer_portal_then_billed_and_paid(
     await page.get_by_label(re.compile(re.escape(claim_ref))).check()
     await page.get_by_role("button", name="สร้างใบแจ้งหนี้").click()
     await expect(page.get_by_label(re.compile(re.escape(claim_ref)))).to_have_count(0)
-    [invoice_ref] = set(await invoice_refs(page)) - before
+    invoice_ref = await new_invoice_ref(page, before)
     row = invoices.get_by_role("row", name=re.compile(re.escape(invoice_ref)))
     await expect(row).to_contain_text("ส่งแล้ว")
     await expect(row).to_contain_text("฿600.00")
