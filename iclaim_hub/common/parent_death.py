@@ -14,6 +14,7 @@ gRPC's fork handlers.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -22,7 +23,10 @@ from collections.abc import Callable
 _PR_SET_PDEATHSIG = 1
 
 
+@functools.cache
 def _load_prctl() -> Callable[[int, int], int] | None:
+    """Looked up once; a fork inherits it, so a preexec hook loads nothing
+    between fork and exec (another thread may hold the loader's lock then)."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
@@ -45,14 +49,6 @@ def die_with(parent: int) -> None:
 def die_with_parent() -> Callable[[], None] | None:
     """A `preexec_fn` for a launcher that holds no gRPC state (the Envoy
     runner): the child gets SIGTERM when the launcher dies."""
-    prctl = _load_prctl()
-    if prctl is None:
+    if _load_prctl() is None:
         return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
+    return functools.partial(die_with, os.getpid())

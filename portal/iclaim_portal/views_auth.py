@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -13,7 +14,7 @@ from iclaim_portal.i18n import LOCALES
 from iclaim_portal.passkeys import PasskeyRefused
 from iclaim_portal.render import LANG_COOKIE, session_of
 from iclaim_portal.security import END_SESSION
-from iclaim_portal.staff import MAX_FAILURES, MIN_PASSWORD_LENGTH, ROLES, StaffChangeRefused
+from iclaim_portal.staff import MAX_FAILURES, MIN_PASSWORD_LENGTH, ROLES, Staff, StaffChangeRefused
 
 
 async def signin_page(request: Request) -> Response:
@@ -170,33 +171,33 @@ async def add_staff(request: Request) -> Response:
     return RedirectResponse("/staff", status_code=303)
 
 
+async def _staff_change(request: Request, change: Awaitable[Staff], action: str, **detail: str) -> Response:
+    """Applies an admin's change to a member: refused (409, message on the page) or logged."""
+    try:
+        member = await change
+    except StaffChangeRefused as refused:
+        return await _staff_form(request, {}, str(refused), 409)
+    await portal_of(request).staff.log(staff_of(request), action, member.username, **detail)
+    return RedirectResponse("/staff", status_code=303)
+
+
 @signed_in(admin=True)
 async def change_role(request: Request) -> Response:
-    portal = portal_of(request)
     username = request.path_params["username"]
     role = (await form_values(request)).get("role", "")
     if role not in ROLES:
         return await _staff_form(request, {}, "Choose a role.", 422)
-    try:
-        member = await portal.staff.set_role(username, role)
-    except StaffChangeRefused as refused:
-        return await _staff_form(request, {}, str(refused), 409)
-    await portal.staff.log(staff_of(request), "staff_role_changed", member.username, role=role)
-    return RedirectResponse("/staff", status_code=303)
+    return await _staff_change(
+        request, portal_of(request).staff.set_role(username, role), "staff_role_changed", role=role
+    )
 
 
 @signed_in(admin=True)
 async def disable_staff(request: Request) -> Response:
-    portal = portal_of(request)
     username = request.path_params["username"]
     if username == staff_of(request).username:
         return await _staff_form(request, {}, "You cannot disable your own account.", 409)
-    try:
-        member = await portal.staff.disable(username)
-    except StaffChangeRefused as refused:
-        return await _staff_form(request, {}, str(refused), 409)
-    await portal.staff.log(staff_of(request), "staff_disabled", member.username)
-    return RedirectResponse("/staff", status_code=303)
+    return await _staff_change(request, portal_of(request).staff.disable(username), "staff_disabled")
 
 
 ROUTES = [
