@@ -143,6 +143,16 @@ class DeliveryReportServicer(Serves[ClaimRouter], delivery_report_pb2_grpc.Deliv
         stored = await self.use_cases.report_taken(mappers.delivery_report_of(request))
         return delivery_report_pb2.ReportTakenResponse(state=mappers.claim_state_of(stored))
 
+    async def ReportTakenBatch(
+        self, request: delivery_report_pb2.ReportTakenBatchRequest, context: Ctx
+    ) -> delivery_report_pb2.ReportTakenBatchResponse:
+        refused = await self.use_cases.report_taken_many(
+            [mappers.delivery_report_of(r) for r in request.reports]
+        )
+        return delivery_report_pb2.ReportTakenBatchResponse(
+            refused=[delivery_report_pb2.RefusedReport(index=i, reason=reason) for i, reason in refused]
+        )
+
     async def ReportExpired(
         self, request: delivery_report_pb2.ReportExpiredRequest, context: Ctx
     ) -> delivery_report_pb2.ReportExpiredResponse:

@@ -84,6 +84,10 @@ def _emit_cte(source: str, first: int) -> str:
     )
 
 
+# A claim as read, as it is to be, and the events that change emits.
+_Change = tuple[ClaimRecord, ClaimRecord, Sequence[Event]]
+
+
 def _event_columns(events: Sequence[Event]) -> tuple[list[str], list[bytes]]:
     return [topic for topic, _ in events], [payload for _, payload in events]
 
@@ -219,40 +223,92 @@ class PgClaimStore:
             new, events = mutate(current)
             if new is None:
                 return current
-            topics, payloads = _event_columns(events)
-            updated = await self._pool.fetchrow(
-                "WITH updated AS ("
-                "  UPDATE router.claims SET state = $2::smallint, approved_amount_satang = $3,"
-                "  decision_envelope = $4, status_reason = $5, decided_at = $6,"
-                "  delivered_at = $7, taken_at = $9,"
-                # Only a change the claim's readers see moves updated_at (not a hand-off note).
-                "  updated_at = CASE WHEN $10 THEN now() ELSE updated_at END,"
-                # A pull claim under review is no longer offered: its lease is over.
-                "  lease_until = CASE WHEN $2::smallint = $8::smallint THEN NULL ELSE lease_until END"
-                # Only what the database decided: the rest is `new`.
-                "  WHERE transaction_id = $1 AND xmin = $11::xid"
-                "  RETURNING transaction_id, updated_at, xmin AS row_version),"
-                f" {_emit_cte('updated', 12)}"
-                " SELECT updated.*, pg_notify($15, updated.transaction_id) FROM updated",
-                transaction_id,
-                int(new.state),
-                new.approved_amount_satang,
-                new.decision_envelope,
-                new.status_reason,
-                new.decided_at,
-                new.handed_off_at,
-                int(State.PENDING_REVIEW),
-                new.taken_at,
-                new.updated_at != current.updated_at,
-                current.row_version,
-                topics,
-                payloads,
-                tracing.current_traceparent() or None,
-                NOTIFY_CHANNEL,
-            )
-            if updated is not None:
-                return new.with_changes(updated_at=updated["updated_at"], row_version=updated["row_version"])
+            written = await self._write([(current, new, events)], tracing.current_traceparent() or None)
+            if transaction_id in written:
+                return written[transaction_id]
             current = None  # changed since it was read: decide again on what is there now
+
+    async def transition_many(
+        self, transaction_ids: Sequence[str], mutate: Mutation
+    ) -> dict[str, ClaimRecord]:
+        """`transition` for many claims at once: one read and one write (one
+        commit) per round, a further round only for the claims another writer
+        changed in between. Returns each claim found as stored; the events
+        carry no trace (the batch is no one claim's)."""
+        stored: dict[str, ClaimRecord] = {}
+        pending = sorted(set(transaction_ids))
+        while pending:
+            rows = await self._pool.fetch(
+                f"SELECT {_VERSIONED} FROM router.claims WHERE transaction_id = ANY($1::text[])"
+                " ORDER BY transaction_id",
+                pending,
+            )
+            changes: list[_Change] = []
+            for row in rows:
+                current = _record(row)
+                new, events = mutate(current)
+                if new is None:
+                    stored[current.transaction_id] = current
+                else:
+                    changes.append((current, new, events))
+            written = await self._write(changes, None) if changes else {}
+            stored.update(written)
+            pending = [cur.transaction_id for cur, _, _ in changes if cur.transaction_id not in written]
+        return stored
+
+    async def _write(self, changes: Sequence[_Change], traceparent: str | None) -> dict[str, ClaimRecord]:
+        """Stores each change whose row is still the version read, with its
+        events and a notification, in one statement; returns those written."""
+        events = [(cur.transaction_id, topic, payload) for cur, _, evs in changes for topic, payload in evs]
+        rows = await self._pool.fetch(
+            "WITH input AS ("
+            "  SELECT * FROM unnest($1::text[], $2::smallint[], $3::bigint[], $4::text[], $5::text[],"
+            "   $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::bool[], $10::xid[])"
+            "  AS i(transaction_id, state, approved_amount_satang, decision_envelope, status_reason,"
+            "   decided_at, delivered_at, taken_at, touched, row_version)),"
+            " updated AS ("
+            "  UPDATE router.claims c SET state = i.state, approved_amount_satang = i.approved_amount_satang,"
+            "  decision_envelope = i.decision_envelope, status_reason = i.status_reason,"
+            "  decided_at = i.decided_at, delivered_at = i.delivered_at, taken_at = i.taken_at,"
+            # Only a change the claim's readers see moves updated_at (not a hand-off note).
+            "  updated_at = CASE WHEN i.touched THEN now() ELSE c.updated_at END,"
+            # A pull claim under review is no longer offered: its lease is over.
+            "  lease_until = CASE WHEN i.state = $11::smallint THEN NULL ELSE c.lease_until END"
+            "  FROM input i WHERE c.transaction_id = i.transaction_id AND c.xmin = i.row_version"
+            # Only what the database decided: the rest is the change as computed.
+            "  RETURNING c.transaction_id, c.updated_at, c.xmin AS row_version),"
+            # Each claim's events, in order, only for the claims written.
+            " emitted AS ("
+            "  INSERT INTO router.outbox (topic, payload, traceparent)"
+            "  SELECT e.topic, e.payload, $15 FROM updated"
+            "  JOIN unnest($12::text[], $13::text[], $14::bytea[]) WITH ORDINALITY"
+            "   AS e(transaction_id, topic, payload, n) ON e.transaction_id = updated.transaction_id"
+            "  ORDER BY e.n)"
+            " SELECT updated.*, pg_notify($16, updated.transaction_id) FROM updated",
+            [cur.transaction_id for cur, _, _ in changes],
+            [int(new.state) for _, new, _ in changes],
+            [new.approved_amount_satang for _, new, _ in changes],
+            [new.decision_envelope for _, new, _ in changes],
+            [new.status_reason for _, new, _ in changes],
+            [new.decided_at for _, new, _ in changes],
+            [new.handed_off_at for _, new, _ in changes],
+            [new.taken_at for _, new, _ in changes],
+            [new.updated_at != cur.updated_at for cur, new, _ in changes],
+            [cur.row_version for cur, _, _ in changes],
+            int(State.PENDING_REVIEW),
+            [txid for txid, _, _ in events],
+            [topic for _, topic, _ in events],
+            [payload for _, _, payload in events],
+            traceparent,
+            NOTIFY_CHANNEL,
+        )
+        new_by_id = {cur.transaction_id: new for cur, new, _ in changes}
+        return {
+            r["transaction_id"]: new_by_id[r["transaction_id"]].with_changes(
+                updated_at=r["updated_at"], row_version=r["row_version"]
+            )
+            for r in rows
+        }
 
     @staticmethod
     async def _emit(conn: asyncpg.Connection, rec: ClaimRecord, events: Sequence[Event]) -> None:

@@ -42,6 +42,8 @@ PULL_RECHECK_S = 1.0
 PULL_RECORD_INTERVAL_S = 10.0
 # Billing's read-through names at most this many claims (its invoice and payment limit).
 MAX_DECISION_LOOKUP = 1000
+# ReportTakenBatch: what one call may carry (delivery_report.proto).
+MAX_REPORTS_PER_CALL = 500
 
 # Audit routes of the state changes each use case makes.
 ROUTE_SUBMIT = "/iclaim.v1.ClaimService/SubmitClaim"
@@ -50,6 +52,7 @@ ROUTE_PULL = "/iclaim.v1.InsurerService/PullClaims"
 ROUTE_DECISION = "/iclaim.v1.InsurerService/PostDecision"
 ROUTE_MARK_PAID = "/iclaim_hub.internal.v1.ClaimSettlementService/MarkClaimPaid"
 ROUTE_REPORT_TAKEN = "/iclaim_hub.internal.v1.DeliveryReportService/ReportTaken"
+ROUTE_REPORT_TAKEN_BATCH = "/iclaim_hub.internal.v1.DeliveryReportService/ReportTakenBatch"
 ROUTE_REPORT_EXPIRED = "/iclaim_hub.internal.v1.DeliveryReportService/ReportExpired"
 ROUTE_REPORT_REDRIVEN = "/iclaim_hub.internal.v1.DeliveryReportService/ReportRedriven"
 # Who the audit log names for changes the hub makes itself.
@@ -73,6 +76,11 @@ class ClaimStore(Protocol):
         self, transaction_id: str, mutate: Mutation, current: ClaimRecord | None = None
     ) -> ClaimRecord | None:
         """`mutate` may run more than once (a concurrent change): no side effects."""
+
+    async def transition_many(
+        self, transaction_ids: Sequence[str], mutate: Mutation
+    ) -> dict[str, ClaimRecord]:
+        """`transition` for many claims in one commit; those found, as stored."""
 
     async def list_for_hospital(
         self,
@@ -173,6 +181,24 @@ class DeliveryReport:
 
     transaction_id: str
     insurer_code: str
+
+
+def _taken(route: str) -> Mutation:
+    """The insurer took the claim (a report through `route`): RECEIVED becomes
+    DELIVERED; in any other state only the time is noted, once."""
+
+    def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
+        if cur.taken_at is not None and cur.state != State.RECEIVED:
+            return None, []
+        now = datetime.now(UTC)
+        # Taken implies handed off, even if the hand-off's own record is still on its way.
+        noted = cur.with_changes(taken_at=cur.taken_at or now, handed_off_at=cur.handed_off_at or now)
+        if cur.state != State.RECEIVED:
+            return noted, []
+        new = noted.with_changes(state=State.DELIVERED, updated_at=now)
+        return new, state_change_events(new, actor=HUB_ACTOR, route=route)
+
+    return mutate
 
 
 async def _wake_or_timeout(event: asyncio.Event, timeout_s: float) -> None:
@@ -513,19 +539,45 @@ class ClaimRouter:
         """The insurer took the claim: RECEIVED becomes DELIVERED; in any other
         state (decided, cancelled, or expired while the push was in flight) only
         the time is noted. Idempotent."""
+        return await self._apply_report(report, _taken(ROUTE_REPORT_TAKEN))
+
+    async def report_taken_many(self, reports: Sequence[DeliveryReport]) -> list[tuple[int, str]]:
+        """report_taken for each, in one commit. Returns those refused as
+        (index, reason), as report_taken would refuse them; the rest are applied.
+        An outage is raised (the delivery layer reports them all again: each is
+        idempotent)."""
+        if len(reports) > MAX_REPORTS_PER_CALL:
+            raise InvalidArgument(
+                f"at most {MAX_REPORTS_PER_CALL} reports per call", reason="TOO_MANY_REPORTS"
+            )
+        refused: list[tuple[int, str]] = []
+        wanted: dict[str, str] = {}  # transaction_id -> insurer_code
+        for i, report in enumerate(reports):
+            try:
+                domain.check_transaction_id(report.transaction_id)
+                domain.check_insurer_code(report.insurer_code)
+            except IclaimError as exc:
+                refused.append((i, exc.reason))
+                continue
+            wanted.setdefault(report.transaction_id, report.insurer_code)
+        taken = _taken(ROUTE_REPORT_TAKEN_BATCH)
 
         def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
-            if cur.taken_at is not None and cur.state != State.RECEIVED:
-                return None, []
-            now = datetime.now(UTC)
-            # Taken implies handed off, even if the hand-off's own record is still on its way.
-            noted = cur.with_changes(taken_at=cur.taken_at or now, handed_off_at=cur.handed_off_at or now)
-            if cur.state != State.RECEIVED:
-                return noted, []
-            new = noted.with_changes(state=State.DELIVERED, updated_at=now)
-            return new, state_change_events(new, actor=HUB_ACTOR, route=ROUTE_REPORT_TAKEN)
+            if wanted[cur.transaction_id] != cur.insurer_code or cur.delivery_mode not in PUSH_MODES:
+                return None, []  # refused below
+            return taken(cur)
 
-        return await self._apply_report(report, mutate)
+        stored = await self.store.transition_many(list(wanted), mutate)
+        malformed = {i for i, _ in refused}
+        for i, report in enumerate(reports):
+            if i in malformed:
+                continue
+            rec = stored.get(report.transaction_id)
+            if rec is None or rec.insurer_code != report.insurer_code:
+                refused.append((i, "CLAIM_NOT_FOUND"))
+            elif rec.delivery_mode not in PUSH_MODES:
+                refused.append((i, "CLAIM_NOT_PUSHED"))
+        return sorted(refused)
 
     async def report_expired(self, report: DeliveryReport) -> ClaimRecord:
         """Nobody took the claim in time (§10.4): RECEIVED becomes FAILED /

@@ -111,7 +111,7 @@ class Dispatcher:
     clock: Callable[[], float] = time.monotonic
     # Tells the router at once that a push was taken; None: only through the outbox.
     reports: ReportSink | None = None
-    # Writes "taken" for reported pushes in batches; None: one write per push.
+    # Reports and writes "taken" in batches; None: a report and a write per push.
     taken_marks: TakenMarks | None = None
     _lanes: dict[str, _Lane] = field(init=False, default_factory=dict)
     _scan_task: asyncio.Task[None] | None = field(init=False, default=None)
@@ -287,14 +287,15 @@ class Dispatcher:
         if result.taken:
             metrics.PUSHES.labels(lane.code, "taken").inc()
             taken_at = datetime.now(UTC)
-            reported = await self._report_taken(lane.code, d, taken_at)
-            if reported and self.taken_marks is not None:
-                self.taken_marks.add(d.transaction_id, taken_at)
+            if self.taken_marks is not None:
+                self.taken_marks.add(d.transaction_id, lane.code, taken_at)
+                log.info("claim_taken", insurer=lane.code, attempts=d.attempts)
             else:
+                reported = await self._report_taken(lane.code, d, taken_at)
                 await self.store.mark_taken(d.transaction_id, taken_at, reported=reported)
-            log.info("claim_taken", insurer=lane.code, attempts=d.attempts, reported=reported)
-            if not reported:
-                self.on_report()
+                log.info("claim_taken", insurer=lane.code, attempts=d.attempts, reported=reported)
+                if not reported:
+                    self.on_report()
             if closed:  # the endpoint is back: what sat out its backoff goes now
                 log.info("insurer_circuit_closed", insurer=lane.code)
                 await self.store.make_due(lane.code)

@@ -175,7 +175,7 @@ async def build_server(config: Config) -> AdapterApp:
             owner=owner,
             on_report=reporter.notify,
             reports=router_reports,
-            taken_marks=TakenMarks(store),
+            taken_marks=TakenMarks(store, router_reports, reporter.notify),
         )
         intake = ClaimIntake(store, endpoints, settings.expiry_s, dispatcher)
         deliveries = DeliveryAdmin(store, settings.expiry_s, reporter.notify)

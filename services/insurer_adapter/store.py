@@ -145,16 +145,20 @@ class PgAdapterStore:
             )
         )
 
-    async def mark_taken_reported(self, taken: Sequence[tuple[str, datetime]]) -> None:
-        """mark_taken(reported=True) for many deliveries in one statement."""
+    async def mark_taken_many(self, taken: Sequence[tuple[str, datetime, bool]]) -> None:
+        """mark_taken for many deliveries, (transaction_id, taken_at, reported)
+        each, in one statement."""
         await self._pool.execute(
             "UPDATE adapter.deliveries d SET state = 'taken', taken_at = t.taken_at, last_error = NULL,"
-            " lease_owner = NULL, lease_until = NULL, report_state = 'done', report_kind = 'taken',"
-            " report_next_at = now(), report_attempts = 1"
-            " FROM unnest($1::text[], $2::timestamptz[]) AS t(transaction_id, taken_at)"
+            " lease_owner = NULL, lease_until = NULL,"
+            " report_state = CASE WHEN t.reported THEN 'done' ELSE 'pending' END,"
+            " report_kind = 'taken', report_next_at = now(),"
+            " report_attempts = CASE WHEN t.reported THEN 1 ELSE 0 END"
+            " FROM unnest($1::text[], $2::timestamptz[], $3::bool[]) AS t(transaction_id, taken_at, reported)"
             " WHERE d.transaction_id = t.transaction_id AND d.state = 'waiting'",
-            [txid for txid, _ in taken],
-            [at for _, at in taken],
+            [txid for txid, _, _ in taken],
+            [at for _, at, _ in taken],
+            [reported for _, _, reported in taken],
         )
 
     async def mark_failed_attempt(

@@ -1,14 +1,16 @@
-"""Writes "taken" for pushes the router already acknowledged, a batch at a
-time: one UPDATE and one commit for every push taken within a short window,
-instead of one each.
+"""Reports and writes "taken" for pushes a batch at a time: every push the
+insurers took within a short window goes to the router in one
+ReportTakenBatch call (one commit there) and is then written in one UPDATE
+here, instead of a call, a router commit and a write each.
 
-Safe to defer because nothing waits on it: the router knows (its ReportTaken
-committed first), and the row stays leased to this process meanwhile, so no
-other worker pushes it. Should the process die before a batch is written, or
-the write fail, the lease ends and the claim is pushed again: the insurer
-deduplicates it and the router's ReportTaken is idempotent, the same as a
-crash between push and mark always was. Pushes whose report did not get
-through are not deferred (their pending report must be stored at once).
+Safe to defer because nothing waits on it: the insurer has the claim (a
+decision implies taken at the router), and the row stays leased to this
+process meanwhile, so no other worker pushes it. Should the process die
+before a batch is written, or the write fail, the lease ends and the claim is
+pushed again: the insurer deduplicates it and the router's report is
+idempotent, the same as a crash between push and mark always was. A push the
+router did not acknowledge is written with its report pending, for the
+outbox to send (`on_unreported`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
 import structlog
+
+from services.insurer_adapter import metrics
+from services.insurer_adapter.model import PendingReport, ReportKind
 
 log = structlog.get_logger("iclaim.adapter.taken_marks")
 
@@ -28,25 +33,39 @@ WINDOW_S = 0.1
 
 
 class TakenStore(Protocol):
-    async def mark_taken_reported(self, taken: Sequence[tuple[str, datetime]]) -> None: ...
+    async def mark_taken_many(self, taken: Sequence[tuple[str, datetime, bool]]) -> None:
+        """(transaction_id, taken_at, reported) each."""
+
+
+class TakenSink(Protocol):
+    async def report_taken_many(self, reports: Sequence[PendingReport]) -> set[str]:
+        """The transaction ids the router acknowledged; never raises."""
 
 
 class TakenMarks:
-    def __init__(self, store: TakenStore, window_s: float = WINDOW_S) -> None:
+    def __init__(
+        self,
+        store: TakenStore,
+        router: TakenSink,
+        on_unreported: Callable[[], None],
+        window_s: float = WINDOW_S,
+    ) -> None:
         self._store = store
+        self._router = router
+        self._on_unreported = on_unreported
         self._window_s = window_s
-        self._pending: list[tuple[str, datetime]] = []
+        self._pending: list[tuple[str, str, datetime]] = []  # transaction_id, insurer, taken_at
         # The window's timer; None once it fired (its write may still be running).
         self._flusher: asyncio.Task[None] | None = None
-        # One write at a time: close() waits for a write under way.
+        # One batch at a time: close() waits for a batch under way.
         self._writing = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def add(self, transaction_id: str, taken_at: datetime) -> None:
-        """Marks it taken (and reported) within the window."""
-        self._pending.append((transaction_id, taken_at))
+    def add(self, transaction_id: str, insurer_code: str, taken_at: datetime) -> None:
+        """Reports it taken and marks it so within the window."""
+        self._pending.append((transaction_id, insurer_code, taken_at))
         if self._flusher is None:
-            # A fresh context: the write is no one push's (no transaction_id in its logs).
+            # A fresh context: the batch is no one push's (no transaction_id in its logs).
             task = asyncio.create_task(self._flush_after_window(), context=contextvars.Context())
             self._flusher = task
             self._tasks.add(task)  # held until done, also past the window
@@ -60,24 +79,33 @@ class TakenMarks:
         await self.flush()
 
     async def flush(self) -> None:
-        """Writes what is pending now (on stop, before the leases are released)."""
+        """Reports and writes what is pending now (on stop, before the leases
+        are released)."""
         async with self._writing:
             batch, self._pending = self._pending, []
             if not batch:
                 return
             try:
-                await self._store.mark_taken_reported(batch)
+                acked = await self._router.report_taken_many(
+                    [PendingReport(txid, code, ReportKind.TAKEN, at, 1) for txid, code, at in batch]
+                )
+                await self._store.mark_taken_many([(txid, at, txid in acked) for txid, _, at in batch])
             except asyncio.CancelledError:
-                # Stopping: close() writes them (again, if this one got through:
-                # the update only changes rows still waiting).
+                # Stopping: close() sends them (again, if this one got through:
+                # both sides are idempotent).
                 self._pending[:0] = batch
                 raise
             except Exception as exc:  # the leases end and those claims are pushed again
                 log.warning("taken_marks_not_stored", count=len(batch), error=type(exc).__name__)
+                return
+            metrics.REPORTS.labels(ReportKind.TAKEN.value, "acked").inc(len(acked))
+            if len(acked) < len(batch):
+                metrics.REPORTS.labels(ReportKind.TAKEN.value, "retry").inc(len(batch) - len(acked))
+                self._on_unreported()
 
     async def close(self) -> None:
-        """Writes what is pending now, without waiting out the window (but
-        after a write already under way)."""
+        """Sends and writes what is pending now, without waiting out the window
+        (but after a batch already under way)."""
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -222,6 +222,78 @@ async def test_reports_are_checked(env: Env, kind: str) -> None:
     assert await audited_states(env, claim) == ["CLAIM_STATE_RECEIVED"]
 
 
+# --- ReportTakenBatch ------------------------------------------------------------------------
+
+
+async def report_batch(env: Env, *reqs: Any) -> list[tuple[int, str]]:
+    answer = await env.reports.ReportTakenBatch(
+        delivery_report_pb2.ReportTakenBatchRequest(reports=list(reqs)), timeout=10
+    )
+    return [(r.index, r.reason) for r in answer.refused]
+
+
+async def test_report_taken_batch_applies_each_as_report_taken_does(env: Env) -> None:
+    a = await submit(env, H1, GRPC, "REF-BATCH-A")
+    b = await submit(env, H1, WEBHOOK, "REF-BATCH-B", 500)
+    decided = await submit(env, H1, WEBHOOK, "REF-BATCH-C", 500)
+    await env.intake.RecordDecision(
+        decision_intake_pb2.RecordDecisionRequest(
+            transaction_id=decided.transaction_id,
+            insurer_code=WEBHOOK,
+            state=S.CLAIM_STATE_APPROVED,
+            approved_amount_satang=500,
+            decision_envelope=env.decision(H1, WEBHOOK, "REF-BATCH-C", 500),
+        )
+    )
+    before = (await get(env, decided)).updated_at
+    pulled = await submit(env, H1, TESTPULL, "REF-BATCH-P")
+    assert env.pool is not None
+    refused = await report_batch(
+        env,
+        _req("taken", a),
+        _req("taken", b),
+        _req("taken", decided),
+        _req("taken", a, insurer=WEBHOOK),  # someone else's claim
+        _req("taken", pulled),
+        _req("taken", a, tid="not-a-transaction"),
+        _req("taken", a, tid="txn_" + "0" * 28),
+        _req("taken", b),  # twice in one batch: once
+    )
+    assert refused == [
+        (3, "CLAIM_NOT_FOUND"),
+        (4, "CLAIM_NOT_PUSHED"),
+        (5, "TRANSACTION_ID_INVALID"),
+        (6, "CLAIM_NOT_FOUND"),
+    ]
+    for claim in (a, b):
+        assert (await get(env, claim)).state == S.CLAIM_STATE_DELIVERED
+        assert await audited_states(env, claim) == ["CLAIM_STATE_RECEIVED", "CLAIM_STATE_DELIVERED"]
+        assert await taken_at(env, claim) is not None
+        assert await env.handed_off(claim.transaction_id)
+    after = await get(env, decided)
+    assert (after.state, after.updated_at) == (S.CLAIM_STATE_APPROVED, before)
+    assert "CLAIM_STATE_DELIVERED" not in await audited_states(env, decided)
+    assert (await get(env, pulled)).state == S.CLAIM_STATE_RECEIVED
+    # Written in one transaction: the rows share the writer's transaction id.
+    writers = await env.pool.fetchval(
+        "SELECT count(DISTINCT xmin::text) FROM router.claims WHERE transaction_id = ANY($1::text[])",
+        [a.transaction_id, b.transaction_id],
+    )
+    assert writers == 1
+    # Idempotent: again changes nothing and emits nothing.
+    assert await report_batch(env, _req("taken", a), _req("taken", b)) == []
+    assert await audited_states(env, a) == ["CLAIM_STATE_RECEIVED", "CLAIM_STATE_DELIVERED"]
+
+
+async def test_report_taken_batch_refuses_more_than_500(env: Env) -> None:
+    claim = await submit(env, H1, GRPC, "REF-BATCH-MAX")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await report_batch(env, *[_req("taken", claim)] * 501)
+    assert (err.value.code(), reason_of(err.value)) == (grpc.StatusCode.INVALID_ARGUMENT, "TOO_MANY_REPORTS")
+    assert await report_batch(env, *[_req("taken", claim)] * 500) == []
+    assert (await get(env, claim)).state == S.CLAIM_STATE_DELIVERED
+
+
 # --- ReportExpired / ReportRedriven ----------------------------------------------------------
 
 

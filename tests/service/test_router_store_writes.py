@@ -109,3 +109,63 @@ async def test_an_unchanged_claim_writes_nothing(store: tuple[PgClaimStore, asyn
     same = await s.transition(claim.transaction_id, lambda cur: (None, []), claim)
     assert same == claim and same.row_version == claim.row_version
     assert await s.transition("txn_" + "f" * 28, lambda cur: (None, [])) is None
+
+
+async def test_transition_many_writes_once_and_retries_only_what_moved(
+    store: tuple[PgClaimStore, asyncpg.Pool],
+) -> None:
+    s, pool = store
+    claims = [(await s.insert(_claim(f"MANY{n}"), []))[0] for n in range(4)]
+    ids = [c.transaction_id for c in claims]
+    seen: list[tuple[str, State]] = []
+    moved = False
+
+    async def move_the_second() -> None:
+        await s.transition(
+            ids[1], lambda cur: (cur.with_changes(state=State.DELIVERED), [("audit", b"moved")])
+        )
+
+    def deliver(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
+        seen.append((cur.transaction_id, cur.state))
+        if cur.transaction_id == ids[3]:
+            return None, []  # nothing to change
+        return cur.with_changes(approved_amount_satang=7), [("audit", cur.transaction_id[-4:].encode())]
+
+    # Another writer moves one claim between the batch's read and its write.
+    real_write = s._write
+
+    async def write_after_a_rival(
+        changes: Sequence[tuple[ClaimRecord, ClaimRecord, Sequence[Event]]], tp: str | None
+    ) -> dict[str, ClaimRecord]:
+        nonlocal moved
+        if not moved:
+            moved = True
+            await move_the_second()
+        return await real_write(changes, tp)
+
+    s._write = write_after_a_rival  # type: ignore[method-assign]
+    stored = await s.transition_many([*ids, ids[0], "txn_" + "f" * 28], deliver)
+    assert sorted(stored) == sorted(ids)  # each found once; the unknown one absent
+    for txid in ids[:3]:
+        read = await s.get(txid)
+        assert read is not None and read.approved_amount_satang == 7
+        assert (read, read.row_version) == (stored[txid], stored[txid].row_version)
+    assert stored[ids[3]] == claims[3]
+    # The moved one was decided again on what the rival left; the others once.
+    assert sorted(seen) == sorted(
+        [
+            (ids[0], State.RECEIVED),
+            (ids[1], State.RECEIVED),
+            (ids[2], State.RECEIVED),
+            (ids[3], State.RECEIVED),
+            (ids[1], State.DELIVERED),
+        ]
+    )
+    assert stored[ids[1]].state == State.DELIVERED
+    # Each write's events once, in order; none for the refused write.
+    assert await _outbox(pool) == [
+        ("audit", b"moved"),
+        ("audit", ids[0][-4:].encode()),
+        ("audit", ids[2][-4:].encode()),
+        ("audit", ids[1][-4:].encode()),
+    ]

@@ -403,6 +403,8 @@ class FakeReports(delivery_report_pb2_grpc.DeliveryReportServiceServicer):
         self.calls: list[ReportCall] = []
         self.fail_next = 0
         self.fail_code = grpc.StatusCode.UNAVAILABLE
+        self.refuse: set[str] = set()
+        self.batches: list[list[str]] = []
 
     async def _record(self, kind: str, request: Any, context: Any) -> None:
         code = grpc.StatusCode.OK
@@ -418,6 +420,26 @@ class FakeReports(delivery_report_pb2_grpc.DeliveryReportServiceServicer):
     async def ReportTaken(self, request: Any, context: Any) -> Any:
         await self._record("taken", request, context)
         return delivery_report_pb2.ReportTakenResponse()
+
+    async def ReportTakenBatch(self, request: Any, context: Any) -> Any:
+        """Each report recorded as its own "taken" call; `fail_next` refuses the
+        whole batch (one failure used), `refuse` names ids refused singly."""
+        if self.fail_next:
+            self.fail_next -= 1
+            now = time.monotonic()
+            self.calls += [
+                ReportCall("taken", r.transaction_id, r.insurer_code, self.fail_code, now)
+                for r in request.reports
+            ]
+            await context.abort(self.fail_code, "fake router says no")
+        self.batches.append([r.transaction_id for r in request.reports])
+        refused = []
+        for i, r in enumerate(request.reports):
+            code = grpc.StatusCode.NOT_FOUND if r.transaction_id in self.refuse else grpc.StatusCode.OK
+            self.calls.append(ReportCall("taken", r.transaction_id, r.insurer_code, code, time.monotonic()))
+            if code != grpc.StatusCode.OK:
+                refused.append(delivery_report_pb2.RefusedReport(index=i, reason="CLAIM_NOT_FOUND"))
+        return delivery_report_pb2.ReportTakenBatchResponse(refused=refused)
 
     async def ReportExpired(self, request: Any, context: Any) -> Any:
         await self._record("expired", request, context)

@@ -1,6 +1,8 @@
-"""The adapter's batched "taken" writes: one store call per window, whatever
-is pending written on close, a failed write dropped (the leases end and the
-claims are pushed again) rather than raised into the push that added it."""
+"""The adapter's batched "taken" reports and writes: one router call and one
+store call per window, whatever is pending sent on close, pushes the router
+did not acknowledge written with their report pending (and the outbox told),
+a failed write dropped (the leases end and the claims are pushed again)
+rather than raised into the push that added it."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from services.insurer_adapter.model import PendingReport, ReportKind
 from services.insurer_adapter.taken_marks import TakenMarks
 
 AT = datetime(2026, 11, 27, tzinfo=UTC)
@@ -15,39 +18,71 @@ AT = datetime(2026, 11, 27, tzinfo=UTC)
 
 class Store:
     def __init__(self, fail: bool = False) -> None:
-        self.calls: list[list[str]] = []
+        self.calls: list[list[tuple[str, bool]]] = []
         self.fail = fail
 
-    async def mark_taken_reported(self, taken: Sequence[tuple[str, datetime]]) -> None:
-        self.calls.append([txid for txid, _ in taken])
+    async def mark_taken_many(self, taken: Sequence[tuple[str, datetime, bool]]) -> None:
+        self.calls.append([(txid, reported) for txid, _, reported in taken])
         if self.fail:
             raise ConnectionResetError("gone")
 
 
-async def test_marks_within_a_window_are_one_write() -> None:
-    store = Store()
-    marks = TakenMarks(store, window_s=0.05)
+class Router:
+    def __init__(self, refuse: frozenset[str] = frozenset()) -> None:
+        self.calls: list[list[PendingReport]] = []
+        self.refuse = refuse
+
+    async def report_taken_many(self, reports: Sequence[PendingReport]) -> set[str]:
+        self.calls.append(list(reports))
+        return {r.transaction_id for r in reports if r.transaction_id not in self.refuse}
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self.nudges = 0
+
+    def notify(self) -> None:
+        self.nudges += 1
+
+
+async def test_pushes_within_a_window_are_one_report_and_one_write() -> None:
+    store, router, outbox = Store(), Router(), Outbox()
+    marks = TakenMarks(store, router, outbox.notify, window_s=0.05)
     for n in range(3):
-        marks.add(f"t{n}", AT)
+        marks.add(f"t{n}", "INS1", AT)
     await asyncio.sleep(0.15)
-    marks.add("t3", AT)
+    marks.add("t3", "INS2", AT)
     await asyncio.sleep(0.15)
-    assert store.calls == [["t0", "t1", "t2"], ["t3"]]
+    assert [[r.transaction_id for r in call] for call in router.calls] == [["t0", "t1", "t2"], ["t3"]]
+    assert router.calls[1] == [PendingReport("t3", "INS2", ReportKind.TAKEN, AT, 1)]
+    assert store.calls == [[("t0", True), ("t1", True), ("t2", True)], [("t3", True)]]
+    assert outbox.nudges == 0
 
 
-async def test_close_writes_what_is_pending() -> None:
-    store = Store()
-    marks = TakenMarks(store, window_s=60)
-    marks.add("t0", AT)
+async def test_unacknowledged_reports_are_written_pending_and_the_outbox_told() -> None:
+    store, router, outbox = Store(), Router(refuse=frozenset({"t1"})), Outbox()
+    marks = TakenMarks(store, router, outbox.notify, window_s=60)
+    marks.add("t0", "INS1", AT)
+    marks.add("t1", "INS1", AT)
     await marks.close()
-    assert store.calls == [["t0"]]
+    assert store.calls == [[("t0", True), ("t1", False)]]
+    assert outbox.nudges == 1
+
+
+async def test_close_sends_what_is_pending() -> None:
+    store, router, outbox = Store(), Router(), Outbox()
+    marks = TakenMarks(store, router, outbox.notify, window_s=60)
+    marks.add("t0", "INS1", AT)
+    await marks.close()
+    assert store.calls == [[("t0", True)]]
+    assert len(router.calls) == 1
 
 
 async def test_a_failed_write_is_dropped_not_raised() -> None:
-    store = Store(fail=True)
-    marks = TakenMarks(store, window_s=0.01)
-    marks.add("t0", AT)
+    store, router, outbox = Store(fail=True), Router(), Outbox()
+    marks = TakenMarks(store, router, outbox.notify, window_s=0.01)
+    marks.add("t0", "INS1", AT)
     await asyncio.sleep(0.1)
-    marks.add("t1", AT)
+    marks.add("t1", "INS1", AT)
     await marks.close()
-    assert store.calls == [["t0"], ["t1"]]
+    assert store.calls == [[("t0", True)], [("t1", True)]]
