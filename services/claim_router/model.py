@@ -5,6 +5,7 @@ them has to import another to talk about a claim."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,3 +63,11 @@ class OutboxEvent(NamedTuple):
 # Given the locked current row, returns the new row (None: unchanged) and the
 # events to store with it; raising leaves the row as it was.
 Mutation = Callable[[ClaimRecord], tuple[ClaimRecord | None, Sequence[Event]]]
+
+
+class ClaimChange(asyncio.Event):
+    """Set whenever the claim changes. `state` is the state the latest change
+    announced, or None when it did not say (a router of the previous release,
+    a reconnected listener): then the waiter reads it."""
+
+    state: State | None = None

@@ -25,7 +25,13 @@ from services.claim_router.model import ClaimRecord, Event, Mutation, OutboxEven
 
 SCHEMA = "router"
 MIGRATIONS = Path(__file__).parent / "migrations"
-NOTIFY_CHANNEL = "iclaim_claim_changed"
+# A claim changed: payload "<transaction_id> <state number>", so a waiter
+# knows the new state without reading it.
+NOTIFY_CHANNEL = "iclaim_claim_state"
+# The same for routers of the previous release, which listen here for the
+# bare transaction_id. Still sent so that both wake each other during a
+# rolling upgrade; stop sending it once no such router runs (next release).
+LEGACY_NOTIFY_CHANNEL = "iclaim_claim_changed"
 PULL_NOTIFY_CHANNEL = "iclaim_pull_ready"
 
 
@@ -122,7 +128,8 @@ class PgClaimStore:
             "  RETURNING transaction_id, insurer_code, delivery_mode, submitted_at, updated_at,"
             "  xmin AS row_version),"
             f" {_emit_cte('inserted', 16)}"
-            " SELECT inserted.*, pg_notify($19, inserted.transaction_id),"
+            " SELECT inserted.*, pg_notify($21, inserted.transaction_id),"
+            "  pg_notify($19, inserted.transaction_id || ' ' || $5::smallint),"
             "  CASE WHEN inserted.delivery_mode = 'pull' THEN pg_notify($20, inserted.insurer_code) END"
             " FROM inserted",
             rec.transaction_id,
@@ -145,6 +152,7 @@ class PgClaimStore:
             tracing.current_traceparent() or None,
             NOTIFY_CHANNEL,
             PULL_NOTIFY_CHANNEL,
+            LEGACY_NOTIFY_CHANNEL,
         )
         if row is not None:
             stored = rec.with_changes(
@@ -276,7 +284,7 @@ class PgClaimStore:
             "  lease_until = CASE WHEN i.state = $11::smallint THEN NULL ELSE c.lease_until END"
             "  FROM input i WHERE c.transaction_id = i.transaction_id AND c.xmin = i.row_version"
             # Only what the database decided: the rest is the change as computed.
-            "  RETURNING c.transaction_id, c.updated_at, c.xmin AS row_version),"
+            "  RETURNING c.transaction_id, c.state, c.updated_at, c.xmin AS row_version),"
             # Each claim's events, in order, only for the claims written.
             " emitted AS ("
             "  INSERT INTO router.outbox (topic, payload, traceparent)"
@@ -284,7 +292,9 @@ class PgClaimStore:
             "  JOIN unnest($12::text[], $13::text[], $14::bytea[]) WITH ORDINALITY"
             "   AS e(transaction_id, topic, payload, n) ON e.transaction_id = updated.transaction_id"
             "  ORDER BY e.n)"
-            " SELECT updated.*, pg_notify($16, updated.transaction_id) FROM updated",
+            " SELECT updated.transaction_id, updated.updated_at, updated.row_version,"
+            "  pg_notify($17, updated.transaction_id),"
+            "  pg_notify($16, updated.transaction_id || ' ' || updated.state) FROM updated",
             [cur.transaction_id for cur, _, _ in changes],
             [int(new.state) for _, new, _ in changes],
             [new.approved_amount_satang for _, new, _ in changes],
@@ -301,6 +311,7 @@ class PgClaimStore:
             [payload for _, _, payload in events],
             traceparent,
             NOTIFY_CHANNEL,
+            LEGACY_NOTIFY_CHANNEL,
         )
         new_by_id = {cur.transaction_id: new for cur, new, _ in changes}
         return {
@@ -319,7 +330,13 @@ class PgClaimStore:
                 "INSERT INTO router.outbox (topic, payload, traceparent) VALUES ($1, $2, $3)",
                 [(topic, payload, traceparent) for topic, payload in events],
             )
-        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, rec.transaction_id)
+        await conn.execute(
+            "SELECT pg_notify($1, $2), pg_notify($3, $2 || ' ' || $4::smallint)",
+            LEGACY_NOTIFY_CHANNEL,
+            rec.transaction_id,
+            NOTIFY_CHANNEL,
+            int(rec.state),
+        )
 
     # --- push hand-off to the delivery layer ------------------------------------------
     async def lease_push(self, limit: int, lease_s: float) -> list[ClaimRecord]:

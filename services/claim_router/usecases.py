@@ -32,7 +32,7 @@ from services.claim_router import domain
 from services.claim_router.domain import State
 from services.claim_router.events import state_change_events
 from services.claim_router.metrics import CLAIM_OUTCOMES, DECISION_LATENCY
-from services.claim_router.model import ClaimRecord, Event, Mutation
+from services.claim_router.model import ClaimChange, ClaimRecord, Event, Mutation
 
 DEFAULT_PULL_LEASE_S = 60.0  # §6: an undecided pulled claim is offered again after this
 # Wake-ups can be lost (a dropped LISTEN connection), so waiters re-read this often.
@@ -120,7 +120,7 @@ class PullLog(Protocol):
 class ChangeFeed(Protocol):
     """Events set when a claim changed or pull work arrived, on any replica."""
 
-    def claim_changes(self, transaction_id: str) -> AbstractContextManager[asyncio.Event]: ...
+    def claim_changes(self, transaction_id: str) -> AbstractContextManager[ClaimChange]: ...
 
     def pull_ready(self, insurer_code: str) -> AbstractContextManager[asyncio.Event]: ...
 
@@ -201,11 +201,14 @@ def _taken(route: str) -> Mutation:
     return mutate
 
 
-async def _wake_or_timeout(event: asyncio.Event, timeout_s: float) -> None:
+async def _wake_or_timeout(event: asyncio.Event, timeout_s: float) -> bool:
+    """True when woken, False when the timeout passed."""
+    woken = False
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout_s):
-            await event.wait()
+            woken = await event.wait()
     event.clear()
+    return woken
 
 
 @dataclass(frozen=True, eq=False)
@@ -291,17 +294,33 @@ class ClaimRouter:
                 raise domain.AlreadyExistsClaimRef(existing.claim_ref) from None
             if existing is None or not _same_claim(existing, req):
                 raise  # new (or the same envelope with other request fields): refused
-            stored, created = existing, False
-        else:
-            stored, created = await self._insert_new(req, insurer)
-        structlog.contextvars.bind_contextvars(transaction_id=stored.transaction_id)
-        if created:
+            structlog.contextvars.bind_contextvars(transaction_id=existing.transaction_id)
+            return await self._settled(existing, None, timeout_s)
+        candidate = _new_claim(req, insurer)
+        # Listening before the insert: no change to the new claim can slip by
+        # unannounced, so the wait reads nothing until the claim is settled.
+        with self.changes.claim_changes(candidate.transaction_id) as changes:
+            stored, created = await self._insert_new(req, candidate)
+            structlog.contextvars.bind_contextvars(transaction_id=stored.transaction_id)
+            if not created:  # a resubmission: the stored claim has another id
+                return await self._settled(stored, None, timeout_s)
             CLAIM_OUTCOMES.labels(State.RECEIVED.name).inc()
             if stored.delivery_mode in PUSH_MODES and self.push is not None:
                 self.push.kick(stored)
-        if timeout_s > 0:
-            stored = await self._wait_settled(stored.transaction_id, timeout_s) or stored
-        return stored
+            return await self._settled(stored, changes, timeout_s)
+
+    async def _settled(
+        self, stored: ClaimRecord, changes: ClaimChange | None, timeout_s: float
+    ) -> ClaimRecord:
+        """The claim once terminal, or as it is when the timeout passes; as
+        stored when there is no wait. `changes`: a subscription taken before
+        `stored` was written (None: one is taken now, and the state read)."""
+        if timeout_s <= 0:
+            return stored
+        if changes is not None:
+            return await self._wait_settled(stored.transaction_id, timeout_s, changes, stored.state) or stored
+        with self.changes.claim_changes(stored.transaction_id) as late:
+            return await self._wait_settled(stored.transaction_id, timeout_s, late, None) or stored
 
     async def _routable(self, req: SubmitRequest, header: ProtectedHeader) -> Principal:
         """The insurer, if a new claim with this request may be routed to it."""
@@ -316,9 +335,8 @@ class ClaimRouter:
         )
         return insurer
 
-    async def _insert_new(self, req: SubmitRequest, insurer: Principal) -> tuple[ClaimRecord, bool]:
+    async def _insert_new(self, req: SubmitRequest, candidate: ClaimRecord) -> tuple[ClaimRecord, bool]:
         """Stores the claim unless one is stored under its claim_ref: (stored, created)."""
-        candidate = _new_claim(req, insurer)
         stored, created = await self.store.insert(
             candidate, state_change_events(candidate, actor=req.hospital_code, route=ROUTE_SUBMIT)
         )
@@ -328,18 +346,23 @@ class ClaimRouter:
             raise domain.AlreadyExistsClaimRef(stored.claim_ref)
         return stored, created
 
-    async def _wait_settled(self, transaction_id: str, timeout_s: float) -> ClaimRecord | None:
-        """The claim once terminal, or as it is when the timeout passes."""
+    async def _wait_settled(
+        self, transaction_id: str, timeout_s: float, changes: ClaimChange, known: State | None
+    ) -> ClaimRecord | None:
+        """The claim once terminal, or as it is when the timeout passes. Each
+        wake-up takes the state its notification carried; only one that did not
+        say is read. The whole claim is read once, at the end."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        with self.changes.claim_changes(transaction_id) as changed:
-            while True:
-                # Each wake-up checks the state only; the whole claim is read once, at the end.
+        state = known
+        while True:
+            if state is None:
                 state = await self.store.state_of(transaction_id)
-                remaining = deadline - loop.time()
-                if state is None or state in domain.TERMINAL_STATES or remaining <= 0:
-                    return await self.store.get(transaction_id)
-                await _wake_or_timeout(changed, remaining)
+            remaining = deadline - loop.time()
+            if state is None or state in domain.TERMINAL_STATES or remaining <= 0:
+                return await self.store.get(transaction_id)
+            # The latest announced state; after a timeout, what it is now is read.
+            state = changes.state if await _wake_or_timeout(changes, remaining) else None
 
     async def get_claim(self, hospital_code: str, transaction_id: str) -> ClaimRecord:
         domain.check_transaction_id(transaction_id)
@@ -362,7 +385,9 @@ class ClaimRouter:
                     last = current.state
                 if current.state in domain.TERMINAL_STATES:
                     return
-                await _wake_or_timeout(changed, WATCH_RECHECK_S)
+                # A change announced as the state already sent (a delivery note) needs no read.
+                while await _wake_or_timeout(changed, WATCH_RECHECK_S) and changed.state == last:
+                    pass
 
     async def list_claims(self, req: ListClaimsRequest) -> Page[ClaimRecord]:
         size = domain.page_size_of(req.page_size)

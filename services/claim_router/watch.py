@@ -1,5 +1,6 @@
 """Wakes waiters when a claim changes or pull work arrives, across replicas,
-via PostgreSQL LISTEN/NOTIFY on one dedicated connection."""
+via PostgreSQL LISTEN/NOTIFY on one dedicated connection. A claim's waiters
+are told the new state the notification carries, so they need not read it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any
 import asyncpg
 import structlog
 
-from services.claim_router.store import NOTIFY_CHANNEL, PULL_NOTIFY_CHANNEL
+from services.claim_router.domain import State
+from services.claim_router.model import ClaimChange
+from services.claim_router.store import LEGACY_NOTIFY_CHANNEL, NOTIFY_CHANNEL, PULL_NOTIFY_CHANNEL
 
 log = structlog.get_logger("claim_router.watch")
 
@@ -20,7 +23,7 @@ log = structlog.get_logger("claim_router.watch")
 class ChangeHub:
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
-        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._waiters: dict[str, set[ClaimChange]] = defaultdict(set)
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -32,19 +35,29 @@ class ChangeHub:
     async def _connect(self) -> None:
         conn = await asyncpg.connect(self._dsn, timeout=10)
         await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        # A router of the previous release announces its changes only here.
+        await conn.add_listener(LEGACY_NOTIFY_CHANNEL, self._on_notify)
         await conn.add_listener(PULL_NOTIFY_CHANNEL, self._on_notify)
         self._conn = conn
 
     def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
-        self._wake(payload if channel == NOTIFY_CHANNEL else _pull_key(payload))
+        if channel == NOTIFY_CHANNEL:
+            transaction_id, _, state = payload.partition(" ")
+            self._wake(transaction_id, state_of(state))
+        elif channel == LEGACY_NOTIFY_CHANNEL:
+            self._wake(payload, None)
+        else:
+            self._wake(_pull_key(payload), None)
 
-    def _wake(self, key: str) -> None:
+    def _wake(self, key: str, state: State | None) -> None:
         for event in self._waiters.get(key, ()):
+            event.state = state
             event.set()
 
     def _wake_all(self) -> None:
         for events in self._waiters.values():
             for event in events:
+                event.state = None  # whatever was missed: read it
                 event.set()
 
     async def _keepalive(self) -> None:
@@ -64,7 +77,7 @@ class ChangeHub:
                     await self._connect()
                 self._wake_all()
 
-    def claim_changes(self, transaction_id: str) -> contextlib.AbstractContextManager[asyncio.Event]:
+    def claim_changes(self, transaction_id: str) -> contextlib.AbstractContextManager[ClaimChange]:
         """An event set whenever the claim changes, while the block runs."""
         return self._subscription(transaction_id)
 
@@ -73,8 +86,8 @@ class ChangeHub:
         return self._subscription(_pull_key(insurer_code))
 
     @contextlib.contextmanager
-    def _subscription(self, key: str) -> Iterator[asyncio.Event]:
-        event = asyncio.Event()
+    def _subscription(self, key: str) -> Iterator[ClaimChange]:
+        event = ClaimChange()
         self._waiters[key].add(event)
         try:
             yield event
@@ -98,3 +111,11 @@ class ChangeHub:
 def _pull_key(insurer_code: str) -> str:
     # Transaction ids start with "txn_", so the two kinds of key never meet.
     return f"pull:{insurer_code}"
+
+
+def state_of(text: str) -> State | None:
+    """The state a notification names; None for anything else (then it is read)."""
+    try:
+        return State(int(text))
+    except ValueError:
+        return None

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -15,6 +14,7 @@ from iclaim_hub.common.db import create_pool
 from services.claim_router.domain import State
 from services.claim_router.model import ClaimRecord, Event
 from services.claim_router.store import PgClaimStore
+from tests.support.router_records import claim_record as _claim
 
 
 @pytest.fixture
@@ -24,27 +24,6 @@ async def store(database_url: str) -> AsyncIterator[tuple[PgClaimStore, asyncpg.
     await s.migrate()
     yield s, pool
     await pool.close()
-
-
-def _claim(ref: str, mode: str = "grpc") -> ClaimRecord:
-    now = datetime.now(UTC)
-    return ClaimRecord(
-        transaction_id=f"txn_{ref.lower():0>28}",
-        hospital_code="10670",
-        insurer_code="AIA",
-        claim_ref=ref,
-        state=State.RECEIVED,
-        billed_amount_satang=100,
-        approved_amount_satang=0,
-        envelope="e",
-        envelope_sha256="0" * 64,
-        decision_envelope="",
-        status_reason="",
-        delivery_mode=mode,
-        submitted_at=now,
-        decided_at=None,
-        updated_at=now,
-    )
 
 
 async def _outbox(pool: asyncpg.Pool) -> list[tuple[str, bytes]]:

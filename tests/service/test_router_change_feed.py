@@ -1,0 +1,136 @@
+"""A claim's change is announced with its new state (NOTIFY "<id> <state>"),
+so SubmitClaim's wait reads nothing until the claim is settled; a change
+announced the previous release's way (the bare id, on the old channel, still
+sent and heard during a rolling upgrade) is read instead. Real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+import pytest
+
+from iclaim_hub.common.db import create_pool
+from services.claim_router.domain import State
+from services.claim_router.model import ClaimRecord, Event
+from services.claim_router.store import LEGACY_NOTIFY_CHANNEL, NOTIFY_CHANNEL, PgClaimStore
+from services.claim_router.usecases import ClaimRouter
+from services.claim_router.watch import ChangeHub
+from tests.support.router_records import claim_record
+
+
+class CountingStore(PgClaimStore):
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.reads: list[str] = []
+
+    async def state_of(self, transaction_id: str) -> State | None:
+        self.reads.append("state_of")
+        return await super().state_of(transaction_id)
+
+    async def get(self, transaction_id: str) -> ClaimRecord | None:
+        self.reads.append("get")
+        return await super().get(transaction_id)
+
+
+@pytest.fixture
+async def parts(database_url: str) -> AsyncIterator[tuple[CountingStore, ChangeHub, asyncpg.Pool]]:
+    pool = await create_pool(database_url, max_size=4)
+    store = CountingStore(pool)
+    await store.migrate()
+    hub = ChangeHub(database_url)
+    await hub.start()
+    yield store, hub, pool
+    await hub.close()
+    await pool.close()
+
+
+def _to(state: State) -> Any:
+    def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
+        return cur.with_changes(state=state), []
+
+    return mutate
+
+
+async def test_the_wait_reads_only_the_settled_claim(
+    parts: tuple[CountingStore, ChangeHub, asyncpg.Pool],
+) -> None:
+    store, hub, pool = parts
+    router = ClaimRouter(store, directory=None, push=None, changes=hub)  # type: ignore[arg-type]
+    writer = PgClaimStore(pool)  # the insurer's side: its reads are not the wait's
+    claim = claim_record("FEED1")
+    with hub.claim_changes(claim.transaction_id) as changes:
+        await store.insert(claim, [])
+
+        async def insurer() -> None:
+            await asyncio.sleep(0.2)
+            await writer.transition(claim.transaction_id, _to(State.DELIVERED))
+            await asyncio.sleep(0.2)
+            await writer.transition(claim.transaction_id, _to(State.APPROVED))
+
+        deciding = asyncio.create_task(insurer())
+        store.reads.clear()
+        settled = await router._wait_settled(claim.transaction_id, 10.0, changes, State.RECEIVED)
+        await deciding
+    assert settled is not None and settled.state == State.APPROVED
+    # The insert's, DELIVERED's and APPROVED's announcements carried their states.
+    assert store.reads == ["get"]
+
+
+async def test_a_change_announced_the_old_way_is_read(
+    parts: tuple[CountingStore, ChangeHub, asyncpg.Pool],
+) -> None:
+    store, hub, pool = parts
+    router = ClaimRouter(store, directory=None, push=None, changes=hub)  # type: ignore[arg-type]
+    claim = claim_record("FEED2")
+    await store.insert(claim, [])
+    with hub.claim_changes(claim.transaction_id) as changes:
+
+        async def old_router() -> None:
+            await asyncio.sleep(0.2)
+            await pool.execute(
+                "UPDATE router.claims SET state = $2 WHERE transaction_id = $1",
+                claim.transaction_id,
+                int(State.DENIED),
+            )
+            await pool.execute("SELECT pg_notify($1, $2)", LEGACY_NOTIFY_CHANNEL, claim.transaction_id)
+
+        deciding = asyncio.create_task(old_router())
+        store.reads.clear()
+        settled = await router._wait_settled(claim.transaction_id, 10.0, changes, State.RECEIVED)
+        await deciding
+    assert settled is not None and settled.state == State.DENIED
+    assert store.reads == ["state_of", "get"]
+
+
+async def test_writes_announce_on_both_channels(
+    parts: tuple[CountingStore, ChangeHub, asyncpg.Pool], database_url: str
+) -> None:
+    store, _, _ = parts
+    heard: list[tuple[str, str]] = []
+    conn = await asyncpg.connect(database_url)
+    try:
+        for channel in (NOTIFY_CHANNEL, LEGACY_NOTIFY_CHANNEL):
+            await conn.add_listener(channel, lambda _c, _p, ch, payload: heard.append((ch, payload)))
+        claim = claim_record("FEED3")
+        await store.insert(claim, [])
+        await store.transition(claim.transaction_id, _to(State.PENDING_REVIEW))
+        await store.transition_many([claim.transaction_id], _to(State.APPROVED))
+        tid = claim.transaction_id
+        expected = [
+            (LEGACY_NOTIFY_CHANNEL, tid),
+            (NOTIFY_CHANNEL, f"{tid} {int(State.RECEIVED)}"),
+            (LEGACY_NOTIFY_CHANNEL, tid),
+            (NOTIFY_CHANNEL, f"{tid} {int(State.PENDING_REVIEW)}"),
+            (LEGACY_NOTIFY_CHANNEL, tid),
+            (NOTIFY_CHANNEL, f"{tid} {int(State.APPROVED)}"),
+        ]
+        for _ in range(100):
+            if len(heard) >= len(expected):
+                break
+            await asyncio.sleep(0.05)
+        assert heard == expected
+    finally:
+        await conn.close()
