@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -163,6 +164,32 @@ def import_jwk(jwk: dict[str, Any] | str) -> Key:
     raise EnvelopeError("KEY_UNSUPPORTED", f"unsupported key type {kty!r}")
 
 
+# Imported long-lived keys (the hospital's public key on each seal, the
+# insurer's private key on each open), by a digest of the whole JWK: importing
+# one costs about as much as the sealing itself, and a changed key (same kid,
+# other material) is a new entry. Ephemeral keys (epk) never come through here.
+_KEY_CACHE: dict[bytes, Key] = {}
+_KEY_CACHE_MAX = 256
+_KEY_CACHE_LOCK = threading.Lock()
+
+
+def _imported(jwk: dict[str, Any] | str) -> Key:
+    """import_jwk, remembered: the same JWK gives the same (read-only) key object."""
+    try:
+        text = jwk if isinstance(jwk, str) else json.dumps(jwk, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):  # not JSON: import_jwk says why
+        return import_jwk(jwk)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    key = _KEY_CACHE.get(digest)
+    if key is None:
+        key = import_jwk(jwk)
+        with _KEY_CACHE_LOCK:  # seal/open may run in threads
+            if len(_KEY_CACHE) >= _KEY_CACHE_MAX:
+                _KEY_CACHE.pop(next(iter(_KEY_CACHE)), None)
+            _KEY_CACHE[digest] = key
+    return key
+
+
 def generate_encryption_key(kid: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """A fresh X25519 key pair as (private JWK, public JWK)."""
     key = OKPKey.generate_key("X25519", private=True, parameters={"kid": kid, "use": "enc"})
@@ -179,7 +206,7 @@ def seal(
     amount_satang: int,
     iat: int | None = None,
 ) -> str:
-    key = import_jwk(recipient_jwk)
+    key = _imported(recipient_jwk)
     kid = key.kid
     if not kid:
         raise EnvelopeError("KEY_UNSUPPORTED", "recipient key has no kid")
@@ -203,7 +230,7 @@ def _import_private(private_jwk: dict[str, Any] | str | Key) -> Key:
         key = private_jwk
     else:
         try:
-            key = import_jwk(private_jwk)
+            key = _imported(private_jwk)
         except EnvelopeError:
             raise
         except Exception as exc:  # any malformed JWK is one typed error
