@@ -5,8 +5,8 @@ A push is answered only after its row is committed (fsync'd), so "taken"
 transaction_id again is a duplicate (pushes are at-least-once, §10.4). The
 worker reads undecided rows, so a crash between taking and deciding loses
 nothing. sqlite3 from the standard library, one file in the state folder, one
-process per folder; calls run in a thread (asyncio.to_thread) so the event
-loop never waits on the disk.
+process per folder; calls run in the inbox's own thread so the event loop
+never waits on the disk.
 
 States: received -> (reviewing: PENDING_REVIEW posted, final decision due)
 -> decided | failed (the kit gave up; logged with a reason). A decided row
@@ -16,6 +16,7 @@ keeps only its key (for deduplication) and is purged after `retention_s`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import enum
 import os
 import sqlite3
@@ -121,14 +122,24 @@ class Inbox:
         self.retention_s = retention_s
         self._clock = clock
         self._lock = threading.Lock()
+        # One thread of its own: calls are serialised by the lock anyway, and a
+        # kept, warm thread hands off for less CPU than asyncio.to_thread's pool.
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = (
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="iclaim-inbox")
+        )
         self._db: sqlite3.Connection | None = None
         self._undecided = 0
 
     @classmethod
     async def open(cls, state_dir: Path, **kwargs: Any) -> Inbox:
         inbox = cls(Path(state_dir) / DB_NAME, **kwargs)
-        await asyncio.to_thread(inbox._open)
+        await inbox._hop(inbox._open)
         return inbox
+
+    async def _hop(self, fn: Callable[[], T]) -> T:
+        """fn in the inbox's thread (the default pool once closed: what runs
+        then only finds the inbox closed)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -168,7 +179,7 @@ class Inbox:
                     # taken and will be sent again.
                     raise Unavailable("inbox cannot be written", reason="INBOX_UNAVAILABLE") from exc
 
-        return await asyncio.to_thread(locked)
+        return await self._hop(locked)
 
     async def close(self) -> None:
         def close() -> None:
@@ -177,7 +188,10 @@ class Inbox:
                     self._db.close()
                     self._db = None
 
-        await asyncio.to_thread(close)
+        await self._hop(close)
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
 
     @property
     def undecided(self) -> int:
@@ -213,12 +227,34 @@ class Inbox:
         """The rows of one query, read in the inbox's thread."""
         return await self._run(lambda: self._conn().execute(sql, params).fetchall())
 
+    _GET = (
+        "SELECT delivery, state, attempts, last_error FROM deliveries"
+        " WHERE insurer_code = ? AND transaction_id = ?"
+    )
+    _STAGED = (
+        "SELECT step, state, approved_satang, reason_code, delay_s, envelope FROM staged_posts"
+        " WHERE insurer_code = ? AND transaction_id = ? ORDER BY step"
+    )
+
     async def get(self, insurer_code: str, transaction_id: str) -> InboxItem | None:
-        rows = await self._read(
-            "SELECT delivery, state, attempts, last_error FROM deliveries"
-            " WHERE insurer_code = ? AND transaction_id = ?",
-            (insurer_code, transaction_id),
-        )
+        rows = await self._read(self._GET, (insurer_code, transaction_id))
+        return self._item(insurer_code, transaction_id, rows)
+
+    async def load(self, insurer_code: str, transaction_id: str) -> tuple[InboxItem | None, list[StagedPost]]:
+        """get and staged together, in one hop to the inbox's thread (the
+        worker needs both for every attempt)."""
+
+        def load() -> tuple[list[Any], list[Any]]:
+            db = self._conn()
+            key = (insurer_code, transaction_id)
+            rows = db.execute(self._GET, key).fetchall()
+            return rows, (db.execute(self._STAGED, key).fetchall() if rows else [])
+
+        rows, staged = await self._run(load)
+        return self._item(insurer_code, transaction_id, rows), self._posts(staged)
+
+    @staticmethod
+    def _item(insurer_code: str, transaction_id: str, rows: list[Any]) -> InboxItem | None:
         if not rows:
             return None
         delivery, state, attempts, last_error = rows[0]
@@ -318,11 +354,10 @@ class Inbox:
         await self._run(stage)
 
     async def staged(self, insurer_code: str, transaction_id: str) -> list[StagedPost]:
-        rows = await self._read(
-            "SELECT step, state, approved_satang, reason_code, delay_s, envelope FROM staged_posts"
-            " WHERE insurer_code = ? AND transaction_id = ? ORDER BY step",
-            (insurer_code, transaction_id),
-        )
+        return self._posts(await self._read(self._STAGED, (insurer_code, transaction_id)))
+
+    @staticmethod
+    def _posts(rows: list[Any]) -> list[StagedPost]:
         return [StagedPost(int(r[0]), int(r[1]), int(r[2]), str(r[3]), float(r[4]), str(r[5])) for r in rows]
 
     async def mark(self, insurer_code: str, transaction_id: str, state: str, error: str = "") -> None:

@@ -271,11 +271,11 @@ class Worker:
 
     async def process(self, insurer_code: str, transaction_id: str) -> str:
         """One attempt at one claim; returns the row's state afterwards."""
-        item = await self.inbox.get(insurer_code, transaction_id)
+        item, staged = await self.inbox.load(insurer_code, transaction_id)
         if item is None or item.state not in OPEN_STATES:
             return item.state if item else ""
         try:
-            await self._decide(insurer_code, item.delivery, item.state)
+            await self._decide(insurer_code, item.delivery, item.state, staged)
         except _Retry as exc:
             await self._retry_later(insurer_code, transaction_id, exc.reason)
             return await self.inbox.state_of(insurer_code, transaction_id) or item.state
@@ -293,9 +293,11 @@ class Worker:
         await self.inbox.mark(insurer_code, transaction_id, DECIDED)
         return DECIDED
 
-    async def _decide(self, code: str, delivery: ipb.ClaimDelivery, state: str) -> None:
+    async def _decide(
+        self, code: str, delivery: ipb.ClaimDelivery, state: str, staged: list[StagedPost]
+    ) -> None:
         tid = delivery.transaction_id
-        posts = await self.inbox.staged(code, tid)
+        posts = staged
         if not posts:
             posts = [
                 StagedPost(i, step.state, step.approved_satang, step.reason_code, step.delay_s)
