@@ -138,3 +138,26 @@ async def test_durability_is_full_fsync_by_default_and_normal_only_when_asked(tm
             await inbox.close()
     with pytest.raises(ValueError):
         Inbox(tmp_path / "x", synchronous="OFF")
+
+
+async def test_load_is_get_and_staged_together(tmp_path: Path) -> None:
+    from iclaim.insurer.inbox import StagedPost
+
+    inbox = await Inbox.open(tmp_path)
+    try:
+        assert await inbox.load("AIA", "txn_1") == (None, [])
+        await inbox.put("AIA", _d())
+        assert await inbox.load("AIA", "txn_1") == (await inbox.get("AIA", "txn_1"), [])
+        posts = [StagedPost(0, 1, 0, "", 0.0, "env-0"), StagedPost(1, 2, 5, "", 2.5, "env-1")]
+        await inbox.stage("AIA", "txn_1", posts)
+        item, staged = await inbox.load("AIA", "txn_1")
+        assert (
+            item is not None
+            and item.state == RECEIVED
+            and staged == posts == await inbox.staged("AIA", "txn_1")
+        )
+        await inbox.mark("AIA", "txn_1", DECIDED)
+        item, staged = await inbox.load("AIA", "txn_1")
+        assert item is not None and item.state == DECIDED and staged == []
+    finally:
+        await inbox.close()
