@@ -118,7 +118,9 @@ def _deliveries(n: int, insurer_pub: dict[str, Any]) -> list[ipb.ClaimDelivery]:
     for i in range(n):
         ref, amount = f"C-{i:06d}-{secrets.token_hex(3)}", 10_000 + 137 * i
         doc = synthetic_claim(HOSPITAL, INSURER, ref, f"POL-{i}", amount)
-        sealed = seal(doc, insurer_pub, sender=HOSPITAL, recipient=INSURER, claim_ref=ref, amount_satang=amount)
+        sealed = seal(
+            doc, insurer_pub, sender=HOSPITAL, recipient=INSURER, claim_ref=ref, amount_satang=amount
+        )
         out.append(
             ipb.ClaimDelivery(
                 transaction_id=f"txn_{i:06d}_{secrets.token_hex(6)}",

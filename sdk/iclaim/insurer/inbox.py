@@ -124,8 +124,8 @@ class Inbox:
         self._lock = threading.Lock()
         # One thread of its own: calls are serialised by the lock anyway, and a
         # kept, warm thread hands off for less CPU than asyncio.to_thread's pool.
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = (
-            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="iclaim-inbox")
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="iclaim-inbox"
         )
         self._db: sqlite3.Connection | None = None
         self._undecided = 0
