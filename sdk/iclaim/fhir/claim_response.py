@@ -6,8 +6,9 @@ by the standard fields (outcome, totals), so plain FHIR tooling reads it too.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fhir.resources.R4B.claimresponse import ClaimResponse
@@ -137,8 +138,31 @@ def build_claim_response(
         }
     if outcome == "error":
         doc["error"] = [{"code": _reason(reason_code)}]
-    validated(doc, ClaimResponse)
+    if not _valid_by_construction(
+        (claim_ref, hospital_code, insurer_code, reason_code, patient_citizen_id), created
+    ):
+        validated(doc, ClaimResponse)
     return dumps(doc)
+
+
+# The document above is one fixed shape; only these values vary. When each is
+# plain printable ASCII without spaces (a valid FHIR code, so a valid string
+# too) and `created` is UTC (now, by default), the document is valid FHIR by
+# construction and the pydantic round trip (most of the cost of a decision) is
+# skipped; tests/unit/test_fhir_claim_response.py validates such documents
+# with the models over many varied inputs. Anything else is validated as
+# before, so what was refused still is.
+_PLAIN = re.compile(r"[!-~]{1,256}")
+_UTC = timedelta(0)
+
+
+def _valid_by_construction(texts: tuple[str | None, ...], created: datetime | None) -> bool:
+    for text in texts:
+        if text and not (isinstance(text, str) and _PLAIN.fullmatch(text)):
+            return False
+    if created is None:
+        return True
+    return isinstance(created, datetime) and created.utcoffset() == _UTC and 1900 <= created.year <= 9999
 
 
 def _total(doc: dict[str, Any], category: str) -> int | None:
