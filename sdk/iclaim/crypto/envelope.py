@@ -10,6 +10,7 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +108,11 @@ def _policy_header(envelope: str) -> dict[str, Any]:
 
 def parse_protected_header(envelope: str) -> ProtectedHeader:
     """Reads and checks the protected header only; never touches the ciphertext."""
-    header = _policy_header(envelope)
+    return _iclaim_header(_policy_header(envelope))
+
+
+def _iclaim_header(header: dict[str, Any]) -> ProtectedHeader:
+    """The iClaim members of a header that met the policy (_policy_header)."""
     for name in ("kid", "cty", H_SENDER, H_RECIPIENT, H_CLAIM_REF):
         value = header.get(name)
         if not isinstance(value, str) or not value or len(value) > 256:
@@ -272,7 +277,11 @@ def decrypt_compact_policy(token: str, private_jwk: dict[str, Any] | str | Key) 
     """Opens any compact JWE that meets our algorithm policy (alg, enc, no zip,
     no crit, size), without the iClaim header requirements. open_envelope builds
     on it; every failure is an EnvelopeError, never plaintext."""
-    header = _policy_header(token)
+    return _decrypt(token, _policy_header(token), private_jwk)
+
+
+def _decrypt(token: str, header: dict[str, Any], private_jwk: dict[str, Any] | str | Key) -> bytes:
+    """decrypt_compact_policy once `header` is _policy_header(token)."""
     key = _import_private(private_jwk)
     wants_rsa = header["alg"] == "RSA-OAEP-256"
     if wants_rsa != isinstance(key, RSAKey) or (isinstance(key, OKPKey) and key.get("crv") != "X25519"):
@@ -295,5 +304,14 @@ def decrypt_compact_policy(token: str, private_jwk: dict[str, Any] | str | Key) 
 def open_envelope(envelope: str, private_jwk: dict[str, Any] | str) -> tuple[ProtectedHeader, bytes]:
     """Checks the iClaim header, then decrypts under the shared policy; every
     failure is an EnvelopeError."""
-    header = parse_protected_header(envelope)
-    return header, decrypt_compact_policy(envelope, private_jwk)
+    return open_envelope_with(envelope, lambda _: private_jwk)
+
+
+def open_envelope_with(
+    envelope: str, key_for: Callable[[ProtectedHeader], dict[str, Any] | str]
+) -> tuple[ProtectedHeader, bytes]:
+    """open_envelope with the private key chosen from the checked header (by
+    kid, during a rotation); the header is read and checked once."""
+    policy = _policy_header(envelope)
+    header = _iclaim_header(policy)
+    return header, _decrypt(envelope, policy, key_for(header))
