@@ -172,3 +172,22 @@ def test_thai_citizen_id_checksum() -> None:
     assert thai_citizen_id_checksum_ok("1101700203450")
     assert not thai_citizen_id_checksum_ok("1101700203451")
     assert not thai_citizen_id_checksum_ok("110170020345")
+
+
+def test_read_claim_gives_the_document_as_sent_with_the_parsed_fields() -> None:
+    from iclaim.fhir.claim import read_claim
+    from iclaim.fhir.jsonio import loads
+
+    data = build_claim(
+        claim_ref="HN-9",
+        hospital_code="10670",
+        insurer_code="AIA",
+        policy_number="POL-1",
+        amount_satang=30_001,
+        patient=PatientInfo(name="A Patient", citizen_id="1101700203451", gender="female"),
+        diagnoses=["J18.9", "E11"],
+        items=[ClaimItem("X1", "Room", 10_000, 2), ClaimItem("X2", "Drugs", 20_001, 3)],
+    )
+    parsed, doc = read_claim(data)
+    assert parsed == parse_claim(data)
+    assert doc == loads(data)  # validation leaves the document as it was

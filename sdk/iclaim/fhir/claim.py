@@ -197,6 +197,12 @@ def _identifier_value(ref: Any, system: str | None = None) -> str | None:
 
 def parse_claim(data: bytes | str) -> ParsedClaim:
     """Reads a FHIR R4 Claim; anything unusable is a FhirError with a reason."""
+    return read_claim(data)[0]
+
+
+def read_claim(data: bytes | str) -> tuple[ParsedClaim, dict[str, Any]]:
+    """parse_claim, plus the document itself (JSON, decimals as Decimal): one
+    parse and one validation for a caller that needs both."""
     doc = load_resource(data, Claim, "NOT_A_CLAIM")
 
     claim_ref = None
@@ -233,7 +239,7 @@ def parse_claim(data: bytes | str) -> ParsedClaim:
             if coding.get("system") == systems.ICD10 and isinstance(coding.get("code"), str):
                 diagnoses.append(coding["code"])
 
-    return ParsedClaim(
+    parsed = ParsedClaim(
         claim_ref=claim_ref,
         policy_number=policy,
         total_satang=total,
@@ -243,3 +249,4 @@ def parse_claim(data: bytes | str) -> ParsedClaim:
         diagnoses=tuple(diagnoses),
         item_count=len(doc.get("item") or ()),
     )
+    return parsed, doc

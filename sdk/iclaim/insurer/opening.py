@@ -9,10 +9,11 @@ is an invalid claim document (§8), never a crash.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from iclaim.crypto.envelope import EnvelopeError, open_envelope, parse_protected_header
-from iclaim.fhir import FhirError, parse_claim
-from iclaim.fhir.jsonio import loads
+from iclaim.crypto.envelope import EnvelopeError, ProtectedHeader, open_envelope_with
+from iclaim.fhir import FhirError
+from iclaim.fhir.claim import read_claim
 from iclaim.insurer.credentials import InsurerCredentials
 from iclaim.insurer.handler import IncomingClaim
 from iclaim.v1 import insurer_service_pb2 as ipb
@@ -24,22 +25,18 @@ class InvalidDocument:
     problem: str
 
 
-def _key_for(insurer: InsurerCredentials, envelope: str) -> dict[str, object]:
+def _key_for(insurer: InsurerCredentials, header: ProtectedHeader) -> dict[str, Any]:
     """The private key the envelope names by kid; the current one otherwise
-    (open_envelope then refuses it with a typed error)."""
-    try:
-        kid = parse_protected_header(envelope).kid
-    except EnvelopeError:
-        return insurer.encryption_private_jwk
+    (opening then refuses it with a typed error)."""
     for jwk in insurer.decryption_jwks:
-        if jwk.get("kid") == kid:
+        if jwk.get("kid") == header.kid:
             return jwk
     return insurer.encryption_private_jwk
 
 
 def open_claim(insurer: InsurerCredentials, delivery: ipb.ClaimDelivery) -> IncomingClaim | InvalidDocument:
     try:
-        header, plaintext = open_envelope(delivery.envelope, _key_for(insurer, delivery.envelope))
+        header, plaintext = open_envelope_with(delivery.envelope, lambda h: _key_for(insurer, h))
     except EnvelopeError as exc:
         return InvalidDocument(exc.reason)
     if header.recipient != insurer.code or header.sender != delivery.hospital_code:
@@ -49,8 +46,7 @@ def open_claim(insurer: InsurerCredentials, delivery: ipb.ClaimDelivery) -> Inco
     if header.amount_satang != delivery.billed_amount_satang:
         return InvalidDocument("ENVELOPE_AMOUNT_MISMATCH")
     try:
-        parsed = parse_claim(plaintext)
-        doc = loads(plaintext)
+        parsed, doc = read_claim(plaintext)  # validated once, parsed once
     except FhirError as exc:
         return InvalidDocument(f"FHIR_{exc.reason}")
     if parsed.total_satang != delivery.billed_amount_satang:
