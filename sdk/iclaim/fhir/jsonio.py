@@ -32,17 +32,15 @@ def dumps(doc: Any) -> bytes:
     nonce = secrets.token_hex(8)
     literals: list[str] = []
 
-    def swap(value: Any) -> Any:
+    # The encoder calls this only for what it cannot write itself (a Decimal
+    # here), so the document is not copied and walked in Python first.
+    def placeholder(value: Any) -> str:
         if isinstance(value, Decimal):
             literals.append(format(value, "f"))
             return f"\x00{nonce}:{len(literals) - 1}"
-        if isinstance(value, dict):
-            return {k: swap(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [swap(v) for v in value]
-        return value
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
-    text = json.dumps(swap(doc), ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), default=placeholder)
     for i, literal in enumerate(literals):
         text = text.replace(f'"\\u0000{nonce}:{i}"', literal, 1)
     return text.encode("utf-8")
