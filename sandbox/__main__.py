@@ -2,7 +2,8 @@
 [--health HOST:PORT] [--state-dir DIR]`: the sandbox insurers until SIGTERM/SIGINT.
 
 Timing knobs (§8): ICLAIM_SIM_REVIEW_S (default 2), ICLAIM_SIM_SLOW_S (10).
-Exit status: 0 after a clean stop, 2 for unusable arguments or credentials."""
+Runs on uvloop, as the hub's services do; ICLAIM_EVENT_LOOP=asyncio for the
+standard loop. Exit status: 0 after a clean stop, 2 for unusable arguments or credentials."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from iclaim.insurer.credentials import CredentialsError
@@ -60,13 +62,35 @@ async def _main(args: argparse.Namespace) -> int:
     return 0
 
 
+LOOPS = ("UVLOOP", "ASYNCIO")
+
+
+def chosen_loop(environ: Mapping[str, str] = os.environ) -> str:
+    """UVLOOP (default) or ASYNCIO, from ICLAIM_EVENT_LOOP as the hub reads it
+    (iclaim_hub/common/event_loop.py; the sandbox imports nothing of the hub).
+    uvloop halves the CPU of each handoff to the inbox's thread."""
+    value = (environ.get("ICLAIM_EVENT_LOOP") or "uvloop").upper()
+    if value not in LOOPS:
+        raise ValueError(f"ICLAIM_EVENT_LOOP must be one of {', '.join(LOOPS)}, got {value!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:
+        loop = chosen_loop()
+    except ValueError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 2
     level = os.environ.get("ICLAIM_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(
         level=level if level in logging.getLevelNamesMapping() else "INFO",
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if loop == "UVLOOP":
+        import uvloop
+
+        return uvloop.run(_main(args))
     return asyncio.run(_main(args))
 
 
