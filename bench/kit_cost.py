@@ -149,7 +149,7 @@ def _instrument(meter: Meter) -> None:
     for name in ("get", "staged", "stage", "mark", "put", "state_of", "load"):
         fn = getattr(Inbox, name, None)
         if fn is not None:
-            setattr(Inbox, name, meter.coro("inbox", fn))
+            setattr(Inbox, name, meter.coro(f"inbox.{name}", fn))
 
 
 async def _run(n: int) -> dict[str, Any]:
@@ -205,11 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     total = result["cpu"] * us
     print(f"insurer kit, {n} claims, one in flight, loop={loop}")
     print(f"  CPU per decided claim     {total:8.0f} µs")
-    accounted = 0.0
-    for stage in ("open+validate claim", "decide (handler)", "build response", "seal", "inbox"):
-        value = result["stages"].get(stage, 0.0) * us
+    stages = result["stages"]
+    inbox = {k: v * us for k, v in stages.items() if k.startswith("inbox.")}
+    accounted = sum(inbox.values())
+    for stage in ("open+validate claim", "decide (handler)", "build response", "seal"):
+        value = stages.get(stage, 0.0) * us
         accounted += value
         print(f"    {stage:<24}{value:8.0f} µs")
+    calls = ", ".join(f"{k[6:]} {v:.0f}" for k, v in sorted(inbox.items()))
+    print(f"    {'inbox':<24}{sum(inbox.values()):8.0f} µs  ({calls})")
     print(f"    {'rest (worker, loop)':<24}{total - accounted:8.0f} µs")
     walls = sorted(result["walls"])
     print(
