@@ -171,8 +171,9 @@ def import_jwk(jwk: dict[str, Any] | str) -> Key:
 
 # Imported long-lived keys (the hospital's public key on each seal, the
 # insurer's private key on each open), by a digest of the whole JWK: importing
-# one costs about as much as the sealing itself, and a changed key (same kid,
-# other material) is a new entry. Ephemeral keys (epk) never come through here.
+# costs 15-45 µs each time (an X25519 private key is rebuilt and checked), and a
+# changed key (same kid, other material) is a new entry. Ephemeral keys (epk)
+# never come through here.
 _KEY_CACHE: dict[bytes, Key] = {}
 _KEY_CACHE_MAX = 256
 _KEY_CACHE_LOCK = threading.Lock()
