@@ -161,3 +161,53 @@ async def test_load_is_get_and_staged_together(tmp_path: Path) -> None:
         assert item is not None and item.state == DECIDED and staged == []
     finally:
         await inbox.close()
+
+
+async def test_a_row_just_put_loads_from_memory_until_anything_writes_it(tmp_path: Path) -> None:
+    from iclaim.errors import Unavailable
+    from iclaim.insurer import inbox as inbox_mod
+    from iclaim.insurer.inbox import StagedPost
+
+    inbox = await Inbox.open(tmp_path)
+    try:
+        await inbox.put("AIA", _d("txn_a"))
+        hops = 0
+        real_hop = inbox._hop
+
+        async def counted(fn: object) -> object:
+            nonlocal hops
+            hops += 1
+            return await real_hop(fn)  # type: ignore[arg-type]
+
+        inbox._hop = counted  # type: ignore[method-assign]
+        item, staged = await inbox.load("AIA", "txn_a")
+        assert hops == 0 and staged == []
+        assert item == await inbox.get("AIA", "txn_a")  # what the row says
+        # Each writer drops the remembered row: the next load reads the row.
+        posts = [StagedPost(0, 2, 5, "", 0.0, "env-0")]
+        for write, expect in (
+            (lambda: inbox.stage("AIA", "txn_b", posts), (RECEIVED, 0, posts)),
+            (lambda: inbox.reschedule("AIA", "txn_b", 0.0, "WHY"), (RECEIVED, 1, [])),
+            (lambda: inbox.mark("AIA", "txn_b", REVIEWING), (REVIEWING, 0, [])),
+            (lambda: inbox.mark("AIA", "txn_b", DECIDED), (DECIDED, 0, [])),
+        ):
+            await inbox.mark("AIA", "txn_b", DECIDED)
+            await inbox.purge()
+            inbox.retention_s, retention = -1.0, inbox.retention_s
+            await inbox.purge()  # gone, so the same id is NEW again
+            inbox.retention_s = retention
+            assert await inbox.put("AIA", _d("txn_b")) is PutResult.NEW
+            await write()
+            item, staged = await inbox.load("AIA", "txn_b")
+            assert item is not None and (item.state, item.attempts, staged) == expect
+        # Bounded; what falls out is read from the row.
+        for i in range(inbox_mod.FRESH_MAX + 5):
+            await inbox.put("AIA", _d(f"txn_many_{i}"))
+        assert len(inbox._fresh) <= inbox_mod.FRESH_MAX
+        item, _ = await inbox.load("AIA", "txn_many_0")
+        assert item is not None and item.state == RECEIVED
+        await inbox.put("AIA", _d("txn_c"))
+    finally:
+        await inbox.close()
+    with pytest.raises(Unavailable):
+        await inbox.load("AIA", "txn_c")  # closed: never an answer from memory

@@ -42,6 +42,8 @@ DEFAULT_MAX_UNDECIDED = 100_000
 # How long a decided transaction_id is remembered for deduplication: well past
 # the hub's 24 h delivery expiry.
 DEFAULT_RETENTION_S = 30 * 24 * 3600.0
+# Rows just put, kept in memory for the worker's first look (Inbox._fresh).
+FRESH_MAX = 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -129,6 +131,12 @@ class Inbox:
         )
         self._db: sqlite3.Connection | None = None
         self._undecided = 0
+        # Rows this process has just put and nothing has touched since: as a
+        # NEW row they are `received`, 0 attempts, nothing staged, so the
+        # worker's first load needs no trip to the thread. Any write to the
+        # row drops its entry (one process per folder: no other writer).
+        self._fresh: dict[tuple[str, str], bytes] = {}
+        self._fresh_lock = threading.Lock()  # touched from the loop and the inbox's thread
 
     @classmethod
     async def open(cls, state_dir: Path, **kwargs: Any) -> Inbox:
@@ -187,6 +195,8 @@ class Inbox:
                 if self._db is not None:
                     self._db.close()
                     self._db = None
+                with self._fresh_lock:
+                    self._fresh.clear()
 
         await self._hop(close)
         executor, self._executor = self._executor, None
@@ -219,6 +229,10 @@ class Inbox:
                 (insurer_code, delivery.transaction_id, blob, RECEIVED, now, now),
             )
             self._undecided += 1
+            with self._fresh_lock:
+                if len(self._fresh) >= FRESH_MAX:
+                    self._fresh.pop(next(iter(self._fresh)))
+                self._fresh[(insurer_code, delivery.transaction_id)] = blob
             return PutResult.NEW
 
         return await self._run(put)
@@ -242,7 +256,10 @@ class Inbox:
 
     async def load(self, insurer_code: str, transaction_id: str) -> tuple[InboxItem | None, list[StagedPost]]:
         """get and staged together, in one hop to the inbox's thread (the
-        worker needs both for every attempt)."""
+        worker needs both for every attempt); none for a row just put."""
+        fresh = self._forget(insurer_code, transaction_id)
+        if fresh is not None and self._db is not None:
+            return self._item(insurer_code, transaction_id, [(fresh, RECEIVED, 0, "")]), []
 
         def load() -> tuple[list[Any], list[Any]]:
             db = self._conn()
@@ -252,6 +269,11 @@ class Inbox:
 
         rows, staged = await self._run(load)
         return self._item(insurer_code, transaction_id, rows), self._posts(staged)
+
+    def _forget(self, insurer_code: str, transaction_id: str) -> bytes | None:
+        """Drops a row from the just-put ones; its delivery if it was one."""
+        with self._fresh_lock:
+            return self._fresh.pop((insurer_code, transaction_id), None)
 
     @staticmethod
     def _item(insurer_code: str, transaction_id: str, rows: list[Any]) -> InboxItem | None:
@@ -307,6 +329,7 @@ class Inbox:
         the number of attempts so far."""
 
         def reschedule() -> int:
+            self._forget(insurer_code, transaction_id)
             db = self._conn()
             now = self._clock()
             db.execute(
@@ -326,6 +349,7 @@ class Inbox:
         """Keeps a decision's steps (replacing what was staged) in one commit."""
 
         def stage() -> None:
+            self._forget(insurer_code, transaction_id)
             db = self._conn()
             with db:
                 db.execute("BEGIN")
@@ -365,6 +389,7 @@ class Inbox:
         staged decision: only the key is needed from now on, for deduplication."""
 
         def mark() -> None:
+            self._forget(insurer_code, transaction_id)
             db = self._conn()
             now = self._clock()
             before = db.execute(
