@@ -2,9 +2,14 @@
 what to do when the nonce store (Redis) may have been lost.
 
 A lost store forgets which nonces were used. Any request accepted before the
-loss carried a timestamp <= loss time + ACCEPT_AHEAD_S, so refusing every
-request stamped no later than recovery time + ACCEPT_AHEAD_S makes replays of
-them impossible, at the cost of at most a minute of refusals.
+loss carried a timestamp <= (the accepting replica's clock) + ACCEPT_AHEAD_S,
+and that clock was at most CLOCK_SKEW_MARGIN_S ahead of the recovering
+replica's (replicas disagree a little; a clock may step back), so refusing
+every request stamped no later than recovery time + ACCEPT_AHEAD_S +
+CLOCK_SKEW_MARGIN_S makes replays of them impossible, at the cost of at most
+70 s of refusals. (Without the margin, a request stamped 60 s ahead by a
+replica 1 s ahead could be replayed after a loss noticed by another; the
+replay property test found it.)
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ ACCEPT_BEHIND_S = 300
 ACCEPT_AHEAD_S = 60
 # Redis' clock may run a little ahead of ours; keep nonces a bit longer.
 NONCE_TTL_MARGIN_S = 5
+# How far gateway replicas' clocks may disagree, a step back included
+# (NTP keeps them within milliseconds; a larger step is a fault to alert on).
+CLOCK_SKEW_MARGIN_S = 10
 
 
 def skew_problem(timestamp: int, now: float) -> str | None:
@@ -40,12 +48,12 @@ def nonce_expires_at(timestamp: int) -> int:
 
 
 def refused_after_loss(timestamp: int, recovered_at: float | None) -> bool:
-    return recovered_at is not None and timestamp <= recovered_at + ACCEPT_AHEAD_S
+    return recovered_at is not None and timestamp <= recovered_at + ACCEPT_AHEAD_S + CLOCK_SKEW_MARGIN_S
 
 
 def retry_not_before(recovered_at: float) -> int:
     """First timestamp accepted after a loss recovered at `recovered_at`."""
-    return int(recovered_at + ACCEPT_AHEAD_S) + 1
+    return int(recovered_at + ACCEPT_AHEAD_S + CLOCK_SKEW_MARGIN_S) + 1
 
 
 class SyncAction(Enum):

@@ -21,6 +21,7 @@ import pytest
 import redis as sync_redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.authz.replay import CLOCK_SKEW_MARGIN_S
 from gateway.authz.server import build_server
 from iclaim.crypto import signing
 from iclaim_hub.common.access_log import ENVOY_JSON_FORMAT
@@ -422,7 +423,7 @@ async def test_watch_claim_stream_is_authorised(env: Env) -> None:
     assert seen.metadata["x-iclaim-transaction-id"] == "txn_019a2b3c4d5e6f708192a3b4c5d6"
 
 
-async def test_nonce_store_loss_refuses_a_minute_then_accepts_later_stamps(env: Env) -> None:
+async def test_nonce_store_loss_refuses_70_s_then_accepts_later_stamps(env: Env) -> None:
     body = _get_claim()
     before = signed(env.hospital, GET_CLAIM, body)
     assert (await outcome(await call(env.channel, GET_CLAIM, body, before))).code == grpc.StatusCode.OK
@@ -441,7 +442,8 @@ async def test_nonce_store_loss_refuses_a_minute_then_accepts_later_stamps(env: 
     )
     recovered_at = env.app.guard.recovered_at
     assert recovered_at is not None and abs(recovered_at - time.time()) < 5
-    # ...nor does any fresh request stamped <= R + 60 s.
+    # ...nor does any fresh request stamped <= R + 60 s + the replicas' clock margin
+    # (of those the window lets through now).
     for stamp in (int(time.time()), int(recovered_at) + 60):
         md = signed(env.hospital, GET_CLAIM, body, timestamp=stamp)
         o = await _denied(
@@ -451,8 +453,16 @@ async def test_nonce_store_loss_refuses_a_minute_then_accepts_later_stamps(env: 
             "NONCE_STORE_RECOVERING",
         )
         assert o.message
-    # A client whose clock runs ahead (within the 60 s window) stamps later than R + 60.
-    await asyncio.sleep(max(0.0, int(recovered_at) + 1 - time.time()) + 0.01)
+    # Once past R + margin, a client whose clock runs ahead (within the 60 s
+    # window) stamps later than R + 60 + margin.
+    await asyncio.sleep(max(0.0, int(recovered_at) + CLOCK_SKEW_MARGIN_S + 1 - time.time()) + 0.01)
+    md = signed(env.hospital, GET_CLAIM, body, timestamp=int(recovered_at) + 60 + CLOCK_SKEW_MARGIN_S)
+    await _denied(
+        env,
+        await call(env.channel, GET_CLAIM, body, md),
+        grpc.StatusCode.UNAVAILABLE,
+        "NONCE_STORE_RECOVERING",
+    )
     md = signed(env.hospital, GET_CLAIM, body, timestamp=int(time.time()) + 60)
     assert (await outcome(await call(env.channel, GET_CLAIM, body, md))).code == grpc.StatusCode.OK
     assert len(env.gw.recorder.calls) == 1

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.authz.replay import retry_not_before
 from gateway.authz.nonces import (
     MARKER_KEY,
     RECOVERED_KEY,
@@ -73,7 +74,7 @@ async def test_loss_while_down_is_detected_at_start(pool: asyncpg.Pool, redis_cl
     with pytest.raises(Unavailable) as exc:
         await g.admit("10670", "a" * 16, ts)  # the replay the loss would have allowed
     assert exc.value.reason == "NONCE_STORE_RECOVERING"
-    await g.admit("10670", "b" * 16, int(g.recovered_at) + 61)
+    await g.admit("10670", "b" * 16, retry_not_before(g.recovered_at))
     rows = await pool.fetch("SELECT * FROM gateway.nonce_store_losses")
     assert len(rows) == 1
     assert float(await redis_client.get(RECOVERED_KEY)) == pytest.approx(g.recovered_at)
@@ -90,7 +91,7 @@ async def test_replicas_agree_on_one_recovery(pool: asyncpg.Pool, redis_client: 
         await b.admit("10670", "c" * 16, ts)  # b learns the recovery from a
     assert a.recovered_at == b.recovered_at is not None
     assert len(await pool.fetch("SELECT * FROM gateway.nonce_store_losses")) == 1
-    later = int(a.recovered_at) + 61
+    later = retry_not_before(a.recovered_at)
     await b.admit("10670", "d" * 16, later)
     with pytest.raises(Unauthenticated):
         await a.admit("10670", "d" * 16, later)

@@ -206,6 +206,7 @@ async def test_rate_limit_is_taken_for_the_verified_principal_only() -> None:
 
 async def test_recovering_denial_names_server_time_and_first_accepted_stamp() -> None:
     from gateway.authz.nonces import recovering
+    from gateway.authz.replay import CLOCK_SKEW_MARGIN_S
 
     class Recovering:
         async def admit(self, client: str, nonce: str, timestamp: int) -> None:
@@ -215,7 +216,7 @@ async def test_recovering_denial_names_server_time_and_first_accepted_stamp() ->
     body = claim_service_pb2.GetClaimRequest(transaction_id="T").SerializeToString()
     d = await a.check(request(GET, body))
     assert isinstance(d, Deny) and d.error.code == Code.UNAVAILABLE
-    assert d.error.metadata == {"retry_not_before": str(NOW - 10 + 61)}
+    assert d.error.metadata == {"retry_not_before": str(NOW - 10 + 60 + CLOCK_SKEW_MARGIN_S + 1)}
     assert d.headers == {"x-iclaim-server-time": str(NOW)}
 
 

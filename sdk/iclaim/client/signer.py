@@ -8,8 +8,8 @@ never a replay. What a failure teaches:
 - UNAVAILABLE NONCE_STORE_RECOVERING: the gateway lost its nonce store and
   accepts only timestamps >= ErrorInfo metadata retry_not_before (server time).
   The gateway accepts stamps up to 60 s ahead of its clock, so stamp that
-  floor as soon as it is within reach (about 4 s after the loss) instead of
-  waiting out the whole minute.
+  floor as soon as it is within reach (about 11 s after the loss: the floor is
+  recovery + 70 s) instead of waiting out the whole refusal.
 - RESOURCE_EXHAUSTED RATE_LIMITED: wait ErrorInfo metadata retry_after_ms.
 - other UNAVAILABLE / RESOURCE_EXHAUSTED: exponential backoff with jitter,
   except RESOURCE_EXHAUSTED for a request too large (REQUEST_TOO_LARGE, or
