@@ -182,5 +182,6 @@ class Shipper:
         if self._stop.is_set():
             await asyncio.sleep(min(seconds, 0.2))
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+        with contextlib.suppress(TimeoutError):  # not wait_for: it can lose a cancel (3.11)
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()

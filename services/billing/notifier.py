@@ -77,6 +77,7 @@ class PaidNotifier:
                     log.warning("outbox_drain_failed", error=type(exc).__name__)
                 else:
                     log.exception("outbox_drain_failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+            with contextlib.suppress(TimeoutError):  # not wait_for: it can lose a cancel (3.11)
+                async with asyncio.timeout(self._poll):
+                    await self._wake.wait()
             self._wake.clear()

@@ -231,8 +231,12 @@ class Dispatcher:
             await self._publish_health(lane)
             if more:
                 continue
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that
+            # lands as the event is set (a push ending while stop() cancels), and
+            # the lane then outlives stop().
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lane.wake.wait(), timeout=self._sleep_s(lane))
+                async with asyncio.timeout(self._sleep_s(lane)):
+                    await lane.wake.wait()
             lane.wake.clear()
 
     def _sleep_s(self, lane: _Lane) -> float | None:

@@ -110,6 +110,7 @@ async def _run_passes(
             more = False
         if more:
             continue
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=poll_s)
+        with contextlib.suppress(TimeoutError):  # not wait_for: it can lose a cancel (3.11)
+            async with asyncio.timeout(poll_s):
+                await wake.wait()
         wake.clear()

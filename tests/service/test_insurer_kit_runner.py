@@ -5,9 +5,11 @@ a webhook port and pull loops sharing one inbox and worker; and the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ import aiohttp
 import grpc
 
 from iclaim.insurer.handler import Decision, IncomingClaim
-from iclaim.insurer.inbox import DECIDED, Inbox
+from iclaim.insurer.inbox import DB_NAME, DECIDED, Inbox
 from iclaim.insurer.runner import ServePlan, pull_loop, start
 from iclaim.insurer.verify import GRPC_METHOD
 from iclaim.v1 import insurer_endpoint_pb2 as epb
@@ -78,6 +80,9 @@ async def test_grpc_webhook_and_pull_insurers_in_one_process(tmp_path: Path) -> 
             [posted] = await gateways[code].wait_for(1)
             assert posted.transaction_id == d.transaction_id
         assert gateways["PULLINS"].posted[0].reason_code == "POLICY_NOT_FOUND"
+        # The worker marks a row decided just after its post: wait for that, or a
+        # stop in between leaves it open (to be re-posted, byte for byte, next start).
+        await _until_decided(tmp_path / "state", 3)
     finally:
         await running.stop()
     # Pull again after the lease: the same delivery is a duplicate, decided once.
@@ -200,3 +205,12 @@ async def test_iclaim_insurer_serve_explains_a_bad_handler_or_file(tmp_path: Pat
     proc = _cli(tmp_path, "insurer", "serve", "--credentials", str(path), "--grpc", "127.0.0.1:0")
     _, err = await asyncio.to_thread(proc.communicate, timeout=30)
     assert proc.returncode == 2 and "tls_cert and tls_key" in err
+
+
+async def _until_decided(state_dir: Path, n: int) -> None:
+    for _ in range(500):
+        with contextlib.closing(sqlite3.connect(state_dir / DB_NAME)) as db:
+            if db.execute("SELECT count(*) FROM deliveries WHERE state = ?", (DECIDED,)).fetchone()[0] >= n:
+                return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"fewer than {n} rows decided")

@@ -150,3 +150,30 @@ async def test_nothing_is_reserved_before_start_or_after_stop() -> None:
     d.start()
     await d.stop()
     assert d.reserve(CODE) is None
+
+
+async def test_stop_ends_a_lane_woken_as_it_is_cancelled() -> None:
+    """A push ending as stop() cancels wakes its lane in the same moment; the
+    lane must still end (asyncio.wait_for on 3.11 dropped that cancel while the
+    lane slept towards its next probe, and the lane, and stop(), ran on: found
+    as a hung test teardown in CI)."""
+    pusher, store = HeldPusher(), NoStore()
+    pusher.taken = False
+    pusher.release.set()
+    d = dispatcher(pusher, store, cap=16)
+    d.start()
+    for n in range(5):  # five consecutive failures: DOWN, the lane sleeps until its probe
+        assert d.reserve(CODE) is not None
+        d.start_leased(ENDPOINT, delivery(n))
+        for _ in range(100):
+            if len(pusher.started) == n + 1 and not d._lanes[CODE].inflight:
+                break
+            await asyncio.sleep(0.01)
+    lane = d._lanes[CODE]
+    await asyncio.sleep(0.05)
+    assert lane.task is not None and not lane.task.done()
+    lane.wake.set()
+    lane.task.cancel()
+    done, _ = await asyncio.wait([lane.task], timeout=2)
+    assert done, "the lane ignored its cancel"
+    await asyncio.wait_for(d.stop(), 5)

@@ -34,8 +34,9 @@ def _name(exc: Exception) -> str:
 
 
 async def _until_stopped(stop: asyncio.Event, delay_s: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), delay_s)
+    with contextlib.suppress(TimeoutError):  # not wait_for: it can lose a cancel (3.11)
+        async with asyncio.timeout(delay_s):
+            await stop.wait()
 
 
 async def run_pull(
