@@ -43,7 +43,7 @@ class ChangeHub:
     def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
         if channel == NOTIFY_CHANNEL:
             transaction_id, _, state = payload.partition(" ")
-            self._wake(transaction_id, state_of(state))
+            self._wake(transaction_id, _announced_state(state))
         elif channel == LEGACY_NOTIFY_CHANNEL:
             self._wake(payload, None)
         else:
@@ -113,7 +113,7 @@ def _pull_key(insurer_code: str) -> str:
     return f"pull:{insurer_code}"
 
 
-def state_of(text: str) -> State | None:
+def _announced_state(text: str) -> State | None:
     """The state a notification names; None for anything else (then it is read)."""
     try:
         return State(int(text))

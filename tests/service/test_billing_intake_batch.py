@@ -19,6 +19,7 @@ from services.billing.domain import MAX_DECISIONS_PER_CALL
 from services.claim_router.model import OutboxEvent
 from services.claim_router.relay import OutboxRelay
 from tests.support.billing import HOSPITAL, INSURER, Harness, running_billing
+from tests.support.one_servicer import serving
 
 APPROVED = claim_service_pb2.CLAIM_STATE_APPROVED
 PENDING = claim_service_pb2.CLAIM_STATE_PENDING_REVIEW
@@ -124,15 +125,8 @@ async def test_the_relay_sends_one_call_and_falls_back_for_an_older_billing(h: H
     assert await h.pool.fetchval("SELECT count(*) FROM billing.claims") == 3
 
     old = _OldBilling()
-    server = grpc.aio.server()
-    bi_grpc.add_BillingIntakeServiceServicer_to_server(old, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            await OutboxRelay(_NoStore(), None, channel)._send_billing(events)
-    finally:
-        await server.stop(None)
+    async with serving(bi_grpc.add_BillingIntakeServiceServicer_to_server, old) as channel:
+        await OutboxRelay(_NoStore(), None, channel)._send_billing(events)
     assert old.singly == ["tx-v0", "tx-v1", "tx-v2"]
 
 

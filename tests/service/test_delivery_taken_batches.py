@@ -19,6 +19,7 @@ from iclaim_hub.internal.v1 import delivery_report_pb2, delivery_report_pb2_grpc
 from services.insurer_adapter.model import PendingReport, ReportKind
 from services.insurer_adapter.router_reports import RouterReports
 from tests.support.delivery_endpoints import Harness, delivery_harness, wait_for
+from tests.support.one_servicer import serving
 
 
 @pytest.fixture
@@ -88,17 +89,10 @@ class OldRouter(delivery_report_pb2_grpc.DeliveryReportServiceServicer):
 
 async def test_an_older_router_gets_one_report_each() -> None:
     old = OldRouter()
-    server = grpc.aio.server()
-    delivery_report_pb2_grpc.add_DeliveryReportServiceServicer_to_server(old, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            at = datetime.now(UTC)
-            reports = [PendingReport(f"txn_{n}", "INS", ReportKind.TAKEN, at, 1) for n in ("a", "b", "x")]
-            acked = await RouterReports(channel, 5.0).report_taken_many(reports)
-    finally:
-        await server.stop(0)
+    async with serving(delivery_report_pb2_grpc.add_DeliveryReportServiceServicer_to_server, old) as channel:
+        at = datetime.now(UTC)
+        reports = [PendingReport(f"txn_{n}", "INS", ReportKind.TAKEN, at, 1) for n in ("a", "b", "x")]
+        acked = await RouterReports(channel, 5.0).report_taken_many(reports)
     assert acked == {"txn_a", "txn_b"}
     assert sorted(old.taken) == ["txn_a", "txn_b"]
 

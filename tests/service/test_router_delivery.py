@@ -74,6 +74,20 @@ async def audited_states(env: Env, claim: pb.Claim) -> list[str]:
     return [e.outcome_reason for e in events if e.transaction_id == claim.transaction_id]
 
 
+async def approve_500(env: Env, claim: pb.Claim) -> pb.Claim:
+    """The webhook insurer approves the claim (billed 500) in full."""
+    answer = await env.intake.RecordDecision(
+        decision_intake_pb2.RecordDecisionRequest(
+            transaction_id=claim.transaction_id,
+            insurer_code=WEBHOOK,
+            state=S.CLAIM_STATE_APPROVED,
+            approved_amount_satang=500,
+            decision_envelope=env.decision(H1, WEBHOOK, claim.claim_ref, 500),
+        )
+    )
+    return answer.claim
+
+
 async def taken_at(env: Env, claim: pb.Claim) -> Any:
     assert env.pool is not None
     return await env.pool.fetchval(
@@ -174,17 +188,7 @@ async def test_report_taken_delivers_once_and_watch_sees_it(env: Env) -> None:
 
 async def test_report_taken_after_a_decision_only_notes_the_time(env: Env) -> None:
     claim = await submit(env, H1, WEBHOOK, "REF-FAST", 500)
-    decided = (
-        await env.intake.RecordDecision(
-            decision_intake_pb2.RecordDecisionRequest(
-                transaction_id=claim.transaction_id,
-                insurer_code=WEBHOOK,
-                state=S.CLAIM_STATE_APPROVED,
-                approved_amount_satang=500,
-                decision_envelope=env.decision(H1, WEBHOOK, "REF-FAST", 500),
-            )
-        )
-    ).claim
+    decided = await approve_500(env, claim)
     assert await report(env, "taken", claim) == S.CLAIM_STATE_APPROVED
     after = await get(env, claim)
     assert (after.state, after.updated_at) == (S.CLAIM_STATE_APPROVED, decided.updated_at)
@@ -236,15 +240,7 @@ async def test_report_taken_batch_applies_each_as_report_taken_does(env: Env) ->
     a = await submit(env, H1, GRPC, "REF-BATCH-A")
     b = await submit(env, H1, WEBHOOK, "REF-BATCH-B", 500)
     decided = await submit(env, H1, WEBHOOK, "REF-BATCH-C", 500)
-    await env.intake.RecordDecision(
-        decision_intake_pb2.RecordDecisionRequest(
-            transaction_id=decided.transaction_id,
-            insurer_code=WEBHOOK,
-            state=S.CLAIM_STATE_APPROVED,
-            approved_amount_satang=500,
-            decision_envelope=env.decision(H1, WEBHOOK, "REF-BATCH-C", 500),
-        )
-    )
+    await approve_500(env, decided)
     before = (await get(env, decided)).updated_at
     pulled = await submit(env, H1, TESTPULL, "REF-BATCH-P")
     assert env.pool is not None

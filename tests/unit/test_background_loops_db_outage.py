@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,8 @@ from structlog.testing import capture_logs
 from services.audit_log.tailer import AccessLogTailer
 from services.billing.notifier import PaidNotifier
 from services.claim_router.delivery import PushDeliverer
-from services.claim_router.domain import State
 from services.claim_router.model import ClaimRecord, Mutation
+from tests.support.router_records import claim_record
 
 
 @pytest.fixture
@@ -51,27 +50,6 @@ class DownPushStore:
         raise self.error
 
 
-def _push_claim() -> ClaimRecord:
-    now = datetime.now(UTC)
-    return ClaimRecord(
-        transaction_id="txn_0123456789abcdef0123456789ab",
-        hospital_code="10670",
-        insurer_code="AIA",
-        claim_ref="CK-1",
-        state=State.RECEIVED,
-        billed_amount_satang=100,
-        approved_amount_satang=0,
-        envelope="e",
-        envelope_sha256="0" * 64,
-        decision_envelope="",
-        status_reason="",
-        delivery_mode="grpc",
-        submitted_at=now,
-        decided_at=None,
-        updated_at=now,
-    )
-
-
 async def test_a_kicked_delivery_during_an_outage_is_logged_not_left_unhandled(
     lost: BaseException,
 ) -> None:
@@ -83,7 +61,7 @@ async def test_a_kicked_delivery_during_an_outage_is_logged_not_left_unhandled(
         loop.set_exception_handler(lambda _loop, ctx: unhandled.append(ctx))
         try:
             with capture_logs() as logs:
-                deliverer.kick(_push_claim())
+                deliverer.kick(claim_record("CK-1"))
                 tasks = list(deliverer._inflight)
                 await asyncio.gather(*tasks)
                 del tasks
