@@ -1,0 +1,40 @@
+"""The bench's stand-in for autovacuum applies autovacuum's default rules and
+counts the transaction ids its work takes (the bench leaves them out of the
+claims' commits)."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from bench.autovacuum import run_due, tables_due
+
+
+async def _due(conn: asyncpg.Connection) -> list[tuple[str, bool]]:
+    # Table counters reach pg_stat_user_tables when a backend flushes them.
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    return [t for t in await tables_due(conn) if t[0] == "public.t"]
+
+
+async def test_analyse_after_changes_vacuum_after_inserts(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("CREATE TABLE public.t (id int)")
+        await conn.execute("INSERT INTO public.t SELECT generate_series(1, 40)")
+        assert await _due(conn) == []  # 40 changed: under the 50-row floor
+        await conn.execute("INSERT INTO public.t SELECT generate_series(1, 40)")
+        assert await _due(conn) == [("public.t", False)]
+        assert await run_due(conn, "public.t", False) == 1
+        assert await _due(conn) == []
+        await conn.execute("UPDATE public.t SET id = id + 1 WHERE id <= 10")  # 20 changed of 80
+        assert await _due(conn) == []
+        await conn.execute("INSERT INTO public.t SELECT generate_series(1, 1100)")
+        assert await _due(conn) == [("public.t", True)]
+        assert await run_due(conn, "public.t", True) == 1
+        assert await _due(conn) == []
+        stats = await conn.fetchrow(
+            "SELECT c.reltuples, s.last_vacuum, s.last_analyze FROM pg_class c"
+            " JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = 'public.t'::regclass"
+        )
+        assert stats["reltuples"] == 1180 and stats["last_vacuum"] and stats["last_analyze"]
+    finally:
+        await conn.close()
