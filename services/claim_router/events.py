@@ -24,7 +24,7 @@ def state_change_events(rec: ClaimRecord, *, actor: str, route: str) -> list[Eve
         destination=peer,
         route=route,
         occurred_at=timestamp(rec.updated_at),
-        size_bytes=len(rec.decision_envelope or rec.envelope) if rec.state != State.DELIVERED else 0,
+        size_bytes=_size_bytes(rec),
         service_type="claim_router",
         outcome_code="OK",
         outcome_reason=f"CLAIM_STATE_{rec.state.name}",
@@ -43,3 +43,13 @@ def state_change_events(rec: ClaimRecord, *, actor: str, route: str) -> list[Eve
         )
         events.append((TOPIC_BILLING, billing.SerializeToString()))
     return events
+
+
+def _size_bytes(rec: ClaimRecord) -> int:
+    """How big the change was: the decision's envelope, else the claim's (a
+    hand-off note moves nothing the audit counts)."""
+    if rec.state == State.DELIVERED:
+        return 0
+    if rec.decision_envelope:
+        return len(rec.decision_envelope.encode())
+    return rec.envelope_bytes

@@ -24,7 +24,11 @@ class ClaimRecord:
     state: State
     billed_amount_satang: int
     approved_amount_satang: int
+    # The claim's JWE as the hospital sealed it: only what the router delivers
+    # (the submission, a push hand-off, a pull lease) carries it; other reads
+    # leave it "" and keep its size in envelope_bytes.
     envelope: str
+    envelope_bytes: int
     envelope_sha256: str
     decision_envelope: str
     status_reason: str

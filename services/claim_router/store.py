@@ -40,11 +40,22 @@ _COLUMNS = (
     " approved_amount_satang, envelope, envelope_sha256, decision_envelope, status_reason,"
     " delivery_mode, submitted_at, decided_at, updated_at, delivered_at, taken_at, traceparent"
 )
+# What a read returns: the claim without its envelope (kilobytes stored out of
+# line, which only a delivery sends on), but with the envelope's size, which
+# octet_length takes from the stored value's header without fetching it.
+_READ_COLUMNS = (
+    "transaction_id, hospital_code, insurer_code, claim_ref, state, billed_amount_satang,"
+    " approved_amount_satang, octet_length(envelope) AS envelope_bytes, envelope_sha256,"
+    " decision_envelope, status_reason, delivery_mode, submitted_at, decided_at, updated_at,"
+    " delivered_at, taken_at, traceparent"
+)
+# What a delivery (push hand-off, pull lease) returns: the envelope too.
+_DELIVERY_COLUMNS = f"{_READ_COLUMNS}, envelope"
 
 
 # The row version an optimistic update checks (see transition): PostgreSQL's
 # xmin, which every UPDATE of the row changes.
-_VERSIONED = f"{_COLUMNS}, xmin AS row_version"
+_VERSIONED = f"{_READ_COLUMNS}, xmin AS row_version"
 
 
 def _record(row: asyncpg.Record) -> ClaimRecord:
@@ -56,7 +67,8 @@ def _record(row: asyncpg.Record) -> ClaimRecord:
         state=State(row["state"]),
         billed_amount_satang=row["billed_amount_satang"],
         approved_amount_satang=row["approved_amount_satang"],
-        envelope=row["envelope"],
+        envelope=row.get("envelope") or "",
+        envelope_bytes=row["envelope_bytes"],
         envelope_sha256=row["envelope_sha256"],
         decision_envelope=row["decision_envelope"],
         status_reason=row["status_reason"],
@@ -128,9 +140,12 @@ class PgClaimStore:
             "  RETURNING transaction_id, insurer_code, delivery_mode, submitted_at, updated_at,"
             "  xmin AS row_version),"
             f" {_emit_cte('inserted', 16)}"
-            " SELECT inserted.*, pg_notify($21, inserted.transaction_id),"
-            "  pg_notify($19, inserted.transaction_id || ' ' || $5::smallint),"
-            "  CASE WHEN inserted.delivery_mode = 'pull' THEN pg_notify($20, inserted.insurer_code) END"
+            # Nobody waits for a claim to be RECEIVED (a watch reads the claim
+            # once subscribed; the submission waits for the decision), so only a
+            # pull claim notifies, its insurer's waiting PullClaims. A commit
+            # with no NOTIFY also skips PostgreSQL's notification queue lock.
+            " SELECT inserted.*,"
+            "  CASE WHEN inserted.delivery_mode = 'pull' THEN pg_notify($19, inserted.insurer_code) END"
             " FROM inserted",
             rec.transaction_id,
             rec.hospital_code,
@@ -150,9 +165,7 @@ class PgClaimStore:
             topics,
             payloads,
             tracing.current_traceparent() or None,
-            NOTIFY_CHANNEL,
             PULL_NOTIFY_CHANNEL,
-            LEGACY_NOTIFY_CHANNEL,
         )
         if row is not None:
             stored = rec.with_changes(
@@ -200,7 +213,7 @@ class PgClaimStore:
         limit: int,
     ) -> list[ClaimRecord]:
         rows = await self._pool.fetch(
-            f"SELECT {_COLUMNS} FROM router.claims WHERE hospital_code = $1"
+            f"SELECT {_READ_COLUMNS} FROM router.claims WHERE hospital_code = $1"
             " AND ($2::smallint IS NULL OR state = $2)"
             " AND ($3::text IS NULL OR insurer_code = $3)"
             " AND ($4::timestamptz IS NULL OR (submitted_at, transaction_id) > ($4, $5))"
@@ -322,20 +335,30 @@ class PgClaimStore:
         }
 
     @staticmethod
-    async def _emit(conn: asyncpg.Connection, rec: ClaimRecord, events: Sequence[Event]) -> None:
-        if events:
-            # Each event carries the trace it was emitted in (the relay sends it there).
-            traceparent = tracing.current_traceparent() or None
-            await conn.executemany(
-                "INSERT INTO router.outbox (topic, payload, traceparent) VALUES ($1, $2, $3)",
-                [(topic, payload, traceparent) for topic, payload in events],
-            )
+    async def _emit_delivered(
+        conn: asyncpg.Connection, delivered: Sequence[tuple[ClaimRecord, Sequence[Event]]]
+    ) -> None:
+        """Stores the events of claims a lease delivered, in order, and announces
+        each claim's change: one statement for the lot. The events carry the
+        trace they were emitted in (the relay sends them there)."""
+        if not delivered:
+            return
+        topics, payloads = _event_columns([event for _, events in delivered for event in events])
         await conn.execute(
-            "SELECT pg_notify($1, $2), pg_notify($3, $2 || ' ' || $4::smallint)",
+            "WITH emitted AS ("
+            " INSERT INTO router.outbox (topic, payload, traceparent)"
+            " SELECT e.topic, e.payload, $3 FROM unnest($1::text[], $2::bytea[])"
+            "  WITH ORDINALITY AS e(topic, payload, n) ORDER BY e.n)"
+            " SELECT pg_notify($6, u.transaction_id),"
+            "  pg_notify($7, u.transaction_id || ' ' || u.state)"
+            " FROM unnest($4::text[], $5::smallint[]) AS u(transaction_id, state)",
+            topics,
+            payloads,
+            tracing.current_traceparent() or None,
+            [rec.transaction_id for rec, _ in delivered],
+            [int(rec.state) for rec, _ in delivered],
             LEGACY_NOTIFY_CHANNEL,
-            rec.transaction_id,
             NOTIFY_CHANNEL,
-            int(rec.state),
         )
 
     # --- push hand-off to the delivery layer ------------------------------------------
@@ -351,7 +374,7 @@ class PgClaimStore:
             "  WHERE delivered_at IS NULL AND delivery_mode IN ('grpc', 'webhook')"
             "   AND next_attempt_at <= now() AND state = ANY($3::smallint[])"
             "  ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
-            f" RETURNING {_COLUMNS}",
+            f" RETURNING {_DELIVERY_COLUMNS}",
             limit,
             lease_s,
             _states(OPEN_STATES),
@@ -405,16 +428,16 @@ class PgClaimStore:
                 " state = $3::smallint, delivered_at = COALESCE(delivered_at, now()),"
                 " taken_at = COALESCE(taken_at, now()),"
                 " updated_at = CASE WHEN state = $4::smallint THEN now() ELSE updated_at END"
-                f" WHERE transaction_id = ANY($1::text[]) RETURNING {_COLUMNS}",
+                f" WHERE transaction_id = ANY($1::text[]) RETURNING {_DELIVERY_COLUMNS}",
                 [r["transaction_id"] for r in rows],
                 lease_s,
                 int(State.DELIVERED),
                 int(State.RECEIVED),
             )
             records = sorted((_record(r) for r in updated), key=lambda r: r.submitted_at)
-            for rec in records:
-                if rec.transaction_id in first_time:
-                    await self._emit(conn, rec, on_delivered(rec))
+            await self._emit_delivered(
+                conn, [(rec, on_delivered(rec)) for rec in records if rec.transaction_id in first_time]
+            )
             return records
 
     async def pull_waiting_since(self) -> dict[str, datetime]:

@@ -702,6 +702,7 @@ def _new_claim(req: SubmitRequest, insurer: Principal) -> ClaimRecord:
         billed_amount_satang=req.billed_amount_satang,
         approved_amount_satang=0,
         envelope=req.envelope,
+        envelope_bytes=len(req.envelope.encode()),
         envelope_sha256=sha256_hex(req.envelope),
         decision_envelope="",
         status_reason="",

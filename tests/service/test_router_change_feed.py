@@ -75,7 +75,7 @@ async def test_the_wait_reads_only_the_settled_claim(
         settled = await router._wait_settled(claim.transaction_id, 10.0, changes, State.RECEIVED)
         await deciding
     assert settled is not None and settled.state == State.APPROVED
-    # The insert's, DELIVERED's and APPROVED's announcements carried their states.
+    # DELIVERED's and APPROVED's announcements carried their states.
     assert store.reads == ["get"]
 
 
@@ -119,9 +119,8 @@ async def test_writes_announce_on_both_channels(
         await store.transition(claim.transaction_id, _to(State.PENDING_REVIEW))
         await store.transition_many([claim.transaction_id], _to(State.APPROVED))
         tid = claim.transaction_id
+        # The insert announces nothing on these: no one waits for RECEIVED.
         expected = [
-            (LEGACY_NOTIFY_CHANNEL, tid),
-            (NOTIFY_CHANNEL, f"{tid} {int(State.RECEIVED)}"),
             (LEGACY_NOTIFY_CHANNEL, tid),
             (NOTIFY_CHANNEL, f"{tid} {int(State.PENDING_REVIEW)}"),
             (LEGACY_NOTIFY_CHANNEL, tid),
@@ -132,5 +131,43 @@ async def test_writes_announce_on_both_channels(
                 break
             await asyncio.sleep(0.05)
         assert heard == expected
+    finally:
+        await conn.close()
+
+
+async def test_a_pull_lease_stores_and_announces_each_delivered_claim(
+    parts: tuple[CountingStore, ChangeHub, asyncpg.Pool], database_url: str
+) -> None:
+    store, _, pool = parts
+    heard: list[tuple[str, str]] = []
+    conn = await asyncpg.connect(database_url)
+    try:
+        for channel in (NOTIFY_CHANNEL, LEGACY_NOTIFY_CHANNEL):
+            await conn.add_listener(channel, lambda _c, _p, ch, payload: heard.append((ch, payload)))
+        claims = [claim_record(f"PULLFEED{n}", "pull") for n in range(3)]
+        for claim in claims:
+            await store.insert(claim, [])
+        leased = await store.lease_pull(
+            "AIA", 10, 60.0, lambda rec: [("audit", f"{rec.claim_ref}-a".encode()), ("billing", b"b")]
+        )
+        assert [r.claim_ref for r in leased] == [c.claim_ref for c in claims]
+        # Offered again after its lease, a claim already delivered emits nothing.
+        await pool.execute("UPDATE router.claims SET lease_until = now() - interval '1 s'")
+        assert len(await store.lease_pull("AIA", 10, 60.0, lambda rec: [("audit", b"again")])) == 3
+        expected = []
+        for rec in leased:
+            expected += [
+                (LEGACY_NOTIFY_CHANNEL, rec.transaction_id),
+                (NOTIFY_CHANNEL, f"{rec.transaction_id} {int(State.DELIVERED)}"),
+            ]
+        for _ in range(100):
+            if len(heard) >= len(expected):
+                break
+            await asyncio.sleep(0.05)
+        assert heard == expected
+        outbox = await pool.fetch("SELECT topic, payload FROM router.outbox ORDER BY id")
+        assert [(r["topic"], bytes(r["payload"])) for r in outbox] == [
+            event for c in claims for event in (("audit", f"{c.claim_ref}-a".encode()), ("billing", b"b"))
+        ]
     finally:
         await conn.close()

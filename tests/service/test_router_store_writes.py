@@ -31,6 +31,11 @@ async def _outbox(pool: asyncpg.Pool) -> list[tuple[str, bytes]]:
     return [(r["topic"], bytes(r["payload"])) for r in rows]
 
 
+def _read_back(rec: ClaimRecord) -> ClaimRecord:
+    """`rec` as a read returns it: without the envelope, which only deliveries carry."""
+    return rec.with_changes(envelope="")
+
+
 async def test_insert_stores_the_events_in_order_once(store: tuple[PgClaimStore, asyncpg.Pool]) -> None:
     s, pool = store
     events: list[Event] = [("audit", b"a1"), ("billing", b"b1"), ("audit", b"a2")]
@@ -38,7 +43,7 @@ async def test_insert_stores_the_events_in_order_once(store: tuple[PgClaimStore,
     assert created and stored.row_version != 0
     # What it returns without reading the row back is what a read finds.
     read = await s.get(stored.transaction_id)
-    assert read is not None and (read, read.row_version) == (stored, stored.row_version)
+    assert read is not None and (read, read.row_version) == (_read_back(stored), stored.row_version)
     again, created_again = await s.insert(_claim("INS1"), events)
     assert not created_again and again.transaction_id == stored.transaction_id
     assert await _outbox(pool) == events
@@ -129,7 +134,7 @@ async def test_transition_many_writes_once_and_retries_only_what_moved(
         read = await s.get(txid)
         assert read is not None and read.approved_amount_satang == 7
         assert (read, read.row_version) == (stored[txid], stored[txid].row_version)
-    assert stored[ids[3]] == claims[3]
+    assert stored[ids[3]] == _read_back(claims[3])
     # The moved one was decided again on what the rival left; the others once.
     assert sorted(seen) == sorted(
         [
@@ -147,4 +152,31 @@ async def test_transition_many_writes_once_and_retries_only_what_moved(
         ("audit", ids[0][-4:].encode()),
         ("audit", ids[2][-4:].encode()),
         ("audit", ids[1][-4:].encode()),
+    ]
+
+
+async def test_only_deliveries_read_the_envelope(store: tuple[PgClaimStore, asyncpg.Pool]) -> None:
+    """Reads for the API and for a change leave the envelope (kilobytes stored
+    out of line) in the database and know its size; a pull lease carries it."""
+    s, _ = store
+    envelope = "h.k.i.c.t" * 900  # past the TOAST threshold, as a real claim's
+    push, _ = await s.insert(_claim("ENV1").with_changes(envelope=envelope, envelope_bytes=len(envelope)), [])
+    pull, _ = await s.insert(
+        _claim("ENV2", "pull").with_changes(envelope=envelope, envelope_bytes=len(envelope)), []
+    )
+    assert push.envelope == envelope  # the submission's own record: what the hand-off sends
+    read = await s.get(push.transaction_id)
+    by_ref = await s.find_by_ref(push.hospital_code, push.claim_ref)
+    listed = await s.list_for_hospital(
+        push.hospital_code, state=None, insurer_code=None, after=None, limit=10
+    )
+    many = await s.transition_many([push.transaction_id], lambda cur: (None, []))
+    changed = await s.transition(
+        push.transaction_id, lambda cur: (cur.with_changes(state=State.CANCELLED), []), read
+    )
+    for rec in (read, by_ref, *listed, many[push.transaction_id], changed):
+        assert rec is not None and (rec.envelope, rec.envelope_bytes) == ("", len(envelope))
+    leased = await s.lease_pull(pull.insurer_code, 10, 60.0, lambda rec: [])
+    assert [(r.transaction_id, r.envelope, r.envelope_bytes) for r in leased] == [
+        (pull.transaction_id, envelope, len(envelope))
     ]

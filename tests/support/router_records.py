@@ -19,6 +19,7 @@ def claim_record(ref: str, mode: str = "grpc") -> ClaimRecord:
         billed_amount_satang=100,
         approved_amount_satang=0,
         envelope="e",
+        envelope_bytes=1,
         envelope_sha256="0" * 64,
         decision_envelope="",
         status_reason="",
