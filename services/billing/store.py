@@ -74,6 +74,31 @@ _INSERT_LINES = (
     " amount_satang) SELECT $1, a, t, m FROM unnest($2::bigint[], $3::text[],"
     " $4::bigint[]) AS u(a, t, m)"
 )
+# A batch of journals (reverses none): the ones inserted now, by idem_key.
+_INSERT_JOURNALS = (
+    "INSERT INTO billing.journals (idem_key, content_sha256, kind, hospital_code,"
+    " insurer_code, reference, description, effective_at)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
+    " $6::text[], $7::text[], $8::timestamptz[])"
+    " ON CONFLICT (idem_key) DO NOTHING RETURNING id, idem_key"
+)
+_JOURNALS_BY_KEY = (
+    "SELECT idem_key, id, content_sha256 FROM billing.journals WHERE idem_key = ANY($1::text[])"
+)
+_ENSURE_ACCOUNTS_OF = (
+    "INSERT INTO billing.accounts (hospital_code, insurer_code, kind)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) AS u(h, i, k) ORDER BY h, i, k"
+    " ON CONFLICT DO NOTHING"
+)
+_ACCOUNT_IDS_OF = (
+    "SELECT a.id, a.hospital_code, a.insurer_code, a.kind FROM billing.accounts a"
+    " JOIN unnest($1::text[], $2::text[], $3::text[]) AS u(h, i, k)"
+    " ON a.hospital_code = u.h AND a.insurer_code = u.i AND a.kind = u.k"
+)
+_INSERT_LINES_OF = (
+    "INSERT INTO billing.journal_lines (journal_id, account_id, transaction_id, amount_satang)"
+    " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[])"
+)
 _JOURNAL = "SELECT * FROM billing.journals WHERE id = $1"
 _JOURNAL_LINES = (
     "SELECT a.kind, l.transaction_id, l.amount_satang FROM billing.journal_lines l"
@@ -85,6 +110,12 @@ _JOURNAL_LINES = (
 _INSERT_CLAIM = (
     "INSERT INTO billing.claims (transaction_id, hospital_code, insurer_code, state,"
     " approved_satang, decided_at) VALUES ($1,$2,$3,$4,$5,$6)"
+    " ON CONFLICT (transaction_id) DO NOTHING RETURNING transaction_id"
+)
+_INSERT_CLAIMS = (
+    "INSERT INTO billing.claims (transaction_id, hospital_code, insurer_code, state,"
+    " approved_satang, decided_at) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
+    " $4::text[], $5::bigint[], $6::timestamptz[])"
     " ON CONFLICT (transaction_id) DO NOTHING RETURNING transaction_id"
 )
 _CLAIM = "SELECT * FROM billing.claims WHERE transaction_id = $1"
@@ -402,6 +433,66 @@ class PgBillingTx:
         )
         return int(jid), None
 
+    async def post_journals(self, journals: Sequence[JournalDraft]) -> dict[str, tuple[int, str | None]]:
+        """post_journal for many (none reversing another), in five statements
+        whatever their number: by idem_key, (new id, None) or (the posted id,
+        the posted content's digest). Their lines go in one insert, in
+        account order (the balance trigger then moves each account once)."""
+        conn = self._conn
+        if not journals:
+            return {}
+        new = {
+            r["idem_key"]: int(r["id"])
+            for r in await conn.fetch(
+                _INSERT_JOURNALS,
+                *(
+                    [getattr(j, f) for j in journals]
+                    for f in (
+                        "idem_key",
+                        "content_sha256",
+                        "kind",
+                        "hospital_code",
+                        "insurer_code",
+                        "reference",
+                        "description",
+                        "effective_at",
+                    )
+                ),
+            )
+        }
+        out: dict[str, tuple[int, str | None]] = {key: (jid, None) for key, jid in new.items()}
+        posted = [j.idem_key for j in journals if j.idem_key not in new]
+        if posted:
+            for r in await conn.fetch(_JOURNALS_BY_KEY, posted):
+                out[r["idem_key"]] = (int(r["id"]), str(r["content_sha256"]))
+        fresh = [j for j in journals if new.pop(j.idem_key, None) is not None]
+        if not fresh:
+            return out
+        keys = sorted({(j.hospital_code, j.insurer_code, ln.account_kind) for j in fresh for ln in j.lines})
+        columns = [list(c) for c in zip(*keys, strict=True)]
+        await conn.execute(_ENSURE_ACCOUNTS_OF, *columns)
+        ids = {
+            (r["hospital_code"], r["insurer_code"], r["kind"]): int(r["id"])
+            for r in await conn.fetch(_ACCOUNT_IDS_OF, *columns)
+        }
+        # In account order, as every writer: the balance trigger locks accounts.
+        lines = sorted(
+            (
+                (ids[(j.hospital_code, j.insurer_code, ln.account_kind)], out[j.idem_key][0], ln)
+                for j in fresh
+                for ln in j.lines
+            ),
+            key=lambda x: (x[0], x[1]),
+        )
+        await conn.execute(
+            _INSERT_LINES_OF,
+            [jid for _, jid, _ in lines],
+            [account for account, _, _ in lines],
+            [ln.transaction_id for _, _, ln in lines],
+            [ln.amount for _, _, ln in lines],
+        )
+        return out
+
     async def journal(self, journal_id: int) -> JournalRecord | None:
         j = await self._conn.fetchrow(_JOURNAL, journal_id)
         if j is None:
@@ -429,6 +520,19 @@ class PgBillingTx:
             d.decided_at,
         )
         return inserted is not None
+
+    async def insert_claims(self, decisions: Sequence[Decision]) -> set[str]:
+        """insert_claim for many in one statement: the transaction_ids inserted now."""
+        rows = await self._conn.fetch(
+            _INSERT_CLAIMS,
+            [d.transaction_id for d in decisions],
+            [d.hospital_code for d in decisions],
+            [d.insurer_code for d in decisions],
+            [d.state for d in decisions],
+            [d.approved_satang for d in decisions],
+            [d.decided_at for d in decisions],
+        )
+        return {r["transaction_id"] for r in rows}
 
     async def decision(self, transaction_id: str) -> Decision | None:
         row = await self._conn.fetchrow(_CLAIM, transaction_id)

@@ -71,8 +71,10 @@ class BillingTx(Protocol):
     """What the use cases read and write inside one transaction."""
 
     async def post_journal(self, j: JournalDraft, reverses: int | None) -> tuple[int, str | None]: ...
+    async def post_journals(self, journals: Sequence[JournalDraft]) -> dict[str, tuple[int, str | None]]: ...
     async def journal(self, journal_id: int) -> JournalRecord | None: ...
     async def insert_claim(self, d: Decision) -> bool: ...
+    async def insert_claims(self, decisions: Sequence[Decision]) -> set[str]: ...
     async def decision(self, transaction_id: str) -> Decision | None: ...
     async def lock_claims(self, transaction_ids: Sequence[str]) -> dict[str, ClaimDue]: ...
     async def add_approved(self, amounts: Mapping[str, int]) -> bool: ...
@@ -140,18 +142,52 @@ def invoice_view(r: InvoiceRecord, today: date) -> InvoiceView:
 async def _record(tx: BillingTx, d: Decision) -> None:
     """A decision once: the same again changes nothing, a different one is refused."""
     if not await tx.insert_claim(d):
-        have = await tx.decision(d.transaction_id)
-        assert have is not None
-        if not have.same_as(d):
-            raise FailedPrecondition(
-                f"claim {d.transaction_id} was already decided differently",
-                reason="DECISION_CONFLICT",
-                metadata={"transaction_id": d.transaction_id},
-            )
+        await _check_same(tx, d)
         return
     journal = approval_journal(d)
     if journal is not None:
         await post_journal(tx, journal)
+
+
+async def _record_all(tx: BillingTx, decisions: Sequence[Decision]) -> None:
+    """_record for each, with a fixed number of statements for the lot: the
+    claims in one insert, the approvals' journals in one posting."""
+    inserted = await tx.insert_claims(decisions)
+    journals: list[JournalDraft] = []
+    for d in decisions:
+        if d.transaction_id in inserted:
+            inserted.discard(d.transaction_id)  # a repeat later in the batch is checked
+            journal = approval_journal(d)
+            if journal is not None:
+                journals.append(journal)
+        else:
+            await _check_same(tx, d)
+    for j in journals:
+        j.check_balanced()
+    posted = await tx.post_journals(journals)
+    for j in journals:
+        _, digest = posted[j.idem_key]
+        _check_journal_content(j, digest)
+
+
+async def _check_same(tx: BillingTx, d: Decision) -> None:
+    """The claim was decided before: the same decision is a no-op, another is refused."""
+    have = await tx.decision(d.transaction_id)
+    assert have is not None
+    if not have.same_as(d):
+        raise FailedPrecondition(
+            f"claim {d.transaction_id} was already decided differently",
+            reason="DECISION_CONFLICT",
+            metadata={"transaction_id": d.transaction_id},
+        )
+
+
+def _check_journal_content(j: JournalDraft, posted_digest: str | None) -> None:
+    """A journal posted before under this idempotency key must be this one."""
+    if posted_digest is not None and posted_digest != j.content_sha256:
+        raise AlreadyExists(
+            f"journal {j.idem_key} already posted with different content", reason="JOURNAL_CONFLICT"
+        )
 
 
 async def post_journal(tx: BillingTx, j: JournalDraft, reverses: int | None = None) -> int:
@@ -159,10 +195,7 @@ async def post_journal(tx: BillingTx, j: JournalDraft, reverses: int | None = No
     different content is refused."""
     j.check_balanced()
     jid, posted_digest = await tx.post_journal(j, reverses)
-    if posted_digest is not None and posted_digest != j.content_sha256:
-        raise AlreadyExists(
-            f"journal {j.idem_key} already posted with different content", reason="JOURNAL_CONFLICT"
-        )
+    _check_journal_content(j, posted_digest)
     return jid
 
 
@@ -220,8 +253,7 @@ class Billing:
                 decisions.append((i, decision))
 
         async def run(tx: BillingTx) -> None:
-            for _, d in decisions:
-                await _record(tx, d)
+            await _record_all(tx, [d for _, d in decisions])
 
         try:
             await self.store.atomically(run)
