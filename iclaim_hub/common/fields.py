@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from functools import partial
+from functools import cache, partial
 from typing import Any, Protocol, TypeVar, cast
 
 T = TypeVar("T")
@@ -22,13 +22,14 @@ class Row(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 
 
-def _field_names(target: type) -> list[str]:
+@cache  # per class: walking a descriptor's fields on every copy cost more than the copy
+def _field_names(target: type) -> tuple[str, ...]:
     descriptor = getattr(target, "DESCRIPTOR", None)  # a protobuf message class
     if descriptor is None:
-        return [f.name for f in dataclasses.fields(cast(Any, target)) if f.init]
+        return tuple(f.name for f in dataclasses.fields(cast(Any, target)) if f.init)
     # Message and enum fields take converted values (a Timestamp from a datetime,
     # an enum from a name): never copied as they are.
-    return [f.name for f in descriptor.fields if f.message_type is None and f.enum_type is None]
+    return tuple(f.name for f in descriptor.fields if f.message_type is None and f.enum_type is None)
 
 
 def _copy(target: type[T], given: dict[str, Any], has: Callable[[str], bool], get: Callable[[str], Any]) -> T:
