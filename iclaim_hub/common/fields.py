@@ -33,7 +33,8 @@ def _field_names(target: type) -> tuple[str, ...]:
 
 
 def _copy(target: type[T], given: dict[str, Any], has: Callable[[str], bool], get: Callable[[str], Any]) -> T:
-    copied = {n: get(n) for n in _field_names(target) if n not in given and has(n)}
+    names = _field_names(cast(type, target))  # type[T] is hashable; mypy cannot see it
+    copied = {n: get(n) for n in names if n not in given and has(n)}
     return cast(Callable[..., T], target)(**copied, **given)
 
 
