@@ -10,7 +10,9 @@ transactions and the hub's gRPC calls; and the submit->decision latency per
 delivery mode. Phases: closed loop at each BENCH_CONCURRENCY (1 in flight
 gives the latency a push adds), open loop at 70 % of the best closed-loop rate
 (latency from the scheduled send time), and isolation: claims to ten insurers
-without and with an insurer that never answers (bench/isolation.py).
+without and with an insurer that never answers (bench/isolation.py). Where the
+server runs without autovacuum (CI machines), a stand-in applies its rules while
+the claims phases run (bench/autovacuum.py), so PostgreSQL plans with statistics.
 
 Env: BENCH_CLAIMS (per loaded phase, default 2000), BENCH_CONCURRENCY (1,8,64),
 BENCH_UNLOADED_CLAIMS (the 1-in-flight phase, 300), BENCH_OPEN_S (20; 0 skips),
