@@ -45,8 +45,8 @@ async def tables_due(conn: asyncpg.Connection) -> list[tuple[str, bool]]:
 
 
 async def run_due(conn: asyncpg.Connection, table: str, vacuum: bool) -> int:
-    """Vacuums (no transaction id) and analyses the table; returns the
-    transaction ids that took (one, unless there was nothing to record)."""
+    """Vacuums (which takes no transaction id) and analyses the table; returns
+    how many transaction ids that took (one, unless there was nothing to record)."""
     if vacuum:
         await conn.execute(f"VACUUM {table}")
     async with conn.transaction():

@@ -107,11 +107,6 @@ _JOURNAL_LINES = (
 )
 
 # --- claims --------------------------------------------------------------------------
-_INSERT_CLAIM = (
-    "INSERT INTO billing.claims (transaction_id, hospital_code, insurer_code, state,"
-    " approved_satang, decided_at) VALUES ($1,$2,$3,$4,$5,$6)"
-    " ON CONFLICT (transaction_id) DO NOTHING RETURNING transaction_id"
-)
 _INSERT_CLAIMS = (
     "INSERT INTO billing.claims (transaction_id, hospital_code, insurer_code, state,"
     " approved_satang, decided_at) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
@@ -445,19 +440,14 @@ class PgBillingTx:
             r["idem_key"]: int(r["id"])
             for r in await conn.fetch(
                 _INSERT_JOURNALS,
-                *(
-                    [getattr(j, f) for j in journals]
-                    for f in (
-                        "idem_key",
-                        "content_sha256",
-                        "kind",
-                        "hospital_code",
-                        "insurer_code",
-                        "reference",
-                        "description",
-                        "effective_at",
-                    )
-                ),
+                [j.idem_key for j in journals],
+                [j.content_sha256 for j in journals],
+                [j.kind for j in journals],
+                [j.hospital_code for j in journals],
+                [j.insurer_code for j in journals],
+                [j.reference for j in journals],
+                [j.description for j in journals],
+                [j.effective_at for j in journals],
             )
         }
         out: dict[str, tuple[int, str | None]] = {key: (jid, None) for key, jid in new.items()}
@@ -465,6 +455,7 @@ class PgBillingTx:
         if posted:
             for r in await conn.fetch(_JOURNALS_BY_KEY, posted):
                 out[r["idem_key"]] = (int(r["id"]), str(r["content_sha256"]))
+        # Inserted now: these get their lines (a key given twice, only its first).
         fresh = [j for j in journals if new.pop(j.idem_key, None) is not None]
         if not fresh:
             return out
@@ -508,21 +499,9 @@ class PgBillingTx:
         )
 
     # --- claims ----------------------------------------------------------------------
-    async def insert_claim(self, d: Decision) -> bool:
-        """False: the claim was already decided (see `decision`)."""
-        inserted = await self._conn.fetchval(
-            _INSERT_CLAIM,
-            d.transaction_id,
-            d.hospital_code,
-            d.insurer_code,
-            d.state,
-            d.approved_satang,
-            d.decided_at,
-        )
-        return inserted is not None
-
     async def insert_claims(self, decisions: Sequence[Decision]) -> set[str]:
-        """insert_claim for many in one statement: the transaction_ids inserted now."""
+        """Stores the decisions of claims not decided before, in one statement:
+        the transaction_ids inserted now."""
         rows = await self._conn.fetch(
             _INSERT_CLAIMS,
             [d.transaction_id for d in decisions],

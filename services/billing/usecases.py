@@ -73,7 +73,6 @@ class BillingTx(Protocol):
     async def post_journal(self, j: JournalDraft, reverses: int | None) -> tuple[int, str | None]: ...
     async def post_journals(self, journals: Sequence[JournalDraft]) -> dict[str, tuple[int, str | None]]: ...
     async def journal(self, journal_id: int) -> JournalRecord | None: ...
-    async def insert_claim(self, d: Decision) -> bool: ...
     async def insert_claims(self, decisions: Sequence[Decision]) -> set[str]: ...
     async def decision(self, transaction_id: str) -> Decision | None: ...
     async def lock_claims(self, transaction_ids: Sequence[str]) -> dict[str, ClaimDue]: ...
@@ -139,19 +138,10 @@ def invoice_view(r: InvoiceRecord, today: date) -> InvoiceView:
     )
 
 
-async def _record(tx: BillingTx, d: Decision) -> None:
-    """A decision once: the same again changes nothing, a different one is refused."""
-    if not await tx.insert_claim(d):
-        await _check_same(tx, d)
-        return
-    journal = approval_journal(d)
-    if journal is not None:
-        await post_journal(tx, journal)
-
-
 async def _record_all(tx: BillingTx, decisions: Sequence[Decision]) -> None:
-    """_record for each, with a fixed number of statements for the lot: the
-    claims in one insert, the approvals' journals in one posting."""
+    """Each decision once: the same again changes nothing, a different one is
+    refused. A fixed number of statements however many: the claims in one
+    insert, the approvals' journals in one posting."""
     inserted = await tx.insert_claims(decisions)
     journals: list[JournalDraft] = []
     for d in decisions:
@@ -230,7 +220,7 @@ class Billing:
             await self.record_decision(decision)
 
     async def record_decision(self, d: Decision) -> None:
-        await self.store.atomically(lambda tx: _record(tx, d))
+        await self.store.atomically(lambda tx: _record_all(tx, [d]))
 
     async def receive_decisions(self, reports: Sequence[DecisionReport]) -> list[tuple[int, str]]:
         """Many decisions from the outbox in one transaction. Returns those

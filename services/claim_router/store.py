@@ -87,17 +87,18 @@ def _states(states: frozenset[State]) -> list[int]:
     return sorted(int(s) for s in states)
 
 
-def _emit_cte(source: str, first: int) -> str:
+def _emit_cte(source: str | None, first: int) -> str:
     """A CTE storing a statement's events in the outbox, in order, once per row
-    of `source` (none when the claim was not written). Parameters $first,
-    $first+1 and $first+2 are the topics, the payloads and the traceparent each
-    event carries (the relay sends it there). Unreferenced, a data-modifying
-    CTE still runs."""
+    of `source` (none when the claim was not written; None: once). Parameters
+    $first, $first+1 and $first+2 are the topics, the payloads and the
+    traceparent each event carries (the relay sends it there). Unreferenced, a
+    data-modifying CTE still runs."""
+    rows = f"{source}, " if source else ""
     return (
         "emitted AS ("
         " INSERT INTO router.outbox (topic, payload, traceparent)"
         f" SELECT e.topic, e.payload, ${first + 2}"
-        f" FROM {source}, unnest(${first}::text[], ${first + 1}::bytea[])"
+        f" FROM {rows}unnest(${first}::text[], ${first + 1}::bytea[])"
         " WITH ORDINALITY AS e(topic, payload, n) ORDER BY e.n)"
     )
 
@@ -345,10 +346,7 @@ class PgClaimStore:
             return
         topics, payloads = _event_columns([event for _, events in delivered for event in events])
         await conn.execute(
-            "WITH emitted AS ("
-            " INSERT INTO router.outbox (topic, payload, traceparent)"
-            " SELECT e.topic, e.payload, $3 FROM unnest($1::text[], $2::bytea[])"
-            "  WITH ORDINALITY AS e(topic, payload, n) ORDER BY e.n)"
+            f"WITH {_emit_cte(None, 1)}"
             " SELECT pg_notify($6, u.transaction_id),"
             "  pg_notify($7, u.transaction_id || ' ' || u.state)"
             " FROM unnest($4::text[], $5::smallint[]) AS u(transaction_id, state)",

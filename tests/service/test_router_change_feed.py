@@ -6,6 +6,7 @@ sent and heard during a rolling upgrade) is read instead. Real PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -52,6 +53,28 @@ def _to(state: State) -> Any:
         return cur.with_changes(state=state), []
 
     return mutate
+
+
+@contextlib.asynccontextmanager
+async def _claim_channels(database_url: str) -> AsyncIterator[list[tuple[str, str]]]:
+    """What both claim channels announce while the block runs, as (channel, payload)."""
+    heard: list[tuple[str, str]] = []
+    conn = await asyncpg.connect(database_url)
+    try:
+        for channel in (NOTIFY_CHANNEL, LEGACY_NOTIFY_CHANNEL):
+            await conn.add_listener(channel, lambda _c, _p, ch, payload: heard.append((ch, payload)))
+        yield heard
+    finally:
+        await conn.close()
+
+
+async def _once_heard(heard: list[tuple[str, str]], count: int) -> list[tuple[str, str]]:
+    """`heard` once it holds `count` announcements (or after 5 s)."""
+    for _ in range(100):
+        if len(heard) >= count:
+            break
+        await asyncio.sleep(0.05)
+    return heard
 
 
 async def test_the_wait_reads_only_the_settled_claim(
@@ -109,11 +132,7 @@ async def test_writes_announce_on_both_channels(
     parts: tuple[CountingStore, ChangeHub, asyncpg.Pool], database_url: str
 ) -> None:
     store, _, _ = parts
-    heard: list[tuple[str, str]] = []
-    conn = await asyncpg.connect(database_url)
-    try:
-        for channel in (NOTIFY_CHANNEL, LEGACY_NOTIFY_CHANNEL):
-            await conn.add_listener(channel, lambda _c, _p, ch, payload: heard.append((ch, payload)))
+    async with _claim_channels(database_url) as heard:
         claim = claim_record("FEED3")
         await store.insert(claim, [])
         await store.transition(claim.transaction_id, _to(State.PENDING_REVIEW))
@@ -126,24 +145,14 @@ async def test_writes_announce_on_both_channels(
             (LEGACY_NOTIFY_CHANNEL, tid),
             (NOTIFY_CHANNEL, f"{tid} {int(State.APPROVED)}"),
         ]
-        for _ in range(100):
-            if len(heard) >= len(expected):
-                break
-            await asyncio.sleep(0.05)
-        assert heard == expected
-    finally:
-        await conn.close()
+        assert await _once_heard(heard, len(expected)) == expected
 
 
 async def test_a_pull_lease_stores_and_announces_each_delivered_claim(
     parts: tuple[CountingStore, ChangeHub, asyncpg.Pool], database_url: str
 ) -> None:
     store, _, pool = parts
-    heard: list[tuple[str, str]] = []
-    conn = await asyncpg.connect(database_url)
-    try:
-        for channel in (NOTIFY_CHANNEL, LEGACY_NOTIFY_CHANNEL):
-            await conn.add_listener(channel, lambda _c, _p, ch, payload: heard.append((ch, payload)))
+    async with _claim_channels(database_url) as heard:
         claims = [claim_record(f"PULLFEED{n}", "pull") for n in range(3)]
         for claim in claims:
             await store.insert(claim, [])
@@ -154,20 +163,16 @@ async def test_a_pull_lease_stores_and_announces_each_delivered_claim(
         # Offered again after its lease, a claim already delivered emits nothing.
         await pool.execute("UPDATE router.claims SET lease_until = now() - interval '1 s'")
         assert len(await store.lease_pull("AIA", 10, 60.0, lambda rec: [("audit", b"again")])) == 3
-        expected = []
-        for rec in leased:
-            expected += [
+        expected = [
+            announced
+            for rec in leased
+            for announced in (
                 (LEGACY_NOTIFY_CHANNEL, rec.transaction_id),
                 (NOTIFY_CHANNEL, f"{rec.transaction_id} {int(State.DELIVERED)}"),
-            ]
-        for _ in range(100):
-            if len(heard) >= len(expected):
-                break
-            await asyncio.sleep(0.05)
-        assert heard == expected
-        outbox = await pool.fetch("SELECT topic, payload FROM router.outbox ORDER BY id")
-        assert [(r["topic"], bytes(r["payload"])) for r in outbox] == [
-            event for c in claims for event in (("audit", f"{c.claim_ref}-a".encode()), ("billing", b"b"))
+            )
         ]
-    finally:
-        await conn.close()
+        assert await _once_heard(heard, len(expected)) == expected
+    outbox = await pool.fetch("SELECT topic, payload FROM router.outbox ORDER BY id")
+    assert [(r["topic"], bytes(r["payload"])) for r in outbox] == [
+        event for c in claims for event in (("audit", f"{c.claim_ref}-a".encode()), ("billing", b"b"))
+    ]
