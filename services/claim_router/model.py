@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from services.claim_router.domain import State
 
@@ -72,6 +73,37 @@ Mutation = Callable[[ClaimRecord], tuple[ClaimRecord | None, Sequence[Event]]]
 class ClaimChange(asyncio.Event):
     """Set whenever the claim changes. `state` is the state the latest change
     announced, or None when it did not say (a router of the previous release,
-    a reconnected listener): then the waiter reads it."""
+    a reconnected listener): then the waiter reads it. `record` is the claim as
+    this replica wrote it, when the latest change was written here: a waiter
+    answers from it instead of reading the claim again."""
 
     state: State | None = None
+    record: ClaimRecord | None = None
+    # Writes of this claim under way on this replica: a waiter woken by their
+    # notification (which may come first) waits for the record instead of reading.
+    local_writes: int = 0
+
+    def announce(self, state: State | None) -> None:
+        """A change heard by notification. A record in hand is dropped when
+        another state is announced (the notification of its own write may come
+        after it). One that does not say (None) keeps it: the waiter reads the
+        state and answers from the record only if they agree."""
+        if self.record is not None and state is not None and self.record.state != state:
+            self.record = None
+        self.state = state
+        self.set()
+
+    def written_here(self, rec: ClaimRecord) -> None:
+        self.state = rec.state
+        self.record = rec
+        self.set()
+
+
+class LocalWaiters(Protocol):
+    """This replica's waiters, as the store that writes claims sees them."""
+
+    def writing(
+        self, transaction_ids: Sequence[str]
+    ) -> AbstractContextManager[Callable[[ClaimRecord], None]]:
+        """While a write of these claims is under way; gives what to call with
+        each claim the write stored (committed), as a read would return it."""

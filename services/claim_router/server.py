@@ -113,7 +113,8 @@ async def _build(config: Config, resources: contextlib.AsyncExitStack) -> GrpcAp
     resources.push_async_callback(pool.close)
     registry = RegistryStore(pool, SecretBox(config.master_key))
     await registry.migrate()
-    store = PgClaimStore(pool)
+    hub = ChangeHub(config.database_url)
+    store = PgClaimStore(pool, waiters=hub)
     await store.migrate()
 
     adapter_channel, audit_channel, billing_channel = channels = [
@@ -122,7 +123,6 @@ async def _build(config: Config, resources: contextlib.AsyncExitStack) -> GrpcAp
     for ch in channels:
         if ch is not None:
             resources.push_async_callback(ch.close)
-    hub = ChangeHub(config.database_url)
     await hub.start()
     resources.push_async_callback(hub.close)
     relay = OutboxRelay(store, audit_channel, billing_channel)

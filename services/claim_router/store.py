@@ -5,6 +5,7 @@ as parameters."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from services.claim_router.domain import (
     State,
     within_byte_budget,
 )
-from services.claim_router.model import ClaimRecord, Event, Mutation, OutboxEvent
+from services.claim_router.model import ClaimRecord, Event, LocalWaiters, Mutation, OutboxEvent
 
 SCHEMA = "router"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -115,8 +116,11 @@ class PgClaimStore:
     """Implements the use cases' ClaimStore, PushDeliverer's PushStore and
     OutboxRelay's OutboxStore."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, waiters: LocalWaiters | None = None) -> None:
         self._pool = pool
+        # Given each claim an update stores, so that this replica's waiters
+        # answer from it instead of reading it again (ChangeHub).
+        self._waiters = waiters
 
     async def migrate(self) -> None:
         await apply_migrations(self._pool, SCHEMA, MIGRATIONS)
@@ -281,6 +285,18 @@ class PgClaimStore:
     async def _write(self, changes: Sequence[_Change], traceparent: str | None) -> dict[str, ClaimRecord]:
         """Stores each change whose row is still the version read, with its
         events and a notification, in one statement; returns those written."""
+        ids = [cur.transaction_id for cur, _, _ in changes]
+        writing = self._waiters.writing(ids) if self._waiters is not None else contextlib.nullcontext(None)
+        with writing as hand_off:
+            written = await self._write_rows(changes, ids, traceparent)
+            if hand_off is not None:
+                for rec in written.values():
+                    hand_off(rec.with_changes(envelope="") if rec.envelope else rec)
+        return written
+
+    async def _write_rows(
+        self, changes: Sequence[_Change], ids: list[str], traceparent: str | None
+    ) -> dict[str, ClaimRecord]:
         events = [(cur.transaction_id, topic, payload) for cur, _, evs in changes for topic, payload in evs]
         rows = await self._pool.fetch(
             "WITH input AS ("
@@ -309,7 +325,7 @@ class PgClaimStore:
             " SELECT updated.transaction_id, updated.updated_at, updated.row_version,"
             "  pg_notify($17, updated.transaction_id),"
             "  pg_notify($16, updated.transaction_id || ' ' || updated.state) FROM updated",
-            [cur.transaction_id for cur, _, _ in changes],
+            ids,
             [int(new.state) for _, new, _ in changes],
             [new.approved_amount_satang for _, new, _ in changes],
             [new.decision_envelope for _, new, _ in changes],

@@ -351,7 +351,8 @@ class ClaimRouter:
     ) -> ClaimRecord | None:
         """The claim once terminal, or as it is when the timeout passes. Each
         wake-up takes the state its notification carried; only one that did not
-        say is read. The whole claim is read once, at the end."""
+        say is read. The whole claim is read once, at the end, unless this
+        replica wrote the change that settled it (then it is in hand)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         state = known
@@ -360,6 +361,13 @@ class ClaimRouter:
                 state = await self.store.state_of(transaction_id)
             remaining = deadline - loop.time()
             if state is None or state in domain.TERMINAL_STATES or remaining <= 0:
+                written = changes.record
+                if written is not None and written.state == state:
+                    return written
+                if changes.local_writes and remaining > 0:
+                    # Heard before this replica's own write returned: its record follows.
+                    state = changes.state if await _wake_or_timeout(changes, remaining) else None
+                    continue
                 return await self.store.get(transaction_id)
             # The latest announced state; after a timeout, what it is now is read.
             state = changes.state if await _wake_or_timeout(changes, remaining) else None

@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import asyncpg
 import structlog
 
 from services.claim_router.domain import State
-from services.claim_router.model import ClaimChange
+from services.claim_router.model import ClaimChange, ClaimRecord
 from services.claim_router.store import LEGACY_NOTIFY_CHANNEL, NOTIFY_CHANNEL, PULL_NOTIFY_CHANNEL
 
 log = structlog.get_logger("claim_router.watch")
@@ -51,14 +51,32 @@ class ChangeHub:
 
     def _wake(self, key: str, state: State | None) -> None:
         for event in self._waiters.get(key, ()):
-            event.state = state
-            event.set()
+            event.announce(state)
 
     def _wake_all(self) -> None:
         for events in self._waiters.values():
             for event in events:
-                event.state = None  # whatever was missed: read it
-                event.set()
+                event.announce(None)  # whatever was missed: read it
+
+    @contextlib.contextmanager
+    def writing(self, transaction_ids: Sequence[str]) -> Iterator[Callable[[ClaimRecord], None]]:
+        """A write of these claims by this replica: their waiters here answer
+        from the record it stored (other replicas' hear the notification). One
+        the write did not store is woken to read the claim."""
+        events = [event for t in transaction_ids for event in self._waiters.get(t, ())]
+        for event in events:
+            event.local_writes += 1
+        try:
+            yield self._written
+        finally:
+            for event in events:
+                event.local_writes -= 1
+                if event.record is None:
+                    event.set()
+
+    def _written(self, rec: ClaimRecord) -> None:
+        for event in self._waiters.get(rec.transaction_id, ()):
+            event.written_here(rec)
 
     async def _keepalive(self) -> None:
         # A dropped LISTEN connection would silently stop wake-ups: probe it and

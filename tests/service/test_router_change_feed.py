@@ -23,8 +23,8 @@ from tests.support.router_records import claim_record
 
 
 class CountingStore(PgClaimStore):
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        super().__init__(pool)
+    def __init__(self, pool: asyncpg.Pool, hub: ChangeHub | None = None) -> None:
+        super().__init__(pool, waiters=hub)
         self.reads: list[str] = []
 
     async def state_of(self, transaction_id: str) -> State | None:
@@ -100,6 +100,74 @@ async def test_the_wait_reads_only_the_settled_claim(
     assert settled is not None and settled.state == State.APPROVED
     # DELIVERED's and APPROVED's announcements carried their states.
     assert store.reads == ["get"]
+
+
+async def test_a_decision_written_here_is_answered_without_a_read(
+    parts: tuple[CountingStore, ChangeHub, asyncpg.Pool],
+) -> None:
+    _, hub, pool = parts
+    store = CountingStore(pool, hub)  # this replica's store: its writes reach its waiters
+    router = ClaimRouter(store, directory=None, push=None, changes=hub)  # type: ignore[arg-type]
+    claim = claim_record("FEED4")
+    with hub.claim_changes(claim.transaction_id) as changes:
+        await store.insert(claim, [])
+
+        async def insurer() -> None:
+            await asyncio.sleep(0.2)
+            await store.transition(claim.transaction_id, _to(State.APPROVED))
+
+        deciding = asyncio.create_task(insurer())
+        settled = await router._wait_settled(claim.transaction_id, 10.0, changes, State.RECEIVED)
+        await deciding
+    assert store.reads == ["get"]  # the insurer side's read before its write, none by the wait
+    assert settled == await PgClaimStore(pool).get(claim.transaction_id)
+    assert settled is not None and settled.envelope == "" and settled.envelope_bytes == 1
+
+
+async def test_a_record_in_hand_is_dropped_when_another_change_is_announced(
+    parts: tuple[CountingStore, ChangeHub, asyncpg.Pool],
+) -> None:
+    _, hub, pool = parts
+    store = CountingStore(pool, hub)
+    router = ClaimRouter(store, directory=None, push=None, changes=hub)  # type: ignore[arg-type]
+    elsewhere = PgClaimStore(pool)  # another replica: heard only by notification
+    claim = claim_record("FEED5")
+    await store.insert(claim, [])
+    with hub.claim_changes(claim.transaction_id) as changes:
+        await store.transition(claim.transaction_id, _to(State.APPROVED))
+        assert changes.record is not None and changes.record.state == State.APPROVED
+        await elsewhere.transition(claim.transaction_id, _to(State.PAID))
+        for _ in range(100):  # both announcements heard (APPROVED's keeps it, PAID's drops it)
+            if changes.state == State.PAID:
+                break
+            await asyncio.sleep(0.05)
+        assert changes.record is None
+        store.reads.clear()
+        settled = await router._wait_settled(claim.transaction_id, 10.0, changes, State.PAID)
+    assert settled is not None and settled.state == State.PAID
+    assert store.reads == ["get"]
+
+
+async def test_an_announcement_that_does_not_say_costs_a_state_read_only(
+    parts: tuple[CountingStore, ChangeHub, asyncpg.Pool],
+) -> None:
+    _, hub, pool = parts
+    store = CountingStore(pool, hub)
+    router = ClaimRouter(store, directory=None, push=None, changes=hub)  # type: ignore[arg-type]
+    claim = claim_record("FEED6")
+    await store.insert(claim, [])
+    with hub.claim_changes(claim.transaction_id) as changes:
+        await store.transition(claim.transaction_id, _to(State.DENIED))
+        await pool.execute("SELECT pg_notify($1, $2)", LEGACY_NOTIFY_CHANNEL, claim.transaction_id)
+        for _ in range(100):  # the write's own two announcements, then the bare one
+            if changes.state is None:
+                break
+            await asyncio.sleep(0.05)
+        assert changes.state is None and changes.record is not None
+        store.reads.clear()
+        settled = await router._wait_settled(claim.transaction_id, 10.0, changes, None)
+    assert store.reads == ["state_of"]
+    assert settled == await PgClaimStore(pool).get(claim.transaction_id)
 
 
 async def test_a_change_announced_the_old_way_is_read(
