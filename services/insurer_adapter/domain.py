@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
 from iclaim.crypto.envelope import CLAIM_REF_MAX, MAX_ENVELOPE_BYTES, sha256_hex
 from iclaim.errors import InvalidArgument
+from iclaim_hub.common.fields import copy_fields
 from services.insurer_adapter.model import DeliveryRequest, NewDelivery
 
 TXID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -40,7 +41,8 @@ def checked(r: DeliveryRequest) -> NewDelivery:
         raise InvalidArgument("envelope is empty", reason="ENVELOPE_MISSING")
     if len(r.envelope.encode("utf-8")) > MAX_ENVELOPE_BYTES:
         raise InvalidArgument("envelope exceeds 1 MiB", reason="ENVELOPE_TOO_LARGE")
-    return NewDelivery(**asdict(r), envelope_sha256=sha256_hex(r.envelope))
+    # Field by field: asdict would deep-copy the request, envelope and all.
+    return copy_fields(NewDelivery, r, envelope_sha256=sha256_hex(r.envelope))
 
 
 class PushError(StrEnum):

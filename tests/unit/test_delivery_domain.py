@@ -1,20 +1,44 @@
 """The delivery layer's pure rules: the circuit per insurer (§10.5), backoff
-with full jitter (§10.4), what a webhook answer means (§10.3)."""
+with full jitter (§10.4), what a webhook answer means (§10.3), and a checked
+delivery keeping every field of the request."""
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import UTC, datetime
+
 import pytest
 
+from iclaim.crypto.envelope import sha256_hex
 from services.insurer_adapter.domain import (
     Backoff,
     Circuit,
     Health,
     PushError,
     answer_type_ok,
+    checked,
     grpc_error,
     http_error,
     http_taken,
 )
+from services.insurer_adapter.model import DeliveryRequest
+
+
+def test_a_checked_delivery_keeps_every_field_and_adds_the_digest() -> None:
+    request = DeliveryRequest(
+        transaction_id="txn_" + "a" * 28,
+        insurer_code="AIA",
+        hospital_code="10670",
+        claim_ref="CR-1",
+        billed_amount_satang=12_345,
+        envelope="header.key.iv.ciphertext.tag",
+        submitted_at=datetime(2026, 11, 27, tzinfo=UTC),
+        traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01",
+    )
+    delivery = checked(request)
+    for f in dataclasses.fields(DeliveryRequest):
+        assert getattr(delivery, f.name) == getattr(request, f.name), f.name
+    assert delivery.envelope_sha256 == sha256_hex(request.envelope)
 
 
 def test_circuit_degrades_goes_down_at_five_and_probes_one_at_a_time() -> None:
