@@ -23,6 +23,7 @@ from services.claim_router.domain import (
     within_byte_budget,
 )
 from services.claim_router.model import ClaimRecord, Event, LocalWaiters, Mutation, OutboxEvent
+from services.claim_router.recent import RecentClaims
 
 SCHEMA = "router"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -116,8 +117,12 @@ class PgClaimStore:
     """Implements the use cases' ClaimStore, PushDeliverer's PushStore and
     OutboxRelay's OutboxStore."""
 
-    def __init__(self, pool: asyncpg.Pool, *, waiters: LocalWaiters | None = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, waiters: LocalWaiters | None = None, recent: RecentClaims | None = None
+    ) -> None:
         self._pool = pool
+        # Open claims as this replica stored them: a decision starts from one.
+        self._recent = recent if recent is not None else RecentClaims()
         # Given each claim an update stores, so that this replica's waiters
         # answer from it instead of reading it again (ChangeHub).
         self._waiters = waiters
@@ -181,6 +186,7 @@ class PgClaimStore:
                 taken_at=None,
                 row_version=row["row_version"],
             )
+            self._recent.stored(stored)
             return stored, True
         existing = await self.find_by_ref(rec.hospital_code, rec.claim_ref)
         assert existing is not None
@@ -199,6 +205,11 @@ class PgClaimStore:
             f"SELECT {_VERSIONED} FROM router.claims WHERE transaction_id = $1", transaction_id
         )
         return None if row is None else _record(row)
+
+    def recent(self, transaction_id: str) -> ClaimRecord | None:
+        """The open claim as this replica last stored it, if at hand: maybe
+        stale, so only a starting point for `transition` (cached=True)."""
+        return self._recent.get(transaction_id)
 
     async def state_of(self, transaction_id: str) -> State | None:
         """The claim's state alone: what a waiter checks on each wake-up,
@@ -233,22 +244,40 @@ class PgClaimStore:
         return [_record(r) for r in rows]
 
     async def transition(
-        self, transaction_id: str, mutate: Mutation, current: ClaimRecord | None = None
+        self,
+        transaction_id: str,
+        mutate: Mutation,
+        current: ClaimRecord | None = None,
+        *,
+        cached: bool = False,
     ) -> ClaimRecord | None:
         """Runs `mutate` on the claim as read and stores its result and events
         atomically, in one statement that applies only if the row is still the
         version that was read; if another writer got there first, reads again
         and runs `mutate` again (so it must be free of side effects). `current`,
         the record as the caller just read it, saves the first read. One round
-        trip for a write instead of a locking transaction's five."""
+        trip for a write instead of a locking transaction's five. `cached`:
+        `current` is `recent()`'s, maybe stale, so a write refused by its
+        version, and an answer of no change or a refusal by `mutate`, stand
+        only once `mutate` has seen the claim as read."""
         while True:
             if current is None or not current.row_version:
                 current = await self.get(transaction_id)
+                cached = False
                 if current is None:
                     return None
-            new, events = mutate(current)
+            try:
+                new, events = mutate(current)
+            except Exception:
+                if not cached:
+                    raise
+                current = None  # refused on what may be an old version: decide on the claim as read
+                continue
             if new is None:
-                return current
+                if not cached:
+                    return current
+                current = None
+                continue
             written = await self._write([(current, new, events)], tracing.current_traceparent() or None)
             if transaction_id in written:
                 return written[transaction_id]
@@ -289,8 +318,9 @@ class PgClaimStore:
         writing = self._waiters.writing(ids) if self._waiters is not None else contextlib.nullcontext(None)
         with writing as hand_off:
             written = await self._write_rows(changes, ids, traceparent)
-            if hand_off is not None:
-                for rec in written.values():
+            for rec in written.values():
+                self._recent.stored(rec)
+                if hand_off is not None:
                     hand_off(rec.with_changes(envelope="") if rec.envelope else rec)
         return written
 
@@ -393,11 +423,15 @@ class PgClaimStore:
             lease_s,
             _states(OPEN_STATES),
         )
-        return [_record(r) for r in rows]
+        leased = [_record(r) for r in rows]
+        for rec in leased:
+            self._recent.forget(rec.transaction_id)  # its version changed
+        return leased
 
     async def mark_handed_off(self, transaction_id: str) -> None:
         """The delivery layer stored the claim: it is no longer due here. The
         state does not change; the delivery layer reports when the insurer took it."""
+        self._recent.forget(transaction_id)  # its version changes
         await self._pool.execute(
             "UPDATE router.claims SET delivered_at = now()"
             " WHERE transaction_id = $1 AND delivered_at IS NULL",
@@ -405,6 +439,7 @@ class PgClaimStore:
         )
 
     async def retry_push_later(self, transaction_id: str, delay_s: float) -> None:
+        self._recent.forget(transaction_id)  # its version changes
         await self._pool.execute(
             "UPDATE router.claims SET next_attempt_at = now() + make_interval(secs => $2)"
             " WHERE transaction_id = $1 AND delivered_at IS NULL",
@@ -442,7 +477,8 @@ class PgClaimStore:
                 " state = $3::smallint, delivered_at = COALESCE(delivered_at, now()),"
                 " taken_at = COALESCE(taken_at, now()),"
                 " updated_at = CASE WHEN state = $4::smallint THEN now() ELSE updated_at END"
-                f" WHERE transaction_id = ANY($1::text[]) RETURNING {_DELIVERY_COLUMNS}",
+                f" WHERE transaction_id = ANY($1::text[]) RETURNING {_DELIVERY_COLUMNS},"
+                " xmin AS row_version",
                 [r["transaction_id"] for r in rows],
                 lease_s,
                 int(State.DELIVERED),
@@ -452,7 +488,9 @@ class PgClaimStore:
             await self._emit_delivered(
                 conn, [(rec, on_delivered(rec)) for rec in records if rec.transaction_id in first_time]
             )
-            return records
+        for rec in records:  # committed: the insurer's decision starts from these
+            self._recent.stored(rec)
+        return records
 
     async def pull_waiting_since(self) -> dict[str, datetime]:
         """Per pull insurer, since when its longest-waiting claim has been

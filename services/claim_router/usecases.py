@@ -68,12 +68,21 @@ class ClaimStore(Protocol):
 
     async def get(self, transaction_id: str) -> ClaimRecord | None: ...
 
+    def recent(self, transaction_id: str) -> ClaimRecord | None:
+        """The open claim as this replica last stored it, if at hand (maybe
+        stale: only a starting point for transition(..., cached=True))."""
+
     async def state_of(self, transaction_id: str) -> State | None: ...
 
     async def find_by_ref(self, hospital_code: str, claim_ref: str) -> ClaimRecord | None: ...
 
     async def transition(
-        self, transaction_id: str, mutate: Mutation, current: ClaimRecord | None = None
+        self,
+        transaction_id: str,
+        mutate: Mutation,
+        current: ClaimRecord | None = None,
+        *,
+        cached: bool = False,
     ) -> ClaimRecord | None:
         """`mutate` may run more than once (a concurrent change): no side effects."""
 
@@ -496,16 +505,21 @@ class ClaimRouter:
             reason_code=req.reason_code,
         )
         domain.check_transaction_id(d.transaction_id)
-        rec = await self.store.get(d.transaction_id)
+        # Usually the claim this replica stored moments ago: what is checked
+        # here never changes; its state is checked again by the write.
+        rec = self.store.recent(d.transaction_id)
+        cached = rec is not None
+        if rec is None:
+            rec = await self.store.get(d.transaction_id)
         if rec is None or rec.insurer_code != d.insurer_code:
             raise NotFound("claim not found", reason="CLAIM_NOT_FOUND")
         # The decision joins the claim's trace (the insurer's call is linked to it),
         # and so does what it emits: the billing event, the audit event.
         insurer = {"iclaim.insurer": d.insurer_code}
         with tracing.span("claim.decision", parent=rec.traceparent, attributes=insurer):
-            return await self._decide_claim(d, rec)
+            return await self._decide_claim(d, rec, cached)
 
-    async def _decide_claim(self, d: domain.DecisionInput, rec: ClaimRecord) -> ClaimRecord:
+    async def _decide_claim(self, d: domain.DecisionInput, rec: ClaimRecord, cached: bool) -> ClaimRecord:
         domain.validate_decision_shape(d, rec.billed_amount_satang)
         if d.decision_envelope:
             hospital = await self.directory.get(rec.hospital_code)
@@ -545,7 +559,7 @@ class ClaimRouter:
             )
             return new, state_change_events(new, actor=d.insurer_code, route=ROUTE_DECISION)
 
-        stored = await self.store.transition(d.transaction_id, mutate, rec)
+        stored = await self.store.transition(d.transaction_id, mutate, rec, cached=cached)
         assert stored is not None  # claims are never deleted
         if stored.state in domain.DECIDED_STATES and stored.decided_at is not None:
             CLAIM_OUTCOMES.labels(stored.state.name).inc()
