@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import signal
 import time
 import traceback
@@ -382,6 +383,11 @@ async def serve(app: App, config: ServeConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
+    # What start-up made (modules, stubs, pools, caches) lives as long as the
+    # process: out of the collector's sight, a full collection walks only what
+    # requests made since. Measured under load: the router's full collections
+    # took up to 87 ms, every call in flight stalled meanwhile.
+    gc.freeze()
     log.info("serving", addr=config.listen_addr, port=app.port, metrics_port=bound_metrics)
     await stop.wait()
     log.info("shutting_down", grace_s=config.grace_s)
