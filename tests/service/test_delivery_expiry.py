@@ -25,6 +25,17 @@ async def h(database_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
         yield harness
 
 
+async def _report_recorded(h: Harness, txid: str) -> None:
+    """The adapter has written down the router's acknowledgement, and with it
+    let go of the report's lease. The router answers first: an adapter stopped
+    in between leaves the lease held, and a redrive waits for it to end."""
+
+    async def done() -> bool:
+        return (await h.row(txid))["report_state"] == "done"
+
+    await wait_for(done, what="report recorded")
+
+
 def _expired(insurer: str) -> float:
     return (
         REGISTRY.get_sample_value("iclaim_delivery_pushes_total", {"insurer": insurer, "outcome": "expired"})
@@ -57,6 +68,7 @@ async def test_a_claim_nobody_takes_in_time_fails_and_redrive_delivers_it(h: Har
     await endpoint.start(endpoint.port)
     # Redriven deliveries get a new expiry; a long one here, so that the redrive
     # is not raced by the next expiry on a slow machine.
+    await _report_recorded(h, txid)
     await h.stop_adapter()
     await h.start_adapter()
     deliveries = h.app.deliveries
@@ -121,10 +133,7 @@ async def test_reports_are_retried_until_the_router_acknowledges(h: Harness) -> 
     assert [c.code.name for c in h.reports.calls] == ["UNAVAILABLE"] * 3 + ["OK"]
     assert len(endpoint.received) == 1  # the push was not repeated for the report
 
-    async def done() -> bool:
-        return (await h.row(txid))["report_state"] == "done"
-
-    await wait_for(done, what="report done")
+    await _report_recorded(h, txid)
 
 
 async def test_pending_reports_survive_a_restart(h: Harness) -> None:
@@ -147,6 +156,7 @@ async def test_operators_list_and_redrive_through_the_admin_service(h: Harness) 
     stub = await h.start_adapter(delivery=replace(FAST, expiry_s=1.0))
     [txid] = await h.deliver(stub, "ADMINS")
     await wait_for(lambda: h.reports.acked("expired") == [txid], what="expired")
+    await _report_recorded(h, txid)
     await h.stop_adapter()
     await h.start_adapter()  # redriven deliveries get a new expiry: a long one now
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{h.app.port}")
