@@ -38,8 +38,9 @@ async def serve(port: int, hub: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    hub = sys.argv[2:] == ["hub"]
-    if hub:
+    if len(sys.argv) not in (2, 3) or sys.argv[2:] not in ([], ["hub"]):
+        sys.exit("usage: python -m bench.echo_server PORT [hub]")
+    if sys.argv[2:] == ["hub"]:
         from iclaim_hub.common import event_loop
 
         event_loop.run(serve(int(sys.argv[1]), hub=True))

@@ -117,12 +117,10 @@ class PgClaimStore:
     """Implements the use cases' ClaimStore, PushDeliverer's PushStore and
     OutboxRelay's OutboxStore."""
 
-    def __init__(
-        self, pool: asyncpg.Pool, *, waiters: LocalWaiters | None = None, recent: RecentClaims | None = None
-    ) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, waiters: LocalWaiters | None = None) -> None:
         self._pool = pool
         # Open claims as this replica stored them: a decision starts from one.
-        self._recent = recent if recent is not None else RecentClaims()
+        self._recent = RecentClaims()
         # Given each claim an update stores, so that this replica's waiters
         # answer from it instead of reading it again (ChangeHub).
         self._waiters = waiters
@@ -319,9 +317,11 @@ class PgClaimStore:
         with writing as hand_off:
             written = await self._write_rows(changes, ids, traceparent)
             for rec in written.values():
-                self._recent.stored(rec)
+                # As a read returns it: without the envelope.
+                as_read = rec.with_changes(envelope="") if rec.envelope else rec
+                self._recent.stored(as_read)
                 if hand_off is not None:
-                    hand_off(rec.with_changes(envelope="") if rec.envelope else rec)
+                    hand_off(as_read)
         return written
 
     async def _write_rows(
