@@ -13,7 +13,9 @@ from tests.support.stack import RunningStack
 async def entries_for(stack: RunningStack, tid: str, want: int) -> list[audit_log_pb2.LogEntry]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.stack.ports.audit}") as ch:
         stub = audit_log_pb2_grpc.AuditLogServiceStub(ch)
-        for _ in range(100):
+        # Up to 30 s, only for a broken run: after the audit log or the router is
+        # killed, the relay's backoff can hold events back for ten seconds and more.
+        for _ in range(300):
             resp = await stub.ListEntriesByTransaction(
                 audit_log_pb2.ListEntriesByTransactionRequest(transaction_id=tid), timeout=5
             )
