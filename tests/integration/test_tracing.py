@@ -193,10 +193,16 @@ async def test_a_push_retried_later_still_joins_the_claims_trace(
         await wait_for(decided, timeout=30, what="the decision once the endpoint is back")
     seen = await _until_trace_has(sink, trace_id)
     assert seen >= EXPECTED, f"missing from the claim's trace: {sorted(EXPECTED - seen)}"
-    pushes = _pushes(sink, trace_id)
+
+    # The taken push's span ends when the insurer answers the push, which can
+    # be after its decision reached the router and billing (their spans are
+    # then already exported): wait for it rather than read the sink once.
+    def taken() -> bool:
+        return any(p.status.code != p.status.STATUS_CODE_ERROR for p in _pushes(sink, trace_id))
+
+    await wait_for(taken, timeout=10, what="the push the insurer took")
     # Failed attempts and the one the insurer took, all in the claim's trace.
-    assert len(pushes) >= 2
-    assert any(p.status.code != p.status.STATUS_CODE_ERROR for p in pushes)
+    assert len(_pushes(sink, trace_id)) >= 2
 
 
 def _pushes(sink: Collector, trace_id: str) -> list[Any]:
