@@ -13,7 +13,7 @@ from iclaim.errors import Unavailable
 from iclaim.insurer.credentials import InsurerCredentials
 from iclaim.insurer.handler import ClaimHandler
 from iclaim.insurer.inbox import Inbox
-from iclaim.insurer.intake import Intake, Taken, store
+from iclaim.insurer.intake import Intake, Taken, store_many
 from iclaim.insurer.verify import PushVerifier, keys_of
 from iclaim.insurer.worker import InsurerGateway, Worker
 from iclaim.v1 import insurer_service_pb2 as ipb
@@ -119,6 +119,7 @@ class InsurerHost:
         verifier = PushVerifier(keys_of(insurers), **verifier_options)
         return Intake(verifier, lambda: self.inbox, lambda code, txid: self.worker.submit(code, txid))
 
-    async def take_pulled(self, insurer_code: str, delivery: ipb.ClaimDelivery) -> Taken:
-        """A pulled delivery: stored like a push (no push signature to check)."""
-        return await store(self.inbox, self.worker.submit, insurer_code, delivery)
+    async def take_pulled(self, insurer_code: str, deliveries: Sequence[ipb.ClaimDelivery]) -> list[Taken]:
+        """A pulled batch (each checked by the caller): stored like pushes (no
+        push signature to check), in one inbox transaction."""
+        return await store_many(self.inbox, self.worker.submit, insurer_code, deliveries)

@@ -210,32 +210,58 @@ class Inbox:
     async def put(self, insurer_code: str, delivery: ipb.ClaimDelivery) -> PutResult:
         """Durably records a delivery once; the same transaction_id again is a
         DUPLICATE. Refuses (RESOURCE_EXHAUSTED INBOX_FULL) past max_undecided."""
-        blob = delivery.SerializeToString()
+        (result,) = await self.put_many(insurer_code, [delivery])
+        if result is None:
+            raise ResourceExhausted("inbox is full", reason="INBOX_FULL")
+        return result
 
-        def put() -> PutResult:
+    async def put_many(
+        self, insurer_code: str, deliveries: Sequence[ipb.ClaimDelivery]
+    ) -> list[PutResult | None]:
+        """`put` for a batch in one transaction, so one fsync for all of it (a
+        pull returns up to ten). Per delivery: NEW, DUPLICATE, or None where
+        the inbox was full (nothing after that is stored new either). All or
+        none are written: an error leaves the inbox as it was."""
+        rows = [(d.transaction_id, d.SerializeToString()) for d in deliveries]
+
+        def put_many() -> list[PutResult | None]:
             db = self._conn()
-            exists = db.execute(
-                "SELECT 1 FROM deliveries WHERE insurer_code = ? AND transaction_id = ?",
-                (insurer_code, delivery.transaction_id),
-            ).fetchone()
-            if exists:
-                return PutResult.DUPLICATE
-            if self._undecided >= self.max_undecided:
-                raise ResourceExhausted("inbox is full", reason="INBOX_FULL")
+            results: list[PutResult | None] = []
+            added: list[tuple[str, bytes]] = []
             now = self._clock()
-            db.execute(
-                "INSERT INTO deliveries (insurer_code, transaction_id, delivery, state,"
-                " received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (insurer_code, delivery.transaction_id, blob, RECEIVED, now, now),
-            )
-            self._undecided += 1
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for transaction_id, blob in rows:
+                    exists = db.execute(
+                        "SELECT 1 FROM deliveries WHERE insurer_code = ? AND transaction_id = ?",
+                        (insurer_code, transaction_id),
+                    ).fetchone()
+                    if exists:
+                        results.append(PutResult.DUPLICATE)
+                    elif self._undecided + len(added) >= self.max_undecided:
+                        results.append(None)
+                    else:
+                        db.execute(
+                            "INSERT INTO deliveries (insurer_code, transaction_id, delivery, state,"
+                            " received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                            (insurer_code, transaction_id, blob, RECEIVED, now, now),
+                        )
+                        added.append((transaction_id, blob))
+                        results.append(PutResult.NEW)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            self._undecided += len(added)
             with self._fresh_lock:
-                if len(self._fresh) >= FRESH_MAX:
-                    self._fresh.pop(next(iter(self._fresh)))
-                self._fresh[(insurer_code, delivery.transaction_id)] = blob
-            return PutResult.NEW
+                for transaction_id, blob in added:
+                    if len(self._fresh) >= FRESH_MAX:
+                        self._fresh.pop(next(iter(self._fresh)))
+                    self._fresh[(insurer_code, transaction_id)] = blob
+            return results
 
-        return await self._run(put)
+        return await self._run(put_many)
 
     async def _read(self, sql: str, params: Sequence[object]) -> list[Any]:
         """The rows of one query, read in the inbox's thread."""

@@ -89,3 +89,23 @@ async def store(
     if result is PutResult.NEW:
         on_new(insurer_code, delivery.transaction_id)
     return Taken(insurer_code, delivery.transaction_id, result)
+
+
+async def store_many(
+    inbox: Inbox,
+    on_new: Callable[[str, str], None],
+    insurer_code: str,
+    deliveries: Sequence[ipb.ClaimDelivery],
+) -> list[Taken]:
+    """`store` for a pulled batch, in one inbox transaction. The caller has
+    checked each delivery. Those stored are told to the worker even when the
+    inbox filled up part-way (then RESOURCE_EXHAUSTED INBOX_FULL: the rest are
+    offered again after their lease)."""
+    results = await inbox.put_many(insurer_code, deliveries)
+    taken = [Taken(insurer_code, d.transaction_id, r) for d, r in zip(deliveries, results, strict=True) if r]
+    for t in taken:
+        if t.result is PutResult.NEW:
+            on_new(insurer_code, t.transaction_id)
+    if len(taken) < len(deliveries):
+        raise ResourceExhausted("inbox is full", reason="INBOX_FULL")
+    return taken

@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 
 from iclaim.errors import IclaimError
 from iclaim.insurer.host import InsurerHost
+from iclaim.insurer.intake import check_delivery
+from iclaim.v1 import insurer_service_pb2 as ipb
 
 log = logging.getLogger("iclaim.insurer")
 
@@ -37,6 +39,20 @@ async def _until_stopped(stop: asyncio.Event, delay_s: float) -> None:
     with contextlib.suppress(TimeoutError):  # not wait_for: it can lose a cancel (3.11)
         async with asyncio.timeout(delay_s):
             await stop.wait()
+
+
+def _checked(insurer_code: str, deliveries: Sequence[ipb.ClaimDelivery]) -> list[ipb.ClaimDelivery]:
+    """The deliveries the worker can act on; an invalid one is skipped (it is
+    offered again after its lease, and skipped again)."""
+    ok = []
+    for delivery in deliveries:
+        try:
+            check_delivery(delivery)
+        except IclaimError:
+            log.warning("insurer kit: %s pulled an invalid delivery; skipped", insurer_code)
+            continue
+        ok.append(delivery)
+    return ok
 
 
 async def run_pull(
@@ -62,14 +78,9 @@ async def run_pull(
                     await pulling
                 return
             try:
-                deliveries = pulling.result()
-                for delivery in deliveries:
-                    try:
-                        await host.take_pulled(insurer_code, delivery)
-                    except IclaimError as exc:
-                        if exc.reason != "DELIVERY_INVALID":
-                            raise
-                        log.warning("insurer kit: %s pulled an invalid delivery; skipped", insurer_code)
+                if batch_ok := _checked(insurer_code, pulling.result()):
+                    # One inbox commit (one fsync) for the batch, not one each.
+                    await host.take_pulled(insurer_code, batch_ok)
                 failures = 0
             except Exception as exc:  # noqa: BLE001 (gateway or inbox unavailable: back off, keep pulling)
                 # What was not stored is offered again after its lease.
