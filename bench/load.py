@@ -160,8 +160,10 @@ async def open_load(credentials: Path, rate: float, seconds: float, run_id: str)
     creds = load_dev_credentials(path=credentials)
     total = max(1, int(rate * seconds))
     async with HospitalClient(creds) as client:
+        modes = {i.code: mode_name(i) for i in await client.list_insurers()}
         work = await _sealed(client, creds.code, total, run_id)
         latencies: list[float] = []
+        by_mode: dict[str, list[float]] = {}
         undecided = 0
         late_sends = 0
 
@@ -174,6 +176,7 @@ async def open_load(credentials: Path, rate: float, seconds: float, run_id: str)
             )  # fmt: skip
             if claim.state == pb.CLAIM_STATE_APPROVED:
                 latencies.append(time.perf_counter() - scheduled)
+                by_mode.setdefault(modes.get(insurer, "unknown"), []).append(latencies[-1])
             else:
                 undecided += 1
 
@@ -199,6 +202,7 @@ async def open_load(credentials: Path, rate: float, seconds: float, run_id: str)
         "p50_ms": round(percentile(latencies, 0.50) * 1000, 1) if latencies else None,
         "p99_ms": round(percentile(latencies, 0.99) * 1000, 1) if latencies else None,
         "undecided": undecided,
+        "by_mode": {mode: latency_summary(values) for mode, values in sorted(by_mode.items())},
         "late_sends": late_sends,
         "load_cpu_s": round(time.process_time(), 2),
     }

@@ -59,7 +59,8 @@ class PushDeliverer:
         in hand is sent as it is, and the hand-off is not recorded: the adapter's
         ReportTaken, normally within milliseconds, records it (one commit fewer
         per claim). Should the claim not be taken before the lease ends, the
-        poller hands it off again (the adapter counts a duplicate) and records it."""
+        poller hands it off again (the adapter counts a duplicate) and records it.
+        For the same reason the adapter may push it before storing it."""
         task = asyncio.create_task(self._guarded(self._deliver(rec, record=False)))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
@@ -100,6 +101,10 @@ class PushDeliverer:
             envelope=rec.envelope,
             submitted_at=timestamp(rec.submitted_at),
         )
+        if not record:
+            # Not recorded here: the insert's lease is the claim's safety net
+            # until ReportTaken, so the adapter need not store it before pushing.
+            request.router_lease.FromSeconds(int(LEASE_S))
         try:
             await self._stub.DeliverClaim(request, timeout=DELIVER_TIMEOUT_S)
         except grpc.aio.AioRpcError as err:

@@ -5,7 +5,9 @@ never one queue for all: a dead or slow insurer holds only its own lane's
 slots. A lane runs when woken (a new delivery, a push finished, the periodic
 scan found due work) or when its DOWN circuit may probe. Each push works on a
 leased row, so replicas share the work and a crash anywhere means the row is
-pushed again once the lease ends (receivers deduplicate on transaction_id).
+pushed again once the lease ends (receivers deduplicate on transaction_id);
+or, for a claim the router handed off under its own lease (start_unstored), on
+no row at all until the push ends: the router's lease then does the same job.
 The scan also expires deliveries and keeps the backlog gauges.
 
 Pure of transports: the store, the registry, the pushers and the health sink
@@ -25,15 +27,18 @@ from typing import Protocol
 
 import structlog
 
+from iclaim_hub.common.fields import copy_fields
 from services.insurer_adapter import metrics
 from services.insurer_adapter.domain import Circuit, DeliverySettings, Health, PushError
 from services.insurer_adapter.reporter import ReportSink
 from services.insurer_adapter.taken_marks import TakenMarks
 from services.insurer_adapter.model import (
+    Added,
     Backlog,
     Delivery,
     Endpoint,
     Lease,
+    NewDelivery,
     PendingReport,
     PushResult,
     ReportKind,
@@ -53,6 +58,18 @@ class PushStore(Protocol):
 
     async def mark_failed_attempt(
         self, transaction_id: str, owner: str, error: str, delay_s: float
+    ) -> str | None: ...
+
+    async def add_delivery(
+        self, d: NewDelivery, expiry_s: float, lease: Lease | None = None
+    ) -> tuple[Added, Delivery | None]: ...
+
+    async def add_taken_many(
+        self, taken: Sequence[tuple[NewDelivery, datetime, bool]], expiry_s: float
+    ) -> None: ...
+
+    async def add_failed_attempt(
+        self, d: NewDelivery, error: str, delay_s: float, expiry_s: float
     ) -> str | None: ...
 
     async def release(self, transaction_ids: Sequence[str], owner: str) -> None: ...
@@ -93,6 +110,8 @@ class _Lane:
     inflight: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # Slots promised to deliveries being stored leased (reserve → start_leased).
     reserved: int = 0
+    # Pushes in flight of deliveries not stored yet (start_unstored), by id.
+    unstored: dict[str, NewDelivery] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
     published: tuple[Health, int] | None = None
     published_at: float = -1e9
@@ -127,6 +146,7 @@ class Dispatcher:
         tasks = [t for t in (self._scan_task,) if t is not None]
         tasks += [lane.task for lane in self._lanes.values() if lane.task is not None]
         pushes = [t for lane in self._lanes.values() for t in lane.inflight.values()]
+        cut_short = [d for lane in self._lanes.values() for d in lane.unstored.values()]
         for task in [*tasks, *pushes]:
             task.cancel()
         for task in [*tasks, *pushes]:
@@ -134,10 +154,22 @@ class Dispatcher:
                 await task
         if self.taken_marks is not None:  # before the leases go: taken rows are not pushed again
             await self.taken_marks.close()
+        await self._store_cut_short(cut_short)
         try:  # cut-short attempts are due again at once, here or on another replica
             await self.store.release_leases(self.owner)
         except Exception as exc:  # the leases end by themselves
             log.warning("lease_release_failed", error=type(exc).__name__)
+
+    async def _store_cut_short(self, deliveries: Sequence[NewDelivery]) -> None:
+        """Pushes of deliveries not stored yet that stop() cut short: stored
+        waiting, so they go at once (here or on another replica) rather than
+        when the router's lease ends. Best effort: that lease still covers them."""
+        for d in deliveries:
+            try:
+                await self.store.add_delivery(d, self.settings.expiry_s)
+            except Exception as exc:
+                log.warning("cut_short_push_not_stored", error=type(exc).__name__)
+                return
 
     def notify(self, insurer_code: str) -> None:
         """A delivery for this insurer was just stored: push it now."""
@@ -169,6 +201,16 @@ class Dispatcher:
         lane = self._lane(delivery.insurer_code)
         lane.reserved = max(0, lane.reserved - 1)
         self._start(lane, endpoint, delivery)
+
+    def start_unstored(self, endpoint: Endpoint, delivery: NewDelivery) -> None:
+        """Pushes, in a reserved slot, a delivery not stored yet: the router's
+        lease covers it until its outcome is stored (taken in the next batch,
+        or waiting for a retry). One commit fewer per claim taken at once."""
+        lane = self._lane(delivery.insurer_code)
+        lane.reserved = max(0, lane.reserved - 1)
+        lane.unstored[delivery.transaction_id] = delivery
+        leased = copy_fields(Delivery, delivery, received_at=datetime.now(UTC), attempts=1)
+        self._start(lane, endpoint, leased)
 
     def _free(self, lane: _Lane) -> int:
         return self.settings.max_inflight - len(lane.inflight) - lane.reserved
@@ -283,20 +325,25 @@ class Dispatcher:
                 log.warning("push_outcome_not_stored", insurer=lane.code, error=type(exc).__name__)
             finally:
                 lane.inflight.pop(d.transaction_id, None)
+                lane.unstored.pop(d.transaction_id, None)
                 circuit_news = lane.published != (lane.circuit.health, lane.circuit.failures)
                 if lane.may_have_due or circuit_news:
                     lane.wake.set()
 
     async def _settle(self, lane: _Lane, d: Delivery, result: PushResult, closed: bool) -> None:
+        unstored = lane.unstored.get(d.transaction_id)
         if result.taken:
             metrics.PUSHES.labels(lane.code, "taken").inc()
             taken_at = datetime.now(UTC)
             if self.taken_marks is not None:
-                self.taken_marks.add(d.transaction_id, lane.code, taken_at)
+                self.taken_marks.add(d.transaction_id, lane.code, taken_at, unstored)
                 log.info("claim_taken", insurer=lane.code, attempts=d.attempts)
             else:
                 reported = await self._report_taken(lane.code, d, taken_at)
-                await self.store.mark_taken(d.transaction_id, taken_at, reported=reported)
+                if unstored is None:
+                    await self.store.mark_taken(d.transaction_id, taken_at, reported=reported)
+                else:
+                    await self.store.add_taken_many([(unstored, taken_at, reported)], self.settings.expiry_s)
                 log.info("claim_taken", insurer=lane.code, attempts=d.attempts, reported=reported)
                 if not reported:
                     self.on_report()
@@ -308,7 +355,10 @@ class Dispatcher:
         # The registry may have changed (endpoint, CA, rotated key): read it afresh.
         self.endpoints.invalidate(lane.code)
         delay = self.settings.backoff.delay(d.attempts)
-        state = await self.store.mark_failed_attempt(d.transaction_id, self.owner, result.error, delay)
+        if unstored is None:
+            state = await self.store.mark_failed_attempt(d.transaction_id, self.owner, result.error, delay)
+        else:
+            state = await self.store.add_failed_attempt(unstored, result.error, delay, self.settings.expiry_s)
         log.info(
             "push_failed",
             insurer=lane.code,

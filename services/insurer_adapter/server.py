@@ -175,9 +175,9 @@ async def build_server(config: Config) -> AdapterApp:
             owner=owner,
             on_report=reporter.notify,
             reports=router_reports,
-            taken_marks=TakenMarks(store, router_reports, reporter.notify),
+            taken_marks=TakenMarks(store, router_reports, reporter.notify, expiry_s=settings.expiry_s),
         )
-        intake = ClaimIntake(store, endpoints, settings.expiry_s, dispatcher)
+        intake = ClaimIntake(store, endpoints, settings.expiry_s, dispatcher, push_s=settings.timeout_s)
         deliveries = DeliveryAdmin(store, settings.expiry_s, reporter.notify)
         servicers = [
             partial(

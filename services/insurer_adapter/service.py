@@ -21,7 +21,9 @@ class InsurerAdapterServicer(Serves[ClaimIntake], insurer_adapter_pb2_grpc.Insur
         request: insurer_adapter_pb2.DeliverClaimRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> insurer_adapter_pb2.DeliverClaimResponse:
-        new = await self.use_cases.deliver(_delivery_request(request))
+        lease = request.router_lease
+        lease_s = lease.ToTimedelta().total_seconds() if request.HasField("router_lease") else 0.0
+        new = await self.use_cases.deliver(_delivery_request(request), router_lease_s=lease_s)
         return insurer_adapter_pb2.DeliverClaimResponse(duplicate=not new)
 
 

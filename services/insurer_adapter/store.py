@@ -39,6 +39,27 @@ _DELIVERY_COLUMNS = (
 )
 
 
+# A delivery's own columns, as the statements that store it after its push
+# take them: arrays $1..$9 unnested into t.
+_NEW_COLUMNS = (
+    "transaction_id, insurer_code, hospital_code, claim_ref, billed_amount_satang, envelope,"
+    " envelope_sha256, submitted_at, traceparent"
+)
+_NEW_VALUES = (
+    "t.transaction_id, t.insurer_code, t.hospital_code, t.claim_ref, t.billed_amount_satang, t.envelope,"
+    " t.envelope_sha256, t.submitted_at, nullif(t.traceparent, '')"
+)
+_NEW_ARRAYS = (
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[],"
+    " $8::timestamptz[], $9::text[]"
+)
+
+
+def _new_arrays(news: Sequence[NewDelivery]) -> list[list[object]]:
+    columns = [c.strip() for c in _NEW_COLUMNS.split(",")]
+    return [[getattr(d, c) for d in news] for c in columns]
+
+
 @contextmanager
 def _reachable() -> Iterator[None]:
     try:
@@ -160,6 +181,53 @@ class PgAdapterStore:
             [at for _, at, _ in taken],
             [reported for _, _, reported in taken],
         )
+
+    async def add_taken_many(
+        self, taken: Sequence[tuple[NewDelivery, datetime, bool]], expiry_s: float
+    ) -> None:
+        """Deliveries pushed before they were stored (the router's lease covered
+        them) and taken: written once, as taken, in one statement; (delivery,
+        taken_at, reported) each. A row stored meanwhile (the router handed the
+        claim off again) is marked taken instead."""
+        news = [d for d, _, _ in taken]
+        await self._pool.execute(
+            f"INSERT INTO adapter.deliveries AS d ({_NEW_COLUMNS}, expires_at, attempts, state, taken_at,"
+            "  report_state, report_kind, report_attempts)"
+            f" SELECT {_NEW_VALUES}, now() + make_interval(secs => $10), 1, 'taken', t.taken_at,"
+            "  CASE WHEN t.reported THEN 'done' ELSE 'pending' END, 'taken',"
+            "  CASE WHEN t.reported THEN 1 ELSE 0 END"
+            f" FROM unnest({_NEW_ARRAYS}, $11::timestamptz[], $12::bool[])"
+            f"  AS t({_NEW_COLUMNS}, taken_at, reported)"
+            " ON CONFLICT (transaction_id) DO UPDATE SET state = 'taken', taken_at = EXCLUDED.taken_at,"
+            "  last_error = NULL, lease_owner = NULL, lease_until = NULL,"
+            "  report_state = EXCLUDED.report_state,"
+            "  report_kind = 'taken', report_next_at = now(), report_attempts = EXCLUDED.report_attempts"
+            " WHERE d.state = 'waiting'",
+            *_new_arrays(news),
+            float(expiry_s),
+            [at for _, at, _ in taken],
+            [reported for _, _, reported in taken],
+        )
+
+    async def add_failed_attempt(
+        self, d: NewDelivery, error: str, delay_s: float, expiry_s: float
+    ) -> str | None:
+        """A delivery pushed before it was stored and not taken: stored waiting,
+        its first attempt counted, due again after `delay_s`. None when a row
+        was stored meanwhile (it keeps its own schedule)."""
+        state: str | None = await self._pool.fetchval(
+            f"INSERT INTO adapter.deliveries ({_NEW_COLUMNS},"
+            "  expires_at, attempts, last_error, next_attempt_at)"
+            f" SELECT {_NEW_VALUES}, now() + make_interval(secs => $10), 1, $11,"
+            "  now() + make_interval(secs => $12)"
+            f" FROM unnest({_NEW_ARRAYS}) AS t({_NEW_COLUMNS})"
+            " ON CONFLICT (transaction_id) DO NOTHING RETURNING state",
+            *_new_arrays([d]),
+            float(expiry_s),
+            error,
+            float(delay_s),
+        )
+        return state
 
     async def mark_failed_attempt(
         self, transaction_id: str, owner: str, error: str, delay_s: float

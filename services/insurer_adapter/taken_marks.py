@@ -8,7 +8,9 @@ decision implies taken at the router), and the row stays leased to this
 process meanwhile, so no other worker pushes it. Should the process die
 before a batch is written, or the write fail, the lease ends and the claim is
 pushed again: the insurer deduplicates it and the router's report is
-idempotent, the same as a crash between push and mark always was. A push the
+idempotent, the same as a crash between push and mark always was. A push made
+before its delivery was stored has no row to lease: it is stored here, taken,
+and until then the router's own lease brings it back the same way. A push the
 router did not acknowledge is written with its report pending, for the
 outbox to send (`on_unreported`).
 """
@@ -25,7 +27,8 @@ from typing import Protocol
 import structlog
 
 from services.insurer_adapter import metrics
-from services.insurer_adapter.model import PendingReport, ReportKind
+from services.insurer_adapter.domain import DeliverySettings
+from services.insurer_adapter.model import NewDelivery, PendingReport, ReportKind
 
 log = structlog.get_logger("iclaim.adapter.taken_marks")
 
@@ -35,6 +38,11 @@ WINDOW_S = 0.1
 class TakenStore(Protocol):
     async def mark_taken_many(self, taken: Sequence[tuple[str, datetime, bool]]) -> None:
         """(transaction_id, taken_at, reported) each."""
+
+    async def add_taken_many(
+        self, taken: Sequence[tuple[NewDelivery, datetime, bool]], expiry_s: float
+    ) -> None:
+        """The same for deliveries pushed before they were stored."""
 
 
 class TakenSink(Protocol):
@@ -49,21 +57,27 @@ class TakenMarks:
         router: TakenSink,
         on_unreported: Callable[[], None],
         window_s: float = WINDOW_S,
+        expiry_s: float = DeliverySettings.expiry_s,
     ) -> None:
         self._store = store
         self._router = router
         self._on_unreported = on_unreported
         self._window_s = window_s
-        self._pending: list[tuple[str, str, datetime]] = []  # transaction_id, insurer, taken_at
+        self._expiry_s = expiry_s
+        # transaction_id, insurer, taken_at, and the delivery itself if not stored yet
+        self._pending: list[tuple[str, str, datetime, NewDelivery | None]] = []
         # The window's timer; None once it fired (its write may still be running).
         self._flusher: asyncio.Task[None] | None = None
         # One batch at a time: close() waits for a batch under way.
         self._writing = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def add(self, transaction_id: str, insurer_code: str, taken_at: datetime) -> None:
-        """Reports it taken and marks it so within the window."""
-        self._pending.append((transaction_id, insurer_code, taken_at))
+    def add(
+        self, transaction_id: str, insurer_code: str, taken_at: datetime, unstored: NewDelivery | None = None
+    ) -> None:
+        """Reports it taken and marks it so within the window (stores it, taken,
+        if `unstored`: it was pushed before it was stored)."""
+        self._pending.append((transaction_id, insurer_code, taken_at, unstored))
         if self._flusher is None:
             # A fresh context: the batch is no one push's (no transaction_id in its logs).
             task = asyncio.create_task(self._flush_after_window(), context=contextvars.Context())
@@ -87,9 +101,19 @@ class TakenMarks:
                 return
             try:
                 acked = await self._router.report_taken_many(
-                    [PendingReport(txid, code, ReportKind.TAKEN, at, 1) for txid, code, at in batch]
+                    [PendingReport(txid, code, ReportKind.TAKEN, at, 1) for txid, code, at, _ in batch]
                 )
-                await self._store.mark_taken_many([(txid, at, txid in acked) for txid, _, at in batch])
+                stored = [(txid, at, txid in acked) for txid, _, at, new in batch if new is None]
+                # One row each: a statement's upsert may not touch a row twice.
+                fresh = {
+                    new.transaction_id: (new, at, new.transaction_id in acked)
+                    for _, _, at, new in batch
+                    if new
+                }
+                if stored:
+                    await self._store.mark_taken_many(stored)
+                if fresh:
+                    await self._store.add_taken_many(list(fresh.values()), self._expiry_s)
             except asyncio.CancelledError:
                 # Stopping: close() sends them (again, if this one got through:
                 # both sides are idempotent).

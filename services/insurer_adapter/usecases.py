@@ -6,6 +6,7 @@ registry are the protocols below."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -27,6 +28,8 @@ from services.insurer_adapter.model import (
 
 log = structlog.get_logger("iclaim.adapter")
 
+# The taken batch's window, a ReportTakenBatch call and its retries' slack.
+PUSH_FIRST_MARGIN_S = 3.0
 LIST_DEFAULT = 100
 LIST_MAX = 1000
 REDRIVE_MAX = 1000
@@ -61,6 +64,8 @@ class Pushes(Protocol):
 
     def start_leased(self, endpoint: Endpoint, delivery: Delivery) -> None: ...
 
+    def start_unstored(self, endpoint: Endpoint, delivery: NewDelivery) -> None: ...
+
 
 class DeliveryAdminStore(Protocol):
     async def redrive(self, transaction_ids: Sequence[str], expiry_s: float) -> list[str]: ...
@@ -78,22 +83,34 @@ class ClaimIntake:
         insurers: InsurerLookup,
         expiry_s: float,
         pushes: Pushes,
+        push_s: float = math.inf,
     ) -> None:
         self._store = store
         self._insurers = insurers
         self._expiry_s = expiry_s
         self._pushes = pushes
+        # A push may be made before its delivery is stored only if it ends
+        # (push_s at most) and its "taken" reaches the router well within the
+        # router's lease.
+        self._push_first_lease_s = push_s + PUSH_FIRST_MARGIN_S
 
-    async def deliver(self, request: DeliveryRequest) -> bool:
+    async def deliver(self, request: DeliveryRequest, router_lease_s: float = 0.0) -> bool:
         """Stores the claim for pushing (committed before the ack); True when
         new, False for a redelivery of the same content. A new claim is pushed
         at once: leased as it is stored when its lane has room, else its lane
-        is woken."""
+        is woken. With the router's lease long enough and room in the lane it
+        is pushed before it is stored instead (the dispatcher stores it once
+        the push ends); a redelivery of such a claim is then not told apart."""
         delivery = checked(request)
         code = delivery.insurer_code
         endpoint = await self._insurers.get(code)
         if endpoint is None:
             raise NotFound("insurer is not in the registry", reason="INSURER_NOT_FOUND")
+        if endpoint.pushable and router_lease_s >= self._push_first_lease_s and self._pushes.reserve(code):
+            self._pushes.start_unstored(endpoint, delivery)
+            metrics.DELIVERIES.labels("new").inc()
+            log.info("claim_received", insurer=code, duplicate=False)
+            return True
         lease = self._pushes.reserve(code) if endpoint.pushable else None
         leased: Delivery | None = None
         try:

@@ -11,7 +11,15 @@ from datetime import UTC, datetime
 
 from services.insurer_adapter.dispatcher import Dispatcher
 from services.insurer_adapter.domain import DeliverySettings
-from services.insurer_adapter.model import Backlog, Delivery, Endpoint, EndpointKey, PushResult
+from services.insurer_adapter.model import (
+    Added,
+    Backlog,
+    Delivery,
+    Endpoint,
+    EndpointKey,
+    NewDelivery,
+    PushResult,
+)
 
 CODE = "AIA"
 ENDPOINT = Endpoint(CODE, "grpc", "127.0.0.1:1", "", False, True, EndpointKey("ek", b"k" * 32))
@@ -22,6 +30,9 @@ class NoStore:
 
     def __init__(self) -> None:
         self.taken: list[str] = []
+        self.added_taken: list[str] = []
+        self.added_failed: list[tuple[str, str]] = []
+        self.added_waiting: list[str] = []
 
     async def lease_due(self, *args: object, **kwargs: object) -> list[Delivery]:
         return []
@@ -32,6 +43,20 @@ class NoStore:
 
     async def mark_failed_attempt(self, transaction_id: str, owner: str, error: str, delay_s: float) -> str:
         return "waiting"
+
+    async def add_taken_many(
+        self, taken: Sequence[tuple[NewDelivery, datetime, bool]], expiry_s: float
+    ) -> None:
+        self.taken += [d.transaction_id for d, _, _ in taken]
+        self.added_taken += [d.transaction_id for d, _, _ in taken]
+
+    async def add_failed_attempt(self, d: NewDelivery, error: str, delay_s: float, expiry_s: float) -> str:
+        self.added_failed.append((d.transaction_id, error))
+        return "waiting"
+
+    async def add_delivery(self, d: NewDelivery, expiry_s: float, lease: object = None) -> tuple[Added, None]:
+        self.added_waiting.append(d.transaction_id)
+        return Added.NEW, None
 
     async def release(self, transaction_ids: Sequence[str], owner: str) -> None:
         return None
@@ -177,3 +202,50 @@ async def test_stop_ends_a_lane_woken_as_it_is_cancelled() -> None:
     done, _ = await asyncio.wait([lane.task], timeout=2)
     assert done, "the lane ignored its cancel"
     await asyncio.wait_for(d.stop(), 5)
+
+
+def new_delivery(n: int) -> NewDelivery:
+    return NewDelivery(f"txn_{n:028x}", CODE, "10670", f"CK-{n}", 100, "e", None, envelope_sha256="0" * 64)
+
+
+async def _settled(d: Dispatcher) -> None:
+    for _ in range(200):
+        if not d._lanes[CODE].inflight:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("pushes still in flight")
+
+
+async def test_a_push_before_storing_holds_its_slot_and_stores_its_outcome() -> None:
+    pusher, store = HeldPusher(), NoStore()
+    d = dispatcher(pusher, store, cap=1)
+    d.start()
+    try:
+        assert d.reserve(CODE) is not None
+        d.start_unstored(ENDPOINT, new_delivery(1))
+        await asyncio.sleep(0)
+        assert pusher.started == [new_delivery(1).transaction_id]
+        assert d.reserve(CODE) is None  # its slot is held until the push ends
+        pusher.release.set()
+        await _settled(d)
+        assert store.added_taken == [new_delivery(1).transaction_id]  # stored taken, not marked
+        pusher.taken = False
+        assert d.reserve(CODE) is not None
+        d.start_unstored(ENDPOINT, new_delivery(2))
+        await _settled(d)
+        assert store.added_failed == [(new_delivery(2).transaction_id, "UNAVAILABLE")]
+        assert store.added_waiting == [] and not d._lanes[CODE].unstored
+    finally:
+        await d.stop()
+
+
+async def test_stop_stores_a_push_before_storing_it_cut_short() -> None:
+    pusher, store = HeldPusher(), NoStore()
+    d = dispatcher(pusher, store, cap=4)
+    d.start()
+    assert d.reserve(CODE) is not None
+    d.start_unstored(ENDPOINT, new_delivery(3))
+    await asyncio.sleep(0)
+    await d.stop()
+    assert store.added_waiting == [new_delivery(3).transaction_id]
+    assert store.added_taken == [] and store.added_failed == []

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from services.insurer_adapter.model import PendingReport, ReportKind
+from services.insurer_adapter.model import NewDelivery, PendingReport, ReportKind
 from services.insurer_adapter.taken_marks import TakenMarks
 
 AT = datetime(2026, 11, 27, tzinfo=UTC)
@@ -19,12 +19,18 @@ AT = datetime(2026, 11, 27, tzinfo=UTC)
 class Store:
     def __init__(self, fail: bool = False) -> None:
         self.calls: list[list[tuple[str, bool]]] = []
+        self.added: list[tuple[list[tuple[str, bool]], float]] = []
         self.fail = fail
 
     async def mark_taken_many(self, taken: Sequence[tuple[str, datetime, bool]]) -> None:
         self.calls.append([(txid, reported) for txid, _, reported in taken])
         if self.fail:
             raise ConnectionResetError("gone")
+
+    async def add_taken_many(
+        self, taken: Sequence[tuple[NewDelivery, datetime, bool]], expiry_s: float
+    ) -> None:
+        self.added.append(([(d.transaction_id, reported) for d, _, reported in taken], expiry_s))
 
 
 class Router:
@@ -86,3 +92,29 @@ async def test_a_failed_write_is_dropped_not_raised() -> None:
     marks.add("t1", "INS1", AT)
     await marks.close()
     assert store.calls == [[("t0", True)], [("t1", True)]]
+
+
+def _new(txid: str) -> NewDelivery:
+    return NewDelivery(txid, "INS1", "10670", "C-1", 100, "e", None, envelope_sha256="0" * 64)
+
+
+async def test_pushes_made_before_storing_are_stored_taken_apart_from_stored_rows() -> None:
+    store, router, outbox = Store(), Router(refuse=frozenset({"n1"})), Outbox()
+    marks = TakenMarks(store, router, outbox.notify, window_s=60, expiry_s=77.0)
+    marks.add("t0", "INS1", AT)
+    marks.add("n0", "INS1", AT, _new("n0"))
+    marks.add("n1", "INS1", AT, _new("n1"))
+    marks.add("n0", "INS1", AT, _new("n0"))  # pushed twice: one row, one upsert of it
+    await marks.close()
+    assert [r.transaction_id for r in router.calls[0]] == ["t0", "n0", "n1", "n0"]
+    assert store.calls == [[("t0", True)]]
+    assert store.added == [([("n0", True), ("n1", False)], 77.0)]
+    assert outbox.nudges == 1
+
+
+async def test_a_batch_of_only_unstored_pushes_writes_no_stored_rows() -> None:
+    store, router, outbox = Store(), Router(), Outbox()
+    marks = TakenMarks(store, router, outbox.notify, window_s=60)
+    marks.add("n0", "INS1", AT, _new("n0"))
+    await marks.close()
+    assert store.calls == [] and [ids for ids, _ in store.added] == [[("n0", True)]]
