@@ -216,7 +216,8 @@ async def test_tampered_body_is_denied_by_the_insurer_never_approved(
             assert opened.header.amount_satang == 0
         # Each was pushed and taken exactly once: the insurer, not the hub, decided.
         # (The adapter writes "taken" for acknowledged pushes in batches, within
-        # about 100 ms: wait for it rather than read at once.)
+        # about 100 ms, and stores a push taken at once only then: wait for every
+        # row rather than read at once.)
         conn = await running_stack.db()
         try:
             for _ in range(100):
@@ -224,7 +225,7 @@ async def test_tampered_body_is_denied_by_the_insurer_never_approved(
                     "SELECT claim_ref, state FROM adapter.deliveries WHERE claim_ref = ANY($1::text[])",
                     [r for _, r, _, _ in cases],
                 )
-                if all(row["state"] == "taken" for row in rows):
+                if len(rows) == len(cases) and all(row["state"] == "taken" for row in rows):
                     break
                 await asyncio.sleep(0.05)
         finally:
