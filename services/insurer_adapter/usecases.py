@@ -28,7 +28,7 @@ from services.insurer_adapter.model import (
 
 log = structlog.get_logger("iclaim.adapter")
 
-# The taken batch's window, a ReportTakenBatch call and its retries' slack.
+# The taken batch's window and a ReportTakenBatch call, in the usual case.
 PUSH_FIRST_MARGIN_S = 3.0
 LIST_DEFAULT = 100
 LIST_MAX = 1000
@@ -90,8 +90,10 @@ class ClaimIntake:
         self._expiry_s = expiry_s
         self._pushes = pushes
         # A push may be made before its delivery is stored only if it ends
-        # (push_s at most) and its "taken" reaches the router well within the
-        # router's lease.
+        # (push_s at most) with time left in the router's lease for its
+        # "taken" to get there. Should a slow push and a slow report overrun
+        # it, the router hands the claim off again: a second push, which the
+        # insurer deduplicates, never a lost claim.
         self._push_first_lease_s = push_s + PUSH_FIRST_MARGIN_S
 
     async def deliver(self, request: DeliveryRequest, router_lease_s: float = 0.0) -> bool:
