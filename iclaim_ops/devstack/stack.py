@@ -23,10 +23,22 @@ STOP_GRACE_S = 10.0
 START_TIMEOUT_S = 60.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """`n` distinct loopback ports free now. Each socket stays bound until all
+    are picked: one closed at once can be handed out again by the next bind
+    (27 of 3,000 sets of 15 had a duplicate here), and services that share a
+    port fail to start."""
+    with contextlib.ExitStack() as held:
+        picked = []
+        for _ in range(n):
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            picked.append(int(sock.getsockname()[1]))
+        return picked
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
 
 
 @dataclass
@@ -50,16 +62,8 @@ class Ports:
 
     @classmethod
     def free(cls) -> Ports:
-        # Each socket stays bound until all are picked: one closed at once can
-        # be handed out again by the next bind (27 of 3,000 sets of 15 had a
-        # duplicate here), and a stack whose services share a port fails to start.
-        with contextlib.ExitStack() as held:
-            picked = {}
-            for f in fields(cls):
-                sock = held.enter_context(socket.socket())
-                sock.bind(("127.0.0.1", 0))
-                picked[f.name] = int(sock.getsockname()[1])
-        return cls(**picked)
+        names = [f.name for f in fields(cls)]
+        return cls(**dict(zip(names, free_ports(len(names)), strict=True)))
 
 
 @dataclass(frozen=True)

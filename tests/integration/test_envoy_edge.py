@@ -27,7 +27,8 @@ from google.rpc import status_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from iclaim.v1 import claim_service_pb2
-from tests.support.gateway import Gateway, call, free_port, recording_gateway
+from iclaim_ops.devstack.stack import free_port
+from tests.support.gateway import Gateway, call, recording_gateway
 from tests.support.promql import metric_names
 
 pytestmark = pytest.mark.integration

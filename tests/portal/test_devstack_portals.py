@@ -4,12 +4,12 @@ and says where they are and how to sign in."""
 from __future__ import annotations
 
 import secrets
-import socket
 from pathlib import Path
 
 import httpx
 import pytest
 
+from iclaim_ops.devstack.stack import free_ports
 from iclaim_ops.devstack.portals import portal_database, start_portals
 from tests.portal.conftest import sign_in
 from tests.support.databases import drop_db
@@ -18,14 +18,8 @@ from tests.support.stack import RunningStack
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_portals_start_sign_in_and_stop(stack: RunningStack, tmp_path: Path) -> None:
-    ports = (free_port(), free_port())
+    ports = tuple(free_ports(2))
     prefix = f"iclaim_test_portal_{secrets.token_hex(4)}"
     portals = await start_portals(tmp_path, stack.database_url, stack.credentials_path, ports, prefix)
     try:

@@ -9,7 +9,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from iclaim_ops.devstack.stack import free_port
 from iclaim_ops.audit_cli import verify_database
 from iclaim_hub.crypto.secretbox import SecretBox
 
@@ -63,12 +63,6 @@ async def main(dsn, target):
 
 asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _line(i: int) -> bytes:
@@ -121,7 +115,7 @@ async def test_sigkill_service_and_producer_loses_and_duplicates_nothing(
 ) -> None:
     rnd = random.Random(4)
     access_log = tmp_path / "envoy-access.log"
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env.update(
         {

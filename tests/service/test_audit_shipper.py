@@ -8,7 +8,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import sys
 import time
 import urllib.request
@@ -21,6 +20,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from iclaim_ops.devstack.stack import free_ports
 from services.audit_log.domain import Position
 from services.audit_log.ingest import entry_from_line
 from services.audit_log.server import AuditApp, build_server
@@ -29,12 +29,6 @@ from tests.support.audit import audit_config, line
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(60)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Audit:
@@ -80,8 +74,7 @@ async def audit_log(database_url: str) -> AsyncIterator[Audit]:
 class Shipper:
     def __init__(self, access_log: Path, audit_port: int, **env: str) -> None:
         self.access_log = access_log
-        self.health_port = _free_port()
-        self.metrics_port = _free_port()
+        self.health_port, self.metrics_port = free_ports(2)
         self.env = dict(os.environ)
         self.env.update(
             {

@@ -14,7 +14,6 @@ import hashlib
 import ipaddress
 import json
 import itertools
-import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from iclaim_ops.devstack.stack import free_port
 from iclaim.crypto import signing
 from iclaim.limits import CLIENT_OPTIONS
 from iclaim.v1 import insurer_endpoint_pb2
@@ -138,13 +138,6 @@ class TestCA:
         cert_path.write_bytes(cert_pem)
         key_path.write_bytes(key_pem)
         return Issued(cert_pem, key_pem, cert_path, key_path)
-
-
-def free_port() -> int:
-    """A port nobody listens on (an endpoint that is down, until started there)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- §10.1 verification, as an insurer would do it ----------------------------------

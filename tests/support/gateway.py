@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import grpc
 from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from iclaim_ops.devstack.stack import free_ports
 from gateway.authz.server import Config
 from iclaim.crypto import signing
 from iclaim.errors import error_info_of
@@ -27,12 +27,6 @@ from iclaim_hub.common.server import ServeConfig
 from iclaim_ops.devstack import tied
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def authz_config(
@@ -142,7 +136,7 @@ async def recording_gateway(state: Path, extra_env: dict[str, str] | None = None
     await upstream.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
 
-    port, admin_port, authz_port = free_port(), free_port(), free_port()
+    port, admin_port, authz_port = free_ports(3)
     access_log = state / "access.log"
     env = {
         **os.environ,

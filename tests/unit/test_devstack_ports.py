@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import astuple
 
-from iclaim_ops.devstack.stack import Ports
+from iclaim_ops.devstack.stack import Ports, free_port, free_ports
 
 
 def test_free_ports_are_never_given_twice() -> None:
@@ -14,3 +14,11 @@ def test_free_ports_are_never_given_twice() -> None:
         ports = astuple(Ports.free())
         assert len(set(ports)) == len(ports)
         assert all(1024 <= p <= 65535 for p in ports)
+
+
+def test_every_test_helper_picks_ports_the_same_way() -> None:
+    """Tests ask for one, two or three ports at a time (free_ports): distinct too."""
+    for _ in range(100):
+        ports = free_ports(40)
+        assert len(set(ports)) == 40
+    assert 1024 <= free_port() <= 65535

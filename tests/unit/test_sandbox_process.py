@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from iclaim_ops.devstack.stack import free_ports
 from iclaim.insurer.verify import GRPC_METHOD
 from iclaim.v1 import insurer_endpoint_pb2 as epb
 from tests.support.insurer_kit import (
@@ -37,12 +37,6 @@ GRPC_INSURERS = ["AIA", "MTL"]
 WEBHOOK_INSURERS = ["TLI", "OLI"]
 PULL_INSURERS = ["BLA"]
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sandbox_file(folder: Path) -> tuple[Path, dict[str, Party], Path]:
@@ -93,7 +87,7 @@ async def health_status(addr: str) -> int | None:
 @pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
     path, parties, ca = sandbox_file(tmp_path)
-    grpc_addr, webhook_addr, health_addr = (f"127.0.0.1:{_free_port()}" for _ in range(3))
+    grpc_addr, webhook_addr, health_addr = (f"127.0.0.1:{port}" for port in free_ports(3))
     proc = await start_sandbox(
         tmp_path,
         "--credentials", str(path),
