@@ -41,7 +41,7 @@ from bench.autovacuum import NAPTIME_S, StandInAutovacuum
 from bench.isolation import bench_isolation
 from iclaim_hub.crypto.secretbox import SecretBox
 from iclaim_ops.devstack.infra import Infra, create_scratch_database, drop_database
-from iclaim_ops.devstack.stack import SANDBOX, Ports, Stack, _free_port
+from iclaim_ops.devstack.stack import SANDBOX, Ports, Stack, free_port
 from iclaim_ops.devstack.up import prepare
 
 
@@ -140,7 +140,7 @@ class Measured:
 async def bench_echo(echo_s: float, concurrency: int) -> dict[str, Any]:
     """A bare grpc.aio echo: its requests/s and the CPU one request costs, server
     and client together, as the unit of cost."""
-    port = _free_port()
+    port = free_port()
     echo = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.echo_server", str(port), stdout=asyncio.subprocess.PIPE
     )

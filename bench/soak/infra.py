@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from iclaim_hub.crypto.secretbox import SecretBox
 from iclaim_ops.devstack.infra import Infra, ensure_database
-from iclaim_ops.devstack.stack import Ports, Stack, _free_port
+from iclaim_ops.devstack.stack import Ports, Stack, free_port
 from iclaim_ops.devstack.up import prepare
 from iclaim_ops.devstack.private_postgres import PrivatePostgres, private_postgres
 
@@ -28,7 +28,7 @@ class RedisServer:
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         log = open(folder / "redis.log", "ab")  # noqa: SIM115 - owned by the child
         try:
