@@ -55,9 +55,11 @@ _NEW_ARRAYS = (
 )
 
 
+_NEW_FIELDS = tuple(c.strip() for c in _NEW_COLUMNS.split(","))
+
+
 def _new_arrays(news: Sequence[NewDelivery]) -> list[list[object]]:
-    columns = [c.strip() for c in _NEW_COLUMNS.split(",")]
-    return [[getattr(d, c) for d in news] for c in columns]
+    return [[getattr(d, c) for d in news] for c in _NEW_FIELDS]
 
 
 @contextmanager

@@ -108,12 +108,11 @@ class ClaimIntake:
         endpoint = await self._insurers.get(code)
         if endpoint is None:
             raise NotFound("insurer is not in the registry", reason="INSURER_NOT_FOUND")
-        if endpoint.pushable and router_lease_s >= self._push_first_lease_s and self._pushes.reserve(code):
-            self._pushes.start_unstored(endpoint, delivery)
-            metrics.DELIVERIES.labels("new").inc()
-            log.info("claim_received", insurer=code, duplicate=False)
-            return True
         lease = self._pushes.reserve(code) if endpoint.pushable else None
+        if lease is not None and router_lease_s >= self._push_first_lease_s:
+            self._pushes.start_unstored(endpoint, delivery)
+            _received(code, new=True)
+            return True
         leased: Delivery | None = None
         try:
             added, leased = await self._store.add_delivery(delivery, self._expiry_s, lease)
@@ -127,13 +126,17 @@ class ClaimIntake:
                 "transaction_id was delivered with different content", reason="DELIVERY_CONFLICT"
             )
         new = added is Added.NEW
-        metrics.DELIVERIES.labels("new" if new else "duplicate").inc()
-        log.info("claim_received", insurer=code, duplicate=not new)
+        _received(code, new=new)
         if leased is not None:
             self._pushes.start_leased(endpoint, leased)
         elif new:
             self._pushes.notify(code)
         return new
+
+
+def _received(insurer_code: str, *, new: bool) -> None:
+    metrics.DELIVERIES.labels("new" if new else "duplicate").inc()
+    log.info("claim_received", insurer=insurer_code, duplicate=not new)
 
 
 # --- operators ------------------------------------------------------------------------

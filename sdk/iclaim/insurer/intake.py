@@ -85,10 +85,8 @@ async def store(
 ) -> Taken:
     """Checks, stores durably, then tells the worker (only about new ones)."""
     check_delivery(delivery)
-    result = await inbox.put(insurer_code, delivery)
-    if result is PutResult.NEW:
-        on_new(insurer_code, delivery.transaction_id)
-    return Taken(insurer_code, delivery.transaction_id, result)
+    (taken,) = await store_many(inbox, on_new, insurer_code, [delivery])
+    return taken
 
 
 async def store_many(
