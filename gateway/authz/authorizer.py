@@ -35,11 +35,10 @@ _DUMMY_SECRET = os.urandom(signing.SECRET_BYTES)
 
 
 class ReplayGuard(Protocol):
-    async def admit(self, client: str, nonce: str, timestamp: int) -> None: ...
+    """Admits a nonce once and, where rates are limited, takes one of the
+    verified principal's tokens in the same call (gateway/authz/nonces.py)."""
 
-
-class RateLimiter(Protocol):
-    async def take(self, principal: str) -> None: ...
+    async def admit(self, client: str, nonce: str, timestamp: int, principal: str | None = None) -> None: ...
 
 
 # Denials that tell the client the server's time so it can fix its clock or
@@ -81,7 +80,6 @@ class Authorizer:
     _: KW_ONLY
     clock: Callable[[], float] = time.time
     max_message_bytes: int = frame.MAX_MESSAGE_BYTES
-    limiter: RateLimiter | None = None
     # The server passes the key derived from the master key (same hashes on
     # every replica); a random one still hides the values, only uncorrelated.
     pseudonym_key: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
@@ -148,10 +146,10 @@ class Authorizer:
         _check_client_cert(key, req.cert_principals)
         if not policy.may_call(key.role, req.method):
             raise PermissionDenied(f"a {key.role} may not call {req.method}", reason="WRONG_ROLE")
-        if self.limiter is not None:
-            await self.limiter.take(key.principal_code)
         derived = messages.derive(req.method, body)
-        await self.guard.admit(meta.client, meta.nonce, meta.timestamp)
+        # Last, and one Redis call: the nonce, and the rate token of the
+        # verified principal (a forgery never spends the victim's budget).
+        await self.guard.admit(meta.client, meta.nonce, meta.timestamp, key.principal_code)
 
         headers = {PRINCIPAL_HEADER: key.principal_code, ROLE_HEADER: key.role}
         if derived.transaction_id:

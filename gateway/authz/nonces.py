@@ -1,10 +1,12 @@
 """Redis nonce store with loss detection (PROTOCOL.md §3).
 
 Every admission runs one Lua script that checks the marker key still holds the
-generation this process adopted and then SET NX's the nonce with an absolute
-expiry. A missing or foreign marker means Redis was flushed or restarted empty
-(or a peer already noticed): we resync with PostgreSQL, which remembers the
-generation, and refuse the window of requests a loss could let through.
+generation this process adopted, takes the principal's rate token when a rate
+limit is set (gateway/authz/ratelimit.py), and then SET NX's the nonce with an
+absolute expiry: one Redis round trip per check. A missing or foreign marker
+means Redis was flushed or restarted empty (or a peer already noticed): we
+resync with PostgreSQL, which remembers the generation, and refuse the
+window of requests a loss could let through.
 A new generation's marker is written to Redis before the generation is
 committed to PostgreSQL, so "committed but no marker" always means a loss.
 
@@ -29,6 +31,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from gateway.authz import replay
+from gateway.authz.ratelimit import TAKE_TOKEN_LUA, RateLimit, rate_limited, rate_limiter_unavailable
 from gateway.authz.replay import SyncAction
 from gateway.authz.store import MarkerState
 from iclaim.errors import Unauthenticated, Unavailable
@@ -39,10 +42,18 @@ PREFIX = "iclaim:gw:"
 MARKER_KEY = PREFIX + "nonce-store:marker"
 RECOVERED_KEY = PREFIX + "nonce-store:recovered-at"
 
+# {outcome, wait_ms}: 1 admitted, 0 replay, -1 marker not ours (resync), 2 rate
+# limited (wait_ms until a token). The token is taken before the nonce, so a
+# request refused for its rate leaves its nonce unused, as a refusal should.
+_ADMITTED, _REPLAYED, _MARKER_LOST, _RATE_LIMITED = 1, 0, -1, 2
 _ADMIT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-if redis.call('SET', KEYS[2], '1', 'NX', 'EXAT', ARGV[2]) then return 1 end
-return 0
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, 0} end
+if KEYS[3] then
+  local t = take_token(KEYS[3], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
+  if t[1] ~= 1 then return {2, t[2]} end
+end
+if redis.call('SET', KEYS[2], '1', 'NX', 'EXAT', ARGV[2]) then return {1, 0} end
+return {0, 0}
 """
 
 
@@ -95,11 +106,13 @@ class RedisReplayGuard:
         ledger: MarkerLedger,
         *,
         clock: Callable[[], float] = time.time,
+        rate: RateLimit | None = None,
     ) -> None:
         self._redis = redis
         self._ledger = ledger
         self._clock = clock
-        self._script = redis.register_script(_ADMIT)
+        self._rate = rate
+        self._script = redis.register_script(TAKE_TOKEN_LUA + _ADMIT)
         self._generation: str | None = None
         self._recovered_at: float | None = None
         self._lock = asyncio.Lock()
@@ -111,27 +124,44 @@ class RedisReplayGuard:
     async def start(self) -> None:
         await self._resync(self._generation)
 
-    async def admit(self, client: str, nonce: str, timestamp: int) -> None:
-        """Accepts (client, nonce) once; raises Unauthenticated on replay and
+    async def admit(self, client: str, nonce: str, timestamp: int, principal: str | None = None) -> None:
+        """Accepts (client, nonce) once, and with a rate limit takes one of
+        `principal`'s tokens in the same Redis call. Raises Unauthenticated on
+        replay, ResourceExhausted when the principal is over its rate, and
         Unavailable while recovering from a loss or when Redis is down."""
         try:
             for _ in range(2):
                 self._check_window(timestamp)
                 seen = self._generation
-                result = await self._script(
-                    keys=[MARKER_KEY, nonce_key(client, nonce)],
-                    args=[seen or "", replay.nonce_expires_at(timestamp)],
-                )
-                if result == 1:
+                keys, args = self._call(client, nonce, timestamp, principal, seen)
+                outcome, wait_ms = await self._script(keys=keys, args=args)
+                if outcome == _ADMITTED:
                     return
-                if result == 0:
+                if outcome == _REPLAYED:
                     raise Unauthenticated("nonce already used: replay refused", reason="NONCE_REPLAYED")
+                if outcome == _RATE_LIMITED:
+                    raise rate_limited(max(1, int(wait_ms)))
                 await self._resync(seen)
         except RedisError as exc:
             log.warning("nonce_store_unavailable", error=type(exc).__name__)
+            if self._rate is not None:
+                raise rate_limiter_unavailable() from exc  # the reason a separate limiter gave first
             raise Unavailable("nonce store unavailable", reason="NONCE_STORE_UNAVAILABLE") from exc
         self._check_window(timestamp)
         raise Unavailable("nonce store is resynchronising", reason="NONCE_STORE_RECOVERING")
+
+    def _call(
+        self, client: str, nonce: str, timestamp: int, principal: str | None, generation: str | None
+    ) -> tuple[list[str], list[str | int | float]]:
+        keys = [MARKER_KEY, nonce_key(client, nonce)]
+        args: list[str | int | float] = [generation or "", replay.nonce_expires_at(timestamp)]
+        if self._rate is not None:
+            if principal is None:
+                raise ValueError("a rate-limited admission needs the verified principal")
+            bucket, bucket_args = self._rate.args(principal, self._clock())
+            keys.append(bucket)
+            args.extend(bucket_args)
+        return keys, args
 
     def _check_window(self, timestamp: int) -> None:
         if self._recovered_at is not None and replay.refused_after_loss(timestamp, self._recovered_at):

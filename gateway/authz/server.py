@@ -19,7 +19,7 @@ from gateway.authz import frame
 from gateway.authz.authorizer import Authorizer
 from gateway.authz.keys import DEFAULT_TTL_S, MAX_TTL_S, CachedKeys
 from gateway.authz.nonces import RedisReplayGuard, redis_client
-from gateway.authz.ratelimit import RedisRateLimiter
+from gateway.authz.ratelimit import RateLimit
 from gateway.authz.service import AuthorizationService
 from gateway.authz.store import PgMarkerLedger
 from iclaim_hub.common.access_log import pseudonym_key
@@ -85,19 +85,19 @@ async def build_server(config: Config) -> AuthzApp:
         await registry.migrate()  # idempotent; the schema the key lookups read
         ledger = PgMarkerLedger(pool)
         await ledger.migrate()
-        guard = RedisReplayGuard(redis, ledger)
+        rate = (
+            RateLimit(config.rate_limit_per_s, config.rate_limit_burst)
+            if config.rate_limit_per_s > 0
+            else None
+        )
+        guard = RedisReplayGuard(redis, ledger, rate=rate)
         await guard.start()
     except BaseException:
         await redis.aclose()
         await pool.close()
         raise
     keys = CachedKeys(registry, is_outage=is_connection_lost, ttl_s=config.key_cache_ttl_s)
-    limiter = (
-        RedisRateLimiter(redis, per_second=config.rate_limit_per_s, burst=config.rate_limit_burst)
-        if config.rate_limit_per_s > 0
-        else None
-    )
-    authorizer = Authorizer(keys, guard, limiter=limiter, pseudonym_key=pseudonym_key(config.master_key))
+    authorizer = Authorizer(keys, guard, pseudonym_key=pseudonym_key(config.master_key))
 
     server, port, health = await bind_server(
         config.serve.listen_addr,

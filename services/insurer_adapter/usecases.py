@@ -95,6 +95,7 @@ class ClaimIntake:
         # it, the router hands the claim off again: a second push, which the
         # insurer deduplicates, never a lost claim.
         self._push_first_lease_s = push_s + PUSH_FIRST_MARGIN_S
+        self._told_lease_too_short = False
 
     async def deliver(self, request: DeliveryRequest, router_lease_s: float = 0.0) -> bool:
         """Stores the claim for pushing (committed before the ack); True when
@@ -113,6 +114,8 @@ class ClaimIntake:
             self._pushes.start_unstored(endpoint, delivery)
             _received(code, new=True)
             return True
+        if router_lease_s > 0:
+            self._lease_too_short(router_lease_s)
         leased: Delivery | None = None
         try:
             added, leased = await self._store.add_delivery(delivery, self._expiry_s, lease)
@@ -132,6 +135,19 @@ class ClaimIntake:
         elif new:
             self._pushes.notify(code)
         return new
+
+    def _lease_too_short(self, router_lease_s: float) -> None:
+        """Says once that the push timeout rules out pushing before storing:
+        every claim then costs a commit more, which an operator should know."""
+        if self._told_lease_too_short or router_lease_s >= self._push_first_lease_s:
+            return
+        self._told_lease_too_short = True
+        log.warning(
+            "push_first_off",
+            router_lease_s=router_lease_s,
+            needs_s=self._push_first_lease_s,
+            hint="ICLAIM_DELIVERY_TIMEOUT_S is too long for the router's hand-off lease",
+        )
 
 
 def _received(insurer_code: str, *, new: bool) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from iclaim_hub.internal.v1 import insurer_adapter_pb2
 from tests.support.delivery_endpoints import Harness, delivery_harness, wait_for
@@ -106,10 +107,18 @@ async def test_a_report_the_router_refused_is_stored_pending_for_the_outbox(h: H
 async def test_without_a_lease_long_enough_for_a_push_it_is_stored_before_the_ack(h: Harness) -> None:
     endpoint = await h.grpc_endpoint("PFSHORT")
     stub = await h.start_adapter()  # pushes time out after 2 s: a 4 s lease is too short
-    for request in (h.request("PFSHORT"), _leased(h, "PFSHORT", lease_s=4)):
-        endpoint.hold.add(request.transaction_id)
-        await stub.DeliverClaim(request, timeout=5)
-        assert await _row_count(h, request.transaction_id) == 1
+    with capture_logs() as logs:
+        for request in (
+            h.request("PFSHORT"),
+            _leased(h, "PFSHORT", lease_s=4),
+            _leased(h, "PFSHORT", lease_s=4),
+        ):
+            endpoint.hold.add(request.transaction_id)
+            await stub.DeliverClaim(request, timeout=5)
+            assert await _row_count(h, request.transaction_id) == 1
+    # The operator is told once that the push timeout rules this path out.
+    told = [e for e in logs if e["event"] == "push_first_off"]
+    assert len(told) == 1 and told[0]["router_lease_s"] == 4 and told[0]["log_level"] == "warning"
 
 
 async def test_a_push_cut_short_by_a_stop_is_stored_waiting(h: Harness) -> None:

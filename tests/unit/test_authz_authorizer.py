@@ -32,7 +32,7 @@ class Nonces:
     def __init__(self) -> None:
         self.seen: set[tuple[str, str]] = set()
 
-    async def admit(self, client: str, nonce: str, timestamp: int) -> None:
+    async def admit(self, client: str, nonce: str, timestamp: int, principal: str | None = None) -> None:
         if (client, nonce) in self.seen:
             raise Unauthenticated("replay", reason="NONCE_REPLAYED")
         self.seen.add((client, nonce))
@@ -184,19 +184,22 @@ async def test_principal_requiring_mtls_is_refused_without_a_certificate() -> No
 async def test_rate_limit_is_taken_for_the_verified_principal_only() -> None:
     from gateway.authz.ratelimit import rate_limited
 
-    taken: list[str] = []
+    taken: list[str | None] = []
 
-    class Limiter:
-        async def take(self, principal: str) -> None:
+    class RatedNonces(Nonces):
+        async def admit(self, client: str, nonce: str, timestamp: int, principal: str | None = None) -> None:
             taken.append(principal)
             if len(taken) > 1:
                 raise rate_limited(250)
+            await super().admit(client, nonce, timestamp, principal)
 
-    a = Authorizer(Keys(HOSP), Nonces(), clock=lambda: float(NOW), limiter=Limiter())
+    a = Authorizer(Keys(HOSP), RatedNonces(), clock=lambda: float(NOW))
     body = claim_service_pb2.GetClaimRequest(transaction_id="T").SerializeToString()
     forged = await a.check(request(GET, body, secret=b"\x02" * 32, nonce="f" * 16))
     assert isinstance(forged, Deny) and forged.error.reason == "BAD_SIGNATURE"
-    assert taken == []  # a forgery never spends the victim's budget
+    malformed = await a.check(request(GET, b"\xff\xff", nonce="m" * 16))
+    assert isinstance(malformed, Deny) and malformed.error.reason == "MALFORMED_REQUEST"
+    assert taken == []  # neither a forgery nor a call refused anyway spends the budget
     assert isinstance(await a.check(request(GET, body, nonce="a" * 16)), Allow)
     d = await a.check(request(GET, body, nonce="b" * 16))
     assert isinstance(d, Deny) and d.error.code == Code.RESOURCE_EXHAUSTED
@@ -209,7 +212,7 @@ async def test_recovering_denial_names_server_time_and_first_accepted_stamp() ->
     from gateway.authz.replay import CLOCK_SKEW_MARGIN_S
 
     class Recovering:
-        async def admit(self, client: str, nonce: str, timestamp: int) -> None:
+        async def admit(self, client: str, nonce: str, timestamp: int, principal: str | None = None) -> None:
             raise recovering(NOW - 10)
 
     a = Authorizer(Keys(HOSP), Recovering(), clock=lambda: float(NOW))

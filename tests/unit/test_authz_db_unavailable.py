@@ -54,7 +54,7 @@ class Guard:
     def __init__(self, error: BaseException | None = None) -> None:
         self.error = error
 
-    async def admit(self, client: str, nonce: str, timestamp: int) -> None:
+    async def admit(self, client: str, nonce: str, timestamp: int, principal: str | None = None) -> None:
         if self.error is not None:
             raise self.error
 

@@ -79,7 +79,7 @@ class _Keys:
 
 
 class _Nonces:
-    async def admit(self, client: str, nonce: str, timestamp: int) -> None:
+    async def admit(self, client: str, nonce: str, timestamp: int, principal: str | None = None) -> None:
         raise Unauthenticated("replay", reason="NONCE_REPLAYED")  # never reached here
 
 
