@@ -69,7 +69,9 @@ def clock_and_sleeps(monkeypatch: pytest.MonkeyPatch) -> tuple[Clock, list[float
         sleeps.append(s)
         now[0] += s
 
-    monkeypatch.setattr(signer_mod.asyncio, "sleep", fake_sleep)
+    # Only the signer's wait: asyncio.sleep itself is shared with every task on
+    # the session's loop (a portal server's tick spun on a no-op sleep and hung CI).
+    monkeypatch.setattr(signer_mod, "_sleep", fake_sleep)
     monkeypatch.setattr(signer_mod, "_monotonic", lambda: now[0])
     return Clock(now=lambda: now[0]), sleeps
 
