@@ -42,10 +42,10 @@ PREFIX = "iclaim:gw:"
 MARKER_KEY = PREFIX + "nonce-store:marker"
 RECOVERED_KEY = PREFIX + "nonce-store:recovered-at"
 
-# {outcome, wait_ms}: 1 admitted, 0 replay, -1 marker not ours (resync), 2 rate
-# limited (wait_ms until a token). The token is taken before the nonce, so a
-# request refused for its rate leaves its nonce unused, as a refusal should.
-_ADMITTED, _REPLAYED, _MARKER_LOST, _RATE_LIMITED = 1, 0, -1, 2
+# {outcome, wait_ms}: 1 admitted, 0 replay, 2 rate limited (wait_ms until a
+# token), -1 the marker is not ours (resync, then once more). The token is taken
+# before the nonce, so a request refused for its rate leaves its nonce unused.
+_ADMITTED, _REPLAYED, _RATE_LIMITED = 1, 0, 2
 _ADMIT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, 0} end
 if KEYS[3] then
@@ -141,7 +141,7 @@ class RedisReplayGuard:
                     raise Unauthenticated("nonce already used: replay refused", reason="NONCE_REPLAYED")
                 if outcome == _RATE_LIMITED:
                     raise rate_limited(max(1, int(wait_ms)))
-                await self._resync(seen)
+                await self._resync(seen)  # the marker was not ours
         except RedisError as exc:
             log.warning("nonce_store_unavailable", error=type(exc).__name__)
             if self._rate is not None:

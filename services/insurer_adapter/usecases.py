@@ -114,7 +114,7 @@ class ClaimIntake:
             self._pushes.start_unstored(endpoint, delivery)
             _received(code, new=True)
             return True
-        if router_lease_s > 0:
+        if 0 < router_lease_s < self._push_first_lease_s:
             self._lease_too_short(router_lease_s)
         leased: Delivery | None = None
         try:
@@ -139,7 +139,7 @@ class ClaimIntake:
     def _lease_too_short(self, router_lease_s: float) -> None:
         """Says once that the push timeout rules out pushing before storing:
         every claim then costs a commit more, which an operator should know."""
-        if self._told_lease_too_short or router_lease_s >= self._push_first_lease_s:
+        if self._told_lease_too_short:
             return
         self._told_lease_too_short = True
         log.warning(
