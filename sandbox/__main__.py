@@ -41,6 +41,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--webhook", type=_addr, default="", help="listen address for the webhook insurers")
     p.add_argument("--health", type=_addr, default="", help="plaintext grpc.health.v1 address")
     p.add_argument("--state-dir", type=Path, default=Path(".iclaim/dev/sandbox"), help="the kit's inbox")
+    p.add_argument(
+        "--post-decisions",
+        action="store_true",
+        help="push insurers post every decision (PostDecision) instead of answering the push with it (§10.6)",
+    )
     return p
 
 
@@ -59,7 +64,8 @@ async def _main(args: argparse.Namespace) -> int:
     # collector's full collections, which otherwise stall every claim in flight.
     gc.freeze()
     try:
-        await run(insurers, Listen(args.grpc, args.webhook, args.health), args.state_dir, timing, stop)
+        listen = Listen(args.grpc, args.webhook, args.health)
+        await run(insurers, listen, args.state_dir, timing, stop, answer_in_push=not args.post_decisions)
     except (CredentialsError, ValueError) as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
         return 2

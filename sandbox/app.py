@@ -56,16 +56,24 @@ async def _start_health(addr: str) -> tuple[grpc.aio.Server, health.aio.HealthSe
 
 
 async def run(
-    insurers: SandboxInsurers, listen: Listen, state_dir: Path, timing: Timing, stop: asyncio.Event
+    insurers: SandboxInsurers,
+    listen: Listen,
+    state_dir: Path,
+    timing: Timing,
+    stop: asyncio.Event,
+    *,
+    answer_in_push: bool = True,
 ) -> None:
     """Serves until `stop` is set, then drains: not serving first, then the kit
-    (undecided claims stay in the inbox for the next start)."""
+    (undecided claims stay in the inbox for the next start). `answer_in_push`:
+    push insurers answer a push with a decision they make at once (§10.6)."""
     plan = plan_for(insurers, listen)
     health_server = servicer = None
     if listen.health:
         health_server, servicer = await _start_health(listen.health)
     try:
-        running = await start(plan, SandboxPolicies(timing), state_dir)
+        options = {"worker_options": {"answer_in_push": answer_in_push}}
+        running = await start(plan, SandboxPolicies(timing), state_dir, host_options=options)
         try:
             if servicer is not None:
                 await servicer.set("", health_pb2.HealthCheckResponse.SERVING)

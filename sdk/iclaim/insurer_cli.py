@@ -53,6 +53,12 @@ def register(groups: CommandGroups) -> None:
     mode.add_argument("--pull", action="store_true", help="long-poll PullClaims through the gateway")
     serve.add_argument("--handler", metavar="MODULE:ATTR", default=None, help=HANDLER_HELP)
     serve.add_argument(
+        "--answer-in-push",
+        action="store_true",
+        help="push modes: answer a push with the handler's decision when it is final at once"
+        " (§10.6: no PostDecision call); for handlers that decide within a second or two",
+    )
+    serve.add_argument(
         "--state-dir",
         type=Path,
         default=DEFAULT_STATE_DIR,
@@ -128,7 +134,8 @@ async def _serve_async(args: argparse.Namespace, insurers: list[Any], handler: A
         print(f"serving {codes} by {where}; state in {args.state_dir}", file=sys.stderr, flush=True)
 
     try:
-        await serve(plan, handler, args.state_dir, stop, on_ready=ready)
+        options = {"worker_options": {"answer_in_push": args.answer_in_push}}
+        await serve(plan, handler, args.state_dir, stop, on_ready=ready, host_options=options)
     except (CredentialsError, ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

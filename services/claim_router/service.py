@@ -109,9 +109,11 @@ class DecisionIntakeServicer(Serves[ClaimRouter], decision_intake_pb2_grpc.Decis
     async def RecordDecision(
         self, request: decision_intake_pb2.RecordDecisionRequest, context: Ctx
     ) -> decision_intake_pb2.RecordDecisionResponse:
-        stored = await self.use_cases.record_decision(
-            mappers.decision_request_of(request, request.insurer_code)
-        )
+        decision = mappers.decision_request_of(request, request.insurer_code)
+        if request.push_answer:
+            stored = await self.use_cases.record_push_answer(decision)
+        else:
+            stored = await self.use_cases.record_decision(decision)
         return decision_intake_pb2.RecordDecisionResponse(claim=mappers.claim_to_proto(stored))
 
 

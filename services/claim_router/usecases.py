@@ -50,6 +50,10 @@ ROUTE_SUBMIT = "/iclaim.v1.ClaimService/SubmitClaim"
 ROUTE_CANCEL = "/iclaim.v1.ClaimService/CancelClaim"
 ROUTE_PULL = "/iclaim.v1.InsurerService/PullClaims"
 ROUTE_DECISION = "/iclaim.v1.InsurerService/PostDecision"
+# A decision in the insurer's answer to a push (§10.6), relayed by the adapter:
+# the relay's route (a push answered by webhook is no RPC; the audit log takes
+# public, open and internal routes only).
+ROUTE_PUSH_ANSWER = "/iclaim_hub.internal.v1.DecisionIntakeService/RecordDecision"
 ROUTE_MARK_PAID = "/iclaim_hub.internal.v1.ClaimSettlementService/MarkClaimPaid"
 ROUTE_REPORT_TAKEN = "/iclaim_hub.internal.v1.DeliveryReportService/ReportTaken"
 ROUTE_REPORT_TAKEN_BATCH = "/iclaim_hub.internal.v1.DeliveryReportService/ReportTakenBatch"
@@ -494,7 +498,13 @@ class ClaimRouter:
         """A decision relayed by the insurer adapter."""
         return await self._decide(req, domain.state_or_unspecified(req.state))
 
-    async def _decide(self, req: DecisionRequest, state: State) -> ClaimRecord:
+    async def record_push_answer(self, req: DecisionRequest) -> ClaimRecord:
+        """The insurer's decision in its answer to a push (§10.6), relayed by
+        the insurer adapter: PostDecision's rules, audited as the answer's."""
+        domain.check_transaction_id(req.transaction_id)
+        return await self._decide(req, domain.postable_state_of(req.state), route=ROUTE_PUSH_ANSWER)
+
+    async def _decide(self, req: DecisionRequest, state: State, route: str = ROUTE_DECISION) -> ClaimRecord:
         """Decided at most once; the same decision again is a no-op."""
         d = domain.DecisionInput(
             transaction_id=req.transaction_id,
@@ -517,9 +527,11 @@ class ClaimRouter:
         # and so does what it emits: the billing event, the audit event.
         insurer = {"iclaim.insurer": d.insurer_code}
         with tracing.span("claim.decision", parent=rec.traceparent, attributes=insurer):
-            return await self._decide_claim(d, rec, cached)
+            return await self._decide_claim(d, rec, cached, route)
 
-    async def _decide_claim(self, d: domain.DecisionInput, rec: ClaimRecord, cached: bool) -> ClaimRecord:
+    async def _decide_claim(
+        self, d: domain.DecisionInput, rec: ClaimRecord, cached: bool, route: str
+    ) -> ClaimRecord:
         domain.validate_decision_shape(d, rec.billed_amount_satang)
         if d.decision_envelope:
             hospital = await self.directory.get(rec.hospital_code)
@@ -557,7 +569,7 @@ class ClaimRouter:
                 taken_at=cur.taken_at or now,
                 handed_off_at=cur.handed_off_at or now,
             )
-            return new, state_change_events(new, actor=d.insurer_code, route=ROUTE_DECISION)
+            return new, state_change_events(new, actor=d.insurer_code, route=route)
 
         stored = await self.store.transition(d.transaction_id, mutate, rec, cached=cached)
         assert stored is not None  # claims are never deleted

@@ -40,6 +40,8 @@ from services.insurer_adapter.model import (
     Lease,
     NewDelivery,
     PendingReport,
+    AnswerOutcome,
+    PushAnswer,
     PushResult,
     ReportKind,
 )
@@ -93,6 +95,10 @@ class Pusher(Protocol):
     async def push(self, endpoint: Endpoint, delivery: Delivery) -> PushResult: ...
 
 
+class AnswerSink(Protocol):
+    async def record(self, insurer_code: str, answer: PushAnswer) -> AnswerOutcome: ...
+
+
 class HealthSink(Protocol):
     async def set_push_health(self, code: str, health: str, consecutive_failures: int) -> None: ...
 
@@ -132,6 +138,9 @@ class Dispatcher:
     reports: ReportSink | None = None
     # Reports and writes "taken" in batches; None: a report and a write per push.
     taken_marks: TakenMarks | None = None
+    # Records a decision an insurer answered a push with (§10.6); None: such a
+    # push is not counted as taken, so the insurer posts the decision itself.
+    answers: AnswerSink | None = None
     _lanes: dict[str, _Lane] = field(init=False, default_factory=dict)
     _scan_task: asyncio.Task[None] | None = field(init=False, default=None)
     _running: bool = field(init=False, default=False)
@@ -317,7 +326,12 @@ class Dispatcher:
                     log.error("push_crashed", insurer=lane.code, error=type(exc).__name__)
                     result = PushResult(False, PushError.INTERNAL.value)
                 metrics.ATTEMPT_LATENCY.labels(lane.code).observe(self.clock() - started)
+                # The circuit judges the endpoint: it answered, whatever becomes of its decision.
                 closed = lane.circuit.record(result.taken, self.clock(), probe)
+                if result.answer is not None:
+                    result = await self._record_answer(lane.code, result.answer)
+                elif result.error == PushError.ANSWER_DECISION_MALFORMED:
+                    metrics.PUSH_ANSWERS.labels(lane.code, "malformed").inc()
                 await self._settle(lane, d, result, closed)
             except asyncio.CancelledError:
                 raise
@@ -347,9 +361,7 @@ class Dispatcher:
                 log.info("claim_taken", insurer=lane.code, attempts=d.attempts, reported=reported)
                 if not reported:
                     self.on_report()
-            if closed:  # the endpoint is back: what sat out its backoff goes now
-                log.info("insurer_circuit_closed", insurer=lane.code)
-                await self.store.make_due(lane.code)
+            await self._after_closed(lane, closed)
             return
         metrics.PUSHES.labels(lane.code, "failed").inc()
         # The registry may have changed (endpoint, CA, rotated key): read it afresh.
@@ -371,6 +383,33 @@ class Dispatcher:
             metrics.PUSHES.labels(lane.code, "expired").inc()
             log.info("delivery_expired", insurer=lane.code)
             self.on_report()
+        # Also when the endpoint answered with a decision the router did not record.
+        await self._after_closed(lane, closed)
+
+    async def _after_closed(self, lane: _Lane, closed: bool) -> None:
+        if closed:  # the endpoint is back: what sat out its backoff goes now
+            log.info("insurer_circuit_closed", insurer=lane.code)
+            await self.store.make_due(lane.code)
+
+    async def _record_answer(self, code: str, answer: PushAnswer) -> PushResult:
+        """The push's outcome once its answer's decision is relayed (§10.6):
+        taken if the router recorded it, or kept an earlier decision (the first
+        stands); else not taken, so the claim is pushed again and the insurer,
+        finding it answered already, posts the decision and learns why."""
+        outcome = (
+            AnswerOutcome.UNRECORDED if self.answers is None else await self.answers.record(code, answer)
+        )
+        metrics.PUSH_ANSWERS.labels(code, outcome.value).inc()
+        if outcome in (AnswerOutcome.RECORDED, AnswerOutcome.CONFLICT):
+            if outcome is AnswerOutcome.CONFLICT:
+                log.warning("push_answer_conflicts", insurer=code)
+            return PushResult(True)
+        error = (
+            PushError.ANSWER_DECISION_REFUSED
+            if outcome is AnswerOutcome.REFUSED
+            else PushError.ANSWER_DECISION_UNRECORDED
+        )
+        return PushResult(False, error.value)
 
     async def _report_taken(self, code: str, d: Delivery, taken_at: datetime) -> bool:
         """Reports a taken push straight away: one call instead of the outbox's

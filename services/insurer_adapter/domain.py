@@ -77,6 +77,11 @@ class PushError(StrEnum):
     TIMEOUT = "TIMEOUT"  # no complete answer within the attempt timeout
     CONNECT_FAILED = "CONNECT_FAILED"
     TLS_FAILED = "TLS_FAILED"
+    # §10.6: the answer carried a decision the router did not record, so the
+    # push is not counted as taken (the insurer then posts it with PostDecision).
+    ANSWER_DECISION_MALFORMED = "ANSWER_DECISION_MALFORMED"  # not a PostDecisionRequest for this claim
+    ANSWER_DECISION_REFUSED = "ANSWER_DECISION_REFUSED"  # PostDecision's rules refused it
+    ANSWER_DECISION_UNRECORDED = "ANSWER_DECISION_UNRECORDED"  # the router could not be reached
     # Ours: the push could not be made as registered.
     ENDPOINT_INVALID = "ENDPOINT_INVALID"
     CLIENT_CERT_UNCONFIGURED = "CLIENT_CERT_UNCONFIGURED"  # mTLS asked, no hub client cert
@@ -106,14 +111,17 @@ def http_taken(status: int) -> bool:
 # Bodies a success answer may carry. A 2xx of another type with a body (an HTML
 # page from a catch-all route, a captive portal) is not an insurer's API
 # answering, so the claim is not counted as taken.
-_ANSWER_TYPES = ("application/json", "text/plain")
-
-
 def answer_type_ok(content_type: str, body_len: int) -> bool:
-    if body_len == 0:
-        return True
-    mime = content_type.split(";", 1)[0].strip().lower()
-    return mime in _ANSWER_TYPES or (mime.startswith("application/") and mime.endswith("+json"))
+    return body_len == 0 or answer_is_json(content_type) or _mime(content_type) == "text/plain"
+
+
+def answer_is_json(content_type: str) -> bool:
+    mime = _mime(content_type)
+    return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
+
+
+def _mime(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
 
 
 @dataclass(frozen=True)
@@ -209,6 +217,6 @@ class DeliverySettings:
     backoff: Backoff = Backoff()
     expiry_s: float = 24 * 3600.0
     timeout_s: float = 10.0  # one attempt, connection to answer
-    lease_s: float = 30.0  # > timeout_s: a live attempt never loses its row
+    lease_s: float = 30.0  # > timeout_s + 1 + report_deadline_s: a live attempt never loses its row
     poll_s: float = 1.0  # how often due work is looked for besides wake-ups
     report_deadline_s: float = 5.0

@@ -41,3 +41,9 @@ REPORTS = Counter(
     "Reports to the router by kind (taken, expired, redriven) and outcome (acked, retry).",
     ["kind", "outcome"],
 )
+PUSH_ANSWERS = Counter(
+    "iclaim_delivery_push_answers_total",
+    "Decisions insurers answered pushes with (§10.6), by what became of them: recorded,"
+    " conflict (an earlier decision stands), refused, unrecorded or malformed (the push is not taken).",
+    ["insurer", "outcome"],
+)

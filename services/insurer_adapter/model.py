@@ -120,10 +120,31 @@ class Endpoint:
         )
 
 
+class AnswerOutcome(Enum):
+    """What became of a decision an insurer answered a push with (§10.6)."""
+
+    RECORDED = "recorded"  # the claim has this decision now (or had it already)
+    CONFLICT = "conflict"  # the claim had another decision: the first stands
+    REFUSED = "refused"  # PostDecision's rules refused it
+    UNRECORDED = "unrecorded"  # the router could not be reached or failed
+
+
+@dataclass(frozen=True)
+class PushAnswer:
+    """The insurer's decision in its answer to a push (protocol §10.6)."""
+
+    transaction_id: str
+    state: int  # iclaim.v1.ClaimState
+    approved_amount_satang: int
+    decision_envelope: str
+    reason_code: str
+
+
 @dataclass(frozen=True)
 class PushResult:
     taken: bool
     error: str = ""  # a PushError value when not taken
+    answer: PushAnswer | None = None  # a decision the insurer answered with (taken only)
 
 
 class StorageUnavailable(Exception):

@@ -1,7 +1,8 @@
 """§10.2 gRPC push: `iclaim.v1.InsurerEndpoint/ReceiveClaim` over TLS verified
 against the insurer's registered CA (or the system roots), with the hub's
 client certificate when the insurer asks for mTLS, signed per §10.1 over the
-exact bytes sent. OK or ALREADY_EXISTS within the timeout means taken."""
+exact bytes sent. OK or ALREADY_EXISTS within the timeout means taken; an OK answer may carry
+the insurer's decision (§10.6)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import grpc
 from iclaim.limits import MAX_REQUEST_BYTES
 from iclaim.v1 import insurer_endpoint_pb2
 from iclaim_hub.common import tracing
+from services.insurer_adapter import push_answer
 from services.insurer_adapter.domain import GRPC_METHOD, MAX_ANSWER_BYTES, PushError, grpc_error
 from services.insurer_adapter.model import Delivery, Endpoint, PushResult
 from services.insurer_adapter.push_auth import signed_headers
@@ -20,7 +22,7 @@ from services.insurer_adapter.pushers import ClientIdentity, ClientPool, claim_d
 
 _TAKEN = frozenset({grpc.StatusCode.OK, grpc.StatusCode.ALREADY_EXISTS})
 _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
-    # Bounded answers: ReceiveClaimResponse is empty.
+    # Bounded answers: at most a decision (§10.6).
     ("grpc.max_receive_message_length", MAX_ANSWER_BYTES),
     ("grpc.max_metadata_size", 16 * 1024),
     ("grpc.max_send_message_length", MAX_REQUEST_BYTES),
@@ -79,7 +81,7 @@ class GrpcPusher:
             # Raw bytes in: the signature covers exactly what goes on the wire.
             call = channel.unary_unary(GRPC_METHOD, request_serializer=_bytes, response_deserializer=_bytes)
             async with asyncio.timeout(self._timeout_s + 1):  # should the deadline itself stall
-                await call(body, timeout=self._timeout_s, metadata=metadata)
+                answer = await call(body, timeout=self._timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as err:
             if err.code() in _TAKEN:
                 return PushResult(True)
@@ -93,7 +95,7 @@ class GrpcPusher:
             return PushResult(False, PushError.GRPC_DEADLINE_EXCEEDED.value)
         except (ValueError, TypeError):  # a target gRPC cannot parse
             return PushResult(False, PushError.ENDPOINT_INVALID.value)
-        return PushResult(True)
+        return push_answer.from_grpc(answer, delivery.transaction_id)
 
     async def close(self) -> None:
         await self._channels.close()

@@ -4,7 +4,8 @@ the system roots), the hub's client certificate when asked, signed per §10.1
 over the raw body with the method line `POST <path>`.
 
 Taken: a 2xx or 409 answer, complete within the timeout, of at most 64 KiB,
-empty or JSON/plain text. Whatever the insurer sends, at most 64 KiB of it is
+empty or JSON/plain text; a 2xx JSON answer may carry the insurer's decision
+(§10.6). Whatever the insurer sends, at most 64 KiB of it is
 read (never an endless body), redirects are not followed (a claim goes only
 where registered), and nothing of its text is kept."""
 
@@ -20,9 +21,11 @@ from google.protobuf import json_format
 from yarl import URL
 
 from iclaim_hub.common import tracing
+from services.insurer_adapter import push_answer
 from services.insurer_adapter.domain import (
     MAX_ANSWER_BYTES,
     PushError,
+    answer_is_json,
     answer_type_ok,
     http_error,
     http_taken,
@@ -99,7 +102,7 @@ class WebhookPusher:
         try:
             session = self._session(endpoint)
             async with asyncio.timeout(self._timeout_s):
-                return await self._post(session, url, body, headers)
+                return await self._post(session, url, body, headers, delivery.transaction_id)
         except TimeoutError:
             return PushResult(False, PushError.TIMEOUT.value)
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError, ssl.SSLError):
@@ -114,7 +117,12 @@ class WebhookPusher:
             return PushResult(False, PushError.CONNECT_FAILED.value)
 
     async def _post(
-        self, session: aiohttp.ClientSession, url: URL, body: bytes, headers: dict[str, str]
+        self,
+        session: aiohttp.ClientSession,
+        url: URL,
+        body: bytes,
+        headers: dict[str, str],
+        transaction_id: str,
     ) -> PushResult:
         async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
             if not http_taken(response.status):
@@ -123,15 +131,20 @@ class WebhookPusher:
             if (response.content_length or 0) > MAX_ANSWER_BYTES:
                 response.close()
                 return PushResult(False, PushError.ANSWER_TOO_LARGE.value)
+            chunks: list[bytes] = []
             received = 0
             while chunk := await response.content.read(MAX_ANSWER_BYTES + 1 - received):
                 received += len(chunk)
+                chunks.append(chunk)
                 if received > MAX_ANSWER_BYTES:
                     response.close()
                     return PushResult(False, PushError.ANSWER_TOO_LARGE.value)
-            if not answer_type_ok(response.headers.get("content-type", ""), received):
+            content_type = response.headers.get("content-type", "")
+            if not answer_type_ok(content_type, received):
                 return PushResult(False, PushError.ANSWER_CONTENT_TYPE.value)
-            return PushResult(True)
+            if response.status == 409 or not answer_is_json(content_type):
+                return push_answer.TAKEN  # a duplicate's answer carries no decision (§10.6)
+            return push_answer.from_json(b"".join(chunks), transaction_id)
 
     async def close(self) -> None:
         await self._sessions.close()

@@ -32,6 +32,7 @@ from services.insurer_adapter.push_webhook import WebhookPusher
 from services.insurer_adapter.push_tracing import TracedPusher
 from services.insurer_adapter.pushers import ByMode, ClientIdentity, Pusher
 from services.insurer_adapter.reporter import Reporter
+from services.insurer_adapter.router_answers import RouterAnswers
 from services.insurer_adapter.router_reports import RouterReports
 from services.insurer_adapter.service import InsurerAdapterServicer
 from services.insurer_adapter.store import PgAdapterStore
@@ -76,11 +77,12 @@ class Config:
                 raise ConfigError(f"delivery {name} must be positive")
         if not 0 < d.backoff.base_s <= d.backoff.max_s:
             raise ConfigError("ICLAIM_DELIVERY_BACKOFF_BASE_S must be positive and <= _MAX_S")
-        if d.lease_s <= max(d.timeout_s + 1, d.report_deadline_s):
-            # A live attempt must never lose its row to another worker.
+        if d.lease_s <= d.timeout_s + 1 + d.report_deadline_s:
+            # A live attempt (the push, then relaying a decision in its answer,
+            # §10.6) must never lose its row to another worker.
             raise ConfigError(
                 "ICLAIM_DELIVERY_LEASE_S must exceed ICLAIM_DELIVERY_TIMEOUT_S + 1 s"
-                f" and the report deadline ({d.report_deadline_s:g} s)"
+                f" + the report deadline ({d.report_deadline_s:g} s)"
             )
         if not 0 < self.endpoint_ttl_s <= MAX_TTL_S:
             raise ConfigError(f"endpoint cache TTL must be within 0..{MAX_TTL_S} s")
@@ -176,6 +178,7 @@ async def build_server(config: Config) -> AdapterApp:
             on_report=reporter.notify,
             reports=router_reports,
             taken_marks=TakenMarks(store, router_reports, reporter.notify, expiry_s=settings.expiry_s),
+            answers=RouterAnswers(channel, settings.report_deadline_s),
         )
         intake = ClaimIntake(store, endpoints, settings.expiry_s, dispatcher, push_s=settings.timeout_s)
         deliveries = DeliveryAdmin(store, settings.expiry_s, reporter.notify)

@@ -69,7 +69,7 @@ async def test_an_adapter_killed_mid_push_loses_nothing(h: Harness, tmp_path: Pa
         "ICLAIM_ADAPTER_ADDR": "127.0.0.1:0",
         "ICLAIM_ADAPTER_METRICS_PORT": "-1",
         "ICLAIM_DELIVERY_TIMEOUT_S": "3",
-        "ICLAIM_DELIVERY_LEASE_S": "6",
+        "ICLAIM_DELIVERY_LEASE_S": "9.5",  # > timeout + 1 s + the 5 s report deadline
         "ICLAIM_DELIVERY_POLL_S": "0.05",
         "ICLAIM_ADMIN_TOKEN": "t" * 40,
     }

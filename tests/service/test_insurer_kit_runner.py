@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+import pytest
 
 from iclaim.insurer.handler import Decision, IncomingClaim
 from iclaim.insurer.inbox import DB_NAME, DECIDED, Inbox
@@ -75,6 +76,7 @@ async def test_grpc_webhook_and_pull_insurers_in_one_process(tmp_path: Path) -> 
             url = f"https://localhost:{running.webhook_port}/insurers/HOOKINS/claims"
             async with s.post(url, data=raw, headers={**headers, "content-type": "application/json"}) as r:
                 assert r.status == 200
+                assert "decision" not in await r.json()
 
         for code, d in (("GRPCINS", by_grpc), ("HOOKINS", by_hook), ("PULLINS", pulled)):
             [posted] = await gateways[code].wait_for(1)
@@ -144,7 +146,12 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-async def test_iclaim_insurer_serve_takes_a_webhook_push_with_a_custom_handler(tmp_path: Path) -> None:
+# --answer-in-push: the hospital's key cannot be looked up (no gateway here), so the
+# decision cannot be sealed in time; the push is still taken and the claim kept.
+@pytest.mark.parametrize("answer_in_push", [False, True], ids=["post", "answer-in-push"])
+async def test_iclaim_insurer_serve_takes_a_webhook_push_with_a_custom_handler(
+    tmp_path: Path, answer_in_push: bool
+) -> None:
     tls = make_tls(tmp_path / "tls")
     path, parties = write_credentials(tmp_path, ["AIA"], tls)
     (tmp_path / "my_rules.py").write_text(
@@ -164,6 +171,7 @@ async def test_iclaim_insurer_serve_takes_a_webhook_push_with_a_custom_handler(t
         "my_rules:decide",
         "--state-dir",
         "kit-state",
+        *(["--answer-in-push"] if answer_in_push else []),
     )
     try:
         assert proc.stderr is not None
@@ -177,6 +185,7 @@ async def test_iclaim_insurer_serve_takes_a_webhook_push_with_a_custom_handler(t
             url = f"https://localhost:{match.group(1)}/iclaim/claims"
             async with s.post(url, data=raw, headers={**headers, "content-type": "application/json"}) as r:
                 assert r.status == 200
+                assert "decision" not in await r.json()
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(asyncio.to_thread(proc.wait), 30) == 0
     finally:

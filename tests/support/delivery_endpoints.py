@@ -1,9 +1,10 @@
 """Insurer endpoints written from docs/protocol.md §10 alone (not the insurer
 kit), for the delivery layer's tests: a gRPC InsurerEndpoint and an HTTPS
 webhook over real TLS from a throwaway CA, each checking the §10.1 signature
-of every push; a server that accepts TCP and never answers; a fake of the
-router's DeliveryReportService; and a harness running insurer_adapter
-in-process against real PostgreSQL."""
+of every push (and able to answer one with a decision, §10.6); a server that
+accepts TCP and never answers; fakes of the router's DeliveryReportService and
+DecisionIntakeService; and a harness running insurer_adapter in-process
+against real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from typing import Any
 import asyncpg
 import grpc
 from aiohttp import web
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from grpc_status import rpc_status
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -31,11 +35,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from iclaim_ops.devstack.stack import free_port
 from iclaim.crypto import signing
+from iclaim.errors import Code, build_status
 from iclaim.limits import CLIENT_OPTIONS
-from iclaim.v1 import insurer_endpoint_pb2
+from iclaim.v1 import claim_service_pb2, insurer_endpoint_pb2, insurer_service_pb2
 from iclaim_hub.common.server import ServeConfig
 from iclaim_hub.crypto.secretbox import SecretBox
 from iclaim_hub.internal.v1 import (
+    decision_intake_pb2,
+    decision_intake_pb2_grpc,
     delivery_report_pb2,
     delivery_report_pb2_grpc,
     insurer_adapter_pb2,
@@ -51,6 +58,28 @@ GRPC_METHOD = "/iclaim.v1.InsurerEndpoint/ReceiveClaim"
 HOSPITAL = "10670"
 ADMIN_TOKEN = "test-admin-token-" + "x" * 32
 WINDOW = (-300, 60)
+
+# §10.6: how an endpoint answers a push with a decision. Given the pushed
+# ClaimDelivery, a PostDecisionRequest (or, for a webhook, any JSON value: the
+# `decision` member as is), or None to answer without one.
+Decide = Callable[[insurer_service_pb2.ClaimDelivery], Any]
+
+
+def approve(
+    amount: int | None = None, *, transaction_id: str | None = None, envelope: str = "dec.env.a.b.c"
+) -> Decide:
+    """A Decide approving every pushed claim: its billed amount unless
+    `amount`; the pushed claim's transaction id unless `transaction_id`."""
+
+    def decide(delivery: insurer_service_pb2.ClaimDelivery) -> insurer_service_pb2.PostDecisionRequest:
+        return insurer_service_pb2.PostDecisionRequest(
+            transaction_id=delivery.transaction_id if transaction_id is None else transaction_id,
+            state=claim_service_pb2.CLAIM_STATE_APPROVED,
+            approved_amount_satang=delivery.billed_amount_satang if amount is None else amount,
+            decision_envelope=envelope,
+        )
+
+    return decide
 
 
 # --- TLS from a throwaway CA ---------------------------------------------------------
@@ -151,6 +180,7 @@ class Received:
     headers: dict[str, str]
     at: float
     answered: bool = True
+    decision: Any = None  # what the answer carried (§10.6), None when nothing
 
 
 class PushVerifier:
@@ -184,7 +214,8 @@ class PushVerifier:
 class GrpcEndpoint:
     """ReceiveClaim over TLS (mTLS when `client_ca` is given). `answer` decides
     the status per push; `hold` lists transaction ids whose FIRST push is
-    recorded and never answered (the hub times out and sends again)."""
+    recorded and never answered (the hub times out and sends again); `decide`,
+    when set, gives each OK answer's decision (§10.6)."""
 
     def __init__(
         self,
@@ -200,6 +231,7 @@ class GrpcEndpoint:
         self.answer = grpc.StatusCode.OK
         self.hold: set[str] = set()
         self.refuse_unverified = True
+        self.decide: Decide | None = None
         self.port = 0
         self._server: grpc.aio.Server | None = None
 
@@ -221,7 +253,11 @@ class GrpcEndpoint:
                 await asyncio.sleep(3600)
             if self.answer not in (grpc.StatusCode.OK,):
                 await context.abort(self.answer, "endpoint says no")
-            return insurer_endpoint_pb2.ReceiveClaimResponse().SerializeToString()
+            decision = self.decide(request.delivery) if self.decide is not None else None
+            if decision is None:
+                return insurer_endpoint_pb2.ReceiveClaimResponse().SerializeToString()
+            record.decision = decision
+            return insurer_endpoint_pb2.ReceiveClaimResponse(decision=decision).SerializeToString()
 
         handler = grpc.method_handlers_generic_handler(
             "iclaim.v1.InsurerEndpoint",
@@ -252,7 +288,9 @@ class WebhookEndpoint:
     """POST <path> over TLS (mTLS when `client_ca` is given). `mode` picks the
     answer: ok (200 JSON), text (200 text/plain), empty (204), conflict (409),
     error (500 HTML), html (200 HTML page), huge (200, 20 MiB with a length),
-    endless (200 chunked, never ends), redirect (302)."""
+    endless (200 chunked, never ends), redirect (302), decision (200 JSON with
+    the `decision` member `decide` gives, in the proto3 JSON mapping, §10.6;
+    as "ok" when it gives None), json (200 JSON: `document`, whatever it is)."""
 
     def __init__(
         self,
@@ -267,6 +305,8 @@ class WebhookEndpoint:
         self.path = path
         self.client_ca = client_ca
         self.mode = "ok"
+        self.decide: Decide | None = None
+        self.document: Any = None
         self.received: list[Received] = []
         self.streamed = 0  # bytes an endless answer managed to write
         self.port = 0
@@ -279,12 +319,26 @@ class WebhookEndpoint:
         txid = ""
         with contextlib.suppress(Exception):
             txid = str(json.loads(body).get("transactionId", ""))
-        self.received.append(Received(txid, client, key_id, ok, body, headers, time.monotonic()))
+        record = Received(txid, client, key_id, ok, body, headers, time.monotonic())
+        self.received.append(record)
         if not ok:
             return web.Response(status=401, text="bad signature")
         mode = self.mode
+        if mode == "decision":
+            delivery = json_format.Parse(
+                body, insurer_service_pb2.ClaimDelivery(), ignore_unknown_fields=True
+            )
+            decision = self.decide(delivery) if self.decide is not None else None
+            if decision is None:
+                return web.json_response({"accepted": True})
+            if isinstance(decision, Message):
+                decision = json_format.MessageToDict(decision)
+            record.decision = decision
+            return web.json_response({"decision": decision})
         if mode == "ok":
             return web.json_response({"accepted": True})
+        if mode == "json":
+            return web.json_response(self.document)
         if mode == "text":
             return web.Response(status=200, text="ok")
         if mode == "empty":
@@ -450,6 +504,41 @@ class FakeReports(delivery_report_pb2_grpc.DeliveryReportServiceServicer):
         ]
 
 
+# --- the router's side of decisions answered to a push (§10.6) ------------------------------
+class FakeDecisions(decision_intake_pb2_grpc.DecisionIntakeServiceServicer):
+    """Records every RecordDecision request; answers `code` (OK by default)
+    and, when not OK, a rich status as the hub's interceptor builds it: an
+    ErrorInfo with `reason` (the code's name when "") in grpc-status-details-bin
+    (a bare status, no details, when `details` is False)."""
+
+    def __init__(self) -> None:
+        self.requests: list[decision_intake_pb2.RecordDecisionRequest] = []
+        self.code = grpc.StatusCode.OK
+        self.reason = ""
+        self.details = True
+
+    def refuse(self, code: grpc.StatusCode, reason: str = "", *, details: bool = True) -> None:
+        """Answers every later call so (OK: records them again)."""
+        self.code, self.reason, self.details = code, reason, details
+
+    async def RecordDecision(self, request: Any, context: Any) -> Any:
+        copy = decision_intake_pb2.RecordDecisionRequest()
+        copy.CopyFrom(request)
+        self.requests.append(copy)
+        code, reason = self.code, self.reason
+        if code != grpc.StatusCode.OK and not self.details:
+            await context.abort(code, "fake router says no")
+        if code != grpc.StatusCode.OK:
+            status = rpc_status.to_status(
+                build_status(Code[code.name], "fake router says no", reason or code.name)
+            )
+            await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
+        return decision_intake_pb2.RecordDecisionResponse()
+
+    def of(self, transaction_id: str) -> list[decision_intake_pb2.RecordDecisionRequest]:
+        return [r for r in self.requests if r.transaction_id == transaction_id]
+
+
 # --- the harness -----------------------------------------------------------------------
 FAST = DeliverySettings(
     max_inflight=16,
@@ -457,7 +546,7 @@ FAST = DeliverySettings(
     backoff=Backoff(base_s=0.05, max_s=0.2),
     expiry_s=3600.0,
     timeout_s=2.0,
-    lease_s=5.0,
+    lease_s=6.0,  # > timeout + 1 + report deadline
     poll_s=0.05,
     report_deadline_s=2.0,
 )
@@ -473,6 +562,7 @@ class Harness:
     master_key: bytes
     folder: Path
     ca: TestCA
+    decisions: FakeDecisions = field(default_factory=FakeDecisions)
     apps: list[AdapterApp] = field(default_factory=list)
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     endpoints: list[GrpcEndpoint | WebhookEndpoint | SilentServer] = field(default_factory=list)
@@ -626,8 +716,10 @@ async def wait_for(
 @contextlib.asynccontextmanager
 async def delivery_harness(database_url: str, folder: Path) -> AsyncIterator[Harness]:
     reports = FakeReports()
+    decisions = FakeDecisions()
     server = grpc.aio.server()
     delivery_report_pb2_grpc.add_DeliveryReportServiceServicer_to_server(reports, server)
+    decision_intake_pb2_grpc.add_DecisionIntakeServiceServicer_to_server(decisions, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
@@ -635,7 +727,9 @@ async def delivery_harness(database_url: str, folder: Path) -> AsyncIterator[Har
     registry = RegistryStore(pool, SecretBox(master_key))
     await registry.migrate()
     await registry.upsert_principal(Principal(HOSPITAL, "hospital", "Test hospital"))
-    h = Harness(database_url, pool, registry, reports, port, master_key, folder, TestCA(folder / "ca"))
+    h = Harness(
+        database_url, pool, registry, reports, port, master_key, folder, TestCA(folder / "ca"), decisions
+    )
     try:
         yield h
     finally:

@@ -6,7 +6,8 @@ is checked before anything is parsed. One server can host many insurers; the
 `x-iclaim-key-id` of the push (the insurer's endpoint key) says which.
 
 Answers: OK once the delivery is durably in the inbox (also for a duplicate:
-"taken"); UNAUTHENTICATED with ErrorInfo reason (BAD_SIGNATURE, TIMESTAMP_SKEW
+"taken"), with the decision when the kit answers in the push (§10.6);
+UNAUTHENTICATED with ErrorInfo reason (BAD_SIGNATURE, TIMESTAMP_SKEW
 + trailer x-iclaim-server-time, NONCE_REUSED, UNKNOWN_KEY, ...);
 INVALID_ARGUMENT DELIVERY_INVALID; RESOURCE_EXHAUSTED (INBOX_FULL,
 NONCE_CACHE_FULL); UNAVAILABLE (INBOX_UNAVAILABLE). Never UNKNOWN.
@@ -38,7 +39,7 @@ SERVICE = "iclaim.v1.InsurerEndpoint"
 MAX_CONCURRENT_RPCS = 1024
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
-    ("grpc.max_send_message_length", 64 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024),  # the hub reads at most 64 KiB (§10.6)
     # Never share a port silently with another process.
     ("grpc.so_reuseport", 0),
 ]
@@ -72,13 +73,13 @@ class ReceiveClaim:
                 raise InvalidArgument(
                     "request is not a ReceiveClaimRequest", reason=DELIVERY_INVALID
                 ) from None
-            await self._intake.store(code, delivery)
+            _, decision = await self._intake.take(code, delivery)
         except IclaimError as err:
             await _abort(context, err)
         except Exception as exc:  # noqa: BLE001 (a bug must be retryable for the hub, never UNKNOWN)
             log.warning("insurer kit: ReceiveClaim failed (%s)", type(exc).__name__)
             await _abort(context, Unavailable("receiver error", reason="RECEIVER_ERROR"))
-        return epb.ReceiveClaimResponse()
+        return epb.ReceiveClaimResponse(decision=decision)
 
 
 def endpoint_handler(intake: Intake) -> grpc.GenericRpcHandler:

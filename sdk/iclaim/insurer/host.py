@@ -12,7 +12,7 @@ from typing import Any
 from iclaim.errors import Unavailable
 from iclaim.insurer.credentials import InsurerCredentials
 from iclaim.insurer.handler import ClaimHandler
-from iclaim.insurer.inbox import Inbox
+from iclaim.insurer.inbox import Inbox, PutResult, StagedPost
 from iclaim.insurer.intake import Intake, Taken, store_many
 from iclaim.insurer.verify import PushVerifier, keys_of
 from iclaim.insurer.worker import InsurerGateway, Worker
@@ -117,7 +117,14 @@ class InsurerHost:
         if missing:
             raise ValueError(f"no endpoint key for {missing}: needed to verify pushes")
         verifier = PushVerifier(keys_of(insurers), **verifier_options)
-        return Intake(verifier, lambda: self.inbox, lambda code, txid: self.worker.submit(code, txid))
+        # From the options, not the worker: a webhook app builds its intake before it starts.
+        answer = self._answer if self._worker_options.get("answer_in_push") else None
+        return Intake(verifier, lambda: self.inbox, lambda code, txid: self.worker.submit(code, txid), answer)
+
+    async def _answer(
+        self, insurer_code: str, delivery: ipb.ClaimDelivery
+    ) -> tuple[PutResult, StagedPost | None]:
+        return await self.worker.answer(insurer_code, delivery)
 
     async def take_pulled(self, insurer_code: str, deliveries: Sequence[ipb.ClaimDelivery]) -> list[Taken]:
         """A pulled batch (each checked by the caller): stored like pushes (no

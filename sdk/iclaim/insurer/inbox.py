@@ -11,6 +11,13 @@ never waits on the disk.
 States: received -> (reviewing: PENDING_REVIEW posted, final decision due)
 -> decided | failed (the kit gave up; logged with a reason). A decided row
 keeps only its key (for deduplication) and is purged after `retention_s`.
+
+A claim answered in the push itself (§10.6) is put decided at once, keeping
+its sealed decision staged: the hub pushes a claim again only if it did not
+record that answer, and then the row reopens (received, due now) so the
+worker posts the same decision with PostDecision and learns the hub's reason.
+That staged decision is dropped after `answer_keep_s` (well past the hub's
+24 h delivery expiry).
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ DEFAULT_MAX_UNDECIDED = 100_000
 # How long a decided transaction_id is remembered for deduplication: well past
 # the hub's 24 h delivery expiry.
 DEFAULT_RETENTION_S = 30 * 24 * 3600.0
+# How long a claim answered in the push keeps its staged decision, in case the
+# hub pushes it again (it does so only within its delivery expiry, 24 h).
+DEFAULT_ANSWER_KEEP_S = 2 * 24 * 3600.0
 # Rows just put, kept in memory for the worker's first look (Inbox._fresh).
 FRESH_MAX = 1024
 
@@ -77,11 +87,15 @@ CREATE TABLE IF NOT EXISTS staged_posts (
 """
 
 T = TypeVar("T")
+_HAS_STAGED = "SELECT 1 FROM staged_posts WHERE insurer_code = ? AND transaction_id = ? LIMIT 1"
 
 
 class PutResult(enum.Enum):
     NEW = "new"
     DUPLICATE = "duplicate"
+    # A claim answered in its push, pushed again: the hub did not record the
+    # answer, so the row is open again and the worker posts the decision.
+    REOPENED = "reopened"
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,7 @@ class Inbox:
         *,
         max_undecided: int = DEFAULT_MAX_UNDECIDED,
         retention_s: float = DEFAULT_RETENTION_S,
+        answer_keep_s: float = DEFAULT_ANSWER_KEEP_S,
         clock: Callable[[], float] = time.time,
         synchronous: str = "FULL",
     ) -> None:
@@ -122,6 +137,7 @@ class Inbox:
         self.path = Path(path)
         self.max_undecided = max_undecided
         self.retention_s = retention_s
+        self.answer_keep_s = min(answer_keep_s, retention_s)
         self._clock = clock
         self._lock = threading.Lock()
         # One thread of its own: calls are serialised by the lock anyway, and a
@@ -228,17 +244,22 @@ class Inbox:
             db = self._conn()
             results: list[PutResult | None] = []
             added: list[tuple[str, bytes]] = []
+            reopened = 0
             now = self._clock()
             db.execute("BEGIN IMMEDIATE")
             try:
                 for transaction_id, blob in rows:
                     exists = db.execute(
-                        "SELECT 1 FROM deliveries WHERE insurer_code = ? AND transaction_id = ?",
+                        "SELECT state FROM deliveries WHERE insurer_code = ? AND transaction_id = ?",
                         (insurer_code, transaction_id),
                     ).fetchone()
                     if exists:
-                        results.append(PutResult.DUPLICATE)
-                    elif self._undecided + len(added) >= self.max_undecided:
+                        if self._reopen_answered(db, insurer_code, transaction_id, exists[0], blob, now):
+                            reopened += 1
+                            results.append(PutResult.REOPENED)
+                        else:
+                            results.append(PutResult.DUPLICATE)
+                    elif self._undecided + len(added) + reopened >= self.max_undecided:
                         results.append(None)
                     else:
                         db.execute(
@@ -253,7 +274,7 @@ class Inbox:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
-            self._undecided += len(added)
+            self._undecided += len(added) + reopened
             with self._fresh_lock:
                 for transaction_id, blob in added:
                     if len(self._fresh) >= FRESH_MAX:
@@ -262,6 +283,68 @@ class Inbox:
             return results
 
         return await self._run(put_many)
+
+    @staticmethod
+    def _reopen_answered(
+        db: sqlite3.Connection, insurer_code: str, transaction_id: str, state: str, blob: bytes, now: float
+    ) -> bool:
+        """A decided row that still has a staged decision was answered in its
+        push: pushed again, it is due now with the delivery as pushed."""
+        key = (insurer_code, transaction_id)
+        if state != DECIDED or not db.execute(_HAS_STAGED, key).fetchone():
+            return False
+        db.execute(
+            "UPDATE deliveries SET state = ?, delivery = ?, next_attempt_at = 0, last_error = '',"
+            " updated_at = ? WHERE insurer_code = ? AND transaction_id = ?",
+            (RECEIVED, blob, now, *key),
+        )
+        return True
+
+    async def put_with_posts(
+        self, insurer_code: str, delivery: ipb.ClaimDelivery, posts: Sequence[StagedPost], *, answered: bool
+    ) -> PutResult:
+        """Records a new delivery and its decision, already asked of the
+        handler and sealed, in one commit: decided if the push answers with it
+        (§10.6), else received for the worker to post. A delivery stored
+        already is left as it is (DUPLICATE; REOPENED as `put` would)."""
+        blob = delivery.SerializeToString()
+        key = (insurer_code, delivery.transaction_id)
+
+        def put_with_posts() -> PutResult:
+            db = self._conn()
+            now = self._clock()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                exists = db.execute(
+                    "SELECT state FROM deliveries WHERE insurer_code = ? AND transaction_id = ?", key
+                ).fetchone()
+                if exists:
+                    result = (
+                        PutResult.REOPENED
+                        if self._reopen_answered(db, *key, exists[0], blob, now)
+                        else PutResult.DUPLICATE
+                    )
+                elif not answered and self._undecided >= self.max_undecided:
+                    db.execute("ROLLBACK")
+                    raise ResourceExhausted("inbox is full", reason="INBOX_FULL")
+                else:
+                    db.execute(
+                        "INSERT INTO deliveries (insurer_code, transaction_id, delivery, state,"
+                        " received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        (*key, b"" if answered else blob, DECIDED if answered else RECEIVED, now, now),
+                    )
+                    self._insert_posts(db, insurer_code, delivery.transaction_id, posts)
+                    result = PutResult.NEW
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            if result is PutResult.REOPENED or (result is PutResult.NEW and not answered):
+                self._undecided += 1
+            return result
+
+        return await self._run(put_with_posts)
 
     async def _read(self, sql: str, params: Sequence[object]) -> list[Any]:
         """The rows of one query, read in the inbox's thread."""
@@ -383,25 +466,31 @@ class Inbox:
                     "DELETE FROM staged_posts WHERE insurer_code = ? AND transaction_id = ?",
                     (insurer_code, transaction_id),
                 )
-                db.executemany(
-                    "INSERT INTO staged_posts (insurer_code, transaction_id, step, state,"
-                    " approved_satang, reason_code, delay_s, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            insurer_code,
-                            transaction_id,
-                            p.step,
-                            p.state,
-                            p.approved_satang,
-                            p.reason_code,
-                            p.delay_s,
-                            p.envelope,
-                        )
-                        for p in posts
-                    ],
-                )
+                self._insert_posts(db, insurer_code, transaction_id, posts)
 
         await self._run(stage)
+
+    @staticmethod
+    def _insert_posts(
+        db: sqlite3.Connection, insurer_code: str, transaction_id: str, posts: Sequence[StagedPost]
+    ) -> None:
+        db.executemany(
+            "INSERT INTO staged_posts (insurer_code, transaction_id, step, state,"
+            " approved_satang, reason_code, delay_s, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    insurer_code,
+                    transaction_id,
+                    p.step,
+                    p.state,
+                    p.approved_satang,
+                    p.reason_code,
+                    p.delay_s,
+                    p.envelope,
+                )
+                for p in posts
+            ],
+        )
 
     async def staged(self, insurer_code: str, transaction_id: str) -> list[StagedPost]:
         return self._posts(await self._read(self._STAGED, (insurer_code, transaction_id)))
@@ -447,10 +536,20 @@ class Inbox:
         """Forgets closed rows older than the retention; returns how many."""
 
         def purge() -> int:
-            cur = self._conn().execute(
-                "DELETE FROM deliveries WHERE state IN (?, ?) AND updated_at < ?",
-                (DECIDED, FAILED, self._clock() - self.retention_s),
-            )
+            db = self._conn()
+            now = self._clock()
+            with db:
+                db.execute("BEGIN")
+                # Decisions answered in their push, kept in case of a second push.
+                db.execute(
+                    "DELETE FROM staged_posts WHERE (insurer_code, transaction_id) IN (SELECT"
+                    " insurer_code, transaction_id FROM deliveries WHERE state = ? AND updated_at < ?)",
+                    (DECIDED, now - self.answer_keep_s),
+                )
+                cur = db.execute(
+                    "DELETE FROM deliveries WHERE state IN (?, ?) AND updated_at < ?",
+                    (DECIDED, FAILED, now - self.retention_s),
+                )
             return int(cur.rowcount)
 
         return await self._run(purge)

@@ -1,5 +1,6 @@
 """Taking a delivery: verify the push (§10.1) over the raw bytes, then parse,
-check, store durably, and hand it to the worker. Shared by the gRPC and the
+check, store durably, and hand it to the worker (or, answering in the push,
+§10.6, let the worker decide it first). Shared by the gRPC and the
 webhook receivers; the pull loop skips verification (the gateway channel is
 authenticated) but stores the same way.
 
@@ -10,13 +11,13 @@ its transport (gRPC status / HTTP status).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from iclaim.crypto.envelope import MAX_ENVELOPE_BYTES
 from iclaim.crypto.signing import CLIENT_RE
 from iclaim.errors import InvalidArgument, ResourceExhausted, Unauthenticated
-from iclaim.insurer.inbox import Inbox, PutResult
+from iclaim.insurer.inbox import Inbox, PutResult, StagedPost
 from iclaim.insurer.verify import NONCE_CACHE_FULL, PushRejected, PushVerifier, auth_headers
 from iclaim.v1 import insurer_service_pb2 as ipb
 
@@ -47,16 +48,30 @@ def check_delivery(d: ipb.ClaimDelivery) -> None:
         raise InvalidArgument("delivery is incomplete or malformed", reason=DELIVERY_INVALID)
 
 
+def answer_message(transaction_id: str, post: StagedPost) -> ipb.PostDecisionRequest:
+    """A decision to answer a push with (§10.6): PostDecision's fields."""
+    return ipb.PostDecisionRequest(
+        transaction_id=transaction_id,
+        state=post.state,  # type: ignore[arg-type]  # a ClaimState value
+        approved_amount_satang=post.approved_satang,
+        decision_envelope=post.envelope,
+        reason_code=post.reason_code,
+    )
+
+
 class Intake:
     def __init__(
         self,
         verifier: PushVerifier,
         inbox: Callable[[], Inbox],
         on_new: Callable[[str, str], None],
+        answer: Callable[[str, ipb.ClaimDelivery], Awaitable[tuple[PutResult, StagedPost | None]]]
+        | None = None,
     ) -> None:
         self._verifier = verifier
         self._inbox = inbox
         self._on_new = on_new
+        self._answer = answer
 
     def verify(
         self,
@@ -78,6 +93,18 @@ class Intake:
 
     async def store(self, insurer_code: str, delivery: ipb.ClaimDelivery) -> Taken:
         return await store(self._inbox(), self._on_new, insurer_code, delivery)
+
+    async def take(
+        self, insurer_code: str, delivery: ipb.ClaimDelivery
+    ) -> tuple[PutResult, ipb.PostDecisionRequest | None]:
+        """A push's delivery stored durably; with answering in the push on
+        (§10.6), also the decision to answer with when the handler gave a
+        final one at once (stored decided in the same commit)."""
+        if self._answer is None:
+            return (await self.store(insurer_code, delivery)).result, None
+        check_delivery(delivery)
+        result, post = await self._answer(insurer_code, delivery)
+        return result, None if post is None else answer_message(delivery.transaction_id, post)
 
 
 async def store(
@@ -102,7 +129,7 @@ async def store_many(
     results = await inbox.put_many(insurer_code, deliveries)
     taken = [Taken(insurer_code, d.transaction_id, r) for d, r in zip(deliveries, results, strict=True) if r]
     for t in taken:
-        if t.result is PutResult.NEW:
+        if t.result in (PutResult.NEW, PutResult.REOPENED):
             on_new(insurer_code, t.transaction_id)
     if len(taken) < len(deliveries):
         raise ResourceExhausted("inbox is full", reason="INBOX_FULL")

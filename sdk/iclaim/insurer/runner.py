@@ -116,9 +116,10 @@ async def serve(
     *,
     clients: Mapping[str, InsurerGateway] | None = None,
     on_ready: Callable[[Running], None] | None = None,
+    host_options: Mapping[str, Any] | None = None,
 ) -> None:
     """Runs `plan` until `stop` is set."""
-    running = await start(plan, handlers, state_dir, clients=clients)
+    running = await start(plan, handlers, state_dir, clients=clients, host_options=host_options)
     try:
         if on_ready is not None:
             on_ready(running)

@@ -122,14 +122,16 @@ class _Receiver:
             lines.append(f"POST {path}?{request.rel_url.raw_query_string}")
         try:
             self._intake.verify(lines, body, request.headers.items(), insurer_code=code)
-            taken = await self._intake.store(code, _parse(body))
+            result, decision = await self._intake.take(code, _parse(body))
         except IclaimError as err:
             return _answer(_HTTP_STATUS.get(err.code, 503), reason=err.reason)
         except Exception as exc:  # noqa: BLE001 (a bug is a retryable refusal, not a 500 page)
             log.warning("insurer kit: webhook failed (%s)", type(exc).__name__)
             return _answer(503, reason="RECEIVER_ERROR")
-        if taken.result is PutResult.DUPLICATE:
+        if result is not PutResult.NEW:  # a duplicate; one answered before is reopened
             return _answer(409, result="duplicate")
+        if decision is not None:  # §10.6: the decision in the answer
+            return web.json_response({"result": "taken", "decision": json_format.MessageToDict(decision)})
         return _answer(200, result="taken")
 
 

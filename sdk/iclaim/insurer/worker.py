@@ -42,7 +42,7 @@ from iclaim.insurer.handler import (
     ClaimHandler,
     Decision,
 )
-from iclaim.insurer.inbox import DECIDED, FAILED, OPEN_STATES, REVIEWING, Inbox, StagedPost
+from iclaim.insurer.inbox import DECIDED, FAILED, OPEN_STATES, REVIEWING, Inbox, PutResult, StagedPost
 from iclaim.insurer.opening import InvalidDocument, open_claim
 from iclaim.v1 import insurer_service_pb2 as ipb
 
@@ -63,6 +63,12 @@ BACKOFF_CAP_S = 60.0
 # long (a rotation is announced ahead, and the previous key stays accepted).
 HOSPITAL_KEY_TTL_S = 5.0
 PURGE_INTERVAL_S = 3600.0
+# Answering a push with its decision (§10.6): the handler, the hospital's key
+# and the seal get this long, well within the hub's 10 s push timeout; past
+# it the claim is only stored, and the worker asks the handler again.
+ANSWER_BUDGET_S = 3.0
+# The hub reads at most 64 KiB of an answer; a bigger decision is posted.
+MAX_ANSWER_ENVELOPE = 60 * 1024
 
 
 class InsurerGateway(Protocol):
@@ -161,6 +167,7 @@ class Worker:
         *,
         max_active: int = DEFAULT_MAX_ACTIVE,
         scan_interval_s: float = SCAN_INTERVAL_S,
+        answer_in_push: bool = False,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
@@ -174,6 +181,7 @@ class Worker:
         self.clients = dict(clients)
         self.max_active = max_active
         self.scan_interval_s = scan_interval_s
+        self.answer_in_push = answer_in_push  # receivers call answer() for pushes (InsurerHost.intake)
         self._sleep = sleep
         self._monotonic = monotonic
         self._rand = rand
@@ -206,6 +214,51 @@ class Worker:
             self._wake.set()
 
         task.add_done_callback(done)
+
+    async def answer(
+        self, insurer_code: str, delivery: ipb.ClaimDelivery
+    ) -> tuple[PutResult, StagedPost | None]:
+        """Takes a pushed delivery (checked, verified) and, if its decision is
+        final and due at once, returns it to answer the push with (§10.6),
+        stored decided in the same commit. Otherwise the delivery is stored for
+        the worker: with its decision staged when the handler gave one (the
+        handler is asked once), without when it failed or overran the budget."""
+        code, tid = insurer_code, delivery.transaction_id
+        if await self.inbox.state_of(code, tid) is not None:
+            return await self._put_plain(code, delivery), None  # pushed again
+        try:
+            async with asyncio.timeout(ANSWER_BUDGET_S):
+                posts = await self._prepare(code, delivery)
+        except (_Retry, _GiveUp, TimeoutError) as exc:
+            reason = exc.reason if isinstance(exc, (_Retry, _GiveUp)) else "ANSWER_BUDGET"
+            log.info("insurer kit: %s %s not answered in the push (%s)", code, tid, reason)
+            return await self._put_plain(code, delivery), None
+        answered = (
+            len(posts) == 1
+            and posts[0].state != PENDING_REVIEW
+            and posts[0].delay_s == 0
+            and len(posts[0].envelope) <= MAX_ANSWER_ENVELOPE
+        )
+        result = await self.inbox.put_with_posts(code, delivery, posts, answered=answered)
+        if result is PutResult.NEW and answered:
+            return result, posts[0]
+        if result in (PutResult.NEW, PutResult.REOPENED):
+            self.submit(code, tid)
+        return result, None
+
+    async def _put_plain(self, code: str, delivery: ipb.ClaimDelivery) -> PutResult:
+        result = await self.inbox.put(code, delivery)
+        if result in (PutResult.NEW, PutResult.REOPENED):
+            self.submit(code, delivery.transaction_id)
+        return result
+
+    async def _prepare(self, code: str, delivery: ipb.ClaimDelivery) -> list[StagedPost]:
+        """The decision's steps, each sealed: the handler asked, not stored."""
+        posts = [
+            StagedPost(i, step.state, step.approved_satang, step.reason_code, step.delay_s)
+            for i, step in enumerate(await self._steps(code, delivery))
+        ]
+        return [replace(p, envelope=await self._seal(code, delivery, p)) for p in posts]
 
     async def run(self, stop: asyncio.Event) -> None:
         """Scans the inbox for due rows until `stop`; then cancels what runs
