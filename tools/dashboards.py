@@ -155,6 +155,11 @@ OVERVIEW = build(
                     "reqps",
                 ),
                 Panel(
+                    "Decisions answered in pushes (§10.6) by outcome",
+                    [Query(_rate("iclaim_delivery_push_answers_total", "outcome"), "{{outcome}}")],
+                    "reqps",
+                ),
+                Panel(
                     "Push latency p99 by insurer",
                     [
                         Query(
