@@ -200,13 +200,15 @@ async def bench_claims(
                     echo_concurrency,
                 )
         peak = max((r["claims_per_s"] for r in claims["closed_loop"].values()), default=0.0)
-        if open_s > 0 and peak > 0:
-            rate = OPEN_LOOP_SHARE * peak
+        # BENCH_OPEN_RATE: a fixed arrival rate instead, to compare trees at one load.
+        fixed = float(os.environ.get("BENCH_OPEN_RATE", "0"))
+        if open_s > 0 and (peak > 0 or fixed > 0):
+            rate = fixed or OPEN_LOOP_SHARE * peak
             claims["open_loop"] = await _beside_echo(
                 measured("open", str(creds), f"{rate:.2f}", str(open_s), secrets.token_hex(3)),
                 echo_concurrency,
             )
-            claims["open_loop"]["share_of_peak"] = OPEN_LOOP_SHARE
+            claims["open_loop"]["share_of_peak"] = round(rate / peak, 3) if peak else None
         if isolation > 0:
             claims["isolation"] = await bench_isolation(
                 measured,

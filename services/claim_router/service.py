@@ -116,6 +116,16 @@ class DecisionIntakeServicer(Serves[ClaimRouter], decision_intake_pb2_grpc.Decis
             stored = await self.use_cases.record_decision(decision)
         return decision_intake_pb2.RecordDecisionResponse(claim=mappers.claim_to_proto(stored))
 
+    async def RecordPushAnswers(
+        self, request: decision_intake_pb2.RecordPushAnswersRequest, context: Ctx
+    ) -> decision_intake_pb2.RecordPushAnswersResponse:
+        refused = await self.use_cases.record_push_answers(
+            [mappers.decision_request_of(a, a.insurer_code) for a in request.answers]
+        )
+        return decision_intake_pb2.RecordPushAnswersResponse(
+            refused=[decision_intake_pb2.RefusedAnswer(index=i, reason=reason) for i, reason in refused]
+        )
+
 
 class ClaimSettlementServicer(Serves[ClaimRouter], decision_intake_pb2_grpc.ClaimSettlementServiceServicer):
     """Billing tells us when a claim has nothing left due, and reads the

@@ -532,6 +532,16 @@ class ClaimRouter:
     async def _decide_claim(
         self, d: domain.DecisionInput, rec: ClaimRecord, cached: bool, route: str
     ) -> ClaimRecord:
+        await self._check_decision(d, rec)
+        mutate = _decision(d, route)
+        stored = await self.store.transition(d.transaction_id, mutate, rec, cached=cached)
+        assert stored is not None  # claims are never deleted
+        _count_decided(stored)
+        return stored
+
+    async def _check_decision(self, d: domain.DecisionInput, rec: ClaimRecord) -> None:
+        """What a decision must satisfy whatever the claim's state: its shape
+        against the billed amount, its envelope's header against the claim."""
         domain.validate_decision_shape(d, rec.billed_amount_satang)
         if d.decision_envelope:
             hospital = await self.directory.get(rec.hospital_code)
@@ -546,37 +556,57 @@ class ClaimRouter:
                 key_grace_s=self.key_grace_s,
             )
 
-        def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
-            if domain.decision_matches(
-                cur.state, cur.approved_amount_satang, cur.decision_envelope, cur.status_reason, d
-            ):
-                return None, []
-            if cur.state not in domain.OPEN_STATES:
-                raise FailedPrecondition(
-                    f"claim is already {cur.state.name}; a different decision cannot replace it",
-                    reason="DECISION_CONFLICT",
-                )
-            now = datetime.now(UTC)
-            new = cur.with_changes(
-                state=d.state,
-                approved_amount_satang=d.approved_amount_satang,
-                decision_envelope=d.decision_envelope,
-                status_reason=d.reason_code,
-                decided_at=now if d.state in domain.DECIDED_STATES else None,
-                updated_at=now,
-                # An insurer deciding has taken the claim. Noted here, the push's
-                # ReportTaken, often still on its way, finds nothing to write.
-                taken_at=cur.taken_at or now,
-                handed_off_at=cur.handed_off_at or now,
+    async def record_push_answers(self, reqs: Sequence[DecisionRequest]) -> list[tuple[int, str]]:
+        """record_push_answer for each, in one commit (the adapter sends those
+        that came in while its previous call was in flight). Returns those
+        refused as (index, reason), as record_push_answer would refuse them;
+        the rest are recorded. An outage is raised (the adapter counts them
+        all unrecorded: the claims are pushed again)."""
+        if len(reqs) > MAX_REPORTS_PER_CALL:
+            raise InvalidArgument(
+                f"at most {MAX_REPORTS_PER_CALL} answers per call", reason="TOO_MANY_ANSWERS"
             )
-            return new, state_change_events(new, actor=d.insurer_code, route=route)
+        refused: list[tuple[int, str]] = []
+        checked: dict[str, tuple[int, domain.DecisionInput]] = {}
+        for i, req in enumerate(reqs):
+            try:
+                domain.check_transaction_id(req.transaction_id)
+                d = domain.DecisionInput(
+                    transaction_id=req.transaction_id,
+                    insurer_code=req.insurer_code,
+                    state=domain.postable_state_of(req.state),
+                    approved_amount_satang=req.approved_amount_satang,
+                    decision_envelope=req.decision_envelope,
+                    reason_code=req.reason_code,
+                )
+                if d.transaction_id in checked:
+                    raise InvalidArgument("one answer per claim and call", reason="TRANSACTION_REPEATED")
+                rec = self.store.recent(d.transaction_id) or await self.store.get(d.transaction_id)
+                if rec is None or rec.insurer_code != d.insurer_code:
+                    raise NotFound("claim not found", reason="CLAIM_NOT_FOUND")
+                await self._check_decision(d, rec)
+            except IclaimError as exc:
+                refused.append((i, exc.reason))
+                continue
+            checked[d.transaction_id] = (i, d)
+        conflicts: set[str] = set()
+        decide = {tid: _decision(d, ROUTE_PUSH_ANSWER) for tid, (_, d) in checked.items()}
 
-        stored = await self.store.transition(d.transaction_id, mutate, rec, cached=cached)
-        assert stored is not None  # claims are never deleted
-        if stored.state in domain.DECIDED_STATES and stored.decided_at is not None:
-            CLAIM_OUTCOMES.labels(stored.state.name).inc()
-            DECISION_LATENCY.observe((stored.decided_at - stored.submitted_at).total_seconds())
-        return stored
+        def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
+            conflicts.discard(cur.transaction_id)  # what the last run found (a retried one may differ)
+            try:
+                return decide[cur.transaction_id](cur)
+            except FailedPrecondition:
+                conflicts.add(cur.transaction_id)
+                return None, []
+
+        stored = await self.store.transition_many(list(checked), mutate)
+        for tid, (i, _) in checked.items():
+            if tid in conflicts:
+                refused.append((i, "DECISION_CONFLICT"))
+            elif tid in stored:
+                _count_decided(stored[tid])
+        return sorted(refused)
 
     # --- the delivery layer's reports (§10.2-10.4) -------------------------------------
 
@@ -746,3 +776,41 @@ def _new_claim(req: SubmitRequest, insurer: Principal) -> ClaimRecord:
         updated_at=now,
         traceparent=tracing.current_traceparent(),
     )
+
+
+def _decision(d: domain.DecisionInput, route: str) -> Mutation:
+    """The claim with decision `d`: None for the same decision again (a
+    no-op); FailedPrecondition DECISION_CONFLICT once it has another one."""
+
+    def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
+        if domain.decision_matches(
+            cur.state, cur.approved_amount_satang, cur.decision_envelope, cur.status_reason, d
+        ):
+            return None, []
+        if cur.state not in domain.OPEN_STATES:
+            raise FailedPrecondition(
+                f"claim is already {cur.state.name}; a different decision cannot replace it",
+                reason="DECISION_CONFLICT",
+            )
+        now = datetime.now(UTC)
+        new = cur.with_changes(
+            state=d.state,
+            approved_amount_satang=d.approved_amount_satang,
+            decision_envelope=d.decision_envelope,
+            status_reason=d.reason_code,
+            decided_at=now if d.state in domain.DECIDED_STATES else None,
+            updated_at=now,
+            # An insurer deciding has taken the claim. Noted here, the push's
+            # ReportTaken, often still on its way, finds nothing to write.
+            taken_at=cur.taken_at or now,
+            handed_off_at=cur.handed_off_at or now,
+        )
+        return new, state_change_events(new, actor=d.insurer_code, route=route)
+
+    return mutate
+
+
+def _count_decided(stored: ClaimRecord) -> None:
+    if stored.state in domain.DECIDED_STATES and stored.decided_at is not None:
+        CLAIM_OUTCOMES.labels(stored.state.name).inc()
+        DECISION_LATENCY.observe((stored.decided_at - stored.submitted_at).total_seconds())

@@ -32,6 +32,7 @@ from services.insurer_adapter.push_webhook import WebhookPusher
 from services.insurer_adapter.push_tracing import TracedPusher
 from services.insurer_adapter.pushers import ByMode, ClientIdentity, Pusher
 from services.insurer_adapter.reporter import Reporter
+from services.insurer_adapter.answer_batches import BatchedAnswers
 from services.insurer_adapter.router_answers import RouterAnswers
 from services.insurer_adapter.router_reports import RouterReports
 from services.insurer_adapter.service import InsurerAdapterServicer
@@ -178,7 +179,10 @@ async def build_server(config: Config) -> AdapterApp:
             on_report=reporter.notify,
             reports=router_reports,
             taken_marks=TakenMarks(store, router_reports, reporter.notify, expiry_s=settings.expiry_s),
-            answers=RouterAnswers(channel, settings.report_deadline_s),
+            answers=BatchedAnswers(
+                RouterAnswers(channel, settings.report_deadline_s),
+                traced=tracing.enabled,
+            ),
         )
         intake = ClaimIntake(store, endpoints, settings.expiry_s, dispatcher, push_s=settings.timeout_s)
         deliveries = DeliveryAdmin(store, settings.expiry_s, reporter.notify)

@@ -12,6 +12,8 @@ once the push has ended: see test_delivery_push_first.py)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,31 @@ async def test_grpc_answer_with_a_decision_is_recorded_and_the_push_taken(
         recorded.reason_code,
     ) == (txid, state, amount, ENVELOPE, reason)
     assert _moved(before, code) == {"recorded": 1}
+
+
+async def test_answers_arriving_together_reach_the_router_in_batches(h: Harness) -> None:
+    """Untraced pushes' answers go through RecordPushAnswers (one router commit
+    a call), every answer once; how many share a call depends on timing (see
+    tests/unit/test_answer_batches.py)."""
+    endpoint = await h.grpc_endpoint("ANSBATCH")
+    endpoint.decide = _decide(claim_service_pb2.CLAIM_STATE_APPROVED, 150_000, "")
+    stub = await h.start_adapter()
+    txids = await asyncio.gather(*(_deliver(h, stub, "ANSBATCH", push_first=False) for _ in range(12)))
+    await wait_for(lambda: sorted(h.reports.acked("taken")) == sorted(txids), what="taken reports")
+    assert sorted(r.transaction_id for r in h.decisions.requests) == sorted(txids)
+    assert sum(h.decisions.batches) == len(txids)  # none went through the single call
+
+
+async def test_a_router_without_the_batch_call_gets_them_one_by_one(h: Harness) -> None:
+    """A rolling upgrade: the adapter is new, the router not yet."""
+    h.decisions.batch_unimplemented = True
+    endpoint = await h.grpc_endpoint("ANSOLD")
+    endpoint.decide = _decide(claim_service_pb2.CLAIM_STATE_APPROVED, 150_000, "")
+    stub = await h.start_adapter()
+    txids = await h.deliver(stub, "ANSOLD", 3)
+    await wait_for(lambda: sorted(h.reports.acked("taken")) == sorted(txids), what="taken reports")
+    assert sorted(r.transaction_id for r in h.decisions.requests) == sorted(txids)
+    assert h.decisions.batches == []
 
 
 async def test_webhook_json_answer_with_a_decision_is_recorded_and_the_push_taken(h: Harness) -> None:

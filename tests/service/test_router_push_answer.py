@@ -115,3 +115,67 @@ async def test_a_push_answer_after_another_decision_is_a_conflict(env: Env) -> N
         await env.intake.RecordDecision(denied)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert reason_of(err.value) == "DECISION_CONFLICT"
+
+
+async def test_a_batch_of_push_answers_is_recorded_in_one_call_each_refused_by_index(env: Env) -> None:
+    """RecordPushAnswers: what the adapter sends when answers pile up. Each is
+    judged as RecordDecision would judge it; the good ones are recorded."""
+    claims = [await submit(env, H1, "AIA", f"PB-{n}", 12_345) for n in range(4)]
+    for c in claims:
+        await wait_handed_off(env, c.transaction_id)
+    good, paid, other_insurer, decided = (c.transaction_id for c in claims)
+    # `decided` has another decision already: the first stands.
+    await env.intake.RecordDecision(
+        _answer(
+            env,
+            decided,
+            "PB-3",
+            state=S.CLAIM_STATE_DENIED,
+            approved_amount_satang=0,
+            decision_envelope=env.decision(H1, "AIA", "PB-3", 0),
+            reason_code="POLICY_NOT_FOUND",
+        )
+    )
+    request = decision_intake_pb2.RecordPushAnswersRequest(
+        answers=[
+            _answer(env, good, "PB-0"),
+            _answer(env, paid, "PB-1", state=S.CLAIM_STATE_PAID),
+            _answer(env, other_insurer, "PB-2", insurer_code="MTL"),
+            _answer(env, decided, "PB-3"),
+            _answer(env, good, "PB-0"),  # the same claim twice in one call
+        ]
+    )
+    reply = await env.intake.RecordPushAnswers(request)
+    refused = {r.index: r.reason for r in reply.refused}
+    assert refused == {
+        1: "DECISION_STATE_INVALID",
+        2: "CLAIM_NOT_FOUND",
+        3: "DECISION_CONFLICT",
+        4: "TRANSACTION_REPEATED",
+    }
+
+    async def state(txid: str) -> int:
+        claim = await env.claims.GetClaim(pb.GetClaimRequest(transaction_id=txid), metadata=env.md(H1))
+        return int(claim.state)
+
+    assert await state(good) == S.CLAIM_STATE_APPROVED
+    assert await state(paid) == S.CLAIM_STATE_RECEIVED
+    assert await state(other_insurer) == S.CLAIM_STATE_RECEIVED
+    assert await state(decided) == S.CLAIM_STATE_DENIED
+    approved = [e for e in await _audited(env, good) if e.outcome_reason == "CLAIM_STATE_APPROVED"]
+    assert [(e.origin_principal, e.route) for e in approved] == [("AIA", PUSH_ANSWER_ROUTE)]
+    # The same batch again: the recorded one is a no-op now, not a conflict.
+    again = await env.intake.RecordPushAnswers(
+        decision_intake_pb2.RecordPushAnswersRequest(answers=[request.answers[0]])
+    )
+    assert list(again.refused) == []
+
+
+async def test_a_batch_over_the_limit_is_refused_whole(env: Env) -> None:
+    answer = _answer(env, "txn_" + "0" * 28, "PB-X")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.intake.RecordPushAnswers(
+            decision_intake_pb2.RecordPushAnswersRequest(answers=[answer] * 501)
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason_of(err.value) == "TOO_MANY_ANSWERS"

@@ -513,6 +513,8 @@ class FakeDecisions(decision_intake_pb2_grpc.DecisionIntakeServiceServicer):
 
     def __init__(self) -> None:
         self.requests: list[decision_intake_pb2.RecordDecisionRequest] = []
+        self.batches: list[int] = []  # answers per RecordPushAnswers call
+        self.batch_unimplemented = False
         self.code = grpc.StatusCode.OK
         self.reason = ""
         self.details = True
@@ -534,6 +536,32 @@ class FakeDecisions(decision_intake_pb2_grpc.DecisionIntakeServiceServicer):
             )
             await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
         return decision_intake_pb2.RecordDecisionResponse()
+
+    async def RecordPushAnswers(self, request: Any, context: Any) -> Any:
+        """Each answer recorded as a RecordDecision; a refusal by `refuse` is
+        per answer (listed with its reason) for the codes the router refuses
+        an answer with, and fails the whole call for any other (an outage)."""
+        if self.batch_unimplemented:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "a router of the previous release")
+        code, reason = self.code, self.reason
+        self.batches.append(len(request.answers))
+        per_answer = code in (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.OUT_OF_RANGE,
+        )
+        for answer in request.answers:
+            copy = decision_intake_pb2.RecordDecisionRequest()
+            copy.CopyFrom(answer)
+            self.requests.append(copy)
+        if code != grpc.StatusCode.OK and not per_answer:
+            await context.abort(code, "fake router says no")
+        refused = [
+            decision_intake_pb2.RefusedAnswer(index=i, reason=reason if self.details else "")
+            for i in range(len(request.answers) if per_answer else 0)
+        ]
+        return decision_intake_pb2.RecordPushAnswersResponse(refused=refused)
 
     def of(self, transaction_id: str) -> list[decision_intake_pb2.RecordDecisionRequest]:
         return [r for r in self.requests if r.transaction_id == transaction_id]

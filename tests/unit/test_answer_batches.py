@@ -1,0 +1,119 @@
+"""The adapter's relay of decisions answered in pushes (§10.6), batched with
+no timer: the first goes alone at once, those that arrive while a call is in
+flight go together next; a traced push's answer goes alone through the single
+call; whatever goes wrong, every waiter gets an outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from services.insurer_adapter.answer_batches import BatchedAnswers
+from services.insurer_adapter.model import AnswerOutcome, PushAnswer
+
+
+def _answer(n: int) -> PushAnswer:
+    return PushAnswer(f"txn_{n:028x}", 4, 100_00, "e.n.v.e.l", "")
+
+
+class Sink:
+    """Holds each record_many call until the test releases it."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.singles: list[str] = []
+        self.release = asyncio.Event()
+        self.outcome = AnswerOutcome.RECORDED
+        self.fail: Exception | None = None
+        self.short = False
+
+    async def record(self, insurer_code: str, answer: PushAnswer) -> AnswerOutcome:
+        self.singles.append(answer.transaction_id)
+        return AnswerOutcome.RECORDED
+
+    async def record_many(self, answers: Sequence[tuple[str, PushAnswer]]) -> list[AnswerOutcome]:
+        self.batches.append([a.transaction_id for _, a in answers])
+        await self.release.wait()
+        if self.fail is not None:
+            raise self.fail
+        return [self.outcome] * (len(answers) - (1 if self.short else 0))
+
+
+async def _until(predicate: object) -> None:
+    for _ in range(500):
+        if predicate():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition not reached")
+
+
+async def test_the_first_goes_alone_and_those_arriving_meanwhile_go_together() -> None:
+    sink = Sink()
+    batched = BatchedAnswers(sink, traced=lambda: False)
+    first = asyncio.create_task(batched.record("AIA", _answer(0)))
+    await _until(lambda: len(sink.batches) == 1)
+    rest = [asyncio.create_task(batched.record("AIA", _answer(n))) for n in range(1, 5)]
+    await asyncio.sleep(0.01)
+    assert len(sink.batches) == 1  # nothing sent while the first call is in flight
+    sink.release.set()
+    assert await first == AnswerOutcome.RECORDED
+    assert await asyncio.gather(*rest) == [AnswerOutcome.RECORDED] * 4
+    assert sink.batches == [[_answer(0).transaction_id], [_answer(n).transaction_id for n in range(1, 5)]]
+
+
+async def test_a_batch_is_capped_and_the_rest_follow() -> None:
+    sink = Sink()
+    sink.release.set()
+    batched = BatchedAnswers(sink, traced=lambda: False, max_batch=3)
+    outcomes = await asyncio.gather(*(batched.record("AIA", _answer(n)) for n in range(7)))
+    assert outcomes == [AnswerOutcome.RECORDED] * 7
+    assert [len(b) for b in sink.batches] == [3, 3, 1]
+
+
+async def test_a_traced_push_answer_goes_alone_through_the_single_call() -> None:
+    sink = Sink()
+    batched = BatchedAnswers(sink, traced=lambda: True)
+    assert await batched.record("AIA", _answer(1)) == AnswerOutcome.RECORDED
+    assert sink.singles == [_answer(1).transaction_id] and sink.batches == []
+
+
+@pytest.mark.parametrize("trouble", ["raises", "short answer"])
+async def test_a_failing_or_garbled_batch_is_unrecorded_for_everyone(trouble: str) -> None:
+    sink = Sink()
+    sink.release.set()
+    if trouble == "raises":
+        sink.fail = RuntimeError("boom")
+    else:
+        sink.short = True
+    batched = BatchedAnswers(sink, traced=lambda: False)
+    outcomes = await asyncio.gather(*(batched.record("AIA", _answer(n)) for n in range(3)))
+    assert outcomes == [AnswerOutcome.UNRECORDED] * 3
+    sink.fail, sink.short = None, False  # the next one is sent afresh
+    assert await batched.record("AIA", _answer(9)) == AnswerOutcome.RECORDED
+
+
+async def test_waiters_learn_nothing_was_recorded_when_the_sender_is_cancelled() -> None:
+    sink = Sink()
+    batched = BatchedAnswers(sink, traced=lambda: False)
+    first = asyncio.create_task(batched.record("AIA", _answer(0)))
+    await _until(lambda: len(sink.batches) == 1)
+    second = asyncio.create_task(batched.record("AIA", _answer(1)))
+    await asyncio.sleep(0)
+    assert batched._sender is not None
+    batched._sender.cancel()
+    assert await first == AnswerOutcome.UNRECORDED
+    assert await second == AnswerOutcome.UNRECORDED
+
+
+async def test_a_cancelled_push_does_not_cancel_the_batch() -> None:
+    sink = Sink()
+    batched = BatchedAnswers(sink, traced=lambda: False)
+    first = asyncio.create_task(batched.record("AIA", _answer(0)))
+    second = asyncio.create_task(batched.record("AIA", _answer(1)))
+    await _until(lambda: len(sink.batches) == 1)
+    first.cancel()
+    sink.release.set()
+    assert await second == AnswerOutcome.RECORDED
+    assert sink.batches == [[_answer(0).transaction_id, _answer(1).transaction_id]]
