@@ -20,6 +20,8 @@ INSURER_RE = re.compile(r"^[A-Z0-9_]{2,16}$")
 _HOSPITAL = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 FAILURE_THRESHOLD = 5  # §10.5: consecutive failed pushes before DOWN
+# §10.6: a webhook push says the hub takes a decision in the answer (gRPC: a request field).
+ACCEPTS_DECISION_HEADER = "x-iclaim-accepts-decision"
 MAX_ANSWER_BYTES = 64 * 1024  # §10 / issue: read at most this much of any answer
 # The reserved client code of the clearinghouse's push signatures (§10.1).
 PUSH_CLIENT = "ICLAIM"

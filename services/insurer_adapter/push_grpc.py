@@ -70,7 +70,10 @@ class GrpcPusher:
         refused = unconfigured_identity(endpoint, self._identity)
         if refused is not None or endpoint.key is None:
             return refused or PushResult(False, PushError.INTERNAL.value)
-        body = insurer_endpoint_pb2.ReceiveClaimRequest(delivery=claim_delivery(delivery)).SerializeToString()
+        # accepts_decision: this hub takes a decision in the answer (§10.6).
+        body = insurer_endpoint_pb2.ReceiveClaimRequest(
+            delivery=claim_delivery(delivery), accepts_decision=True
+        ).SerializeToString()
         # traceparent is not signed: it only names the trace the insurer may continue.
         metadata = signed_headers(endpoint.key, GRPC_METHOD, body) + tracing.outgoing_headers()
         try:

@@ -23,6 +23,7 @@ from yarl import URL
 from iclaim_hub.common import tracing
 from services.insurer_adapter import push_answer
 from services.insurer_adapter.domain import (
+    ACCEPTS_DECISION_HEADER,
     MAX_ANSWER_BYTES,
     PushError,
     answer_is_json,
@@ -96,6 +97,7 @@ class WebhookPusher:
             "content-type": "application/json",
             "accept": "application/json",
             "accept-encoding": "identity",
+            ACCEPTS_DECISION_HEADER: "true",  # this hub takes a decision in the answer (§10.6)
             **dict(signed_headers(endpoint.key, method_line(url), body)),
             **dict(tracing.outgoing_headers()),  # not signed: only names the trace
         }

@@ -23,7 +23,7 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from iclaim.v1 import claim_service_pb2, insurer_service_pb2
+from iclaim.v1 import claim_service_pb2, insurer_endpoint_pb2, insurer_service_pb2
 from iclaim_hub.internal.v1 import insurer_adapter_pb2_grpc
 from tests.support.delivery_endpoints import (
     Decide,
@@ -141,6 +141,8 @@ async def test_grpc_answer_with_a_decision_is_recorded_and_the_push_taken(
     assert row["attempts"] == 1 and row["last_error"] is None
     [push] = endpoint.received  # pushed once
     assert push.verified and push.decision is not None
+    # The hub says, inside the signed request, that it takes a decision in the answer.
+    assert insurer_endpoint_pb2.ReceiveClaimRequest.FromString(push.body).accepts_decision
 
     [recorded] = h.decisions.requests
     assert recorded.push_answer is True
@@ -201,6 +203,7 @@ async def test_webhook_json_answer_with_a_decision_is_recorded_and_the_push_take
     assert row["attempts"] == 1 and row["last_error"] is None
     [push] = endpoint.received
     assert push.verified and push.decision is not None
+    assert push.headers["x-iclaim-accepts-decision"] == "true"  # the hub says it takes one
 
     [recorded] = h.decisions.requests
     assert recorded.push_answer is True and recorded.insurer_code == "ANSW"

@@ -85,21 +85,24 @@ class Kit:
     def inbox(self) -> Inbox:
         return self.running.host.inbox
 
-    async def push_grpc(self, d: ipb.ClaimDelivery) -> epb.ReceiveClaimResponse:
-        """One signed push (a fresh nonce each time, as the hub's retries have)."""
+    async def push_grpc(self, d: ipb.ClaimDelivery, *, accepts: bool = True) -> epb.ReceiveClaimResponse:
+        """One signed push (a fresh nonce each time, as the hub's retries have);
+        `accepts`: the hub says it takes a decision in the answer."""
         assert self.channel is not None
-        body = epb.ReceiveClaimRequest(delivery=d).SerializeToString()
+        body = epb.ReceiveClaimRequest(delivery=d, accepts_decision=accepts).SerializeToString()
         method = self.channel.unary_unary(
             GRPC_METHOD, request_serializer=None, response_deserializer=epb.ReceiveClaimResponse.FromString
         )
         headers = push_headers(self.party.creds, GRPC_METHOD, body)
         return await method(body, metadata=tuple(headers.items()), timeout=10)  # OK, or raises
 
-    async def push_webhook(self, d: ipb.ClaimDelivery) -> tuple[int, dict[str, Any]]:
+    async def push_webhook(self, d: ipb.ClaimDelivery, *, accepts: bool = True) -> tuple[int, dict[str, Any]]:
         assert self.session is not None and self.running.webhook_port is not None
         path = f"/insurers/{CODE}/claims"
         body = delivery_json(d)
         headers = {**push_headers(self.party.creds, f"POST {path}", body), "content-type": "application/json"}
+        if accepts:
+            headers["x-iclaim-accepts-decision"] = "true"
         url = f"https://localhost:{self.running.webhook_port}{path}"
         async with self.session.post(url, data=body, headers=headers) as resp:
             return resp.status, await resp.json(content_type=None)
@@ -367,3 +370,28 @@ async def test_an_answered_push_is_one_inbox_commit(tmp_path: Path) -> None:
         ]
     finally:
         await inbox.close()
+
+
+# --- a hub that does not say it takes a decision (an earlier release) --------------------
+@pytest.mark.parametrize("webhook", [False, True], ids=["grpc", "webhook"])
+async def test_a_push_from_a_hub_that_takes_no_decision_is_not_answered_with_one(
+    tmp_path: Path, webhook: bool
+) -> None:
+    """Such a hub would drop the decision and count the claim taken: the kit
+    stores the claim and posts the decision, as without answering in the push."""
+    async with served(tmp_path, webhook=webhook) as kit:
+        d = delivery(kit.party)
+        if webhook:
+            status, answer = await kit.push_webhook(d, accepts=False)
+            assert status == 200 and "decision" not in answer
+        else:
+            response = await kit.push_grpc(d, accepts=False)
+            assert not response.HasField("decision")
+        [posted] = await kit.gateway.wait_for(1)
+        assert posted.transaction_id == d.transaction_id
+
+        async def decided() -> bool:
+            return await kit.state(d.transaction_id) == DECIDED
+
+        await eventually(decided, "the row decided")
+        assert kit.rules.calls == 1

@@ -68,12 +68,14 @@ class ReceiveClaim:
         try:
             code = self._intake.verify((GRPC_METHOD,), request, context.invocation_metadata() or ())
             try:
-                delivery = epb.ReceiveClaimRequest.FromString(request).delivery
+                received = epb.ReceiveClaimRequest.FromString(request)
             except DecodeError:
                 raise InvalidArgument(
                     "request is not a ReceiveClaimRequest", reason=DELIVERY_INVALID
                 ) from None
-            _, decision = await self._intake.take(code, delivery)
+            _, decision = await self._intake.take(
+                code, received.delivery, accepts_decision=received.accepts_decision
+            )
         except IclaimError as err:
             await _abort(context, err)
         except Exception as exc:  # noqa: BLE001 (a bug must be retryable for the hub, never UNKNOWN)

@@ -22,6 +22,9 @@ from iclaim.insurer.verify import NONCE_CACHE_FULL, PushRejected, PushVerifier, 
 from iclaim.v1 import insurer_service_pb2 as ipb
 
 DELIVERY_INVALID = "DELIVERY_INVALID"
+# §10.6: a webhook push that says the hub takes a decision in the answer
+# (a gRPC push says so in ReceiveClaimRequest.accepts_decision).
+ACCEPTS_DECISION_HEADER = "x-iclaim-accepts-decision"
 # Lenient on purpose: the hub's id format is its own business; this only keeps
 # ids short and printable (they are logged and used as keys).
 TRANSACTION_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -95,12 +98,13 @@ class Intake:
         return await store(self._inbox(), self._on_new, insurer_code, delivery)
 
     async def take(
-        self, insurer_code: str, delivery: ipb.ClaimDelivery
+        self, insurer_code: str, delivery: ipb.ClaimDelivery, *, accepts_decision: bool
     ) -> tuple[PutResult, ipb.PostDecisionRequest | None]:
         """A push's delivery stored durably; with answering in the push on
-        (§10.6), also the decision to answer with when the handler gave a
-        final one at once (stored decided in the same commit)."""
-        if self._answer is None:
+        (§10.6) and a push that says the hub takes a decision in the answer,
+        also the decision to answer with when the handler gave a final one at
+        once (stored decided in the same commit)."""
+        if self._answer is None or not accepts_decision:
             return (await self.store(insurer_code, delivery)).result, None
         check_delivery(delivery)
         result, post = await self._answer(insurer_code, delivery)

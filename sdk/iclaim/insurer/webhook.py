@@ -29,7 +29,7 @@ from iclaim.errors import Code, IclaimError, InvalidArgument
 from iclaim.insurer.credentials import InsurerCredentials
 from iclaim.insurer.host import Handlers, InsurerHost
 from iclaim.insurer.inbox import PutResult
-from iclaim.insurer.intake import DELIVERY_INVALID, Intake
+from iclaim.insurer.intake import ACCEPTS_DECISION_HEADER, DELIVERY_INVALID, Intake
 from iclaim.insurer.tls import server_tls, ssl_server_context
 from iclaim.insurer.worker import InsurerGateway
 from iclaim.limits import MAX_REQUEST_BYTES
@@ -122,7 +122,8 @@ class _Receiver:
             lines.append(f"POST {path}?{request.rel_url.raw_query_string}")
         try:
             self._intake.verify(lines, body, request.headers.items(), insurer_code=code)
-            result, decision = await self._intake.take(code, _parse(body))
+            accepts = request.headers.get(ACCEPTS_DECISION_HEADER, "").strip().lower() == "true"
+            result, decision = await self._intake.take(code, _parse(body), accepts_decision=accepts)
         except IclaimError as err:
             return _answer(_HTTP_STATUS.get(err.code, 503), reason=err.reason)
         except Exception as exc:  # noqa: BLE001 (a bug is a retryable refusal, not a 500 page)
