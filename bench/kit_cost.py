@@ -8,7 +8,9 @@ Per claim: inbox.put (as a push does) then Worker.process. Prints CPU µs per
 claim (time.process_time: every thread, so the inbox's sqlite thread counts)
 and wall µs, split by stage. The split wraps the names the worker calls, so
 each stage's figure includes the event loop's work for that call (for the
-inbox: the thread handoff). Env BENCH_KIT_LOOP=uvloop runs on uvloop.
+inbox: the thread handoff). Env BENCH_KIT_LOOP=uvloop runs on uvloop;
+BENCH_KIT_ANSWER=1 takes each claim as a push answered with its decision
+(protocol §10.6: Worker.answer, one inbox commit, no PostDecision) instead.
 """
 
 from __future__ import annotations
@@ -146,13 +148,13 @@ def _instrument(meter: Meter) -> None:
     for name, stage in stages.items():
         if hasattr(worker_mod, name):
             setattr(worker_mod, name, meter.sync(stage, getattr(worker_mod, name)))
-    for name in ("get", "staged", "stage", "mark", "put", "state_of", "load"):
+    for name in ("get", "staged", "stage", "mark", "put", "state_of", "load", "put_with_posts"):
         fn = getattr(Inbox, name, None)
         if fn is not None:
             setattr(Inbox, name, meter.coro(f"inbox.{name}", fn))
 
 
-async def _run(n: int) -> dict[str, Any]:
+async def _run(n: int, answer: bool = False) -> dict[str, Any]:
     meter = Meter()
     _instrument(meter)
     with tempfile.TemporaryDirectory(prefix="kit-cost-") as tmp:
@@ -173,12 +175,21 @@ async def _run(n: int) -> dict[str, Any]:
                     meter.on = True
                     cpu0 = time.process_time()
                 w0 = time.perf_counter()
-                await inbox.put(INSURER, d)
-                state = await worker.process(INSURER, d.transaction_id)
+                if answer:
+                    _, post = await worker.answer(INSURER, d)
+                    if post is None:
+                        raise SystemExit(f"claim {i} was not answered in the push")
+                    gateway.posted.append(post.envelope)  # what the push's answer carries
+                    state = DECIDED  # stored decided with the answer (counted below)
+                else:
+                    await inbox.put(INSURER, d)
+                    state = await worker.process(INSURER, d.transaction_id)
                 walls.append(time.perf_counter() - w0)
                 if state != DECIDED:
                     raise SystemExit(f"claim {i} ended {state!r}, not decided")
             cpu = time.process_time() - cpu0
+            if (await inbox.counts()).get(DECIDED) != len(deliveries):
+                raise SystemExit("not every claim ended decided")
         finally:
             await worker.close()
             await inbox.close()
@@ -195,15 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     n = int(args[0]) if args else int(os.environ.get("BENCH_KIT_CLAIMS", "1000"))
     loop = os.environ.get("BENCH_KIT_LOOP", "asyncio")
+    answer = os.environ.get("BENCH_KIT_ANSWER", "") == "1"
     if loop == "uvloop":
         import uvloop
 
-        result = uvloop.run(_run(n))
+        result = uvloop.run(_run(n, answer))
     else:
-        result = asyncio.run(_run(n))
+        result = asyncio.run(_run(n, answer))
     us = 1e6 / n
     total = result["cpu"] * us
-    print(f"insurer kit, {n} claims, one in flight, loop={loop}")
+    mode = "answered in the push" if answer else "posted"
+    print(f"insurer kit, {n} claims, one in flight, loop={loop}, decisions {mode}")
     print(f"  CPU per decided claim     {total:8.0f} µs")
     stages = result["stages"]
     inbox = {k: v * us for k, v in stages.items() if k.startswith("inbox.")}
