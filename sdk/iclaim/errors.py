@@ -8,7 +8,7 @@ Handlers never call context.set_code themselves.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import enum
 
@@ -136,6 +136,19 @@ def error_info_of(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | No
     return None
 
 
+def reason_in_trailers(trailing: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The ErrorInfo reason of a call's grpc-status-details-bin trailer; "" when
+    there is none or it is garbled (a peer's bad trailer is just no reason)."""
+    for key, value in trailing or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            try:
+                info = error_info_of(status_pb2.Status.FromString(value))
+            except Exception:  # noqa: BLE001
+                return ""
+            return str(info.reason) if info is not None else ""
+    return ""
+
+
 __all__ = [
     "DOMAIN",
     "AlreadyExists",
@@ -153,4 +166,5 @@ __all__ = [
     "Unavailable",
     "build_status",
     "error_info_of",
+    "reason_in_trailers",
 ]

@@ -23,7 +23,7 @@ from iclaim_hub.internal.v1 import (
     delivery_report_pb2_grpc,
 )
 from services.claim_router import mappers
-from services.claim_router.usecases import ClaimRouter
+from services.claim_router.usecases import ROUTE_PUSH_ANSWER, ClaimRouter
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
@@ -110,8 +110,8 @@ class DecisionIntakeServicer(Serves[ClaimRouter], decision_intake_pb2_grpc.Decis
         self, request: decision_intake_pb2.RecordDecisionRequest, context: Ctx
     ) -> decision_intake_pb2.RecordDecisionResponse:
         decision = mappers.decision_request_of(request, request.insurer_code)
-        if request.push_answer:
-            stored = await self.use_cases.record_push_answer(decision)
+        if request.push_answer:  # the insurer's own decision, answered to a push (§10.6)
+            stored = await self.use_cases.post_decision(decision, route=ROUTE_PUSH_ANSWER)
         else:
             stored = await self.use_cases.record_decision(decision)
         return decision_intake_pb2.RecordDecisionResponse(claim=mappers.claim_to_proto(stored))

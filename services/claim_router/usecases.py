@@ -488,32 +488,20 @@ class ClaimRouter:
             del self._pull_recorded[insurer_code]  # not written: the next pull tries again
             raise
 
-    async def post_decision(self, req: DecisionRequest) -> ClaimRecord:
-        """An insurer's own PostDecision: a malformed id or a state it may not
-        post is refused before any lookup."""
+    async def post_decision(self, req: DecisionRequest, *, route: str = ROUTE_DECISION) -> ClaimRecord:
+        """An insurer's own PostDecision, or its decision in the answer to a
+        push (§10.6, relayed by the adapter; `route` ROUTE_PUSH_ANSWER): a
+        malformed id or a state it may not post is refused before any lookup."""
         domain.check_transaction_id(req.transaction_id)
-        return await self._decide(req, domain.postable_state_of(req.state))
+        return await self._decide(req, domain.postable_state_of(req.state), route)
 
     async def record_decision(self, req: DecisionRequest) -> ClaimRecord:
         """A decision relayed by the insurer adapter."""
         return await self._decide(req, domain.state_or_unspecified(req.state))
 
-    async def record_push_answer(self, req: DecisionRequest) -> ClaimRecord:
-        """The insurer's decision in its answer to a push (§10.6), relayed by
-        the insurer adapter: PostDecision's rules, audited as the answer's."""
-        domain.check_transaction_id(req.transaction_id)
-        return await self._decide(req, domain.postable_state_of(req.state), route=ROUTE_PUSH_ANSWER)
-
     async def _decide(self, req: DecisionRequest, state: State, route: str = ROUTE_DECISION) -> ClaimRecord:
         """Decided at most once; the same decision again is a no-op."""
-        d = domain.DecisionInput(
-            transaction_id=req.transaction_id,
-            insurer_code=req.insurer_code,
-            state=state,
-            approved_amount_satang=req.approved_amount_satang,
-            decision_envelope=req.decision_envelope,
-            reason_code=req.reason_code,
-        )
+        d = _decision_input(req, state)
         domain.check_transaction_id(d.transaction_id)
         # Usually the claim this replica stored moments ago: what is checked
         # here never changes; its state is checked again by the write.
@@ -557,9 +545,9 @@ class ClaimRouter:
             )
 
     async def record_push_answers(self, reqs: Sequence[DecisionRequest]) -> list[tuple[int, str]]:
-        """record_push_answer for each, in one commit (the adapter sends those
+        """post_decision(route=ROUTE_PUSH_ANSWER) for each, in one commit (the adapter sends those
         that came in while its previous call was in flight). Returns those
-        refused as (index, reason), as record_push_answer would refuse them;
+        refused as (index, reason), as post_decision would refuse them;
         the rest are recorded. An outage is raised (the adapter counts them
         all unrecorded: the claims are pushed again)."""
         if len(reqs) > MAX_REPORTS_PER_CALL:
@@ -571,14 +559,7 @@ class ClaimRouter:
         for i, req in enumerate(reqs):
             try:
                 domain.check_transaction_id(req.transaction_id)
-                d = domain.DecisionInput(
-                    transaction_id=req.transaction_id,
-                    insurer_code=req.insurer_code,
-                    state=domain.postable_state_of(req.state),
-                    approved_amount_satang=req.approved_amount_satang,
-                    decision_envelope=req.decision_envelope,
-                    reason_code=req.reason_code,
-                )
+                d = _decision_input(req, domain.postable_state_of(req.state))
                 if d.transaction_id in checked:
                     raise InvalidArgument("one answer per claim and call", reason="TRANSACTION_REPEATED")
                 rec = self.store.recent(d.transaction_id) or await self.store.get(d.transaction_id)
@@ -775,6 +756,17 @@ def _new_claim(req: SubmitRequest, insurer: Principal) -> ClaimRecord:
         decided_at=None,
         updated_at=now,
         traceparent=tracing.current_traceparent(),
+    )
+
+
+def _decision_input(req: DecisionRequest, state: State) -> domain.DecisionInput:
+    return domain.DecisionInput(
+        transaction_id=req.transaction_id,
+        insurer_code=req.insurer_code,
+        state=state,
+        approved_amount_satang=req.approved_amount_satang,
+        decision_envelope=req.decision_envelope,
+        reason_code=req.reason_code,
     )
 
 

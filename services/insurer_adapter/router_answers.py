@@ -8,9 +8,8 @@ import asyncio
 from collections.abc import Sequence
 
 import grpc
-from google.rpc import status_pb2
 
-from iclaim.errors import error_info_of
+from iclaim.errors import reason_in_trailers
 from iclaim_hub.internal.v1 import decision_intake_pb2, decision_intake_pb2_grpc
 from services.insurer_adapter.model import AnswerOutcome, PushAnswer
 
@@ -30,17 +29,6 @@ MAX_PER_CALL = 500
 
 def _refusal(reason: str) -> AnswerOutcome:
     return AnswerOutcome.CONFLICT if reason == "DECISION_CONFLICT" else AnswerOutcome.REFUSED
-
-
-def _reason(err: grpc.aio.AioRpcError) -> str:
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            try:
-                info = error_info_of(status_pb2.Status.FromString(value))
-            except Exception:  # noqa: BLE001 - a garbled trailer is no reason
-                return ""
-            return str(info.reason) if info is not None else ""
-    return ""
 
 
 def _request(insurer_code: str, answer: PushAnswer) -> decision_intake_pb2.RecordDecisionRequest:
@@ -94,7 +82,10 @@ class RouterAnswers:
         try:
             await self._stub.RecordDecision(request, timeout=self._deadline_s)
         except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.FAILED_PRECONDITION and _reason(err) == "DECISION_CONFLICT":
+            if (
+                err.code() == grpc.StatusCode.FAILED_PRECONDITION
+                and reason_in_trailers(err.trailing_metadata()) == "DECISION_CONFLICT"
+            ):
                 return AnswerOutcome.CONFLICT
             return AnswerOutcome.REFUSED if err.code() in _REFUSALS else AnswerOutcome.UNRECORDED
         except asyncio.CancelledError:

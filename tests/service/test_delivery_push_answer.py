@@ -101,6 +101,23 @@ async def _failed_with(h: Harness, txid: str, error: str) -> asyncpg.Record:
     return row
 
 
+async def _taken_at_first_push(h: Harness, code: str) -> str:
+    """One claim delivered to `code`, once its first push is taken and reported."""
+    stub = await h.start_adapter()
+    [txid] = await h.deliver(stub, code)
+    row = await h.taken_row(txid)
+    await wait_for(lambda: h.reports.acked("taken") == [txid], what="the taken report")
+    assert row["attempts"] == 1 and row["last_error"] is None
+    return txid
+
+
+async def _taken_later(h: Harness, txid: str) -> None:
+    """The claim taken by a later push, and reported."""
+    row = await h.taken_row(txid)
+    await wait_for(lambda: h.reports.acked("taken") == [txid], what="the taken report")
+    assert row["last_error"] is None and row["attempts"] >= 2
+
+
 def _decided(endpoint: GrpcEndpoint | WebhookEndpoint) -> int:
     """Pushes the endpoint answered with a decision."""
     return sum(1 for r in endpoint.received if r.decision is not None)
@@ -133,12 +150,7 @@ async def test_grpc_answer_with_a_decision_is_recorded_and_the_push_taken(
     endpoint = await h.grpc_endpoint(code)
     endpoint.decide = _decide(state, amount, reason)
     before = _answer_counts(code)
-    stub = await h.start_adapter()
-    [txid] = await h.deliver(stub, code)
-
-    row = await h.taken_row(txid)
-    await wait_for(lambda: h.reports.acked("taken") == [txid], what="the taken report")
-    assert row["attempts"] == 1 and row["last_error"] is None
+    txid = await _taken_at_first_push(h, code)
     [push] = endpoint.received  # pushed once
     assert push.verified and push.decision is not None
     # The hub says, inside the signed request, that it takes a decision in the answer.
@@ -195,12 +207,7 @@ async def test_webhook_json_answer_with_a_decision_is_recorded_and_the_push_take
         "reasonCode": "",
     }
     before = _answer_counts("ANSW")
-    stub = await h.start_adapter()
-    [txid] = await h.deliver(stub, "ANSW")
-
-    row = await h.taken_row(txid)
-    await wait_for(lambda: h.reports.acked("taken") == [txid], what="the taken report")
-    assert row["attempts"] == 1 and row["last_error"] is None
+    txid = await _taken_at_first_push(h, "ANSW")
     [push] = endpoint.received
     assert push.verified and push.decision is not None
     assert push.headers["x-iclaim-accepts-decision"] == "true"  # the hub says it takes one
@@ -267,9 +274,7 @@ async def test_a_refused_decision_leaves_the_claim_untaken_and_it_is_pushed_agai
     # The insurer, finding the claim answered already, takes it plainly (and
     # would post its decision with PostDecision, whose answer says why not).
     endpoint.decide = None
-    row = await h.taken_row(txid)
-    await wait_for(lambda: h.reports.acked("taken") == [txid], what="the taken report")
-    assert row["last_error"] is None and row["attempts"] >= 2
+    await _taken_later(h, txid)
     assert len(endpoint.received) >= 2 and endpoint.received[-1].decision is None
     assert endpoint.taken_ids() == [txid] * len(endpoint.received)
     # Every decision answered was relayed once, and each refusal counted.
@@ -283,12 +288,7 @@ async def test_a_conflicting_decision_still_counts_the_push_taken(h: Harness) ->
     endpoint.decide = approve(envelope=ENVELOPE)
     h.decisions.refuse(grpc.StatusCode.FAILED_PRECONDITION, "DECISION_CONFLICT")
     before = _answer_counts("CONFL")
-    stub = await h.start_adapter()
-    [txid] = await h.deliver(stub, "CONFL")
-
-    row = await h.taken_row(txid)
-    await wait_for(lambda: h.reports.acked("taken") == [txid], what="the taken report")
-    assert row["attempts"] == 1 and row["last_error"] is None
+    txid = await _taken_at_first_push(h, "CONFL")
     assert len(endpoint.received) == 1  # pushed once only
     [recorded] = h.decisions.requests
     assert recorded.transaction_id == txid and recorded.push_answer
@@ -335,9 +335,7 @@ async def test_a_decision_the_router_could_not_record_is_pushed_again(h: Harness
 
     # The router is back: the next push's decision is recorded, and it is taken.
     h.decisions.refuse(grpc.StatusCode.OK)
-    row = await h.taken_row(txid)
-    await wait_for(lambda: h.reports.acked("taken") == [txid], what="the taken report")
-    assert row["last_error"] is None and row["attempts"] >= 2
+    await _taken_later(h, txid)
     assert len(endpoint.received) >= 2
     assert len(h.decisions.requests) == _decided(endpoint) == len(endpoint.received)
     assert all(r.transaction_id == txid and r.push_answer for r in h.decisions.requests)
@@ -414,12 +412,7 @@ async def test_webhook_answers_without_a_decision_are_simply_taken(h: Harness, c
     endpoint = await h.webhook_endpoint(code)
     endpoint.mode = mode  # "decision" with no `decide`: {"accepted": true}
     before = _answer_counts(code)
-    stub = await h.start_adapter()
-    [txid] = await h.deliver(stub, code)
-
-    row = await h.taken_row(txid)
-    await wait_for(lambda: h.reports.acked("taken") == [txid], what="the taken report")
-    assert row["attempts"] == 1 and row["last_error"] is None
+    await _taken_at_first_push(h, code)
     assert len(endpoint.received) == 1
     assert h.decisions.requests == []
     assert _moved(before, code) == {}

@@ -51,6 +51,8 @@ class InsurerHost:
         self._given_clients = dict(clients) if clients is not None else None
         self._inbox_options = dict(inbox_options or {})
         self._worker_options = dict(worker_options or {})
+        # Answering pushes with decisions (§10.6) is the receivers' switch, not the worker's.
+        self._answer_in_push = bool(self._worker_options.pop("answer_in_push", False))
         self._owned: list[Any] = []
         self._inbox: Inbox | None = None
         self._worker: Worker | None = None
@@ -117,8 +119,7 @@ class InsurerHost:
         if missing:
             raise ValueError(f"no endpoint key for {missing}: needed to verify pushes")
         verifier = PushVerifier(keys_of(insurers), **verifier_options)
-        # From the options, not the worker: a webhook app builds its intake before it starts.
-        answer = self._answer if self._worker_options.get("answer_in_push") else None
+        answer = self._answer if self._answer_in_push else None
         return Intake(verifier, lambda: self.inbox, lambda code, txid: self.worker.submit(code, txid), answer)
 
     async def _answer(

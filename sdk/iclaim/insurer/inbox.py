@@ -88,6 +88,11 @@ CREATE TABLE IF NOT EXISTS staged_posts (
 
 T = TypeVar("T")
 _HAS_STAGED = "SELECT 1 FROM staged_posts WHERE insurer_code = ? AND transaction_id = ? LIMIT 1"
+_STATE_OF = "SELECT state FROM deliveries WHERE insurer_code = ? AND transaction_id = ?"
+_INSERT_DELIVERY = (
+    "INSERT INTO deliveries (insurer_code, transaction_id, delivery, state, received_at, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
 
 
 class PutResult(enum.Enum):
@@ -249,10 +254,7 @@ class Inbox:
             db.execute("BEGIN IMMEDIATE")
             try:
                 for transaction_id, blob in rows:
-                    exists = db.execute(
-                        "SELECT state FROM deliveries WHERE insurer_code = ? AND transaction_id = ?",
-                        (insurer_code, transaction_id),
-                    ).fetchone()
+                    exists = db.execute(_STATE_OF, (insurer_code, transaction_id)).fetchone()
                     if exists:
                         if self._reopen_answered(db, insurer_code, transaction_id, exists[0], blob, now):
                             reopened += 1
@@ -263,8 +265,7 @@ class Inbox:
                         results.append(None)
                     else:
                         db.execute(
-                            "INSERT INTO deliveries (insurer_code, transaction_id, delivery, state,"
-                            " received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                            _INSERT_DELIVERY,
                             (insurer_code, transaction_id, blob, RECEIVED, now, now),
                         )
                         added.append((transaction_id, blob))
@@ -315,9 +316,7 @@ class Inbox:
             now = self._clock()
             db.execute("BEGIN IMMEDIATE")
             try:
-                exists = db.execute(
-                    "SELECT state FROM deliveries WHERE insurer_code = ? AND transaction_id = ?", key
-                ).fetchone()
+                exists = db.execute(_STATE_OF, key).fetchone()
                 if exists:
                     result = (
                         PutResult.REOPENED
@@ -329,8 +328,7 @@ class Inbox:
                     raise ResourceExhausted("inbox is full", reason="INBOX_FULL")
                 else:
                     db.execute(
-                        "INSERT INTO deliveries (insurer_code, transaction_id, delivery, state,"
-                        " received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        _INSERT_DELIVERY,
                         (*key, b"" if answered else blob, DECIDED if answered else RECEIVED, now, now),
                     )
                     self._insert_posts(db, insurer_code, delivery.transaction_id, posts)
@@ -399,10 +397,7 @@ class Inbox:
         )
 
     async def state_of(self, insurer_code: str, transaction_id: str) -> str | None:
-        rows = await self._read(
-            "SELECT state FROM deliveries WHERE insurer_code = ? AND transaction_id = ?",
-            (insurer_code, transaction_id),
-        )
+        rows = await self._read(_STATE_OF, (insurer_code, transaction_id))
         return str(rows[0][0]) if rows else None
 
     async def due(self, codes: Sequence[str], limit: int) -> list[tuple[str, str]]:
@@ -507,10 +502,7 @@ class Inbox:
             self._forget(insurer_code, transaction_id)
             db = self._conn()
             now = self._clock()
-            before = db.execute(
-                "SELECT state FROM deliveries WHERE insurer_code = ? AND transaction_id = ?",
-                (insurer_code, transaction_id),
-            ).fetchone()
+            before = db.execute(_STATE_OF, (insurer_code, transaction_id)).fetchone()
             if before is None:
                 return
             closing = state not in OPEN_STATES

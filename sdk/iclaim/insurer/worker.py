@@ -26,10 +26,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
-from google.rpc import status_pb2
 
 from iclaim.crypto.envelope import EnvelopeError, seal
-from iclaim.errors import error_info_of
+from iclaim.errors import reason_in_trailers
 from iclaim.fhir import FhirError, build_claim_response
 from iclaim.fhir import claim_response as fhir_states
 from iclaim.insurer.credentials import InsurerCredentials
@@ -124,15 +123,8 @@ def decision_steps(decision: Decision) -> list[Decision]:
 
 
 def _reason(exc: grpc.aio.AioRpcError) -> str:
-    for key, value in exc.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            try:
-                info = error_info_of(status_pb2.Status.FromString(value))
-            except Exception:  # noqa: BLE001 (a garbled trailer is just "no reason")
-                return ""
-            if info is not None and REASON_CODE_RE.fullmatch(info.reason):
-                return str(info.reason)
-    return ""
+    reason = reason_in_trailers(exc.trailing_metadata())
+    return reason if REASON_CODE_RE.fullmatch(reason) else ""
 
 
 def _classify(exc: grpc.aio.AioRpcError) -> Exception:
@@ -167,7 +159,6 @@ class Worker:
         *,
         max_active: int = DEFAULT_MAX_ACTIVE,
         scan_interval_s: float = SCAN_INTERVAL_S,
-        answer_in_push: bool = False,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
@@ -181,7 +172,6 @@ class Worker:
         self.clients = dict(clients)
         self.max_active = max_active
         self.scan_interval_s = scan_interval_s
-        self.answer_in_push = answer_in_push  # receivers call answer() for pushes (InsurerHost.intake)
         self._sleep = sleep
         self._monotonic = monotonic
         self._rand = rand
@@ -254,11 +244,15 @@ class Worker:
 
     async def _prepare(self, code: str, delivery: ipb.ClaimDelivery) -> list[StagedPost]:
         """The decision's steps, each sealed: the handler asked, not stored."""
-        posts = [
+        posts = await self._unsealed_posts(code, delivery)
+        return [replace(p, envelope=await self._seal(code, delivery, p)) for p in posts]
+
+    async def _unsealed_posts(self, code: str, delivery: ipb.ClaimDelivery) -> list[StagedPost]:
+        """The handler's decision as the steps to post, not sealed yet."""
+        return [
             StagedPost(i, step.state, step.approved_satang, step.reason_code, step.delay_s)
             for i, step in enumerate(await self._steps(code, delivery))
         ]
-        return [replace(p, envelope=await self._seal(code, delivery, p)) for p in posts]
 
     async def run(self, stop: asyncio.Event) -> None:
         """Scans the inbox for due rows until `stop`; then cancels what runs
@@ -350,12 +344,7 @@ class Worker:
         self, code: str, delivery: ipb.ClaimDelivery, state: str, staged: list[StagedPost]
     ) -> None:
         tid = delivery.transaction_id
-        posts = staged
-        if not posts:
-            posts = [
-                StagedPost(i, step.state, step.approved_satang, step.reason_code, step.delay_s)
-                for i, step in enumerate(await self._steps(code, delivery))
-            ]
+        posts = staged or await self._unsealed_posts(code, delivery)
         if not all(p.envelope for p in posts):
             posts = [
                 p if p.envelope else replace(p, envelope=await self._seal(code, delivery, p)) for p in posts
