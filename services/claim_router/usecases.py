@@ -521,10 +521,19 @@ class ClaimRouter:
         self, d: domain.DecisionInput, rec: ClaimRecord, cached: bool, route: str
     ) -> ClaimRecord:
         await self._check_decision(d, rec)
-        mutate = _decision(d, route)
+        decide = _decision(d, route)
+        written = False
+
+        def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
+            nonlocal written  # as the last run found: a retried one may differ
+            new, events = decide(cur)
+            written = new is not None
+            return new, events
+
         stored = await self.store.transition(d.transaction_id, mutate, rec, cached=cached)
         assert stored is not None  # claims are never deleted
-        _count_decided(stored)
+        if written:  # the same decision again is no second outcome
+            _count_decided(stored)
         return stored
 
     async def _check_decision(self, d: domain.DecisionInput, rec: ClaimRecord) -> None:
@@ -571,21 +580,27 @@ class ClaimRouter:
                 continue
             checked[d.transaction_id] = (i, d)
         conflicts: set[str] = set()
+        written: set[str] = set()
         decide = {tid: _decision(d, ROUTE_PUSH_ANSWER) for tid, (_, d) in checked.items()}
 
         def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
-            conflicts.discard(cur.transaction_id)  # what the last run found (a retried one may differ)
+            tid = cur.transaction_id
+            conflicts.discard(tid)  # what the last run found (a retried one may differ)
+            written.discard(tid)
             try:
-                return decide[cur.transaction_id](cur)
+                new, events = decide[tid](cur)
             except FailedPrecondition:
-                conflicts.add(cur.transaction_id)
+                conflicts.add(tid)
                 return None, []
+            if new is not None:
+                written.add(tid)
+            return new, events
 
         stored = await self.store.transition_many(list(checked), mutate)
         for tid, (i, _) in checked.items():
             if tid in conflicts:
                 refused.append((i, "DECISION_CONFLICT"))
-            elif tid in stored:
+            elif tid in stored and tid in written:
                 _count_decided(stored[tid])
         return sorted(refused)
 
