@@ -6,7 +6,9 @@ phase reports the CPU seconds of the hub (every hub process, PostgreSQL and
 Redis) apart from the sandbox's, the load generator's and this process's; per
 claim: hub CPU, its cost in echo-equivalents (hub CPU per claim / CPU of one
 echo request, server and client, measured in the same run), PostgreSQL write
-transactions and the hub's gRPC calls; and the submit->decision latency per
+transactions (transaction ids assigned: each a WAL flush at commit), PostgreSQL
+commits as pg_stat_database counts them (read-only ones too; less the idle
+stack's, measured once before the phases) and the hub's gRPC calls; and the submit->decision latency per
 delivery mode. Phases: closed loop at each BENCH_CONCURRENCY (1 in flight
 gives the latency a push adds), open loop at 70 % of the best closed-loop rate
 (latency from the scheduled send time), and isolation: claims to ten insurers
@@ -30,7 +32,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,12 @@ OPEN_LOOP_SHARE = 0.7
 # phase's unit, so a shared machine whose speed drifts during the run (seen
 # here: ±25 % between phases minutes apart) does not skew echo-equivalents.
 NEARBY_ECHO_S = 3.0
+# pg_stat_database hears of a backend's commits at most a second after them
+# while it is busy and 10 s after it goes idle (PostgreSQL 15+, PGSTAT_IDLE_INTERVAL):
+# a phase's commits are read this long after it ends.
+STATS_REPORTED_S = 11.0
+# The idle stack's own commits per second are measured over this long, once.
+IDLE_WINDOW_S = 20.0
 
 
 def machine() -> dict[str, Any]:
@@ -99,6 +107,8 @@ class Measured:
     redis_url: str
     # Its ANALYZEs take transaction ids too: maintenance, not the claims' commits.
     vacuum: StandInAutovacuum | None = None
+    # pg_stat_database commits the idle stack makes each second (its polls).
+    idle_commits_per_s: float = 0.0
 
     def metrics_ports(self) -> dict[str, int]:
         p = self.stack.ports
@@ -113,6 +123,7 @@ class Measured:
     async def __call__(self, *load_args: str) -> dict[str, Any]:
         """One load run (a separate process) with the CPU each part of the stack
         used, PostgreSQL's write transactions and the hub's gRPC calls."""
+        commits_before = await infra.commits(PG_ADMIN_URL, self.database)
         infra_before = await infra.snapshot(PG_ADMIN_URL, self.database, self.redis_url)
         rpcs_before = rpcs.scrape(self.metrics_ports())
         before = cpu.snapshot(self.stack.pids())
@@ -132,9 +143,45 @@ class Measured:
             "postgres_write_transactions": round(
                 (int(infra_used["write_transactions"]) - maintenance) / claims, 2
             ),
+            "postgres_commits": await self._commits_since(commits_before, maintenance_before, claims),
             "rpcs": rpcs.used(rpcs_before, rpcs_after, claims),
         }
         return result
+
+    async def _commits_since(self, before: int, maintenance_before: int, claims: int) -> float:
+        """pg_stat_database's commits per claim since `before`: read once every
+        backend has reported the load's, less what the idle stack and the
+        autovacuum stand-in committed meanwhile."""
+        await asyncio.sleep(STATS_REPORTED_S)
+        after = await infra.commits(PG_ADMIN_URL, self.database)
+        maintenance = (self.vacuum.transactions if self.vacuum else 0) - maintenance_before
+        idle = self.idle_commits_per_s * STATS_REPORTED_S
+        return round((after - before - maintenance - idle) / claims, 2)
+
+    async def measure_idle(self, window_s: float = IDLE_WINDOW_S) -> dict[str, Any]:
+        """What the idle stack spends (its polls and timers) over `window_s`,
+        once what came before has been reported: pg_stat_database commits and
+        CPU seconds each second."""
+        await asyncio.sleep(STATS_REPORTED_S)
+        commits_before = await infra.commits(PG_ADMIN_URL, self.database)
+        infra_before = await infra.snapshot(PG_ADMIN_URL, self.database, self.redis_url)
+        before = cpu.snapshot(self.stack.pids())
+        maintenance_before = self.vacuum.transactions if self.vacuum else 0
+        await asyncio.sleep(window_s)
+        after = cpu.snapshot(self.stack.pids())
+        infra_used = infra.used(
+            infra_before, await infra.snapshot(PG_ADMIN_URL, self.database, self.redis_url)
+        )
+        commits = await infra.commits(PG_ADMIN_URL, self.database) - commits_before
+        maintenance = (self.vacuum.transactions if self.vacuum else 0) - maintenance_before
+        spent = cpu_report(cpu.used(before, after), infra_used, 0.0)
+        return {
+            "seconds": window_s,
+            "postgres_commits_per_s": round(max(commits - maintenance, 0) / window_s, 2),
+            "hub_cpu_s_per_s": round(spent["hub_s"] / window_s, 4),
+            "hub_by_process_s": spent["hub_by_process_s"],
+            "sandbox_cpu_s_per_s": round(spent["sandbox_s"] / window_s, 4),
+        }
 
 
 async def bench_echo(echo_s: float, concurrency: int) -> dict[str, Any]:
@@ -191,6 +238,8 @@ async def bench_claims(
     try:
         # Warm-up: connections, caches, prepared statements.
         await _child_json("bench.load", "claims", str(creds), "50", "8", "warm")
+        claims["idle"] = idle = await measured.measure_idle()
+        measured = replace(measured, idle_commits_per_s=idle["postgres_commits_per_s"])
         echo_concurrency = max(concurrencies)
         for concurrency in concurrencies:
             n = unloaded if concurrency == 1 else total
@@ -263,7 +312,7 @@ def table(claims: dict[str, Any]) -> str:
     """One line per phase: what a reader compares between runs."""
     head = (
         f"{'phase':<18}{'claims/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'hub ms/claim':>13}"
-        f"{'echo-eq':>9}{'echo µs':>9}{'PG writes':>10}{'int. RPCs':>10}{'sandbox s':>10}"
+        f"{'echo-eq':>9}{'echo µs':>9}{'PG writes':>10}{'PG commits':>11}{'int. RPCs':>10}{'sandbox s':>10}"
     )
     rows = [head]
     phases = [(f"closed {c}", r) for c, r in claims.get("closed_loop", {}).items()]
@@ -278,8 +327,14 @@ def table(claims: dict[str, Any]) -> str:
         rows.append(
             f"{label:<18}{r['claims_per_s']:>9}{r['p50_ms']!s:>9}{r['p99_ms']!s:>9}{pc['hub_cpu_ms']:>13}"
             f"{pc.get('echo_equivalents', '-')!s:>9}{unit!s:>9}"
-            f"{pc['postgres_write_transactions']:>10}"
+            f"{pc['postgres_write_transactions']:>10}{pc.get('postgres_commits', '-')!s:>11}"
             f"{pc['rpcs']['internal_per_claim']:>10}{r['cpu']['sandbox_s']:>10}"
+        )
+    idle = claims.get("idle")
+    if idle:
+        rows.append(
+            f"idle stack: {idle['hub_cpu_s_per_s']} CPU-s/s of hub, "
+            f"{idle['postgres_commits_per_s']} PG commits/s (taken out of 'PG commits' above)"
         )
     echo = claims.get("echo")
     if echo:

@@ -47,6 +47,19 @@ async def snapshot(admin_url: str, database: str, redis_url: str) -> InfraSnapsh
     )
 
 
+async def commits(admin_url: str, database: str) -> int:
+    """The database's committed transactions as pg_stat_database counts them:
+    read-only ones too (each statement outside a transaction is one). Backends
+    report theirs at most once a second while busy and 10 s after they go
+    idle (PostgreSQL 15+), so a reading lags by up to that much."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        value = await conn.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", database)
+    finally:
+        await conn.close()
+    return int(value or 0)
+
+
 def _spent(before: Mapping[int, float], after: Mapping[int, float]) -> float:
     """CPU spent between two snapshots by the processes alive at the second
     (a backend that started meanwhile counts from zero)."""
