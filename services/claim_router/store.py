@@ -492,6 +492,18 @@ class PgClaimStore:
             self._recent.stored(rec)
         return records
 
+    async def next_pull_offer_s(self, insurer_code: str) -> float | None:
+        """Seconds until the first of the insurer's leased open pull claims is
+        offered again (its lease ends); None when none is leased."""
+        value = await self._pool.fetchval(
+            "SELECT EXTRACT(EPOCH FROM min(lease_until) - now())::float8 FROM router.claims"
+            " WHERE insurer_code = $1 AND delivery_mode = 'pull'"
+            "  AND state = ANY($2::smallint[]) AND lease_until >= now()",
+            insurer_code,
+            _states(PULL_OFFER_STATES),
+        )
+        return None if value is None else max(float(value), 0.0)
+
     async def pull_waiting_since(self) -> dict[str, datetime]:
         """Per pull insurer, since when its longest-waiting claim has been
         ready to pull (never leased: since submission; lease ended: since then)."""

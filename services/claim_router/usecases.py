@@ -37,7 +37,9 @@ from services.claim_router.model import ClaimChange, ClaimRecord, Event, Mutatio
 DEFAULT_PULL_LEASE_S = 60.0  # §6: an undecided pulled claim is offered again after this
 # Wake-ups can be lost (a dropped LISTEN connection), so waiters re-read this often.
 WATCH_RECHECK_S = 15.0
-PULL_RECHECK_S = 1.0
+# A waiting pull also looks again when a leased claim's lease ends (nothing
+# announces that), a moment after, so that the claim is offered by then.
+LEASE_END_MARGIN_S = 0.05
 # §10.5: a pull insurer's last PullClaims is written at most this often (per replica).
 PULL_RECORD_INTERVAL_S = 10.0
 # Billing's read-through names at most this many claims (its invoice and payment limit).
@@ -112,6 +114,8 @@ class ClaimStore(Protocol):
         lease_s: float,
         on_delivered: Callable[[ClaimRecord], Sequence[Event]],
     ) -> list[ClaimRecord]: ...
+
+    async def next_pull_offer_s(self, insurer_code: str) -> float | None: ...
 
     async def pull_waiting_since(self) -> dict[str, datetime]: ...
 
@@ -467,7 +471,11 @@ class ClaimRouter:
                 remaining = deadline - loop.time()
                 if leased or remaining <= 0:
                     return leased
-                await _wake_or_timeout(ready, min(remaining, PULL_RECHECK_S))
+                # Until a new claim is announced, or a lease ends: no reads in
+                # between (an idle pull read the database every second before).
+                lease_ends = await self.store.next_pull_offer_s(insurer_code)
+                recheck = WATCH_RECHECK_S if lease_ends is None else lease_ends + LEASE_END_MARGIN_S
+                await _wake_or_timeout(ready, min(remaining, recheck))
 
     async def _record_pull(self, insurer_code: str) -> None:
         """Notes in the registry that a pull insurer pulled (§10.5 health), at

@@ -1,0 +1,93 @@
+"""A waiting PullClaims reads the database when a claim is announced or when
+a leased claim's lease ends, not every second: an idle pull insurer's long
+polls cost the hub nothing between those. Real PostgreSQL and LISTEN/NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import asyncpg
+import pytest
+
+from iclaim_hub.common.db import create_pool
+from services.claim_router.model import ClaimRecord, Event
+from services.claim_router.store import PgClaimStore
+from services.claim_router.usecases import ClaimRouter
+from services.claim_router.watch import ChangeHub
+from tests.support.router_records import claim_record
+
+LEASE_S = 1.0
+
+
+class CountingStore(PgClaimStore):
+    def __init__(self, pool: asyncpg.Pool, hub: ChangeHub) -> None:
+        super().__init__(pool, waiters=hub)
+        self.leases = 0
+
+    async def lease_pull(
+        self,
+        insurer_code: str,
+        limit: int,
+        lease_s: float,
+        on_delivered: Callable[[ClaimRecord], Sequence[Event]],
+    ) -> list[ClaimRecord]:
+        self.leases += 1
+        return await super().lease_pull(insurer_code, limit, lease_s, on_delivered)
+
+
+@pytest.fixture
+async def parts(database_url: str) -> AsyncIterator[tuple[CountingStore, ClaimRouter, asyncpg.Pool]]:
+    pool = await create_pool(database_url, max_size=4)
+    hub = ChangeHub(database_url)
+    store = CountingStore(pool, hub)
+    await store.migrate()
+    await hub.start()
+    router = ClaimRouter(store, directory=None, push=None, changes=hub, pull_lease_s=LEASE_S)  # type: ignore[arg-type]
+    yield store, router, pool
+    await hub.close()
+    await pool.close()
+
+
+async def test_an_idle_pull_reads_once_at_the_start_and_once_at_its_end(
+    parts: tuple[CountingStore, ClaimRouter, asyncpg.Pool],
+) -> None:
+    store, router, _ = parts
+    assert await router.pull("AIA", 10, (3, 500_000_000)) == []
+    # The one read when the wait begins and the one when it ends (it read
+    # every second before: five).
+    assert store.leases == 2
+
+
+async def test_a_claim_whose_lease_ends_during_the_wait_is_offered_then(
+    parts: tuple[CountingStore, ClaimRouter, asyncpg.Pool],
+) -> None:
+    store, router, _ = parts
+    claim = claim_record("PULLWAIT1", mode="pull")
+    await store.insert(claim, [])
+    first = await router.pull("AIA", 10, (0, 0))
+    assert [c.transaction_id for c in first] == [claim.transaction_id]
+    store.leases = 0
+    # Not decided: offered again once its lease ends, within this wait.
+    again = await router.pull("AIA", 10, (5, 0))
+    assert [c.transaction_id for c in again] == [claim.transaction_id]
+    assert store.leases == 2  # the empty read, then the one at the lease's end
+
+
+async def test_a_claim_stored_by_another_replica_wakes_the_wait(
+    parts: tuple[CountingStore, ClaimRouter, asyncpg.Pool],
+) -> None:
+    store, router, pool = parts
+    elsewhere = PgClaimStore(pool)  # another replica: heard only by notification
+    claim = claim_record("PULLWAIT2", mode="pull")
+
+    async def insert_later() -> None:
+        await asyncio.sleep(0.3)
+        await elsewhere.insert(claim, [])
+
+    inserting = asyncio.create_task(insert_later())
+    async with asyncio.timeout(5):  # woken by the announcement, not at the 10 s end
+        got = await router.pull("AIA", 10, (10, 0))
+    await inserting
+    assert [c.transaction_id for c in got] == [claim.transaction_id]
+    assert store.leases == 2
