@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import AbstractContextManager
@@ -40,6 +41,9 @@ WATCH_RECHECK_S = 15.0
 # A waiting pull also looks again when a leased claim's lease ends (nothing
 # announces that), a moment after, so that the claim is offered by then.
 LEASE_END_MARGIN_S = 0.05
+# When the first lease ends is read at most this often per insurer and replica:
+# under load every pulled claim is followed by a poll that finds nothing.
+LEASE_ENDS_FRESH_S = 1.0
 # §10.5: a pull insurer's last PullClaims is written at most this often (per replica).
 PULL_RECORD_INTERVAL_S = 10.0
 # Billing's read-through names at most this many claims (its invoice and payment limit).
@@ -241,6 +245,8 @@ class ClaimRouter:
     pull_down_after_s: float = domain.DEFAULT_PULL_DOWN_AFTER_S
     # insurer code -> monotonic time of its last recorded pull (registry codes only).
     _pull_recorded: dict[str, float] = field(default_factory=dict, init=False)
+    # insurer code -> (monotonic time read, monotonic time its first pull lease ends, or None).
+    _lease_ends: dict[str, tuple[float, float | None]] = field(default_factory=dict, init=False)
 
     # --- directory ---------------------------------------------------------------
 
@@ -468,14 +474,34 @@ class ClaimRouter:
                 leased = await self.store.lease_pull(
                     insurer_code, max_claims, self.pull_lease_s, on_delivered
                 )
+                if leased:
+                    self._leased(insurer_code)
                 remaining = deadline - loop.time()
                 if leased or remaining <= 0:
                     return leased
                 # Until a new claim is announced, or a lease ends: no reads in
                 # between (an idle pull read the database every second before).
-                lease_ends = await self.store.next_pull_offer_s(insurer_code)
+                lease_ends = await self._until_lease_ends(insurer_code)
                 recheck = WATCH_RECHECK_S if lease_ends is None else lease_ends + LEASE_END_MARGIN_S
                 await _wake_or_timeout(ready, min(remaining, recheck))
+
+    async def _until_lease_ends(self, insurer_code: str) -> float | None:
+        """Seconds until the first of the insurer's pull leases ends; None: no
+        lease. Read afresh once a second, or once the one known has ended."""
+        now = time.monotonic()
+        read_at, ends = self._lease_ends.get(insurer_code, (-math.inf, None))
+        if now - read_at >= LEASE_ENDS_FRESH_S or (ends is not None and ends <= now):
+            ends_in = await self.store.next_pull_offer_s(insurer_code)
+            ends = None if ends_in is None else now + ends_in
+            self._lease_ends[insurer_code] = (now, ends)
+        return None if ends is None else ends - now
+
+    def _leased(self, insurer_code: str) -> None:
+        """This replica's own lease is known without a read."""
+        now = time.monotonic()
+        read_at, ends = self._lease_ends.get(insurer_code, (now, None))
+        mine = now + self.pull_lease_s
+        self._lease_ends[insurer_code] = (read_at, mine if ends is None else min(ends, mine))
 
     async def _record_pull(self, insurer_code: str) -> None:
         """Notes in the registry that a pull insurer pulled (§10.5 health), at

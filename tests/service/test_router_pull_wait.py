@@ -24,6 +24,11 @@ class CountingStore(PgClaimStore):
     def __init__(self, pool: asyncpg.Pool, hub: ChangeHub) -> None:
         super().__init__(pool, waiters=hub)
         self.leases = 0
+        self.lease_end_reads = 0
+
+    async def next_pull_offer_s(self, insurer_code: str) -> float | None:
+        self.lease_end_reads += 1
+        return await super().next_pull_offer_s(insurer_code)
 
     async def lease_pull(
         self,
@@ -91,3 +96,18 @@ async def test_a_claim_stored_by_another_replica_wakes_the_wait(
     await inserting
     assert [c.transaction_id for c in got] == [claim.transaction_id]
     assert store.leases == 2
+
+
+async def test_back_to_back_polls_read_when_leases_end_once_a_second(
+    parts: tuple[CountingStore, ClaimRouter, asyncpg.Pool],
+) -> None:
+    """Under load each pulled claim is followed by a poll that finds nothing;
+    when the next lease ends is read at most once a second, not by each."""
+    store, router, _ = parts
+    claim = claim_record("PULLWAIT3", mode="pull")
+    await store.insert(claim, [])
+    assert len(await router.pull("AIA", 10, (0, 0))) == 1
+    for _ in range(4):
+        assert await router.pull("AIA", 10, (0, 100_000_000)) == []
+    # Its own lease is known without a read; at most one read in a second.
+    assert store.lease_end_reads <= 1
