@@ -2,6 +2,8 @@
 time, with no timer: the first goes at once, alone; those that come in while
 a call is in flight go together in the next one (one router commit for all).
 An unloaded adapter adds no wait; a loaded one makes fewer calls and commits.
+One answer alone goes through the single call, which the router answers from
+the claim as it stored it, without the read a batch makes.
 
 With tracing switched on, every answer goes alone, through the single call,
 so that the decision joins its claim's trace (the router's batch write
@@ -53,7 +55,10 @@ class BatchedAnswers:
             while self._waiting:
                 batch, self._waiting = self._waiting[: self._max_batch], self._waiting[self._max_batch :]
                 try:
-                    outcomes = await self._sink.record_many([(code, answer) for code, answer, _ in batch])
+                    if len(batch) == 1:
+                        outcomes = [await self._sink.record(batch[0][0], batch[0][1])]
+                    else:
+                        outcomes = await self._sink.record_many([(code, answer) for code, answer, _ in batch])
                 except Exception:  # noqa: BLE001 - the sink should not raise; if it does, nothing was recorded
                     outcomes = []
                 if len(outcomes) != len(batch):

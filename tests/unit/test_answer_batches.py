@@ -1,7 +1,7 @@
 """The adapter's relay of decisions answered in pushes (§10.6), batched with
 no timer: the first goes alone at once, those that arrive while a call is in
-flight go together next; a traced push's answer goes alone through the single
-call; whatever goes wrong, every waiter gets an outcome."""
+flight go together next; an answer alone, and a traced push's answer, go
+through the single call; whatever goes wrong, every waiter gets an outcome."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _answer(n: int) -> PushAnswer:
 
 
 class Sink:
-    """Holds each record_many call until the test releases it."""
+    """Holds each call until the test releases it."""
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
@@ -31,7 +31,10 @@ class Sink:
 
     async def record(self, insurer_code: str, answer: PushAnswer) -> AnswerOutcome:
         self.singles.append(answer.transaction_id)
-        return AnswerOutcome.RECORDED
+        await self.release.wait()
+        if self.fail is not None:
+            raise self.fail
+        return self.outcome
 
     async def record_many(self, answers: Sequence[tuple[str, PushAnswer]]) -> list[AnswerOutcome]:
         self.batches.append([a.transaction_id for _, a in answers])
@@ -53,14 +56,16 @@ async def test_the_first_goes_alone_and_those_arriving_meanwhile_go_together() -
     sink = Sink()
     batched = BatchedAnswers(sink, traced=lambda: False)
     first = asyncio.create_task(batched.record("AIA", _answer(0)))
-    await _until(lambda: len(sink.batches) == 1)
+    await _until(lambda: len(sink.singles) == 1)
     rest = [asyncio.create_task(batched.record("AIA", _answer(n))) for n in range(1, 5)]
     await asyncio.sleep(0.01)
-    assert len(sink.batches) == 1  # nothing sent while the first call is in flight
+    assert sink.batches == []  # nothing sent while the first call is in flight
     sink.release.set()
     assert await first == AnswerOutcome.RECORDED
     assert await asyncio.gather(*rest) == [AnswerOutcome.RECORDED] * 4
-    assert sink.batches == [[_answer(0).transaction_id], [_answer(n).transaction_id for n in range(1, 5)]]
+    # The first alone through the single call (no read at the router), the rest together.
+    assert sink.singles == [_answer(0).transaction_id]
+    assert sink.batches == [[_answer(n).transaction_id for n in range(1, 5)]]
 
 
 async def test_a_batch_is_capped_and_the_rest_follow() -> None:
@@ -69,11 +74,13 @@ async def test_a_batch_is_capped_and_the_rest_follow() -> None:
     batched = BatchedAnswers(sink, traced=lambda: False, max_batch=3)
     outcomes = await asyncio.gather(*(batched.record("AIA", _answer(n)) for n in range(7)))
     assert outcomes == [AnswerOutcome.RECORDED] * 7
-    assert [len(b) for b in sink.batches] == [3, 3, 1]
+    assert [len(b) for b in sink.batches] == [3, 3]
+    assert sink.singles == [_answer(6).transaction_id]  # the one left over, alone
 
 
 async def test_a_traced_push_answer_goes_alone_through_the_single_call() -> None:
     sink = Sink()
+    sink.release.set()
     batched = BatchedAnswers(sink, traced=lambda: True)
     assert await batched.record("AIA", _answer(1)) == AnswerOutcome.RECORDED
     assert sink.singles == [_answer(1).transaction_id] and sink.batches == []
@@ -92,13 +99,15 @@ async def test_a_failing_or_garbled_batch_is_unrecorded_for_everyone(trouble: st
     assert outcomes == [AnswerOutcome.UNRECORDED] * 3
     sink.fail, sink.short = None, False  # the next one is sent afresh
     assert await batched.record("AIA", _answer(9)) == AnswerOutcome.RECORDED
+    sink.fail = RuntimeError("boom")  # a single call that raises: unrecorded too
+    assert await batched.record("AIA", _answer(10)) == AnswerOutcome.UNRECORDED
 
 
 async def test_waiters_learn_nothing_was_recorded_when_the_sender_is_cancelled() -> None:
     sink = Sink()
     batched = BatchedAnswers(sink, traced=lambda: False)
     first = asyncio.create_task(batched.record("AIA", _answer(0)))
-    await _until(lambda: len(sink.batches) == 1)
+    await _until(lambda: len(sink.singles) == 1)
     second = asyncio.create_task(batched.record("AIA", _answer(1)))
     await asyncio.sleep(0)
     assert batched._sender is not None
