@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -131,11 +131,30 @@ class OffsetStore(AppendStore, Protocol):
         """How far `source` has been consumed (committed with its entries)."""
 
 
-@dataclass(frozen=True, eq=False)
+# (inode, size, mtime) of the live file and its rotated predecessor; None: absent.
+FilesSeen = tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]
+
+
+def files_seen(path: Path) -> FilesSeen:
+    def seen(p: Path) -> tuple[int, int, int] | None:
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    return seen(path), seen(rotated_path(path))
+
+
+@dataclass(eq=False)
 class AccessLogTailer:
     store: OffsetStore
     path: Path
     poll_s: float = 0.2
+    # The files as they were when a step last found nothing to ingest: while
+    # they stay so, a poll skips the database (an idle gateway's log cost five
+    # reads a second before).
+    _idle_on: FilesSeen | None = field(default=None, init=False, repr=False)
 
     async def _commit(self, chunk: Chunk, pos: Position) -> None:
         if chunk.malformed:
@@ -145,12 +164,18 @@ class AccessLogTailer:
 
     async def step(self) -> int:
         """Ingests what is there now; returns how many bytes it consumed."""
+        seen = files_seen(self.path)
+        if seen == self._idle_on:
+            return 0
+        self._idle_on = None
         plan = plan_read(self.path, await self.store.ingest_offset(SOURCE))
         if plan is None:
+            self._idle_on = seen
             return 0
         chunk = read_chunk(plan.path, plan.offset)  # page-cache read of at most 1 MiB
         pos = next_position(self.path, plan, chunk)
         if pos is None:
+            self._idle_on = seen
             return 0
         await self._commit(chunk, pos)
         return max(chunk.next_offset - plan.offset, 0)

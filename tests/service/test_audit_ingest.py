@@ -9,6 +9,7 @@ from pathlib import Path
 import asyncpg
 
 from iclaim_hub.common.db import create_pool
+from services.audit_log.domain import Position
 from services.audit_log.ingest import entry_from_line
 from services.audit_log.store import AuditStore
 from services.audit_log.tailer import AccessLogTailer
@@ -123,6 +124,46 @@ async def test_tailer_partial_malformed_truncated_rotated(database_url: str, tmp
         await _drain(tailer)
         ids = await _ids(database_url)
         assert [i[-2:] for i in ids] == [f"{n:02d}" for n in range(9)]
+    finally:
+        await pool.close()
+
+
+class CountingStore(AuditStore):
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.offset_reads = 0
+
+    async def ingest_offset(self, source: str) -> Position | None:
+        self.offset_reads += 1
+        return await super().ingest_offset(source)
+
+
+async def test_an_idle_log_costs_no_database_reads(database_url: str, tmp_path: Path) -> None:
+    """While the log has not changed since a step found nothing, a poll reads
+    nothing from the database; any write, or a rotation, makes it look again."""
+    path = tmp_path / "envoy-access.log"
+    pool = await create_pool(database_url)
+    try:
+        store = CountingStore(pool)
+        await store.migrate()
+        tailer = AccessLogTailer(store, path)
+        path.write_bytes(line(0))
+        assert await tailer.step() > 0
+        assert await tailer.step() == 0  # caught up: found nothing
+        reads = store.offset_reads
+        for _ in range(5):
+            assert await tailer.step() == 0
+        assert store.offset_reads == reads  # five idle polls, no reads
+        with path.open("ab") as f:
+            f.write(line(1))
+        assert await tailer.step() > 0
+        assert len(await _ids(database_url)) == 2
+        await tailer.step()
+        path.rename(path.with_name(path.name + ".1"))
+        path.write_bytes(line(2))
+        await _drain(tailer)  # finishes `.1` and moves on to the new file
+        await _drain(tailer)
+        assert [i[-2:] for i in await _ids(database_url)] == ["00", "01", "02"]
     finally:
         await pool.close()
 
