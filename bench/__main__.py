@@ -99,6 +99,15 @@ def cpu_report(used: dict[str, float], infra_used: dict[str, Any], load_cpu_s: f
 
 
 @dataclass(frozen=True)
+class _Mark:
+    """Where a measured window starts."""
+
+    infra: infra.InfraSnapshot
+    cpu: dict[str, float]
+    maintenance: int
+
+
+@dataclass(frozen=True)
 class Measured:
     """What a load runs against, and how to read what it cost."""
 
@@ -120,61 +129,62 @@ class Measured:
             "authz": p.authz_metrics,
         }
 
+    def _maintenance(self) -> int:
+        return self.vacuum.transactions if self.vacuum else 0
+
+    async def _mark(self) -> _Mark:
+        return _Mark(
+            await infra.snapshot(PG_ADMIN_URL, self.database, self.redis_url),
+            cpu.snapshot(self.stack.pids()),
+            self._maintenance(),
+        )
+
+    async def _spent_since(self, mark: _Mark, load_cpu_s: float) -> tuple[dict[str, Any], int, int]:
+        """CPU spent since `mark` (cpu_report), and the write transactions and
+        the autovacuum stand-in's transactions in that time."""
+        after = cpu.snapshot(self.stack.pids())
+        maintenance = self._maintenance() - mark.maintenance
+        infra_used = infra.used(mark.infra, await infra.snapshot(PG_ADMIN_URL, self.database, self.redis_url))
+        spent = cpu_report(cpu.used(mark.cpu, after), infra_used, load_cpu_s)
+        return spent, int(infra_used["write_transactions"]), maintenance
+
     async def __call__(self, *load_args: str) -> dict[str, Any]:
         """One load run (a separate process) with the CPU each part of the stack
-        used, PostgreSQL's write transactions and the hub's gRPC calls."""
-        commits_before = await infra.commits(PG_ADMIN_URL, self.database)
-        infra_before = await infra.snapshot(PG_ADMIN_URL, self.database, self.redis_url)
+        used, PostgreSQL's write transactions and commits and the hub's gRPC calls."""
         rpcs_before = rpcs.scrape(self.metrics_ports())
-        before = cpu.snapshot(self.stack.pids())
-        maintenance_before = self.vacuum.transactions if self.vacuum else 0
+        mark = await self._mark()
         result = await _child_json("bench.load", *load_args)
-        after = cpu.snapshot(self.stack.pids())
-        maintenance = (self.vacuum.transactions if self.vacuum else 0) - maintenance_before
+        result["cpu"], writes, maintenance = await self._spent_since(mark, result.pop("load_cpu_s", 0.0))
         rpcs_after = rpcs.scrape(self.metrics_ports())
-        infra_used = infra.used(
-            infra_before, await infra.snapshot(PG_ADMIN_URL, self.database, self.redis_url)
-        )
-        result["cpu"] = cpu_report(cpu.used(before, after), infra_used, result.pop("load_cpu_s", 0.0))
         result["autovacuum_stand_in_transactions"] = maintenance
         claims = max(int(result["claims"]), 1)
         result["per_claim"] = {
             "hub_cpu_ms": round(result["cpu"]["hub_s"] * 1000 / claims, 2),
-            "postgres_write_transactions": round(
-                (int(infra_used["write_transactions"]) - maintenance) / claims, 2
-            ),
-            "postgres_commits": await self._commits_since(commits_before, maintenance_before, claims),
+            "postgres_write_transactions": round((writes - maintenance) / claims, 2),
+            "postgres_commits": await self._commits_since(mark, claims),
             "rpcs": rpcs.used(rpcs_before, rpcs_after, claims),
         }
         return result
 
-    async def _commits_since(self, before: int, maintenance_before: int, claims: int) -> float:
-        """pg_stat_database's commits per claim since `before`: read once every
+    async def _commits_since(self, mark: _Mark, claims: int) -> float:
+        """pg_stat_database's commits per claim since `mark`: read once every
         backend has reported the load's, less what the idle stack and the
         autovacuum stand-in committed meanwhile."""
         await asyncio.sleep(STATS_REPORTED_S)
         after = await infra.commits(PG_ADMIN_URL, self.database)
-        maintenance = (self.vacuum.transactions if self.vacuum else 0) - maintenance_before
+        maintenance = self._maintenance() - mark.maintenance
         idle = self.idle_commits_per_s * STATS_REPORTED_S
-        return round((after - before - maintenance - idle) / claims, 2)
+        return round((after - mark.infra.commits - maintenance - idle) / claims, 2)
 
     async def measure_idle(self, window_s: float = IDLE_WINDOW_S) -> dict[str, Any]:
         """What the idle stack spends (its polls and timers) over `window_s`,
         once what came before has been reported: pg_stat_database commits and
         CPU seconds each second."""
         await asyncio.sleep(STATS_REPORTED_S)
-        commits_before = await infra.commits(PG_ADMIN_URL, self.database)
-        infra_before = await infra.snapshot(PG_ADMIN_URL, self.database, self.redis_url)
-        before = cpu.snapshot(self.stack.pids())
-        maintenance_before = self.vacuum.transactions if self.vacuum else 0
+        mark = await self._mark()
         await asyncio.sleep(window_s)
-        after = cpu.snapshot(self.stack.pids())
-        infra_used = infra.used(
-            infra_before, await infra.snapshot(PG_ADMIN_URL, self.database, self.redis_url)
-        )
-        commits = await infra.commits(PG_ADMIN_URL, self.database) - commits_before
-        maintenance = (self.vacuum.transactions if self.vacuum else 0) - maintenance_before
-        spent = cpu_report(cpu.used(before, after), infra_used, 0.0)
+        spent, _, maintenance = await self._spent_since(mark, 0.0)
+        commits = await infra.commits(PG_ADMIN_URL, self.database) - mark.infra.commits
         return {
             "seconds": window_s,
             "postgres_commits_per_s": round(max(commits - maintenance, 0) / window_s, 2),

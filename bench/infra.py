@@ -20,6 +20,7 @@ class InfraSnapshot:
     postgres: Mapping[int, float]  # pid -> CPU seconds so far
     redis: Mapping[int, float]
     next_xid: int
+    commits: int  # the database's, as pg_stat_database has heard of them (see commits())
 
 
 async def _postgres_pids(conn: asyncpg.Connection, database: str) -> list[int]:
@@ -37,6 +38,7 @@ async def snapshot(admin_url: str, database: str, redis_url: str) -> InfraSnapsh
         pids = await _postgres_pids(conn, database)
         # The next xid to be assigned, read without taking one.
         next_xid = int(await conn.fetchval("SELECT pg_snapshot_xmax(pg_current_snapshot())::text"))
+        committed = await _commits(conn, database)
     finally:
         await conn.close()
     redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
@@ -44,6 +46,7 @@ async def snapshot(admin_url: str, database: str, redis_url: str) -> InfraSnapsh
         postgres={p: cpu.cpu_seconds(p) for p in pids},
         redis={redis_pid: cpu.cpu_seconds(redis_pid)},
         next_xid=next_xid,
+        commits=committed,
     )
 
 
@@ -54,9 +57,13 @@ async def commits(admin_url: str, database: str) -> int:
     idle (PostgreSQL 15+), so a reading lags by up to that much."""
     conn = await asyncpg.connect(admin_url)
     try:
-        value = await conn.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", database)
+        return await _commits(conn, database)
     finally:
         await conn.close()
+
+
+async def _commits(conn: asyncpg.Connection, database: str) -> int:
+    value = await conn.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", database)
     return int(value or 0)
 
 
