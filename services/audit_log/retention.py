@@ -35,7 +35,9 @@ class Retention:
         metrics.ENTRIES_EXPIRED.inc(total)
         return total
 
-    async def run(self, interval_s: float) -> None:
+    async def run(self, interval_s: float, *, at_start: bool = True) -> None:
+        if not at_start:
+            await asyncio.sleep(interval_s)
         while True:
             try:
                 n = await self.expire_all()

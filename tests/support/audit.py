@@ -88,6 +88,7 @@ def audit_config(
         "tail_poll_s": 0.05,
         "checkpoint_interval_s": 3600,
         "retention_interval_s": 86_400,
+        "retention_at_start": False,  # only the test's own ApplyRetention expires
     }
     settings.update(over)
     return Config(
