@@ -102,6 +102,10 @@ class ClaimChange(asyncio.Event):
 class LocalWaiters(Protocol):
     """This replica's waiters, as the store that writes claims sees them."""
 
+    # Names this replica (process) to the others: a claim's `waiter`, an
+    # interest row's `replica`.
+    replica: str
+
     def writing(
         self, transaction_ids: Sequence[str]
     ) -> AbstractContextManager[Callable[[ClaimRecord], None]]:

@@ -46,6 +46,8 @@ from services.claim_router.usecases import DEFAULT_PULL_LEASE_S, ClaimRouter
 from services.claim_router.watch import ChangeHub
 
 MAX_KEY_GRACE_S = 366 * 24 * 3600.0
+# Interest rows (claim_interest) older than this are a dead replica's: removed at start.
+STALE_INTEREST_S = 24 * 3600.0
 
 # The gateway sends reflection here, so it lists the whole public contract
 # (including services that billing and audit_log serve).
@@ -116,6 +118,7 @@ async def _build(config: Config, resources: contextlib.AsyncExitStack) -> GrpcAp
     hub = ChangeHub(config.database_url)
     store = PgClaimStore(pool, waiters=hub)
     await store.migrate()
+    await store.forget_old_interest(STALE_INTEREST_S)
 
     adapter_channel, audit_channel, billing_channel = channels = [
         _channel(t) for t in (config.adapter_target, config.audit_target, config.billing_target)

@@ -19,6 +19,7 @@ from services.claim_router.domain import (
     OPEN_STATES,
     PULL_OFFER_STATES,
     PUSH_HANDOFF_LEASE_S,
+    TERMINAL_STATES,
     State,
     within_byte_budget,
 )
@@ -105,6 +106,21 @@ def _emit_cte(source: str | None, first: int) -> str:
     )
 
 
+def _announced(row: str, me: int, terminal: int) -> str:
+    """When a write of claim `row` (its new version) is announced: unless the
+    writing replica ($me) knows that no waiter elsewhere needs it. Its own
+    waiters are told in process (ChangeHub.writing). A submission's waiter
+    (`waiter`) waits for a state in $terminal only; a claim stored by an earlier
+    release (waiter NULL), or a store without a replica id ($me NULL), announces
+    every change, as before."""
+    return (
+        f"NOT (${me}::text IS NOT NULL AND {row}.waiter IS NOT NULL"
+        f" AND ({row}.waiter IN ('', ${me}) OR {row}.state <> ALL(${terminal}::smallint[]))"
+        " AND NOT EXISTS (SELECT 1 FROM router.claim_interest i"
+        f"  WHERE i.transaction_id = {row}.transaction_id AND i.replica <> ${me}))"
+    )
+
+
 # A claim as read, as it is to be, and the events that change emits.
 _Change = tuple[ClaimRecord, ClaimRecord, Sequence[Event]]
 
@@ -124,14 +140,25 @@ class PgClaimStore:
         # Given each claim an update stores, so that this replica's waiters
         # answer from it instead of reading it again (ChangeHub).
         self._waiters = waiters
+        # Who this replica is to the other replicas' announcements (None: a store
+        # with no waiters of its own announces every change, as before).
+        self._replica = waiters.replica if waiters is not None else None
+
+    def _waiter_column(self, waits: bool) -> str | None:
+        if self._replica is None:
+            return None
+        return self._replica if waits else ""
 
     async def migrate(self) -> None:
         await apply_migrations(self._pool, SCHEMA, MIGRATIONS)
 
-    async def insert(self, rec: ClaimRecord, events: Sequence[Event]) -> tuple[ClaimRecord, bool]:
+    async def insert(
+        self, rec: ClaimRecord, events: Sequence[Event], *, waits: bool = False
+    ) -> tuple[ClaimRecord, bool]:
         """Stores a new claim unless (hospital, claim_ref) exists; returns (stored, created).
         The claim, its events and its notifications go in one statement (one
-        round trip, one implicit transaction)."""
+        round trip, one implicit transaction). `waits`: this replica's caller
+        waits for the decision (the claim's `waiter`)."""
         # A push claim is stored already leased for its first hand-off, which the
         # caller starts at once with the record in hand: no second commit to
         # lease it, and the poller leaves it alone unless that hand-off fails.
@@ -139,9 +166,9 @@ class PgClaimStore:
         topics, payloads = _event_columns(events)
         row = await self._pool.fetchrow(
             "WITH inserted AS ("
-            f"  INSERT INTO router.claims ({_COLUMNS}, next_attempt_at, delivery_attempts) VALUES"
-            "  ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,now(),NULL,now(),NULL,NULL,$15,"
-            "   now() + make_interval(secs => $13), $14)"
+            f"  INSERT INTO router.claims ({_COLUMNS}, next_attempt_at, delivery_attempts, waiter)"
+            "  VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,now(),NULL,now(),NULL,NULL,$15,"
+            "   now() + make_interval(secs => $13), $14, $20)"
             "  ON CONFLICT (hospital_code, claim_ref) DO NOTHING"
             # Only what the database decided: the rest is `rec` (the envelope
             # alone is kilobytes, stored out of line).
@@ -174,6 +201,7 @@ class PgClaimStore:
             payloads,
             tracing.current_traceparent() or None,
             PULL_NOTIFY_CHANNEL,
+            self._waiter_column(waits),
         )
         if row is not None:
             stored = rec.with_changes(
@@ -344,7 +372,7 @@ class PgClaimStore:
             "  lease_until = CASE WHEN i.state = $11::smallint THEN NULL ELSE c.lease_until END"
             "  FROM input i WHERE c.transaction_id = i.transaction_id AND c.xmin = i.row_version"
             # Only what the database decided: the rest is the change as computed.
-            "  RETURNING c.transaction_id, c.state, c.updated_at, c.xmin AS row_version),"
+            "  RETURNING c.transaction_id, c.state, c.updated_at, c.waiter, c.xmin AS row_version),"
             # Each claim's events, in order, only for the claims written.
             " emitted AS ("
             "  INSERT INTO router.outbox (topic, payload, traceparent)"
@@ -353,8 +381,10 @@ class PgClaimStore:
             "   AS e(transaction_id, topic, payload, n) ON e.transaction_id = updated.transaction_id"
             "  ORDER BY e.n)"
             " SELECT updated.transaction_id, updated.updated_at, updated.row_version,"
-            "  pg_notify($17, updated.transaction_id),"
-            "  pg_notify($16, updated.transaction_id || ' ' || updated.state) FROM updated",
+            f"  CASE WHEN {_announced('updated', 18, 19)} THEN pg_notify($17, updated.transaction_id) END,"
+            f"  CASE WHEN {_announced('updated', 18, 19)} THEN"
+            "   pg_notify($16, updated.transaction_id || ' ' || updated.state) END"
+            " FROM updated",
             ids,
             [int(new.state) for _, new, _ in changes],
             [new.approved_amount_satang for _, new, _ in changes],
@@ -372,6 +402,8 @@ class PgClaimStore:
             traceparent,
             NOTIFY_CHANNEL,
             LEGACY_NOTIFY_CHANNEL,
+            self._replica,
+            _states(TERMINAL_STATES),
         )
         new_by_id = {cur.transaction_id: new for cur, new, _ in changes}
         return {
@@ -381,29 +413,55 @@ class PgClaimStore:
             for r in rows
         }
 
-    @staticmethod
     async def _emit_delivered(
-        conn: asyncpg.Connection, delivered: Sequence[tuple[ClaimRecord, Sequence[Event]]]
+        self, conn: asyncpg.Connection, delivered: Sequence[tuple[ClaimRecord, Sequence[Event]]]
     ) -> None:
         """Stores the events of claims a lease delivered, in order, and announces
-        each claim's change: one statement for the lot. The events carry the
-        trace they were emitted in (the relay sends them there)."""
+        each claim's change where a waiter elsewhere may need it: one statement
+        for the lot. The events carry the trace they were emitted in (the relay
+        sends them there)."""
         if not delivered:
             return
         topics, payloads = _event_columns([event for _, events in delivered for event in events])
         await conn.execute(
             f"WITH {_emit_cte(None, 1)}"
-            " SELECT pg_notify($6, u.transaction_id),"
-            "  pg_notify($7, u.transaction_id || ' ' || u.state)"
-            " FROM unnest($4::text[], $5::smallint[]) AS u(transaction_id, state)",
+            f" SELECT pg_notify($5, c.transaction_id), pg_notify($6, c.transaction_id || ' ' || c.state)"
+            " FROM unnest($4::text[]) AS u(transaction_id)"
+            " JOIN router.claims c ON c.transaction_id = u.transaction_id"
+            f" WHERE {_announced('c', 7, 8)}",
             topics,
             payloads,
             tracing.current_traceparent() or None,
             [rec.transaction_id for rec, _ in delivered],
-            [int(rec.state) for rec, _ in delivered],
             LEGACY_NOTIFY_CHANNEL,
             NOTIFY_CHANNEL,
+            self._replica,
+            _states(TERMINAL_STATES),
         )
+
+    # --- waits elsewhere (see _announced) ---------------------------------------------
+    async def note_interest(self, transaction_id: str) -> int | None:
+        if self._replica is None:
+            return None
+        interest_id: int = await self._pool.fetchval(
+            "INSERT INTO router.claim_interest (transaction_id, replica) VALUES ($1, $2) RETURNING id",
+            transaction_id,
+            self._replica,
+        )
+        return interest_id
+
+    async def drop_interest(self, interest_id: int) -> None:
+        await self._pool.execute("DELETE FROM router.claim_interest WHERE id = $1", interest_id)
+
+    async def forget_old_interest(self, older_than_s: float) -> int:
+        """Removes interest rows a replica that died left behind (they cost
+        announcements only); a live wait older than this falls back to its
+        periodic re-read."""
+        status = await self._pool.execute(
+            "DELETE FROM router.claim_interest WHERE since < now() - make_interval(secs => $1)",
+            older_than_s,
+        )
+        return int(status.split()[-1])
 
     # --- push hand-off to the delivery layer ------------------------------------------
     async def lease_push(self, limit: int, lease_s: float) -> list[ClaimRecord]:
@@ -485,12 +543,21 @@ class PgClaimStore:
                 int(State.RECEIVED),
             )
             records = sorted((_record(r) for r in updated), key=lambda r: r.submitted_at)
-            await self._emit_delivered(
-                conn, [(rec, on_delivered(rec)) for rec in records if rec.transaction_id in first_time]
-            )
+            delivered = [rec for rec in records if rec.transaction_id in first_time]
+            await self._emit_delivered(conn, [(rec, on_delivered(rec)) for rec in delivered])
         for rec in records:  # committed: the insurer's decision starts from these
             self._recent.stored(rec)
+        self._tell_waiters_here(delivered)
         return records
+
+    def _tell_waiters_here(self, written: Sequence[ClaimRecord]) -> None:
+        """This replica's waiters for claims written outside `_write`: told in
+        process, as the announcement may not be made (`_announced`)."""
+        if self._waiters is None or not written:
+            return
+        with self._waiters.writing([rec.transaction_id for rec in written]) as hand_off:
+            for rec in written:
+                hand_off(rec.with_changes(envelope="") if rec.envelope else rec)
 
     async def next_pull_offer_s(self, insurer_code: str) -> float | None:
         """Seconds until the first of the insurer's leased open pull claims is

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import KW_ONLY, dataclass, field, replace
 from datetime import UTC, datetime
@@ -35,9 +35,15 @@ from services.claim_router.events import state_change_events
 from services.claim_router.metrics import CLAIM_OUTCOMES, DECISION_LATENCY
 from services.claim_router.model import ClaimChange, ClaimRecord, Event, Mutation
 
+log = structlog.get_logger("claim_router.usecases")
+
 DEFAULT_PULL_LEASE_S = 60.0  # §6: an undecided pulled claim is offered again after this
 # Wake-ups can be lost (a dropped LISTEN connection), so waiters re-read this often.
 WATCH_RECHECK_S = 15.0
+# A wait that registers its interest (claim_interest) re-reads once this soon:
+# a write on another replica whose statement began before the registration
+# committed does not announce itself to it.
+INTEREST_SETTLE_S = 1.0
 # A waiting pull also looks again when a leased claim's lease ends (nothing
 # announces that), a moment after, so that the claim is offered by then.
 LEASE_END_MARGIN_S = 0.05
@@ -74,7 +80,16 @@ DurationParts = tuple[int, int]
 
 
 class ClaimStore(Protocol):
-    async def insert(self, rec: ClaimRecord, events: Sequence[Event]) -> tuple[ClaimRecord, bool]: ...
+    async def insert(
+        self, rec: ClaimRecord, events: Sequence[Event], *, waits: bool = False
+    ) -> tuple[ClaimRecord, bool]:
+        """`waits`: this replica's caller waits for the decision (no announcement needed)."""
+
+    async def note_interest(self, transaction_id: str) -> int | None:
+        """Asks other replicas' writers to announce the claim's changes; None
+        when they announce every change anyway. Returns what to drop."""
+
+    async def drop_interest(self, interest_id: int) -> None: ...
 
     async def get(self, transaction_id: str) -> ClaimRecord | None: ...
 
@@ -247,6 +262,8 @@ class ClaimRouter:
     _pull_recorded: dict[str, float] = field(default_factory=dict, init=False)
     # insurer code -> (monotonic time read, monotonic time its first pull lease ends, or None).
     _lease_ends: dict[str, tuple[float, float | None]] = field(default_factory=dict, init=False)
+    # Interest rows being dropped (claim_interest): kept so the tasks are not collected.
+    _dropping: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     # --- directory ---------------------------------------------------------------
 
@@ -323,7 +340,7 @@ class ClaimRouter:
         # Listening before the insert: no change to the new claim can slip by
         # unannounced, so the wait reads nothing until the claim is settled.
         with self.changes.claim_changes(candidate.transaction_id) as changes:
-            stored, created = await self._insert_new(req, candidate)
+            stored, created = await self._insert_new(req, candidate, waits=timeout_s > 0)
             structlog.contextvars.bind_contextvars(transaction_id=stored.transaction_id)
             if not created:  # a resubmission: the stored claim has another id
                 return await self._settled(stored, None, timeout_s)
@@ -342,8 +359,38 @@ class ClaimRouter:
             return stored
         if changes is not None:
             return await self._wait_settled(stored.transaction_id, timeout_s, changes, stored.state) or stored
-        with self.changes.claim_changes(stored.transaction_id) as late:
-            return await self._wait_settled(stored.transaction_id, timeout_s, late, None) or stored
+        async with self._interest(stored.transaction_id) as late:
+            return (
+                await self._wait_settled(
+                    stored.transaction_id, timeout_s, late, None, first_wait_s=INTEREST_SETTLE_S
+                )
+                or stored
+            )
+
+    @contextlib.asynccontextmanager
+    async def _interest(self, transaction_id: str) -> AsyncIterator[ClaimChange]:
+        """The claim's changes, for a wait its submission did not start: heard
+        here, and announced by writers on other replicas while it lasts."""
+        with self.changes.claim_changes(transaction_id) as changed:
+            interest = await self.store.note_interest(transaction_id)
+            try:
+                yield changed
+            finally:
+                if interest is not None:
+                    self._drop_interest_soon(interest)
+
+    def _drop_interest_soon(self, interest_id: int) -> None:
+        # Not awaited: the wait may end by cancellation (a caller gone). Not
+        # dropped (the database away): the writers announce more, no more.
+        async def drop() -> None:
+            try:
+                await self.store.drop_interest(interest_id)
+            except Exception as exc:
+                log.warning("claim_interest_not_dropped", error=type(exc).__name__)
+
+        task = asyncio.get_running_loop().create_task(drop())
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
 
     async def _routable(self, req: SubmitRequest, header: ProtectedHeader) -> Principal:
         """The insurer, if a new claim with this request may be routed to it."""
@@ -358,10 +405,14 @@ class ClaimRouter:
         )
         return insurer
 
-    async def _insert_new(self, req: SubmitRequest, candidate: ClaimRecord) -> tuple[ClaimRecord, bool]:
+    async def _insert_new(
+        self, req: SubmitRequest, candidate: ClaimRecord, *, waits: bool
+    ) -> tuple[ClaimRecord, bool]:
         """Stores the claim unless one is stored under its claim_ref: (stored, created)."""
         stored, created = await self.store.insert(
-            candidate, state_change_events(candidate, actor=req.hospital_code, route=ROUTE_SUBMIT)
+            candidate,
+            state_change_events(candidate, actor=req.hospital_code, route=ROUTE_SUBMIT),
+            waits=waits,
         )
         # Stored before (a resubmission is answered from it), or by a concurrent
         # submission under the same claim_ref: anything but the same claim conflicts.
@@ -370,15 +421,23 @@ class ClaimRouter:
         return stored, created
 
     async def _wait_settled(
-        self, transaction_id: str, timeout_s: float, changes: ClaimChange, known: State | None
+        self,
+        transaction_id: str,
+        timeout_s: float,
+        changes: ClaimChange,
+        known: State | None,
+        *,
+        first_wait_s: float = math.inf,
     ) -> ClaimRecord | None:
         """The claim once terminal, or as it is when the timeout passes. Each
         wake-up takes the state its notification carried; only one that did not
         say is read. The whole claim is read once, at the end, unless this
-        replica wrote the change that settled it (then it is in hand)."""
+        replica wrote the change that settled it (then it is in hand).
+        `first_wait_s`: the first wait ends by then at the latest (a re-read)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         state = known
+        next_wait_s = first_wait_s
         while True:
             if state is None:
                 state = await self.store.state_of(transaction_id)
@@ -393,7 +452,8 @@ class ClaimRouter:
                     continue
                 return await self.store.get(transaction_id)
             # The latest announced state; after a timeout, what it is now is read.
-            state = changes.state if await _wake_or_timeout(changes, remaining) else None
+            wait_s, next_wait_s = min(remaining, next_wait_s), math.inf
+            state = changes.state if await _wake_or_timeout(changes, wait_s) else None
 
     async def get_claim(self, hospital_code: str, transaction_id: str) -> ClaimRecord:
         domain.check_transaction_id(transaction_id)
@@ -406,8 +466,9 @@ class ClaimRouter:
     async def watch(self, hospital_code: str, transaction_id: str) -> AsyncGenerator[ClaimRecord, None]:
         """The claim now and after each change of state, ending with a terminal one."""
         rec = await self.get_claim(hospital_code, transaction_id)
-        with self.changes.claim_changes(rec.transaction_id) as changed:
+        async with self._interest(rec.transaction_id) as changed:
             last: State | None = None
+            recheck_s = INTEREST_SETTLE_S
             while True:
                 current = await self.store.get(rec.transaction_id)
                 assert current is not None  # claims are never deleted
@@ -417,8 +478,9 @@ class ClaimRouter:
                 if current.state in domain.TERMINAL_STATES:
                     return
                 # A change announced as the state already sent (a delivery note) needs no read.
-                while await _wake_or_timeout(changed, WATCH_RECHECK_S) and changed.state == last:
+                while await _wake_or_timeout(changed, recheck_s) and changed.state == last:
                     pass
+                recheck_s = WATCH_RECHECK_S
 
     async def list_claims(self, req: ListClaimsRequest) -> Page[ClaimRecord]:
         size = domain.page_size_of(req.page_size)

@@ -1,11 +1,14 @@
 """Wakes waiters when a claim changes or pull work arrives, across replicas,
 via PostgreSQL LISTEN/NOTIFY on one dedicated connection. A claim's waiters
-are told the new state the notification carries, so they need not read it."""
+are told the new state the notification carries, so they need not read it.
+Changes written by this replica reach its waiters in process (`writing`); a
+write is announced only where another replica may wait (store `_announced`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -23,6 +26,9 @@ log = structlog.get_logger("claim_router.watch")
 class ChangeHub:
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
+        # New at each start: a claim left waited for by a process that died is
+        # then announced (its waiter is no longer this replica).
+        self.replica = secrets.token_hex(8)
         self._waiters: dict[str, set[ClaimChange]] = defaultdict(set)
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
