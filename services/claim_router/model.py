@@ -70,6 +70,15 @@ class OutboxEvent(NamedTuple):
 Mutation = Callable[[ClaimRecord], tuple[ClaimRecord | None, Sequence[Event]]]
 
 
+class Leased(list[ClaimRecord]):
+    """The claims a pull lease took. `exhausted`: nothing else was there to
+    offer (fewer than asked for found, none left out for the answer's size)."""
+
+    def __init__(self, records: Sequence[ClaimRecord] = (), *, exhausted: bool) -> None:
+        super().__init__(records)
+        self.exhausted = exhausted
+
+
 class ClaimChange(asyncio.Event):
     """Set whenever the claim changes. `state` is the state the latest change
     announced, or None when it did not say (a router of the previous release,

@@ -23,7 +23,7 @@ from services.claim_router.domain import (
     State,
     within_byte_budget,
 )
-from services.claim_router.model import ClaimRecord, Event, LocalWaiters, Mutation, OutboxEvent
+from services.claim_router.model import ClaimRecord, Event, Leased, LocalWaiters, Mutation, OutboxEvent
 from services.claim_router.recent import RecentClaims
 
 SCHEMA = "router"
@@ -314,24 +314,44 @@ class PgClaimStore:
     ) -> dict[str, ClaimRecord]:
         """`transition` for many claims at once: one read and one write (one
         commit) per round, a further round only for the claims another writer
-        changed in between. Returns each claim found as stored; the events
-        carry no trace (the batch is no one claim's)."""
+        changed in between. The first round starts from the claims this
+        replica stored last (`recent`), reading only the others: one there,
+        maybe stale, stands for no change or a refusal by `mutate` only once
+        read. Returns each claim found as stored; the events carry no trace
+        (the batch is no one claim's)."""
         stored: dict[str, ClaimRecord] = {}
         pending = sorted(set(transaction_ids))
+        at_hand = {t: rec for t in pending if (rec := self._recent.get(t)) is not None and rec.row_version}
         while pending:
-            rows = await self._pool.fetch(
-                f"SELECT {_VERSIONED} FROM router.claims WHERE transaction_id = ANY($1::text[])"
-                " ORDER BY transaction_id",
-                pending,
-            )
             changes: list[_Change] = []
-            for row in rows:
-                current = _record(row)
-                new, events = mutate(current)
+            to_read: list[str] = []
+            for tid in pending:
+                cached = at_hand.pop(tid, None)
+                if cached is None:
+                    to_read.append(tid)
+                    continue
+                try:
+                    new, events = mutate(cached)
+                except Exception:
+                    new = None
                 if new is None:
-                    stored[current.transaction_id] = current
+                    to_read.append(tid)  # decided on what may be an old version
                 else:
-                    changes.append((current, new, events))
+                    changes.append((cached, new, events))
+            if to_read:
+                rows = await self._pool.fetch(
+                    f"SELECT {_VERSIONED} FROM router.claims WHERE transaction_id = ANY($1::text[])"
+                    " ORDER BY transaction_id",
+                    to_read,
+                )
+                for row in rows:
+                    current = _record(row)
+                    new, events = mutate(current)
+                    if new is None:
+                        stored[current.transaction_id] = current
+                    else:
+                        changes.append((current, new, events))
+            changes.sort(key=lambda change: change[0].transaction_id)
             written = await self._write(changes, None) if changes else {}
             stored.update(written)
             pending = [cur.transaction_id for cur, _, _ in changes if cur.transaction_id not in written]
@@ -512,7 +532,7 @@ class PgClaimStore:
         limit: int,
         lease_s: float,
         on_delivered: Callable[[ClaimRecord], Sequence[Event]],
-    ) -> list[ClaimRecord]:
+    ) -> Leased:
         """Offers open pull claims whose lease has passed; RECEIVED ones become DELIVERED."""
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
@@ -526,9 +546,11 @@ class PgClaimStore:
                 _states(PULL_OFFER_STATES),
             )
             # Only what fits one answer is leased; the rest stay offered.
+            found = len(rows)
             rows = rows[: within_byte_budget([r["size"] for r in rows])]
+            exhausted = found < limit and len(rows) == found
             if not rows:
-                return []
+                return Leased(exhausted=exhausted)
             first_time = {r["transaction_id"] for r in rows if r["state"] == State.RECEIVED}
             updated = await conn.fetch(
                 "UPDATE router.claims SET lease_until = now() + make_interval(secs => $2),"
@@ -548,7 +570,7 @@ class PgClaimStore:
         for rec in records:  # committed: the insurer's decision starts from these
             self._recent.stored(rec)
         self._tell_waiters_here(delivered)
-        return records
+        return Leased(records, exhausted=exhausted)
 
     def _tell_waiters_here(self, written: Sequence[ClaimRecord]) -> None:
         """This replica's waiters for claims written outside `_write`: told in

@@ -33,7 +33,7 @@ from services.claim_router import domain
 from services.claim_router.domain import State
 from services.claim_router.events import state_change_events
 from services.claim_router.metrics import CLAIM_OUTCOMES, DECISION_LATENCY
-from services.claim_router.model import ClaimChange, ClaimRecord, Event, Mutation
+from services.claim_router.model import ClaimChange, ClaimRecord, Event, Leased, Mutation
 
 log = structlog.get_logger("claim_router.usecases")
 
@@ -132,7 +132,7 @@ class ClaimStore(Protocol):
         limit: int,
         lease_s: float,
         on_delivered: Callable[[ClaimRecord], Sequence[Event]],
-    ) -> list[ClaimRecord]: ...
+    ) -> Leased: ...
 
     async def next_pull_offer_s(self, insurer_code: str) -> float | None: ...
 
@@ -159,6 +159,9 @@ class ChangeFeed(Protocol):
     def claim_changes(self, transaction_id: str) -> AbstractContextManager[ClaimChange]: ...
 
     def pull_ready(self, insurer_code: str) -> AbstractContextManager[asyncio.Event]: ...
+
+    def pull_heard(self, insurer_code: str) -> int:
+        """Grows whenever pull work for the insurer may have arrived."""
 
 
 class PushQueue(Protocol):
@@ -262,6 +265,8 @@ class ClaimRouter:
     _pull_recorded: dict[str, float] = field(default_factory=dict, init=False)
     # insurer code -> (monotonic time read, monotonic time its first pull lease ends, or None).
     _lease_ends: dict[str, tuple[float, float | None]] = field(default_factory=dict, init=False)
+    # insurer code -> (pull_heard, monotonic time) when a lease found nothing more to offer.
+    _pull_empty: dict[str, tuple[int, float]] = field(default_factory=dict, init=False)
     # Interest rows being dropped (claim_interest): kept so the tasks are not collected.
     _dropping: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
@@ -533,11 +538,18 @@ class ClaimRouter:
 
         with self.changes.pull_ready(insurer_code) as ready:
             while True:
-                leased = await self.store.lease_pull(
-                    insurer_code, max_claims, self.pull_lease_s, on_delivered
-                )
-                if leased:
-                    self._leased(insurer_code)
+                if self._known_empty(insurer_code):
+                    # Nothing announced and no lease ended since a lease found
+                    # nothing more: the poll after a pulled claim reads nothing.
+                    leased = Leased(exhausted=True)
+                else:
+                    heard = self.changes.pull_heard(insurer_code)
+                    leased = await self.store.lease_pull(
+                        insurer_code, max_claims, self.pull_lease_s, on_delivered
+                    )
+                    if leased:
+                        self._leased(insurer_code)
+                    self._note_empty(insurer_code, heard if leased.exhausted else None)
                 remaining = deadline - loop.time()
                 if leased or remaining <= 0:
                     return leased
@@ -553,15 +565,48 @@ class ClaimRouter:
         now = time.monotonic()
         read_at, ends = self._lease_ends.get(insurer_code, (-math.inf, None))
         if now - read_at >= LEASE_ENDS_FRESH_S or (ends is not None and ends <= now):
+            if ends is not None and ends <= now:
+                self._pull_empty.pop(insurer_code, None)  # a lease ended: its claim is offered
             ends_in = await self.store.next_pull_offer_s(insurer_code)
             ends = None if ends_in is None else now + ends_in
             self._lease_ends[insurer_code] = (now, ends)
         return None if ends is None else ends - now
 
-    def _leased(self, insurer_code: str) -> None:
-        """This replica's own lease is known without a read."""
+    def _note_empty(self, insurer_code: str, heard: int | None) -> None:
+        """After a lease: `heard` (pull_heard before it began) when it found
+        nothing more to offer. Taken before: a claim stored after the lease's
+        snapshot is announced after the lease began, and so unsettles it."""
+        if heard is None:
+            self._pull_empty.pop(insurer_code, None)
+        else:
+            self._pull_empty[insurer_code] = (heard, time.monotonic())
+
+    def _known_empty(self, insurer_code: str) -> bool:
+        """Nothing to offer the insurer is known without a read: since the
+        lease that found nothing more, no claim was announced, none of the
+        leases known by the lease-end read ended, and none taken since that
+        read can have (they last pull_lease_s); at most WATCH_RECHECK_S old."""
+        noted = self._pull_empty.get(insurer_code)
+        if noted is None:
+            return False
+        heard, since = noted
         now = time.monotonic()
-        read_at, ends = self._lease_ends.get(insurer_code, (now, None))
+        read_at, ends = self._lease_ends.get(insurer_code, (-math.inf, None))
+        known = (
+            heard == self.changes.pull_heard(insurer_code)
+            and now - since < WATCH_RECHECK_S
+            and now - read_at < self.pull_lease_s
+            and (ends is None or ends > now)
+        )
+        if not known:
+            del self._pull_empty[insurer_code]
+        return known
+
+    def _leased(self, insurer_code: str) -> None:
+        """This replica's own lease is known without a read (not the others':
+        with no read yet, the next wait reads)."""
+        now = time.monotonic()
+        read_at, ends = self._lease_ends.get(insurer_code, (-math.inf, None))
         mine = now + self.pull_lease_s
         self._lease_ends[insurer_code] = (read_at, mine if ends is None else min(ends, mine))
 

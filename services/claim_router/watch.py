@@ -30,6 +30,10 @@ class ChangeHub:
         # then announced (its waiter is no longer this replica).
         self.replica = secrets.token_hex(8)
         self._waiters: dict[str, set[ClaimChange]] = defaultdict(set)
+        # Announcements of pull work heard, per insurer, and wake-ups of all
+        # (a reconnect): what a poll that found nothing compares later.
+        self._pull_heard: dict[str, int] = defaultdict(int)
+        self._all_woken = 0
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -53,6 +57,7 @@ class ChangeHub:
         elif channel == LEGACY_NOTIFY_CHANNEL:
             self._wake(payload, None)
         else:
+            self._pull_heard[payload] += 1
             self._wake(_pull_key(payload), None)
 
     def _wake(self, key: str, state: State | None) -> None:
@@ -60,6 +65,7 @@ class ChangeHub:
             event.announce(state)
 
     def _wake_all(self) -> None:
+        self._all_woken += 1
         for events in self._waiters.values():
             for event in events:
                 event.announce(None)  # whatever was missed: read it
@@ -104,6 +110,11 @@ class ChangeHub:
     def claim_changes(self, transaction_id: str) -> contextlib.AbstractContextManager[ClaimChange]:
         """An event set whenever the claim changes, while the block runs."""
         return self._subscription(transaction_id)
+
+    def pull_heard(self, insurer_code: str) -> int:
+        """Grows whenever pull work for the insurer may have arrived (an
+        announcement, or one possibly missed): unchanged, nothing was heard."""
+        return self._pull_heard.get(insurer_code, 0) + self._all_woken
 
     def pull_ready(self, insurer_code: str) -> contextlib.AbstractContextManager[asyncio.Event]:
         """An event set whenever a pull claim for the insurer is stored."""

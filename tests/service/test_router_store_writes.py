@@ -128,6 +128,8 @@ async def test_transition_many_writes_once_and_retries_only_what_moved(
         return await real_write(changes, tp)
 
     s._write = write_after_a_rival  # type: ignore[method-assign]
+    for txid in ids:  # read, not taken from this replica's cache (the next test)
+        s._recent.forget(txid)
     stored = await s.transition_many([*ids, ids[0], "txn_" + "f" * 28], deliver)
     assert sorted(stored) == sorted(ids)  # each found once; the unknown one absent
     for txid in ids[:3]:
@@ -153,6 +155,48 @@ async def test_transition_many_writes_once_and_retries_only_what_moved(
         ("audit", ids[2][-4:].encode()),
         ("audit", ids[1][-4:].encode()),
     ]
+
+
+class _SqlSeen:
+    """The pool, noting the first words of each statement the store runs."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.seen: list[str] = []
+
+    async def fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
+        self.seen.append(sql.split()[0] + (" claims" if "FROM router.claims WHERE" in sql else ""))
+        return await self._pool.fetch(sql, *args)
+
+
+async def test_transition_many_starts_from_the_claims_at_hand(
+    store: tuple[PgClaimStore, asyncpg.Pool],
+) -> None:
+    s, pool = store
+    claims = [(await s.insert(_claim(f"HAND{n}"), []))[0] for n in range(3)]
+    ids = [c.transaction_id for c in claims]
+    # Another replica moves the second: this replica's copy of it is stale.
+    await PgClaimStore(pool).transition(ids[1], lambda cur: (cur.with_changes(approved_amount_satang=5), []))
+    seen: list[tuple[str, int]] = []
+
+    def approve(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
+        seen.append((cur.transaction_id, cur.approved_amount_satang))
+        if cur.transaction_id == ids[2]:
+            return None, []  # no change: stands only on the claim as read
+        return cur.with_changes(state=State.DELIVERED), []
+
+    counted = _SqlSeen(pool)
+    s._pool = counted  # type: ignore[assignment]
+    stored = await s.transition_many(ids, approve)
+    s._pool = pool
+    # The first round writes from the copies at hand and reads only the one
+    # `approve` left unchanged; the stale one, refused by its version, is read then.
+    assert counted.seen == ["SELECT claims", "WITH", "SELECT claims", "WITH"]
+    assert sorted(seen) == sorted([(ids[0], 0), (ids[1], 0), (ids[2], 0), (ids[2], 0), (ids[1], 5)])
+    assert [stored[t].state for t in ids] == [State.DELIVERED, State.DELIVERED, State.RECEIVED]
+    assert stored[ids[1]].approved_amount_satang == 5
+    for txid in ids:
+        assert await s.get(txid) == stored[txid]
 
 
 async def test_only_deliveries_read_the_envelope(store: tuple[PgClaimStore, asyncpg.Pool]) -> None:
