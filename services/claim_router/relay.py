@@ -1,7 +1,9 @@
 """Relays the router's outbox to the audit log and billing until acknowledged.
 
 Both receivers deduplicate (audit by event_id, billing by transaction_id), so
-a crash between send and mark-sent only causes a harmless resend.
+a crash between send and mark-sent only causes a harmless resend. A sent
+batch is marked by the statement that reads the next one (one commit a round,
+not two), at most GATHER_S (or IDLE_S) after it was acknowledged.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ Batch = list[OutboxEvent]
 
 
 class OutboxStore(Protocol):
-    async def outbox_batch(self, topic: str, limit: int) -> Batch: ...
+    async def outbox_next(self, topic: str, limit: int, sent: Sequence[int]) -> Batch:
+        """Marks `sent` as sent and returns the next unsent events, in one statement."""
 
     async def outbox_mark_sent(self, ids: Sequence[int]) -> None: ...
 
@@ -82,6 +85,8 @@ class OutboxRelay:
             billing_intake_pb2_grpc.BillingIntakeServiceStub(billing_channel) if billing_channel else None
         )
         self._tasks: list[asyncio.Task[None]] = []
+        # topic -> events acknowledged downstream, marked sent with the next read.
+        self._unmarked: dict[str, list[int]] = {}
 
     def start(self) -> None:
         if self._audit is not None:
@@ -93,10 +98,11 @@ class OutboxRelay:
         backoff = IDLE_S
         while True:
             try:
-                batch = await self._store.outbox_batch(topic, BATCH)
+                batch = await self._store.outbox_next(topic, BATCH, self._unmarked.get(topic, []))
+                self._unmarked[topic] = []
                 if batch:
                     await send(batch)
-                    await self._store.outbox_mark_sent([e.id for e in batch])
+                    self._unmarked[topic] = [e.id for e in batch]
                     backoff = IDLE_S
                     if len(batch) < BATCH:
                         await asyncio.sleep(GATHER_S)
@@ -165,3 +171,9 @@ class OutboxRelay:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        unmarked = [event_id for ids in self._unmarked.values() for event_id in ids]
+        if unmarked:
+            try:
+                await self._store.outbox_mark_sent(unmarked)
+            except Exception as exc:  # sent again after the restart: deduplicated downstream
+                log.warning("relay_mark_sent_failed", error=type(exc).__name__)

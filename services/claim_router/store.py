@@ -612,12 +612,16 @@ class PgClaimStore:
         return int(value or 0)
 
     # --- outbox --------------------------------------------------------------------
-    async def outbox_batch(self, topic: str, limit: int) -> list[OutboxEvent]:
+    async def outbox_next(self, topic: str, limit: int, sent: Sequence[int]) -> list[OutboxEvent]:
+        # The UPDATE's rows are not yet visible to the SELECT of the same
+        # statement: those just marked are left out by id.
         rows = await self._pool.fetch(
-            "SELECT id, payload, traceparent FROM router.outbox"
-            " WHERE topic = $1 AND sent_at IS NULL ORDER BY id LIMIT $2",
+            "WITH marked AS (UPDATE router.outbox SET sent_at = now() WHERE id = ANY($3::bigint[]))"
+            " SELECT id, payload, traceparent FROM router.outbox"
+            " WHERE topic = $1 AND sent_at IS NULL AND id <> ALL($3::bigint[]) ORDER BY id LIMIT $2",
             topic,
             limit,
+            list(sent),
         )
         return [OutboxEvent(r["id"], bytes(r["payload"]), r["traceparent"] or "") for r in rows]
 

@@ -135,7 +135,7 @@ async def test_the_relay_sends_one_call_and_falls_back_for_an_older_billing(h: H
 
 
 class _NoStore:
-    async def outbox_batch(self, topic: str, limit: int) -> list[OutboxEvent]:
+    async def outbox_next(self, topic: str, limit: int, sent: object) -> list[OutboxEvent]:
         return []
 
     async def outbox_mark_sent(self, ids: object) -> None:
