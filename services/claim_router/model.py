@@ -115,6 +115,9 @@ class LocalWaiters(Protocol):
     # interest row's `replica`.
     replica: str
 
+    def pull_stored(self, insurer_code: str) -> None:
+        """A pull claim for the insurer was stored (committed) here."""
+
     def writing(
         self, transaction_ids: Sequence[str]
     ) -> AbstractContextManager[Callable[[ClaimRecord], None]]:

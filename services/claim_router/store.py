@@ -106,6 +106,11 @@ def _emit_cte(source: str | None, first: int) -> str:
     )
 
 
+# A replica's note that it polls for an insurer (pull_pollers) counts this
+# long; it renews it while it polls (usecases.PULL_POLLER_RENEW_S).
+PULL_POLLER_FRESH_S = 90.0
+
+
 def _announced(row: str, me: int, terminal: int) -> str:
     """When a write of claim `row` (its new version) is announced: unless the
     writing replica ($me) knows that no waiter elsewhere needs it. Its own
@@ -168,7 +173,7 @@ class PgClaimStore:
             "WITH inserted AS ("
             f"  INSERT INTO router.claims ({_COLUMNS}, next_attempt_at, delivery_attempts, waiter)"
             "  VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,now(),NULL,now(),NULL,NULL,$15,"
-            "   now() + make_interval(secs => $13), $14, $20)"
+            "   now() + make_interval(secs => $13), $14, $22)"
             "  ON CONFLICT (hospital_code, claim_ref) DO NOTHING"
             # Only what the database decided: the rest is `rec` (the envelope
             # alone is kilobytes, stored out of line).
@@ -177,10 +182,14 @@ class PgClaimStore:
             f" {_emit_cte('inserted', 16)}"
             # Nobody waits for a claim to be RECEIVED (a watch reads the claim
             # once subscribed; the submission waits for the decision), so only a
-            # pull claim notifies, its insurer's waiting PullClaims. A commit
-            # with no NOTIFY also skips PostgreSQL's notification queue lock.
+            # pull claim notifies, its insurer's waiting PullClaims, and only
+            # those of another replica (this one's are woken in process). A
+            # commit with no NOTIFY also skips PostgreSQL's notification queue lock.
             " SELECT inserted.*,"
-            "  CASE WHEN inserted.delivery_mode = 'pull' THEN pg_notify($19, inserted.insurer_code) END"
+            "  CASE WHEN inserted.delivery_mode = 'pull' AND ($20::text IS NULL OR EXISTS ("
+            "   SELECT 1 FROM router.pull_pollers p WHERE p.insurer_code = inserted.insurer_code"
+            "    AND p.replica <> $20 AND p.seen_at > now() - make_interval(secs => $21)))"
+            "  THEN pg_notify($19, inserted.insurer_code) END"
             " FROM inserted",
             rec.transaction_id,
             rec.hospital_code,
@@ -201,9 +210,13 @@ class PgClaimStore:
             payloads,
             tracing.current_traceparent() or None,
             PULL_NOTIFY_CHANNEL,
+            self._replica,
+            PULL_POLLER_FRESH_S,
             self._waiter_column(waits),
         )
         if row is not None:
+            if rec.delivery_mode == DELIVERY_PULL and self._waiters is not None:
+                self._waiters.pull_stored(rec.insurer_code)
             stored = rec.with_changes(
                 submitted_at=row["submitted_at"],
                 updated_at=row["updated_at"],
@@ -473,10 +486,32 @@ class PgClaimStore:
     async def drop_interest(self, interest_id: int) -> None:
         await self._pool.execute("DELETE FROM router.claim_interest WHERE id = $1", interest_id)
 
+    async def note_pull_poller(self, insurer_code: str) -> bool:
+        """This replica polls for the insurer: other replicas announce its new
+        claims for a while. True when it was not noted (or no longer fresh)."""
+        if self._replica is None:
+            return False
+        return bool(
+            await self._pool.fetchval(
+                "WITH before AS (SELECT seen_at > now() - make_interval(secs => $3) AS fresh"
+                "  FROM router.pull_pollers WHERE insurer_code = $1 AND replica = $2),"
+                " noted AS (INSERT INTO router.pull_pollers (insurer_code, replica) VALUES ($1, $2)"
+                "  ON CONFLICT (insurer_code, replica) DO UPDATE SET seen_at = now())"
+                " SELECT NOT coalesce((SELECT fresh FROM before), false)",
+                insurer_code,
+                self._replica,
+                PULL_POLLER_FRESH_S,
+            )
+        )
+
     async def forget_old_interest(self, older_than_s: float) -> int:
         """Removes interest rows a replica that died left behind (they cost
-        announcements only); a live wait older than this falls back to its
-        periodic re-read."""
+        announcements only; a live wait older than this falls back to its
+        periodic re-read), and pull poller notes as old. Returns the former's count."""
+        await self._pool.execute(
+            "DELETE FROM router.pull_pollers WHERE seen_at < now() - make_interval(secs => $1)",
+            older_than_s,
+        )
         status = await self._pool.execute(
             "DELETE FROM router.claim_interest WHERE since < now() - make_interval(secs => $1)",
             older_than_s,

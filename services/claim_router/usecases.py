@@ -50,6 +50,9 @@ LEASE_END_MARGIN_S = 0.05
 # When the first lease ends is read at most this often per insurer and replica:
 # under load every pulled claim is followed by a poll that finds nothing.
 LEASE_ENDS_FRESH_S = 1.0
+# A replica notes that it polls for an insurer (so that other replicas announce
+# its new claims) at most this often; store.PULL_POLLER_FRESH_S is the note's life.
+PULL_POLLER_RENEW_S = 30.0
 # §10.5: a pull insurer's last PullClaims is written at most this often (per replica).
 PULL_RECORD_INTERVAL_S = 10.0
 # Billing's read-through names at most this many claims (its invoice and payment limit).
@@ -135,6 +138,10 @@ class ClaimStore(Protocol):
     ) -> Leased: ...
 
     async def next_pull_offer_s(self, insurer_code: str) -> float | None: ...
+
+    async def note_pull_poller(self, insurer_code: str) -> bool:
+        """Other replicas announce the insurer's new claims here for a while;
+        True when this replica was not noted as polling for it until now."""
 
     async def pull_waiting_since(self) -> dict[str, datetime]: ...
 
@@ -265,6 +272,8 @@ class ClaimRouter:
     _pull_recorded: dict[str, float] = field(default_factory=dict, init=False)
     # insurer code -> (monotonic time read, monotonic time its first pull lease ends, or None).
     _lease_ends: dict[str, tuple[float, float | None]] = field(default_factory=dict, init=False)
+    # insurer code -> monotonic time this replica last noted that it polls for it.
+    _poller_noted: dict[str, float] = field(default_factory=dict, init=False)
     # insurer code -> (pull_heard, monotonic time) when a lease found nothing more to offer.
     _pull_empty: dict[str, tuple[int, float]] = field(default_factory=dict, init=False)
     # Interest rows being dropped (claim_interest): kept so the tasks are not collected.
@@ -530,6 +539,9 @@ class ClaimRouter:
         domain.check_max_claims(max_claims)
         wait_s = domain.duration_s(*wait, field="wait", reason="WAIT_INVALID", max_s=domain.MAX_PULL_WAIT_S)
         await self._record_pull(insurer_code)
+        # Newly noted: a claim stored elsewhere by a statement that began before
+        # the note committed is not announced here, so the first wait is short.
+        first_wait_s = INTEREST_SETTLE_S if await self._note_poller(insurer_code) else math.inf
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
 
@@ -557,7 +569,10 @@ class ClaimRouter:
                 # between (an idle pull read the database every second before).
                 lease_ends = await self._until_lease_ends(insurer_code)
                 recheck = WATCH_RECHECK_S if lease_ends is None else lease_ends + LEASE_END_MARGIN_S
-                await _wake_or_timeout(ready, min(remaining, recheck))
+                wait_for_s = min(remaining, recheck, first_wait_s)
+                if not await _wake_or_timeout(ready, wait_for_s) and wait_for_s < remaining:
+                    self._pull_empty.pop(insurer_code, None)  # a wait cut short is one to look again
+                first_wait_s = math.inf
 
     async def _until_lease_ends(self, insurer_code: str) -> float | None:
         """Seconds until the first of the insurer's pull leases ends; None: no
@@ -609,6 +624,17 @@ class ClaimRouter:
         read_at, ends = self._lease_ends.get(insurer_code, (-math.inf, None))
         mine = now + self.pull_lease_s
         self._lease_ends[insurer_code] = (read_at, mine if ends is None else min(ends, mine))
+
+    async def _note_poller(self, insurer_code: str) -> bool:
+        """Notes (at most every PULL_POLLER_RENEW_S) that this replica polls
+        for the insurer; True when the note is new."""
+        now = time.monotonic()
+        last = self._poller_noted.get(insurer_code)
+        if last is not None and now - last < PULL_POLLER_RENEW_S:
+            return False
+        newly = await self.store.note_pull_poller(insurer_code)
+        self._poller_noted[insurer_code] = now
+        return newly
 
     async def _record_pull(self, insurer_code: str) -> None:
         """Notes in the registry that a pull insurer pulled (§10.5 health), at

@@ -57,8 +57,13 @@ class ChangeHub:
         elif channel == LEGACY_NOTIFY_CHANNEL:
             self._wake(payload, None)
         else:
-            self._pull_heard[payload] += 1
-            self._wake(_pull_key(payload), None)
+            self.pull_stored(payload)
+
+    def pull_stored(self, insurer_code: str) -> None:
+        """A pull claim for the insurer was stored: here (told in process) or
+        on another replica (announced)."""
+        self._pull_heard[insurer_code] += 1
+        self._wake(_pull_key(insurer_code), None)
 
     def _wake(self, key: str, state: State | None) -> None:
         for event in self._waiters.get(key, ()):

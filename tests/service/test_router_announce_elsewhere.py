@@ -17,7 +17,7 @@ import pytest
 from iclaim_hub.common.db import create_pool
 from services.claim_router.domain import State
 from services.claim_router.model import ClaimRecord, Event
-from services.claim_router.store import NOTIFY_CHANNEL, PgClaimStore
+from services.claim_router.store import NOTIFY_CHANNEL, PULL_NOTIFY_CHANNEL, PgClaimStore
 from services.claim_router.usecases import ClaimRouter
 from services.claim_router.watch import ChangeHub
 from tests.support.router_records import claim_record
@@ -194,3 +194,63 @@ async def test_interest_rows_left_by_a_dead_replica_are_forgotten(
     )
     assert await store_a.forget_old_interest(24 * 3600.0) == 1
     assert [r["id"] for r in await pool.fetch("SELECT id FROM router.claim_interest")] == [fresh]
+
+
+@contextlib.asynccontextmanager
+async def _pull_announcements(database_url: str) -> AsyncIterator[list[str]]:
+    heard: list[str] = []
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.add_listener(PULL_NOTIFY_CHANNEL, lambda _c, _p, _ch, payload: heard.append(payload))
+        yield heard
+    finally:
+        await conn.close()
+
+
+async def test_a_pull_claim_is_announced_only_if_another_replica_polls_for_its_insurer(
+    replicas: tuple[Any, Any, asyncpg.Pool], database_url: str
+) -> None:
+    (store_a, hub_a), (store_b, _), pool = replicas
+    async with _pull_announcements(database_url) as heard:
+        with hub_a.pull_ready("AIA") as ready:
+            await store_a.insert(claim_record("PULLA1", "pull"), [])  # no poller anywhere else
+            assert ready.is_set() and hub_a.pull_heard("AIA") == 1  # told in process
+        assert await store_a.note_pull_poller("AIA") is True  # A's own note: no reason to announce
+        assert await store_a.note_pull_poller("AIA") is False  # renewed, not new
+        await store_a.insert(claim_record("PULLA2", "pull"), [])
+        assert await store_b.note_pull_poller("AIA") is True  # B polls for AIA
+        await store_a.insert(claim_record("PULLA3", "pull"), [])
+        await store_a.insert(claim_record("PULLA4", "pull").with_changes(insurer_code="MTL"), [])
+        await pool.execute("UPDATE router.pull_pollers SET seen_at = now() - interval '91 s'")
+        await store_a.insert(claim_record("PULLA5", "pull"), [])  # B's note too old
+        assert await store_b.note_pull_poller("AIA") is True  # new again
+        await _settle()
+    assert heard == ["AIA"]
+
+
+async def test_a_newly_noted_poll_looks_again_soon_for_a_claim_not_announced(
+    replicas: tuple[Any, Any, asyncpg.Pool],
+) -> None:
+    """A claim stored elsewhere by a statement that began before this replica's
+    note committed is not announced here: the poll's first wait is short."""
+    (store_a, hub_a), _, pool = replicas
+    router = ClaimRouter(store_a, directory=None, push=None, changes=hub_a)  # type: ignore[arg-type]
+    claim = claim_record("PULLRACE", "pull")
+
+    async def store_unannounced() -> None:
+        await asyncio.sleep(0.2)  # after the poll's first lease found nothing
+        await pool.execute(
+            "INSERT INTO router.claims (transaction_id, hospital_code, insurer_code, claim_ref, state,"
+            " billed_amount_satang, approved_amount_satang, envelope, envelope_sha256,"
+            " decision_envelope, status_reason, delivery_mode, submitted_at, updated_at)"
+            " VALUES ($1, '10670', 'AIA', $2, 1, 100, 0, 'e', $3, '', '', 'pull', now(), now())",
+            claim.transaction_id,
+            claim.claim_ref,
+            "0" * 64,
+        )
+
+    storing = asyncio.create_task(store_unannounced())
+    async with asyncio.timeout(5):  # at the first wait's end (1 s), not the poll's (20 s)
+        got = await router.pull("AIA", 10, (20, 0))
+    await storing
+    assert [c.transaction_id for c in got] == [claim.transaction_id]
