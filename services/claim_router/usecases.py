@@ -47,9 +47,6 @@ INTEREST_SETTLE_S = 1.0
 # A waiting pull also looks again when a leased claim's lease ends (nothing
 # announces that), a moment after, so that the claim is offered by then.
 LEASE_END_MARGIN_S = 0.05
-# When the first lease ends is read at most this often per insurer and replica:
-# under load every pulled claim is followed by a poll that finds nothing.
-LEASE_ENDS_FRESH_S = 1.0
 # A replica notes that it polls for an insurer (so that other replicas announce
 # its new claims) at most this often; store.PULL_POLLER_FRESH_S is the note's life.
 PULL_POLLER_RENEW_S = 30.0
@@ -568,24 +565,28 @@ class ClaimRouter:
                 # Until a new claim is announced, or a lease ends: no reads in
                 # between (an idle pull read the database every second before).
                 lease_ends = await self._until_lease_ends(insurer_code)
-                recheck = WATCH_RECHECK_S if lease_ends is None else lease_ends + LEASE_END_MARGIN_S
+                recheck = min(WATCH_RECHECK_S, lease_ends + LEASE_END_MARGIN_S)
                 wait_for_s = min(remaining, recheck, first_wait_s)
                 if not await _wake_or_timeout(ready, wait_for_s) and wait_for_s < remaining:
                     self._pull_empty.pop(insurer_code, None)  # a wait cut short is one to look again
                 first_wait_s = math.inf
 
-    async def _until_lease_ends(self, insurer_code: str) -> float | None:
-        """Seconds until the first of the insurer's pull leases ends; None: no
-        lease. Read afresh once a second, or once the one known has ended."""
+    async def _until_lease_ends(self, insurer_code: str) -> float:
+        """Seconds until the first of the insurer's pull leases may end. A read
+        stays good until the first lease it found ends, or for pull_lease_s: a
+        lease taken since, by any replica (all run with this lease length),
+        ends no sooner. Under load every pulled claim is followed by a poll that
+        waits: this keeps them from reading it each time."""
         now = time.monotonic()
         read_at, ends = self._lease_ends.get(insurer_code, (-math.inf, None))
-        if now - read_at >= LEASE_ENDS_FRESH_S or (ends is not None and ends <= now):
+        if now - read_at >= self.pull_lease_s or (ends is not None and ends <= now):
             if ends is not None and ends <= now:
                 self._pull_empty.pop(insurer_code, None)  # a lease ended: its claim is offered
             ends_in = await self.store.next_pull_offer_s(insurer_code)
-            ends = None if ends_in is None else now + ends_in
-            self._lease_ends[insurer_code] = (now, ends)
-        return None if ends is None else ends - now
+            read_at, ends = now, None if ends_in is None else now + ends_in
+            self._lease_ends[insurer_code] = (read_at, ends)
+        first = read_at + self.pull_lease_s
+        return (first if ends is None else min(ends, first)) - now
 
     def _note_empty(self, insurer_code: str, heard: int | None) -> None:
         """After a lease: `heard` (pull_heard before it began) when it found

@@ -56,18 +56,32 @@ async def parts(database_url: str) -> AsyncIterator[tuple[CountingStore, ClaimRo
     await pool.close()
 
 
-async def test_an_idle_pull_reads_once_at_the_start_and_once_at_its_end(
-    parts: tuple[CountingStore, ClaimRouter, asyncpg.Pool],
+async def test_an_idle_pull_reads_once(
+    long_leases: tuple[CountingStore, ClaimRouter, asyncpg.Pool],
 ) -> None:
-    store, router, _ = parts
+    store, router, _ = long_leases
     # This replica's first poll for AIA notes it as a poller (and looks again
     # after a second: see test_router_announce_elsewhere); the steady state after.
     assert await router.pull("AIA", 10, (0, 0)) == []
-    store.leases = 0
+    store.leases = store.lease_end_reads = 0
     assert await router.pull("AIA", 10, (3, 500_000_000)) == []
-    # The one read when the wait begins and the one when it ends (it read
-    # every second before: five).
-    assert store.leases == 2
+    # The read when the wait begins; nothing announced and no lease to end, so
+    # none at its end (it read every second before: five; then two).
+    assert (store.leases, store.lease_end_reads) == (1, 1)
+
+
+async def test_a_lease_end_read_holds_for_a_lease_length(
+    long_leases: tuple[CountingStore, ClaimRouter, asyncpg.Pool],
+) -> None:
+    """No lease taken after the read, by any replica, can end within a lease
+    length of it: polls that wait over seconds read when leases end once."""
+    store, router, _ = long_leases
+    claim = claim_record("PULLWAIT4", mode="pull")
+    await store.insert(claim, [])
+    assert len(await router.pull("AIA", 10, (0, 0))) == 1
+    for _ in range(5):
+        assert await router.pull("AIA", 10, (0, 500_000_000)) == []
+    assert store.lease_end_reads == 1  # once a second before: three
 
 
 async def test_a_claim_whose_lease_ends_during_the_wait_is_offered_then(
