@@ -43,12 +43,12 @@ async def replicas(database_url: str) -> AsyncIterator[tuple[Any, Any, asyncpg.P
 
 
 @contextlib.asynccontextmanager
-async def _announcements(database_url: str) -> AsyncIterator[list[str]]:
-    """The claim-state announcements made while the block runs."""
+async def _announcements(database_url: str, channel: str = NOTIFY_CHANNEL) -> AsyncIterator[list[str]]:
+    """What is announced on `channel` (claim states by default) while the block runs."""
     heard: list[str] = []
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.add_listener(NOTIFY_CHANNEL, lambda _c, _p, _ch, payload: heard.append(payload))
+        await conn.add_listener(channel, lambda _c, _p, _ch, payload: heard.append(payload))
         yield heard
     finally:
         await conn.close()
@@ -196,22 +196,11 @@ async def test_interest_rows_left_by_a_dead_replica_are_forgotten(
     assert [r["id"] for r in await pool.fetch("SELECT id FROM router.claim_interest")] == [fresh]
 
 
-@contextlib.asynccontextmanager
-async def _pull_announcements(database_url: str) -> AsyncIterator[list[str]]:
-    heard: list[str] = []
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.add_listener(PULL_NOTIFY_CHANNEL, lambda _c, _p, _ch, payload: heard.append(payload))
-        yield heard
-    finally:
-        await conn.close()
-
-
 async def test_a_pull_claim_is_announced_only_if_another_replica_polls_for_its_insurer(
     replicas: tuple[Any, Any, asyncpg.Pool], database_url: str
 ) -> None:
     (store_a, hub_a), (store_b, _), pool = replicas
-    async with _pull_announcements(database_url) as heard:
+    async with _announcements(database_url, PULL_NOTIFY_CHANNEL) as heard:
         with hub_a.pull_ready("AIA") as ready:
             await store_a.insert(claim_record("PULLA1", "pull"), [])  # no poller anywhere else
             assert ready.is_set() and hub_a.pull_heard("AIA") == 1  # told in process
