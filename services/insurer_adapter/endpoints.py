@@ -19,9 +19,9 @@ MAX_TTL_S = 4.0
 
 
 class EndpointRegistry(Protocol):
-    async def principal(self, code: str) -> Principal | None: ...
-
-    async def endpoint_key(self, code: str) -> RegistryEndpointKey | None: ...
+    async def principal_and_endpoint_key(
+        self, code: str
+    ) -> tuple[Principal, RegistryEndpointKey | None] | None: ...
 
 
 class EndpointCache:
@@ -60,11 +60,13 @@ class EndpointCache:
             return endpoint
 
     async def _load(self, code: str) -> Endpoint | None:
-        principal = await self._registry.principal(code)
-        if principal is None or principal.role != "insurer":
+        # One statement for both (a commit each every TTL per busy insurer adds up).
+        found = await self._registry.principal_and_endpoint_key(code)
+        if found is None or found[0].role != "insurer":
             return None
+        principal, registry_key = found
         mode = principal.delivery_mode or "pull"
-        key = await self._registry.endpoint_key(code) if mode in ("grpc", "webhook") else None
+        key = registry_key if mode in ("grpc", "webhook") else None
         return Endpoint(
             insurer_code=code,
             mode=mode,

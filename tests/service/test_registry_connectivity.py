@@ -226,6 +226,60 @@ async def test_an_endpoint_secret_is_bound_to_its_row(reg: Reg) -> None:
     assert await reg.store.endpoint_key(GRPC) == aia
 
 
+async def test_a_principal_is_read_with_its_accepted_keys_in_order(reg: Reg) -> None:
+    """One statement carries the principal and its encryption keys: the current
+    key, the previous one (with the time it became previous), never a retired one."""
+    publics = []
+    for n in (1, 2, 3):
+        _, public = generate_encryption_key(f"{GRPC}-k{n}")
+        await reg.store.add_encryption_key(GRPC, public["kid"], public)
+        publics.append(public)
+    aia = await reg.store.principal(GRPC)
+    assert aia is not None and aia.code == GRPC and aia.role == "insurer"
+    assert [(k.kid, k.status, k.public_jwk) for k in aia.keys] == [
+        (publics[1]["kid"], "previous", publics[1]),
+        (publics[2]["kid"], "current", publics[2]),
+    ]
+    assert aia.keys[0].previous_since is not None and aia.keys[1].previous_since is None
+    # The list reads the same, and a principal without keys has none.
+    listed = {p.code: p for p in await reg.store.principals()}
+    assert listed[GRPC] == aia and listed[PULL].keys == ()
+    hospitals = sorted(h.code for h in dev_hospitals())
+    assert [p.code for p in await reg.store.principals("hospital")] == hospitals
+    assert await reg.store.principal("NOPE") is None
+
+
+async def test_principal_and_endpoint_key_read_as_the_two_reads_would(reg: Reg) -> None:
+    """What the delivery layer's endpoint cache reads, in one statement."""
+    _, public = generate_encryption_key(f"{GRPC}-k1")
+    await reg.store.add_encryption_key(GRPC, public["kid"], public)
+    first = await reg.store.issue_endpoint_key(GRPC)
+    for code in (GRPC, WEBHOOK, PULL, HOSPITAL):
+        assert await reg.store.principal_and_endpoint_key(code) == (
+            await reg.store.principal(code),
+            await reg.store.endpoint_key(code),
+        )
+    found = await reg.store.principal_and_endpoint_key(GRPC)
+    assert found is not None and found[1] == first and found[0].keys[0].kid == public["kid"]
+    assert await reg.store.principal_and_endpoint_key("NOPE") is None
+
+    second = await reg.store.issue_endpoint_key(GRPC)  # a rotation: only the new key
+    found = await reg.store.principal_and_endpoint_key(GRPC)
+    assert found is not None and found[1] == second
+
+    # A secret that does not open (copied from another row) reads as no key,
+    # the principal still read.
+    mtl = await reg.store.issue_endpoint_key(WEBHOOK)
+    await reg.pool.execute(
+        "UPDATE registry.endpoint_keys SET secret_sealed ="
+        " (SELECT secret_sealed FROM registry.endpoint_keys WHERE key_id = $1) WHERE key_id = $2",
+        second.key_id,
+        mtl.key_id,
+    )
+    found = await reg.store.principal_and_endpoint_key(WEBHOOK)
+    assert found is not None and found[0].code == WEBHOOK and found[1] is None
+
+
 async def test_endpoint_keys_only_for_insurers_in_the_registry(reg: Reg) -> None:
     for code in ("NOPE", HOSPITAL):
         with pytest.raises(NotFound) as err:
