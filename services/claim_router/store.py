@@ -323,17 +323,31 @@ class PgClaimStore:
             current = None  # changed since it was read: decide again on what is there now
 
     async def transition_many(
-        self, transaction_ids: Sequence[str], mutate: Mutation
+        self,
+        transaction_ids: Sequence[str],
+        mutate: Mutation,
+        settled: Callable[[ClaimRecord], bool] | None = None,
     ) -> dict[str, ClaimRecord]:
         """`transition` for many claims at once: one read and one write (one
         commit) per round, a further round only for the claims another writer
         changed in between. The first round starts from the claims this
         replica stored last (`recent`), reading only the others: one there,
         maybe stale, stands for no change or a refusal by `mutate` only once
-        read. Returns each claim found as stored; the events carry no trace
-        (the batch is no one claim's)."""
+        read. `settled(copy)`: `mutate` changes nothing on this copy nor on any
+        later version of the claim (it may rely only on what never reverts: a
+        claim's route, a state it cannot return to, a time once noted); such a
+        claim, open or closed when this replica last stored it, is not read.
+        Returns each claim found as stored (a settled one as at hand, a closed
+        one without envelopes); the events carry no trace (the batch is no one
+        claim's)."""
         stored: dict[str, ClaimRecord] = {}
         pending = sorted(set(transaction_ids))
+        if settled is not None:
+            for tid in pending:
+                copy = self._recent.get(tid) or self._recent.closed(tid)
+                if copy is not None and settled(copy):
+                    stored[tid] = copy
+            pending = [tid for tid in pending if tid not in stored]
         at_hand = {t: rec for t in pending if (rec := self._recent.get(t)) is not None and rec.row_version}
         while pending:
             changes: list[_Change] = []

@@ -112,9 +112,14 @@ class ClaimStore(Protocol):
         """`mutate` may run more than once (a concurrent change): no side effects."""
 
     async def transition_many(
-        self, transaction_ids: Sequence[str], mutate: Mutation
+        self,
+        transaction_ids: Sequence[str],
+        mutate: Mutation,
+        settled: Callable[[ClaimRecord], bool] | None = None,
     ) -> dict[str, ClaimRecord]:
-        """`transition` for many claims in one commit; those found, as stored."""
+        """`transition` for many claims in one commit; those found, as stored.
+        `settled`: a copy at hand for which no later version could change
+        `mutate`'s "no change" is taken without a read."""
 
     async def list_for_hospital(
         self,
@@ -820,7 +825,16 @@ class ClaimRouter:
                 return None, []  # refused below
             return taken(cur)
 
-        stored = await self.store.transition_many(list(wanted), mutate)
+        def settled(cur: ClaimRecord) -> bool:
+            # `mutate` changes nothing on this claim, nor will on a later version:
+            # a claim's insurer and route never change, nor a taken time once
+            # noted (then it is never RECEIVED again: a redrive makes it
+            # DELIVERED). Most reports find the claim decided, taken with it,
+            # by this replica: no read to learn there is nothing to write.
+            refused = wanted[cur.transaction_id] != cur.insurer_code or cur.delivery_mode not in PUSH_MODES
+            return refused or (cur.taken_at is not None and cur.state != State.RECEIVED)
+
+        stored = await self.store.transition_many(list(wanted), mutate, settled)
         malformed = {i for i, _ in refused}
         for i, report in enumerate(reports):
             if i in malformed:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -14,6 +15,7 @@ from iclaim_hub.common.db import create_pool
 from services.claim_router.domain import State
 from services.claim_router.model import ClaimRecord, Event
 from services.claim_router.store import PgClaimStore
+from services.claim_router.usecases import ClaimRouter, DeliveryReport
 from tests.support.router_records import claim_record as _claim
 
 
@@ -197,6 +199,56 @@ async def test_transition_many_starts_from_the_claims_at_hand(
     assert stored[ids[1]].approved_amount_satang == 5
     for txid in ids:
         assert await s.get(txid) == stored[txid]
+
+
+async def test_transition_many_takes_a_settled_copy_without_a_read(
+    store: tuple[PgClaimStore, asyncpg.Pool],
+) -> None:
+    s, pool = store
+    claims = [(await s.insert(_claim(f"SETL{n}"), []))[0] for n in range(3)]
+    ids = [c.transaction_id for c in claims]
+    # Another replica moves the first on: this replica's copy is stale, but
+    # `settled` says no version could make a difference to this mutation.
+    await PgClaimStore(pool).transition(ids[0], lambda cur: (cur.with_changes(approved_amount_satang=5), []))
+    counted = _SqlSeen(pool)
+    s._pool = counted  # type: ignore[assignment]
+    stored = await s.transition_many(ids, lambda cur: (None, []), lambda cur: cur.transaction_id != ids[2])
+    s._pool = pool
+    assert counted.seen == ["SELECT claims"]  # only the unsettled one
+    assert stored[ids[0]].approved_amount_satang == 0  # as at hand
+    assert stored[ids[1]] == _read_back(claims[1]) and stored[ids[2]] == _read_back(claims[2])
+
+
+async def test_a_taken_report_after_the_decision_reads_nothing(
+    store: tuple[PgClaimStore, asyncpg.Pool],
+) -> None:
+    """The usual webhook claim: decided (taken with it) before the delivery
+    layer's ReportTakenBatch arrives. Nothing to write, nothing to read; a claim
+    not yet taken is written, one of another insurer's refused without a read."""
+    s, pool = store
+    decided, _ = await s.insert(_claim("7A4E01", "webhook"), [])
+    await s.transition(
+        decided.transaction_id,
+        lambda cur: (cur.with_changes(state=State.APPROVED, taken_at=datetime.now(UTC)), []),
+    )
+    fresh, _ = await s.insert(_claim("7A4E02", "webhook"), [])
+    router = ClaimRouter(s, directory=None, push=None, changes=None)  # type: ignore[arg-type]
+    counted = _SqlSeen(pool)
+    s._pool = counted  # type: ignore[assignment]
+    refused = await router.report_taken_many(
+        [
+            DeliveryReport(decided.transaction_id, "AIA"),
+            DeliveryReport(fresh.transaction_id, "MTL"),  # not its insurer
+        ]
+    )
+    assert counted.seen == [] and refused == [(1, "CLAIM_NOT_FOUND")]
+    assert await router.report_taken_many([DeliveryReport(fresh.transaction_id, "AIA")]) == []
+    s._pool = pool
+    assert counted.seen == ["WITH"]
+    taken = await s.get(fresh.transaction_id)
+    assert taken is not None and taken.state == State.DELIVERED and taken.taken_at is not None
+    still = await s.get(decided.transaction_id)
+    assert still is not None and still.state == State.APPROVED
 
 
 async def test_only_deliveries_read_the_envelope(store: tuple[PgClaimStore, asyncpg.Pool]) -> None:
