@@ -158,27 +158,41 @@ class PgClaimStore:
         await apply_migrations(self._pool, SCHEMA, MIGRATIONS)
 
     async def insert(
-        self, rec: ClaimRecord, events: Sequence[Event], *, waits: bool = False
+        self,
+        rec: ClaimRecord,
+        events: Sequence[Event],
+        *,
+        waits: bool = False,
+        pull_lease_s: float | None = None,
     ) -> tuple[ClaimRecord, bool]:
         """Stores a new claim unless (hospital, claim_ref) exists; returns (stored, created).
         The claim, its events and its notifications go in one statement (one
         round trip, one implicit transaction). `waits`: this replica's caller
-        waits for the decision (the claim's `waiter`)."""
+        waits for the decision (the claim's `waiter`). `pull_lease_s`: a pull
+        claim handed straight to a PullClaims call waiting here, so stored
+        leased for that long and delivered (`rec` DELIVERED, its events both
+        changes): the lease a poll would take next, in the same commit."""
         # A push claim is stored already leased for its first hand-off, which the
         # caller starts at once with the record in hand: no second commit to
         # lease it, and the poller leaves it alone unless that hand-off fails.
         push = rec.delivery_mode != DELIVERY_PULL
+        if pull_lease_s is not None and (push or rec.state != State.DELIVERED):
+            raise ValueError("only a pull claim, DELIVERED, is stored leased")
         topics, payloads = _event_columns(events)
         row = await self._pool.fetchrow(
             "WITH inserted AS ("
-            f"  INSERT INTO router.claims ({_COLUMNS}, next_attempt_at, delivery_attempts, waiter)"
-            "  VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,now(),NULL,now(),NULL,NULL,$15,"
-            "   now() + make_interval(secs => $13), $14, $22)"
+            f"  INSERT INTO router.claims ({_COLUMNS}, next_attempt_at, delivery_attempts, waiter,"
+            "   lease_until)"
+            "  VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,now(),NULL,now(),"
+            "   CASE WHEN $23::float8 IS NULL THEN NULL ELSE now() END,"
+            "   CASE WHEN $23::float8 IS NULL THEN NULL ELSE now() END, $15,"
+            "   now() + make_interval(secs => $13), $14, $22,"
+            "   now() + make_interval(secs => $23::float8))"
             "  ON CONFLICT (hospital_code, claim_ref) DO NOTHING"
             # Only what the database decided: the rest is `rec` (the envelope
             # alone is kilobytes, stored out of line).
             "  RETURNING transaction_id, insurer_code, delivery_mode, submitted_at, updated_at,"
-            "  xmin AS row_version),"
+            "  delivered_at, taken_at, lease_until, xmin AS row_version),"
             f" {_emit_cte('inserted', 16)}"
             # Nobody waits for a claim to be RECEIVED (a watch reads the claim
             # once subscribed; the submission waits for the decision), so only a
@@ -186,7 +200,8 @@ class PgClaimStore:
             # those of another replica (this one's are woken in process). A
             # commit with no NOTIFY also skips PostgreSQL's notification queue lock.
             " SELECT inserted.*,"
-            "  CASE WHEN inserted.delivery_mode = 'pull' AND ($20::text IS NULL OR EXISTS ("
+            "  CASE WHEN inserted.delivery_mode = 'pull' AND inserted.lease_until IS NULL"
+            "   AND ($20::text IS NULL OR EXISTS ("
             "   SELECT 1 FROM router.pull_pollers p WHERE p.insurer_code = inserted.insurer_code"
             "    AND p.replica <> $20 AND p.seen_at > now() - make_interval(secs => $21)))"
             "  THEN pg_notify($19, inserted.insurer_code) END"
@@ -213,16 +228,19 @@ class PgClaimStore:
             self._replica,
             PULL_POLLER_FRESH_S,
             self._waiter_column(waits),
+            pull_lease_s,
         )
         if row is not None:
-            if rec.delivery_mode == DELIVERY_PULL and self._waiters is not None:
+            # A claim stored leased is offered to no one: nobody else to wake.
+            offered = rec.delivery_mode == DELIVERY_PULL and row["lease_until"] is None
+            if offered and self._waiters is not None:
                 self._waiters.pull_stored(rec.insurer_code)
             stored = rec.with_changes(
                 submitted_at=row["submitted_at"],
                 updated_at=row["updated_at"],
                 decided_at=None,
-                handed_off_at=None,
-                taken_at=None,
+                handed_off_at=row["delivered_at"],
+                taken_at=row["taken_at"],
                 row_version=row["row_version"],
             )
             self._recent.stored(stored)

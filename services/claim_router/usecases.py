@@ -34,6 +34,7 @@ from services.claim_router.domain import State
 from services.claim_router.events import state_change_events
 from services.claim_router.metrics import CLAIM_OUTCOMES, DECISION_LATENCY
 from services.claim_router.model import ClaimChange, ClaimRecord, Event, Leased, Mutation
+from services.claim_router.pull_handoff import PullHandOff
 
 log = structlog.get_logger("claim_router.usecases")
 
@@ -81,9 +82,15 @@ DurationParts = tuple[int, int]
 
 class ClaimStore(Protocol):
     async def insert(
-        self, rec: ClaimRecord, events: Sequence[Event], *, waits: bool = False
+        self,
+        rec: ClaimRecord,
+        events: Sequence[Event],
+        *,
+        waits: bool = False,
+        pull_lease_s: float | None = None,
     ) -> tuple[ClaimRecord, bool]:
-        """`waits`: this replica's caller waits for the decision (no announcement needed)."""
+        """`waits`: this replica's caller waits for the decision (no announcement
+        needed). `pull_lease_s`: a DELIVERED pull claim, stored leased that long."""
 
     async def note_interest(self, transaction_id: str) -> int | None:
         """Asks other replicas' writers to announce the claim's changes; None
@@ -280,6 +287,8 @@ class ClaimRouter:
     _pull_empty: dict[str, tuple[int, float]] = field(default_factory=dict, init=False)
     # Interest rows being dropped (claim_interest): kept so the tasks are not collected.
     _dropping: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    # PullClaims calls waiting here, which a submission hands its claim to.
+    _pull_handoff: PullHandOff = field(default_factory=PullHandOff, init=False)
 
     # --- directory ---------------------------------------------------------------
 
@@ -424,12 +433,32 @@ class ClaimRouter:
     async def _insert_new(
         self, req: SubmitRequest, candidate: ClaimRecord, *, waits: bool
     ) -> tuple[ClaimRecord, bool]:
-        """Stores the claim unless one is stored under its claim_ref: (stored, created)."""
-        stored, created = await self.store.insert(
-            candidate,
-            state_change_events(candidate, actor=req.hospital_code, route=ROUTE_SUBMIT),
-            waits=waits,
+        """Stores the claim unless one is stored under its claim_ref: (stored, created).
+        A pull claim whose insurer's poll waits here is stored leased and
+        handed to that poll (pull_handoff)."""
+        events = state_change_events(candidate, actor=req.hospital_code, route=ROUTE_SUBMIT)
+        taker = (
+            self._pull_handoff.reserve(candidate.insurer_code)
+            if candidate.delivery_mode == DELIVERY_PULL
+            else None
         )
+        if taker is None:
+            stored, created = await self.store.insert(candidate, events, waits=waits)
+        else:
+            delivered = candidate.with_changes(state=State.DELIVERED)
+            events += state_change_events(delivered, actor=candidate.insurer_code, route=ROUTE_PULL)
+            try:
+                stored, created = await self.store.insert(
+                    delivered, events, waits=waits, pull_lease_s=self.pull_lease_s
+                )
+            except BaseException:
+                taker.release()
+                raise
+            if created:
+                self._leased(candidate.insurer_code)  # its lease ends as a poll's would
+                taker.hand(stored)
+            else:
+                taker.release()
         # Stored before (a resubmission is answered from it), or by a concurrent
         # submission under the same claim_ref: anything but the same claim conflicts.
         if not created and not _same_claim(stored, req):
@@ -550,7 +579,10 @@ class ClaimRouter:
         def on_delivered(rec: ClaimRecord) -> Sequence[Event]:
             return state_change_events(rec, actor=insurer_code, route=ROUTE_PULL)
 
-        with self.changes.pull_ready(insurer_code) as ready:
+        with (
+            self.changes.pull_ready(insurer_code) as ready,
+            self._pull_handoff.waiting(insurer_code, ready) as taker,
+        ):
             while True:
                 if self._known_empty(insurer_code):
                     # Nothing announced and no lease ended since a lease found
@@ -572,7 +604,15 @@ class ClaimRouter:
                 lease_ends = await self._until_lease_ends(insurer_code)
                 recheck = min(WATCH_RECHECK_S, lease_ends + LEASE_END_MARGIN_S)
                 wait_for_s = min(remaining, recheck, first_wait_s)
-                if not await _wake_or_timeout(ready, wait_for_s) and wait_for_s < remaining:
+                taker.open()
+                woken = await _wake_or_timeout(ready, wait_for_s)
+                handed = await taker.close()
+                if handed:
+                    # Stored leased to this poll by a submission here: what a
+                    # lease would have found (nothing else was offered, or this
+                    # poll would not have waited).
+                    return Leased(handed, exhausted=False)
+                if not woken and wait_for_s < remaining:
                     self._pull_empty.pop(insurer_code, None)  # a wait cut short is one to look again
                 first_wait_s = math.inf
 
