@@ -350,10 +350,10 @@ class Dispatcher:
             metrics.PUSHES.labels(lane.code, "taken").inc()
             taken_at = datetime.now(UTC)
             if self.taken_marks is not None:
-                self.taken_marks.add(d.transaction_id, lane.code, taken_at, unstored)
+                self.taken_marks.add(d.transaction_id, lane.code, taken_at, unstored, known=result.decided)
                 log.info("claim_taken", insurer=lane.code, attempts=d.attempts)
             else:
-                reported = await self._report_taken(lane.code, d, taken_at)
+                reported = result.decided or await self._report_taken(lane.code, d, taken_at)
                 if unstored is None:
                     await self.store.mark_taken(d.transaction_id, taken_at, reported=reported)
                 else:
@@ -403,7 +403,9 @@ class Dispatcher:
         if outcome in (AnswerOutcome.RECORDED, AnswerOutcome.CONFLICT):
             if outcome is AnswerOutcome.CONFLICT:
                 log.warning("push_answer_conflicts", insurer=code)
-            return PushResult(True)
+            # A decision recorded notes the claim taken at the router (the
+            # earlier one, in a conflict, did too): nothing to report.
+            return PushResult(True, decided=True)
         error = (
             PushError.ANSWER_DECISION_REFUSED
             if outcome is AnswerOutcome.REFUSED

@@ -145,6 +145,9 @@ class PushResult:
     taken: bool
     error: str = ""  # a PushError value when not taken
     answer: PushAnswer | None = None  # a decision the insurer answered with (taken only)
+    # The router recorded that decision (or holds an earlier one): it knows the
+    # claim was taken, so no "taken" report is sent.
+    decided: bool = False
 
 
 class StorageUnavailable(Exception):

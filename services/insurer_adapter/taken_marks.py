@@ -64,8 +64,9 @@ class TakenMarks:
         self._on_unreported = on_unreported
         self._window_s = window_s
         self._expiry_s = expiry_s
-        # transaction_id, insurer, taken_at, and the delivery itself if not stored yet
-        self._pending: list[tuple[str, str, datetime, NewDelivery | None]] = []
+        # transaction_id, insurer, taken_at, the delivery itself if not stored
+        # yet, and whether the router knows already (no report)
+        self._pending: list[tuple[str, str, datetime, NewDelivery | None, bool]] = []
         # The window's timer; None once it fired (its write may still be running).
         self._flusher: asyncio.Task[None] | None = None
         # One batch at a time: close() waits for a batch under way.
@@ -73,11 +74,19 @@ class TakenMarks:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def add(
-        self, transaction_id: str, insurer_code: str, taken_at: datetime, unstored: NewDelivery | None = None
+        self,
+        transaction_id: str,
+        insurer_code: str,
+        taken_at: datetime,
+        unstored: NewDelivery | None = None,
+        *,
+        known: bool = False,
     ) -> None:
         """Reports it taken and marks it so within the window (stores it, taken,
-        if `unstored`: it was pushed before it was stored)."""
-        self._pending.append((transaction_id, insurer_code, taken_at, unstored))
+        if `unstored`: it was pushed before it was stored). `known`: the router
+        knows already (it recorded the insurer's decision from the push's
+        answer, which notes the claim taken): marked, not reported."""
+        self._pending.append((transaction_id, insurer_code, taken_at, unstored, known))
         if self._flusher is None:
             # A fresh context: the batch is no one push's (no transaction_id in its logs).
             task = asyncio.create_task(self._flush_after_window(), context=contextvars.Context())
@@ -100,14 +109,18 @@ class TakenMarks:
             if not batch:
                 return
             try:
-                acked = await self._router.report_taken_many(
-                    [PendingReport(txid, code, ReportKind.TAKEN, at, 1) for txid, code, at, _ in batch]
-                )
-                stored = [(txid, at, txid in acked) for txid, _, at, new in batch if new is None]
+                reports = [
+                    PendingReport(txid, code, ReportKind.TAKEN, at, 1)
+                    for txid, code, at, _, known in batch
+                    if not known
+                ]
+                reported = await self._router.report_taken_many(reports) if reports else set()
+                acked = reported | {txid for txid, _, _, _, known in batch if known}
+                stored = [(txid, at, txid in acked) for txid, _, at, new, _ in batch if new is None]
                 # One row each: a statement's upsert may not touch a row twice.
                 fresh = {
                     new.transaction_id: (new, at, new.transaction_id in acked)
-                    for _, _, at, new in batch
+                    for _, _, at, new, _ in batch
                     if new
                 }
                 if stored:
@@ -122,9 +135,9 @@ class TakenMarks:
             except Exception as exc:  # the leases end and those claims are pushed again
                 log.warning("taken_marks_not_stored", count=len(batch), error=type(exc).__name__)
                 return
-            metrics.REPORTS.labels(ReportKind.TAKEN.value, "acked").inc(len(acked))
-            if len(acked) < len(batch):
-                metrics.REPORTS.labels(ReportKind.TAKEN.value, "retry").inc(len(batch) - len(acked))
+            metrics.REPORTS.labels(ReportKind.TAKEN.value, "acked").inc(len(reported))
+            if len(reported) < len(reports):
+                metrics.REPORTS.labels(ReportKind.TAKEN.value, "retry").inc(len(reports) - len(reported))
                 self._on_unreported()
 
     async def close(self) -> None:

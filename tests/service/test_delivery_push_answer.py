@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,21 +101,40 @@ async def _failed_with(h: Harness, txid: str, error: str) -> asyncpg.Record:
     return row
 
 
-async def _taken_at_first_push(h: Harness, code: str) -> str:
-    """One claim delivered to `code`, once its first push is taken and reported."""
+async def _taken_at_first_push(h: Harness, code: str, *, reported: bool = False) -> str:
+    """One claim delivered to `code`, once its first push is taken. `reported`:
+    a plain "taken" answer, reported to the router; else the answer's decision,
+    recorded, told the router it was taken: no report."""
     stub = await h.start_adapter()
     [txid] = await h.deliver(stub, code)
     row = await h.taken_row(txid)
-    await wait_for(lambda: h.reports.acked("taken") == [txid], what="the taken report")
     assert row["attempts"] == 1 and row["last_error"] is None
+    if reported:
+        await wait_for(lambda: h.reports.acked("taken") == [txid], what="the taken report")
+    else:
+        assert h.reports.calls == [] and row["report_state"] == "done"
     return txid
 
 
-async def _taken_later(h: Harness, txid: str) -> None:
-    """The claim taken by a later push, and reported."""
+async def _taken_later(h: Harness, txid: str, *, reported: bool) -> None:
+    """The claim taken by a later push; `reported`: a plain "taken" answer,
+    reported to the router (one with a decision recorded needs no report)."""
     row = await h.taken_row(txid)
-    await wait_for(lambda: h.reports.acked("taken") == [txid], what="the taken report")
+    if reported:
+        await wait_for(lambda: h.reports.acked("taken") == [txid], what="the taken report")
+    else:
+        assert h.reports.calls == [] and row["report_state"] == "done"
     assert row["last_error"] is None and row["attempts"] >= 2
+
+
+async def _all_taken_unreported(h: Harness, txids: Sequence[str]) -> None:
+    """Each written taken, none reported: the router knows from the decisions."""
+
+    async def taken() -> bool:
+        return await h.states(list(txids)) == {t: "taken" for t in txids}
+
+    await wait_for(taken, what="rows written taken")
+    assert h.reports.calls == []
 
 
 def _decided(endpoint: GrpcEndpoint | WebhookEndpoint) -> int:
@@ -178,7 +197,7 @@ async def test_answers_arriving_together_reach_the_router_in_batches(h: Harness)
     endpoint.decide = _decide(claim_service_pb2.CLAIM_STATE_APPROVED, 150_000, "")
     stub = await h.start_adapter()
     txids = await asyncio.gather(*(_deliver(h, stub, "ANSBATCH", push_first=False) for _ in range(12)))
-    await wait_for(lambda: sorted(h.reports.acked("taken")) == sorted(txids), what="taken reports")
+    await _all_taken_unreported(h, txids)
     assert sorted(r.transaction_id for r in h.decisions.requests) == sorted(txids)
     assert len(h.decisions.requests) == len(txids)  # each once, by one call or the other
     assert all(n >= 2 for n in h.decisions.batches)  # a batch of one goes singly
@@ -191,7 +210,7 @@ async def test_a_router_without_the_batch_call_gets_them_one_by_one(h: Harness) 
     endpoint.decide = _decide(claim_service_pb2.CLAIM_STATE_APPROVED, 150_000, "")
     stub = await h.start_adapter()
     txids = await h.deliver(stub, "ANSOLD", 3)
-    await wait_for(lambda: sorted(h.reports.acked("taken")) == sorted(txids), what="taken reports")
+    await _all_taken_unreported(h, txids)
     assert sorted(r.transaction_id for r in h.decisions.requests) == sorted(txids)
     assert h.decisions.batches == []
 
@@ -276,7 +295,7 @@ async def test_a_refused_decision_leaves_the_claim_untaken_and_it_is_pushed_agai
     # The insurer, finding the claim answered already, takes it plainly (and
     # would post its decision with PostDecision, whose answer says why not).
     endpoint.decide = None
-    await _taken_later(h, txid)
+    await _taken_later(h, txid, reported=True)
     assert len(endpoint.received) >= 2 and endpoint.received[-1].decision is None
     assert endpoint.taken_ids() == [txid] * len(endpoint.received)
     # Every decision answered was relayed once, and each refusal counted.
@@ -337,7 +356,7 @@ async def test_a_decision_the_router_could_not_record_is_pushed_again(h: Harness
 
     # The router is back: the next push's decision is recorded, and it is taken.
     h.decisions.refuse(grpc.StatusCode.OK)
-    await _taken_later(h, txid)
+    await _taken_later(h, txid, reported=False)
     assert len(endpoint.received) >= 2
     assert len(h.decisions.requests) == _decided(endpoint) == len(endpoint.received)
     assert all(r.transaction_id == txid and r.push_answer for r in h.decisions.requests)
@@ -414,7 +433,7 @@ async def test_webhook_answers_without_a_decision_are_simply_taken(h: Harness, c
     endpoint = await h.webhook_endpoint(code)
     endpoint.mode = mode  # "decision" with no `decide`: {"accepted": true}
     before = _answer_counts(code)
-    await _taken_at_first_push(h, code)
+    await _taken_at_first_push(h, code, reported=True)
     assert len(endpoint.received) == 1
     assert h.decisions.requests == []
     assert _moved(before, code) == {}

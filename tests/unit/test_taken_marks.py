@@ -118,3 +118,22 @@ async def test_a_batch_of_only_unstored_pushes_writes_no_stored_rows() -> None:
     marks.add("n0", "INS1", AT, _new("n0"))
     await marks.close()
     assert store.calls == [] and [ids for ids, _ in store.added] == [[("n0", True)]]
+
+
+async def test_pushes_the_router_knows_taken_are_marked_not_reported() -> None:
+    """A push answered with a decision the router recorded: the router noted it
+    taken with the decision, so it is written taken and reported, without a call."""
+    store, router, outbox = Store(), Router(), Outbox()
+    marks = TakenMarks(store, router, outbox.notify, window_s=60, expiry_s=5.0)
+    marks.add("k0", "INS1", AT, known=True)
+    marks.add("k1", "INS1", AT, _new("k1"), known=True)
+    marks.add("t0", "INS1", AT)
+    await marks.close()
+    assert [[r.transaction_id for r in call] for call in router.calls] == [["t0"]]
+    assert store.calls == [[("k0", True), ("t0", True)]]
+    assert store.added == [([("k1", True)], 5.0)]
+    assert outbox.nudges == 0
+    # Only such pushes: no router call at all.
+    marks.add("k2", "INS1", AT, known=True)
+    await marks.close()
+    assert len(router.calls) == 1 and store.calls[-1] == [("k2", True)]
