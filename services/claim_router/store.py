@@ -25,6 +25,7 @@ from services.claim_router.domain import (
 )
 from services.claim_router.model import ClaimRecord, Event, Leased, LocalWaiters, Mutation, OutboxEvent
 from services.claim_router.recent import RecentClaims
+from services.claim_router.write_combiner import WriteCombiner
 
 SCHEMA = "router"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -142,6 +143,10 @@ class PgClaimStore:
         self._pool = pool
         # Open claims as this replica stored them: a decision starts from one.
         self._recent = RecentClaims()
+        # Claim writes that meet share a statement (group commit).
+        self._writes: WriteCombiner[_Change, ClaimRecord] = WriteCombiner(
+            self._write_rows, lambda change: change[0].transaction_id
+        )
         # Given each claim an update stores, so that this replica's waiters
         # answer from it instead of reading it again (ChangeHub).
         self._waiters = waiters
@@ -408,7 +413,7 @@ class PgClaimStore:
         ids = [cur.transaction_id for cur, _, _ in changes]
         writing = self._waiters.writing(ids) if self._waiters is not None else contextlib.nullcontext(None)
         with writing as hand_off:
-            written = await self._write_rows(changes, ids, traceparent)
+            written = await self._writes.write(changes, traceparent)
             for rec in written.values():
                 # As a read returns it: without the envelope.
                 as_read = rec.with_changes(envelope="") if rec.envelope else rec
@@ -417,10 +422,17 @@ class PgClaimStore:
                     hand_off(as_read)
         return written
 
-    async def _write_rows(
-        self, changes: Sequence[_Change], ids: list[str], traceparent: str | None
-    ) -> dict[str, ClaimRecord]:
-        events = [(cur.transaction_id, topic, payload) for cur, _, evs in changes for topic, payload in evs]
+    async def _write_rows(self, items: list[tuple[_Change, str | None]]) -> dict[str, ClaimRecord]:
+        """One statement for the writes the combiner gathered, each change with
+        the trace its events carry; in claim order, as every writer locks rows."""
+        items = sorted(items, key=lambda item: item[0][0].transaction_id)
+        changes = [change for change, _ in items]
+        ids = [cur.transaction_id for cur, _, _ in changes]
+        events = [
+            (cur.transaction_id, topic, payload, traceparent)
+            for (cur, _, evs), traceparent in items
+            for topic, payload in evs
+        ]
         rows = await self._pool.fetch(
             "WITH input AS ("
             "  SELECT * FROM unnest($1::text[], $2::smallint[], $3::bigint[], $4::text[], $5::text[],"
@@ -441,9 +453,10 @@ class PgClaimStore:
             # Each claim's events, in order, only for the claims written.
             " emitted AS ("
             "  INSERT INTO router.outbox (topic, payload, traceparent)"
-            "  SELECT e.topic, e.payload, $15 FROM updated"
-            "  JOIN unnest($12::text[], $13::text[], $14::bytea[]) WITH ORDINALITY"
-            "   AS e(transaction_id, topic, payload, n) ON e.transaction_id = updated.transaction_id"
+            "  SELECT e.topic, e.payload, e.traceparent FROM updated"
+            "  JOIN unnest($12::text[], $13::text[], $14::bytea[], $15::text[]) WITH ORDINALITY"
+            "   AS e(transaction_id, topic, payload, traceparent, n)"
+            "   ON e.transaction_id = updated.transaction_id"
             "  ORDER BY e.n)"
             " SELECT updated.transaction_id, updated.updated_at, updated.row_version,"
             f"  CASE WHEN {_announced('updated', 18, 19)} THEN pg_notify($17, updated.transaction_id) END,"
@@ -461,10 +474,10 @@ class PgClaimStore:
             [new.updated_at != cur.updated_at for cur, new, _ in changes],
             [cur.row_version for cur, _, _ in changes],
             int(State.PENDING_REVIEW),
-            [txid for txid, _, _ in events],
-            [topic for _, topic, _ in events],
-            [payload for _, _, payload in events],
-            traceparent,
+            [txid for txid, _, _, _ in events],
+            [topic for _, topic, _, _ in events],
+            [payload for _, _, payload, _ in events],
+            [traceparent for _, _, _, traceparent in events],
             NOTIFY_CHANNEL,
             LEGACY_NOTIFY_CHANNEL,
             self._replica,

@@ -13,7 +13,7 @@ import pytest
 
 from iclaim_hub.common.db import create_pool
 from services.claim_router.domain import State
-from services.claim_router.model import ClaimRecord, Event
+from services.claim_router.model import ClaimRecord, Event, Mutation
 from services.claim_router.store import PgClaimStore
 from services.claim_router.usecases import ClaimRouter, DeliveryReport
 from tests.support.router_records import claim_record as _claim
@@ -249,6 +249,77 @@ async def test_a_taken_report_after_the_decision_reads_nothing(
     assert taken is not None and taken.state == State.DELIVERED and taken.taken_at is not None
     still = await s.get(decided.transaction_id)
     assert still is not None and still.state == State.APPROVED
+
+
+class _FirstWriteSlow:
+    """The pool, holding the first claim write 0.3 s so that others meet behind it."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.writes = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._pool, name)  # reads go straight through
+
+    async def fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
+        if sql.startswith("WITH input AS"):
+            self.writes += 1
+            if self.writes == 1:
+                await asyncio.sleep(0.3)
+        return await self._pool.fetch(sql, *args)
+
+
+async def test_writes_that_meet_share_one_statement(store: tuple[PgClaimStore, asyncpg.Pool]) -> None:
+    s, pool = store
+    claims = [(await s.insert(_claim(f"GRP{n}"), []))[0] for n in range(5)]
+
+    def approve(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
+        return cur.with_changes(state=State.APPROVED), [("audit", cur.transaction_id[-4:].encode())]
+
+    slow = _FirstWriteSlow(pool)
+    s._pool = slow  # type: ignore[assignment]
+    first = asyncio.create_task(s.transition(claims[0].transaction_id, approve))
+    await asyncio.sleep(0.05)  # its statement under way
+    rest = await asyncio.gather(*(s.transition(c.transaction_id, approve) for c in claims[1:]))
+    written = [await first, *rest]
+    s._pool = pool
+    assert slow.writes == 2  # the four that met went together
+    for claim, rec in zip(claims, written, strict=True):
+        read = await s.get(claim.transaction_id)
+        assert rec is not None and read is not None and read.state == State.APPROVED
+        assert (read, read.row_version) == (rec, rec.row_version)
+    # Each claim's event once; the outbox holds them all.
+    assert sorted(await _outbox(pool)) == sorted(("audit", c.transaction_id[-4:].encode()) for c in claims)
+    writers = await pool.fetchval(
+        "SELECT count(DISTINCT xmin::text) FROM router.claims WHERE transaction_id = ANY($1::text[])",
+        [c.transaction_id for c in claims],
+    )
+    assert writers == 2
+
+
+async def test_one_claims_writes_that_meet_are_decided_in_turn(
+    store: tuple[PgClaimStore, asyncpg.Pool],
+) -> None:
+    s, pool = store
+    claim, _ = await s.insert(_claim("GRPSAME"), [])
+    seen: list[int] = []
+
+    def add(n: int) -> Mutation:
+        def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
+            seen.append(cur.approved_amount_satang)
+            return cur.with_changes(approved_amount_satang=cur.approved_amount_satang + n), []
+
+        return mutate
+
+    slow = _FirstWriteSlow(pool)
+    s._pool = slow  # type: ignore[assignment]
+    await asyncio.gather(*(s.transition(claim.transaction_id, add(n)) for n in (1, 10, 100)))
+    s._pool = pool
+    read = await s.get(claim.transaction_id)
+    # Never in one statement: each applied on what the one before left (the two
+    # that queued behind the first were refused by their version and decided again).
+    assert read is not None and read.approved_amount_satang == 111
+    assert len(seen) >= 5
 
 
 async def test_only_deliveries_read_the_envelope(store: tuple[PgClaimStore, asyncpg.Pool]) -> None:
