@@ -107,6 +107,9 @@ def _emit_cte(source: str | None, first: int) -> str:
     )
 
 
+# Claim write statements a replica runs at once; more writes wait and go together.
+WRITES_IN_FLIGHT = 2
+
 # A replica's note that it polls for an insurer (pull_pollers) counts this
 # long; it renews it while it polls (usecases.PULL_POLLER_RENEW_S).
 PULL_POLLER_FRESH_S = 90.0
@@ -143,9 +146,10 @@ class PgClaimStore:
         self._pool = pool
         # Open claims as this replica stored them: a decision starts from one.
         self._recent = RecentClaims()
-        # Claim writes that meet share a statement (group commit).
+        # Claim writes that meet share a statement (group commit). Two at once,
+        # so that one held up (a row lock, a slow flush) does not hold up all.
         self._writes: WriteCombiner[_Change, ClaimRecord] = WriteCombiner(
-            self._write_rows, lambda change: change[0].transaction_id
+            self._write_rows, lambda change: change[0].transaction_id, in_flight=WRITES_IN_FLIGHT
         )
         # Given each claim an update stores, so that this replica's waiters
         # answer from it instead of reading it again (ChangeHub).

@@ -49,11 +49,16 @@ class WriteCombiner(Generic[C, R]):
         self,
         write: Callable[[list[tuple[C, str | None]]], Awaitable[dict[str, R]]],
         key: Callable[[C], str],
+        in_flight: int = 1,
     ) -> None:
+        if in_flight < 1:
+            raise ValueError("in_flight must be >= 1")
         self._write = write  # one statement for the lot: claim id -> as written
         self._key = key
+        # Statements at once: a write goes at once while fewer are under way.
+        self._in_flight = in_flight
         self._queue: list[_Entry[C, R]] = []
-        self._drainer: asyncio.Task[None] | None = None
+        self._drainers: set[asyncio.Task[None]] = set()
         self.statements = 0  # how many statements carried the writes (for tests and metrics)
 
     async def write(self, changes: Sequence[C], context: str | None) -> dict[str, R]:
@@ -61,8 +66,8 @@ class WriteCombiner(Generic[C, R]):
         of its claims the statement wrote. Raises what the statement raised."""
         entry: _Entry[C, R] = _Entry(changes, frozenset(self._key(c) for c in changes), context)
         self._queue.append(entry)
-        if self._drainer is None:
-            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        if len(self._drainers) < self._in_flight:
+            self._drainers.add(asyncio.get_running_loop().create_task(self._drain()))
         # A caller that goes away leaves its write to be done (or not) all the same.
         return await asyncio.shield(entry.done)
 
@@ -83,11 +88,14 @@ class WriteCombiner(Generic[C, R]):
                 for entry in batch:
                     entry.settle(written)
         finally:
-            self._drainer = None
-            # Cancelled (the store closing): no writer waits for a write never made.
-            for entry in self._queue:
-                entry.done.cancel()
-            self._queue = []
+            # At once, not in a done callback: a write queued after this point
+            # must find it gone and start another.
+            self._drainers.discard(asyncio.current_task())
+            if not self._drainers:
+                # Cancelled (the store closing): no writer waits for a write never made.
+                for entry in self._queue:
+                    entry.done.cancel()
+                self._queue = []
 
     def _next_batch(self) -> list[_Entry[C, R]]:
         batch: list[_Entry[C, R]] = []

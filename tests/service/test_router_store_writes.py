@@ -14,7 +14,7 @@ import pytest
 from iclaim_hub.common.db import create_pool
 from services.claim_router.domain import State
 from services.claim_router.model import ClaimRecord, Event, Mutation
-from services.claim_router.store import PgClaimStore
+from services.claim_router.store import WRITES_IN_FLIGHT, PgClaimStore
 from services.claim_router.usecases import ClaimRouter, DeliveryReport
 from tests.support.router_records import claim_record as _claim
 
@@ -251,8 +251,9 @@ async def test_a_taken_report_after_the_decision_reads_nothing(
     assert still is not None and still.state == State.APPROVED
 
 
-class _FirstWriteSlow:
-    """The pool, holding the first claim write 0.3 s so that others meet behind it."""
+class _FirstWritesSlow:
+    """The pool, holding the first claim writes (as many as a store runs at
+    once) 0.3 s each, so that the others meet behind them."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -264,7 +265,7 @@ class _FirstWriteSlow:
     async def fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
         if sql.startswith("WITH input AS"):
             self.writes += 1
-            if self.writes == 1:
+            if self.writes <= WRITES_IN_FLIGHT:
                 await asyncio.sleep(0.3)
         return await self._pool.fetch(sql, *args)
 
@@ -276,14 +277,14 @@ async def test_writes_that_meet_share_one_statement(store: tuple[PgClaimStore, a
     def approve(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
         return cur.with_changes(state=State.APPROVED), [("audit", cur.transaction_id[-4:].encode())]
 
-    slow = _FirstWriteSlow(pool)
+    slow = _FirstWritesSlow(pool)
     s._pool = slow  # type: ignore[assignment]
-    first = asyncio.create_task(s.transition(claims[0].transaction_id, approve))
-    await asyncio.sleep(0.05)  # its statement under way
-    rest = await asyncio.gather(*(s.transition(c.transaction_id, approve) for c in claims[1:]))
-    written = [await first, *rest]
+    first = [asyncio.create_task(s.transition(c.transaction_id, approve)) for c in claims[:WRITES_IN_FLIGHT]]
+    await asyncio.sleep(0.05)  # their statements under way
+    rest = await asyncio.gather(*(s.transition(c.transaction_id, approve) for c in claims[WRITES_IN_FLIGHT:]))
+    written = [*(await asyncio.gather(*first)), *rest]
     s._pool = pool
-    assert slow.writes == 2  # the four that met went together
+    assert slow.writes == WRITES_IN_FLIGHT + 1  # the others, which met, went together
     for claim, rec in zip(claims, written, strict=True):
         read = await s.get(claim.transaction_id)
         assert rec is not None and read is not None and read.state == State.APPROVED
@@ -294,7 +295,7 @@ async def test_writes_that_meet_share_one_statement(store: tuple[PgClaimStore, a
         "SELECT count(DISTINCT xmin::text) FROM router.claims WHERE transaction_id = ANY($1::text[])",
         [c.transaction_id for c in claims],
     )
-    assert writers == 2
+    assert writers == WRITES_IN_FLIGHT + 1
 
 
 async def test_one_claims_writes_that_meet_are_decided_in_turn(
@@ -311,13 +312,13 @@ async def test_one_claims_writes_that_meet_are_decided_in_turn(
 
         return mutate
 
-    slow = _FirstWriteSlow(pool)
+    slow = _FirstWritesSlow(pool)
     s._pool = slow  # type: ignore[assignment]
     await asyncio.gather(*(s.transition(claim.transaction_id, add(n)) for n in (1, 10, 100)))
     s._pool = pool
     read = await s.get(claim.transaction_id)
-    # Never in one statement: each applied on what the one before left (the two
-    # that queued behind the first were refused by their version and decided again).
+    # Never in one statement: each applied on what the one before left (those
+    # written beside or behind the first were refused by their version and decided again).
     assert read is not None and read.approved_amount_satang == 111
     assert len(seen) >= 5
 

@@ -109,3 +109,22 @@ async def test_a_writer_that_goes_away_leaves_its_write_and_the_others_their_ans
     statements.hold.set()
     assert await later == {"b": 2}
     assert [[claim for (claim, _), _ in items] for items in statements.carried] == [["a"], ["b"]]
+
+
+async def test_with_two_in_flight_a_second_write_goes_at_once_and_a_third_waits() -> None:
+    statements = Statements()
+    writes: WriteCombiner[Change, int] = WriteCombiner(statements.write, lambda c: c[0], in_flight=2)
+    first = asyncio.create_task(writes.write([("a", 1)], None))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(writes.write([("b", 2)], None))
+    await asyncio.sleep(0)
+    assert await second == {"b": 2}  # beside the first, still held
+    third = asyncio.create_task(writes.write([("c", 3)], None))
+    fourth = asyncio.create_task(writes.write([("d", 4)], None))
+    await asyncio.sleep(0)
+    assert await third == {"c": 3} and await fourth == {"d": 4}  # the second's drainer took them
+    statements.hold.set()
+    assert await first == {"a": 1}
+    assert [[k for (k, _), _ in items] for items in statements.carried] == [["a"], ["b"], ["c", "d"]]
+    with pytest.raises(ValueError):
+        WriteCombiner(statements.write, lambda c: c[0], in_flight=0)
