@@ -1,9 +1,10 @@
-"""Group commit for the router's claim writes: writes that arrive while one is
-in flight go together in the next statement, one commit for all of them.
+"""Group commit for the router's claim writes: writes that arrive while the
+statements allowed at once are under way go together in the next statement,
+one commit for all of them.
 
-Nothing waits on a timer: a write with none in flight goes at once (1 in
-flight costs what it did), and under load the writes that queued behind one
-statement share the next. Two writes of one claim never share a statement
+Nothing waits on a timer: a write with fewer statements under way goes at
+once (1 in flight costs what it did), and under load the writes that queued
+behind them share the next. Two writes of one claim never share a statement
 (an UPDATE touches a row once): the later waits for the next round, where its
 row-version check refuses it if the first changed the claim, as it would have
 alone. Each writer gets back only its own claims as written."""
