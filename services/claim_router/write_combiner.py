@@ -60,7 +60,6 @@ class WriteCombiner(Generic[C, R]):
         self._in_flight = in_flight
         self._queue: list[_Entry[C, R]] = []
         self._drainers: set[asyncio.Task[None]] = set()
-        self.statements = 0  # how many statements carried the writes (for tests and metrics)
 
     async def write(self, changes: Sequence[C], context: str | None) -> dict[str, R]:
         """Writes `changes` (with `context`), alone or with others; returns those
@@ -77,7 +76,6 @@ class WriteCombiner(Generic[C, R]):
             while self._queue:
                 batch = self._next_batch()
                 items = [(change, entry.context) for entry in batch for change in entry.changes]
-                self.statements += 1
                 try:
                     written = await self._write(items)
                 except BaseException as exc:

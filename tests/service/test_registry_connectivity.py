@@ -210,17 +210,22 @@ async def test_endpoint_keys_are_issued_sealed_and_rotated(reg: Reg) -> None:
     assert other.key_id not in (first.key_id, second.key_id)
 
 
+async def _copy_sealed_secret(reg: Reg, from_key_id: str, to_key_id: str) -> None:
+    """Another row's sealed endpoint secret, copied onto `to_key_id` (it must not open)."""
+    await reg.pool.execute(
+        "UPDATE registry.endpoint_keys SET secret_sealed ="
+        " (SELECT secret_sealed FROM registry.endpoint_keys WHERE key_id = $1) WHERE key_id = $2",
+        from_key_id,
+        to_key_id,
+    )
+
+
 async def test_an_endpoint_secret_is_bound_to_its_row(reg: Reg) -> None:
     """Copied onto another insurer (or read under another master key), a sealed
     endpoint secret does not open."""
     aia = await reg.store.issue_endpoint_key(GRPC)
     mtl = await reg.store.issue_endpoint_key(WEBHOOK)
-    await reg.pool.execute(
-        "UPDATE registry.endpoint_keys SET secret_sealed ="
-        " (SELECT secret_sealed FROM registry.endpoint_keys WHERE key_id = $1) WHERE key_id = $2",
-        aia.key_id,
-        mtl.key_id,
-    )
+    await _copy_sealed_secret(reg, aia.key_id, mtl.key_id)
     assert await reg.store.endpoint_key(WEBHOOK) is None
     assert await RegistryStore(reg.pool, SecretBox(os.urandom(32))).endpoint_key(GRPC) is None
     assert await reg.store.endpoint_key(GRPC) == aia
@@ -270,12 +275,7 @@ async def test_principal_and_endpoint_key_read_as_the_two_reads_would(reg: Reg) 
     # A secret that does not open (copied from another row) reads as no key,
     # the principal still read.
     mtl = await reg.store.issue_endpoint_key(WEBHOOK)
-    await reg.pool.execute(
-        "UPDATE registry.endpoint_keys SET secret_sealed ="
-        " (SELECT secret_sealed FROM registry.endpoint_keys WHERE key_id = $1) WHERE key_id = $2",
-        second.key_id,
-        mtl.key_id,
-    )
+    await _copy_sealed_secret(reg, second.key_id, mtl.key_id)
     found = await reg.store.principal_and_endpoint_key(WEBHOOK)
     assert found is not None and found[0].code == WEBHOOK and found[1] is None
 
