@@ -171,9 +171,15 @@ async def test_writer_role_cannot_update_or_delete_and_triggers_stop_the_owner(
 ) -> None:
     async with audit_server(database_url) as (running, stub):
         await stub.Append(pb.AppendRequest(events=[event(i) for i in range(3)]))
+        # Signed here, not left to the checkpoint loop's first pass, which a slow
+        # machine may not reach before the server stops: the UPDATE below needs a row.
+        await stub.SignCheckpoint(pb.SignCheckpointRequest())
         assert running.store.writer_role_enforced
     conn = await asyncpg.connect(database_url)
     try:
+        # Each statement below must touch a row for a row trigger to refuse it.
+        assert await conn.fetchval("SELECT count(*) FROM audit.checkpoints") >= 1
+        assert await conn.fetchval("SELECT count(*) FROM audit.leaves WHERE leaf_index = 2") == 1
         for sql in (
             "UPDATE audit.entry_data SET outcome_code = 'INTERNAL' WHERE leaf_index = 1",
             "DELETE FROM audit.entry_data WHERE leaf_index = 1",
