@@ -2,7 +2,7 @@
 
 `python -m bench.echo_server PORT` is the unit `make bench` measures against.
 `python -m bench.echo_server PORT hub` serves the same echo the way every hub
-service serves (iclaim_hub.common.server.new_server: its interceptor, options
+service serves (iclaim_hub.common.server.new_server: guarded handlers, options
 and limits) on uvloop, to see what a hub server call costs before any work:
 drive it with `python -m bench.load echo PORT SECONDS 64` and compare the
 server process's CPU per request with the bare one's."""

@@ -1,5 +1,7 @@
-"""The shared interceptor: typed errors keep their code and reason, crashes are
-INTERNAL with a reason (never UNKNOWN), for unary and streaming handlers."""
+"""The shared guard on every hub handler: typed errors keep their code and
+reason, crashes are INTERNAL with a reason (never UNKNOWN), for unary and
+streaming handlers, registered as generic handlers or as registered methods
+(what the generated `add_*_to_server` does: those take precedence)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest
 from grpc_status import rpc_status
 
 from iclaim.errors import NotFound, error_info_of
-from iclaim_hub.common.server import new_server
+from iclaim_hub.common.server import _GuardedGenericHandler, new_server
 
 SERVICE = "test.v1.Probe"
 
@@ -31,20 +33,20 @@ async def boom_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
     raise RuntimeError("a bug")
 
 
-@pytest.fixture
-async def channel() -> AsyncIterator[grpc.aio.Channel]:
+def _handlers() -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    return {
+        "Unary": grpc.unary_unary_rpc_method_handler(boom_unary),
+        "Stream": grpc.unary_stream_rpc_method_handler(boom_stream),
+    }
+
+
+@pytest.fixture(params=["generic", "registered"])
+async def channel(request: pytest.FixtureRequest) -> AsyncIterator[grpc.aio.Channel]:
     server = new_server()
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                SERVICE,
-                {
-                    "Unary": grpc.unary_unary_rpc_method_handler(boom_unary),
-                    "Stream": grpc.unary_stream_rpc_method_handler(boom_stream),
-                },
-            ),
-        )
-    )
+    if request.param == "generic":
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, _handlers()),))
+    else:
+        server.add_registered_method_handlers(SERVICE, _handlers())  # type: ignore[attr-defined]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -95,3 +97,27 @@ async def test_stream_errors_are_mapped_after_items(
     assert got == [b"first"]
     assert err.value.code() == code
     assert _reason(err.value) == reason
+
+
+class _Details:
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.invocation_metadata = ()
+
+
+def test_generic_handlers_are_guarded_once_and_unknown_paths_are_not_kept() -> None:
+    guarded = _GuardedGenericHandler(grpc.method_handlers_generic_handler(SERVICE, _handlers()))
+    first = guarded.service(_Details(f"/{SERVICE}/Unary"))  # type: ignore[arg-type]
+    assert first is not None and first.unary_unary is not boom_unary
+    assert guarded.service(_Details(f"/{SERVICE}/Unary")) is first  # type: ignore[arg-type]
+    for n in range(100):
+        assert guarded.service(_Details(f"/{SERVICE}/Made{n}")) is None  # type: ignore[arg-type]
+    assert list(guarded._guarded) == [f"/{SERVICE}/Unary"]
+
+
+def test_grpc_services_are_not_guarded() -> None:
+    handler = grpc.unary_unary_rpc_method_handler(boom_unary)
+    guarded = _GuardedGenericHandler(
+        grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": handler})
+    )
+    assert guarded.service(_Details("/grpc.health.v1.Health/Check")) is handler  # type: ignore[arg-type]
