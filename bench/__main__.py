@@ -18,8 +18,10 @@ the claims phases run (bench/autovacuum.py), so PostgreSQL plans with statistics
 
 Env: BENCH_CLAIMS (per loaded phase, default 2000), BENCH_CONCURRENCY (1,8,64),
 BENCH_UNLOADED_CLAIMS (the 1-in-flight phase, 300), BENCH_OPEN_S (20; 0 skips),
-BENCH_ISOLATION_CLAIMS (300; 0 skips), BENCH_ECHO_S (10), BENCH_SKIP (comma
-list of: claims, audit, billing)."""
+BENCH_ISOLATION_CLAIMS (300; 0 skips), BENCH_ECHO_S (10), BENCH_ECHO_PACED_RATE
+(the paced echo's calls a second; default: the busiest hub gRPC server's rate
+in the fastest closed-loop phase), BENCH_SKIP (comma list of: claims, audit,
+billing)."""
 
 from __future__ import annotations
 
@@ -57,6 +59,9 @@ OPEN_LOOP_SHARE = 0.7
 # phase's unit, so a shared machine whose speed drifts during the run (seen
 # here: ±25 % between phases minutes apart) does not skew echo-equivalents.
 NEARBY_ECHO_S = 3.0
+# The paced echo (open loop at a hub process's call rate): long enough for a few
+# thousand calls at that rate.
+PACED_ECHO_S = 10.0
 # pg_stat_database hears of a backend's commits at most a second after them
 # while it is busy and 10 s after it goes idle (PostgreSQL 15+, PGSTAT_IDLE_INTERVAL):
 # a phase's commits are read this long after it ends.
@@ -194,18 +199,24 @@ class Measured:
         }
 
 
-async def bench_echo(echo_s: float, concurrency: int) -> dict[str, Any]:
+async def bench_echo(echo_s: float, concurrency: int, paced_per_s: float | None = None) -> dict[str, Any]:
     """A bare grpc.aio echo: its requests/s and the CPU one request costs, server
-    and client together, as the unit of cost."""
+    and client together, as the unit of cost. `paced_per_s`: sent at that rate
+    (open loop) instead of `concurrency` calls in a closed loop."""
     port = free_port()
     echo = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.echo_server", str(port), stdout=asyncio.subprocess.PIPE
+    )
+    load = (
+        ("echo_paced", str(port), str(paced_per_s), str(echo_s))
+        if paced_per_s is not None
+        else ("echo", str(port), str(echo_s), str(concurrency))
     )
     try:
         assert echo.stdout is not None
         await echo.stdout.readline()
         server_before = cpu.cpu_seconds(echo.pid)
-        result = await _child_json("bench.load", "echo", str(port), str(echo_s), str(concurrency))
+        result = await _child_json("bench.load", *load)
         server_s = cpu.cpu_seconds(echo.pid) - server_before
     finally:
         echo.terminate()
@@ -291,8 +302,15 @@ async def bench_claims(
 
     echo = await bench_echo(echo_s, max(concurrencies))
     claims["echo"] = echo
+    paced_rate = paced_echo_rate(claims["closed_loop"], os.environ.get("BENCH_ECHO_PACED_RATE", ""))
+    if paced_rate:
+        claims["echo_paced"] = paced = await bench_echo(PACED_ECHO_S, 0, paced_per_s=paced_rate)
     for result in (*claims["closed_loop"].values(), claims.get("open_loop")):
         if result:
+            if paced_rate:
+                result["per_claim"]["echo_equivalents_vs_paced_echo"] = round(
+                    result["per_claim"]["hub_cpu_ms"] * 1000 / max(paced["cpu_us_per_request"], 0.1), 1
+                )
             result["ratio_to_echo"] = round(result["claims_per_s"] / echo["requests_per_s"], 3)
             # Cost per claim in echo-equivalents: hub CPU per claim / CPU per echo
             # request, the echo run just after the phase (and the long one, apart).
@@ -304,6 +322,19 @@ async def bench_claims(
                 result["per_claim"]["hub_cpu_ms"] * 1000 / max(echo["cpu_us_per_request"], 0.1), 1
             )
     return claims
+
+
+def paced_echo_rate(closed_loop: dict[str, Any], override: str) -> float:
+    """The echo's rate for the paced run: BENCH_ECHO_PACED_RATE, else the calls a
+    second the busiest hub gRPC server took in the fastest closed-loop phase (0:
+    no such phase, no paced run)."""
+    if override:
+        return float(override)
+    fastest = max(closed_loop.values(), key=lambda r: r["claims_per_s"], default=None)
+    if fastest is None:
+        return 0.0
+    per_claim = fastest["per_claim"]["rpcs"]["by_process_per_claim"].values()
+    return round(max(per_claim, default=0.0) * fastest["claims_per_s"], 1)
 
 
 async def _beside_echo(phase: Awaitable[dict[str, Any]], concurrency: int) -> dict[str, Any]:
@@ -351,6 +382,15 @@ def table(claims: dict[str, Any]) -> str:
         rows.append(
             f"echo: {echo['requests_per_s']} requests/s, {echo['cpu_us_per_request']} µs CPU per request"
             " (echo-eq. uses the short echo run after each phase: 'echo µs')"
+        )
+    paced = claims.get("echo_paced")
+    if paced:
+        top = max(claims.get("closed_loop", {}).values(), key=lambda r: r["claims_per_s"], default=None)
+        at_peak = top["per_claim"].get("echo_equivalents_vs_paced_echo", "-") if top else "-"
+        rows.append(
+            f"echo paced at {paced['target_per_s']}/s (the busiest hub server's call rate at the"
+            f" peak): {paced['cpu_us_per_request']} µs CPU per request;"
+            f" the peak's hub cost = {at_peak} of those"
         )
     return "\n".join(rows)
 

@@ -234,6 +234,40 @@ async def echo_load(port: int, seconds: float, concurrency: int) -> dict:
     }
 
 
+async def echo_paced_load(port: int, rate: float, seconds: float) -> dict:
+    """Echo calls sent at `rate` a second whatever the answers (open loop): what
+    one call costs at a hub process's own rate, where calls seldom share a
+    wakeup of the server's threads, unlike the closed loop's thousands a second."""
+    total = max(1, int(rate * seconds))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(METHOD)
+        payload = b"x" * 600
+        late_sends = 0
+        tasks = []
+
+        async def one() -> None:
+            await call(payload, timeout=5)
+
+        start = time.perf_counter()
+        for n in range(total):
+            delay = start + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.01:
+                late_sends += 1
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    return {
+        "requests": total,
+        "target_per_s": round(rate, 1),
+        "seconds": round(elapsed, 3),
+        "requests_per_s": round(total / elapsed, 1),
+        "late_sends": late_sends,
+        "load_cpu_s": round(time.process_time(), 2),
+    }
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "open":
@@ -245,6 +279,8 @@ if __name__ == "__main__":
         result = asyncio.run(
             claims_load(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], stuck)
         )
+    elif mode == "echo_paced":
+        result = asyncio.run(echo_paced_load(int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])))
     else:
         result = asyncio.run(echo_load(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])))
     print(json.dumps(result))
