@@ -253,7 +253,7 @@ class _GuardedGenericHandler(grpc.GenericRpcHandler):
 
     def __init__(self, inner: grpc.GenericRpcHandler) -> None:
         self._inner = inner
-        self._guarded: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
+        self._guarded: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
