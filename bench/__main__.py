@@ -324,13 +324,17 @@ async def bench_claims(
     return claims
 
 
+def _fastest(closed_loop: dict[str, Any]) -> dict[str, Any] | None:
+    return max(closed_loop.values(), key=lambda r: r["claims_per_s"], default=None)
+
+
 def paced_echo_rate(closed_loop: dict[str, Any], override: str) -> float:
     """The echo's rate for the paced run: BENCH_ECHO_PACED_RATE, else the calls a
     second the busiest hub gRPC server took in the fastest closed-loop phase (0:
     no such phase, no paced run)."""
     if override:
         return float(override)
-    fastest = max(closed_loop.values(), key=lambda r: r["claims_per_s"], default=None)
+    fastest = _fastest(closed_loop)
     if fastest is None:
         return 0.0
     per_claim = fastest["per_claim"]["rpcs"]["by_process_per_claim"].values()
@@ -385,7 +389,7 @@ def table(claims: dict[str, Any]) -> str:
         )
     paced = claims.get("echo_paced")
     if paced:
-        top = max(claims.get("closed_loop", {}).values(), key=lambda r: r["claims_per_s"], default=None)
+        top = _fastest(claims.get("closed_loop", {}))
         at_peak = top["per_claim"].get("echo_equivalents_vs_paced_echo", "-") if top else "-"
         rows.append(
             f"echo paced at {paced['target_per_s']}/s (the busiest hub server's call rate at the"

@@ -9,6 +9,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -153,6 +154,31 @@ async def claims_load(
     }
 
 
+async def _paced(
+    rate: float,
+    count: int,
+    send: Callable[[int, float], Awaitable[None]],
+    sent: Callable[[], None] = lambda: None,
+) -> int:
+    """Starts `send(n, scheduled)` for n in range(count), `rate` a second from now,
+    each at its scheduled time whatever the answers (open loop), and waits for all.
+    Returns how many started late: this process fell behind its own schedule."""
+    tasks = []
+    late = 0
+    start = time.perf_counter()
+    for n in range(count):
+        scheduled = start + n / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.01:
+            late += 1
+        tasks.append(asyncio.create_task(send(n, scheduled)))
+        sent()
+    await asyncio.gather(*tasks)
+    return late
+
+
 async def open_load(credentials: Path, rate: float, seconds: float, run_id: str) -> dict:
     """Open loop: claims sent at a fixed rate whatever the answers, each
     latency measured from its scheduled send time, so a server that falls
@@ -165,7 +191,6 @@ async def open_load(credentials: Path, rate: float, seconds: float, run_id: str)
         latencies: list[float] = []
         by_mode: dict[str, list[float]] = {}
         undecided = 0
-        late_sends = 0
 
         async def one(scheduled: float, item: tuple[str, str, int, str]) -> None:
             nonlocal undecided
@@ -180,19 +205,9 @@ async def open_load(credentials: Path, rate: float, seconds: float, run_id: str)
             else:
                 undecided += 1
 
-        tasks = []
         start = time.perf_counter()
         with progress(f"open loop {run_id}", total) as sent:
-            for n, item in enumerate(work):
-                scheduled = start + n / rate
-                delay = scheduled - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                elif delay < -0.01:
-                    late_sends += 1  # this process fell behind its own schedule
-                tasks.append(asyncio.create_task(one(scheduled, item)))
-                sent.advance()
-            await asyncio.gather(*tasks)
+            late_sends = await _paced(rate, len(work), lambda n, at: one(at, work[n]), sent.advance)
         elapsed = time.perf_counter() - start
     return {
         "claims": total,
@@ -242,21 +257,12 @@ async def echo_paced_load(port: int, rate: float, seconds: float) -> dict:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.unary_unary(METHOD)
         payload = b"x" * 600
-        late_sends = 0
-        tasks = []
 
-        async def one() -> None:
+        async def one(n: int, scheduled: float) -> None:
             await call(payload, timeout=5)
 
         start = time.perf_counter()
-        for n in range(total):
-            delay = start + n / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -0.01:
-                late_sends += 1
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
+        late_sends = await _paced(rate, total, one)
         elapsed = time.perf_counter() - start
     return {
         "requests": total,
