@@ -8,9 +8,12 @@ Layout
                             -transaction-id/-envelope-sha256 and
                             x-envoy-auth-partial-body (before ext_authz, so
                             what ext_authz injects survives)
-        2. ext_authz        gRPC to cluster `authz` (python -m gateway.authz) with
-                            the raw request body; verifies §3, sets the trusted
-                            headers or denies; fails closed (UNAVAILABLE)
+        2. ext_authz        HTTP/1.1 to cluster `authz` (python -m gateway.authz,
+                            its HTTP check; ICLAIM_AUTHZ_PROTOCOL=grpc for the
+                            gRPC Check) with the raw request body and only the
+                            §3, trace and request-id headers; verifies §3, sets
+                            the trusted headers or denies; fails closed
+                            (UNAVAILABLE)
         3. router
       routes (exact method paths from gateway.authz.policy, gRPC only):
         iclaim.v1.ClaimService/*, iclaim.v1.InsurerService/*  -> cluster `router`
@@ -39,8 +42,10 @@ Layout
 
 Mutual TLS (optional): with ICLAIM_GATEWAY_CLIENT_CA set to a CA PEM, Envoy
 asks for a client certificate, fails the handshake for one not issued by that
-CA, and hands the verified certificate to ext_authz (include_peer_certificate),
-which binds it to the signing principal (gateway/authz/clientcert.py).
+CA, and hands the verified certificate to ext_authz (x-forwarded-client-cert,
+set by Envoy alone and dropped before the upstream; over gRPC,
+include_peer_certificate), which binds it to the signing principal
+(gateway/authz/clientcert.py).
 
 Runtime files under ICLAIM_STATE_DIR (default .iclaim/dev): tls/ (dev CA and
 server cert, see gateway.tls), envoy.json (rendered bootstrap), the access log.
@@ -64,14 +69,20 @@ from typing import Any
 
 from gateway.authz import frame, policy
 from gateway.tls import TlsPaths, ensure_dev_tls
+from gateway.authz.checker import DENIAL_GRPC_HEADERS, PARTIAL_BODY_HEADER
+from gateway.authz.http_check import CLIENT_CERT_HEADER
+from iclaim.crypto.signing import AUTH_HEADERS, H_SERVER_TIME
 from iclaim_hub.common.access_log import (
+    CLAIMED_CLIENT_KEY,
     ENVELOPE_SHA_HEADER,
     ENVOY_JSON_FORMAT,
     PRINCIPAL_HEADER,
+    REASON_HEADER,
     ROLE_HEADER,
+    ROUTE_HASH_KEY,
     TRANSACTION_HEADER,
 )
-from iclaim_hub.common.config import env_addr, env_int, env_str
+from iclaim_hub.common.config import env_addr, env_choice, env_int, env_str
 from iclaim_hub.common.parent_death import die_with_parent
 
 TRUSTED_HEADERS = (PRINCIPAL_HEADER, ROLE_HEADER, TRANSACTION_HEADER, ENVELOPE_SHA_HEADER)
@@ -84,6 +95,23 @@ UNARY_TIMEOUT_S = 15
 LONG_TIMEOUT_S = 40  # SubmitClaim/PullClaims wait up to 30 s for the far side
 STREAM_IDLE_TIMEOUT_S = 300
 AUTHZ_TIMEOUT_S = 5
+# ext_authz over HTTP/1.1 (gateway/authz/http_check.py), or over gRPC for an
+# auth service that only speaks envoy.service.auth.v3 (gateway/authz/service.py).
+AUTHZ_PROTOCOLS = ("HTTP", "GRPC")
+# What of the client's request the auth service sees: the §3 headers, the
+# trace, Envoy's request id and the body flag; nothing else a caller wrote.
+AUTHZ_REQUEST_HEADERS = (
+    *AUTH_HEADERS,
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+    PARTIAL_BODY_HEADER,
+    CLIENT_CERT_HEADER,
+)
+# The HTTP check's answer: a refusal's gRPC status for the client, the access
+# log's keyed hashes as metadata (gRPC: CheckResponse.dynamic_metadata).
+AUTHZ_CLIENT_HEADERS = (*DENIAL_GRPC_HEADERS, REASON_HEADER, H_SERVER_TIME)
+AUTHZ_METADATA_HEADERS = (CLAIMED_CLIENT_KEY, ROUTE_HASH_KEY)
 # The only admin path the stats listener forwards (Prometheus text format).
 STATS_PATH = "/stats/prometheus"
 # Envoy's heap may use this share of the memory limit; the rest is for what
@@ -112,7 +140,8 @@ class GatewaySettings:
     admin: str = "127.0.0.1:9901"
     router: str = "127.0.0.1:50051"
     billing: str = "127.0.0.1:50081"
-    authz: str = "127.0.0.1:50091"
+    authz: str = "127.0.0.1:50092"
+    authz_protocol: str = "http"
     audit: str = "127.0.0.1:50071"
     state_dir: Path = Path(".iclaim/dev")
     access_log: Path | None = None  # default: state_dir/envoy-access.log
@@ -130,7 +159,8 @@ class GatewaySettings:
             router=env_addr("ICLAIM_ROUTER_TARGET", "127.0.0.1:50051"),
             billing=env_addr("ICLAIM_BILLING_TARGET", "127.0.0.1:50081"),
             audit=env_addr("ICLAIM_AUDIT_TARGET", "127.0.0.1:50071"),
-            authz=env_addr("ICLAIM_AUTHZ_TARGET", "127.0.0.1:50091"),
+            authz=env_addr("ICLAIM_AUTHZ_TARGET", "127.0.0.1:50092"),
+            authz_protocol=env_choice("ICLAIM_AUTHZ_PROTOCOL", "http", AUTHZ_PROTOCOLS).lower(),
             state_dir=state,
             access_log=Path(log),
             client_ca=Path(ca) if (ca := os.environ.get("ICLAIM_GATEWAY_CLIENT_CA")) else None,
@@ -187,7 +217,7 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _cluster(name: str, target: str, *, timeout_s: float = 1.0) -> dict[str, Any]:
+def _cluster(name: str, target: str, *, timeout_s: float = 1.0, http2: bool = True) -> dict[str, Any]:
     host, _ = _split(target)
     return {
         "name": name,
@@ -205,7 +235,9 @@ def _cluster(name: str, target: str, *, timeout_s: float = 1.0) -> dict[str, Any
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
+                "explicit_http_config": (
+                    {"http2_protocol_options": {}} if http2 else {"http_protocol_options": {}}
+                ),
             }
         },
         # Long polls and watches hold a stream each; the defaults (1024) are low.
@@ -341,7 +373,47 @@ def _grpc_stats() -> dict[str, Any]:
     }
 
 
-def _http_filters(authz_timeout_s: float) -> list[dict[str, Any]]:
+def _exact(names: tuple[str, ...]) -> dict[str, Any]:
+    return {"patterns": [{"exact": n} for n in names]}
+
+
+def _ext_authz(protocol: str, timeout_s: float) -> dict[str, Any]:
+    service: dict[str, Any]
+    if protocol == "grpc":
+        service = {
+            "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}, "timeout": f"{timeout_s}s"},
+            # The verified client certificate (mutual TLS) for the authz to bind.
+            "include_peer_certificate": True,
+        }
+    else:
+        service = {
+            "http_service": {
+                "server_uri": {"uri": "http://authz", "cluster": "authz", "timeout": f"{timeout_s}s"},
+                "authorization_response": {
+                    "allowed_upstream_headers": _exact(TRUSTED_HEADERS),
+                    "allowed_client_headers": _exact(AUTHZ_CLIENT_HEADERS),
+                    "dynamic_metadata_from_headers": _exact(AUTHZ_METADATA_HEADERS),
+                },
+            },
+        }
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "transport_api_version": "V3",
+        **service,
+        "allowed_headers": _exact(AUTHZ_REQUEST_HEADERS),
+        # Oversized bodies arrive truncated with x-envoy-auth-partial-body:
+        # true; the authz service refuses them (RESOURCE_EXHAUSTED).
+        "with_request_body": {
+            "max_request_bytes": MAX_REQUEST_BYTES,
+            "allow_partial_message": True,
+            "pack_as_bytes": True,
+        },
+        "failure_mode_allow": False,
+        "status_on_error": {"code": "ServiceUnavailable"},
+    }
+
+
+def _http_filters(authz_protocol: str, authz_timeout_s: float) -> list[dict[str, Any]]:
     return [
         {
             "name": "envoy.filters.http.header_mutation",
@@ -352,28 +424,7 @@ def _http_filters(authz_timeout_s: float) -> list[dict[str, Any]]:
         },
         # Before ext_authz, so calls it refuses are counted too.
         _grpc_stats(),
-        {
-            "name": "envoy.filters.http.ext_authz",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                "transport_api_version": "V3",
-                "grpc_service": {
-                    "envoy_grpc": {"cluster_name": "authz"},
-                    "timeout": f"{authz_timeout_s}s",
-                },
-                # Oversized bodies arrive truncated with x-envoy-auth-partial-body:
-                # true; the authz service refuses them (RESOURCE_EXHAUSTED).
-                "with_request_body": {
-                    "max_request_bytes": MAX_REQUEST_BYTES,
-                    "allow_partial_message": True,
-                    "pack_as_bytes": True,
-                },
-                # The verified client certificate (mutual TLS) for the authz to bind.
-                "include_peer_certificate": True,
-                "failure_mode_allow": False,
-                "status_on_error": {"code": "ServiceUnavailable"},
-            },
-        },
+        {"name": "envoy.filters.http.ext_authz", "typed_config": _ext_authz(authz_protocol, authz_timeout_s)},
         {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
@@ -387,7 +438,8 @@ def render_config(
     admin: str = "127.0.0.1:9901",
     router: str = "127.0.0.1:50051",
     billing: str = "127.0.0.1:50081",
-    authz: str = "127.0.0.1:50091",
+    authz: str = "127.0.0.1:50092",
+    authz_protocol: str = "http",
     audit: str = "127.0.0.1:50071",
     tls: TlsPaths,
     access_log: Path,
@@ -397,6 +449,8 @@ def render_config(
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
 ) -> dict[str, Any]:
     """The Envoy bootstrap (v3) as a JSON-serialisable dict."""
+    if authz_protocol not in ("http", "grpc"):
+        raise ValueError("authz_protocol must be http or grpc")
     admin_host, _ = _split(admin)
     if not ipaddress.ip_address(admin_host).is_loopback:
         raise ValueError("the Envoy admin interface must listen on a loopback address")
@@ -447,9 +501,21 @@ def render_config(
         "access_log": [_access_log(access_log)],
         "route_config": {
             "name": "public",
-            "virtual_hosts": [{"name": "iclaim", "domains": ["*"], "routes": routes}],
+            "virtual_hosts": [
+                {
+                    "name": "iclaim",
+                    "domains": ["*"],
+                    "routes": routes,
+                    "request_headers_to_remove": [CLIENT_CERT_HEADER],
+                }
+            ],
         },
-        "http_filters": _http_filters(authz_timeout_s),
+        # Mutual TLS: the verified client certificate goes to ext_authz in
+        # x-forwarded-client-cert, set by Envoy alone (a client's is removed)
+        # and not passed on upstream (the virtual host drops it).
+        "forward_client_cert_details": "SANITIZE_SET",
+        "set_current_client_cert_details": {"cert": True},
+        "http_filters": _http_filters(authz_protocol, authz_timeout_s),
     }
     listeners: list[dict[str, Any]] = [
         {
@@ -474,7 +540,7 @@ def render_config(
         _cluster("router", router),
         _cluster("billing", billing),
         _cluster("audit", audit),
-        _cluster("authz", authz),
+        _cluster("authz", authz, http2=authz_protocol == "grpc"),
     ]
     if stats is not None:
         listeners.append(_stats_listener(stats))
@@ -649,6 +715,7 @@ def write_config(settings: GatewaySettings) -> Path:
         billing=settings.billing,
         audit=settings.audit,
         authz=settings.authz,
+        authz_protocol=settings.authz_protocol,
         tls=tls,
         access_log=log_path.resolve(),
         client_ca=settings.client_ca.resolve() if settings.client_ca else None,

@@ -1,7 +1,8 @@
 """Binds a verified TLS client certificate to the signing principal.
 
 Envoy validates the chain against ICLAIM_GATEWAY_CLIENT_CA and hands ext_authz
-the URL-encoded PEM (attributes.source.certificate, include_peer_certificate).
+the URL-encoded PEM (the HTTP check: x-forwarded-client-cert's Cert element;
+the gRPC Check: attributes.source.certificate).
 A certificate names principals by SAN URI `iclaim:principal/<code>`; without
 such URIs, by its subject CN.
 """

@@ -1,20 +1,15 @@
-"""envoy.service.auth.v3.Authorization servicer: adapts Envoy's CheckRequest
-to the Authorizer and its decision back to a CheckResponse.
-
-A denial is sent as a complete gRPC trailers-only response (HTTP 200,
-grpc-status, grpc-message, grpc-status-details-bin) so the client sees exactly
-the §7 code and ErrorInfo rather than Envoy's HTTP-to-gRPC mapping.
+"""envoy.service.auth.v3.Authorization servicer: Envoy's ext_authz over gRPC,
+adapting its CheckRequest to the Checker and the decision back to a
+CheckResponse (a denial carries the whole gRPC answer, checker.denial_headers).
+The gateway's Envoy uses the HTTP form (http_check.py); this one serves
+proxies configured for gRPC (ICLAIM_AUTHZ_PROTOCOL=grpc).
 """
 
 from __future__ import annotations
 
-import base64
-import time
-import urllib.parse
 from typing import Any
 
 import grpc
-import structlog
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
@@ -22,18 +17,10 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from gateway.authz import clientcert
-from gateway.authz.authorizer import Allow, Authorizer, CheckInput, Deny
-from gateway.authz.metrics import CHECK_LATENCY, DECISIONS
-from iclaim_hub.common.access_log import CLAIMED_CLIENT_KEY, REASON_HEADER
-from iclaim_hub.common import tracing
-from iclaim_hub.common.db import database_unavailable, is_connection_lost
+from gateway.authz.authorizer import Allow, CheckInput, Deny
+from gateway.authz.checker import Checker, denial_headers, is_partial_body
 from iclaim_hub.common.grpc_tracing import request_id
-from iclaim.errors import build_status
 
-log = structlog.get_logger("gateway.authz")
-
-PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
-CHECK_SPAN = "envoy.service.auth.v3.Authorization/Check"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
@@ -41,11 +28,6 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(
         header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE
     )
-
-
-def _grpc_message(text: str) -> str:
-    # grpc-message is percent-encoded (gRPC over HTTP/2 spec).
-    return urllib.parse.quote(text, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
 
 
 def allow_response(allow: Allow) -> external_auth_pb2.CheckResponse:
@@ -58,25 +40,14 @@ def allow_response(allow: Allow) -> external_auth_pb2.CheckResponse:
 
 
 def deny_response(deny: Deny) -> external_auth_pb2.CheckResponse:
-    err = deny.error
-    status = build_status(err.code, err.message, err.reason, err.metadata)
-    details = base64.b64encode(status.SerializeToString()).decode("ascii").rstrip("=")
-    headers = {
-        "content-type": "application/grpc",
-        "grpc-status": str(int(err.code)),
-        "grpc-message": _grpc_message(err.message),
-        "grpc-status-details-bin": details,
-        REASON_HEADER: err.reason,
-        **deny.headers,
-    }
     # Envoy logs these (access log), not the caller's own values.
     metadata = struct_pb2.Struct()
     metadata.update(deny.log_fields)
     return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=err.reason),
+        status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=deny.error.reason),
         denied_response=external_auth_pb2.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=http_status_pb2.OK),
-            headers=[_header(k, v) for k, v in headers.items()],
+            headers=[_header(k, v) for k, v in denial_headers(deny).items()],
         ),
         dynamic_metadata=metadata,
     )
@@ -92,54 +63,18 @@ def check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
         method=http.path,
         headers=headers,
         raw_body=http.raw_body,
-        partial_body=any(
-            v.strip().lower() == "true" for v in headers.get(PARTIAL_BODY_HEADER, "").split(",")
-        ),
+        partial_body=is_partial_body(headers),
     )
 
 
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-    def __init__(self, authorizer: Authorizer) -> None:
-        self._authorizer = authorizer
-
-    async def _decide(self, inp: CheckInput) -> Allow | Deny:
-        try:
-            return await self._authorizer.check(inp)
-        except Exception as exc:
-            # The stores name their own outages (REGISTRY_UNAVAILABLE, ...); a
-            # database lost anywhere else is refused the same way, as retryable.
-            if not is_connection_lost(exc):
-                raise
-            log.warning("database_unavailable", error=type(exc).__name__)
-            return Deny(database_unavailable())
+    def __init__(self, checker: Checker) -> None:
+        self._checker = checker
 
     async def Check(  # noqa: N802 (generated name)
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> external_auth_pb2.CheckResponse:
-        start = time.perf_counter()
-        inp = check_input(request)
-        # Envoy's request id (UUID form only) and the client's trace for this check's log lines.
-        rid = request_id(request.attributes.request.http.id)
-        with (
-            tracing.request_span(CHECK_SPAN, inp.headers),
-            structlog.contextvars.bound_contextvars(**({"request_id": rid} if rid else {})),
-        ):
-            return await self._check(inp, start)
-
-    async def _check(self, inp: CheckInput, start: float) -> external_auth_pb2.CheckResponse:
-        decision = await self._decide(inp)
-        CHECK_LATENCY.observe(time.perf_counter() - start)
-        if isinstance(decision, Allow):
-            DECISIONS.labels("allow", "OK").inc()
-            log.debug("allow", rpc=inp.method, client=decision.principal)
-            return allow_response(decision)
-        DECISIONS.labels("deny", decision.error.reason).inc()
-        # The path and the claimed client are the caller's text: hashes only.
-        log.info(
-            "deny",
-            rpc=self._authorizer.route_of(inp.method),
-            claimed_client=decision.log_fields.get(CLAIMED_CLIENT_KEY, ""),
-            code=decision.error.code.name,
-            reason=decision.error.reason,
+        decision = await self._checker.check(
+            check_input(request), request_id(request.attributes.request.http.id)
         )
-        return deny_response(decision)
+        return allow_response(decision) if isinstance(decision, Allow) else deny_response(decision)

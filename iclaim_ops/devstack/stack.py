@@ -50,6 +50,7 @@ class Ports:
     audit: int = 50071
     billing: int = 50081
     authz: int = 50091
+    authz_http: int = 50092  # the HTTP check Envoy calls
     router_metrics: int = 9101
     adapter_metrics: int = 9102
     audit_metrics: int = 9103
@@ -153,11 +154,12 @@ class Stack:
                 "ICLAIM_AUDIT_ADDR": f"127.0.0.1:{p.audit}",
                 "ICLAIM_BILLING_ADDR": f"127.0.0.1:{p.billing}",
                 "ICLAIM_AUTHZ_ADDR": f"127.0.0.1:{p.authz}",
+                "ICLAIM_AUTHZ_HTTP_ADDR": f"127.0.0.1:{p.authz_http}",
                 "ICLAIM_ROUTER_TARGET": f"127.0.0.1:{p.router}",
                 "ICLAIM_ADAPTER_TARGET": f"127.0.0.1:{p.adapter}",
                 "ICLAIM_AUDIT_TARGET": f"127.0.0.1:{p.audit}",
                 "ICLAIM_BILLING_TARGET": f"127.0.0.1:{p.billing}",
-                "ICLAIM_AUTHZ_TARGET": f"127.0.0.1:{p.authz}",
+                "ICLAIM_AUTHZ_TARGET": f"127.0.0.1:{p.authz_http}",
                 "ICLAIM_ROUTER_METRICS_PORT": str(p.router_metrics),
                 "ICLAIM_ADAPTER_METRICS_PORT": str(p.adapter_metrics),
                 "ICLAIM_AUDIT_METRICS_PORT": str(p.audit_metrics),

@@ -6,9 +6,10 @@
 - a path with an escaped slash is refused by Envoy itself: neither ext_authz
   nor the upstream ever sees it.
 
-The ext_authz service here is a recording fake that allows everything (the
-real one is exercised in tests/service/test_gateway_*envoy.py): what matters is
-whether a request reached it."""
+The ext_authz service here is a recording fake that allows everything, over
+ext_authz's gRPC protocol (ICLAIM_AUTHZ_PROTOCOL=grpc; the real one, over HTTP,
+is exercised in tests/service/test_gateway_*envoy.py): what matters is whether
+a request reached it."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ class Edge:
 @pytest.fixture(scope="module")
 async def edge(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Edge]:
     stats_port = free_port()
-    env = {"ICLAIM_ENVOY_STATS_ADDR": f"127.0.0.1:{stats_port}"}
+    # The fake speaks ext_authz's gRPC form: Envoy's other protocol, kept working.
+    env = {"ICLAIM_ENVOY_STATS_ADDR": f"127.0.0.1:{stats_port}", "ICLAIM_AUTHZ_PROTOCOL": "grpc"}
     async with recording_gateway(tmp_path_factory.mktemp("edge"), env) as gw:
         recorder = AuthzRecorder()
         server = grpc.aio.server()

@@ -473,7 +473,10 @@ async def test_nonce_store_loss_refuses_70_s_then_accepts_later_stamps(env: Env)
 
 
 async def test_authz_down_fails_closed(env: Env) -> None:
-    await env.app.server.stop(0)
+    # The HTTP check Envoy calls goes away, as with a crashed authz.
+    env.app.http_listener.close()
+    env.app.http.pre_shutdown()
+    await env.app.http.shutdown(0)
     body = _get_claim()
     c = await call(env.channel, GET_CLAIM, body, signed(env.hospital, GET_CLAIM, body))
     assert (await outcome(c)).code == grpc.StatusCode.UNAVAILABLE

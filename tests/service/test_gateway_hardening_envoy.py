@@ -15,6 +15,7 @@ the real authz service (PostgreSQL, Redis) + a recording upstream:
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 import contextlib
 import re
 import secrets
@@ -440,6 +441,30 @@ async def test_principal_flagged_require_mtls_needs_its_certificate(
     # Others without a flag still work without a certificate (mTLS is optional).
     c = await any_call(e.channel, GET_CLAIM, body, signed(e.creds[HOSPITAL], GET_CLAIM, body))
     assert (await outcome(c)).code == grpc.StatusCode.OK
+
+
+async def test_a_client_cannot_hand_the_authz_a_certificate_in_a_header(
+    make_env: EnvFactory,
+) -> None:
+    """The certificate reaches the authz in x-forwarded-client-cert, which only
+    Envoy may set: a client's own is removed, and the upstream never sees one."""
+    e = await make_env()
+    body = claim_service_pb2.GetClaimRequest(transaction_id="T-1").SerializeToString()
+    cred = e.creds[MTLS_HOSPITAL]
+    paths = issue_dev_client_cert(e.gw.state, MTLS_HOSPITAL)
+    forged = 'Hash=00;Cert="' + urllib.parse.quote(paths.cert.read_text()) + '"'
+    md = [*signed(cred, GET_CLAIM, body), ("x-forwarded-client-cert", forged)]
+    o = await outcome(await any_call(e.channel, GET_CLAIM, body, md))
+    assert (o.code, o.reason) == (grpc.StatusCode.PERMISSION_DENIED, "CLIENT_CERT_REQUIRED")
+    channel = _mtls_channel(e.gw, paths.cert, paths.key)
+    try:
+        c = await any_call(channel, GET_CLAIM, body, signed(cred, GET_CLAIM, body))
+        assert (await outcome(c)).code == grpc.StatusCode.OK
+    finally:
+        await channel.close()
+    [seen] = e.gw.recorder.calls
+    assert seen.metadata["x-iclaim-principal"] == MTLS_HOSPITAL
+    assert "x-forwarded-client-cert" not in seen.metadata
 
 
 async def test_certificate_from_another_ca_fails_the_handshake(

@@ -30,11 +30,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def authz_config(
-    listen_addr: str, database_url: str, redis_url: str, master_key: bytes, **overrides: Any
+    http_addr: str, database_url: str, redis_url: str, master_key: bytes, **overrides: Any
 ) -> Config:
-    """The authz service's config for a test: no /metrics, the given stores."""
+    """The authz service's config for a test: its HTTP check (what the gateway's
+    Envoy calls) on `http_addr`, gRPC on any free port (app.port), no /metrics,
+    the given stores."""
     return Config(
-        serve=ServeConfig(listen_addr, -1),
+        serve=ServeConfig("127.0.0.1:0", -1),
+        http_addr=http_addr,
         database_url=database_url,
         redis_url=redis_url,
         master_key=master_key,

@@ -15,6 +15,7 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from google.rpc import status_pb2
 
 from gateway.authz.authorizer import Authorizer
+from gateway.authz.checker import Checker
 from gateway.authz.keys import CachedKeys
 from gateway.authz.service import AuthorizationService
 from iclaim_hub.common.db import is_connection_lost
@@ -89,7 +90,9 @@ def _refusal(resp: external_auth_pb2.CheckResponse) -> tuple[str, str]:
 
 
 def _service(keys: Keys, guard: Guard) -> AuthorizationService:
-    return AuthorizationService(Authorizer(CachedKeys(keys, is_outage=is_connection_lost, ttl_s=0), guard))
+    return AuthorizationService(
+        Checker(Authorizer(CachedKeys(keys, is_outage=is_connection_lost, ttl_s=0), guard))
+    )
 
 
 async def test_a_lost_database_on_the_check_path_is_unavailable(tmp_path: Path) -> None:

@@ -132,16 +132,75 @@ def test_mutual_tls_is_off_unless_a_client_ca_is_given(cfg: dict[str, Any]) -> N
     assert tls["common_tls_context"]["validation_context"] == {"trusted_ca": {"filename": "/s/cca.pem"}}
     # Optional at the TLS layer; the authz requires it per principal (require_mtls).
     assert tls["require_client_certificate"] is False
-    authz = [f for f in _hcm(with_ca)["http_filters"] if f["name"] == "envoy.filters.http.ext_authz"][0][
-        "typed_config"
-    ]
-    assert authz["include_peer_certificate"] is True
+    # The verified certificate reaches ext_authz in a header only Envoy sets,
+    # and goes no further.
+    hcm = _hcm(with_ca)
+    assert hcm["forward_client_cert_details"] == "SANITIZE_SET"
+    assert hcm["set_current_client_cert_details"] == {"cert": True}
+    assert {"exact": "x-forwarded-client-cert"} in _authz(with_ca)["allowed_headers"]["patterns"]
+    [vhost] = hcm["route_config"]["virtual_hosts"]
+    assert vhost["request_headers_to_remove"] == ["x-forwarded-client-cert"]
+    # ext_authz's gRPC form is handed the certificate itself.
+    grpc_form = render_config(
+        tls=TLS, access_log=Path("/s/a.log"), client_ca=Path("/s/cca.pem"), authz_protocol="grpc"
+    )
+    assert _authz(grpc_form)["include_peer_certificate"] is True
+
+
+def _authz(cfg: dict[str, Any]) -> dict[str, Any]:
+    [f] = [f for f in _hcm(cfg)["http_filters"] if f["name"] == "envoy.filters.http.ext_authz"]
+    return f["typed_config"]  # type: ignore[no-any-return]
+
+
+def test_authz_sees_only_the_signature_trace_and_body_headers(cfg: dict[str, Any]) -> None:
+    allowed = {p["exact"] for p in _authz(cfg)["allowed_headers"]["patterns"]}
+    assert allowed == {
+        "x-iclaim-client",
+        "x-iclaim-key-id",
+        "x-iclaim-timestamp",
+        "x-iclaim-nonce",
+        "x-iclaim-signature",
+        "traceparent",
+        "tracestate",
+        "x-request-id",
+        "x-envoy-auth-partial-body",
+        "x-forwarded-client-cert",
+    }
+    response = _authz(cfg)["http_service"]["authorization_response"]
+    # An allowed call gets the trusted headers upstream; nothing else the authz says.
+    assert {p["exact"] for p in response["allowed_upstream_headers"]["patterns"]} == set(TRUSTED_HEADERS)
+    # A refused one: the gRPC status and the hints, and the hashes for the access log.
+    assert {p["exact"] for p in response["allowed_client_headers"]["patterns"]} == {
+        "content-type",
+        "grpc-status",
+        "grpc-message",
+        "grpc-status-details-bin",
+        "x-iclaim-reason",
+        "x-iclaim-server-time",
+    }
+    assert {p["exact"] for p in response["dynamic_metadata_from_headers"]["patterns"]} == {
+        "claimed_client",
+        "route_hash",
+    }
+    # HTTP/1.1 to the authz (its HTTP check); the services' clusters stay HTTP/2.
+    clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    assert clusters["authz"]["typed_extension_protocol_options"][options]["explicit_http_config"] == {
+        "http_protocol_options": {}
+    }
+    assert (
+        "http2_protocol_options"
+        in clusters["router"]["typed_extension_protocol_options"][options]["explicit_http_config"]
+    )
+    with pytest.raises(ValueError):
+        render_config(tls=TLS, access_log=Path("/a"), authz_protocol="thrift")
 
 
 def test_every_hop_has_a_deadline(cfg: dict[str, Any]) -> None:
     hcm = _hcm(cfg)
-    authz = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_authz"][0]["typed_config"]
-    assert authz["grpc_service"]["timeout"] == "5s"
+    assert _authz(cfg)["http_service"]["server_uri"]["timeout"] == "5s"
+    grpc_form = render_config(tls=TLS, access_log=Path("/a"), authz_protocol="grpc")
+    assert _authz(grpc_form)["grpc_service"]["timeout"] == "5s"
     [vhost] = hcm["route_config"]["virtual_hosts"]
     for r in vhost["routes"]:
         if "route" not in r:

@@ -66,7 +66,12 @@ SECRET_NAME = "iclaim-secrets"
 SECRET_ENV = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|_URL|DSN)$")
 # Listen addresses (ICLAIM_*_ADDR) that are not the pod's probe port -> the
 # container port they must name (Envoy's Prometheus stats listener).
-ADDR_PORTS = {"ICLAIM_ENVOY_STATS_ADDR": "envoy-metrics"}
+ADDR_PORTS = {"ICLAIM_ENVOY_STATS_ADDR": "envoy-metrics", "ICLAIM_AUTHZ_HTTP_ADDR": "check"}
+# Targets (ICLAIM_*_TARGET) that name a Service port other than grpc: Envoy's
+# ext_authz calls authz's HTTP check.
+TARGET_PORTS = {"ICLAIM_AUTHZ_TARGET": "check"}
+# The Service ports callers reach by a target; each is closed to all but them.
+CALLED_PORTS = ("grpc", "check")
 # Container ports scraped by Prometheus: each needs a Service port of that name.
 SCRAPED_PORTS = ("metrics", "envoy-metrics")
 # The request path scales with load (base/hpa.yaml): these Deployments have a
@@ -470,12 +475,15 @@ _TARGET_HOST = re.compile(r"(?P<svc>[a-z0-9-]+)\.(?P<ns>[a-z0-9-]+)\.svc(\.clust
 
 
 def target_problems(objs: list[Obj]) -> list[str]:
-    """ICLAIM_*_TARGET must name a Service's grpc port by its cluster DNS name;
-    each backend's NetworkPolicy admits exactly the pods that target it."""
+    """ICLAIM_*_TARGET must name a Service's grpc port (TARGET_PORTS: the port
+    named there) by its cluster DNS name; each backend's NetworkPolicy admits
+    on each such port exactly the pods that target it."""
     problems: list[str] = []
     services = {(_ns(s), s["metadata"]["name"]): s for s in _of_kind(objs, "Service")}
-    callers: dict[tuple[str, str], set[str]] = {
-        key: set(REGISTRY_CALLERS.get(key[1], ())) for key in services
+    callers: dict[tuple[str, str, str], set[str]] = {
+        (*key, port): set(REGISTRY_CALLERS.get(key[1], ()) if port == "grpc" else ())
+        for key in services
+        for port in CALLED_PORTS
     }
     for dep in _of_kind(objs, "Deployment"):
         app = dep["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/name", "")
@@ -490,45 +498,47 @@ def target_problems(objs: list[Obj]) -> list[str]:
                     problems.append(f"{where}: not <service>.<namespace>.svc:<port>")
                     continue
                 svc = services.get((m["ns"], m["svc"]))
-                grpc = [p for p in (svc or {}).get("spec", {}).get("ports", []) if p.get("name") == "grpc"]
+                want = TARGET_PORTS.get(name, "grpc")
+                named = [p for p in (svc or {}).get("spec", {}).get("ports", []) if p.get("name") == want]
                 if svc is None:
                     problems.append(f"{where}: no such Service")
-                elif not grpc or str(grpc[0]["port"]) != port:
-                    problems.append(f"{where}: not the Service's grpc port")
+                elif not named or str(named[0]["port"]) != port:
+                    problems.append(f"{where}: not the Service's {want} port")
                 else:
-                    callers[(m["ns"], m["svc"])].add(app)
+                    callers[(m["ns"], m["svc"], want)].add(app)
     for (ns, name), svc in services.items():
         if svc["spec"].get("type") == "LoadBalancer" or name == "gateway":
             continue  # the public entry point
-        if not any(p.get("name") == "grpc" for p in svc["spec"]["ports"]):
-            continue  # no gRPC behind it (gateway-metrics); the pods' grpc Service is checked
         pols = [
             p
             for p in _of_kind(objs, "NetworkPolicy")
             if _ns(p) == ns
             and _selects(p["spec"]["podSelector"].get("matchLabels", {}), svc["spec"]["selector"])
         ]
-        allowed: set[str] = set()
-        open_grpc = False
-        for pol in pols:
-            for rule in pol["spec"].get("ingress", []):
-                if not any(p.get("port") == "grpc" for p in rule.get("ports", [])):
-                    continue
-                if not rule.get("from"):
-                    open_grpc = True
-                for peer in rule.get("from", []):
-                    allowed.add(
-                        peer.get("podSelector", {})
-                        .get("matchLabels", {})
-                        .get("app.kubernetes.io/name", "<not a pod selector>")
-                    )
-        if not pols or open_grpc:
-            problems.append(f"Service/{name}: grpc port must be closed to all but its callers")
-        elif allowed != callers[(ns, name)]:
-            problems.append(
-                f"Service/{name}: NetworkPolicy admits {sorted(allowed)}, "
-                f"callers are {sorted(callers[(ns, name)])}"
-            )
+        for port in CALLED_PORTS:
+            if not any(p.get("name") == port for p in svc["spec"]["ports"]):
+                continue  # nothing called behind it (gateway-metrics); the pods' other Service is checked
+            allowed: set[str] = set()
+            open_port = False
+            for pol in pols:
+                for rule in pol["spec"].get("ingress", []):
+                    if not any(p.get("port") == port for p in rule.get("ports", [])):
+                        continue
+                    if not rule.get("from"):
+                        open_port = True
+                    for peer in rule.get("from", []):
+                        allowed.add(
+                            peer.get("podSelector", {})
+                            .get("matchLabels", {})
+                            .get("app.kubernetes.io/name", "<not a pod selector>")
+                        )
+            if not pols or open_port:
+                problems.append(f"Service/{name}: {port} port must be closed to all but its callers")
+            elif allowed != callers[(ns, name, port)]:
+                problems.append(
+                    f"Service/{name}: NetworkPolicy admits {sorted(allowed)} on {port}, "
+                    f"callers are {sorted(callers[(ns, name, port)])}"
+                )
     return problems
 
 
@@ -1157,7 +1167,7 @@ MUTATIONS: dict[str, tuple[Callable[[list[Obj]], object], str]] = {
     ),
     "target to wrong port": (
         lambda o: _env(o, "gateway", "ICLAIM_AUTHZ_TARGET").update(value="authz.$(POD_NAMESPACE).svc:9105"),
-        "grpc port",
+        "check port",
     ),
     "loopback listen address": (
         lambda o: _env(o, "billing", "ICLAIM_BILLING_ADDR").update(value="127.0.0.1:50081"),
@@ -1168,7 +1178,9 @@ MUTATIONS: dict[str, tuple[Callable[[list[Obj]], object], str]] = {
         "loopback",
     ),
     "no grpc service port": (
-        lambda o: _by_name(o, "Service")["authz"]["spec"]["ports"][0].update(name="h2c"),
+        lambda o: next(
+            p for p in _by_name(o, "Service")["authz"]["spec"]["ports"] if p["name"] == "grpc"
+        ).update(name="h2c"),
         "port named grpc",
     ),
     "policy admits everyone": (
@@ -1237,7 +1249,7 @@ MUTATIONS: dict[str, tuple[Callable[[list[Obj]], object], str]] = {
     ),
     "caller may not connect": (
         lambda o: _by_name(o, "NetworkPolicy")["gateway-egress"]["spec"]["egress"][0]["to"].pop(0),
-        "gateway -> authz:grpc: no egress rule",
+        "gateway -> authz:check: no egress rule",
     ),
     "callee does not admit": (
         lambda o: _by_name(o, "NetworkPolicy")["billing-ingress"]["spec"]["ingress"][0]["from"].pop(1),

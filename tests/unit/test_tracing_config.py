@@ -63,7 +63,11 @@ def test_envoy_issues_the_request_id_and_passes_traceparent_through() -> None:
     # A client's own x-request-id is dropped before Envoy decides to keep one.
     (early,) = hcm["early_header_mutation_extensions"]
     assert early["typed_config"]["mutations"] == [{"remove": "x-request-id"}]
-    # Nothing strips the trace context on its way to ext_authz and the services.
+    # Nothing strips the trace context on its way to ext_authz and the services:
+    # ext_authz is handed it, and no filter or route names it otherwise.
+    [authz] = [f["typed_config"] for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_authz"]
+    passed = [p["exact"] for p in authz.pop("allowed_headers")["patterns"]]
+    assert {"traceparent", "tracestate", "x-request-id"} <= set(passed)
     text = json.dumps(hcm).lower()
     assert "traceparent" not in text and "tracestate" not in text
 
