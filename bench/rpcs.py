@@ -1,6 +1,8 @@
-"""gRPC calls the hub's services handled during a bench phase, read from their
-own /metrics (grpc_server_handled_total): public calls (iclaim.v1.*, through
-Envoy) apart from internal ones (hub to hub, and Envoy's ext_authz checks)."""
+"""Calls the hub's services handled during a bench phase, read from their own
+/metrics: public calls (iclaim.v1.*, through Envoy) apart from internal ones
+(hub to hub, and Envoy's ext_authz checks). gRPC calls from
+grpc_server_handled_total; the ext_authz checks from the authz's own decision
+count, whichever protocol carried them (HTTP, or the gRPC Check)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from collections.abc import Mapping
 from prometheus_client.parser import text_string_to_metric_families
 
 PUBLIC_PREFIX = "iclaim.v1."
+CHECK_SERVICE = "envoy.service.auth.v3.Authorization"
+CHECKS = "iclaim_authz_decisions"
 
 
 def scrape(metrics_ports: Mapping[str, int]) -> Counter[tuple[str, str]]:
@@ -19,12 +23,20 @@ def scrape(metrics_ports: Mapping[str, int]) -> Counter[tuple[str, str]]:
     for name, port in metrics_ports.items():
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             text = resp.read().decode()
-        for family in text_string_to_metric_families(text):
-            if family.name != "grpc_server_handled":
-                continue
-            for sample in family.samples:
-                if sample.name == "grpc_server_handled_total":
-                    counts[(name, sample.labels.get("grpc_service", ""))] += int(sample.value)
+        counts.update(calls_in(name, text))
+    return counts
+
+
+def calls_in(name: str, text: str) -> Counter[tuple[str, str]]:
+    counts: Counter[tuple[str, str]] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == CHECKS + "_total":
+                counts[(name, CHECK_SERVICE)] += int(sample.value)
+            elif sample.name == "grpc_server_handled_total":
+                service = sample.labels.get("grpc_service", "")
+                if service != CHECK_SERVICE:  # counted by its decisions above
+                    counts[(name, service)] += int(sample.value)
     return counts
 
 
