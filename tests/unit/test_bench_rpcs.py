@@ -7,19 +7,26 @@ from collections import Counter
 
 from bench.rpcs import CHECK_SERVICE, calls_in, used
 
-AUTHZ = """\
-# TYPE iclaim_authz_decisions counter
-iclaim_authz_decisions_total{outcome="allow",reason="OK"} 9.0
-iclaim_authz_decisions_total{outcome="deny",reason="BAD_SIGNATURE"} 1.0
-# TYPE grpc_server_handled counter
-grpc_server_handled_total{grpc_code="OK",grpc_method="Check",grpc_service="envoy.service.auth.v3.Authorization",grpc_type="UNARY"} 4.0
-grpc_server_handled_total{grpc_code="OK",grpc_method="Check",grpc_service="grpc.health.v1.Health",grpc_type="UNARY"} 2.0
-"""
-ROUTER = """\
-# TYPE grpc_server_handled counter
-grpc_server_handled_total{grpc_code="OK",grpc_method="SubmitClaim",grpc_service="iclaim.v1.ClaimService",grpc_type="UNARY"} 10.0
-grpc_server_handled_total{grpc_code="OK",grpc_method="ReportTaken",grpc_service="iclaim_hub.internal.v1.DeliveryReportService",grpc_type="UNARY"} 5.0
-"""
+
+def _handled(service: str, method: str, n: int) -> str:
+    labels = f'grpc_code="OK",grpc_method="{method}",grpc_service="{service}",grpc_type="UNARY"'
+    return f"grpc_server_handled_total{{{labels}}} {n}.0\n"
+
+
+HANDLED = "# TYPE grpc_server_handled counter\n"
+AUTHZ = (
+    "# TYPE iclaim_authz_decisions counter\n"
+    'iclaim_authz_decisions_total{outcome="allow",reason="OK"} 9.0\n'
+    'iclaim_authz_decisions_total{outcome="deny",reason="BAD_SIGNATURE"} 1.0\n'
+    + HANDLED
+    + _handled(CHECK_SERVICE, "Check", 4)
+    + _handled("grpc.health.v1.Health", "Check", 2)
+)
+ROUTER = (
+    HANDLED
+    + _handled("iclaim.v1.ClaimService", "SubmitClaim", 10)
+    + _handled("iclaim_hub.internal.v1.DeliveryReportService", "ReportTaken", 5)
+)
 
 
 def test_checks_are_counted_from_decisions_once() -> None:
