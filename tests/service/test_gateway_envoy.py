@@ -21,6 +21,7 @@ import pytest
 import redis as sync_redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.authz.authorizer import Authorizer
 from gateway.authz.replay import CLOCK_SKEW_MARGIN_S
 from gateway.authz.server import build_server
 from iclaim.crypto import signing
@@ -477,6 +478,21 @@ async def test_authz_down_fails_closed(env: Env) -> None:
     env.app.http_listener.close()
     env.app.http.pre_shutdown()
     await env.app.http.shutdown(0)
+    body = _get_claim()
+    c = await call(env.channel, GET_CLAIM, body, signed(env.hospital, GET_CLAIM, body))
+    assert (await outcome(c)).code == grpc.StatusCode.UNAVAILABLE
+    assert env.gw.recorder.calls == []
+
+
+async def test_a_bug_in_the_authz_fails_closed_as_unavailable(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The HTTP check answers a bug with 500; Envoy takes a 5xx from the authz as
+    # the authz failing (status_on_error), never as a refusal to pass on (INTERNAL).
+    async def broken(self: Authorizer, inp: Any) -> Any:
+        raise RuntimeError("a bug in the check")
+
+    monkeypatch.setattr(Authorizer, "check", broken)
     body = _get_claim()
     c = await call(env.channel, GET_CLAIM, body, signed(env.hospital, GET_CLAIM, body))
     assert (await outcome(c)).code == grpc.StatusCode.UNAVAILABLE
