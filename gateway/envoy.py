@@ -449,8 +449,8 @@ def render_config(
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
 ) -> dict[str, Any]:
     """The Envoy bootstrap (v3) as a JSON-serialisable dict."""
-    if authz_protocol not in ("http", "grpc"):
-        raise ValueError("authz_protocol must be http or grpc")
+    if authz_protocol.upper() not in AUTHZ_PROTOCOLS:
+        raise ValueError(f"authz_protocol must be one of {', '.join(AUTHZ_PROTOCOLS).lower()}")
     admin_host, _ = _split(admin)
     if not ipaddress.ip_address(admin_host).is_loopback:
         raise ValueError("the Envoy admin interface must listen on a loopback address")

@@ -85,10 +85,6 @@ class AuthzApp(GrpcApp):
     http: web.Server
     http_listener: asyncio.Server  # bound, serving from start()
 
-    @property
-    def http_port(self) -> int:
-        return int(self.http_listener.sockets[0].getsockname()[1])
-
     async def start(self) -> None:
         await super().start()
         await self.http_listener.start_serving()

@@ -35,7 +35,7 @@ import redis as sync_redis
 
 from gateway.authz import frame, policy
 from gateway.authz.server import build_server
-from gateway.tls import ensure_dev_client_ca, issue_dev_client_cert
+from gateway.tls import ClientCertPaths, ensure_dev_client_ca, issue_dev_client_cert
 from iclaim.client.signer import Clock, signing_interceptors
 from iclaim.limits import CLIENT_OPTIONS
 from iclaim_hub.crypto.secretbox import SecretBox
@@ -400,6 +400,15 @@ def _mtls_channel(gw: Gateway, cert: Path, key: Path) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(f"127.0.0.1:{gw.port}", creds)
 
 
+async def _assert_ok_with_certificate(e: Env, paths: ClientCertPaths, cred: Cred, body: bytes) -> None:
+    channel = _mtls_channel(e.gw, paths.cert, paths.key)
+    try:
+        c = await any_call(channel, GET_CLAIM, body, signed(cred, GET_CLAIM, body))
+        assert (await outcome(c)).code == grpc.StatusCode.OK
+    finally:
+        await channel.close()
+
+
 async def test_client_certificate_is_bound_to_the_signing_principal(
     make_env: EnvFactory,
 ) -> None:
@@ -432,12 +441,7 @@ async def test_principal_flagged_require_mtls_needs_its_certificate(
     assert (o.code, o.reason) == (grpc.StatusCode.PERMISSION_DENIED, "CLIENT_CERT_REQUIRED")
     assert e.gw.recorder.calls == []
     paths = issue_dev_client_cert(e.gw.state, MTLS_HOSPITAL)
-    channel = _mtls_channel(e.gw, paths.cert, paths.key)
-    try:
-        c = await any_call(channel, GET_CLAIM, body, signed(cred, GET_CLAIM, body))
-        assert (await outcome(c)).code == grpc.StatusCode.OK
-    finally:
-        await channel.close()
+    await _assert_ok_with_certificate(e, paths, cred, body)
     # Others without a flag still work without a certificate (mTLS is optional).
     c = await any_call(e.channel, GET_CLAIM, body, signed(e.creds[HOSPITAL], GET_CLAIM, body))
     assert (await outcome(c)).code == grpc.StatusCode.OK
@@ -456,12 +460,7 @@ async def test_a_client_cannot_hand_the_authz_a_certificate_in_a_header(
     md = [*signed(cred, GET_CLAIM, body), ("x-forwarded-client-cert", forged)]
     o = await outcome(await any_call(e.channel, GET_CLAIM, body, md))
     assert (o.code, o.reason) == (grpc.StatusCode.PERMISSION_DENIED, "CLIENT_CERT_REQUIRED")
-    channel = _mtls_channel(e.gw, paths.cert, paths.key)
-    try:
-        c = await any_call(channel, GET_CLAIM, body, signed(cred, GET_CLAIM, body))
-        assert (await outcome(c)).code == grpc.StatusCode.OK
-    finally:
-        await channel.close()
+    await _assert_ok_with_certificate(e, paths, cred, body)
     [seen] = e.gw.recorder.calls
     assert seen.metadata["x-iclaim-principal"] == MTLS_HOSPITAL
     assert "x-forwarded-client-cert" not in seen.metadata

@@ -54,6 +54,16 @@ async def channel(request: pytest.FixtureRequest) -> AsyncIterator[grpc.aio.Chan
     await server.stop(0)
 
 
+# A typed error and a crash, as the handler's payload asks, and what the caller sees.
+_ERRORS = pytest.mark.parametrize(
+    ("payload", "code", "reason"),
+    [
+        (b"typed", grpc.StatusCode.NOT_FOUND, "THING_NOT_FOUND"),
+        (b"crash", grpc.StatusCode.INTERNAL, "INTERNAL"),
+    ],
+)
+
+
 def _reason(err: grpc.aio.AioRpcError) -> str:
     status = rpc_status.from_call(err)
     assert status is not None
@@ -62,13 +72,7 @@ def _reason(err: grpc.aio.AioRpcError) -> str:
     return info.reason
 
 
-@pytest.mark.parametrize(
-    ("payload", "code", "reason"),
-    [
-        (b"typed", grpc.StatusCode.NOT_FOUND, "THING_NOT_FOUND"),
-        (b"crash", grpc.StatusCode.INTERNAL, "INTERNAL"),
-    ],
-)
+@_ERRORS
 async def test_unary_errors_are_mapped(
     channel: grpc.aio.Channel, payload: bytes, code: grpc.StatusCode, reason: str
 ) -> None:
@@ -80,13 +84,7 @@ async def test_unary_errors_are_mapped(
     assert ("x-iclaim-reason", reason) in tuple(err.value.trailing_metadata() or ())
 
 
-@pytest.mark.parametrize(
-    ("payload", "code", "reason"),
-    [
-        (b"typed", grpc.StatusCode.NOT_FOUND, "THING_NOT_FOUND"),
-        (b"crash", grpc.StatusCode.INTERNAL, "INTERNAL"),
-    ],
-)
+@_ERRORS
 async def test_stream_errors_are_mapped_after_items(
     channel: grpc.aio.Channel, payload: bytes, code: grpc.StatusCode, reason: str
 ) -> None:
