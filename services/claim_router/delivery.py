@@ -4,7 +4,8 @@ layer, the insurer adapter (docs/protocol.md §10).
 A committed claim stays due (delivered_at IS NULL) until the adapter has
 acknowledged storing it; a lease hides it while one attempt is in flight, so a
 crash anywhere means a later hand-off again, which the adapter deduplicates by
-transaction_id. The acknowledgement only records the hand-off: the claim stays
+transaction_id. Claims kicked together go in one call (handoff_batches.py).
+The acknowledgement only records the hand-off: the claim stays
 RECEIVED until the adapter reports that the insurer took it
 (DeliveryReportService/ReportTaken).
 """
@@ -19,11 +20,13 @@ from typing import Protocol
 import grpc
 import structlog
 
+from iclaim_hub.common import tracing
 from iclaim_hub.common.db import is_connection_lost
 from iclaim_hub.common.tracing import within_trace
 from iclaim_hub.common.proto_time import timestamp
 from iclaim_hub.internal.v1 import insurer_adapter_pb2, insurer_adapter_pb2_grpc
 from services.claim_router.domain import PUSH_HANDOFF_LEASE_S
+from services.claim_router.handoff_batches import BatchedHandOff
 from services.claim_router.model import ClaimRecord
 
 log = structlog.get_logger("claim_router.delivery")
@@ -46,7 +49,9 @@ class PushStore(Protocol):
 class PushDeliverer:
     def __init__(self, store: PushStore, channel: grpc.aio.Channel) -> None:
         self._store = store
-        self._stub = insurer_adapter_pb2_grpc.InsurerAdapterServiceStub(channel)
+        self._handoff = BatchedHandOff(
+            insurer_adapter_pb2_grpc.InsurerAdapterServiceStub(channel), DELIVER_TIMEOUT_S, tracing.enabled
+        )
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -105,14 +110,7 @@ class PushDeliverer:
             # Not recorded here: the insert's lease is the claim's safety net
             # until ReportTaken, so the adapter need not store it before pushing.
             request.router_lease.FromSeconds(int(LEASE_S))
-        try:
-            await self._stub.DeliverClaim(request, timeout=DELIVER_TIMEOUT_S)
-        except grpc.aio.AioRpcError as err:
-            log.warning(
-                "delivery_failed",
-                transaction_id=rec.transaction_id,
-                code=err.code().name,
-            )
+        if not await self._handoff.hand_off(request):
             await self._store.retry_push_later(rec.transaction_id, RETRY_DELAY_S)
             return
         if record:
@@ -126,3 +124,4 @@ class PushDeliverer:
                 await self._task
         for task in list(self._inflight):
             task.cancel()
+        await self._handoff.close()

@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from iclaim.errors import IclaimError
 from iclaim_hub.common import tracing
 from iclaim_hub.common.fields import copy_fields
 from iclaim_hub.common.servicer import Serves
@@ -21,10 +22,28 @@ class InsurerAdapterServicer(Serves[ClaimIntake], insurer_adapter_pb2_grpc.Insur
         request: insurer_adapter_pb2.DeliverClaimRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> insurer_adapter_pb2.DeliverClaimResponse:
-        lease = request.router_lease
-        lease_s = lease.ToTimedelta().total_seconds() if request.HasField("router_lease") else 0.0
-        new = await self.use_cases.deliver(_delivery_request(request), router_lease_s=lease_s)
+        new = await self.use_cases.deliver(_delivery_request(request), router_lease_s=_lease_s(request))
         return insurer_adapter_pb2.DeliverClaimResponse(duplicate=not new)
+
+    async def DeliverClaims(
+        self,
+        request: insurer_adapter_pb2.DeliverClaimsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> insurer_adapter_pb2.DeliverClaimsResponse:
+        outcomes = await self.use_cases.deliver_many(
+            [(_delivery_request(r), _lease_s(r)) for r in request.claims]
+        )
+        response = insurer_adapter_pb2.DeliverClaimsResponse()
+        for index, outcome in enumerate(outcomes):
+            if outcome is False:
+                response.duplicates.append(index)
+            elif isinstance(outcome, IclaimError):
+                response.failed.add(index=index, reason=outcome.reason)
+        return response
+
+
+def _lease_s(r: insurer_adapter_pb2.DeliverClaimRequest) -> float:
+    return r.router_lease.ToTimedelta().total_seconds() if r.HasField("router_lease") else 0.0
 
 
 def _delivery_request(r: insurer_adapter_pb2.DeliverClaimRequest) -> DeliveryRequest:

@@ -6,13 +6,15 @@ registry are the protocols below."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import structlog
 
-from iclaim.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from iclaim.errors import AlreadyExists, IclaimError, InvalidArgument, NotFound, Unavailable
+from iclaim_hub.common.handoff import MAX_CLAIMS_PER_CALL, MAX_ENVELOPE_BYTES_PER_CALL
 from services.insurer_adapter import metrics
 from services.insurer_adapter.domain import INSURER_RE, TXID_RE, checked
 from services.insurer_adapter.model import (
@@ -135,6 +137,27 @@ class ClaimIntake:
         elif new:
             self._pushes.notify(code)
         return new
+
+    async def deliver_many(
+        self, requests: Sequence[tuple[DeliveryRequest, float]]
+    ) -> list[bool | IclaimError]:
+        """(request, router_lease_s) each, taken as deliver() takes it, all at
+        once: for each, new (True), a redelivery (False) or why it was not taken.
+        InvalidArgument TOO_MANY_CLAIMS / BATCH_TOO_LARGE for a batch over the
+        call's limits (iclaim_hub.common.handoff), before any is taken."""
+        if len(requests) > MAX_CLAIMS_PER_CALL:
+            raise InvalidArgument(f"at most {MAX_CLAIMS_PER_CALL} claims a call", reason="TOO_MANY_CLAIMS")
+        if sum(len(r.envelope) for r, _ in requests) > MAX_ENVELOPE_BYTES_PER_CALL:
+            raise InvalidArgument(
+                f"at most {MAX_ENVELOPE_BYTES_PER_CALL} bytes of envelopes a call", reason="BATCH_TOO_LARGE"
+            )
+        return list(await asyncio.gather(*(self._deliver_one(r, lease_s) for r, lease_s in requests)))
+
+    async def _deliver_one(self, request: DeliveryRequest, router_lease_s: float) -> bool | IclaimError:
+        try:
+            return await self.deliver(request, router_lease_s)
+        except IclaimError as exc:
+            return exc
 
     def _lease_too_short(self, router_lease_s: float) -> None:
         """Says once that the push timeout rules out pushing before storing:

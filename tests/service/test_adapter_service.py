@@ -140,6 +140,59 @@ async def test_logs_carry_transaction_id_but_no_claim_content(h: Harness) -> Non
         assert secret not in text
 
 
+# --- DeliverClaims (several hand-offs in one call) -------------------------------------
+
+
+async def test_a_batch_takes_each_claim_as_deliver_claim_would(h: Harness) -> None:
+    stub = await h.start_adapter()
+    stored = h.request("AIA")
+    await stub.DeliverClaim(stored, timeout=5)
+    conflicting = insurer_adapter_pb2.DeliverClaimRequest()
+    conflicting.CopyFrom(stored)
+    conflicting.billed_amount_satang += 1
+    new = [h.request("AIA"), h.request("VIRIYAH")]
+    bad = h.request("AIA")
+    bad.claim_ref = ""
+    claims = [new[0], stored, conflicting, h.request("NOSUCH"), bad, new[1]]
+    reply = await stub.DeliverClaims(insurer_adapter_pb2.DeliverClaimsRequest(claims=claims), timeout=5)
+    assert list(reply.duplicates) == [1]
+    assert {(f.index, f.reason) for f in reply.failed} == {
+        (2, "DELIVERY_CONFLICT"),
+        (3, "INSURER_NOT_FOUND"),
+        (4, "CLAIM_REF_INVALID"),
+    }
+    for request in new:
+        assert (await h.row(request.transaction_id))["state"] == "waiting"
+    assert (await h.row(stored.transaction_id))["delivery_count"] == 2
+    assert await h.pool.fetchval("SELECT count(*) FROM adapter.deliveries") == 3
+
+
+@pytest.mark.parametrize(
+    ("count", "envelope_bytes", "reason"),
+    [(201, 40, "TOO_MANY_CLAIMS"), (3, 350 * 1024, "BATCH_TOO_LARGE")],
+)
+async def test_a_batch_over_the_calls_limits_is_refused_whole(
+    h: Harness, count: int, envelope_bytes: int, reason: str
+) -> None:
+    stub = await h.start_adapter()
+    claims = [h.request("AIA") for _ in range(count)]
+    for claim in claims:
+        claim.envelope = "e" * envelope_bytes
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.DeliverClaims(insurer_adapter_pb2.DeliverClaimsRequest(claims=claims), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _reason(err.value) == reason
+    assert await h.pool.fetchval("SELECT count(*) FROM adapter.deliveries") == 0
+
+
+async def test_a_batch_at_the_limits_is_taken(h: Harness) -> None:
+    stub = await h.start_adapter()
+    claims = [h.request("AIA") for _ in range(200)]
+    reply = await stub.DeliverClaims(insurer_adapter_pb2.DeliverClaimsRequest(claims=claims), timeout=10)
+    assert (list(reply.duplicates), list(reply.failed)) == ([], [])
+    assert await h.pool.fetchval("SELECT count(*) FROM adapter.deliveries") == 200
+
+
 # --- schema ---------------------------------------------------------------------------
 
 

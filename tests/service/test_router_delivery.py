@@ -157,6 +157,25 @@ async def test_a_claim_not_taken_by_the_end_of_its_lease_is_handed_off_again_and
     assert env.adapter.calls == [claim.transaction_id] * 2
 
 
+async def test_claims_submitted_while_a_hand_off_is_in_flight_go_in_one_call(env: Env) -> None:
+    env.adapter.hold = asyncio.Event()
+    first = await submit(env, H1, GRPC, "REF-BATCH-0")
+    for _ in range(100):
+        if env.adapter.held:
+            break
+        await asyncio.sleep(0.02)
+    kinds = enumerate([GRPC, WEBHOOK] * 3, 1)
+    rest = await asyncio.gather(*(submit(env, H1, insurer, f"REF-BATCH-{i}") for i, insurer in kinds))
+    env.adapter.hold.set()
+    for claim in rest:
+        await wait_handed_off(env, claim.transaction_id)
+    assert len(env.adapter.batches) == 2
+    assert env.adapter.batches[0] == [first.transaction_id]
+    assert sorted(env.adapter.batches[1]) == sorted(c.transaction_id for c in rest)
+    await asyncio.sleep(0.3)
+    assert (await get(env, rest[0])).state == S.CLAIM_STATE_RECEIVED  # handed off, not taken
+
+
 async def test_pull_insurers_claims_are_never_handed_off(env: Env) -> None:
     claim = await submit(env, H1, PULL_SAMPLE, "REF-PULLSAMPLE")
     await asyncio.sleep(1.2)

@@ -38,18 +38,36 @@ S = pb.ClaimState
 
 
 class RecordingAdapter(insurer_adapter_pb2_grpc.InsurerAdapterServiceServicer):
+    """Records each claim handed off (`calls`) and each call's claims
+    (`batches`); `fail_next` calls fail UNAVAILABLE; while `hold` is set, a call
+    waits until it is cleared (`held` counts the calls waiting)."""
+
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.batches: list[list[str]] = []
         self.fail_next = 0
+        self.hold: asyncio.Event | None = None
+        self.held = 0
 
-    async def DeliverClaim(self, request: Any, context: Any) -> Any:
+    async def _take(self, ids: list[str], context: Any) -> None:
+        if self.hold is not None:
+            self.held += 1
+            await self.hold.wait()
         if self.fail_next:
             self.fail_next -= 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
-        self.calls.append(request.transaction_id)
+        self.batches.append(ids)
+        self.calls += ids
+
+    async def DeliverClaim(self, request: Any, context: Any) -> Any:
+        await self._take([request.transaction_id], context)
         return insurer_adapter_pb2.DeliverClaimResponse(
             duplicate=self.calls.count(request.transaction_id) > 1
         )
+
+    async def DeliverClaims(self, request: Any, context: Any) -> Any:
+        await self._take([c.transaction_id for c in request.claims], context)
+        return insurer_adapter_pb2.DeliverClaimsResponse()
 
 
 @dataclass
