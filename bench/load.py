@@ -154,7 +154,7 @@ async def claims_load(
     }
 
 
-async def _paced(
+async def paced(
     rate: float,
     count: int,
     send: Callable[[int, float], Awaitable[None]],
@@ -207,7 +207,7 @@ async def open_load(credentials: Path, rate: float, seconds: float, run_id: str)
 
         start = time.perf_counter()
         with progress(f"open loop {run_id}", total) as sent:
-            late_sends = await _paced(rate, len(work), lambda n, at: one(at, work[n]), sent.advance)
+            late_sends = await paced(rate, len(work), lambda n, at: one(at, work[n]), sent.advance)
         elapsed = time.perf_counter() - start
     return {
         "claims": total,
@@ -262,7 +262,7 @@ async def echo_paced_load(port: int, rate: float, seconds: float) -> dict:
             await call(payload, timeout=5)
 
         start = time.perf_counter()
-        late_sends = await _paced(rate, total, one)
+        late_sends = await paced(rate, total, one)
         elapsed = time.perf_counter() - start
     return {
         "requests": total,

@@ -26,7 +26,7 @@ from aiohttp import ClientSession, TCPConnector, web
 from bench.cpu import cpu_seconds
 from bench.echo_server import METHOD
 from bench.echo_server import serve as serve_grpc
-from bench.load import _paced
+from bench.load import paced
 from iclaim_hub.common import event_loop
 from iclaim_hub.common.channels import INTERNAL_CLIENT_OPTIONS
 from iclaim_ops.devstack.stack import free_port
@@ -78,7 +78,7 @@ async def _client_calls(transport: str, port: int, rate: float, seconds: float, 
         for _ in range(20):  # connected and warm before either side is measured
             await send()
         server_before, client_before = cpu_seconds(server_pid), time.process_time()
-        await _paced(rate, total, one)
+        await paced(rate, total, one)
         server_cpu, client_cpu = cpu_seconds(server_pid) - server_before, time.process_time() - client_before
     finally:
         await close()

@@ -1,8 +1,7 @@
-"""Hands push claims to the adapter a batch at a time, with no timer, as the
-adapter relays decisions back (insurer_adapter/answer_batches.py): the first
+"""Hands push claims to the adapter a batch at a time, with no timer
+(iclaim_hub.common.batching, as the adapter relays decisions back): the first
 goes at once, alone, in DeliverClaim; those kicked while a call is in flight go
-together in the next DeliverClaims. An unloaded router adds no wait; a loaded
-one makes fewer calls, and each costs both processes a few hundred µs of CPU.
+together in the next DeliverClaims.
 
 With tracing switched on every claim goes alone, in its own call, so that the
 hand-off and the pushes after it join the claim's trace.
@@ -11,18 +10,16 @@ hand-off and the pushes after it join the claim's trace.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections.abc import Callable, Sequence
 
 import grpc
 import structlog
 
+from iclaim_hub.common.batching import NoTimerBatches
 from iclaim_hub.common.handoff import MAX_CLAIMS_PER_CALL, MAX_ENVELOPE_BYTES_PER_CALL
 from iclaim_hub.internal.v1 import insurer_adapter_pb2, insurer_adapter_pb2_grpc
 
 log = structlog.get_logger("claim_router.delivery")
-
-_Waiting = tuple[insurer_adapter_pb2.DeliverClaimRequest, "asyncio.Future[bool]"]
 
 
 def take_batch(
@@ -50,8 +47,9 @@ class BatchedHandOff:
         self._stub = stub
         self._deadline_s = deadline_s
         self._traced = traced
-        self._waiting: list[_Waiting] = []
-        self._sender: asyncio.Task[None] | None = None
+        self._batches = NoTimerBatches(
+            self._one, self._many, failed=False, take=take_batch, error_event="delivery_batch_error"
+        )
 
     async def hand_off(self, request: insurer_adapter_pb2.DeliverClaimRequest) -> bool:
         """True once the adapter has taken the claim (new or a redelivery);
@@ -59,33 +57,7 @@ class BatchedHandOff:
         again later. Never raises but for cancellation."""
         if self._traced():
             return await self._one(request)
-        taken: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((request, taken))
-        if self._sender is None or self._sender.done():
-            # Its own context: the sender serves every caller, not the first one's
-            # request (log fields, trace).
-            self._sender = asyncio.get_running_loop().create_task(self._send(), context=contextvars.Context())
-        return await taken
-
-    async def _send(self) -> None:
-        batch: list[_Waiting] = []
-        try:
-            while self._waiting:
-                count = take_batch([r for r, _ in self._waiting])
-                batch, self._waiting = self._waiting[:count], self._waiting[count:]
-                requests = [r for r, _ in batch]
-                try:
-                    outcomes = (
-                        [await self._one(requests[0])] if len(requests) == 1 else await self._many(requests)
-                    )
-                except Exception:  # a bug: logged; the claims are handed off again
-                    log.exception("delivery_batch_error")
-                    outcomes = [False] * len(requests)
-                _settle(batch, outcomes)
-                batch = []
-        finally:  # cancelled (the router stops): nothing more is known to be taken
-            left, self._waiting = batch + self._waiting, []
-            _settle(left, [False] * len(left))
+        return await self._batches.submit(request)
 
     async def _one(self, request: insurer_adapter_pb2.DeliverClaimRequest) -> bool:
         try:
@@ -112,12 +84,4 @@ class BatchedHandOff:
         return [i not in failed for i in range(len(requests))]
 
     async def close(self) -> None:
-        if self._sender is not None:
-            self._sender.cancel()
-            await asyncio.gather(self._sender, return_exceptions=True)
-
-
-def _settle(batch: Sequence[_Waiting], outcomes: Sequence[bool]) -> None:
-    for (_, taken), outcome in zip(batch, outcomes, strict=True):
-        if not taken.done():
-            taken.set_result(outcome)
+        await self._batches.close()

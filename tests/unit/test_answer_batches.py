@@ -110,8 +110,7 @@ async def test_waiters_learn_nothing_was_recorded_when_the_sender_is_cancelled()
     await _until(lambda: len(sink.singles) == 1)
     second = asyncio.create_task(batched.record("AIA", _answer(1)))
     await asyncio.sleep(0)
-    assert batched._sender is not None
-    batched._sender.cancel()
+    await batched.close()
     assert await first == AnswerOutcome.UNRECORDED
     assert await second == AnswerOutcome.UNRECORDED
 
