@@ -30,6 +30,13 @@ RPC_MSG_SENT = Counter(
     "Stream messages sent by the server.",
     ["grpc_type", "grpc_service", "grpc_method"],
 )
+# Housekeeping (iclaim_hub.common.purge); `table` is one of our fixed names.
+ROWS_PURGED = Counter(
+    "iclaim_rows_purged_total", "Rows removed by housekeeping once past their kept window.", ["table"]
+)
+PURGE_FAILURES = Counter(
+    "iclaim_purge_failures_total", "Housekeeping passes that failed (retried at the next).", ["table"]
+)
 
 
 def start_metrics_server(port: int, host: str | None = None) -> int:

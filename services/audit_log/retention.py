@@ -4,10 +4,12 @@ checkpoints and proofs still verify); entries under a legal hold stay."""
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Protocol
 
 import structlog
 
+from iclaim_hub.common.purge import remove_in_batches
 from services.audit_log import metrics
 
 log = structlog.get_logger("audit_log.retention")
@@ -26,12 +28,7 @@ class Retention:
         self.days = days
 
     async def expire_all(self) -> int:
-        total = 0
-        while True:
-            n = await self._store.expire(self.days, BATCH)
-            total += n
-            if n < BATCH:
-                break
+        total = await remove_in_batches(partial(self._store.expire, self.days), BATCH)
         metrics.ENTRIES_EXPIRED.inc(total)
         return total
 

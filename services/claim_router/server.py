@@ -14,6 +14,7 @@ from iclaim.v1 import claim_service_pb2_grpc, insurer_service_pb2_grpc
 from iclaim_hub.common.config import env_addr, env_float, env_str
 from iclaim_hub.common.db import create_pool
 from iclaim_hub.common.grpc_tracing import client_interceptors
+from iclaim_hub.common.purge import DEFAULT_EVERY_S, MAX_EVERY_S, Purge
 from iclaim_hub.common.server import (
     GrpcApp,
     ServeConfig,
@@ -31,6 +32,7 @@ from iclaim_hub.registry.cache import DirectoryCache
 from iclaim_hub.registry.model import DEFAULT_KEY_GRACE_S
 from iclaim_hub.registry.store import RegistryStore
 from services.claim_router.delivery import PushDeliverer
+from services.claim_router.outbox_purge import purge_outbox
 from services.claim_router.participation import ParticipationGauges
 from services.claim_router.relay import OutboxRelay
 from services.claim_router.service import (
@@ -48,6 +50,8 @@ from services.claim_router.watch import ChangeHub
 MAX_KEY_GRACE_S = 366 * 24 * 3600.0
 # Interest rows (claim_interest) older than this are a dead replica's: removed at start.
 STALE_INTEREST_S = 24 * 3600.0
+DEFAULT_OUTBOX_KEEP_S = 86_400.0
+MAX_OUTBOX_KEEP_S = 90 * 86_400.0
 
 # The gateway sends reflection here, so it lists the whole public contract
 # (including services that billing and audit_log serve).
@@ -73,6 +77,10 @@ class Config:
     pull_lease_s: float = DEFAULT_PULL_LEASE_S
     # §10.5: a pull insurer that has not pulled this long while claims wait is DOWN.
     pull_down_after_s: float = DEFAULT_PULL_DOWN_AFTER_S
+    # A relayed outbox event stays this long (for an operator reading the
+    # table after an incident), then goes; one not yet relayed stays.
+    outbox_keep_s: float = DEFAULT_OUTBOX_KEEP_S
+    purge_every_s: float = DEFAULT_EVERY_S
 
     @classmethod
     def from_env(cls) -> Config:
@@ -88,6 +96,10 @@ class Config:
             pull_down_after_s=env_float(
                 "ICLAIM_PULL_DOWN_AFTER_S", DEFAULT_PULL_DOWN_AFTER_S, lo=1, hi=7 * 24 * 3600
             ),
+            outbox_keep_s=env_float(
+                "ICLAIM_OUTBOX_KEEP_S", DEFAULT_OUTBOX_KEEP_S, lo=60, hi=MAX_OUTBOX_KEEP_S
+            ),
+            purge_every_s=env_float("ICLAIM_PURGE_EVERY_S", DEFAULT_EVERY_S, lo=1, hi=MAX_EVERY_S),
         )
 
 
@@ -146,6 +158,8 @@ async def _build(config: Config, resources: contextlib.AsyncExitStack) -> GrpcAp
     )
     participation = ParticipationGauges(router, registry, store)
     resources.push_async_callback(participation.close)
+    purge = Purge("router_outbox", partial(purge_outbox, store, config.outbox_keep_s), config.purge_every_s)
+    resources.push_async_callback(purge.close)
     servicers = [
         partial(claim_service_pb2_grpc.add_ClaimServiceServicer_to_server, ClaimServicer(router)),
         partial(insurer_service_pb2_grpc.add_InsurerServiceServicer_to_server, InsurerServicer(router)),
@@ -166,7 +180,7 @@ async def _build(config: Config, resources: contextlib.AsyncExitStack) -> GrpcAp
     server, port, health = await bind_server(
         config.serve.listen_addr, servicers, PUBLIC_SERVICES, INTERNAL_SERVICES
     )
-    workers = [relay.start, participation.start]
+    workers = [relay.start, participation.start, purge.start]
     if deliverer is not None:
         workers.append(deliverer.start)
     return GrpcApp(server=server, port=port, health=health, workers=workers, cleanup=resources.aclose)

@@ -713,3 +713,28 @@ class PgClaimStore:
         await self._pool.execute(
             "UPDATE router.outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", list(ids)
         )
+
+    async def outbox_purge_edge(self, keep_s: float) -> int:
+        """The first event id still inside the kept window; every id below it is
+        older (ids are drawn after created_at is set). Walks the primary key from
+        the oldest row, so once a pass has removed what was due it reads one row."""
+        return int(
+            await self._pool.fetchval(
+                "SELECT coalesce("
+                " (SELECT id FROM router.outbox WHERE created_at >= now() - make_interval(secs => $1)"
+                "  ORDER BY id LIMIT 1),"
+                " (SELECT max(id) + 1 FROM router.outbox), 0)",
+                keep_s,
+            )
+        )
+
+    async def purge_sent_outbox(self, below_id: int, limit: int) -> int:
+        """Removes at most `limit` relayed events with ids below `below_id`; an
+        event not yet acknowledged downstream stays, however old."""
+        status = await self._pool.execute(
+            "DELETE FROM router.outbox WHERE id IN ("
+            " SELECT id FROM router.outbox WHERE id < $1 AND sent_at IS NOT NULL ORDER BY id LIMIT $2)",
+            below_id,
+            limit,
+        )
+        return int(status.split()[-1])

@@ -18,6 +18,7 @@ from iclaim_hub.common.config import ConfigError, env_addr, env_float, env_int, 
 from iclaim_hub.common import tracing
 from iclaim_hub.common.db import create_pool
 from iclaim_hub.common.grpc_tracing import client_interceptors
+from iclaim_hub.common.purge import DEFAULT_EVERY_S, MAX_EVERY_S, Purge, remove_in_batches
 from iclaim_hub.common.server import GrpcApp, ServeConfig, bind_server, run_service
 from iclaim_hub.crypto.secretbox import SecretBox, check_master_key, master_key_from_env
 from iclaim_hub.internal.v1 import admin_pb2_grpc, insurer_adapter_pb2, insurer_adapter_pb2_grpc
@@ -42,6 +43,9 @@ from services.insurer_adapter.usecases import ClaimIntake, DeliveryAdmin
 
 log = structlog.get_logger("iclaim.adapter")
 
+DEFAULT_DELIVERIES_KEEP_S = 7 * 86_400.0
+MAX_DELIVERIES_KEEP_S = 366 * 86_400.0
+
 SERVICE_NAME = insurer_adapter_pb2.DESCRIPTOR.services_by_name["InsurerAdapterService"].full_name
 
 
@@ -63,6 +67,10 @@ class Config:
     client_cert: Path | None = None
     client_key: Path | None = None
     endpoint_ttl_s: float = 3.0  # registry changes reach pushes within this (§11: 5 s)
+    # A delivery taken and reported stays this long after the router last handed
+    # it off (a later hand-off is a duplicate, not a second push), then goes.
+    deliveries_keep_s: float = DEFAULT_DELIVERIES_KEEP_S
+    purge_every_s: float = DEFAULT_EVERY_S
 
     def __post_init__(self) -> None:
         check_master_key(self.master_key)
@@ -87,6 +95,12 @@ class Config:
             )
         if not 0 < self.endpoint_ttl_s <= MAX_TTL_S:
             raise ConfigError(f"endpoint cache TTL must be within 0..{MAX_TTL_S} s")
+        if self.deliveries_keep_s <= d.expiry_s:
+            # The router hands a claim off again until it hears it was taken,
+            # within the delivery's life at most: the row must outlive that.
+            raise ConfigError("ICLAIM_DELIVERIES_KEEP_S must exceed ICLAIM_DELIVERY_EXPIRY_S")
+        if not 0 < self.purge_every_s <= MAX_EVERY_S:
+            raise ConfigError(f"ICLAIM_PURGE_EVERY_S must be within 0..{MAX_EVERY_S:g} s")
         if (self.client_cert is None) != (self.client_key is None):
             raise ConfigError("ICLAIM_DELIVERY_CLIENT_CERT and ICLAIM_DELIVERY_CLIENT_KEY go together")
         for path in (self.client_cert, self.client_key):
@@ -116,6 +130,10 @@ class Config:
             ),
             client_cert=_optional_path("ICLAIM_DELIVERY_CLIENT_CERT"),
             client_key=_optional_path("ICLAIM_DELIVERY_CLIENT_KEY"),
+            deliveries_keep_s=env_float(
+                "ICLAIM_DELIVERIES_KEEP_S", DEFAULT_DELIVERIES_KEEP_S, lo=60, hi=MAX_DELIVERIES_KEEP_S
+            ),
+            purge_every_s=env_float("ICLAIM_PURGE_EVERY_S", DEFAULT_EVERY_S, lo=1, hi=MAX_EVERY_S),
         )
 
 
@@ -186,6 +204,11 @@ async def build_server(config: Config) -> AdapterApp:
         )
         intake = ClaimIntake(store, endpoints, settings.expiry_s, dispatcher, push_s=settings.timeout_s)
         deliveries = DeliveryAdmin(store, settings.expiry_s, reporter.notify)
+        purge = Purge(
+            "adapter_deliveries",
+            partial(remove_in_batches, partial(store.purge_finished, config.deliveries_keep_s)),
+            config.purge_every_s,
+        )
         servicers = [
             partial(
                 insurer_adapter_pb2_grpc.add_InsurerAdapterServiceServicer_to_server,
@@ -210,6 +233,7 @@ async def build_server(config: Config) -> AdapterApp:
         # After the gRPC server stopped: the background work, then its connections
         # (each closed even if an earlier step failed).
         try:
+            await purge.close()
             await reporter.stop()
             await dispatcher.stop()  # releases this process's leases
         finally:
@@ -224,7 +248,7 @@ async def build_server(config: Config) -> AdapterApp:
         server,
         port,
         health,
-        workers=(dispatcher.start, reporter.start),
+        workers=(dispatcher.start, reporter.start, purge.start),
         cleanup=close,
         deliveries=deliveries,
         endpoints=endpoints,

@@ -368,6 +368,21 @@ class PgAdapterStore:
             )
         return sorted(r["transaction_id"] for r in rows)
 
+    async def purge_finished(self, keep_s: float, limit: int) -> int:
+        """Removes at most `limit` deliveries taken and reported that the router
+        has not handed off again for `keep_s`. The row is only the memory that
+        makes a late redelivery a duplicate, not a second push; failed ones stay
+        (an operator may still redrive them)."""
+        status = await self._pool.execute(
+            "DELETE FROM adapter.deliveries WHERE transaction_id IN ("
+            " SELECT transaction_id FROM adapter.deliveries"
+            " WHERE state = 'taken' AND report_state = 'done'"
+            "  AND last_delivered_at < now() - make_interval(secs => $1) LIMIT $2)",
+            keep_s,
+            limit,
+        )
+        return int(status.split()[-1])
+
     async def list_deliveries(
         self, insurer_code: str, states: Sequence[str], limit: int
     ) -> list[DeliveryView]:
