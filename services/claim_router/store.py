@@ -715,9 +715,9 @@ class PgClaimStore:
         )
 
     async def outbox_purge_edge(self, keep_s: float) -> int:
-        """The first event id still inside the kept window; every id below it is
-        older (ids are drawn after created_at is set). Walks the primary key from
-        the oldest row, so once a pass has removed what was due it reads one row."""
+        """The lowest event id inside the kept window (so every id below it was
+        created before the window). Walks the primary key from the oldest row:
+        once a pass has removed what was due, it reads a row or two."""
         return int(
             await self._pool.fetchval(
                 "SELECT coalesce("
