@@ -13,7 +13,6 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from iclaim_hub.common.db import create_pool
 from iclaim_hub.common.purge import Purge
 from services.claim_router.events import TOPIC_AUDIT, TOPIC_BILLING
 from services.claim_router.outbox_purge import purge_outbox
@@ -21,7 +20,7 @@ from services.claim_router.store import PgClaimStore
 from services.insurer_adapter.store import PgAdapterStore
 from tests.support.delivery_endpoints import Harness, delivery_harness, wait_for
 from tests.support.router_env import running_env
-from tests.support.router_records import claim_record
+from tests.support.router_records import claim_record, router_pool
 
 DAY_S = 86_400.0
 
@@ -32,10 +31,8 @@ def _purged(table: str) -> float:
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await create_pool(database_url, max_size=4)
-    await PgClaimStore(p).migrate()
-    yield p
-    await p.close()
+    async with router_pool(database_url) as p:
+        yield p
 
 
 async def _event(pool: asyncpg.Pool, ref: str, *, age_s: float, sent: bool, topic: str = TOPIC_AUDIT) -> int:
@@ -90,9 +87,7 @@ async def test_an_empty_outbox_is_a_pass_with_nothing_to_do(pool: asyncpg.Pool) 
 
 async def test_the_router_purges_at_start_and_counts_it(database_url: str) -> None:
     """Through the router's own wiring (ICLAIM_OUTBOX_KEEP_S, the pass at start)."""
-    p = await create_pool(database_url, max_size=2)
-    try:
-        await PgClaimStore(p).migrate()
+    async with router_pool(database_url, max_size=2) as p:
         gone = await _event(p, "GONE", age_s=2 * 3600, sent=True)
         kept = await _event(p, "KEPT", age_s=2 * 3600, sent=False)
         before = _purged("router_outbox")
@@ -104,8 +99,6 @@ async def test_the_router_purges_at_start_and_counts_it(database_url: str) -> No
             await wait_for(purged, what="the pass at start")
         assert kept in await _outbox_ids(p)
         assert _purged("router_outbox") - before == 1
-    finally:
-        await p.close()
 
 
 # --- the adapter's deliveries --------------------------------------------------------

@@ -10,13 +10,12 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from iclaim_hub.common.db import create_pool
 from services.claim_router import relay as relay_module
 from services.claim_router.events import TOPIC_AUDIT
 from services.claim_router.model import OutboxEvent
 from services.claim_router.relay import OutboxRelay
 from services.claim_router.store import PgClaimStore
-from tests.support.router_records import claim_record
+from tests.support.router_records import claim_record, router_pool
 
 
 class _Statements:
@@ -37,10 +36,8 @@ class _Statements:
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await create_pool(database_url, max_size=4)
-    await PgClaimStore(p).migrate()
-    yield p
-    await p.close()
+    async with router_pool(database_url) as p:
+        yield p
 
 
 async def _unsent(pool: asyncpg.Pool) -> list[bytes]:

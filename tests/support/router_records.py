@@ -1,11 +1,30 @@
-"""A claim as the router stores it, for tests of the router's store."""
+"""A claim as the router stores it, and a pool over the router's migrated
+schema, for tests of the router's store."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+
+import asyncpg
+
+from iclaim_hub.common.db import create_pool
 
 from services.claim_router.domain import State
 from services.claim_router.model import ClaimRecord
+from services.claim_router.store import PgClaimStore
+
+
+@contextlib.asynccontextmanager
+async def router_pool(database_url: str, max_size: int = 4) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on `database_url` with the router's schema migrated."""
+    pool = await create_pool(database_url, max_size=max_size)
+    try:
+        await PgClaimStore(pool).migrate()
+        yield pool
+    finally:
+        await pool.close()
 
 
 def claim_record(ref: str, mode: str = "grpc") -> ClaimRecord:
