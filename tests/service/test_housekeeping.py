@@ -111,22 +111,29 @@ async def h(database_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
         yield harness
 
 
-async def _delivery(h: Harness, stub: object, *, state: str, report: str, age_s: float) -> str:
-    """A delivery as DeliverClaim stores it, then moved to `state` / `report`,
-    last handed off `age_s` ago."""
-    request = h.request("TESTPULL")
-    await stub.DeliverClaim(request, timeout=5)  # type: ignore[attr-defined]
+async def _delivered(h: Harness, count: int) -> list[str]:
+    """`count` deliveries as DeliverClaim stores them, by an adapter stopped
+    afterwards: its reporter would otherwise report a row the test marks
+    pending, making it purgeable under the test's feet."""
+    stub = await h.start_adapter()
+    ids = await h.deliver(stub, "TESTPULL", count)
+    await h.stop_adapter()
+    return ids
+
+
+async def _move(h: Harness, txid: str, *, state: str, report: str, age_s: float) -> str:
+    """The delivery moved to `state` / `report`, last handed off `age_s` ago."""
     await h.pool.execute(
         "UPDATE adapter.deliveries SET state = $2, report_state = $3,"
         " report_kind = CASE WHEN $3 = 'none' THEN NULL WHEN $2 = 'failed' THEN 'expired' ELSE 'taken' END,"
         " taken_at = CASE WHEN $2 = 'taken' THEN now() END,"
         " last_delivered_at = now() - make_interval(secs => $4) WHERE transaction_id = $1",
-        request.transaction_id,
+        txid,
         state,
         report,
         age_s,
     )
-    return request.transaction_id
+    return txid
 
 
 async def _delivery_ids(h: Harness) -> set[str]:
@@ -134,14 +141,14 @@ async def _delivery_ids(h: Harness) -> set[str]:
 
 
 async def test_finished_deliveries_past_the_window_go_and_the_rest_stay(h: Harness) -> None:
-    stub = await h.start_adapter()
+    ids = iter(await _delivered(h, 7))
     old = 3 * DAY_S
-    done = [await _delivery(h, stub, state="taken", report="done", age_s=old) for _ in range(3)]
+    done = [await _move(h, next(ids), state="taken", report="done", age_s=old) for _ in range(3)]
     kept = {
-        await _delivery(h, stub, state="taken", report="pending", age_s=old),  # the router not yet told
-        await _delivery(h, stub, state="failed", report="done", age_s=old),  # an operator may redrive
-        await _delivery(h, stub, state="waiting", report="none", age_s=old),
-        await _delivery(h, stub, state="taken", report="done", age_s=60),  # handed off again lately
+        await _move(h, next(ids), state="taken", report="pending", age_s=old),  # the router not yet told
+        await _move(h, next(ids), state="failed", report="done", age_s=old),  # an operator may redrive
+        await _move(h, next(ids), state="waiting", report="none", age_s=old),
+        await _move(h, next(ids), state="taken", report="done", age_s=60),  # handed off again lately
     }
     store = PgAdapterStore(h.pool)
 
@@ -152,10 +159,10 @@ async def test_finished_deliveries_past_the_window_go_and_the_rest_stay(h: Harne
 
 
 async def test_the_adapter_purges_at_start_and_counts_it(h: Harness) -> None:
-    stub = await h.start_adapter()
-    gone = await _delivery(h, stub, state="taken", report="done", age_s=3 * 3600)
-    kept = await _delivery(h, stub, state="taken", report="pending", age_s=3 * 3600)
-    await h.stop_adapter()
+    first, second = await _delivered(h, 2)
+    gone = await _move(h, first, state="taken", report="done", age_s=3 * 3600)
+    # Failed: nothing the restarted adapter does to it (a pending report would be sent).
+    kept = await _move(h, second, state="failed", report="done", age_s=3 * 3600)
     before = _purged("adapter_deliveries")
     # The harness's deliveries expire after an hour; the window must be longer.
     await h.start_adapter(deliveries_keep_s=2 * 3600.0)
