@@ -79,6 +79,10 @@ STACK_ENV = {
     # and back off to at most 10 s (60 s), so the run settles within a bounded wait.
     "ICLAIM_DELIVERY_PROBE_S": "5",
     "ICLAIM_DELIVERY_BACKOFF_MAX_S": "10",
+    # The evidence counts each claim's state changes in the router's outbox:
+    # relayed events kept a day (the default, pinned against the caller's
+    # environment), far longer than any soak.
+    "ICLAIM_OUTBOX_KEEP_S": "86400",
 }
 
 

@@ -78,6 +78,11 @@ POSTABLE_STATES = frozenset({State.PENDING_REVIEW}) | DECIDED_STATES
 BILLABLE_STATES = frozenset({State.APPROVED, State.PARTIALLY_APPROVED})
 # A pull insurer is offered a claim until it posts a state for it (review or decision).
 PULL_OFFER_STATES = frozenset({State.RECEIVED, State.DELIVERED})
+# No delivery sends a claim's envelope again once it is in one of these: the
+# router then drops it (store.py). Not FAILED: an operator's redrive of an
+# expired delivery makes the claim RECEIVED again. Not PENDING_REVIEW: a
+# review is not an end.
+ENVELOPE_SPENT_STATES = DECIDED_STATES | {State.CANCELLED, State.PAID}
 
 # §10.4: a push claim nobody took in time.
 DELIVERY_EXPIRED = "DELIVERY_EXPIRED"

@@ -16,6 +16,7 @@ from iclaim_hub.common import tracing
 from iclaim_hub.common.db import apply_migrations
 from iclaim_hub.registry.model import DELIVERY_PULL
 from services.claim_router.domain import (
+    ENVELOPE_SPENT_STATES,
     OPEN_STATES,
     PULL_OFFER_STATES,
     PUSH_HANDOFF_LEASE_S,
@@ -45,11 +46,13 @@ _COLUMNS = (
     " delivery_mode, submitted_at, decided_at, updated_at, delivered_at, taken_at, traceparent"
 )
 # What a read returns: the claim without its envelope (kilobytes stored out of
-# line, which only a delivery sends on), but with the envelope's size, which
-# octet_length takes from the stored value's header without fetching it.
+# line, which only a delivery sends on), but with the envelope's size: stored
+# since migration 0006 (the envelope is dropped once the claim is done), else
+# taken by octet_length from the stored value's header without fetching it.
 _READ_COLUMNS = (
     "transaction_id, hospital_code, insurer_code, claim_ref, state, billed_amount_satang,"
-    " approved_amount_satang, octet_length(envelope) AS envelope_bytes, envelope_sha256,"
+    " approved_amount_satang, coalesce(envelope_bytes, octet_length(envelope)) AS envelope_bytes,"
+    " envelope_sha256,"
     " decision_envelope, status_reason, delivery_mode, submitted_at, decided_at, updated_at,"
     " delivered_at, taken_at, traceparent"
 )
@@ -191,12 +194,12 @@ class PgClaimStore:
         row = await self._pool.fetchrow(
             "WITH inserted AS ("
             f"  INSERT INTO router.claims ({_COLUMNS}, next_attempt_at, delivery_attempts, waiter,"
-            "   lease_until)"
+            "   lease_until, envelope_bytes)"
             "  VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,now(),NULL,now(),"
             "   CASE WHEN $23::float8 IS NULL THEN NULL ELSE now() END,"
             "   CASE WHEN $23::float8 IS NULL THEN NULL ELSE now() END, $15,"
             "   now() + make_interval(secs => $13), $14, $22,"
-            "   now() + make_interval(secs => $23::float8))"
+            "   now() + make_interval(secs => $23::float8), $24)"
             "  ON CONFLICT (hospital_code, claim_ref) DO NOTHING"
             # Only what the database decided: the rest is `rec` (the envelope
             # alone is kilobytes, stored out of line).
@@ -238,6 +241,7 @@ class PgClaimStore:
             PULL_POLLER_FRESH_S,
             self._waiter_column(waits),
             pull_lease_s,
+            rec.envelope_bytes,
         )
         if row is not None:
             # A claim stored leased is offered to no one: nobody else to wake.
@@ -447,6 +451,11 @@ class PgClaimStore:
             "  UPDATE router.claims c SET state = i.state, approved_amount_satang = i.approved_amount_satang,"
             "  decision_envelope = i.decision_envelope, status_reason = i.status_reason,"
             "  decided_at = i.decided_at, delivered_at = i.delivered_at, taken_at = i.taken_at,"
+            # Data minimisation: once no delivery can send the envelope again
+            # (ENVELOPE_SPENT_STATES) the hub stops keeping it; its size and
+            # hash stay (audit sizes, a resubmission's comparison).
+            "  envelope = CASE WHEN i.state = ANY($20::smallint[]) THEN '' ELSE c.envelope END,"
+            "  envelope_bytes = coalesce(c.envelope_bytes, octet_length(c.envelope)),"
             # Only a change the claim's readers see moves updated_at (not a hand-off note).
             "  updated_at = CASE WHEN i.touched THEN now() ELSE c.updated_at END,"
             # A pull claim under review is no longer offered: its lease is over.
@@ -486,6 +495,7 @@ class PgClaimStore:
             LEGACY_NOTIFY_CHANNEL,
             self._replica,
             _states(TERMINAL_STATES),
+            _states(ENVELOPE_SPENT_STATES),
         )
         new_by_id = {cur.transaction_id: new for cur, new, _ in changes}
         return {

@@ -58,8 +58,13 @@ _NEW_ARRAYS = (
 _NEW_FIELDS = tuple(c.strip() for c in _NEW_COLUMNS.split(","))
 
 
-def _new_arrays(news: Sequence[NewDelivery]) -> list[list[object]]:
-    return [[getattr(d, c) for d in news] for c in _NEW_FIELDS]
+def _new_arrays(news: Sequence[NewDelivery], *, envelope: bool = True) -> list[list[object]]:
+    """The columns' arrays; without `envelope`, blank envelopes (a delivery
+    stored taken: nothing sends it again)."""
+    return [
+        [getattr(d, c) for d in news] if envelope or c != "envelope" else [""] * len(news)
+        for c in _NEW_FIELDS
+    ]
 
 
 @contextmanager
@@ -157,7 +162,7 @@ class PgAdapterStore:
         return bool(
             await self._pool.fetchval(
                 "UPDATE adapter.deliveries SET state = 'taken', taken_at = $2, last_error = NULL,"
-                " lease_owner = NULL, lease_until = NULL,"
+                " lease_owner = NULL, lease_until = NULL, envelope = '',"
                 " report_state = CASE WHEN $3 THEN 'done' ELSE 'pending' END,"
                 " report_kind = 'taken', report_next_at = now(),"
                 " report_attempts = CASE WHEN $3 THEN 1 ELSE 0 END"
@@ -173,7 +178,7 @@ class PgAdapterStore:
         each, in one statement."""
         await self._pool.execute(
             "UPDATE adapter.deliveries d SET state = 'taken', taken_at = t.taken_at, last_error = NULL,"
-            " lease_owner = NULL, lease_until = NULL,"
+            " lease_owner = NULL, lease_until = NULL, envelope = '',"
             " report_state = CASE WHEN t.reported THEN 'done' ELSE 'pending' END,"
             " report_kind = 'taken', report_next_at = now(),"
             " report_attempts = CASE WHEN t.reported THEN 1 ELSE 0 END"
@@ -201,11 +206,11 @@ class PgAdapterStore:
             f" FROM unnest({_NEW_ARRAYS}, $11::timestamptz[], $12::bool[])"
             f"  AS t({_NEW_COLUMNS}, taken_at, reported)"
             " ON CONFLICT (transaction_id) DO UPDATE SET state = 'taken', taken_at = EXCLUDED.taken_at,"
-            "  last_error = NULL, lease_owner = NULL, lease_until = NULL,"
+            "  last_error = NULL, lease_owner = NULL, lease_until = NULL, envelope = '',"
             "  report_state = EXCLUDED.report_state,"
             "  report_kind = 'taken', report_next_at = now(), report_attempts = EXCLUDED.report_attempts"
             " WHERE d.state = 'waiting'",
-            *_new_arrays(news),
+            *_new_arrays(news, envelope=False),
             float(expiry_s),
             [at for _, at, _ in taken],
             [reported for _, _, reported in taken],

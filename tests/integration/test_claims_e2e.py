@@ -244,13 +244,22 @@ async def test_resubmission_is_idempotent_and_delivered_once(running_stack: Runn
                 if row is not None:
                     break
                 await asyncio.sleep(0.05)
-            attempts = await conn.fetchval(
-                "SELECT delivery_attempts FROM router.claims WHERE transaction_id = $1", first.transaction_id
+            routed = await conn.fetchrow(
+                "SELECT delivery_attempts, envelope, envelope_bytes FROM router.claims"
+                " WHERE transaction_id = $1",
+                first.transaction_id,
+            )
+            kept = await conn.fetchval(
+                "SELECT envelope FROM adapter.deliveries WHERE transaction_id = $1", first.transaction_id
             )
         finally:
             await conn.close()
         assert row is not None, "the delivery was never stored"
-        assert (row["attempts"], row["delivery_count"], attempts) == (1, 1, 1)  # pushed once, handed off once
+        # pushed once, handed off once
+        assert (row["attempts"], row["delivery_count"], routed["delivery_attempts"]) == (1, 1, 1)
+        # Decided and taken: the hub keeps the envelope's size and hash, not the
+        # envelope, and still knew the resubmission above for the same one.
+        assert (routed["envelope"], routed["envelope_bytes"], kept) == ("", len(envelope), "")
 
 
 async def test_hospital_cannot_see_another_hospitals_claim(running_stack: RunningStack) -> None:

@@ -161,8 +161,14 @@ async def test_enrolled_webhook_insurer_end_to_end(stack: RunningStack, tmp_path
             # Nobody takes them before expiry: FAILED / DELIVERY_EXPIRED, and WatchClaim ends on it.
             states = await asyncio.wait_for(watch, 40)
             assert states[-1] == (pb.CLAIM_STATE_FAILED, "DELIVERY_EXPIRED")
-            failed = await run_admin(stack, "deliveries", "list", "--insurer", CODE, "--state", "failed")
-            assert set(waiting) <= {d["transaction_id"] for d in failed["deliveries"]}
+
+            # The first to expire ended the watch; the others (stored a moment
+            # later) may expire at the next sweep.
+            async def all_failed() -> bool:
+                failed = await run_admin(stack, "deliveries", "list", "--insurer", CODE, "--state", "failed")
+                return set(waiting) <= {d["transaction_id"] for d in failed["deliveries"]}
+
+            await wait_for(all_failed, 10)
 
             # Back up, redriven: each is taken and DELIVERED.
             endpoint2 = WebhookEndpoint(cert, verifier)
