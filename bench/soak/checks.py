@@ -32,6 +32,7 @@ class RouterClaim:
     state: str  # ClaimState name without CLAIM_STATE_
     status_reason: str
     approved_satang: int
+    holds_envelope: bool = False  # the router still keeps the claim's envelope
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,20 @@ def final_with_reason(rec: RouterClaim) -> bool:
     if rec.state in DECIDED or rec.state == "PAID":
         return True
     return rec.status_reason in ENDED_WITH_REASON.get(rec.state, frozenset())
+
+
+# States after which no delivery sends a claim's envelope again (docs/protocol.md
+# §4): the router keeps none. FAILED keeps it (an operator may redrive it).
+ENVELOPE_SPENT = DECIDED | {"CANCELLED", "PAID"}
+
+
+def envelopes_kept(router: Iterable[RouterClaim]) -> list[str]:
+    """Claims done with that the router still keeps the envelope of."""
+    return sorted(
+        f"{rec.transaction_id}: {rec.state}"
+        for rec in router
+        if rec.state in ENVELOPE_SPENT and rec.holds_envelope
+    )
 
 
 def by_claim(changes: Iterable[StateChange]) -> dict[str, list[StateChange]]:

@@ -27,6 +27,7 @@ class Evidence:
     billing_events: dict[str, int]
     audit_changes: list[StateChange]
     ledger: Ledger
+    taken_with_envelope: list[str]  # deliveries the insurer took that still keep it
 
 
 async def read(database_url: str) -> Evidence:
@@ -35,11 +36,11 @@ async def read(database_url: str) -> Evidence:
         claims = {
             (r["hospital_code"], r["claim_ref"]): RouterClaim(
                 r["transaction_id"], r["hospital_code"], r["claim_ref"], _state(r["state"]),
-                r["status_reason"], r["approved_amount_satang"],
+                r["status_reason"], r["approved_amount_satang"], r["holds_envelope"],
             )
             for r in await conn.fetch(
                 "SELECT transaction_id, hospital_code, claim_ref, state, status_reason,"
-                " approved_amount_satang FROM router.claims"
+                " approved_amount_satang, envelope <> '' AS holds_envelope FROM router.claims"
             )
         }  # fmt: skip
         router_changes: list[StateChange] = []
@@ -90,9 +91,16 @@ async def read(database_url: str) -> Evidence:
                 for r in await conn.fetch("SELECT transaction_id, state, approved_satang FROM billing.claims")
             },
         )
+        taken_with_envelope = [
+            r["transaction_id"]
+            for r in await conn.fetch(
+                "SELECT transaction_id FROM adapter.deliveries WHERE state = 'taken' AND envelope <> ''"
+                " ORDER BY transaction_id"
+            )
+        ]
     finally:
         await conn.close()
-    return Evidence(claims, router_changes, dict(billing_events), audit_changes, ledger)
+    return Evidence(claims, router_changes, dict(billing_events), audit_changes, ledger, taken_with_envelope)
 
 
 async def unsettled(database_url: str) -> dict[str, int]:

@@ -99,6 +99,10 @@ def report(r: Run) -> tuple[bool, list[str]]:
     check(not histories, "router's state changes in order, each once", histories)
     check(r.found.ledger.lines_sum == 0, f"trial balance: {r.found.ledger.lines_sum}")
     check(not ledger_problems, "ledger agrees with the router's decisions", ledger_problems)
+    kept = checks.envelopes_kept(r.found.claims.values()) + [
+        f"{tid}: taken by its insurer" for tid in r.found.taken_with_envelope
+    ]
+    check(not kept, f"envelopes kept after their last delivery: {len(kept)}", kept)
     check(not r.his.given_up, f"every claim acknowledged ({len(r.his.given_up)} given up)", r.his.given_up)
     errors = r.his.errors + b.errors + r.reposter.errors
     check(not errors, "no call refused for good (besides replays)", (f"{k}: {n}" for k, n in errors.items()))

@@ -67,6 +67,22 @@ def test_the_audit_log_must_hold_each_change_once_in_order() -> None:
     assert checks.audit_problems(router, {**router, **stray})
 
 
+def test_a_finished_claim_that_keeps_its_envelope_is_found() -> None:
+    def held(tid: str, state: str, reason: str = "") -> RouterClaim:
+        return RouterClaim(tid, "10670", tid[-4:], state, reason, 500, holds_envelope=True)
+
+    T3, T4, T5 = ("txn_" + c * 28 for c in "345")
+    claims = [
+        _claim(T1, "A"),  # decided, dropped
+        held(T2, "PAID"),
+        held(T3, "FAILED", "DELIVERY_EXPIRED"),  # kept for a redrive
+        held(T4, "DELIVERED"),  # still to be decided
+        held(T5, "CANCELLED"),
+    ]
+    assert checks.envelopes_kept(claims) == [f"{T2}: PAID", f"{T5}: CANCELLED"]
+    assert checks.envelopes_kept(claims[:1] + claims[2:4]) == []
+
+
 def test_state_histories() -> None:
     assert checks.history_problems(_changes(T1, "RECEIVED", "DELIVERED", "DENIED")) == []
     assert checks.history_problems(_changes(T1, "DELIVERED", "DENIED"))
