@@ -37,6 +37,11 @@ ROWS_PURGED = Counter(
 PURGE_FAILURES = Counter(
     "iclaim_purge_failures_total", "Housekeeping passes that failed (retried at the next).", ["table"]
 )
+BACKFILL_ROWS = Counter(
+    "iclaim_backfill_rows_total",
+    "Rows stored before a release that housekeeping rewrote after it (iclaim_hub/common/backfill.py).",
+    ["backfill"],
+)
 
 
 def start_metrics_server(port: int, host: str | None = None) -> int:

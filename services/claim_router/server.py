@@ -12,6 +12,7 @@ from iclaim_hub.common.channels import INTERNAL_CLIENT_OPTIONS, internal_target
 from iclaim.public_api import public_service_names
 from iclaim.v1 import claim_service_pb2_grpc, insurer_service_pb2_grpc
 from iclaim_hub.common.config import env_addr, env_float, env_str
+from iclaim_hub.common.backfill import BackfillTask
 from iclaim_hub.common.db import create_pool
 from iclaim_hub.common.grpc_tracing import client_interceptors
 from iclaim_hub.common.purge import DEFAULT_EVERY_S, MAX_EVERY_S, Purge
@@ -43,7 +44,7 @@ from services.claim_router.service import (
     InsurerServicer,
 )
 from services.claim_router.domain import DEFAULT_PULL_DOWN_AFTER_S
-from services.claim_router.store import PgClaimStore
+from services.claim_router.store import SPENT_ENVELOPES, PgClaimStore
 from services.claim_router.usecases import DEFAULT_PULL_LEASE_S, ClaimRouter
 from services.claim_router.watch import ChangeHub
 
@@ -160,6 +161,8 @@ async def _build(config: Config, resources: contextlib.AsyncExitStack) -> GrpcAp
     resources.push_async_callback(participation.close)
     purge = Purge("router_outbox", partial(purge_outbox, store, config.outbox_keep_s), config.purge_every_s)
     resources.push_async_callback(purge.close)
+    backfill = BackfillTask(pool, SPENT_ENVELOPES)
+    resources.push_async_callback(backfill.close)
     servicers = [
         partial(claim_service_pb2_grpc.add_ClaimServiceServicer_to_server, ClaimServicer(router)),
         partial(insurer_service_pb2_grpc.add_InsurerServiceServicer_to_server, InsurerServicer(router)),
@@ -180,7 +183,7 @@ async def _build(config: Config, resources: contextlib.AsyncExitStack) -> GrpcAp
     server, port, health = await bind_server(
         config.serve.listen_addr, servicers, PUBLIC_SERVICES, INTERNAL_SERVICES
     )
-    workers = [relay.start, participation.start, purge.start]
+    workers = [relay.start, participation.start, purge.start, backfill.start]
     if deliverer is not None:
         workers.append(deliverer.start)
     return GrpcApp(server=server, port=port, health=health, workers=workers, cleanup=resources.aclose)

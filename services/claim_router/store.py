@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 
 from iclaim_hub.common import tracing
+from iclaim_hub.common.backfill import Backfill
 from iclaim_hub.common.db import apply_migrations
 from iclaim_hub.registry.model import DELIVERY_PULL
 from services.claim_router.domain import (
@@ -92,6 +93,24 @@ def _record(row: asyncpg.Record) -> ClaimRecord:
 
 def _states(states: frozenset[State]) -> list[int]:
     return sorted(int(s) for s in states)
+
+
+# Claims that finished before migration 0006 (which made the write of a spent
+# state blank the envelope) blanked the same way, a batch at a time (0007).
+SPENT_ENVELOPES = Backfill(
+    SCHEMA,
+    "router_spent_envelopes",
+    "WITH batch AS ("
+    " SELECT transaction_id FROM router.claims WHERE transaction_id > $1 ORDER BY transaction_id LIMIT $2),"
+    " blanked AS ("
+    " UPDATE router.claims c SET envelope_bytes = coalesce(c.envelope_bytes, octet_length(c.envelope)),"
+    "  envelope = ''"
+    " FROM batch WHERE c.transaction_id = batch.transaction_id"
+    "  AND c.state = ANY($3::int[]) AND c.envelope <> '' RETURNING 1)"
+    " SELECT (SELECT max(transaction_id) FROM batch) AS last, (SELECT count(*) FROM batch) AS seen,"
+    " (SELECT count(*) FROM blanked) AS changed",
+    (_states(ENVELOPE_SPENT_STATES),),
+)
 
 
 def _emit_cte(source: str | None, first: int) -> str:

@@ -18,6 +18,7 @@ from iclaim_hub.common.config import ConfigError, env_addr, env_float, env_int, 
 from iclaim_hub.common import tracing
 from iclaim_hub.common.db import create_pool
 from iclaim_hub.common.grpc_tracing import client_interceptors
+from iclaim_hub.common.backfill import BackfillTask
 from iclaim_hub.common.purge import DEFAULT_EVERY_S, MAX_EVERY_S, Purge, remove_in_batches
 from iclaim_hub.common.server import GrpcApp, ServeConfig, bind_server, run_service
 from iclaim_hub.crypto.secretbox import SecretBox, check_master_key, master_key_from_env
@@ -37,7 +38,7 @@ from services.insurer_adapter.answer_batches import BatchedAnswers
 from services.insurer_adapter.router_answers import RouterAnswers
 from services.insurer_adapter.router_reports import RouterReports
 from services.insurer_adapter.service import InsurerAdapterServicer
-from services.insurer_adapter.store import PgAdapterStore
+from services.insurer_adapter.store import TAKEN_ENVELOPES, PgAdapterStore
 from services.insurer_adapter.taken_marks import TakenMarks
 from services.insurer_adapter.usecases import ClaimIntake, DeliveryAdmin
 
@@ -209,6 +210,7 @@ async def build_server(config: Config) -> AdapterApp:
             partial(remove_in_batches, partial(store.purge_finished, config.deliveries_keep_s)),
             config.purge_every_s,
         )
+        backfill = BackfillTask(pool, TAKEN_ENVELOPES)
         servicers = [
             partial(
                 insurer_adapter_pb2_grpc.add_InsurerAdapterServiceServicer_to_server,
@@ -234,6 +236,7 @@ async def build_server(config: Config) -> AdapterApp:
         # (each closed even if an earlier step failed).
         try:
             await purge.close()
+            await backfill.close()
             await reporter.stop()
             await dispatcher.stop()  # releases this process's leases
         finally:
@@ -248,7 +251,7 @@ async def build_server(config: Config) -> AdapterApp:
         server,
         port,
         health,
-        workers=(dispatcher.start, reporter.start, purge.start),
+        workers=(dispatcher.start, reporter.start, purge.start, backfill.start),
         cleanup=close,
         deliveries=deliveries,
         endpoints=endpoints,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
+from iclaim_hub.common.backfill import Backfill
 from iclaim_hub.common.db import apply_migrations, is_connection_lost
 from services.insurer_adapter.model import (
     Added,
@@ -31,6 +32,22 @@ from services.insurer_adapter.model import (
 
 SCHEMA = "adapter"
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+# Deliveries taken before migration 0004 (which made marking one taken blank
+# its envelope) blanked the same way, a batch at a time (0005).
+TAKEN_ENVELOPES = Backfill(
+    SCHEMA,
+    "adapter_taken_envelopes",
+    "WITH batch AS ("
+    " SELECT transaction_id FROM adapter.deliveries WHERE transaction_id > $1"
+    " ORDER BY transaction_id LIMIT $2),"
+    " blanked AS ("
+    " UPDATE adapter.deliveries d SET envelope = ''"
+    " FROM batch WHERE d.transaction_id = batch.transaction_id"
+    "  AND d.state = 'taken' AND d.envelope <> '' RETURNING 1)"
+    " SELECT (SELECT max(transaction_id) FROM batch) AS last, (SELECT count(*) FROM batch) AS seen,"
+    " (SELECT count(*) FROM blanked) AS changed",
+)
 EXPIRE_BATCH = 500
 
 _DELIVERY_COLUMNS = (

@@ -203,7 +203,7 @@ async def _tables(pool: asyncpg.Pool) -> set[str]:
 
 async def test_no_private_key_or_decision_is_kept(h: Harness) -> None:
     await h.start_adapter()
-    assert await _tables(h.pool) == {"deliveries", "schema_migrations"}
+    assert await _tables(h.pool) == {"backfills", "deliveries", "schema_migrations"}
     columns = {
         r["column_name"]
         for r in await h.pool.fetch(
@@ -240,7 +240,7 @@ async def test_migration_from_the_simulator_schema(database_url: str, tmp_path: 
 
         await PgAdapterStore(pool).migrate()
 
-        assert await _tables(pool) == {"deliveries", "schema_migrations"}
+        assert await _tables(pool) == {"backfills", "deliveries", "schema_migrations"}
         rows = {
             r["transaction_id"]: r
             for r in await pool.fetch("SELECT * FROM adapter.deliveries ORDER BY transaction_id")

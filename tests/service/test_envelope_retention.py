@@ -1,10 +1,11 @@
 """The hub keeps a claim's envelope (ciphertext of patient data) only while a
 delivery may still send it: the router drops it once the claim is decided,
 cancelled or paid, the adapter once the insurer took it; sizes and hashes stay.
-Real PostgreSQL; the migrations' backfill of rows stored before them too."""
+Real PostgreSQL; housekeeping's backfill of rows stored before the change too."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
+from iclaim_hub.common.backfill import BackfillTask
 from iclaim_hub.common.db import apply_migrations, create_pool
 from services.claim_router import store as router_store
 from services.claim_router.domain import DELIVERY_EXPIRED, ENVELOPE_SPENT_STATES, State
@@ -126,19 +129,20 @@ async def _migrated_before(
 async def test_the_router_backfill_drops_what_finished_claims_held(
     pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
-    """Rows stored by a router before migration 0006: finished ones lose their
-    envelope and keep their size; open ones are left as they were."""
+    """Rows stored by a router before migration 0006: the migrations leave them
+    (one UPDATE over a large table would outlast start-up); housekeeping's
+    backfill then blanks finished ones, keeping their size, a batch at a time,
+    and leaves open ones as they were."""
     await _migrated_before(pool, router_store.SCHEMA, router_store.MIGRATIONS, "0006", tmp_path)
     columns = (
         "transaction_id, hospital_code, insurer_code, claim_ref, state, billed_amount_satang,"
         " envelope, envelope_sha256, delivery_mode"
     )
-    for n, state in enumerate(State):
-        if state == State.UNSPECIFIED:
-            continue
+    states = [s for s in State if s != State.UNSPECIFIED]
+    for n, state in enumerate(states):
         await pool.execute(
             f"INSERT INTO router.claims ({columns}) VALUES ($1, '10670', 'AIA', $2, $3, 100, $4, $5, 'grpc')",
-            f"txn_old{n}",
+            f"txn_old{n:02d}",
             f"OLD{n}",
             int(state),
             ENVELOPE,
@@ -146,14 +150,42 @@ async def test_the_router_backfill_drops_what_finished_claims_held(
         )
 
     s = await _router(pool)  # applies 0006 and what follows
+    for n in range(len(states)):
+        assert await _stored_envelope(pool, f"txn_old{n:02d}") == ENVELOPE
 
-    for n, state in enumerate(State):
-        if state == State.UNSPECIFIED:
-            continue
-        spent = state in ENVELOPE_SPENT_STATES
-        assert await _stored_envelope(pool, f"txn_old{n}") == ("" if spent else ENVELOPE), state.name
-        read = await s.get(f"txn_old{n}")
+    task = BackfillTask(pool, router_store.SPENT_ENVELOPES, batch=3)
+    changed = await _walked(pool, task)
+
+    spent = [state in ENVELOPE_SPENT_STATES for state in states]
+    assert changed == sum(spent) > 0
+    for n, state in enumerate(states):
+        assert await _stored_envelope(pool, f"txn_old{n:02d}") == ("" if spent[n] else ENVELOPE), state.name
+        read = await s.get(f"txn_old{n:02d}")
         assert read is not None and read.envelope_bytes == len(ENVELOPE), state.name
+    cursor = await pool.fetchrow(
+        "SELECT after_key, done_at FROM router.backfills WHERE name = $1", router_store.SPENT_ENVELOPES.name
+    )
+    assert cursor["after_key"] == f"txn_old{len(states) - 1:02d}" and cursor["done_at"] is not None
+
+
+async def _walked(pool: asyncpg.Pool, task: BackfillTask) -> float:
+    """Runs `task` as a service does, until its backfill is done; the rows it changed."""
+    name = task.backfill.name
+    before = REGISTRY.get_sample_value("iclaim_backfill_rows_total", {"backfill": name}) or 0.0
+    task.start()
+    try:
+        for _ in range(500):
+            done = await pool.fetchval(
+                f"SELECT done_at IS NOT NULL FROM {task.backfill.schema}.backfills WHERE name = $1", name
+            )
+            if done:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError(f"backfill {name} not done")
+    finally:
+        await task.close()
+    return (REGISTRY.get_sample_value("iclaim_backfill_rows_total", {"backfill": name}) or 0.0) - before
 
 
 # --- the adapter ---------------------------------------------------------------------------
@@ -222,7 +254,7 @@ async def test_the_adapter_backfill_drops_what_taken_deliveries_held(
     pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
     await _migrated_before(pool, adapter_store.SCHEMA, adapter_store.MIGRATIONS, "0004", tmp_path)
-    for n, state in enumerate(("waiting", "taken", "failed")):
+    for n, state in enumerate(("waiting", "taken", "failed", "taken")):
         await pool.execute(
             "INSERT INTO adapter.deliveries (transaction_id, insurer_code, hospital_code, claim_ref,"
             " billed_amount_satang, envelope, envelope_sha256, submitted_at, expires_at, state)"
@@ -234,10 +266,13 @@ async def test_the_adapter_backfill_drops_what_taken_deliveries_held(
             state,
         )
 
-    await _adapter(pool)
+    await _adapter(pool)  # 0004 changes no row: the backfill does
+    assert all(envelope == ENVELOPE for _, envelope in (await _held(pool)).values())
 
+    assert await _walked(pool, BackfillTask(pool, adapter_store.TAKEN_ENVELOPES, batch=2)) == 2
     assert await _held(pool) == {
         "txn_old0": ("waiting", ENVELOPE),
         "txn_old1": ("taken", ""),
         "txn_old2": ("failed", ENVELOPE),
+        "txn_old3": ("taken", ""),
     }

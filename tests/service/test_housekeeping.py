@@ -15,9 +15,10 @@ from prometheus_client import REGISTRY
 
 from iclaim_hub.common.purge import Purge
 from services.claim_router.events import TOPIC_AUDIT, TOPIC_BILLING
+from services.claim_router.domain import State
 from services.claim_router.outbox_purge import purge_outbox
-from services.claim_router.store import PgClaimStore
-from services.insurer_adapter.store import PgAdapterStore
+from services.claim_router.store import SPENT_ENVELOPES, PgClaimStore
+from services.insurer_adapter.store import TAKEN_ENVELOPES, PgAdapterStore
 from tests.support.delivery_endpoints import Harness, delivery_harness, wait_for
 from tests.support.router_env import running_env
 from tests.support.router_records import claim_record, router_pool
@@ -101,6 +102,40 @@ async def test_the_router_purges_at_start_and_counts_it(database_url: str) -> No
         assert _purged("router_outbox") - before == 1
 
 
+async def _backfill_done(pool: asyncpg.Pool, schema: str, name: str) -> bool:
+    return bool(
+        await pool.fetchval(f"SELECT done_at IS NOT NULL FROM {schema}.backfills WHERE name = $1", name)
+    )
+
+
+async def test_the_router_walks_its_backfill_from_start(database_url: str) -> None:
+    """Through the router's own wiring: a finished claim stored with its
+    envelope (as before migration 0006) loses it once the router is up."""
+    async with router_pool(database_url, max_size=2) as p:
+        old = claim_record("BACKFILLED").with_changes(state=State.APPROVED, envelope="e" * 100)
+        await p.execute(
+            "INSERT INTO router.claims (transaction_id, hospital_code, insurer_code, claim_ref, state,"
+            " billed_amount_satang, envelope, envelope_sha256, delivery_mode)"
+            " VALUES ($1, '10670', 'AIA', $2, $3, 100, $4, $5, 'grpc')",
+            old.transaction_id,
+            old.claim_ref,
+            int(old.state),
+            old.envelope,
+            "0" * 64,
+        )
+        await p.execute("UPDATE router.backfills SET after_key = '', done_at = NULL")
+        async with running_env(database_url):
+
+            async def done() -> bool:
+                return await _backfill_done(p, "router", SPENT_ENVELOPES.name)
+
+            await wait_for(done, what="the backfill")
+        row = await p.fetchrow(
+            "SELECT envelope, envelope_bytes FROM router.claims WHERE transaction_id = $1", old.transaction_id
+        )
+        assert (row["envelope"], row["envelope_bytes"]) == ("", 100)
+
+
 # --- the adapter's deliveries --------------------------------------------------------
 
 
@@ -173,6 +208,23 @@ async def test_the_adapter_purges_at_start_and_counts_it(h: Harness) -> None:
     await wait_for(purged, what="the pass at start")
     assert kept in await _delivery_ids(h)
     assert _purged("adapter_deliveries") - before == 1
+
+
+async def test_the_adapter_walks_its_backfill_from_start(h: Harness) -> None:
+    """Through the adapter's own wiring: a taken delivery stored with its
+    envelope (as before migration 0004) loses it once the adapter is up."""
+    (txid,) = await _delivered(h, 1)
+    await _move(h, txid, state="taken", report="done", age_s=60)
+    await h.pool.execute("UPDATE adapter.backfills SET after_key = '', done_at = NULL")
+    assert await h.pool.fetchval("SELECT envelope FROM adapter.deliveries WHERE transaction_id = $1", txid)
+    await h.start_adapter()
+
+    async def done() -> bool:
+        return await _backfill_done(h.pool, "adapter", TAKEN_ENVELOPES.name)
+
+    await wait_for(done, what="the backfill")
+    held = await h.pool.fetchval("SELECT envelope FROM adapter.deliveries WHERE transaction_id = $1", txid)
+    assert held == ""
 
 
 # --- the timer ---------------------------------------------------------------------------
