@@ -8,8 +8,12 @@ and the rolling upgrade never ends. So the migration only registers the
 backfill (a row in its schema's `backfills` table) and the service walks the
 table's primary key from that row's cursor, one batch a transaction, to the
 end; then the backfill is done for good, because rows written since need
-nothing (the write path makes the same change). Replicas share the cursor:
-the row's lock gives each batch to one of them, the others wait their turn.
+nothing: the write path makes the same change, and where a replica of the
+release before may still write during a rolling upgrade, the migration adds
+a trigger that makes it too. Replicas share the cursor: the row's lock gives
+each batch to one of them, the others wait their turn. A step locks the rows
+it changes in key order, as the hot path's writers do, so it never deadlocks
+with them.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
-from iclaim_hub.common.metrics import BACKFILL_ROWS, PURGE_FAILURES
+from iclaim_hub.common.metrics import BACKFILL_FAILURES, BACKFILL_ROWS
 
 log = structlog.get_logger("iclaim_hub.backfill")
 
@@ -59,15 +63,15 @@ async def run_batch(pool: asyncpg.Pool, backfill: Backfill, limit: int) -> tuple
     """One batch in one transaction, the cursor moved with it."""
     table = f'"{backfill.schema}".backfills'
     async with pool.acquire() as conn, conn.transaction():
-        registered = await conn.fetchrow(f"SELECT done_at FROM {table} WHERE name = $1", backfill.name)
-        if registered is None or registered["done_at"] is not None:
-            return Progress.DONE, 0
-        cursor = await conn.fetchval(
-            f"SELECT after_key FROM {table} WHERE name = $1 FOR UPDATE SKIP LOCKED", backfill.name
+        cursor = await conn.fetchrow(
+            f"SELECT after_key, done_at FROM {table} WHERE name = $1 FOR UPDATE SKIP LOCKED", backfill.name
         )
         if cursor is None:
-            return Progress.BUSY, 0
-        row = await conn.fetchrow(backfill.step, cursor, limit, *backfill.args)
+            registered = await conn.fetchval(f"SELECT true FROM {table} WHERE name = $1", backfill.name)
+            return (Progress.BUSY if registered else Progress.DONE), 0
+        if cursor["done_at"] is not None:
+            return Progress.DONE, 0
+        row = await conn.fetchrow(backfill.step, cursor["after_key"], limit, *backfill.args)
         finished = row["seen"] < limit
         await conn.execute(
             f"UPDATE {table} SET after_key = coalesce($2, after_key),"
@@ -87,13 +91,13 @@ async def walk(
     retry_s: float = RETRY_S,
 ) -> int:
     """Batches until the backfill is done; returns the rows this process changed.
-    A failed batch is counted with housekeeping's failures and tried again."""
+    A failed batch (the database restarting) is counted and tried again."""
     total = 0
     while True:
         try:
             progress, changed = await one_batch()
         except Exception as exc:
-            PURGE_FAILURES.labels(name).inc()
+            BACKFILL_FAILURES.labels(name).inc()
             log.warning("backfill_failed", backfill=name, error=type(exc).__name__)
             await asyncio.sleep(retry_s)
             continue

@@ -42,6 +42,9 @@ BACKFILL_ROWS = Counter(
     "Rows stored before a release that housekeeping rewrote after it (iclaim_hub/common/backfill.py).",
     ["backfill"],
 )
+BACKFILL_FAILURES = Counter(
+    "iclaim_backfill_failures_total", "Backfill batches that failed (retried 30 s later).", ["backfill"]
+)
 
 
 def start_metrics_server(port: int, host: str | None = None) -> int:

@@ -102,11 +102,14 @@ SPENT_ENVELOPES = Backfill(
     "router_spent_envelopes",
     "WITH batch AS ("
     " SELECT transaction_id FROM router.claims WHERE transaction_id > $1 ORDER BY transaction_id LIMIT $2),"
+    # Locked in claim order, as every writer locks claims (_write_rows).
+    " spent AS ("
+    " SELECT c.transaction_id FROM router.claims c JOIN batch USING (transaction_id)"
+    "  WHERE c.state = ANY($3::int[]) AND c.envelope <> '' ORDER BY c.transaction_id FOR UPDATE OF c),"
     " blanked AS ("
     " UPDATE router.claims c SET envelope_bytes = coalesce(c.envelope_bytes, octet_length(c.envelope)),"
     "  envelope = ''"
-    " FROM batch WHERE c.transaction_id = batch.transaction_id"
-    "  AND c.state = ANY($3::int[]) AND c.envelope <> '' RETURNING 1)"
+    " FROM spent WHERE c.transaction_id = spent.transaction_id RETURNING 1)"
     " SELECT (SELECT max(transaction_id) FROM batch) AS last, (SELECT count(*) FROM batch) AS seen,"
     " (SELECT count(*) FROM blanked) AS changed",
     (_states(ENVELOPE_SPENT_STATES),),

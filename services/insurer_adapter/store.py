@@ -41,10 +41,14 @@ TAKEN_ENVELOPES = Backfill(
     "WITH batch AS ("
     " SELECT transaction_id FROM adapter.deliveries WHERE transaction_id > $1"
     " ORDER BY transaction_id LIMIT $2),"
+    # Locked in key order; the purge, the one writer that takes many at once,
+    # skips rows locked (purge_finished), so the two never wait on each other.
+    " taken AS ("
+    " SELECT d.transaction_id FROM adapter.deliveries d JOIN batch USING (transaction_id)"
+    "  WHERE d.state = 'taken' AND d.envelope <> '' ORDER BY d.transaction_id FOR UPDATE OF d),"
     " blanked AS ("
     " UPDATE adapter.deliveries d SET envelope = ''"
-    " FROM batch WHERE d.transaction_id = batch.transaction_id"
-    "  AND d.state = 'taken' AND d.envelope <> '' RETURNING 1)"
+    " FROM taken WHERE d.transaction_id = taken.transaction_id RETURNING 1)"
     " SELECT (SELECT max(transaction_id) FROM batch) AS last, (SELECT count(*) FROM batch) AS seen,"
     " (SELECT count(*) FROM blanked) AS changed",
 )
@@ -399,7 +403,7 @@ class PgAdapterStore:
             "DELETE FROM adapter.deliveries WHERE transaction_id IN ("
             " SELECT transaction_id FROM adapter.deliveries"
             " WHERE state = 'taken' AND report_state = 'done'"
-            "  AND last_delivered_at < now() - make_interval(secs => $1) LIMIT $2)",
+            "  AND last_delivered_at < now() - make_interval(secs => $1) LIMIT $2 FOR UPDATE SKIP LOCKED)",
             keep_s,
             limit,
         )

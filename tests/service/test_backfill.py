@@ -94,9 +94,22 @@ async def test_a_backfill_not_registered_is_nothing_to_do(pool: asyncpg.Pool) ->
     assert set((await _values(pool)).values()) == {0, 1}
 
 
-async def test_a_failed_batch_changes_nothing_and_the_walk_goes_on(pool: asyncpg.Pool) -> None:
-    """The batch's rows and the cursor move in one transaction: a batch that
-    fails leaves both; the walk counts the failure and tries again."""
+async def test_a_batch_whose_cursor_cannot_move_changes_no_row(pool: asyncpg.Pool) -> None:
+    """The batch's rows and the cursor move in one transaction: the step ran,
+    the cursor's update failed, and the rows are as they were."""
+    assert await run_batch(pool, BUMP, 4) == (Progress.MOVED, 2)
+    before = await _values(pool)
+    await pool.execute(f"ALTER TABLE {SCHEMA}.backfills ADD CONSTRAINT not_k07 CHECK (after_key <> 'k07')")
+    with pytest.raises(asyncpg.CheckViolationError):
+        await run_batch(pool, BUMP, 4)  # k04..k07
+    assert await _values(pool) == before
+    assert await _cursor(pool) == ("k03", False)
+    await pool.execute(f"ALTER TABLE {SCHEMA}.backfills DROP CONSTRAINT not_k07")
+    assert await run_batch(pool, BUMP, 4) == (Progress.MOVED, 3)
+
+
+async def test_a_failed_batch_is_counted_and_the_walk_goes_on(pool: asyncpg.Pool) -> None:
+    """The walk counts a failed batch and tries it again."""
     calls = 0
 
     async def flaky() -> tuple[Progress, int]:
@@ -107,10 +120,10 @@ async def test_a_failed_batch_changes_nothing_and_the_walk_goes_on(pool: asyncpg
             await run_batch(pool, Backfill(SCHEMA, "test_bump", FAILING_STEP, (1,)), 4)
         return await run_batch(pool, BUMP, 4)
 
-    failures = REGISTRY.get_sample_value("iclaim_purge_failures_total", {"table": "test_bump"}) or 0.0
+    failures = REGISTRY.get_sample_value("iclaim_backfill_failures_total", {"backfill": "test_bump"}) or 0.0
     changed = await walk(flaky, "test_bump", pause_s=0, retry_s=0)
     assert changed == 6 and calls == 4
     assert set((await _values(pool)).values()) == {1}
     assert await _cursor(pool) == ("k09", True)
-    after = REGISTRY.get_sample_value("iclaim_purge_failures_total", {"table": "test_bump"}) or 0.0
+    after = REGISTRY.get_sample_value("iclaim_backfill_failures_total", {"backfill": "test_bump"}) or 0.0
     assert after == failures + 1

@@ -276,3 +276,33 @@ async def test_the_adapter_backfill_drops_what_taken_deliveries_held(
         "txn_old2": ("failed", ENVELOPE),
         "txn_old3": ("taken", ""),
     }
+
+
+async def test_a_release_before_that_finishes_a_claim_has_its_envelope_blanked(pool: asyncpg.Pool) -> None:
+    """During a rolling upgrade a router or adapter of the release before may
+    still write a finished claim or a taken delivery with its envelope, after
+    the backfill walked past it: the migrations' triggers blank it in that write."""
+    s = await _router(pool)
+    (spent, _), (failed, _) = await s.insert(_claim("TRIG1"), []), await s.insert(_claim("TRIG2"), [])
+    for rec, state in ((spent, State.APPROVED), (failed, State.FAILED)):
+        # The old release's write: the state only.
+        await pool.execute(
+            "UPDATE router.claims SET state = $2 WHERE transaction_id = $1", rec.transaction_id, int(state)
+        )
+    assert await _stored_envelope(pool, spent.transaction_id) == ""
+    assert await pool.fetchval(
+        "SELECT envelope_bytes FROM router.claims WHERE transaction_id = $1", spent.transaction_id
+    ) == len(ENVELOPE)
+    assert await _stored_envelope(pool, failed.transaction_id) == ENVELOPE  # kept for a redrive
+
+    a = await _adapter(pool)
+    taken, failing = _delivery(7), _delivery(8)
+    for d in (taken, failing):
+        await a.add_delivery(d, 3600.0)
+    for d, state in ((taken, "taken"), (failing, "failed")):
+        await pool.execute(
+            "UPDATE adapter.deliveries SET state = $2 WHERE transaction_id = $1", d.transaction_id, state
+        )
+    held = await _held(pool)
+    assert held[taken.transaction_id] == ("taken", "")
+    assert held[failing.transaction_id] == ("failed", ENVELOPE)

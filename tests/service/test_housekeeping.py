@@ -102,6 +102,17 @@ async def test_the_router_purges_at_start_and_counts_it(database_url: str) -> No
         assert _purged("router_outbox") - before == 1
 
 
+async def _as_before_the_trigger(pool: asyncpg.Pool, sql: str, *args: object) -> None:
+    """`sql` as a release before the envelope change wrote it: the migrations'
+    trigger that blanks what such a write leaves is off for this session."""
+    async with pool.acquire() as conn:
+        await conn.execute("SET session_replication_role = replica")
+        try:
+            await conn.execute(sql, *args)
+        finally:
+            await conn.execute("RESET session_replication_role")
+
+
 async def _backfill_done(pool: asyncpg.Pool, schema: str, name: str) -> bool:
     return bool(
         await pool.fetchval(f"SELECT done_at IS NOT NULL FROM {schema}.backfills WHERE name = $1", name)
@@ -113,7 +124,8 @@ async def test_the_router_walks_its_backfill_from_start(database_url: str) -> No
     envelope (as before migration 0006) loses it once the router is up."""
     async with router_pool(database_url, max_size=2) as p:
         old = claim_record("BACKFILLED").with_changes(state=State.APPROVED, envelope="e" * 100)
-        await p.execute(
+        await _as_before_the_trigger(
+            p,
             "INSERT INTO router.claims (transaction_id, hospital_code, insurer_code, claim_ref, state,"
             " billed_amount_satang, envelope, envelope_sha256, delivery_mode)"
             " VALUES ($1, '10670', 'AIA', $2, $3, 100, $4, $5, 'grpc')",
@@ -122,6 +134,9 @@ async def test_the_router_walks_its_backfill_from_start(database_url: str) -> No
             int(old.state),
             old.envelope,
             "0" * 64,
+        )
+        assert await p.fetchval(
+            "SELECT envelope FROM router.claims WHERE transaction_id = $1", old.transaction_id
         )
         await p.execute("UPDATE router.backfills SET after_key = '', done_at = NULL")
         async with running_env(database_url):
@@ -214,7 +229,12 @@ async def test_the_adapter_walks_its_backfill_from_start(h: Harness) -> None:
     """Through the adapter's own wiring: a taken delivery stored with its
     envelope (as before migration 0004) loses it once the adapter is up."""
     (txid,) = await _delivered(h, 1)
-    await _move(h, txid, state="taken", report="done", age_s=60)
+    await _as_before_the_trigger(
+        h.pool,
+        "UPDATE adapter.deliveries SET state = 'taken', report_state = 'done', report_kind = 'taken',"
+        " taken_at = now() WHERE transaction_id = $1",
+        txid,
+    )
     await h.pool.execute("UPDATE adapter.backfills SET after_key = '', done_at = NULL")
     assert await h.pool.fetchval("SELECT envelope FROM adapter.deliveries WHERE transaction_id = $1", txid)
     await h.start_adapter()
