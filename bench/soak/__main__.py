@@ -54,13 +54,17 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+CRASH_SIGNS = ("rpc_crash", "Task exception was never retrieved")
+
+
 def service_crashes(logs_dir: Path) -> Counter[str]:
     """Handlers that raised (the hub's interceptor logs `rpc_crash` and answers
-    INTERNAL), per log file."""
+    INTERNAL) and background tasks that died with an exception nobody awaited,
+    per log file."""
     out: Counter[str] = Counter()
     for log in sorted(logs_dir.glob("*.log")):
         with open(log, errors="replace") as fh:
-            out[log.stem] += sum(1 for line in fh if "rpc_crash" in line)
+            out[log.stem] += sum(1 for line in fh if any(sign in line for sign in CRASH_SIGNS))
     return +out
 
 
@@ -158,7 +162,9 @@ async def run(cfg: SoakConfig, state_dir: Path) -> tuple[bool, list[str]]:
         async def following() -> dict[str, int]:
             return {"claims the HIS still follows": his.following} if his.following else {}
 
-        await wait_settled("clients", deadline, following)
+        followed = await wait_settled("clients", deadline, following)
+        if followed:
+            unsettled.append(f"not settled after {cfg.settle_s:.0f} s: {followed}")
         billing.flush()
         try:
             await asyncio.wait_for(background[2], max(1.0, deadline - time.monotonic()))
@@ -177,6 +183,12 @@ async def run(cfg: SoakConfig, state_dir: Path) -> tuple[bool, list[str]]:
         found = await evidence.read(stack.database_url)
         audit_report, _key = await verify_database(stack.database_url)
         crashes = service_crashes(stack.logs_dir)
+        # A process that died on its own after its last planned kill went unnoticed so far.
+        unsettled.extend(
+            f"{name} not running at the end (exit code {code})"
+            for name in sorted(stack.procs)
+            if (code := stack.exited(name)) is not None
+        )
         for client in clients.values():
             await client.close()
         await billing.close()

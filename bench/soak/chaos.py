@@ -114,6 +114,10 @@ class Chaos:
             self.tally.kills[event] += 1
 
     async def _kill_and_restart(self, name: str) -> None:
+        code = self._stack.exited(name)
+        if code is not None:
+            # Died on its own before the kill: a crash the restart would hide.
+            self.tally.problems.append(f"{name} had exited on its own (code {code}) before its kill")
         await self._stack.kill(name, signal.SIGKILL)
         await asyncio.sleep(self._rng.uniform(0.2, 3.0))
         for attempt in range(1, RESTART_TRIES + 1):

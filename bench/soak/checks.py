@@ -4,6 +4,7 @@ shown to fail on synthetic data (tests/unit/test_soak_checks.py)."""
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -73,6 +74,53 @@ def lost(
     return out
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One acknowledged claim as the HIS planned it and what it was last told."""
+
+    key: tuple[str, str]  # (hospital, claim_ref)
+    policy: str
+    billed_satang: int
+    told: str  # the final state the hospital saw ("" if none)
+
+
+_LIMIT = re.compile(r"^LIMIT-([0-9]+)(?:-|$)")
+
+
+def policy_outcome(policy: str, billed_satang: int) -> tuple[str, int]:
+    """(state, approved satang) the sandbox's magic policy decides (docs/protocol.md
+    §8), written from the contract, not from the sandbox's code."""
+    if policy.startswith("DENY-"):
+        return "DENIED", 0
+    limit = _LIMIT.match(policy)
+    if limit is not None and billed_satang > int(limit[1]):
+        return ("PARTIALLY_APPROVED", int(limit[1])) if int(limit[1]) else ("DENIED", 0)
+    return "APPROVED", billed_satang
+
+
+def wrong_outcomes(outcomes: Iterable[Outcome], router: Mapping[tuple[str, str], RouterClaim]) -> list[str]:
+    """Stored claims whose decision is not their policy's (a claim this soak never
+    cancels and never lets expire that ended FAILED or CANCELLED among them), or
+    that the hospital was told otherwise, or never told. Claims not stored are
+    `lost`'s business."""
+    out = []
+    for o in outcomes:
+        rec = router.get(o.key)
+        if rec is None:
+            continue
+        want, approved = policy_outcome(o.policy, o.billed_satang)
+        stored = want if rec.state == "PAID" and want in BILLABLE else rec.state
+        if stored != want or (want != "DENIED" and rec.approved_satang != approved):
+            out.append(
+                f"{rec.transaction_id}: {rec.state} {rec.approved_satang}, its policy says {want} {approved}"
+            )
+        elif o.told not in (want, "PAID"):
+            out.append(
+                f"{rec.transaction_id}: stored {rec.state}, the hospital was told {o.told or 'nothing final'}"
+            )
+    return out
+
+
 def final_with_reason(rec: RouterClaim) -> bool:
     if rec.state in DECIDED or rec.state == "PAID":
         return True
@@ -110,6 +158,25 @@ def history_problems(history: Sequence[StateChange]) -> list[str]:
         if RANK.get(after, -1) <= RANK.get(before, -1):
             return [f"{' -> '.join(states)}"]
     return []
+
+
+def history_ends(claims: Iterable[RouterClaim], router: Mapping[str, list[StateChange]]) -> list[str]:
+    """Each stored claim's emitted changes end at its stored state, and no change
+    names a claim not stored: a state written without its event (or an event
+    without its write) leaves the audit log and billing agreeing with the outbox
+    and still wrong."""
+    out, stored = [], set()
+    for rec in claims:
+        stored.add(rec.transaction_id)
+        history = router.get(rec.transaction_id, [])
+        if not history:
+            out.append(f"{rec.transaction_id}: stored {rec.state}, no state change emitted")
+        elif history[-1].state != rec.state:
+            out.append(
+                f"{rec.transaction_id}: stored {rec.state}, its last change emitted {history[-1].state}"
+            )
+    out.extend(f"{tid}: changes emitted for a claim not stored" for tid in sorted(set(router) - stored))
+    return out
 
 
 def decided_twice(

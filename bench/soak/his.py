@@ -198,6 +198,9 @@ class His:
     def _saw(self, view: View, claim: pb.Claim) -> None:
         view.transaction_ids.add(claim.transaction_id)
         was_final = view.state in FINAL
+        if was_final and claim.state != view.state and claim.state != S.CLAIM_STATE_PAID:
+            # A final state is final: only PAID may follow a decision.
+            self.errors["a final state changed after the hospital saw it"] += 1
         view.claim = claim
         if claim.state in FINAL and not was_final:
             self.final += 1

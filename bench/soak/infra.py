@@ -83,6 +83,9 @@ STACK_ENV = {
     # relayed events kept a day (the default, pinned against the caller's
     # environment), far longer than any soak.
     "ICLAIM_OUTBOX_KEEP_S": "86400",
+    # Delivery expiry at its default, pinned likewise: no claim here may end
+    # FAILED/DELIVERY_EXPIRED (the outcome check counts one as wrong).
+    "ICLAIM_DELIVERY_EXPIRY_S": "86400",
 }
 
 

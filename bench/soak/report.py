@@ -13,9 +13,10 @@ from bench.soak.chaos import Tally
 from bench.soak.config import SoakConfig
 from bench.soak.decisions import DecisionReposter
 from bench.soak.evidence import Evidence
-from bench.soak.his import His
+from bench.soak.his import FINAL, His, View
 from bench.soak.replay import Replayer
 from iclaim.audit.verifier import VerifyReport
+from iclaim.v1 import claim_service_pb2 as pb
 
 SHOWN = 20  # findings printed per check
 
@@ -36,18 +37,27 @@ class Run:
     unsettled: list[str]
 
 
+def told(key: tuple[str, str], view: View) -> checks.Outcome:
+    final = view.state in FINAL
+    name = pb.ClaimState.Name(view.state).removeprefix("CLAIM_STATE_") if final else ""
+    return checks.Outcome(key, view.planned.policy, view.planned.amount, name)
+
+
 def report(r: Run) -> tuple[bool, list[str]]:
     """(every check passed, the lines to print; the last is the summary)."""
     out: list[str] = []
     failed: list[str] = list(r.unsettled)
     out.extend(f"FAIL {u}" for u in r.unsettled)
-    acked = {key: v.transaction_ids for key, v in r.his.acknowledged().items()}
+    acknowledged = r.his.acknowledged()
+    acked = {key: v.transaction_ids for key, v in acknowledged.items()}
     lost = checks.lost(acked, r.found.claims)
+    outcomes = checks.wrong_outcomes((told(key, v) for key, v in acknowledged.items()), r.found.claims)
     router = checks.by_claim(r.found.router_changes)
     audit = checks.by_claim(r.found.audit_changes)
     twice = checks.decided_twice(router, audit, r.found.billing_events, r.found.ledger)
     audit_problems = checks.audit_problems(router, audit)
     histories = [f"{tid}: {p}" for tid, h in router.items() for p in checks.history_problems(h)]
+    histories += checks.history_ends(r.found.claims.values(), router)
     ledger_problems = checks.ledger_problems(r.found.ledger, r.found.claims.values())
     t, rp = r.tally, r.replayer
     states = Counter(c.state for c in r.found.claims.values())
@@ -90,13 +100,14 @@ def report(r: Run) -> tuple[bool, list[str]]:
             failed.append(what)
 
     check(not lost, f"lost: {len(lost)}", lost)
+    check(not outcomes, f"decided as each policy says, and told so: {len(outcomes)} not", outcomes)
     check(not twice, f"decided twice: {len(twice)}", (f"{tid}: {w}" for tid, w in twice.items()))
     check(not rp.accepted, f"replays accepted: {len(rp.accepted)}", rp.accepted)
     # A replay check that replayed nothing proves nothing.
     check(rp.refused > 0, f"replays refused: {rp.refused} of {rp.sent}")
     check(r.audit.ok, "audit log verifies against its signed checkpoints", (str(f) for f in r.audit.findings))
     check(not audit_problems, "audit log holds each claim's state changes once, in order", audit_problems)
-    check(not histories, "router's state changes in order, each once", histories)
+    check(not histories, "router's state changes in order, each once, ending at the stored state", histories)
     check(r.found.ledger.lines_sum == 0, f"trial balance: {r.found.ledger.lines_sum}")
     check(not ledger_problems, "ledger agrees with the router's decisions", ledger_problems)
     kept = checks.envelopes_kept(r.found.claims.values()) + [

@@ -287,6 +287,11 @@ class Stack:
             await self.stop()
             raise
 
+    def exited(self, name: str) -> int | None:
+        """The exit code of a process that ended, None while it runs."""
+        proc = self.procs.get(name)
+        return None if proc is None else proc.returncode
+
     def pids(self) -> dict[str, int]:
         """Running children by name (for CPU accounting and environment checks)."""
         return {name: p.pid for name, p in self.procs.items() if p.returncode is None}
@@ -297,10 +302,19 @@ class Stack:
         await self.wait_healthy(spec)
 
     async def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """`sig` to the process and everything it started, waiting until all are
+        gone. Its group is not enough: the gateway's launcher runs Envoy in a
+        session of its own, which would otherwise get only the parent-death
+        SIGTERM (an orderly drain, not the crash asked for)."""
         proc = self.procs[name]
+        tree = descendants(proc.pid)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
         await proc.wait()
+        await _gone(tree)
 
     async def stop(self) -> None:
         """SIGTERM in reverse start order (sandbox, gateway, then the services),
@@ -322,3 +336,40 @@ class Stack:
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
         self.procs.clear()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, deepest first (Linux /proc; none elsewhere)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+        for child in children:
+            found.extend(descendants(child))
+            found.append(child)
+    return found
+
+
+async def _gone(pids: list[int], timeout_s: float = 10.0) -> None:
+    """Waits until none of `pids` exists (they are not our children to reap:
+    their own parent, killed too, leaves them to init)."""
+    deadline = time.monotonic() + timeout_s
+    while any(_alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"processes {pids} outlived SIGKILL")
+        await asyncio.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone for our purpose
+    except (OSError, IndexError):
+        return False

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -26,10 +25,11 @@ LAST_LINE = re.compile(
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="the soak runs a redis-server of its own")
 async def test_soak_that_kills_everything_loses_nothing() -> None:
+    # The CI size, whatever the caller's shell holds: no SOAK_* knob (a weaker
+    # chaos would still pass) and no ICLAIM_* setting reaches the run.
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SOAK_", "ICLAIM_"))},
         "SOAK_CLAIMS": "1000",
         "SOAK_KILLS": "5",
         "PYTHONPATH": os.pathsep.join(
@@ -48,7 +48,8 @@ async def test_soak_that_kills_everything_loses_nothing() -> None:
     assert m is not None, tail
     figures = {k: v for k, v in m.groupdict().items()}
     assert figures["claims"] == "1000", tail
-    assert int(figures["kills"]) == 5 and int(figures["flushes"]) >= 1 and int(figures["restarts"]) >= 1, tail
+    assert (figures["kills"], figures["flushes"], figures["restarts"]) == ("5", "5", "3"), tail
+    assert re.search(r"^chaos: .*, 3 insurer kills$", text, re.M), tail
     assert (figures["lost"], figures["twice"], figures["accepted"]) == ("0", "0", "0"), tail
     assert (figures["audit"], figures["balance"]) == ("verified", "0"), tail
     assert re.search(r"^replays: \d+ sent, [1-9]\d* refused", text, re.M), tail  # replays really happened

@@ -116,3 +116,49 @@ def test_the_last_line() -> None:
         " replays accepted 0, audit verified, trial balance 0"
     )
     assert "audit FAILED" in checks.final_line(1, 0, 0, 0, 1, 0, 0, False, 3)
+
+
+def test_each_policy_decides_as_the_contract_says() -> None:
+    assert checks.policy_outcome("POL-7", 1_000) == ("APPROVED", 1_000)
+    assert checks.policy_outcome("SLOW-7", 1_000) == ("APPROVED", 1_000)
+    assert checks.policy_outcome("REVIEW-7", 1_000) == ("APPROVED", 1_000)
+    assert checks.policy_outcome("DENY-7", 1_000) == ("DENIED", 0)
+    assert checks.policy_outcome("LIMIT-400-7", 1_000) == ("PARTIALLY_APPROVED", 400)
+    assert checks.policy_outcome("LIMIT-4000-7", 1_000) == ("APPROVED", 1_000)
+    assert checks.policy_outcome("LIMIT-0-7", 1_000) == ("DENIED", 0)
+
+
+def test_a_wrong_decision_an_unasked_end_and_a_wrong_answer_are_found() -> None:
+    a, b = ("10670", "A"), ("10670", "B")
+
+    def outcome(key: tuple[str, str], policy: str, told: str) -> checks.Outcome:
+        return checks.Outcome(key, policy, 500, told)
+
+    right = {a: _claim(T1, "A"), b: _claim(T2, "B", "PARTIALLY_APPROVED", amount=200)}
+    told = [outcome(a, "POL-1", "APPROVED"), outcome(b, "LIMIT-200-2", "PARTIALLY_APPROVED")]
+    assert checks.wrong_outcomes(told, right) == []
+    paid = {**right, a: _claim(T1, "A", "PAID")}  # paid after the HIS saw it approved
+    assert checks.wrong_outcomes(told, paid) == []
+
+    denied = {**right, a: _claim(T1, "A", "DENIED", amount=0)}
+    assert "its policy says APPROVED 500" in checks.wrong_outcomes(told, denied)[0]
+    short = {**right, b: _claim(T2, "B", "PARTIALLY_APPROVED", amount=199)}
+    assert checks.wrong_outcomes(told, short)
+    expired = {**right, a: _claim(T1, "A", "FAILED", "DELIVERY_EXPIRED", amount=0)}
+    assert checks.wrong_outcomes(told, expired)  # the contract names it, but nothing here causes it
+    assert checks.wrong_outcomes([outcome(a, "POL-1", "DENIED"), told[1]], right)  # told otherwise
+    assert "told nothing final" in checks.wrong_outcomes([outcome(a, "POL-1", ""), told[1]], right)[0]
+    assert checks.wrong_outcomes([outcome(("10670", "C"), "POL-3", "")], right) == []  # lost's business
+
+
+def test_a_change_without_its_event_breaks_the_history() -> None:
+    claims = [_claim(T1, "A"), _claim(T2, "B", "DENIED")]
+    router = checks.by_claim(
+        _changes(T1, "RECEIVED", "APPROVED") + _changes(T2, "RECEIVED", "DENIED", start=10)
+    )
+    assert checks.history_ends(claims, router) == []
+    behind = checks.by_claim(_changes(T1, "RECEIVED") + _changes(T2, "RECEIVED", "DENIED", start=10))
+    assert checks.history_ends(claims, behind) == [f"{T1}: stored APPROVED, its last change emitted RECEIVED"]
+    silent = checks.by_claim(_changes(T2, "RECEIVED", "DENIED", start=10))
+    assert checks.history_ends(claims, silent) == [f"{T1}: stored APPROVED, no state change emitted"]
+    assert checks.history_ends(claims[1:], router) == [f"{T1}: changes emitted for a claim not stored"]
