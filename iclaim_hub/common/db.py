@@ -56,8 +56,12 @@ def is_connection_lost(exc: BaseException) -> bool:
         return False  # class 08 too, but it means we sent something malformed
     if isinstance(exc, _LOST):
         return True
+    if isinstance(exc, ValueError):
+        # asyncpg's DataError (an InterfaceError too): an argument it could not
+        # encode. Its message quotes the caller's value, so no text test below.
+        return False
     if isinstance(exc, asyncpg.InterfaceError):
-        return any(text in str(exc) for text in _CLOSED)
+        return str(exc).endswith(_CLOSED)
     if isinstance(exc, pgerr.InternalClientError):
         return str(exc).endswith(_HUNG_UP)
     if isinstance(exc, OSError):

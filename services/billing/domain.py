@@ -19,10 +19,10 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from iclaim.errors import FailedPrecondition, InvalidArgument
+from iclaim.errors import FailedPrecondition, InvalidArgument, NotFound
 
 BANGKOK = ZoneInfo("Asia/Bangkok")
 MAX_SATANG = 10**15
@@ -45,6 +45,9 @@ _HOSPITAL = re.compile(r"^[0-9]{5}$")
 _INSURER = re.compile(r"^[A-Z0-9_]{2,16}$")
 _REF = re.compile(r"^[A-Za-z0-9._/:-]{1,64}$")
 _REASON = re.compile(r"^[A-Za-z0-9]{1,8}$")
+_INVOICE_ID = re.compile(r"inv_[0-9a-f]{32}")
+# A token this service issues is ~90 characters; far longer ones are not ours.
+MAX_PAGE_TOKEN = 512
 
 
 def offending(message: str, reason: str, problems: Mapping[str, str]) -> FailedPrecondition:
@@ -80,19 +83,24 @@ def check_sum(values: Iterable[int], what: str) -> int:
 
 
 def check_hospital(code: str) -> str:
-    if not _HOSPITAL.match(code):
+    if not _HOSPITAL.fullmatch(code):
         raise InvalidArgument("hospital code must be 5 digits", reason="INVALID_HOSPITAL_CODE")
     return code
 
 
 def check_insurer(code: str) -> str:
-    if not _INSURER.match(code):
+    if not _INSURER.fullmatch(code):
         raise InvalidArgument("insurer code must be 2-16 of [A-Z0-9_]", reason="INVALID_INSURER_CODE")
     return code
 
 
+def is_party_code(code: str, role: str) -> bool:
+    """Whether `code` has the form of a `role`'s code ("hospital" or "insurer")."""
+    return (_HOSPITAL if role == "hospital" else _INSURER).fullmatch(code) is not None
+
+
 def check_ref(value: str, what: str, reason: str) -> str:
-    if not _REF.match(value):
+    if not _REF.fullmatch(value):
         raise InvalidArgument(f"{what} must be 1-64 of [A-Za-z0-9._/:-]", reason=reason)
     return value
 
@@ -337,17 +345,36 @@ def page_token(submitted_at: datetime, invoice_id: str) -> str:
 
 
 def page_start(token: str) -> tuple[datetime, str] | None:
-    """The (submitted_at, invoice_id) a page_token names; None: the first page."""
+    """The (submitted_at, invoice_id) a page_token names; None: the first page.
+    Anything else, however made, is INVALID_PAGE_TOKEN: its parts reach SQL."""
     if not token:
         return None
     try:
+        if len(token) > MAX_PAGE_TOKEN:
+            raise ValueError("too long")
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         ts, iid = json.loads(raw)
-        return datetime.fromisoformat(ts), str(iid)
-    except (ValueError, TypeError):
+        at = datetime.fromisoformat(ts)
+        if at.tzinfo is None or not isinstance(iid, str) or not is_invoice_id(iid):
+            raise ValueError("not a cursor of ours")
+        at.astimezone(UTC)  # OverflowError near the calendar's ends
+        return at, iid
+    except (ValueError, TypeError, OverflowError, RecursionError):
         raise InvalidArgument(
             "page_token is not one this service issued", reason="INVALID_PAGE_TOKEN"
         ) from None
+
+
+def is_invoice_id(value: str) -> bool:
+    """The form of the ids this service issues (CreateInvoice)."""
+    return _INVOICE_ID.fullmatch(value) is not None
+
+
+def check_invoice_id(value: str) -> str:
+    """An id not of that form names no invoice: as absent as a missing one."""
+    if not is_invoice_id(value):
+        raise NotFound("no such invoice", reason="INVOICE_NOT_FOUND")
+    return value
 
 
 def stored_status(total: int, paid: int, acknowledged: bool, voided: bool = False) -> str:
@@ -486,7 +513,7 @@ def validate_payment(p: PaymentInput, now: datetime) -> None:
                 raise InvalidArgument(
                     "adjustment group must be CO, PR, OA, PI or CR", reason="INVALID_ADJUSTMENT"
                 )
-            if not _REASON.match(a.reason_code):
+            if not _REASON.fullmatch(a.reason_code):
                 raise InvalidArgument(
                     "adjustment reason_code must be 1-8 alphanumerics", reason="INVALID_ADJUSTMENT"
                 )

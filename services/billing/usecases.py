@@ -33,6 +33,7 @@ from services.billing.domain import (
     build_statement,
     check_hospital,
     check_insurer,
+    check_invoice_id,
     check_invoice_request,
     check_period,
     check_void_reason,
@@ -42,6 +43,7 @@ from services.billing.domain import (
     due_date_for,
     month_bounds,
     movements_of,
+    is_party_code,
     page_start,
     page_token,
     plan_invoice,
@@ -332,6 +334,7 @@ class Billing:
         """§9 VoidInvoice: the hospital withdraws its invoice before any payment
         on it; its claims may be invoiced again. Voiding a void invoice returns
         it. No journal: issuing the invoice posted none (the approval did)."""
+        check_invoice_id(invoice_id)
         check_void_reason(reason)
         now = self.clock()
 
@@ -357,7 +360,7 @@ class Billing:
         return invoice_view(record, bangkok_date(now))
 
     async def get_invoice(self, invoice_id: str, role: str, code: str) -> InvoiceView:
-        record = await self.store.invoice(invoice_id)
+        record = await self.store.invoice(check_invoice_id(invoice_id))
         party = (
             None if record is None else (record.hospital_code if role == "hospital" else record.insurer_code)
         )
@@ -369,8 +372,12 @@ class Billing:
     async def list_invoices(
         self, role: str, code: str, counterparty: str, status: str | None, page_size: int, token: str
     ) -> tuple[list[InvoiceView], str]:
-        """One page (page_size already bounded) and the token of the next ('' at the end)."""
+        """One page (page_size already bounded) and the token of the next ('' at the end).
+        A counterparty code not of its form is no one's: an empty page, as for
+        a well-formed code with no invoices (its text never reaches SQL)."""
         after = page_start(token)
+        if counterparty and not is_party_code(counterparty, "insurer" if role == "hospital" else "hospital"):
+            return [], ""
         today = bangkok_date(self.clock())
         records = await self.store.list_invoices(
             InvoiceQuery(role, code, counterparty, status, today, after, page_size + 1)
@@ -382,6 +389,7 @@ class Billing:
         return views, page_token(last.submitted_at, last.invoice_id)
 
     async def acknowledge_invoice(self, invoice_id: str, insurer: str) -> InvoiceView:
+        check_invoice_id(invoice_id)
         now = self.clock()
 
         async def run(tx: BillingTx) -> InvoiceRecord | None:

@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
 from iclaim.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -376,9 +376,15 @@ def decode_claims_cursor(token: str) -> tuple[datetime, str] | None:
     fields = decode_page_token(token, ("at", "tid"))
     if fields is None:
         return None
+    # Both parts reach SQL: only what this service issues (an aware time, one of
+    # its transaction ids), never a string PostgreSQL or the driver refuses.
     try:
-        return datetime.fromisoformat(fields["at"]), fields["tid"]
-    except ValueError:
+        at = datetime.fromisoformat(fields["at"])
+        if at.tzinfo is None or not TRANSACTION_ID_RE.fullmatch(fields["tid"]):
+            raise ValueError("not a cursor of ours")
+        at.astimezone(UTC)  # OverflowError near the calendar's ends
+        return at, fields["tid"]
+    except (ValueError, OverflowError):
         raise InvalidArgument("page_token is not valid", reason="PAGE_TOKEN_INVALID") from None
 
 

@@ -16,7 +16,7 @@ import grpc
 import structlog
 
 from iclaim_hub.common.batching import NoTimerBatches
-from iclaim_hub.common.handoff import MAX_CLAIMS_PER_CALL, MAX_ENVELOPE_BYTES_PER_CALL
+from iclaim_hub.common.handoff import MAX_CLAIMS_PER_CALL, MAX_ENVELOPE_BYTES_PER_CALL, take_within
 from iclaim_hub.internal.v1 import insurer_adapter_pb2, insurer_adapter_pb2_grpc
 
 log = structlog.get_logger("claim_router.delivery")
@@ -29,12 +29,7 @@ def take_batch(
 ) -> int:
     """How many of `waiting`, from the front, one call carries: at least one,
     at most max_claims and max_bytes of envelopes (as the adapter counts them)."""
-    size = 0
-    for count, request in enumerate(waiting[:max_claims]):
-        size += len(request.envelope)
-        if size > max_bytes and count > 0:
-            return count
-    return min(len(waiting), max_claims)
+    return take_within([len(r.envelope) for r in waiting[:max_claims]], max_claims, max_bytes)
 
 
 class BatchedHandOff:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from iclaim_hub.common.batching import NoTimerBatches
+from iclaim_hub.common.handoff import MAX_ENVELOPE_BYTES_PER_CALL, take_within
 from services.insurer_adapter.model import AnswerOutcome, PushAnswer
 
 # Answers one call carries at most; more wait for the next.
@@ -38,7 +39,13 @@ class BatchedAnswers:
             self._one,
             sink.record_many,
             failed=AnswerOutcome.UNRECORDED,
-            take=lambda waiting: min(len(waiting), max_batch),
+            # By size too: each decision envelope may be up to 64 KiB, and the
+            # router refuses a request over its limit (every answer in it lost).
+            take=lambda waiting: take_within(
+                [len(answer.decision_envelope) for _, answer in waiting[:max_batch]],
+                max_batch,
+                MAX_ENVELOPE_BYTES_PER_CALL,
+            ),
             error_event="answer_batch_error",
         )
 

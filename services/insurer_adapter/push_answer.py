@@ -54,7 +54,7 @@ def from_json(body: bytes, transaction_id: str) -> PushResult:
     receiver answered before §10.6) is taken, as before §10.6."""
     try:
         document: Any = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         return TAKEN
     member = document.get("decision") if isinstance(document, dict) else None
     if not isinstance(member, dict):
@@ -64,7 +64,7 @@ def from_json(body: bytes, transaction_id: str) -> PushResult:
     decision = insurer_service_pb2.PostDecisionRequest()
     try:
         json_format.ParseDict(member, decision, ignore_unknown_fields=True)
-    except (json_format.ParseError, TypeError, ValueError):
+    except (json_format.ParseError, TypeError, ValueError, RecursionError):
         return _MALFORMED
     return _answer(decision, transaction_id)
 

@@ -366,6 +366,13 @@ async def test_parties_see_only_their_invoices_and_listing_pages(h: Harness) -> 
     assert seen == [f"INV-{i}" for i in range(5)]
     ins = await h.stub.ListInvoices(pb.ListInvoicesRequest(page_size=100), metadata=md(INSURER), timeout=10)
     assert len(ins.invoices) == 6
+    # A counterparty no code looks like (a NUL PostgreSQL refuses, a trailing
+    # newline) is no one's: an empty page, not INTERNAL, not someone's invoices.
+    for nobody in ("AIA\x00", "AIA\n", "aia"):
+        none = await h.stub.ListInvoices(
+            pb.ListInvoicesRequest(counterparty_code=nobody), metadata=md(HOSPITAL), timeout=10
+        )
+        assert list(none.invoices) == [] and none.next_page_token == ""
 
 
 async def test_overdue_after_due_date_and_credit_term_per_pair(database_url: str) -> None:

@@ -10,8 +10,11 @@ from collections.abc import Sequence
 
 import pytest
 
-from services.insurer_adapter.answer_batches import BatchedAnswers
+from iclaim.limits import MAX_REQUEST_BYTES
+from iclaim_hub.common.handoff import MAX_ENVELOPE_BYTES_PER_CALL
+from services.insurer_adapter.answer_batches import MAX_BATCH, BatchedAnswers
 from services.insurer_adapter.model import AnswerOutcome, PushAnswer
+from services.insurer_adapter.push_answer import from_json
 
 
 def _answer(n: int) -> PushAnswer:
@@ -125,3 +128,34 @@ async def test_a_cancelled_push_does_not_cancel_the_batch() -> None:
     sink.release.set()
     assert await second == AnswerOutcome.RECORDED
     assert sink.batches == [[_answer(0).transaction_id, _answer(1).transaction_id]]
+
+
+async def test_a_batch_is_capped_by_its_envelopes_size_too() -> None:
+    """Decision envelopes may be up to 64 KiB each: a batch carries at most
+    MAX_ENVELOPE_BYTES_PER_CALL of them, or the router would refuse the whole
+    call over its request limit and every answer in it would go unrecorded."""
+    sink = Sink()
+    sink.release.set()
+    batched = BatchedAnswers(sink, traced=lambda: False)
+    big = 60 * 1024
+
+    def answer(n: int) -> PushAnswer:
+        return PushAnswer(f"txn_{n:028x}", 4, 100_00, "e" * big, "")
+
+    outcomes = await asyncio.gather(*(batched.record("AIA", answer(n)) for n in range(40)))
+    assert outcomes == [AnswerOutcome.RECORDED] * 40
+    per_call = MAX_ENVELOPE_BYTES_PER_CALL // big
+    assert sink.batches and all(len(b) <= per_call for b in sink.batches)
+    assert sum(len(b) for b in sink.batches) + len(sink.singles) == 40
+    # Room for the other fields: each answer's id, codes and amounts well under 256 bytes.
+    assert MAX_ENVELOPE_BYTES_PER_CALL + MAX_BATCH * 256 < MAX_REQUEST_BYTES
+
+
+def test_an_answer_nested_too_deep_is_taken_not_a_crash() -> None:
+    """A 2xx webhook body is the insurer's: JSON nested past Python's recursion
+    limit is no decision object, so the push is taken (push_answer.from_json)."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert from_json(deep, "txn_" + "0" * 28).taken
+    nested = b'{"decision": {"state": "CLAIM_STATE_APPROVED", "x": ' + b"[" * 5_000 + b"]" * 5_000 + b"}}"
+    result = from_json(nested, "txn_" + "0" * 28)
+    assert result.taken  # taken whatever its decision part is worth

@@ -134,3 +134,21 @@ async def test_unavailable_when_connection_lost_maps_only_outages(tmp_path: Path
 
     with pytest.raises(pgerr.UniqueViolationError), unavailable_when_connection_lost():
         raise pgerr.UniqueViolationError("duplicate key")
+
+
+async def test_an_argument_the_driver_cannot_encode_is_a_bug_whatever_it_says(database_url: str) -> None:
+    """An argument asyncpg cannot encode raises an error that quotes the
+    caller's value in its message: a value that reads "connection is closed"
+    must not pass for an outage (the hub would answer UNAVAILABLE, and the
+    caller retry for ever, a request it should refuse)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        for value in ("connection is closed\ud800", "x\ud800 pool is closed"):
+            error = await _raised(conn.fetchval("SELECT $1::text", value))
+            assert "invalid input for query argument" in str(error), error
+            assert not is_connection_lost(error)
+        # The real one still is.
+        await conn.close()
+        assert is_connection_lost(await _raised(conn.fetchval("SELECT 1")))
+    finally:
+        await conn.close()
