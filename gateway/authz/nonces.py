@@ -26,9 +26,9 @@ from typing import Protocol
 import asyncpg
 import redis.asyncio as aioredis
 import structlog
-from redis.backoff import ExponentialBackoff
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from gateway.authz import replay
 from gateway.authz.ratelimit import TAKE_TOKEN_LUA, RateLimit, rate_limited, rate_limiter_unavailable
@@ -68,13 +68,19 @@ class MarkerLedger(Protocol):
 
 
 def redis_client(url: str) -> aioredis.Redis:
-    """Short timeouts and few quick retries: a check waits on this and Envoy
-    gives the whole check a few seconds; an outage must fail fast."""
+    """Short timeouts and no retry: a check waits on this and Envoy gives the
+    whole check a few seconds; an outage must fail fast (the client retries
+    the whole signed call with a new nonce). Not retrying is also what keeps
+    the admission script safe: it takes a rate token and sets the nonce, so
+    sent again after an answer lost to a timeout it would refuse the request
+    as its own replay. The policy is explicit so that no library default can
+    make it retry. (The synchronous `Retry` given here before did nothing on
+    the asyncio client, whatever its count said.)"""
     return aioredis.Redis.from_url(
         url,
         socket_timeout=1.0,
         socket_connect_timeout=1.0,
-        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 2),
+        retry=Retry(NoBackoff(), 0),
         health_check_interval=30,
     )
 

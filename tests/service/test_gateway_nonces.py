@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import time
 from collections.abc import AsyncIterator
 
@@ -106,3 +108,44 @@ async def test_redis_down_is_unavailable(pool: asyncpg.Pool) -> None:
     assert exc.value.reason == "NONCE_STORE_UNAVAILABLE"
     assert time.monotonic() - start < 2  # fails fast, well inside Envoy's check timeout
     await dead.aclose()
+
+
+def _reply(command: bytes) -> bytes:
+    upper = command.upper()
+    if b"\r\nGET\r\n" in upper:
+        return b"$-1\r\n"
+    return b"+PONG\r\n" if b"\r\nPING\r\n" in upper else b"+OK\r\n"
+
+
+async def test_a_store_that_stops_answering_is_asked_once_not_retried(pool: asyncpg.Pool) -> None:
+    """The admission script is not idempotent (a rate token, then the nonce): a
+    client that sent it again after a lost answer would refuse the request as
+    its own replay. So the production client never retries (with a retrying
+    policy this counts 4): the script goes once, then UNAVAILABLE.
+    The store here answers the connection's set-up, then nothing."""
+    scripts = 0
+
+    async def mute_on_scripts(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal scripts
+        while data := await reader.read(65536):
+            if b"EVAL" in data.upper():
+                scripts += data.upper().count(b"EVAL")
+                continue  # never answered
+            # A first start as the guard sees it: no marker yet (GET: nil), then
+            # the marker set, health checks answered.
+            commands = [c for c in data.split(b"*")[1:] if c]
+            writer.write(b"".join(_reply(c) for c in commands))
+            await writer.drain()
+
+    server = await asyncio.start_server(mute_on_scripts, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = redis_client(f"redis://127.0.0.1:{port}/0")
+    try:
+        g = RedisReplayGuard(client, PgMarkerLedger(pool))
+        with pytest.raises(Unavailable) as exc:
+            await g.admit("10670", "f" * 16, int(time.time()))
+        assert exc.value.reason == "NONCE_STORE_UNAVAILABLE"
+        assert scripts == 1
+    finally:
+        await client.aclose()
+        server.close()
