@@ -47,6 +47,7 @@ class Billing:
         self.invoices = 0
         self.payments = 0
         self.paid_claims = 0
+        self.paid: dict[str, int] = {}  # transaction id -> satang, each PostPayment that succeeded
         self.errors: Counter[str] = Counter()
         self._batches = 0
         self._work: asyncio.Queue[list[pb.Claim] | None] = asyncio.Queue()
@@ -112,6 +113,7 @@ class Billing:
         ):
             self.payments += 1
             self.paid_claims += len(claims)
+            self.paid.update((c.transaction_id, c.approved_amount_satang) for c in claims)
 
     async def run(self) -> None:
         """Settles batches as they fill, until flush() and the last batch."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Final states, and the reasons the contract names for the ones that are not a
 # decision (docs/protocol.md §5, §10.4; README "Errors").
@@ -54,6 +54,8 @@ class Ledger:
     accounts_off: int  # accounts whose cached balance differs from their lines
     approvals: Mapping[str, int]  # transaction id -> APPROVAL journals naming it
     intake: Mapping[str, tuple[str, int]]  # transaction id -> (state, approved) billing recorded
+    payments: Mapping[str, int] = field(default_factory=dict)  # transaction id -> PAYMENT journals naming it
+    settled: Mapping[str, int] = field(default_factory=dict)  # transaction id -> satang settled (non-zero)
 
 
 def lost(
@@ -222,6 +224,37 @@ def audit_problems(
             )
             continue
         out.extend(f"{tid}: {p}" for p in history_problems(audit.get(tid, [])))
+    return out
+
+
+def payment_problems(ledger: Ledger, router: Iterable[RouterClaim], paid: Mapping[str, int]) -> list[str]:
+    """The ledger against what the soak's insurers paid (`paid`: transaction id ->
+    satang, each PostPayment that succeeded; a payment re-sent is the same one):
+    each paid claim settled by that much in one PAYMENT journal and PAID at the
+    router; nothing else settled or PAID; no APPROVAL of a claim the router did
+    not approve. The trial balance alone cannot see these: every journal is
+    balanced by the ledger's own constraint, a doubled or lost one too."""
+    out = []
+    states = {rec.transaction_id: rec.state for rec in router}
+    for tid, amount in sorted(paid.items()):
+        if ledger.settled.get(tid, 0) != amount:
+            out.append(f"{tid}: paid {amount}, settled {ledger.settled.get(tid, 0)} in billing")
+        if ledger.payments.get(tid, 0) != 1:
+            out.append(f"{tid}: paid once, {ledger.payments.get(tid, 0)} PAYMENT journals")
+        if states.get(tid) != "PAID":
+            out.append(f"{tid}: paid, {states.get(tid)} at the router")
+    for tid in sorted((set(ledger.settled) | set(ledger.payments)) - set(paid)):
+        out.append(f"{tid}: settled or paid in billing, never paid by its insurer")
+    out.extend(
+        f"{tid}: PAID at the router, never paid"
+        for tid, st in sorted(states.items())
+        if st == "PAID" and tid not in paid
+    )
+    out.extend(
+        f"{tid}: APPROVAL journal, {states.get(tid)} at the router"
+        for tid in sorted(ledger.approvals)
+        if states.get(tid) not in BILLABLE
+    )
     return out
 
 

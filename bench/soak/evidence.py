@@ -90,6 +90,20 @@ async def read(database_url: str) -> Evidence:
                 r["transaction_id"]: (r["state"], r["approved_satang"])
                 for r in await conn.fetch("SELECT transaction_id, state, approved_satang FROM billing.claims")
             },
+            payments={
+                r["transaction_id"]: r["n"]
+                for r in await conn.fetch(
+                    "SELECT l.transaction_id, count(DISTINCT j.id) AS n FROM billing.journals j"
+                    " JOIN billing.journal_lines l ON l.journal_id = j.id"
+                    " WHERE j.kind = 'PAYMENT' AND l.transaction_id IS NOT NULL GROUP BY 1"
+                )
+            },
+            settled={
+                r["transaction_id"]: r["settled_satang"]
+                for r in await conn.fetch(
+                    "SELECT transaction_id, settled_satang FROM billing.claims WHERE settled_satang <> 0"
+                )
+            },
         )
         taken_with_envelope = [
             r["transaction_id"]

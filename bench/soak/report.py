@@ -110,6 +110,8 @@ def report(r: Run) -> tuple[bool, list[str]]:
     check(not histories, "router's state changes in order, each once, ending at the stored state", histories)
     check(r.found.ledger.lines_sum == 0, f"trial balance: {r.found.ledger.lines_sum}")
     check(not ledger_problems, "ledger agrees with the router's decisions", ledger_problems)
+    payments = checks.payment_problems(r.found.ledger, r.found.claims.values(), r.billing.paid)
+    check(not payments, "ledger and router agree with what the insurers paid", payments)
     kept = checks.envelopes_kept(r.found.claims.values()) + [
         f"{tid}: taken by its insurer" for tid in r.found.taken_with_envelope
     ]

@@ -162,3 +162,28 @@ def test_a_change_without_its_event_breaks_the_history() -> None:
     silent = checks.by_claim(_changes(T2, "RECEIVED", "DENIED", start=10))
     assert checks.history_ends(claims, silent) == [f"{T1}: stored APPROVED, no state change emitted"]
     assert checks.history_ends(claims[1:], router) == [f"{T1}: changes emitted for a claim not stored"]
+
+
+def test_the_ledger_must_agree_with_what_the_insurers_paid() -> None:
+    router = [_claim(T1, "A", "PAID"), _claim(T2, "B", "APPROVED")]
+    right = _ledger(payments={T1: 1}, settled={T1: 500}, approvals={T1: 1, T2: 1})
+    assert checks.payment_problems(right, router, {T1: 500}) == []
+
+    doubled = _ledger(payments={T1: 2}, settled={T1: 500}, approvals={T1: 1, T2: 1})
+    assert checks.payment_problems(doubled, router, {T1: 500}) == [f"{T1}: paid once, 2 PAYMENT journals"]
+    short = _ledger(payments={T1: 1}, settled={T1: 400}, approvals={T1: 1, T2: 1})
+    assert checks.payment_problems(short, router, {T1: 500}) == [f"{T1}: paid 500, settled 400 in billing"]
+    lost = _ledger(approvals={T1: 1, T2: 1})
+    assert len(checks.payment_problems(lost, router, {T1: 500})) == 2
+    not_paid_at_router = [_claim(T1, "A", "APPROVED"), router[1]]
+    assert checks.payment_problems(right, not_paid_at_router, {T1: 500}) == [
+        f"{T1}: paid, APPROVED at the router"
+    ]
+    assert checks.payment_problems(right, router, {}) == [
+        f"{T1}: settled or paid in billing, never paid by its insurer",
+        f"{T1}: PAID at the router, never paid",
+    ]
+    denied = [router[0], _claim(T2, "B", "DENIED", amount=0)]
+    assert checks.payment_problems(right, denied, {T1: 500}) == [
+        f"{T2}: APPROVAL journal, DENIED at the router"
+    ]
