@@ -5,7 +5,7 @@ Layout
     client --TLS 1.2/1.3, h2--> Envoy listener (ICLAIM_GATEWAY_ADDR, 127.0.0.1:8443)
       http filters, in order:
         1. header_mutation  strips client-sent x-iclaim-principal/-role/
-                            -transaction-id/-envelope-sha256 and
+                            -transaction-id/-envelope-sha256/-request and
                             x-envoy-auth-partial-body (before ext_authz, so
                             what ext_authz injects survives)
         2. ext_authz        HTTP/1.1 to cluster `authz` (python -m gateway.authz,
@@ -78,6 +78,7 @@ from iclaim_hub.common.access_log import (
     ENVOY_JSON_FORMAT,
     PRINCIPAL_HEADER,
     REASON_HEADER,
+    REQUEST_HASH_HEADER,
     ROLE_HEADER,
     ROUTE_HASH_KEY,
     TRANSACTION_HEADER,
@@ -85,7 +86,13 @@ from iclaim_hub.common.access_log import (
 from iclaim_hub.common.config import env_addr, env_choice, env_int, env_str
 from iclaim_hub.common.parent_death import die_with_parent
 
-TRUSTED_HEADERS = (PRINCIPAL_HEADER, ROLE_HEADER, TRANSACTION_HEADER, ENVELOPE_SHA_HEADER)
+TRUSTED_HEADERS = (
+    PRINCIPAL_HEADER,
+    ROLE_HEADER,
+    TRANSACTION_HEADER,
+    ENVELOPE_SHA_HEADER,
+    REQUEST_HASH_HEADER,
+)
 # Also dropped from client requests: Envoy's own "body was truncated" signal to ext_authz.
 STRIPPED_HEADERS = (*TRUSTED_HEADERS, "x-envoy-auth-partial-body")
 # ext_authz buffers the frame prefix plus the largest message we accept; one byte

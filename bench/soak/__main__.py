@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 
-from bench.soak import evidence
+from bench.soak import checks, evidence
 from bench.soak.billing import Billing
 from bench.soak.chaos import Chaos, schedule
 from bench.soak.config import SoakConfig
@@ -180,9 +180,14 @@ async def run(cfg: SoakConfig, state_dir: Path) -> tuple[bool, list[str]]:
             unsettled.append(f"not settled after {cfg.settle_s:.0f} s: {left}")
         settle_s = time.monotonic() - t_load - load_s
         await sign_checkpoint(stack)
-        found = await evidence.read(stack.database_url)
+        found_in_db = await evidence.read(stack.database_url)
         audit_report, _key = await verify_database(stack.database_url)
         crashes = service_crashes(stack.logs_dir)
+        admitted = evidence.admitted_requests(stack.access_log)
+        replay_tokens = evidence.replay_tokens(stack.master_key, replayer.replayed)
+        replays_through = checks.replays_admitted(admitted, replay_tokens)
+        found, covered = checks.replay_log_covered(admitted, replay_tokens)
+        replay_log = (found, len(replay_tokens), covered)
         # A process that died on its own after its last planned kill went unnoticed so far.
         unsettled.extend(
             f"{name} not running at the end (exit code {code})"
@@ -198,7 +203,8 @@ async def run(cfg: SoakConfig, state_dir: Path) -> tuple[bool, list[str]]:
     return report(
         Run(
             cfg, {"load": load_s, "settle": settle_s, "total": time.monotonic() - t0}, his, billing, reposter,
-            replayer, chaos.tally, attempts, found, audit_report, crashes, unsettled,
+            replayer, chaos.tally, attempts, found_in_db, audit_report, crashes, unsettled, replays_through,
+            replay_log,
         )
     )  # fmt: skip
 

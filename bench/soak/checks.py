@@ -123,6 +123,31 @@ def wrong_outcomes(outcomes: Iterable[Outcome], router: Mapping[tuple[str, str],
     return out
 
 
+def replays_admitted(admitted: Mapping[str, int], replayed: Mapping[str, str]) -> list[str]:
+    """`admitted`: request token -> access-log lines the gateway admitted with it
+    (a principal set); `replayed`: token -> method, for each capture replayed.
+    A captured request was admitted once (its original call, which returned
+    OK); more is a replay let through, whatever its answer said. (A line lost
+    with a SIGKILLed Envoy can only hide one, never invent one.)"""
+    return sorted(
+        f"{method}: admitted {admitted[token]} times"
+        for token, method in replayed.items()
+        if admitted.get(token, 0) > 1
+    )
+
+
+# Originals found in the access log, at least: a line lost with a SIGKILLed
+# Envoy (it flushes every second) may go; a log with none would make
+# replays_admitted vacuous.
+LOG_COVERAGE = 0.9
+
+
+def replay_log_covered(admitted: Mapping[str, int], replayed: Mapping[str, str]) -> tuple[int, bool]:
+    """(how many replayed captures' originals the log shows admitted, enough)."""
+    found = sum(1 for token in replayed if admitted.get(token, 0) >= 1)
+    return found, found >= LOG_COVERAGE * len(replayed) and (found > 0 or not replayed)
+
+
 def final_with_reason(rec: RouterClaim) -> bool:
     if rec.state in DECIDED or rec.state == "PAID":
         return True

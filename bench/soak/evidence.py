@@ -1,16 +1,21 @@
 """Reads what the hub recorded, straight from its PostgreSQL (the soak's own):
 the router's claims and outbox, the audit log's claim state changes, billing's
-ledger; and whether the hub has settled."""
+ledger; whether the hub has settled; and the gateway's access log."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 
 from bench.soak.checks import Ledger, RouterClaim, StateChange
+from iclaim.crypto.signing import b64url_decode
 from iclaim.v1 import claim_service_pb2 as pb
+from iclaim_hub.common.access_log import pseudonym_key, request_pseudonym
 from iclaim_hub.internal.v1 import audit_log_pb2, billing_intake_pb2
 
 PREFIX = "CLAIM_STATE_"
@@ -136,3 +141,26 @@ async def unsettled(database_url: str) -> dict[str, int]:
     finally:
         await conn.close()
     return {k: int(v) for k, v in counts.items() if v}
+
+
+def admitted_requests(access_log: Path) -> Counter[str]:
+    """Request token -> lines of the gateway's access log that admitted it (a
+    principal set by the auth service; a refused call has none)."""
+    out: Counter[str] = Counter()
+    if not access_log.exists():
+        return out
+    with open(access_log, "rb") as fh:
+        for raw in fh:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue  # a line cut short by a SIGKILLed Envoy
+            if isinstance(line, dict) and line.get("principal") and line.get("request"):
+                out[str(line["request"])] += 1
+    return out
+
+
+def replay_tokens(master_key: str, replayed: Mapping[tuple[str, str], str]) -> dict[str, str]:
+    """Each replayed capture's request token, as the gateway computes it -> method."""
+    key = pseudonym_key(b64url_decode(master_key))
+    return {request_pseudonym(key, client, nonce): method for (client, nonce), method in replayed.items()}

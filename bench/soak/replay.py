@@ -8,7 +8,12 @@ Outcomes of a replay:
   TIMESTAMP_SKEW (older than the window);
 - unanswered: the gateway could not decide (its auth service or store is being
   killed, rate limit): kept and replayed again later;
-- accepted: anything else, i.e. OK or an answer of a service behind the gateway."""
+- accepted: anything else, i.e. OK or an answer of a service behind the gateway.
+An unanswered replay may have been admitted and then failed behind the gateway
+(a service or PostgreSQL down), and its later re-send refused as a replay of
+itself: so the verdicts are checked against the access log too, where the
+gateway marks each admitted request with a keyed hash of its client and nonce
+(checks.replays_admitted)."""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import grpc
 
 from bench.soak.wire import Captured, has_status_details
 from iclaim.client.signer import _error_info
+from iclaim.crypto import signing
 from iclaim.limits import CLIENT_OPTIONS
 
 REFUSED = frozenset({"NONCE_REPLAYED", "NONCE_STORE_RECOVERING", "TIMESTAMP_SKEW"})
@@ -64,6 +70,9 @@ class Replayer:
         self.captured: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()  # "refused NONCE_REPLAYED", ...
         self.accepted: list[str] = []  # what got through, for the report
+        # (client, nonce) of every capture replayed: the access log's check that
+        # no verdict above missed an admission (checks.replays_admitted).
+        self.replayed: dict[tuple[str, str], str] = {}  # -> method name
 
     @property
     def sent(self) -> int:
@@ -91,6 +100,8 @@ class Replayer:
         return self._rng.choice(fresh or self._pool)
 
     async def replay(self, c: Captured) -> str:
+        md = dict(c.metadata)
+        self.replayed[md.get(signing.H_CLIENT, ""), md.get(signing.H_NONCE, "")] = c.method.rsplit("/", 1)[-1]
         # No serializers: bytes in, bytes out, sent exactly as captured.
         call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(c.method)
         try:

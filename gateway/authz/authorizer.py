@@ -18,11 +18,13 @@ from iclaim_hub.common.access_log import (
     CLAIMED_CLIENT_KEY,
     ENVELOPE_SHA_HEADER,
     PRINCIPAL_HEADER,
+    REQUEST_HASH_HEADER,
     ROLE_HEADER,
     ROUTE_HASH_KEY,
     TRANSACTION_HEADER,
     UNKNOWN_ROUTE,
     pseudonym,
+    request_pseudonym,
 )
 from iclaim.errors import IclaimError, PermissionDenied, Unauthenticated, Unimplemented
 from iclaim.crypto import signing
@@ -151,7 +153,11 @@ class Authorizer:
         # verified principal (a forgery never spends the victim's budget).
         await self.guard.admit(meta.client, meta.nonce, meta.timestamp, key.principal_code)
 
-        headers = {PRINCIPAL_HEADER: key.principal_code, ROLE_HEADER: key.role}
+        headers = {
+            PRINCIPAL_HEADER: key.principal_code,
+            ROLE_HEADER: key.role,
+            REQUEST_HASH_HEADER: request_pseudonym(self.pseudonym_key, meta.client, meta.nonce),
+        }
         if derived.transaction_id:
             headers[TRANSACTION_HEADER] = derived.transaction_id
         if derived.envelope_sha256:

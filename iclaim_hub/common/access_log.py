@@ -22,6 +22,10 @@ PRINCIPAL_HEADER = "x-iclaim-principal"
 ROLE_HEADER = "x-iclaim-role"
 TRANSACTION_HEADER = "x-iclaim-transaction-id"
 ENVELOPE_SHA_HEADER = "x-iclaim-envelope-sha256"
+# The keyed hash of the admitted signed request (request_pseudonym): a replay
+# carries its original's, so how often one signed request got through is
+# countable from the log without the nonce in it.
+REQUEST_HASH_HEADER = "x-iclaim-request"
 REASON_HEADER = "x-iclaim-reason"
 
 # Envoy files ext_authz's CheckResponse.dynamic_metadata under the filter's
@@ -61,6 +65,12 @@ def pseudonym(key: bytes, value: str) -> str:
     return "h:" + mac.hexdigest()[:_PSEUDONYM_HEX]
 
 
+def request_pseudonym(key: bytes, client: str, nonce: str) -> str:
+    """One signed request's token: its client and nonce (§3: a nonce is used
+    once per client), hashed under the access-log key."""
+    return pseudonym(key, f"{client}\n{nonce}")
+
+
 _META = AUTHZ_METADATA_NAMESPACE
 
 # field -> Envoy substitution command (typed JSON: numbers stay numbers).
@@ -87,4 +97,6 @@ ENVOY_JSON_FORMAT: dict[str, str] = {
     "req_transaction_id": "%REQ(X-ICLAIM-TRANSACTION-ID)%",
     "resp_transaction_id": "%TRAILER(X-ICLAIM-TRANSACTION-ID)%",
     "envelope_sha256": "%REQ(X-ICLAIM-ENVELOPE-SHA256)%",
+    # Set by the auth service on admission only (a keyed hash, `h:<32 hex>`).
+    "request": "%REQ(X-ICLAIM-REQUEST)%",
 }

@@ -105,6 +105,7 @@ class Markers:
             ("x-iclaim-role", self.text),
             ("x-iclaim-transaction-id", self.dotted),
             ("x-iclaim-envelope-sha256", self.text),
+            ("x-iclaim-request", self.text),
             ("x-iclaim-reason", self.policy),
             ("x-iclaim-server-time", self.cid),
             ("x-request-id", self.dotted),

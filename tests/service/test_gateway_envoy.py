@@ -137,6 +137,7 @@ async def test_signed_call_reaches_upstream_with_trusted_headers(env: Env) -> No
         ("x-iclaim-role", "insurer"),
         ("x-iclaim-transaction-id", "T-forged"),
         ("x-iclaim-envelope-sha256", "0" * 64),  # GetClaim has no envelope: must vanish
+        ("x-iclaim-request", "h:" + "0" * 32),  # the auth service's own, replaced
     ]
     c = await call(env.channel, GET_CLAIM, body, md)
     assert (await outcome(c)).code == grpc.StatusCode.OK
@@ -147,11 +148,14 @@ async def test_signed_call_reaches_upstream_with_trusted_headers(env: Env) -> No
     assert seen.metadata["x-iclaim-transaction-id"] == "txn_019a2b3c4d5e6f708192a3b4c5d6"
     assert seen.request.transaction_id == "txn_019a2b3c4d5e6f708192a3b4c5d6"
     assert "x-iclaim-envelope-sha256" not in seen.metadata
+    assert re.fullmatch(r"h:[0-9a-f]{32}", seen.metadata["x-iclaim-request"])
+    assert seen.metadata["x-iclaim-request"] != "h:" + "0" * 32
     [line] = await _log_lines(env, 1)
     assert line["principal"] == HOSPITAL
     assert line["route"] == f"{GET_CLAIM} -"
     assert line["grpc_status"] == 0
     assert line["req_transaction_id"] == "txn_019a2b3c4d5e6f708192a3b4c5d6"
+    assert line["request"] == seen.metadata["x-iclaim-request"]  # the admitted request, hashed
     assert set(line) == set(ENVOY_JSON_FORMAT)
 
 

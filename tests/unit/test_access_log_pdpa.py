@@ -30,6 +30,7 @@ from iclaim_hub.common.access_log import (
     HUB_TRANSACTION_RE,
     pseudonym,
     pseudonym_key,
+    request_pseudonym,
 )
 from iclaim_hub.registry.model import SigningKey
 from services.audit_log.events import check_entry
@@ -76,6 +77,7 @@ def test_envoy_logs_no_caller_header_or_path() -> None:
         "X-ICLAIM-PRINCIPAL",
         "X-ICLAIM-TRANSACTION-ID",
         "X-ICLAIM-ENVELOPE-SHA256",
+        "X-ICLAIM-REQUEST",
     }
     for banned in (":PATH", "USER-AGENT", "X-ICLAIM-CLIENT", "X-ICLAIM-KEY-ID", "X-ICLAIM-NONCE", "%PATH"):
         assert banned not in commands
@@ -154,6 +156,20 @@ async def test_only_a_hub_issued_transaction_id_becomes_the_trusted_header() -> 
     assert decision.headers["x-iclaim-principal"] == "10670"
 
 
+async def test_an_admitted_request_is_logged_as_the_keyed_hash_of_its_client_and_nonce() -> None:
+    """A replay carries its original's token, so the log counts how often one
+    signed request got through; the nonce itself (caller text) is not logged."""
+    nonce = f"{CITIZEN_ID}-{NAME}"[:32]
+    decision = await _authorizer().check(_request(GET, _get("t"), nonce=nonce))
+    assert isinstance(decision, Allow)
+    token = decision.headers["x-iclaim-request"]
+    assert token == request_pseudonym(KEY, "10670", nonce)
+    assert H.fullmatch(token)
+    assert_no_marker(token)
+    other = await _authorizer().check(_request(GET, _get("t"), nonce="m" * 16))
+    assert isinstance(other, Allow) and other.headers["x-iclaim-request"] != token
+
+
 # --- ingest: defence in depth ---------------------------------------------------------------
 def _line(**over: object) -> bytes:
     doc: dict[str, object] = {
@@ -173,6 +189,7 @@ def _line(**over: object) -> bytes:
         "req_transaction_id": None,
         "resp_transaction_id": None,
         "envelope_sha256": None,
+        "request": None,
     }
     assert set(doc) == set(ENVOY_JSON_FORMAT)
     doc.update(over)

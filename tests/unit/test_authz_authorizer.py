@@ -4,6 +4,7 @@ ones are exercised in tests/service/test_gateway_*.py)."""
 from __future__ import annotations
 
 import hashlib
+import re
 
 
 import pytest
@@ -81,6 +82,8 @@ async def test_allow_sets_trusted_headers() -> None:
     body = claim_service_pb2.SubmitClaimRequest(claim_ref="c", envelope="a.b.c.d.e")
     decision = await authorizer(HOSP).check(request(SUBMIT, body.SerializeToString()))
     assert isinstance(decision, Allow)
+    request_token = decision.headers.pop("x-iclaim-request")  # test_access_log_pdpa checks its value
+    assert re.fullmatch(r"h:[0-9a-f]{32}", request_token)
     assert decision.headers == {
         "x-iclaim-principal": "10670",
         "x-iclaim-role": "hospital",

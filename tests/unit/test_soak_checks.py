@@ -4,9 +4,12 @@ missing or repeating a state change, and an unbalanced ledger."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import grpc
 
-from bench.soak import checks
+from bench.soak import checks, evidence
 from bench.soak.checks import Ledger, RouterClaim, StateChange
 from bench.soak.replay import classify
 
@@ -187,3 +190,33 @@ def test_the_ledger_must_agree_with_what_the_insurers_paid() -> None:
     assert checks.payment_problems(right, denied, {T1: 500}) == [
         f"{T2}: APPROVAL journal, DENIED at the router"
     ]
+
+
+def test_a_replay_the_access_log_shows_admitted_twice_is_accepted(tmp_path: Path) -> None:
+    key = "A" * 43  # 32 bytes, base64url
+    tokens = evidence.replay_tokens(
+        key, {("10670", "n" * 16): "GetClaim", ("10670", "m" * 16): "SubmitClaim"}
+    )
+    (got, submit) = sorted(tokens, key=lambda t: tokens[t])
+    log = tmp_path / "envoy-access.log"
+    lines = [
+        {"principal": "10670", "request": got},  # the original call
+        {"principal": "10670", "request": submit},
+        {"principal": None, "request": None},  # a replay refused: no principal, no token
+        {"principal": "10670", "request": submit},  # a replay let through, whatever it answered
+    ]
+    log.write_text("\n".join(json.dumps(x) for x in lines) + "\n{cut short")
+    admitted = evidence.admitted_requests(log)
+    assert admitted == {got: 1, submit: 2}
+    assert checks.replays_admitted(admitted, tokens) == ["SubmitClaim: admitted 2 times"]
+    assert checks.replays_admitted({got: 1, submit: 1}, tokens) == []
+    assert evidence.admitted_requests(tmp_path / "none.log") == {}
+
+
+def test_a_log_without_the_originals_makes_the_replay_check_fail_not_pass() -> None:
+    tokens = {f"h:{n:032x}": "GetClaim" for n in range(10)}
+    assert checks.replay_log_covered({t: 1 for t in tokens}, tokens) == (10, True)
+    assert checks.replay_log_covered({t: 1 for t in list(tokens)[:9]}, tokens) == (9, True)
+    assert checks.replay_log_covered({t: 1 for t in list(tokens)[:8]}, tokens) == (8, False)
+    assert checks.replay_log_covered({}, tokens) == (0, False)  # no "request" field logged at all
+    assert checks.replay_log_covered({}, {}) == (0, True)  # nothing replayed: nothing to find
