@@ -69,6 +69,7 @@ def line(i: int, **over: object) -> bytes:
         "req_transaction_id": None,
         "resp_transaction_id": "01JD3T0000000000000000000" if i % 2 else None,
         "envelope_sha256": "cd" * 32,
+        "request": f"h:{i:032x}",
     }
     assert set(doc) == set(ENVOY_JSON_FORMAT)  # the contract Envoy is configured with
     doc.update(over)
