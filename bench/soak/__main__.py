@@ -48,6 +48,7 @@ from iclaim_ops.devstack.stack import Stack
 
 CAPTURE_SHARE = 0.03  # of the hospitals' accepted SubmitClaim/GetClaim attempts
 SETTLE_POLL_S = 1.0
+BILLING_CAPTURED = frozenset({"CreateInvoice", "AcknowledgeInvoice", "PostPayment"})
 
 
 def say(text: str) -> None:
@@ -131,7 +132,11 @@ async def run(cfg: SoakConfig, state_dir: Path) -> tuple[bool, list[str]]:
 
             return apply
 
-        billing = Billing(any_creds, cfg.bill_share, run_id, rng, wrap(set()))
+        async def billing_tap(client: GatewayClient) -> GatewayClient:
+            # A sample of billing's calls replayed too (a payment posted twice).
+            return await tapped(client, Tap(attempts, sampled, BILLING_CAPTURED))
+
+        billing = Billing(any_creds, cfg.bill_share, run_id, rng, billing_tap)
         planned = plan(cfg.claims, hospitals, insurers, run_id, rng)
         his = His(clients, planned, rng, billing.offer)
         reposter = DecisionReposter(his, insurer_creds, billing.chosen, rng, wrap({"PostDecision"}))

@@ -33,6 +33,7 @@ class Evidence:
     audit_changes: list[StateChange]
     ledger: Ledger
     taken_with_envelope: list[str]  # deliveries the insurer took that still keep it
+    nonce_store_losses: int = 0  # Redis losses the gateway noticed and recorded
 
 
 async def read(database_url: str) -> Evidence:
@@ -110,6 +111,7 @@ async def read(database_url: str) -> Evidence:
                 )
             },
         )
+        nonce_store_losses = int(await conn.fetchval("SELECT count(*) FROM gateway.nonce_store_losses"))
         taken_with_envelope = [
             r["transaction_id"]
             for r in await conn.fetch(
@@ -119,7 +121,15 @@ async def read(database_url: str) -> Evidence:
         ]
     finally:
         await conn.close()
-    return Evidence(claims, router_changes, dict(billing_events), audit_changes, ledger, taken_with_envelope)
+    return Evidence(
+        claims,
+        router_changes,
+        dict(billing_events),
+        audit_changes,
+        ledger,
+        taken_with_envelope,
+        nonce_store_losses,
+    )
 
 
 async def unsettled(database_url: str) -> dict[str, int]:

@@ -109,6 +109,13 @@ def report(r: Run) -> tuple[bool, list[str]]:
     check(not accepted, f"replays accepted: {len(accepted)}", accepted)
     # A replay check that replayed nothing proves nothing.
     check(rp.refused > 0, f"replays refused: {rp.refused} of {rp.sent}")
+    # Not only after flushes or for their age: the nonce check itself refused.
+    by_nonce = sum(
+        n for k, n in rp.outcomes.items() if k.startswith("refused") and k.endswith("NONCE_REPLAYED")
+    )
+    check(by_nonce > 0, f"replays refused as seen before (NONCE_REPLAYED): {by_nonce}")
+    losses = r.found.nonce_store_losses
+    check(losses >= t.flushes, f"Redis flushes the gateway noticed: {losses} losses for {t.flushes} flushes")
     found, replayed, covered = r.replay_log
     check(covered, f"replayed captures' original calls in the access log: {found} of {replayed}")
     check(r.audit.ok, "audit log verifies against its signed checkpoints", (str(f) for f in r.audit.findings))
