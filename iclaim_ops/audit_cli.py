@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +66,13 @@ async def verify_database(
     origin: str = DEFAULT_ORIGIN,
     witness_file: str | None = None,
     progress: ProgressSink | None = None,
+    witnessed: Sequence[str] = (),
 ) -> tuple[VerifyReport, str]:
     """Returns the report and the verifier key it trusted. With `witness_file`,
     the checkpoint saved there by the previous run must still be in the log, and
-    on success the latest checkpoint is saved there. `progress` sees the entries
-    checked out of the log's size."""
+    on success the latest checkpoint is saved there; `witnessed` adds checkpoint
+    notes the caller kept itself. `progress` sees the entries checked out of the
+    log's size."""
     from iclaim_hub.common.db import create_pool
     from services.audit_log.proofs import VerifiableLog
     from services.audit_log.store import AuditStore
@@ -85,10 +88,10 @@ async def verify_database(
                 raise NoteError(f"no checkpoint key named {origin!r} in the database")
             verifier = NoteVerifier(origin, public)
         witness = Path(witness_file) if witness_file else None
-        witnessed = [witness.read_text()] if witness and witness.exists() else []
+        kept = [witness.read_text()] if witness and witness.exists() else []
         if progress is not None:
             progress.set_total(await store.tree_size())
-        report = await verify_log(VerifiableLog(store), verifier, origin, witnessed, progress)
+        report = await verify_log(VerifiableLog(store), verifier, origin, [*kept, *witnessed], progress)
         if witness is not None and report.ok:
             notes = await store.checkpoint_notes()
             if notes:

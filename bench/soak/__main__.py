@@ -38,6 +38,7 @@ from bench.soak.infra import soak_stack
 from bench.soak.replay import Replayer
 from bench.soak.report import Run, report
 from bench.soak.wire import Captured, Tap, tapped
+from bench.soak.witness import Witness
 from iclaim.client.channel import GatewayClient
 from iclaim.client.credentials import Credentials, load_dev_credentials
 from iclaim.client.hospital import HospitalClient
@@ -101,6 +102,10 @@ async def run(cfg: SoakConfig, state_dir: Path) -> tuple[bool, list[str]]:
     unsettled: list[str] = []
     async with soak_stack(state_dir, cfg.log_level) as (stack, pg, redis):
         say(f"soak: stack up in {time.monotonic() - t0:.0f} s (gateway {stack.gateway})")
+        # The checkpoint key as it is before any chaos; checkpoints kept as the run goes.
+        _, key_at_start = await verify_database(stack.database_url)
+        witness = Witness(f"127.0.0.1:{stack.ports.audit}")
+        witness.start()
         creds_file = state_dir / "credentials.json"
         sandbox = json.loads(stack.sandbox_credentials.read_text())
         insurers = [e["code"] for e in sandbox["insurers"]]
@@ -185,8 +190,12 @@ async def run(cfg: SoakConfig, state_dir: Path) -> tuple[bool, list[str]]:
             unsettled.append(f"not settled after {cfg.settle_s:.0f} s: {left}")
         settle_s = time.monotonic() - t_load - load_s
         await sign_checkpoint(stack)
+        await witness.stop()
+        await witness.read_once()  # the one just signed, over the whole log
         found_in_db = await evidence.read(stack.database_url)
-        audit_report, _key = await verify_database(stack.database_url)
+        audit_report, _ = await verify_database(
+            stack.database_url, verifier_key=key_at_start, witnessed=witness.notes
+        )
         crashes = service_crashes(stack.logs_dir)
         admitted = evidence.admitted_requests(stack.access_log)
         replay_tokens = evidence.replay_tokens(stack.master_key, replayer.replayed)
@@ -209,7 +218,7 @@ async def run(cfg: SoakConfig, state_dir: Path) -> tuple[bool, list[str]]:
         Run(
             cfg, {"load": load_s, "settle": settle_s, "total": time.monotonic() - t0}, his, billing, reposter,
             replayer, chaos.tally, attempts, found_in_db, audit_report, crashes, unsettled, replays_through,
-            replay_log,
+            replay_log, len(witness.notes),
         )
     )  # fmt: skip
 

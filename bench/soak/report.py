@@ -38,6 +38,7 @@ class Run:
     # Replays the access log shows admitted beyond their original call.
     replays_through: list[str]
     replay_log: tuple[int, int, bool]  # originals found in the access log, captures replayed, enough
+    witnessed: int  # audit checkpoints kept outside the database during the run
 
 
 def told(key: tuple[str, str], view: View) -> checks.Outcome:
@@ -118,7 +119,12 @@ def report(r: Run) -> tuple[bool, list[str]]:
     check(losses >= t.flushes, f"Redis flushes the gateway noticed: {losses} losses for {t.flushes} flushes")
     found, replayed, covered = r.replay_log
     check(covered, f"replayed captures' original calls in the access log: {found} of {replayed}")
-    check(r.audit.ok, "audit log verifies against its signed checkpoints", (str(f) for f in r.audit.findings))
+    check(
+        r.audit.ok and r.witnessed > 1,
+        f"audit log verifies against its signed checkpoints and the {r.witnessed} kept outside it"
+        " during the run, under the key seen at the start",
+        (str(f) for f in r.audit.findings),
+    )
     check(not audit_problems, "audit log holds each claim's state changes once, in order", audit_problems)
     check(not histories, "router's state changes in order, each once, ending at the stored state", histories)
     check(r.found.ledger.lines_sum == 0, f"trial balance: {r.found.ledger.lines_sum}")
