@@ -251,6 +251,15 @@ async def test_audit_log_down_retries_and_loses_nothing(database_url: str, tmp_p
         async with shipper(path, audit.port, **env) as s:
             path.write_bytes(b"".join(line(i) for i in range(30)))
             assert len(await _wait_for(database_url, {_eid(i) for i in range(30)})) == 30
+            # The shipper records its position after the append is acknowledged:
+            # the entries can be in the database a moment before the file is written.
+            for _ in range(500):
+                position = load_position(state)
+                if position is not None and position.byte_offset == path.stat().st_size:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the shipper never recorded the first 30 lines")
             before = state.read_bytes()
 
             await audit.stop()
