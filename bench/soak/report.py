@@ -146,7 +146,7 @@ def report(r: Run) -> tuple[bool, list[str]]:
     out.append(
         checks.final_line(
             r.his.acked, t.total_kills, t.flushes, t.pg_restarts, len(lost), len(twice), len(accepted),
-            r.audit.ok and not audit_problems, r.found.ledger.lines_sum,
+            r.audit.ok and r.witnessed > 1 and not audit_problems, r.found.ledger.lines_sum,
         )
     )  # fmt: skip
     return not failed, out

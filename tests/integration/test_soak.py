@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.soak.chaos import CLAIM_PATH
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 LAST_LINE = re.compile(
@@ -50,6 +52,10 @@ async def test_soak_that_kills_everything_loses_nothing() -> None:
     assert figures["claims"] == "1000", tail
     assert (figures["kills"], figures["flushes"], figures["restarts"]) == ("5", "5", "3"), tail
     assert re.search(r"^chaos: .*, 3 insurer kills$", text, re.M), tail
+    chaos = re.search(r"^chaos: (.*?);", text, re.M)
+    assert chaos is not None, tail
+    killed = {name for _, name in (k.split(" ") for k in chaos[1].split(", "))}
+    assert set(CLAIM_PATH) <= killed, tail  # 5 kills of 6 processes: the claim path's all among them
     assert (figures["lost"], figures["twice"], figures["accepted"]) == ("0", "0", "0"), tail
     assert (figures["audit"], figures["balance"]) == ("verified", "0"), tail
     assert re.search(r"^replays: \d+ sent, [1-9]\d* refused", text, re.M), tail  # replays really happened
