@@ -18,6 +18,10 @@ from iclaim.errors import Unavailable
 log = structlog.get_logger("iclaim.db")
 
 QUERY_TIMEOUT_S = 10.0
+# A replica waits for a peer's migrations (the advisory lock) and runs its own
+# for longer than any statement of the hot path may take: the start-up probe
+# (120 s in deploy/k8s), not the client, decides when a start has failed.
+MIGRATION_TIMEOUT_S = 900.0
 
 DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
 # Server answers that mean "not now" rather than "this statement is wrong": a
@@ -122,7 +126,7 @@ async def apply_migrations(pool: asyncpg.Pool, schema: str, directory: Path) -> 
     files = sorted(p for p in directory.glob("*.sql"))
     applied: list[str] = []
     async with pool.acquire() as conn:
-        await conn.execute("SELECT pg_advisory_lock($1)", _lock_key(schema))
+        await conn.execute("SELECT pg_advisory_lock($1)", _lock_key(schema), timeout=MIGRATION_TIMEOUT_S)
         try:
             await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             await conn.execute(
@@ -137,7 +141,7 @@ async def apply_migrations(pool: asyncpg.Pool, schema: str, directory: Path) -> 
                     continue
                 async with conn.transaction():
                     await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
-                    await conn.execute(path.read_text())
+                    await conn.execute(path.read_text(), timeout=MIGRATION_TIMEOUT_S)
                     await conn.execute(
                         f'INSERT INTO "{schema}".schema_migrations (version) VALUES ($1)', path.name
                     )
