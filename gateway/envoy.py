@@ -48,7 +48,8 @@ include_peer_certificate), which binds it to the signing principal
 (gateway/authz/clientcert.py).
 
 Runtime files under ICLAIM_STATE_DIR (default .iclaim/dev): tls/ (dev CA and
-server cert, see gateway.tls), envoy.json (rendered bootstrap), the access log.
+server cert, see gateway.tls), envoy.json (rendered bootstrap), gateway-certificate-sds.json
+(the listener's certificate, re-read when its directory is swapped), the access log.
 
 `python -m gateway.envoy` renders the bootstrap, then runs and supervises the
 Envoy binary (SIGTERM/SIGINT forwarded; exits with Envoy's status).
@@ -310,7 +311,33 @@ def _fallback_route() -> dict[str, Any]:
     }
 
 
-def _tls_context(tls: TlsPaths, client_ca: Path | None = None) -> dict[str, Any]:
+CERT_SECRET = "gateway_certificate"
+CERT_SDS_FILE = "gateway-certificate-sds.json"
+
+
+def certificate_sds(tls: TlsPaths) -> dict[str, Any]:
+    """The listener's certificate as a file-based SDS resource. Static
+    tls_certificates are read once; this pair is read again whenever the
+    directory holding it gets a new entry moved in: a Kubernetes Secret
+    volume's `..data` swap when cert-manager renews the Secret."""
+    cert, key = tls.server_cert.absolute(), tls.server_key.absolute()  # not resolve(): keep ..data links
+    return {
+        "resources": [
+            {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+                "name": CERT_SECRET,
+                "tls_certificate": {
+                    "certificate_chain": {"filename": str(cert)},
+                    "private_key": {"filename": str(key)},
+                    "watched_directory": {"path": str(cert.parent)},
+                },
+            }
+        ]
+    }
+
+
+def _tls_context(certificate: Path, client_ca: Path | None = None) -> dict[str, Any]:
+    """`certificate`: the SDS file (certificate_sds) naming the pair."""
     ctx: dict[str, Any] = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
@@ -322,10 +349,13 @@ def _tls_context(tls: TlsPaths, client_ca: Path | None = None) -> dict[str, Any]
                     "cipher_suites": list(CIPHER_SUITES),
                     "ecdh_curves": ["X25519", "P-256"],
                 },
-                "tls_certificates": [
+                "tls_certificate_sds_secret_configs": [
                     {
-                        "certificate_chain": {"filename": str(tls.server_cert)},
-                        "private_key": {"filename": str(tls.server_key)},
+                        "name": CERT_SECRET,
+                        "sds_config": {
+                            "path_config_source": {"path": str(certificate)},
+                            "resource_api_version": "V3",
+                        },
                     }
                 ],
                 "alpn_protocols": ["h2"],
@@ -448,7 +478,7 @@ def render_config(
     authz: str = "127.0.0.1:50092",
     authz_protocol: str = "http",
     audit: str = "127.0.0.1:50071",
-    tls: TlsPaths,
+    certificate_sds: Path,
     access_log: Path,
     authz_timeout_s: float = AUTHZ_TIMEOUT_S,
     client_ca: Path | None = None,
@@ -532,7 +562,7 @@ def render_config(
             "per_connection_buffer_limit_bytes": 2 * MAX_REQUEST_BYTES,
             "filter_chains": [
                 {
-                    "transport_socket": _tls_context(tls, client_ca),
+                    "transport_socket": _tls_context(certificate_sds, client_ca),
                     "filters": [
                         {
                             "name": "envoy.filters.network.http_connection_manager",
@@ -712,7 +742,8 @@ def write_config(settings: GatewaySettings) -> Path:
     """Ensures dev TLS, renders the bootstrap into the state dir; returns its path."""
     state = settings.state_dir
     state.mkdir(parents=True, exist_ok=True)
-    tls = _gateway_tls(state)
+    sds = state.resolve() / CERT_SDS_FILE
+    _write_atomically(sds, json.dumps(certificate_sds(_gateway_tls(state)), indent=2))
     log_path = settings.access_log_path()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     config = render_config(
@@ -723,17 +754,21 @@ def write_config(settings: GatewaySettings) -> Path:
         audit=settings.audit,
         authz=settings.authz,
         authz_protocol=settings.authz_protocol,
-        tls=tls,
+        certificate_sds=sds,
         access_log=log_path.resolve(),
         client_ca=settings.client_ca.resolve() if settings.client_ca else None,
         stats=settings.stats,
         memory_limit_bytes=settings.memory_limit_bytes,
     )
     path = state / "envoy.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, path)
+    _write_atomically(path, json.dumps(config, indent=2))
     return path
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def envoy_command(

@@ -10,10 +10,9 @@ import pytest
 
 from gateway.authz import policy
 from gateway.envoy import MAX_REQUEST_BYTES, TRUSTED_HEADERS, envoy_binary, render_config
-from gateway.tls import TlsPaths
 from iclaim_hub.common.access_log import ENVOY_JSON_FORMAT
 
-TLS = TlsPaths(Path("/s/ca.pem"), Path("/s/server.pem"), Path("/s/server-key.pem"))
+SDS = Path("/s/gateway-certificate-sds.json")
 
 
 def _hcm(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -24,7 +23,7 @@ def _hcm(cfg: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def cfg() -> dict[str, Any]:
-    return render_config(tls=TLS, access_log=Path("/s/access.log"))
+    return render_config(certificate_sds=SDS, access_log=Path("/s/access.log"))
 
 
 def test_routes_cover_exactly_the_public_methods_then_unimplemented(cfg: dict[str, Any]) -> None:
@@ -101,7 +100,7 @@ def test_tls_and_admin(cfg: dict[str, Any]) -> None:
     assert tls["alpn_protocols"] == ["h2"]
     assert cfg["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
     with pytest.raises(ValueError):
-        render_config(tls=TLS, access_log=Path("/a"), admin="0.0.0.0:9901")
+        render_config(certificate_sds=SDS, access_log=Path("/a"), admin="0.0.0.0:9901")
 
 
 def test_access_log_is_the_shared_contract(cfg: dict[str, Any]) -> None:
@@ -111,7 +110,7 @@ def test_access_log_is_the_shared_contract(cfg: dict[str, Any]) -> None:
 
 
 def test_hostname_upstreams_use_dns() -> None:
-    cfg = render_config(tls=TLS, access_log=Path("/a"), router="claim-router:50051")
+    cfg = render_config(certificate_sds=SDS, access_log=Path("/a"), router="claim-router:50051")
     clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
     assert clusters["router"]["type"] == "STRICT_DNS"
     assert clusters["billing"]["type"] == "STATIC"
@@ -126,7 +125,7 @@ def test_mutual_tls_is_off_unless_a_client_ca_is_given(cfg: dict[str, Any]) -> N
     [listener] = cfg["static_resources"]["listeners"]
     tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]
     assert "validation_context" not in tls["common_tls_context"]
-    with_ca = render_config(tls=TLS, access_log=Path("/s/a.log"), client_ca=Path("/s/cca.pem"))
+    with_ca = render_config(certificate_sds=SDS, access_log=Path("/s/a.log"), client_ca=Path("/s/cca.pem"))
     [listener] = with_ca["static_resources"]["listeners"]
     tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]
     assert tls["common_tls_context"]["validation_context"] == {"trusted_ca": {"filename": "/s/cca.pem"}}
@@ -142,7 +141,7 @@ def test_mutual_tls_is_off_unless_a_client_ca_is_given(cfg: dict[str, Any]) -> N
     assert vhost["request_headers_to_remove"] == ["x-forwarded-client-cert"]
     # ext_authz's gRPC form is handed the certificate itself.
     grpc_form = render_config(
-        tls=TLS, access_log=Path("/s/a.log"), client_ca=Path("/s/cca.pem"), authz_protocol="grpc"
+        certificate_sds=SDS, access_log=Path("/s/a.log"), client_ca=Path("/s/cca.pem"), authz_protocol="grpc"
     )
     assert _authz(grpc_form)["include_peer_certificate"] is True
 
@@ -193,13 +192,13 @@ def test_authz_sees_only_the_signature_trace_and_body_headers(cfg: dict[str, Any
         in clusters["router"]["typed_extension_protocol_options"][options]["explicit_http_config"]
     )
     with pytest.raises(ValueError):
-        render_config(tls=TLS, access_log=Path("/a"), authz_protocol="thrift")
+        render_config(certificate_sds=SDS, access_log=Path("/a"), authz_protocol="thrift")
 
 
 def test_every_hop_has_a_deadline(cfg: dict[str, Any]) -> None:
     hcm = _hcm(cfg)
     assert _authz(cfg)["http_service"]["server_uri"]["timeout"] == "5s"
-    grpc_form = render_config(tls=TLS, access_log=Path("/a"), authz_protocol="grpc")
+    grpc_form = render_config(certificate_sds=SDS, access_log=Path("/a"), authz_protocol="grpc")
     assert _authz(grpc_form)["grpc_service"]["timeout"] == "5s"
     [vhost] = hcm["route_config"]["virtual_hosts"]
     for r in vhost["routes"]:

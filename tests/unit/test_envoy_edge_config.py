@@ -23,6 +23,8 @@ HCM = "envoy.filters.network.http_connection_manager"
 def _full(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     """Every optional part switched on, with real certificate files (validate reads them)."""
     tls = ensure_dev_tls(tmp_path / "state")
+    sds = tmp_path / "state" / envoy.CERT_SDS_FILE
+    sds.write_text(json.dumps(envoy.certificate_sds(tls)))
     args: dict[str, Any] = {
         "listen": "0.0.0.0:8443",
         "stats": "0.0.0.0:9902",
@@ -30,7 +32,7 @@ def _full(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "billing": "billing.iclaim.svc:50081",
         "audit": "audit-log.iclaim.svc:50071",
         "authz": "authz.iclaim.svc:50091",
-        "tls": tls,
+        "certificate_sds": sds,
         "access_log": tmp_path / "access.log",
         "client_ca": tls.ca_cert,
         "memory_limit_bytes": 1 << 30,

@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 
 from gateway.envoy import render_config
-from gateway.tls import TlsPaths
 from iclaim_hub.common import tracing
 from iclaim_hub.common.grpc_tracing import request_id
 
-TLS = TlsPaths(Path("/s/ca.pem"), Path("/s/server.pem"), Path("/s/server-key.pem"))
+SDS = Path("/s/gateway-certificate-sds.json")
 
 
 @pytest.mark.parametrize(
@@ -56,7 +55,7 @@ def test_only_envoys_uuid_form_is_a_request_id() -> None:
 
 
 def test_envoy_issues_the_request_id_and_passes_traceparent_through() -> None:
-    listener = render_config(tls=TLS, access_log=Path("/a"))["static_resources"]["listeners"][0]
+    listener = render_config(certificate_sds=SDS, access_log=Path("/a"))["static_resources"]["listeners"][0]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     assert hcm["generate_request_id"] is True and hcm["preserve_external_request_id"] is False
     assert hcm["always_set_request_id_in_response"] is True
