@@ -940,9 +940,63 @@ def test_readme_documents_every_secret_key() -> None:
         for item in c.get("env", [])
         if "secretKeyRef" in item.get("valueFrom", {})
     }
-    assert keys == {"database-url", "redis-url", "master-key", "admin-token"}
+    assert keys == {
+        "database-url",
+        "redis-url",
+        "master-key",
+        "admin-token",
+        "audit-owner-database-url",
+        "audit-database-url",
+    }
     for key in keys:
         assert f"--from-literal={key}=" in readme
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_only_the_audit_logs_init_container_holds_the_audit_owners_login(target: str) -> None:
+    """The audit schema's owner could switch the append-only triggers off: its
+    login goes to a container that migrates and exits, never to a server."""
+    holders, audit_servers = [], []
+    for dep in _of_kind(rendered(target), "Deployment"):
+        pod = _pod_spec(dep)
+        for c in _all_containers(dep):
+            keys = {
+                item["valueFrom"]["secretKeyRef"]["key"]: item["name"]
+                for item in c.get("env", [])
+                if "secretKeyRef" in item.get("valueFrom", {})
+            }
+            if "audit-owner-database-url" in keys:
+                holders.append((_module(c), c in pod.get("initContainers", [])))
+            if _module(c) == AUDIT_MODULE:
+                audit_servers.append(keys)
+    assert holders == [("services.audit_log.migrate", True)]
+    assert audit_servers == [{"audit-database-url": "ICLAIM_DATABASE_URL", "master-key": "ICLAIM_MASTER_KEY"}]
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_every_drain_ends_inside_the_termination_grace(target: str) -> None:
+    """preStop sleep + the service's gRPC drain (ICLAIM_SHUTDOWN_GRACE_S, default
+    5 s) must leave the process time to close before the kubelet's SIGKILL."""
+    for dep in _of_kind(rendered(target), "Deployment"):
+        pod = _pod_spec(dep)
+        for c in pod["containers"]:
+            sleep = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+            drain = float(_resolved_env(c, _ns(dep)).get("ICLAIM_SHUTDOWN_GRACE_S") or 5)
+            assert sleep + drain + 5 <= pod["terminationGracePeriodSeconds"], _ident(dep)
+    router = _by_name(rendered(target), "Deployment")["claim-router"]
+    env = _resolved_env(_pod_spec(router)["containers"][0], _ns(router))
+    assert float(env["ICLAIM_SHUTDOWN_GRACE_S"] or 0) >= 20  # its waits last up to 30 s
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_secret_volumes_are_mounted_whole(target: str) -> None:
+    """A subPath mount of a Secret is never updated by the kubelet: a renewed
+    gateway certificate would not reach Envoy's watch."""
+    for dep in _of_kind(rendered(target), "Deployment"):
+        secrets_ = {v["name"] for v in _pod_spec(dep).get("volumes", []) if "secret" in v}
+        for c in _all_containers(dep):
+            for m in c.get("volumeMounts", []):
+                assert not (m["name"] in secrets_ and "subPath" in m), f"{_ident(dep)}[{c['name']}]"
 
 
 def test_dev_overlay() -> None:
