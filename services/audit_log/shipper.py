@@ -62,6 +62,12 @@ class Config:
                 deadline_s=env_float("ICLAIM_SHIPPER_DEADLINE_S", 5.0, lo=0.1, hi=120),
                 backoff_max_s=env_float("ICLAIM_SHIPPER_BACKOFF_MAX_S", 5.0, lo=0.05, hi=300),
                 flush_s=env_float("ICLAIM_SHIPPER_FLUSH_S", 10.0, lo=0, hi=300),
+                rotate_bytes=env_int("ICLAIM_SHIPPER_ROTATE_BYTES", 0, lo=0, hi=1 << 40),
+                envoy_admin=(
+                    env_addr("ICLAIM_ENVOY_ADMIN_ADDR", "")
+                    if os.environ.get("ICLAIM_ENVOY_ADMIN_ADDR")
+                    else ""
+                ),
             ),
             target=env_addr("ICLAIM_AUDIT_TARGET", "127.0.0.1:50071"),
         )

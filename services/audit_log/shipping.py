@@ -26,6 +26,7 @@ from iclaim_hub.common.config import ConfigError
 from iclaim_hub.internal.v1 import audit_log_pb2 as pb
 from iclaim_hub.internal.v1 import audit_log_pb2_grpc as pb_grpc
 from services.audit_log.domain import Position
+from services.audit_log.rotation import Rotator
 from services.audit_log.shipper_state import load_position, save_position
 from services.audit_log.tailer import file_id, next_position, plan_read, read_chunk, rotated_path
 
@@ -53,12 +54,16 @@ class Settings:
     deadline_s: float = 5.0  # per Append call
     backoff_max_s: float = 5.0
     flush_s: float = 10.0  # once stopping, ship what is complete for at most this long
+    rotate_bytes: int = 0  # rotate the access log past this size (0: never; rotation.py)
+    envoy_admin: str = ""  # Envoy's admin address, told to reopen its log after a rotation
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH:
             raise ConfigError(f"ICLAIM_SHIPPER_BATCH must be within 1..{MAX_BATCH}")
         if self.state_path in (self.access_log, rotated_path(self.access_log)):
             raise ConfigError("ICLAIM_SHIPPER_STATE must not be the access log")
+        if self.rotate_bytes > 0 and not self.envoy_admin:
+            raise ConfigError("ICLAIM_SHIPPER_ROTATE_BYTES needs ICLAIM_ENVOY_ADMIN_ADDR (to reopen the log)")
 
 
 class _OutOfTime(Exception):
@@ -90,6 +95,11 @@ class Shipper:
         self._pos = load_position(settings.state_path)
         self._stop = asyncio.Event()
         self._flush_until: float | None = None
+        self._rotator = (
+            Rotator(settings.access_log, settings.rotate_bytes, settings.envoy_admin)
+            if settings.rotate_bytes > 0
+            else None
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -161,6 +171,8 @@ class Shipper:
         while True:
             try:
                 shipped = await self.step()
+                if self._rotator is not None and not self._stop.is_set():
+                    await self._rotator.after_step(self._pos)
             except _OutOfTime:
                 log.warning("shipper_flush_incomplete", lag_bytes=lag_bytes(self._cfg.access_log, self._pos))
                 return

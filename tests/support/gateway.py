@@ -105,6 +105,7 @@ class Gateway:
     access_log: Path
     recorder: Recorder
     state: Path
+    admin_port: int = 0  # Envoy's admin (loopback)
 
 
 async def _wait_ready(admin_port: int, proc: asyncio.subprocess.Process) -> None:
@@ -160,7 +161,7 @@ async def recording_gateway(state: Path, extra_env: dict[str, str] | None = None
     try:
         await _wait_ready(admin_port, proc)
         ca_pem = (state / "tls" / "ca.pem").read_bytes()
-        yield Gateway(port, authz_port, ca_pem, access_log, recorder, state)
+        yield Gateway(port, authz_port, ca_pem, access_log, recorder, state, admin_port)
     finally:
         proc.terminate()  # the runner forwards SIGTERM to Envoy
         try:
