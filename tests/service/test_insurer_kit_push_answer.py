@@ -27,7 +27,7 @@ from google.protobuf import json_format
 
 from iclaim.crypto.envelope import open_envelope
 from iclaim.fhir import parse_claim_response
-from iclaim.insurer.handler import APPROVED, PENDING_REVIEW, Decision, IncomingClaim
+from iclaim.insurer.handler import APPROVED, DENIED, PENDING_REVIEW, Decision, IncomingClaim
 from iclaim.insurer.inbox import DECIDED, RECEIVED, Inbox, PutResult, StagedPost
 from iclaim.insurer.runner import Running, ServePlan, start
 from iclaim.insurer.verify import GRPC_METHOD
@@ -213,6 +213,18 @@ async def test_pushed_again_the_same_decision_is_posted_through_the_gateway_once
         assert not third.HasField("decision")
         assert await kit.inbox.counts() == {DECIDED: 1}
         assert post_decisions(kit.gateway) == 1
+
+
+async def test_a_claim_total_beyond_the_decimal_range_is_answered_denied_not_refused(tmp_path: Path) -> None:
+    # 1E+999998 passes FHIR validation but overflowed the satang conversion:
+    # every push was once refused UNAVAILABLE RECEIVER_ERROR.
+    async with served(tmp_path) as kit:
+        d = delivery(kit.party, amount=BILLED, total_literal=b"1E+999998")
+        answer = await kit.push_grpc(d)
+        assert (answer.decision.state, answer.decision.reason_code) == (DENIED, "INVALID_CLAIM_DOCUMENT")
+        assert read_as_hospital(answer.decision.decision_envelope).outcome == "error"
+        assert kit.rules.calls == 0 and post_decisions(kit.gateway) == 0
+        assert await kit.inbox.counts() == {DECIDED: 1}
 
 
 async def _is(kit: Kit, txid: str, state: str) -> bool:

@@ -183,10 +183,17 @@ def delivery(
     transaction_id: str | None = None,
     claim_ref: str | None = None,
     envelope: str | None = None,
+    total_literal: bytes | None = None,
 ) -> ipb.ClaimDelivery:
+    """A sealed claim as the hub delivers it; `total_literal` replaces the JSON
+    number in the sealed Claim.total (the header and the delivery keep `amount`)."""
     code = party.creds.code
     ref = claim_ref or f"C-{secrets.token_hex(4)}"
     doc = synthetic_claim(HOSPITAL, code, ref, policy, amount)
+    if total_literal is not None:
+        total = b'"total":{"value":'
+        start = doc.index(total) + len(total)
+        doc = doc[:start] + total_literal + doc[doc.index(b",", start) :]
     sealed = envelope or seal(
         doc, party.public_jwk, sender=HOSPITAL, recipient=code, claim_ref=ref, amount_satang=amount
     )

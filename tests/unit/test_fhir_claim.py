@@ -191,3 +191,50 @@ def test_read_claim_gives_the_document_as_sent_with_the_parsed_fields() -> None:
     parsed, doc = read_claim(data)
     assert parsed == parse_claim(data)
     assert doc == loads(data)  # validation leaves the document as it was
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (Decimal("1E+999998"), "AMOUNT_INVALID"),  # scaleb(2) overflowed the decimal context
+        (Decimal("1E+999999999"), "AMOUNT_INVALID"),
+        (Decimal("-1E+999999999"), "AMOUNT_INVALID"),
+        (Decimal("92233720368547758.08"), "AMOUNT_INVALID"),  # int64 satang + 1
+        (Decimal("1E-999999"), "AMOUNT_NOT_SATANG"),
+        (Decimal("1E-999999999"), "AMOUNT_NOT_SATANG"),  # once rounded to 0
+        (Decimal("1.00000000000000000000000000001"), "AMOUNT_NOT_SATANG"),  # once rounded to 28 digits
+        (Decimal("NaN"), "AMOUNT_INVALID"),
+        (Decimal("sNaN"), "AMOUNT_INVALID"),
+        (Decimal("Infinity"), "AMOUNT_INVALID"),
+        (Decimal("-Infinity"), "AMOUNT_INVALID"),
+    ],
+)
+def test_thb_to_satang_refuses_extreme_exponents_and_non_numbers_with_a_fhir_error(
+    value: Decimal, reason: str
+) -> None:
+    with pytest.raises(FhirError) as err:
+        thb_to_satang(value, what="Claim.total")
+    assert err.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("value", "satang"),
+    [
+        (Decimal("0E+999999"), 0),
+        (Decimal("-0.00"), 0),
+        (Decimal("0E-999999"), 0),
+        (Decimal("92233720368547758.07"), 2**63 - 1),
+        (Decimal("1" + "0" * 5000 + "E-5000"), 100),  # more digits than the context keeps
+        (Decimal("12.5E+1"), 12500),
+        (7, 700),
+    ],
+)
+def test_thb_to_satang_is_exact_at_the_edges(value: Decimal | int, satang: int) -> None:
+    assert thb_to_satang(value, what="Claim.total") == satang
+
+
+def test_a_claim_total_beyond_the_decimal_range_is_a_fhir_error() -> None:
+    doc = _claim().replace(b'"total":{"value":1234.56,', b'"total":{"value":1E+999998,')
+    with pytest.raises(FhirError) as err:
+        parse_claim(doc)
+    assert err.value.reason == "AMOUNT_INVALID"

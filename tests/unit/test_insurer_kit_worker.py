@@ -11,7 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from iclaim.crypto.envelope import seal
+from iclaim.crypto.envelope import open_envelope, seal
+from iclaim.fhir import parse_claim_response
 from iclaim.insurer.handler import (
     APPROVED,
     DENIED,
@@ -21,9 +22,17 @@ from iclaim.insurer.handler import (
     Decision,
     IncomingClaim,
 )
-from iclaim.insurer.inbox import DECIDED, FAILED, RECEIVED, REVIEWING, Inbox
+from iclaim.insurer.inbox import DECIDED, FAILED, RECEIVED, REVIEWING, Inbox, PutResult
 from iclaim.insurer.worker import BACKOFF_CAP_S, Worker, backoff_s
-from tests.support.insurer_kit import HOSPITAL, FakeGateway, Party, delivery, rpc_error, write_credentials
+from tests.support.insurer_kit import (
+    HOSPITAL,
+    HOSPITAL_PRIV,
+    FakeGateway,
+    Party,
+    delivery,
+    rpc_error,
+    write_credentials,
+)
 
 
 @dataclass
@@ -398,3 +407,42 @@ async def test_an_envelope_refused_for_its_key_is_sealed_again_without_asking_th
     assert [(p.state, p.approved, p.reason_code) for p in kit.gateway.posted] == [
         (PARTIALLY_APPROVED, 100_000, "COVERAGE_LIMIT_REACHED")
     ]
+
+
+# A JSON number FHIR validation accepts but the decimal context cannot scale
+# (decimal.Overflow): once a WORKER_ERROR retried forever, or a refused push.
+HUGE_TOTAL = b"1E+999998"
+
+
+async def test_a_claim_total_out_of_decimal_range_is_denied_invalid_claim_document(kit: Kit) -> None:
+    txid = await _put(kit, total_literal=HUGE_TOTAL)
+    assert await kit.worker.process("AIA", txid) == DECIDED
+    assert kit.rules.seen == []
+    [posted] = kit.gateway.posted
+    assert (posted.state, posted.approved, posted.reason_code) == (DENIED, 0, "INVALID_CLAIM_DOCUMENT")
+
+
+async def test_a_claim_total_out_of_decimal_range_is_denied_in_the_push_answer(kit: Kit) -> None:
+    d = delivery(kit.party, total_literal=HUGE_TOTAL)
+    result, answer = await kit.worker.answer("AIA", d)
+    assert result is PutResult.NEW and answer is not None
+    assert (answer.state, answer.approved_satang, answer.reason_code) == (
+        DENIED,
+        0,
+        "INVALID_CLAIM_DOCUMENT",
+    )
+    assert parse_claim_response(open_envelope(answer.envelope, HOSPITAL_PRIV)[1]).outcome == "error"
+    assert kit.rules.seen == [] and kit.gateway.posted == []
+    assert await kit.inbox.state_of("AIA", d.transaction_id) == DECIDED
+
+
+async def test_an_unexpected_failure_while_answering_stores_the_push_for_the_worker(kit: Kit) -> None:
+    d = delivery(kit.party)
+
+    async def broken(code: str, delivery: object) -> list[object]:
+        raise ArithmeticError("a bug, not the hub's fault")
+
+    kit.worker._prepare = broken  # type: ignore[assignment,method-assign]
+    result, answer = await kit.worker.answer("AIA", d)  # taken, not refused
+    assert (result, answer) == (PutResult.NEW, None)
+    assert await kit.inbox.state_of("AIA", d.transaction_id) == RECEIVED

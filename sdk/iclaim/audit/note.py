@@ -11,7 +11,7 @@ import base64
 import binascii
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cryptography.exceptions import InvalidSignature
@@ -52,7 +52,7 @@ def key_id(name: str, public_key: bytes) -> bytes:
 @dataclass(frozen=True)
 class NoteSigner:
     name: str
-    private_key: Ed25519PrivateKey
+    private_key: Ed25519PrivateKey = field(repr=False)  # never in a repr or a log
 
     @classmethod
     def generate(cls, name: str) -> NoteSigner:

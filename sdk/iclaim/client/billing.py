@@ -75,7 +75,12 @@ class BillingClient(GatewayClient):
         provider_adjustments: Sequence[bpb.ProviderAdjustment] = (),
         total_satang: int | None = None,
     ) -> bpb.Payment:
-        """Posts a remittance; `total_satang` defaults to the balanced total."""
+        """Posts a remittance; `total_satang` defaults to the balanced total.
+        `paid_at` must be timezone-aware, e.g. datetime.now(ZoneInfo("Asia/Bangkok"))."""
+        if not isinstance(paid_at, datetime) or paid_at.utcoffset() is None:
+            # FromDatetime takes a naive datetime as UTC: a Bangkok datetime.now()
+            # would be recorded 7 h off, on the wrong statement day (§9).
+            raise ValueError("paid_at must be a timezone-aware datetime (a naive one would be read as UTC)")
         ts = Timestamp()
         ts.FromDatetime(paid_at)
         if total_satang is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Self
 
 import grpc
@@ -37,3 +39,18 @@ class GatewayClient:
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+@contextlib.contextmanager
+def envelope_on_failure(envelope: str) -> Iterator[None]:
+    """Whatever the call inside raises (AioRpcError, CancelledError, ...) carries
+    the envelope it sent as `.envelope`. After an ambiguous failure
+    (DEADLINE_EXCEEDED, a lost connection) resend exactly that (`envelope=`),
+    never a new seal: a new seal is new bytes, which the hub refuses as a
+    different claim (ALREADY_EXISTS) or decision (DECISION_CONFLICT)."""
+    try:
+        yield
+    except BaseException as exc:
+        with contextlib.suppress(AttributeError, TypeError):  # an exception with __slots__
+            exc.envelope = envelope  # type: ignore[attr-defined]
+        raise

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,10 @@ class Credentials:
     ca_cert: Path | None
     code: str
     key_id: str
-    secret: bytes
-    encryption_private_jwk: dict[str, Any]
+    # Left out of repr (and so of logs and tracebacks): the signing secret and
+    # the private key (its "d").
+    secret: bytes = field(repr=False)
+    encryption_private_jwk: dict[str, Any] = field(repr=False)
 
 
 def load_dev_credentials(code: str | None = None, path: Path | None = None) -> Credentials:

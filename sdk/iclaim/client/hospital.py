@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from iclaim.client.channel import GatewayClient
+from iclaim.client.channel import GatewayClient, envelope_on_failure
 from iclaim.client.credentials import Credentials
 from iclaim.client.keys import sealing_jwk
 from iclaim.crypto.envelope import ProtectedHeader, open_envelope, seal
@@ -93,24 +93,32 @@ class HospitalClient(GatewayClient):
         decision_timeout_s: float = 0.0,
         envelope: str | None = None,
     ) -> pb.Claim:
-        """Seals (unless `envelope` is given) and submits; safe to call again with
-        the same claim_ref and envelope after any failure."""
+        """Seals (unless `envelope` is given) and submits.
+
+        If the call fails, the exception raised carries the envelope sent as
+        `exc.envelope`. After an ambiguous failure (DEADLINE_EXCEEDED, a lost
+        connection) call again with the same claim_ref and `envelope=exc.envelope`
+        (persist it if you retry later): the identical envelope returns the same
+        claim, while a new seal of the same claim is new bytes, ALREADY_EXISTS.
+        UNAVAILABLE / RESOURCE_EXHAUSTED are already retried inside the SDK
+        with the same bytes."""
         if envelope is None:
             envelope = await self.seal_claim(
                 fhir_claim, insurer_code=insurer_code, claim_ref=claim_ref, amount_satang=amount_satang
             )
         timeout = Duration()
         timeout.FromNanoseconds(int(decision_timeout_s * 1e9))
-        resp = await self.stub.SubmitClaim(
-            pb.SubmitClaimRequest(
-                claim_ref=claim_ref,
-                insurer_code=insurer_code,
-                billed_amount_satang=amount_satang,
-                envelope=envelope,
-                decision_timeout=timeout,
-            ),
-            timeout=DEFAULT_TIMEOUT_S + decision_timeout_s,
-        )
+        with envelope_on_failure(envelope):
+            resp = await self.stub.SubmitClaim(
+                pb.SubmitClaimRequest(
+                    claim_ref=claim_ref,
+                    insurer_code=insurer_code,
+                    billed_amount_satang=amount_satang,
+                    envelope=envelope,
+                    decision_timeout=timeout,
+                ),
+                timeout=DEFAULT_TIMEOUT_S + decision_timeout_s,
+            )
         return resp.claim
 
     async def get_claim(self, transaction_id: str) -> pb.Claim:

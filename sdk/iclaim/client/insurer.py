@@ -6,7 +6,7 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
-from iclaim.client.channel import GatewayClient
+from iclaim.client.channel import GatewayClient, envelope_on_failure
 from iclaim.client.credentials import Credentials
 from iclaim.client.keys import sealing_jwk
 from iclaim.crypto.envelope import ProtectedHeader, open_envelope, seal
@@ -49,22 +49,33 @@ class InsurerClient(GatewayClient):
         approved_amount_satang: int,
         claim_response: bytes,
         reason_code: str = "",
+        envelope: str | None = None,
     ) -> pb.Claim:
-        envelope = seal(
-            claim_response,
-            await self.hospital_key(delivery.hospital_code),
-            sender=self.creds.code,
-            recipient=delivery.hospital_code,
-            claim_ref=delivery.claim_ref,
-            amount_satang=approved_amount_satang,
-        )
-        return await self.post_decision(
-            delivery.transaction_id,
-            state=state,
-            approved_amount_satang=approved_amount_satang,
-            decision_envelope=envelope,
-            reason_code=reason_code,
-        )
+        """Seals `claim_response` to the hospital's current key (unless
+        `envelope` is given) and posts the decision.
+
+        If the post fails, the exception raised carries the envelope sent as
+        `exc.envelope`. After an ambiguous failure (DEADLINE_EXCEEDED, a lost
+        connection) call again with the same decision and `envelope=exc.envelope`
+        (persist it if you retry later): the same content is a no-op, while a
+        new seal is new bytes, refused as DECISION_CONFLICT."""
+        if envelope is None:
+            envelope = seal(
+                claim_response,
+                await self.hospital_key(delivery.hospital_code),
+                sender=self.creds.code,
+                recipient=delivery.hospital_code,
+                claim_ref=delivery.claim_ref,
+                amount_satang=approved_amount_satang,
+            )
+        with envelope_on_failure(envelope):
+            return await self.post_decision(
+                delivery.transaction_id,
+                state=state,
+                approved_amount_satang=approved_amount_satang,
+                decision_envelope=envelope,
+                reason_code=reason_code,
+            )
 
     async def post_decision(
         self,

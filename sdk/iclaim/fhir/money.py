@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, DecimalException
 from typing import Any
 
 from iclaim.fhir.errors import FhirError
 
 CURRENCY = "THB"
 MAX_SATANG = 2**63 - 1
+MAX_SATANG_DIGITS = len(str(MAX_SATANG))
 
 
 def satang_to_thb(satang: int) -> Decimal:
@@ -21,15 +22,32 @@ def satang_to_thb(satang: int) -> Decimal:
 
 
 def thb_to_satang(value: Decimal | int, *, what: str) -> int:
-    """Exact conversion; a value with a fraction of a satang is an error, not rounded."""
+    """Exact conversion; a value with a fraction of a satang is an error, not rounded.
+
+    Worked on the digits, never through the decimal context: a JSON number
+    such as 1E+999998 overflows the context when scaled (decimal.Overflow, not
+    a FhirError), a tiny one rounds to 0, and more than 28 digits are rounded.
+    """
     try:
-        scaled = Decimal(value).scaleb(2)
-        if not scaled.is_finite() or scaled != scaled.to_integral_value():
-            raise FhirError("AMOUNT_NOT_SATANG", f"{what} is not a whole number of satang")
-        satang = int(scaled)
-    except InvalidOperation as exc:
+        amount = Decimal(value)
+    except (DecimalException, TypeError, ValueError) as exc:
         raise FhirError("AMOUNT_INVALID", f"{what} is not a number") from exc
-    if not 0 <= satang <= MAX_SATANG:
+    negative, digits, exponent = amount.as_tuple()
+    if not isinstance(exponent, int):  # NaN, sNaN, Infinity
+        raise FhirError("AMOUNT_INVALID", f"{what} is not a number")
+    significant = len(digits)
+    while significant and digits[significant - 1] == 0:  # 1234.5600 is 123456 * 10**-2
+        significant -= 1
+    if significant == 0:
+        return 0  # 0, -0.00, 0E+999999
+    exponent += len(digits) - significant + 2  # now the exponent of satang
+    if exponent < 0:
+        raise FhirError("AMOUNT_NOT_SATANG", f"{what} is not a whole number of satang")
+    # Checked before the digits are expanded: MAX_SATANG has 19 digits.
+    if negative or significant + exponent > MAX_SATANG_DIGITS:
+        raise FhirError("AMOUNT_INVALID", f"{what} out of range")
+    satang = int("".join(map(str, digits[:significant])) + "0" * exponent)
+    if satang > MAX_SATANG:
         raise FhirError("AMOUNT_INVALID", f"{what} out of range")
     return satang
 

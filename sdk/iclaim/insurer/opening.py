@@ -49,6 +49,8 @@ def open_claim(insurer: InsurerCredentials, delivery: ipb.ClaimDelivery) -> Inco
         parsed, doc = read_claim(plaintext)  # validated once, parsed once
     except FhirError as exc:
         return InvalidDocument(f"FHIR_{exc.reason}")
+    except Exception as exc:  # noqa: BLE001 (the hospital's document, not our state: deny it, never retry it forever)
+        return InvalidDocument(f"FHIR_UNREADABLE:{type(exc).__name__}")
     if parsed.total_satang != delivery.billed_amount_satang:
         return InvalidDocument("CLAIM_TOTAL_MISMATCH")
     if parsed.claim_ref != delivery.claim_ref:

@@ -223,6 +223,9 @@ class Worker:
             reason = exc.reason if isinstance(exc, (_Retry, _GiveUp)) else "ANSWER_BUDGET"
             log.info("insurer kit: %s %s not answered in the push (%s)", code, tid, reason)
             return await self._put_plain(code, delivery), None
+        except Exception as exc:  # noqa: BLE001 (store it for the worker rather than refuse the push)
+            log.warning("insurer kit: %s %s not answered in the push (%s)", code, tid, type(exc).__name__)
+            return await self._put_plain(code, delivery), None
         answered = (
             len(posts) == 1
             and posts[0].state != PENDING_REVIEW
