@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iclaim.crypto.envelope import ProtectedHeader
 from iclaim.crypto.signing import b64url_decode
 
 DEV_CREDENTIALS = Path(".iclaim/dev/credentials.json")
@@ -22,6 +23,17 @@ class Credentials:
     # the private key (its "d").
     secret: bytes = field(repr=False)
     encryption_private_jwk: dict[str, Any] = field(repr=False)
+    # Keys this principal had before a rotation: envelopes sealed to one of
+    # them while it was still published (§5) must still open.
+    previous_encryption_private_jwks: tuple[dict[str, Any], ...] = field(default=(), repr=False)
+
+    def decryption_key_for(self, header: ProtectedHeader) -> dict[str, Any]:
+        """The private key the envelope names by kid; the current one otherwise
+        (opening then fails with a typed EnvelopeError)."""
+        for jwk in (self.encryption_private_jwk, *self.previous_encryption_private_jwks):
+            if jwk.get("kid") == header.kid:
+                return jwk
+        return self.encryption_private_jwk
 
 
 def load_dev_credentials(code: str | None = None, path: Path | None = None) -> Credentials:
@@ -44,4 +56,5 @@ def load_dev_credentials(code: str | None = None, path: Path | None = None) -> C
         key_id=entry["key_id"],
         secret=b64url_decode(entry["secret"]),
         encryption_private_jwk=entry["encryption_private_jwk"],
+        previous_encryption_private_jwks=tuple(entry.get("previous_encryption_private_jwks", [])),
     )

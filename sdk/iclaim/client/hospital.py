@@ -16,7 +16,7 @@ from google.protobuf.duration_pb2 import Duration
 from iclaim.client.channel import GatewayClient, envelope_on_failure
 from iclaim.client.credentials import Credentials
 from iclaim.client.keys import sealing_jwk
-from iclaim.crypto.envelope import ProtectedHeader, open_envelope, seal
+from iclaim.crypto.envelope import ProtectedHeader, open_envelope_with, seal
 from iclaim.v1 import claim_service_pb2 as pb
 from iclaim.v1 import claim_service_pb2_grpc
 
@@ -175,7 +175,7 @@ class HospitalClient(GatewayClient):
 
     def open_decision(self, claim: pb.Claim) -> OpenedDecision:
         """Decrypts the decision and checks its authenticated header against the claim."""
-        header, plaintext = open_envelope(claim.decision_envelope, self.creds.encryption_private_jwk)
+        header, plaintext = open_envelope_with(claim.decision_envelope, self.creds.decryption_key_for)
         if (
             header.sender != claim.insurer_code
             or header.recipient != self.creds.code

@@ -9,7 +9,7 @@ from google.protobuf.duration_pb2 import Duration
 from iclaim.client.channel import GatewayClient, envelope_on_failure
 from iclaim.client.credentials import Credentials
 from iclaim.client.keys import sealing_jwk
-from iclaim.crypto.envelope import ProtectedHeader, open_envelope, seal
+from iclaim.crypto.envelope import ProtectedHeader, open_envelope_with, seal
 from iclaim.v1 import claim_service_pb2 as pb
 from iclaim.v1 import insurer_service_pb2 as ipb
 from iclaim.v1 import insurer_service_pb2_grpc
@@ -32,7 +32,7 @@ class InsurerClient(GatewayClient):
         return list(resp.deliveries)
 
     def open_claim(self, delivery: ipb.ClaimDelivery) -> tuple[ProtectedHeader, bytes]:
-        return open_envelope(delivery.envelope, self.creds.encryption_private_jwk)
+        return open_envelope_with(delivery.envelope, self.creds.decryption_key_for)
 
     async def hospital_key(self, hospital_code: str) -> dict[str, Any]:
         """The hospital's current encryption key (`EncryptionKey.current`, §5)."""
