@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -446,3 +447,22 @@ async def test_an_unexpected_failure_while_answering_stores_the_push_for_the_wor
     result, answer = await kit.worker.answer("AIA", d)  # taken, not refused
     assert (result, answer) == (PutResult.NEW, None)
     assert await kit.inbox.state_of("AIA", d.transaction_id) == RECEIVED
+
+
+async def test_a_hospital_key_that_cannot_be_had_does_not_ask_the_handler_again(kit: Kit) -> None:
+    """GetHospital fails (the gateway away): the answer is kept and sealed on
+    the retry; a handler with side effects (a review ticket) runs once."""
+    txid = await _put(kit)
+    real_key, failures = kit.gateway.hospital_key, [rpc_error(grpc.StatusCode.UNAVAILABLE, "")]
+
+    async def flaky_key(hospital_code: str) -> dict[str, Any]:
+        if failures:
+            raise failures.pop()
+        return await real_key(hospital_code)
+
+    kit.gateway.hospital_key = flaky_key  # type: ignore[method-assign]
+    assert await kit.worker.process("AIA", txid) != DECIDED
+    assert await kit.worker.process("AIA", txid) == DECIDED
+    assert len(kit.rules.seen) == 1
+    [posted] = kit.gateway.posted
+    assert posted.opened()[0].recipient == HOSPITAL

@@ -349,9 +349,17 @@ class Worker:
         tid = delivery.transaction_id
         posts = staged or await self._unsealed_posts(code, delivery)
         if not all(p.envelope for p in posts):
-            posts = [
-                p if p.envelope else replace(p, envelope=await self._seal(code, delivery, p)) for p in posts
-            ]
+            try:
+                posts = [
+                    p if p.envelope else replace(p, envelope=await self._seal(code, delivery, p))
+                    for p in posts
+                ]
+            except Exception:
+                if not staged:
+                    # The handler's answer is kept unsealed (the hospital's key
+                    # could not be had): the retry seals it, never asks again.
+                    await self.inbox.stage(code, tid, posts)
+                raise
             # Kept before the first post, so a post whose answer is lost is
             # repeated byte for byte and the handler is not asked again.
             await self.inbox.stage(code, tid, posts)
