@@ -8,7 +8,7 @@ from datetime import date, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import date_pb2
 
-from iclaim.client.channel import GatewayClient
+from iclaim.client.channel import GatewayClient, next_page
 from iclaim.client.credentials import Credentials
 from iclaim.v1 import billing_service_pb2 as bpb
 from iclaim.v1 import billing_service_pb2_grpc
@@ -51,14 +51,14 @@ class BillingClient(GatewayClient):
 
     async def list_invoices(self, counterparty_code: str) -> list[bpb.Invoice]:
         out: list[bpb.Invoice] = []
-        token = ""
+        token, seen = "", set[str]()
         while True:
             resp = await self.stub.ListInvoices(
                 bpb.ListInvoicesRequest(counterparty_code=counterparty_code, page_size=100, page_token=token),
                 timeout=DEFAULT_TIMEOUT_S,
             )
             out.extend(resp.invoices)
-            token = resp.next_page_token
+            token = next_page(seen, resp.next_page_token)
             if not token:
                 return out
 

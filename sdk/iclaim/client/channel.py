@@ -54,3 +54,17 @@ def envelope_on_failure(envelope: str) -> Iterator[None]:
         with contextlib.suppress(AttributeError, TypeError):  # an exception with __slots__
             exc.envelope = envelope  # type: ignore[attr-defined]
         raise
+
+
+class RepeatedPageToken(RuntimeError):
+    """The server answered a page token it had answered before: following it
+    would list the same pages for ever."""
+
+
+def next_page(seen: set[str], token: str) -> str:
+    """`token` if it is new (remembered in `seen`); "" ends the listing."""
+    if token in seen:
+        raise RepeatedPageToken("the server repeated a page token; listing stopped")
+    if token:
+        seen.add(token)
+    return token

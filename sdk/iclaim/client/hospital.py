@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from iclaim.client.channel import GatewayClient, envelope_on_failure
+from iclaim.client.channel import GatewayClient, envelope_on_failure, next_page
 from iclaim.client.credentials import Credentials
 from iclaim.client.keys import sealing_jwk
 from iclaim.crypto.envelope import ProtectedHeader, open_envelope_with, seal
@@ -46,13 +46,13 @@ class HospitalClient(GatewayClient):
 
     async def list_insurers(self) -> list[pb.Insurer]:
         insurers: list[pb.Insurer] = []
-        token = ""
+        token, seen = "", set[str]()
         while True:
             resp = await self.stub.ListInsurers(
                 pb.ListInsurersRequest(page_size=100, page_token=token), timeout=DEFAULT_TIMEOUT_S
             )
             insurers.extend(resp.insurers)
-            token = resp.next_page_token
+            token = next_page(seen, resp.next_page_token)
             if not token:
                 break
         self._insurers = {i.code: i for i in insurers}
@@ -156,14 +156,14 @@ class HospitalClient(GatewayClient):
 
     async def list_claims(self, **filters: Any) -> list[pb.Claim]:
         claims: list[pb.Claim] = []
-        token = ""
+        token, seen = "", set[str]()
         while True:
             resp = await self.stub.ListClaims(
                 pb.ListClaimsRequest(page_size=200, page_token=token, **filters),
                 timeout=DEFAULT_TIMEOUT_S,
             )
             claims.extend(resp.claims)
-            token = resp.next_page_token
+            token = next_page(seen, resp.next_page_token)
             if not token:
                 return claims
 
