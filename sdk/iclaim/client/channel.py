@@ -29,7 +29,10 @@ class GatewayClient:
 
     def __init__(self, creds: Credentials) -> None:
         self.creds = creds
-        self.channel = gateway_channel(creds)
+        # The server's clock as the channel's calls learn it: streams re-opened
+        # by hand (watch) retry by the same rules as the interceptor's calls.
+        self.clock = Clock()
+        self.channel = gateway_channel(creds, self.clock)
 
     async def __aenter__(self) -> Self:
         return self

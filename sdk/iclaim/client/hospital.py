@@ -16,6 +16,7 @@ from google.protobuf.duration_pb2 import Duration
 from iclaim.client.channel import GatewayClient, envelope_on_failure, next_page
 from iclaim.client.credentials import Credentials
 from iclaim.client.keys import sealing_jwk
+from iclaim.client.signer import _error_info, retry_delay_s
 from iclaim.crypto.envelope import ProtectedHeader, open_envelope_with, seal
 from iclaim.v1 import claim_service_pb2 as pb
 from iclaim.v1 import claim_service_pb2_grpc
@@ -149,10 +150,25 @@ class HospitalClient(GatewayClient):
                         yield claim
                 return
             except grpc.aio.AioRpcError as err:
-                if not (is_retryable(err) or _transport_reset(err)):
-                    raise
                 attempt += 1
-                await asyncio.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))
+                delay = self._watch_retry_s(err, attempt)
+                if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED or (
+                    delay is not None and loop.time() + delay >= deadline
+                ):
+                    raise TimeoutError(f"no final state for {transaction_id} within {timeout_s} s") from err
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+
+    def _watch_retry_s(self, err: grpc.aio.AioRpcError, attempt: int) -> float | None:
+        """The unary calls' retry rules (clock skew learned from the server's
+        time, a nonce-store recovery's retry_not_before, rate limits), and a
+        stream the gateway reset when its upstream died."""
+        if _transport_reset(err):
+            return float(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))
+        trailing = err.trailing_metadata()
+        reason, info = _error_info(trailing)
+        return retry_delay_s(err.code(), reason, info, trailing, self.clock, attempt)
 
     async def list_claims(self, **filters: Any) -> list[pb.Claim]:
         claims: list[pb.Claim] = []
@@ -193,7 +209,3 @@ def _transport_reset(err: grpc.aio.AioRpcError) -> bool:
     if err.code() != grpc.StatusCode.INTERNAL:
         return False
     return not any(k == "grpc-status-details-bin" for k, _ in err.trailing_metadata() or ())
-
-
-def is_retryable(err: grpc.aio.AioRpcError) -> bool:
-    return err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
