@@ -80,6 +80,12 @@ def _quantile(q: float, histogram: str, by: str = "le", where: str = "") -> str:
     return f"histogram_quantile({q}, sum by ({by}) (rate({histogram}_bucket{{{where}}}[5m])))"
 
 
+def _total(gauge: str, by: str) -> str:
+    """A database-wide total every replica publishes alike: max, as sum would
+    count it once per replica."""
+    return f"max by ({by}) ({gauge})"
+
+
 def _latency(title: str, histogram: str, unit: str = "s", where: str = "") -> Panel:
     """The median and the tail of one latency histogram."""
     return Panel(
@@ -115,6 +121,7 @@ OVERVIEW = build(
                     ],
                     "reqps",
                 ),
+                _latency("SubmitClaim latency to the claim stored (SLO)", "iclaim_claim_submit_seconds"),
                 _latency("Submit → decision latency", "iclaim_claim_decision_seconds"),
                 Panel(
                     "Public API errors by code",
@@ -143,7 +150,7 @@ OVERVIEW = build(
                 Panel(
                     "Delivery backlog by insurer",
                     [
-                        Query("sum by (insurer) (iclaim_delivery_backlog)", "{{insurer}}"),
+                        Query(_total("iclaim_delivery_backlog", "insurer"), "{{insurer}}"),
                         Query(
                             "max by (insurer) (iclaim_delivery_backlog_oldest_seconds)", "oldest {{insurer}}"
                         ),
@@ -318,17 +325,17 @@ BILLING = build(
             [
                 Panel(
                     "Outstanding by insurer (THB)",
-                    [Query("sum by (insurer) (iclaim_billing_outstanding_satang) / 100", "{{insurer}}")],
+                    [Query(_total("iclaim_billing_outstanding_satang", "insurer") + " / 100", "{{insurer}}")],
                     "currencyTHB",
                 ),
                 Panel(
                     "Overdue by insurer (THB)",
-                    [Query("sum by (insurer) (iclaim_billing_overdue_satang) / 100", "{{insurer}}")],
+                    [Query(_total("iclaim_billing_overdue_satang", "insurer") + " / 100", "{{insurer}}")],
                     "currencyTHB",
                 ),
                 Panel(
                     "Invoices by status",
-                    [Query("sum by (status) (iclaim_billing_invoices)", "{{status}}")],
+                    [Query(_total("iclaim_billing_invoices", "status"), "{{status}}")],
                     kind="table",
                 ),
                 Panel(

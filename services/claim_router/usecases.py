@@ -32,7 +32,7 @@ from iclaim_hub.registry.model import (
 from services.claim_router import domain
 from services.claim_router.domain import State
 from services.claim_router.events import state_change_events
-from services.claim_router.metrics import CLAIM_OUTCOMES, DECISION_LATENCY
+from services.claim_router.metrics import CLAIM_OUTCOMES, DECISION_LATENCY, SUBMIT_LATENCY
 from services.claim_router.model import ClaimChange, ClaimRecord, Event, Leased, Mutation
 from services.claim_router.pull_handoff import PullHandOff
 
@@ -337,6 +337,7 @@ class ClaimRouter:
     async def submit(self, req: SubmitRequest) -> ClaimRecord:
         """Checks and stores a claim (once per hospital and claim_ref), starts its
         delivery and waits up to its decision_timeout for a decision."""
+        started = time.perf_counter()  # the handler only maps the request before this
         timeout_s = domain.duration_s(
             *req.decision_timeout,
             field="decision_timeout",
@@ -360,7 +361,7 @@ class ClaimRouter:
             if existing is None or not _same_claim(existing, req):
                 raise  # new (or the same envelope with other request fields): refused
             structlog.contextvars.bind_contextvars(transaction_id=existing.transaction_id)
-            return await self._settled(existing, None, timeout_s)
+            return await self._settled(existing, None, timeout_s, started)
         candidate = _new_claim(req, insurer)
         # Listening before the insert: no change to the new claim can slip by
         # unannounced, so the wait reads nothing until the claim is settled.
@@ -368,18 +369,21 @@ class ClaimRouter:
             stored, created = await self._insert_new(req, candidate, waits=timeout_s > 0)
             structlog.contextvars.bind_contextvars(transaction_id=stored.transaction_id)
             if not created:  # a resubmission: the stored claim has another id
-                return await self._settled(stored, None, timeout_s)
+                return await self._settled(stored, None, timeout_s, started)
             CLAIM_OUTCOMES.labels(State.RECEIVED.name).inc()
             if stored.delivery_mode in PUSH_MODES and self.push is not None:
                 self.push.kick(stored)
-            return await self._settled(stored, changes, timeout_s)
+            return await self._settled(stored, changes, timeout_s, started)
 
     async def _settled(
-        self, stored: ClaimRecord, changes: ClaimChange | None, timeout_s: float
+        self, stored: ClaimRecord, changes: ClaimChange | None, timeout_s: float, started: float
     ) -> ClaimRecord:
         """The claim once terminal, or as it is when the timeout passes; as
         stored when there is no wait. `changes`: a subscription taken before
-        `stored` was written (None: one is taken now, and the state read)."""
+        `stored` was written (None: one is taken now, and the state read).
+        `started`: the submission's perf_counter() at its start."""
+        # The hub's part ends here, the claim stored; what follows waits on the insurer.
+        SUBMIT_LATENCY.observe(time.perf_counter() - started)
         if timeout_s <= 0:
             return stored
         if changes is not None:

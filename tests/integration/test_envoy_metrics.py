@@ -1,6 +1,7 @@
-"""The Envoy series the dashboards chart (deploy/monitoring/dashboards) exist
-in a running gateway's own Prometheus stats, with the labels they select on
-(tests/unit/test_monitoring.py checks our services' series the same way)."""
+"""The Envoy series the dashboards chart (deploy/monitoring/dashboards) and
+the rules read (deploy/monitoring/rules.yaml) exist in a running gateway's own
+Prometheus stats, with the labels they select on (tests/unit/test_monitoring.py
+checks our services' series the same way)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from iclaim.client.hospital import HospitalClient
@@ -17,7 +19,8 @@ from tests.support.promql import metric_names as _metric_names
 
 pytestmark = pytest.mark.integration
 
-DASHBOARDS = Path(__file__).resolve().parents[2] / "deploy" / "monitoring" / "dashboards"
+MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"
+DASHBOARDS = MONITORING / "dashboards"
 
 
 async def _envoy_stats(port: int) -> str:
@@ -44,6 +47,12 @@ async def test_every_envoy_series_a_dashboard_names_exists(running_stack: Runnin
         for path in sorted(DASHBOARDS.glob("*.json"))
         for panel in json.loads(path.read_text())["panels"]
         for t in panel.get("targets", [])
+    ]
+    # The availability SLO counts the checks Envoy could not make (envoy_http_ext_authz_error).
+    queries += [
+        str(rule["expr"])
+        for group in yaml.safe_load((MONITORING / "rules.yaml").read_text())["groups"]
+        for rule in group["rules"]
     ]
     envoy_queries = [q for q in queries if "envoy_" in q]
     assert envoy_queries, "the gateway dashboard charts Envoy"

@@ -4,6 +4,7 @@ metric they name is one our services export."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import re
@@ -14,6 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 from prometheus_client import REGISTRY
+
+from iclaim import errors
+from iclaim_hub.common.db import database_unavailable
 
 from tests.support.promql import metric_names as _metric_names
 
@@ -151,3 +155,94 @@ def test_the_name_check_catches_a_misspelt_metric() -> None:
         "iclaim_claimz_total"
     }
     assert "iclaim_claimz_total" not in _our_metrics()
+
+
+# --- the availability SLO sees the gateway's own refusals ------------------------------
+
+WINDOWS = ("5m", "30m", "1h", "6h", "3d")
+
+
+def _record(name: str) -> str:
+    [expr] = [str(r["expr"]) for r in _rules() if r.get("record") == name]
+    return expr
+
+
+def _authz_denial_codes() -> dict[str, str]:
+    """Every reason the gateway's authz may deny with, and its gRPC code: the
+    errors gateway/authz raises with a literal reason, and the database outage
+    its checker turns into a refusal."""
+    classes = {
+        n: c for n, c in vars(errors).items() if isinstance(c, type) and issubclass(c, errors.IclaimError)
+    }
+    out = {database_unavailable().reason: database_unavailable().code.name}
+    for path in sorted((REPO / "gateway" / "authz").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            for kw in node.keywords:
+                if name in classes and kw.arg == "reason" and isinstance(kw.value, ast.Constant):
+                    out[str(kw.value.value)] = classes[name].code.name
+    return out
+
+
+def test_authz_denials_count_as_server_errors_exactly_when_their_code_is_one() -> None:
+    # A refusal at the gateway burns the budget iff a backend's answer with the
+    # same code would: the rule's reason list must follow the authz's reasons.
+    errors_expr = _record("iclaim:api_server_errors:rate5m")
+    [codes] = re.findall(r'grpc_code=~"([^"]+)"', errors_expr)
+    [reasons] = re.findall(r'iclaim_authz_decisions_total\{outcome="deny",reason=~"([^"]+)"\}', errors_expr)
+    calls_expr = _record("iclaim:api_calls:rate5m")
+    # Every denial is a call no backend counted; a check Envoy could not make fails the call.
+    assert 'iclaim_authz_decisions_total{outcome="deny"}' in calls_expr
+    assert "envoy_http_ext_authz_error" in calls_expr and "envoy_http_ext_authz_error" in errors_expr
+    denials = _authz_denial_codes()
+    assert {
+        "NONCE_STORE_UNAVAILABLE",
+        "REGISTRY_UNAVAILABLE",
+        "DATABASE_UNAVAILABLE",
+        "BAD_SIGNATURE",
+    } <= set(denials)
+    for reason, code in denials.items():
+        server_side = re.fullmatch(codes, code) is not None
+        assert (re.fullmatch(reasons, reason) is not None) == server_side, (reason, code)
+
+
+def test_every_availability_window_counts_the_same_calls() -> None:
+    for name in ("iclaim:api_calls", "iclaim:api_server_errors", "iclaim:api_error_ratio"):
+        first = _record(f"{name}:rate5m")
+        for window in WINDOWS[1:]:
+            assert _record(f"{name}:rate{window}") == first.replace("5m", window), (name, window)
+    for window in WINDOWS[1:]:
+        assert _record(f"iclaim:submit_slow_ratio:rate{window}") == _record(
+            "iclaim:submit_slow_ratio:rate5m"
+        ).replace("[5m]", f"[{window}]")
+
+
+# --- gauges every replica publishes alike ----------------------------------------------
+
+# Read from the shared database: each replica publishes the same whole total.
+DATABASE_WIDE_GAUGES = frozenset(
+    {
+        "iclaim_delivery_backlog",
+        "iclaim_delivery_backlog_oldest_seconds",
+        "iclaim_billing_invoices",
+        "iclaim_billing_outstanding_satang",
+        "iclaim_billing_overdue_satang",
+        "iclaim_audit_tree_size",
+        "iclaim_audit_checkpoint_tree_size",
+        "iclaim_participants_hospitals_registered",
+        "iclaim_participants_hospitals_live",
+        "iclaim_participants_insurers_connected",
+    }
+)
+
+
+def test_database_wide_gauges_are_never_summed_over_replicas() -> None:
+    assert DATABASE_WIDE_GAUGES - _our_metrics() == set()
+    exprs = [str(r["expr"]) for r in _rules()] + _dashboard_queries()
+    named = [e for e in exprs if _metric_names(e) & DATABASE_WIDE_GAUGES]
+    assert len(named) >= 10
+    for expr in named:
+        assert not re.search(r"\bsum\b", expr), f"summed over replicas: {expr}"
