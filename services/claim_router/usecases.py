@@ -1024,6 +1024,8 @@ def _decision(d: domain.DecisionInput, route: str) -> Mutation:
             raise FailedPrecondition(
                 f"claim is already {cur.state.name}; a different decision cannot replace it",
                 reason="DECISION_CONFLICT",
+                # An insurer has no GetClaim: this tells it why (e.g. cancelled by the hospital).
+                metadata={"state": f"CLAIM_STATE_{cur.state.name}"},
             )
         now = datetime.now(UTC)
         new = cur.with_changes(

@@ -36,6 +36,7 @@ from tests.support.router_env import (
     H1,
     H2,
     S,
+    error_metadata,
     reason_of,
     running_env,
     submit,
@@ -335,6 +336,19 @@ async def test_cancel_only_before_decision(env: Env) -> None:
         )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert reason_of(err.value) == "CLAIM_NOT_CANCELLABLE"
+    # A decision on the cancelled claim says why it conflicts: an insurer cannot read the claim.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.intake.RecordDecision(
+            decision_intake_pb2.RecordDecisionRequest(
+                transaction_id=claim.transaction_id,
+                insurer_code="AIA",
+                state=S.CLAIM_STATE_APPROVED,
+                approved_amount_satang=100,
+                decision_envelope=env.decision(H1, "AIA", "REF-9", 100),
+            )
+        )
+    assert reason_of(err.value) == "DECISION_CONFLICT"
+    assert error_metadata(err.value) == {"state": "CLAIM_STATE_CANCELLED"}
 
 
 async def test_list_insurers_pages_and_lists_keys(env: Env) -> None:

@@ -177,6 +177,13 @@ def reason_of(err: grpc.aio.AioRpcError) -> str:
     return info.reason
 
 
+def error_metadata(err: grpc.aio.AioRpcError) -> dict[str, str]:
+    status = rpc_status.from_call(err)
+    info = error_info_of(status) if status is not None else None
+    assert info is not None
+    return dict(info.metadata)
+
+
 async def submit(
     env: Env,
     hospital: str,
