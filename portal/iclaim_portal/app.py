@@ -25,10 +25,11 @@ from iclaim_portal import db, views_auth, views_billing, views_hospital, views_i
 from iclaim_portal.insurer_queue import Queue, pull_forever
 from iclaim_portal.claims import Timeline
 from iclaim_portal.config import HOSPITAL, INSURER, Config
-from iclaim_portal.context import Portal, portal_of, signed_in
+from iclaim_portal.context import Portal, not_found, portal_of, signed_in
 from iclaim_portal.i18n import environments
 from iclaim_portal.passkeys import Passkeys, RelyingParty
 from iclaim_portal.render import Renderer
+from iclaim_portal.rpc import refusal_reason
 from iclaim_portal.security import SecurityMiddleware
 from iclaim_portal.sessions import SessionStore
 from iclaim_portal.staff import StaffStore
@@ -56,9 +57,20 @@ RETRY_AFTER_S = 30
 
 
 async def clearinghouse_unreachable(request: Request, exc: Exception) -> Response:
-    """A page that says so (503, Retry-After) instead of an internal error;
-    any other refusal a page did not handle stays a bug (500)."""
-    if not isinstance(exc, grpc.aio.AioRpcError) or exc.code() not in _UNREACHABLE:
+    """A page that says so (503, Retry-After) instead of an internal error. A
+    refusal a page did not handle is still the visitor's request, not the
+    portal broken: NOT_FOUND a 404 page, INVALID_ARGUMENT a 400 page with the
+    reason; any other stays a bug (500)."""
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        raise exc
+    code = exc.code()
+    if code == grpc.StatusCode.NOT_FOUND:
+        return not_found(request)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return portal_of(request).renderer.page(
+            request, "bad_request.html", status_code=400, reason=refusal_reason(exc)
+        )
+    if code not in _UNREACHABLE:
         raise exc
     response = portal_of(request).renderer.page(request, "unavailable.html", status_code=503)
     response.headers["Retry-After"] = str(RETRY_AFTER_S)

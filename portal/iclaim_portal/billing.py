@@ -3,6 +3,7 @@ payment forms read into PaymentLines, statements as CSV. No I/O."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -18,6 +19,17 @@ CAS_GROUPS = ("CO", "PR", "OA", "PI", "CR")
 # X12 PLB provider adjustment codes (§9)
 PLB_CODES = ("WO", "FB", "L6", "72")
 MAX_STATEMENT_DAYS = 366
+# The clearinghouse's statement periods (it refuses others, DATE_OUT_OF_RANGE).
+FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(2100, 12, 31)
+# A year typed after 2400 is a Buddhist-era year (as Thai staff write dates):
+# read as the Common Era year 543 earlier. No CE date in range comes near it.
+BUDDHIST_ERA_FROM = 2400
+BUDDHIST_ERA_OFFSET = 543
+_DAY = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+# Counterparty codes as the clearinghouse checks them (services/billing/domain.py):
+# a hospital's counterparty is an insurer, an insurer's a hospital.
+INSURER_CODE = re.compile(r"[A-Z0-9_]{2,16}")
+HOSPITAL_CODE = re.compile(r"[0-9]{5}")
 # StatementLine.kind values (§9); pages translate them.
 STATEMENT_KINDS = ("INVOICE", "PAYMENT", "ADJUSTMENT", "APPROVAL")
 
@@ -42,15 +54,35 @@ class Period:
 
 
 def period_from(start: str, end: str, today: date) -> Period:
-    """Both inclusive; defaults: the current month up to today."""
+    """Both inclusive; defaults: the current month up to today. A Buddhist-era
+    year (after 2400) is read as its Common Era year."""
     try:
-        first = date.fromisoformat(start) if start else today.replace(day=1)
-        last = date.fromisoformat(end) if end else today
+        first = _day(start) if start else today.replace(day=1)
+        last = _day(end) if end else today
     except ValueError as exc:
         raise FormError("period", "Enter dates as YYYY-MM-DD.") from exc
+    if not (FIRST_DAY <= first <= LAST_DAY and FIRST_DAY <= last <= LAST_DAY):
+        raise FormError("period", "Statements cover 2000 to 2100 (B.E. 2543 to 2643).")
     if last < first or (last - first).days > MAX_STATEMENT_DAYS:
         raise FormError("period", "The period must end after it starts and span at most a year.")
     return Period(first, last)
+
+
+def _day(text: str) -> date:
+    """YYYY-MM-DD, the year in the Common or the Buddhist era (converted before
+    the date is built: 2567-02-29 is 29 Feb 2024)."""
+    found = _DAY.fullmatch(text.strip())
+    if found is None:
+        raise ValueError(text)
+    year, month, day = (int(g) for g in found.groups())
+    if year > BUDDHIST_ERA_FROM:
+        year -= BUDDHIST_ERA_OFFSET
+    return date(year, month, day)
+
+
+def is_counterparty(code: str, hospital_side: bool) -> bool:
+    """Whether `code` has the form the clearinghouse accepts for this side's counterparty."""
+    return (INSURER_CODE if hospital_side else HOSPITAL_CODE).fullmatch(code) is not None
 
 
 def payment_lines(form: dict[str, str], transaction_ids: list[str]) -> list[bpb.PaymentLine]:

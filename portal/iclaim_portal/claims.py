@@ -22,7 +22,7 @@ from iclaim.fhir.claim import PatientInfo, build_claim, parse_claim
 from iclaim.fhir.errors import FhirError
 from iclaim.v1 import claim_service_pb2 as pb
 
-from iclaim_portal.formatting import parse_baht
+from iclaim_portal.formatting import BANGKOK, parse_baht
 
 STATE_PREFIX = "CLAIM_STATE_"
 # WatchClaim ends after these (docs/protocol.md §4).
@@ -82,7 +82,8 @@ class NewClaim:
 
 
 def new_claim_ref() -> str:
-    return f"P-{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(4).upper()}"
+    # the hospital's date (Bangkok), not UTC's, which is still yesterday until 07:00
+    return f"P-{datetime.now(BANGKOK):%Y%m%d}-{secrets.token_hex(4).upper()}"
 
 
 def claim_from_form(form: dict[str, str], hospital_code: str, insurers: set[str]) -> NewClaim:

@@ -4,8 +4,11 @@ signed-in guard."""
 from __future__ import annotations
 
 import functools
+import unicodedata
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
 import asyncpg
 from iclaim.client.billing import BillingClient
 from iclaim.client.hospital import HospitalClient
@@ -16,9 +19,9 @@ from starlette.responses import RedirectResponse, Response
 from iclaim_portal.claims import Timeline
 from iclaim_portal.config import Config
 from iclaim_portal.passkeys import Passkeys
-from iclaim_portal.render import Renderer, session_of
+from iclaim_portal.render import Renderer, session_or_none
 from iclaim_portal.sessions import SessionStore
-from iclaim_portal.staff import Staff, StaffStore
+from iclaim_portal.staff import SigninLimits, Staff, StaffStore
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Portal:
     billing: BillingClient
     hospital: HospitalClient | None = None
     insurer: InsurerClient | None = None
+    signins: SigninLimits = field(default_factory=SigninLimits)
 
 
 def portal_of(request: Request) -> Portal:
@@ -52,8 +56,8 @@ def signed_in(*, acting: bool = False, admin: bool = False) -> Callable[[Handler
         @functools.wraps(handler)
         async def guarded(request: Request) -> Response:
             portal = portal_of(request)
-            session = session_of(request)
-            staff = await portal.staff.get(session.staff_id) if session.staff_id else None
+            session = session_or_none(request)
+            staff = await portal.staff.get(session.staff_id) if session and session.staff_id else None
             if staff is None:
                 return RedirectResponse(f"/signin?next={request.url.path}", status_code=303)
             if (acting and not staff.may_act) or (admin and not staff.is_admin):
@@ -82,7 +86,17 @@ def staff_of(request: Request) -> Staff:
 
 
 def local_path(value: str | None, default: str = "/") -> str:
-    """Only a path on this portal (no scheme, no //host) is followed after sign-in."""
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
-        return value
-    return default
+    """Only a path on this portal (no scheme, no //host) is followed after sign-in.
+    Browsers drop tabs and newlines from a URL and read a backslash as a slash,
+    so "/<TAB>/evil.example" would become "//evil.example": any whitespace, control
+    character or backslash refuses the value outright."""
+    if (
+        not value
+        or "\\" in value
+        or any(c.isspace() or unicodedata.category(c).startswith("C") for c in value)
+    ):
+        return default
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or not value.startswith("/") or value.startswith("//"):
+        return default
+    return value

@@ -29,6 +29,7 @@ from iclaim.v1 import insurer_service_pb2 as ipb
 
 from iclaim_portal.claims import FormError
 from iclaim_portal.formatting import parse_baht
+from iclaim_portal.rpc import refusal_metadata, refusal_reason
 
 log = logging.getLogger(__name__)
 PULL_BATCH = 10
@@ -124,6 +125,14 @@ class Queue:
             return None
         return row, ipb.ClaimDelivery.FromString(bytes(row["delivery"]))
 
+    async def cancelled(self, transaction_id: str) -> None:
+        """The hospital cancelled the claim: off the waiting list, undecided."""
+        await self.pool.execute(
+            "UPDATE queue SET state = 'CANCELLED', approved_satang = 0, reason_code = '', decided_at = now()"
+            " WHERE transaction_id = $1 AND decided_at IS NULL",
+            transaction_id,
+        )
+
     async def decided(self, transaction_id: str, decision: Decision, staff_id: int | None) -> None:
         await self.pool.execute(
             "UPDATE queue SET state = $2, approved_satang = $3, reason_code = $4, decided_at = now(),"
@@ -162,6 +171,35 @@ async def post(
     )
 
 
+async def post_unless_cancelled(
+    client: InsurerClient,
+    creds: InsurerCredentials,
+    queue: Queue,
+    delivery: ipb.ClaimDelivery,
+    decision: Decision,
+) -> bool:
+    """Posts the decision; False when the hospital had cancelled the claim, whose
+    queue row is then closed. The insurer's API has no GetClaim: a claim no
+    longer open answers a new decision with FAILED_PRECONDITION
+    DECISION_CONFLICT and its state in the ErrorInfo metadata (§6); any other
+    conflict (decided already, elsewhere) is the caller's to show."""
+    try:
+        claim = await post(client, creds, delivery, decision)
+    except grpc.aio.AioRpcError as err:
+        if (
+            err.code() != grpc.StatusCode.FAILED_PRECONDITION
+            or refusal_reason(err) != "DECISION_CONFLICT"
+            or refusal_metadata(err).get("state") != "CLAIM_STATE_CANCELLED"
+        ):
+            raise
+        claim = pb.Claim(transaction_id=delivery.transaction_id, state=pb.CLAIM_STATE_CANCELLED)
+    if claim.state == pb.CLAIM_STATE_CANCELLED:
+        await queue.cancelled(delivery.transaction_id)
+        log.info("claim %s was cancelled by the hospital", delivery.transaction_id)
+        return False
+    return True
+
+
 async def take(
     client: InsurerClient, creds: InsurerCredentials, queue: Queue, delivery: ipb.ClaimDelivery
 ) -> None:
@@ -171,11 +209,11 @@ async def take(
     incoming = opened(creds, delivery)
     if isinstance(incoming, InvalidDocument):
         decision = Decision(DENIED, 0, INVALID_CLAIM_DOCUMENT)
-        await post(client, creds, delivery, decision)
-        await queue.decided(delivery.transaction_id, decision, None)
-        log.info("claim %s denied: %s", delivery.transaction_id, incoming.problem)
+        if await post_unless_cancelled(client, creds, queue, delivery, decision):
+            await queue.decided(delivery.transaction_id, decision, None)
+            log.info("claim %s denied: %s", delivery.transaction_id, incoming.problem)
         return
-    await post(client, creds, delivery, Decision(PENDING_REVIEW, 0))
+    await post_unless_cancelled(client, creds, queue, delivery, Decision(PENDING_REVIEW, 0))
 
 
 async def pull_forever(client: InsurerClient, creds: InsurerCredentials, queue: Queue) -> None:

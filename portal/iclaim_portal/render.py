@@ -20,8 +20,19 @@ def locale_of(request: Request) -> str:
     return lang if lang in LOCALES else DEFAULT_LOCALE
 
 
+def session_or_none(request: Request) -> Session | None:
+    """The visitor's session; None for one without a session yet (a safe
+    request: the security middleware refuses unsafe ones without a session)."""
+    new: Session | None = getattr(request.state, "new_session", None)
+    session: Session | None = request.state.session
+    return new or session
+
+
 def session_of(request: Request) -> Session:
-    session: Session = request.state.session
+    """The session of a request sure to have one: an unsafe request, a signed-in page."""
+    session: Session | None = request.state.session
+    if session is None:
+        raise RuntimeError("this request has no session")
     return session
 
 
@@ -33,13 +44,12 @@ class Renderer:
 
     def text(self, request: Request, name: str, **context: Any) -> str:
         env = self.envs[locale_of(request)]
-        state = request.state
-        new = getattr(state, "new_session", None)
-        session: Session = new or session_of(request)
+        session = session_or_none(request)
         return env.get_template(name).render(
             request=request,
-            csrf_token=session.csrf_token,
-            staff=getattr(state, "staff", None),
+            # no session, no form to post (a page with a form makes the session first)
+            csrf_token=session.csrf_token if session else "",
+            staff=getattr(request.state, "staff", None),
             **context,
         )
 

@@ -10,6 +10,9 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 _REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+# A lookup by an id taken from the URL: missing, or not even of an id's form;
+# either way a 404 page, not an error.
+ABSENT = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT})
 
 
 def refusal_reason(err: grpc.aio.AioRpcError) -> str:
@@ -20,6 +23,17 @@ def refusal_reason(err: grpc.aio.AioRpcError) -> str:
                 if detail.Unpack(info) and _REASON.match(info.reason):
                     return str(info.reason)
     return err.code().name
+
+
+def refusal_metadata(err: grpc.aio.AioRpcError) -> dict[str, str]:
+    """The ErrorInfo metadata of a refusal ({} when there is none)."""
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return dict(info.metadata)
+    return {}
 
 
 def is_reason(text: str) -> bool:

@@ -1,7 +1,9 @@
 """Every request passes here first: the session from its cookie, and for unsafe
 methods an Origin check and a CSRF token check (form field `csrf_token` or the
 `X-CSRF-Token` header htmx sends), before any handler runs. Bodies are
-bounded and read once here, then replayed to the app."""
+bounded and read once here, then replayed to the app. No session is made here:
+a page that needs one for a visitor without it (the sign-in form) makes it, so
+a cookieless request (a crawler, a probe) writes nothing."""
 
 from __future__ import annotations
 
@@ -30,10 +32,14 @@ SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"same-origin"),
 ]
+# Pages (not /static/) show decrypted patient data: kept in no cache, the
+# browser's included (Back after sign-out, a shared computer).
+NO_STORE = (b"cache-control", b"no-store")
 MAX_BODY_BYTES = 2 * 1024 * 1024
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
-# Set by a handler to replace the session (sign-in) or drop it (sign-out).
+# Set by a handler to replace the session (sign-in), to start one (a page that
+# needs a CSRF token for a visitor without a session), or to drop it (sign-out).
 NEW_SESSION = "new_session"
 END_SESSION = "end_session"
 
@@ -79,27 +85,25 @@ class SecurityMiddleware:
         if scope["path"].startswith("/static/"):
             await self.app(scope, receive, send)
             return
+        send = _no_store(send)
         method = scope["method"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         session = await self._session(headers)
-        created = session is None
-        if session is None:
-            session = await self.sessions.new()
         state: MutableMapping[str, Any] = scope.setdefault("state", {})
-        state["session"] = session
+        state["session"] = session  # None: none yet (render.session_or_none)
         try:
             if method not in SAFE_METHODS:
                 # read (bounded) before refusing, so the connection stays in step
                 body = await _read_body(receive)
                 self._check_origin(headers)
-                if created or not await self._csrf_ok(session, headers, scope, body):
+                if session is None or not await self._csrf_ok(session, headers, scope, body):
                     raise Refused(403, "csrf")
                 receive = _replay(body)
         except Refused as refused:
             response = _refusal(refused)
-            await response(scope, receive, self._with_cookie(send, state, session, created))
+            await response(scope, receive, self._with_cookie(send, state))
             return
-        await self.app(scope, receive, self._with_cookie(send, state, session, created))
+        await self.app(scope, receive, self._with_cookie(send, state))
 
     async def _session(self, headers: dict[str, str]) -> Session | None:
         cookie = SimpleCookie()
@@ -127,9 +131,7 @@ class SecurityMiddleware:
             sent = await _form_token(scope, body)
         return sent is not None and hmac.compare_digest(sent.encode(), session.csrf_token.encode())
 
-    def _with_cookie(
-        self, send: Send, state: MutableMapping[str, Any], session: Session, created: bool
-    ) -> Send:
+    def _with_cookie(self, send: Send, state: MutableMapping[str, Any]) -> Send:
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
                 header: str | None = None
@@ -137,8 +139,6 @@ class SecurityMiddleware:
                     header = session_cookie("", secure=self.secure, max_age=0)
                 elif (new := state.get(NEW_SESSION)) is not None:
                     header = session_cookie(new.token, secure=self.secure)
-                elif created:
-                    header = session_cookie(session.token, secure=self.secure)
                 if header:
                     message = {**message, "headers": [*message["headers"], (b"set-cookie", header.encode())]}
             await send(message)
@@ -150,6 +150,16 @@ def _with_headers(send: Send) -> Send:
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
             message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+        await send(message)
+
+    return wrapped
+
+
+def _no_store(send: Send) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            kept = [(k, v) for k, v in message.get("headers", []) if k.lower() != NO_STORE[0]]
+            message = {**message, "headers": [*kept, NO_STORE]}
         await send(message)
 
     return wrapped

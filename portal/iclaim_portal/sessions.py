@@ -55,9 +55,12 @@ class SessionStore:
 
     async def signed_in(self, old: Session, staff_id: int) -> Session:
         """A new session for the signed-in staff member; the anonymous one is
-        dropped, so a token planted before sign-in is worth nothing after it."""
+        dropped, so a token planted before sign-in is worth nothing after it.
+        Expired sessions go here too, on every way of signing in."""
         await self.end(old.token)
-        return await self.new(staff_id)
+        new = await self.new(staff_id)
+        await self.purge_expired()
+        return new
 
     async def end(self, token: str) -> None:
         await self.pool.execute("DELETE FROM sessions WHERE token_sha256 = $1", _key(token))

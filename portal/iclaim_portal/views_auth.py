@@ -12,13 +12,16 @@ from starlette.routing import Route
 from iclaim_portal.context import form_values, local_path, portal_of, signed_in, staff_of
 from iclaim_portal.i18n import LOCALES
 from iclaim_portal.passkeys import PasskeyRefused
-from iclaim_portal.render import LANG_COOKIE, session_of
+from iclaim_portal.render import LANG_COOKIE, session_of, session_or_none
 from iclaim_portal.security import END_SESSION
-from iclaim_portal.staff import MAX_FAILURES, MIN_PASSWORD_LENGTH, ROLES, Staff, StaffChangeRefused
+from iclaim_portal.staff import MIN_PASSWORD_LENGTH, ROLES, Staff, StaffChangeRefused
 
 
 async def signin_page(request: Request) -> Response:
     portal = portal_of(request)
+    if session_or_none(request) is None:
+        # the form's CSRF token and the passkey challenge need a session: made here, not on every visit
+        request.state.new_session = await portal.sessions.new()
     return portal.renderer.page(request, "signin.html", next=local_path(request.query_params.get("next")))
 
 
@@ -28,20 +31,23 @@ async def signin_password(request: Request) -> Response:
         username = str(form.get("username", "")).strip()
         password = str(form.get("password", ""))
         next_path = local_path(str(form.get("next", "")))
-    known = await portal.staff.by_username(username) if username else None
-    if known is not None and await portal.staff.recent_failures(known.username) >= MAX_FAILURES:
+    address = request.client.host if request.client else ""
+    # Counted before the check (parallel guesses cannot all slip under the limit),
+    # for any name: a locked unknown name is answered as a locked account is.
+    if not portal.signins.begin(username, address):
         return portal.renderer.page(
             request, "signin.html", status_code=429, next=next_path, locked=True, username=username
         )
     staff = await portal.staff.check_password(username, password) if username and password else None
     if staff is None:
+        known = await portal.staff.by_username(username) if username else None
         # only an existing account's name is kept: what else is typed here may be a password
         await portal.staff.log(None, "signin_failed", known.username if known else "")
         return portal.renderer.page(
             request, "signin.html", status_code=401, next=next_path, error=True, username=username
         )
+    portal.signins.succeeded(username, address)
     request.state.new_session = await portal.sessions.signed_in(session_of(request), staff.id)
-    await portal.sessions.purge_expired()
     await portal.staff.log(staff, "signin", method="password")
     return RedirectResponse(next_path, status_code=303)
 

@@ -17,6 +17,7 @@ from iclaim_portal.billing import (
     CAS_GROUPS,
     PLB_CODES,
     invoice_status,
+    is_counterparty,
     new_ref,
     payment_lines,
     pb_date,
@@ -26,18 +27,18 @@ from iclaim_portal.billing import (
 )
 from iclaim_portal.claims import FormError, state_value, when
 from iclaim_portal.config import HOSPITAL
-from iclaim_portal.context import form_values, portal_of, signed_in, staff_of
+from iclaim_portal.context import form_values, not_found, portal_of, signed_in, staff_of
 from iclaim_portal.formatting import BANGKOK
-from iclaim_portal.rpc import is_reason, refusal_reason
+from iclaim_portal.rpc import ABSENT, is_reason, refusal_reason
 from iclaim_portal.views_hospital import refused
 
 INVOICEABLE = ("APPROVED", "PARTIALLY_APPROVED")
-_CODE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
 def _counterparty(request: Request) -> str:
+    """The chosen counterparty, or "" for none or one the clearinghouse would refuse."""
     code = request.query_params.get("counterparty", "").strip()
-    return code if code and len(code) <= 32 and set(code) <= _CODE_CHARS else ""
+    return code if is_counterparty(code, portal_of(request).config.side == HOSPITAL) else ""
 
 
 async def _counterparties(request: Request) -> list[str]:
@@ -148,7 +149,9 @@ async def _payment_form(
     request: Request, values: dict[str, str], error: FormError | None = None, status_code: int = 200
 ) -> Response:
     portal = portal_of(request)
-    invoice = await portal.billing.get_invoice(request.path_params["invoice_id"])
+    invoice = await _invoice(request)
+    if invoice is None:
+        return not_found(request)
     known = {
         r["transaction_id"]: r
         for r in await portal.pool.fetch(
@@ -189,7 +192,9 @@ async def post_payment(request: Request) -> Response:
     portal = portal_of(request)
     if portal.config.side == HOSPITAL:
         return Response(status_code=404)
-    invoice = await portal.billing.get_invoice(request.path_params["invoice_id"])
+    invoice = await _invoice(request)
+    if invoice is None:
+        return not_found(request)
     values = await form_values(request)
     try:
         lines = payment_lines(values, list(invoice.transaction_ids))
@@ -209,6 +214,16 @@ async def post_payment(request: Request) -> Response:
     return RedirectResponse(f"/invoices?counterparty={invoice.hospital_code}", status_code=303)
 
 
+async def _invoice(request: Request) -> bpb.Invoice | None:
+    """The invoice the URL names; None when the clearinghouse knows none by that id."""
+    try:
+        return await portal_of(request).billing.get_invoice(request.path_params["invoice_id"])
+    except grpc.aio.AioRpcError as err:
+        if err.code() in ABSENT:
+            return None
+        raise
+
+
 @signed_in()
 async def statement_page(request: Request) -> Response:
     portal = portal_of(request)
@@ -222,14 +237,20 @@ async def statement_page(request: Request) -> Response:
     except FormError as err:
         error, period = err, period_from("", "", today)
     if counterparty and error is None:
-        statement = await portal.billing.statement(counterparty, period.start, period.end)
-        if q.get("format") == "csv":
-            name = f"statement-{counterparty}-{period.start:%Y%m%d}-{period.end:%Y%m%d}.csv"
-            return Response(
-                statement_csv(statement),
-                media_type="text/csv; charset=utf-8",
-                headers={"Content-Disposition": f'attachment; filename="{name}"'},
-            )
+        try:
+            statement = await portal.billing.statement(counterparty, period.start, period.end)
+        except grpc.aio.AioRpcError as err:
+            # checked here first, so a refusal is unexpected: still the form's, not a 500
+            if err.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            error = refused(err)
+    if statement is not None and q.get("format") == "csv":
+        name = f"statement-{counterparty}-{period.start:%Y%m%d}-{period.end:%Y%m%d}.csv"
+        return Response(
+            statement_csv(statement),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
     return portal.renderer.page(
         request,
         "statement.html",

@@ -35,7 +35,8 @@ from iclaim_portal.claims import (
     when,
 )
 from iclaim_portal.context import not_found, portal_of, signed_in, staff_of
-from iclaim_portal.rpc import refusal_reason
+from iclaim_portal.billing import INSURER_CODE
+from iclaim_portal.rpc import ABSENT, refusal_reason
 
 log = logging.getLogger(__name__)
 WATCH_TIMEOUT_S = 600.0
@@ -62,7 +63,7 @@ async def claims_page(request: Request) -> Response:
     filters: dict[str, object] = {}
     if state in FILTER_STATES:
         filters["state"] = state_value(state)
-    if insurer:
+    if INSURER_CODE.fullmatch(insurer):  # another text, which the clearinghouse would refuse, filters nothing
         filters["insurer_code"] = insurer
     claims = await hospital(request).list_claims(**filters)
     claims.sort(key=lambda c: c.submitted_at.ToNanoseconds(), reverse=True)
@@ -134,7 +135,7 @@ async def claim_page(request: Request) -> Response:
     try:
         claim = await hospital(request).get_claim(request.path_params["tid"])
     except grpc.aio.AioRpcError as err:
-        if err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+        if err.code() in ABSENT:
             return not_found(request)
         raise
     await portal.timeline.observe(claim)
@@ -179,7 +180,15 @@ async def cancel_claim(request: Request) -> Response:
     try:
         claim = await hospital(request).cancel_claim(tid, "cancelled in the portal")
     except grpc.aio.AioRpcError as err:
-        claim = await hospital(request).get_claim(tid)
+        if err.code() in ABSENT:
+            return not_found(request)
+        # refused (e.g. already decided): the claim as it is now, with the reason
+        try:
+            claim = await hospital(request).get_claim(tid)
+        except grpc.aio.AioRpcError as lookup:
+            if lookup.code() in ABSENT:
+                return not_found(request)
+            raise
         view = await _claim_view(request, claim)
         return portal.renderer.page(request, "claim.html", status_code=409, error=refused(err), **view)
     await portal.timeline.observe(claim)

@@ -18,7 +18,7 @@ from iclaim_portal.insurer_queue import (
     Queue,
     decision_from_form,
     opened,
-    post,
+    post_unless_cancelled,
     summary,
 )
 from iclaim_portal.views_hospital import refused
@@ -85,9 +85,11 @@ async def decide(request: Request) -> Response:
         return await _review(request, values, FormError("form", "This claim is already decided."), 409)
     try:
         decision = decision_from_form(values, delivery.billed_amount_satang)
-        await post(client, creds, delivery, decision)
+        posted = await post_unless_cancelled(client, creds, queue, delivery, decision)
     except (FormError, grpc.aio.AioRpcError) as err:
         return await _review(request, values, refused(err), 422)
+    if not posted:  # the page now says the hospital cancelled it
+        return await _review(request, values, status_code=409)
     staff = staff_of(request)
     await queue.decided(delivery.transaction_id, decision, staff.id)
     await portal.staff.log(

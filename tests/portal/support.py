@@ -11,11 +11,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import uvicorn
+from starlette.applications import Starlette
 
 from iclaim.crypto.envelope import generate_encryption_key
 from iclaim.crypto.signing import b64url as b64url_encode
 from iclaim_portal.app import build_app
 from iclaim_portal.config import Config, load_credentials, side_of
+from iclaim_portal.context import Portal
 
 ADMIN = "admin"
 
@@ -44,10 +46,17 @@ def offline_credentials(directory: Path, code: str = "H0001") -> Path:
 
 
 class RunningPortal:
-    def __init__(self, url: str, config: Config, password: str) -> None:
+    def __init__(self, url: str, config: Config, password: str, app: Starlette) -> None:
         self.url = url
         self.config = config
         self.password = password
+        self.app = app
+
+    @property
+    def portal(self) -> Portal:
+        """What its handlers reach (tests swap the SDK clients for fakes here)."""
+        portal: Portal = self.app.state.portal
+        return portal
 
 
 @asynccontextmanager
@@ -70,14 +79,15 @@ async def running_portal(
         bootstrap_admin=ADMIN,
         bootstrap_password=password,
     )
-    server = uvicorn.Server(uvicorn.Config(build_app(config), log_level="warning", lifespan="on"))
+    app = build_app(config)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
             task.result()
         await asyncio.sleep(0.02)
     try:
-        yield RunningPortal(origin, config, password)
+        yield RunningPortal(origin, config, password, app)
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)

@@ -123,9 +123,9 @@ async def test_a_form_without_its_csrf_token_is_refused(page: Page, hospital_por
     assert await page.locator("tbody tr").count() == before
 
 
-async def test_passkey_sign_in_through_the_virtual_authenticator(
-    context: BrowserContext, page: Page, hospital_portal: RunningPortal
-) -> None:
+async def with_a_passkey_signed_out(context: BrowserContext, page: Page, portal: RunningPortal) -> None:
+    """Chromium's virtual authenticator holds a passkey of the admin's; the page
+    is the sign-in form."""
     cdp = await context.new_cdp_session(page)
     await cdp.send("WebAuthn.enable")
     await cdp.send(
@@ -141,14 +141,32 @@ async def test_passkey_sign_in_through_the_virtual_authenticator(
             }
         },
     )
-    await sign_in(page, hospital_portal)
-    await page.goto(hospital_portal.url + "/passkeys")
+    await sign_in(page, portal)
+    await page.goto(portal.url + "/passkeys")
     await page.get_by_role("button", name="เพิ่มพาสคีย์").click()
     await expect(page.locator("#passkey-count")).to_have_text("1")
     await page.get_by_role("button", name="ออกจากระบบ").click()
     await expect(page).to_have_url(re.compile(r"/signin$"))
+
+
+async def test_passkey_sign_in_through_the_virtual_authenticator(
+    context: BrowserContext, page: Page, hospital_portal: RunningPortal
+) -> None:
+    await with_a_passkey_signed_out(context, page, hospital_portal)
     await page.get_by_role("button", name="เข้าสู่ระบบด้วยพาสคีย์").click()
     await expect(page.get_by_role("heading", name="เคลม", exact=True)).to_be_visible()
+
+
+async def test_after_a_passkey_sign_in_the_script_opens_only_a_page_of_this_portal(
+    context: BrowserContext, page: Page, hospital_portal: RunningPortal
+) -> None:
+    await with_a_passkey_signed_out(context, page, hospital_portal)
+    await page.route("http://evil.example/**", lambda route: route.fulfill(body="evil"))
+    # as if "/<TAB>/evil.example" got past the server (the URL parser drops the tab: //evil.example)
+    await page.locator("#passkey-signin").evaluate("b => { b.dataset.next = '/\\t/evil.example/'; }")
+    await page.get_by_role("button", name="เข้าสู่ระบบด้วยพาสคีย์").click()
+    await expect(page.get_by_role("heading", name="เคลม", exact=True)).to_be_visible()
+    assert page.url.startswith(hospital_portal.url + "/")
 
 
 async def test_without_javascript_a_claim_is_submitted_and_its_decision_seen_by_refreshing(

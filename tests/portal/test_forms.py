@@ -6,15 +6,23 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, tzinfo
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from iclaim.fhir.claim import parse_claim, synthetic_claim
 from iclaim.v1 import billing_service_pb2 as bpb
-from iclaim_portal.billing import payment_lines, period_from, provider_adjustments, statement_csv
-from iclaim_portal.claims import FormError, claim_from_form, claim_from_upload
+from iclaim_portal import claims
+from iclaim_portal.billing import (
+    is_counterparty,
+    payment_lines,
+    period_from,
+    provider_adjustments,
+    statement_csv,
+)
+from iclaim_portal.claims import FormError, claim_from_form, claim_from_upload, new_claim_ref
+from services.billing.domain import is_party_code
 from iclaim_portal.insurer_queue import decision_from_form
 
 INSURERS = {"AIA", "TESTPULL"}
@@ -113,6 +121,60 @@ def test_statement_period_defaults_to_this_month_and_is_bounded() -> None:
     for start, end in (("2026-11-30", "2026-11-01"), ("2024-01-01", "2026-01-01"), ("27/11/2569", "")):
         with pytest.raises(FormError):
             period_from(start, end, today)
+
+
+def test_a_buddhist_era_year_in_the_period_is_read_as_the_common_era() -> None:
+    today = date(2026, 11, 27)
+    period = period_from("2569-01-01", "2569-01-31", today)
+    assert (period.start, period.end) == (date(2026, 1, 1), date(2026, 1, 31))
+    # converted before the date is built: 29 Feb 2567 B.E. is 29 Feb 2024
+    assert period_from("2567-02-29", "2567-03-01", today).start == date(2024, 2, 29)
+    assert period_from("2026-01-01", "2569-01-02", today).end == date(2026, 1, 2)
+
+
+@pytest.mark.parametrize(("start", "end"), [("1999-12-01", "1999-12-31"), ("2100-12-01", "2101-01-01")])
+def test_a_period_outside_what_the_clearinghouse_keeps_is_a_form_error(start: str, end: str) -> None:
+    with pytest.raises(FormError) as refused:
+        period_from(start, end, date(2026, 11, 27))
+    assert refused.value.field == "period" and "2543" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "AIA",
+        "TESTPULL",
+        "abc",
+        "Aia",
+        "A",
+        "X" * 16,
+        "X" * 17,
+        "A-1",
+        "A_1",
+        "10670",
+        "1067",
+        "106701",
+        "",
+        " AIA",
+        "AIA\n",
+        "๑๐๖๗๐",
+    ],
+)
+def test_the_portals_counterparty_check_is_the_clearinghouses(code: str) -> None:
+    assert is_counterparty(code, hospital_side=True) == is_party_code(code, "insurer")
+    assert is_counterparty(code, hospital_side=False) == is_party_code(code, "hospital")
+
+
+def test_a_new_claim_reference_carries_the_bangkok_date(monkeypatch: pytest.MonkeyPatch) -> None:
+    at = datetime(2026, 11, 26, 18, 30, tzinfo=UTC)  # 01:30 on 27 November in Bangkok
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Clock:
+            return at.astimezone(tz)  # type: ignore[return-value]
+
+    monkeypatch.setattr(claims, "datetime", Clock)
+    assert new_claim_ref().startswith("P-20261127-")
 
 
 def test_statement_csv_keeps_amounts_exact_and_times_in_bangkok() -> None:

@@ -3,10 +3,22 @@ PostgreSQL: what a browser (or an attacker's page) would see."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+import threading
+from datetime import timedelta
+
 import asyncpg
 import httpx
+import pytest
+from argon2.exceptions import VerifyMismatchError
 
+from iclaim_portal import staff
+from iclaim_portal.context import local_path
 from iclaim_portal.security import session_cookie
+from iclaim_portal.staff import MAX_FAILURES, SigninLimits
+from tests.portal.authenticator import SoftAuthenticator
 from tests.portal.conftest import csrf_of, sign_in
 from tests.portal.support import RunningPortal
 
@@ -29,6 +41,7 @@ async def test_password_sign_in_rotates_the_session_and_opens_pages(
     portal: RunningPortal, browser_like: httpx.AsyncClient
 ) -> None:
     assert (await browser_like.get("/actions")).status_code == 303  # to /signin
+    await csrf_of(browser_like)  # the sign-in form starts the anonymous session
     before = browser_like.cookies.get("iclaim-portal")
     resp = await sign_in(browser_like, portal.password)
     assert resp.status_code == 303, resp.text
@@ -215,3 +228,183 @@ async def test_an_unreachable_clearinghouse_is_a_503_page_not_an_internal_error(
     assert resp.status_code == 503
     assert resp.headers["retry-after"] == "30"
     assert "ไม่พร้อมให้บริการชั่วคราว" in resp.text  # Thai by default
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "//evil.example/x",
+        "/\t/evil.example",  # browsers drop the tab: //evil.example
+        "/\n/evil.example",
+        "/\r\n/evil.example",
+        "/ /evil.example",
+        "/\x00/evil.example",
+        "/\u200b/evil.example",
+        "/\\evil.example",
+        "\\\\evil.example",
+        "https://evil.example/",
+        "javascript:alert(1)",
+        "claims",
+        "",
+    ],
+)
+def test_a_next_that_is_not_a_path_of_this_portal_goes_home(value: str) -> None:
+    assert local_path(value) == "/"
+
+
+@pytest.mark.parametrize("value", ["/", "/claims", "/claims/txn_1?state=APPROVED", "/statement?a=1&b=2#top"])
+def test_a_path_of_this_portal_is_followed(value: str) -> None:
+    assert local_path(value) == value
+
+
+async def _count(portal: RunningPortal, query: str) -> int:
+    conn = await asyncpg.connect(portal.config.database_url)
+    try:
+        return int(await conn.fetchval(query))
+    finally:
+        await conn.close()
+
+
+async def test_a_cookieless_visit_to_a_page_without_a_form_writes_no_session(
+    portal: RunningPortal, browser_like: httpx.AsyncClient
+) -> None:
+    for path in ("/", "/claims", "/actions", "/lang/en?next=/claims"):
+        resp = await browser_like.get(path)
+        assert resp.status_code == 303, path
+        assert "iclaim-portal=" not in set_cookie(resp), path
+        browser_like.cookies.clear()
+    assert await _count(portal, "SELECT count(*) FROM portal.sessions") == 0
+    # the sign-in form needs one (its CSRF token, the passkey challenge)
+    assert set_cookie(await browser_like.get("/signin")).startswith("iclaim-portal=")
+    assert await _count(portal, "SELECT count(*) FROM portal.sessions") == 1
+    # an unsafe request without a session is refused, and makes none either
+    browser_like.cookies.clear()
+    refused = await browser_like.post("/signin", data={"username": "admin", "password": portal.password})
+    assert refused.status_code == 403 and "iclaim-portal=" not in set_cookie(refused)
+    assert await _count(portal, "SELECT count(*) FROM portal.sessions") == 1
+
+
+async def _expire_some(portal: RunningPortal) -> None:
+    conn = await asyncpg.connect(portal.config.database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO portal.sessions (token_sha256, csrf_token, expires_at)"
+            " SELECT sha256(('expired ' || g || random())::bytea), 'x', now() - interval '1 minute'"
+            " FROM generate_series(1, 3) g"
+        )
+    finally:
+        await conn.close()
+
+
+EXPIRED = "SELECT count(*) FROM portal.sessions WHERE expires_at <= now()"
+
+
+async def test_expired_sessions_go_at_each_sign_in_by_password_or_passkey(
+    portal: RunningPortal, browser_like: httpx.AsyncClient
+) -> None:
+    await _expire_some(portal)
+    assert await _count(portal, EXPIRED) == 3
+    await sign_in(browser_like, portal.password)
+    assert await _count(portal, EXPIRED) == 0
+
+    token = await csrf_of(browser_like, "/passkeys")
+    headers = {"X-CSRF-Token": token, "Content-Type": "application/json"}
+    authenticator = SoftAuthenticator()
+    options = (await browser_like.post("/passkeys/options", headers=headers)).text
+    created = authenticator.create(options, portal.url)
+    assert (
+        await browser_like.post("/passkeys", headers=headers, content=json.dumps(created))
+    ).status_code == 200
+    await browser_like.post("/signout", headers=headers)
+    browser_like.cookies.clear()
+
+    await _expire_some(portal)
+    headers["X-CSRF-Token"] = await csrf_of(browser_like)
+    options = (await browser_like.post("/signin/passkey/options", headers=headers)).text
+    assertion = json.dumps(authenticator.get(options, portal.url))
+    assert (await browser_like.post("/signin/passkey", headers=headers, content=assertion)).status_code == 200
+    assert await _count(portal, EXPIRED) == 0
+
+
+async def test_parallel_wrong_passwords_cannot_all_slip_under_the_limit(
+    portal: RunningPortal, browser_like: httpx.AsyncClient
+) -> None:
+    token = await csrf_of(browser_like)
+    form = {"username": "admin", "password": "wrong-password", "next": "/", "csrf_token": token}
+    tries = MAX_FAILURES + 10
+    answers = await asyncio.gather(*(browser_like.post("/signin", data=form) for _ in range(tries)))
+    codes = [a.status_code for a in answers]
+    assert codes.count(401) == MAX_FAILURES and codes.count(429) == tries - MAX_FAILURES
+    assert (await sign_in(browser_like, portal.password)).status_code == 429
+
+
+def _alert(page: httpx.Response) -> str:
+    found = re.search(r'<p role="alert"[^>]*>(.*?)</p>', page.text)
+    assert found, page.text
+    return found.group(1)
+
+
+async def test_an_unknown_username_is_locked_as_an_account_is(
+    portal: RunningPortal, browser_like: httpx.AsyncClient
+) -> None:
+    locked = {}
+    for name in ("admin", "no-such-member"):
+        for _ in range(MAX_FAILURES):
+            assert (await sign_in(browser_like, "wrong-password", username=name)).status_code == 401
+        locked[name] = await sign_in(browser_like, "wrong-password", username=name)
+    assert [r.status_code for r in locked.values()] == [429, 429]
+    assert _alert(locked["admin"]) == _alert(locked["no-such-member"])
+    # still not recorded: the unknown name may be a password typed in the wrong field
+    assert (
+        await _count(portal, "SELECT count(*) FROM portal.staff_actions WHERE subject = 'no-such-member'")
+        == 0
+    )
+
+
+async def test_other_requests_are_answered_while_a_password_is_checked(
+    portal: RunningPortal, browser_like: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checking, done = threading.Event(), threading.Event()
+    waited: list[bool] = []
+
+    class SlowHasher:
+        """Checks until the test has had another page answered (or 5 s pass)."""
+
+        def verify(self, stored: str, password: str) -> bool:
+            checking.set()
+            waited.append(done.wait(5))
+            raise VerifyMismatchError
+
+    monkeypatch.setattr(staff, "_hasher", SlowHasher())
+    token = await csrf_of(browser_like)
+    form = {"username": "admin", "password": "wrong-password", "next": "/", "csrf_token": token}
+    attempt = asyncio.create_task(browser_like.post("/signin", data=form))
+    for _ in range(500):
+        if checking.is_set():
+            break
+        await asyncio.sleep(0.01)
+    async with httpx.AsyncClient(base_url=portal.url) as other:
+        assert (await other.get("/signin")).status_code == 200
+    done.set()
+    assert (await attempt).status_code == 401
+    assert waited == [True]  # the page above was answered while the check ran
+
+
+def test_signin_limits_per_name_and_per_address_in_a_window() -> None:
+    now = [0.0]
+    limits = SigninLimits(per_name=3, per_address=5, window=timedelta(minutes=15), clock=lambda: now[0])
+    assert [limits.begin("somsri", "10.0.0.1") for _ in range(4)] == [True, True, True, False]
+    assert limits.begin("somchai", "10.0.0.1") and limits.begin("somying", "10.0.0.1")
+    assert not limits.begin("anyone-else", "10.0.0.1")  # the address used up its 5
+    assert limits.begin("anyone-else", "10.0.0.2")
+    now[0] += 15 * 60 + 1
+    assert limits.begin("somsri", "10.0.0.1")
+    limits.succeeded("somsri", "10.0.0.1")  # a right password is no failure
+    assert [limits.begin("somsri", "10.0.0.1") for _ in range(4)] == [True, True, True, False]
+
+
+def test_signin_limits_keep_a_bounded_number_of_keys() -> None:
+    limits = SigninLimits(per_name=1, per_address=10**6, max_tracked=50)
+    for i in range(1000):
+        assert limits.begin(f"name-{i}", "10.0.0.1")
+    assert len(limits._attempts) <= 50

@@ -238,8 +238,8 @@ def push_headers(
 # --- the gateway, as the kit sees it -------------------------------------------------
 
 
-def rpc_error(code: grpc.StatusCode, reason: str) -> grpc.aio.AioRpcError:
-    status = build_status(Code[code.name], "refused", reason)
+def rpc_error(code: grpc.StatusCode, reason: str, **metadata: str) -> grpc.aio.AioRpcError:
+    status = build_status(Code[code.name], "refused", reason, metadata)
     trailing = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details="refused")
 

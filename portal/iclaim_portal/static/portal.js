@@ -72,8 +72,19 @@
     (options.allowCredentials || []).forEach((c) => { c.id = b64u.decode(c.id); });
     const cred = await navigator.credentials.get({ publicKey: options });
     const resp = await post("/signin/passkey", credentialJson(cred));
-    if (resp.ok) window.location.assign(button.dataset.next || "/");
+    if (resp.ok) window.location.assign(sameOrigin(button.dataset.next));
     else status(button.dataset.failed || "Failed");
+  }
+
+  // Where to go after sign-in: only a page of this portal. The URL parser drops
+  // tabs and newlines and reads a backslash as "/", so the string is resolved as
+  // the browser would before its origin is compared.
+  function sameOrigin(next) {
+    try {
+      const url = new URL(next || "/", window.location.origin);
+      if (url.origin === window.location.origin) return url.href;
+    } catch (e) { /* not a URL: go home */ }
+    return "/";
   }
 
   document.addEventListener("DOMContentLoaded", () => {
