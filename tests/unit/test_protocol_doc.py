@@ -116,6 +116,7 @@ REASONS = frozenset(
         "DELIVERY_EXPIRED",
         "INSURER_UNAVAILABLE",
         "REQUEST_TOO_LARGE",
+        "DECISION_CONFLICT",
     }
 )
 # Values of string fields, keyed by the fields that carry them.
