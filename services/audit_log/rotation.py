@@ -23,7 +23,7 @@ import structlog
 from prometheus_client import Counter
 
 from services.audit_log.domain import Position
-from services.audit_log.tailer import file_id, rotated_path
+from services.audit_log.tailer import file_id, file_size, rotated_path
 
 log = structlog.get_logger("audit_log.rotation")
 
@@ -69,9 +69,12 @@ class Rotator:
 
     async def after_step(self, shipped_to: Position | None) -> None:
         """Called with the shipper's recorded position after each pass."""
+        rotated = self._rotated.exists()
+        if not rotated and file_size(self._live) < self._max_bytes:
+            return  # most passes: nothing to do, no file opened
         live_id = file_id(self._live)
         on_live = shipped_to is not None and live_id is not None and shipped_to.file_id == live_id
-        if self._rotated.exists():
+        if rotated:
             if on_live:
                 self._rotated.unlink(missing_ok=True)  # every line of it acknowledged by audit_log
                 REMOVED.inc()
@@ -79,10 +82,10 @@ class Rotator:
             elif not self._live.exists():
                 await self._reopen()  # renamed, but Envoy was not told (or did not hear)
             return
-        if on_live and _size(self._live) >= self._max_bytes:
+        if on_live:  # past max_bytes, and every shipped line is in this file
             os.rename(self._live, self._rotated)
             ROTATIONS.inc()
-            log.info("access_log_rotated", bytes=_size(self._rotated))
+            log.info("access_log_rotated", bytes=file_size(self._rotated))
             self._next_reopen = 0.0
             await self._reopen()
 
@@ -95,10 +98,3 @@ class Rotator:
         if not await reopen_logs(self._admin):
             REOPEN_FAILURES.inc()
             log.warning("envoy_reopen_logs_failed", retry_in_s=REOPEN_RETRY_S)
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0

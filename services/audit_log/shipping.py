@@ -28,7 +28,14 @@ from iclaim_hub.internal.v1 import audit_log_pb2_grpc as pb_grpc
 from services.audit_log.domain import Position
 from services.audit_log.rotation import Rotator
 from services.audit_log.shipper_state import load_position, save_position
-from services.audit_log.tailer import file_id, next_position, plan_read, read_chunk, rotated_path
+from services.audit_log.tailer import (
+    file_id,
+    file_size,
+    next_position,
+    plan_read,
+    read_chunk,
+    rotated_path,
+)
 
 log = structlog.get_logger("audit_log.shipper")
 
@@ -70,22 +77,15 @@ class _OutOfTime(Exception):
     """Stopping and the flush window is over: leave the rest for the next start."""
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
 def lag_bytes(path: Path, pos: Position | None) -> int:
     if pos is None:
-        return _size(path)
+        return file_size(path)
     if file_id(path) == pos.file_id:
-        return max(_size(path) - pos.byte_offset, 0)
+        return max(file_size(path) - pos.byte_offset, 0)
     rotated = rotated_path(path)
     if file_id(rotated) == pos.file_id:
-        return max(_size(rotated) - pos.byte_offset, 0) + _size(path)
-    return _size(path)
+        return max(file_size(rotated) - pos.byte_offset, 0) + file_size(path)
+    return file_size(path)
 
 
 class Shipper:

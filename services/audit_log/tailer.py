@@ -91,6 +91,14 @@ def read_chunk(path: Path, offset: int) -> Chunk:
     return Chunk(entries, offset + end + 1, malformed)
 
 
+def file_size(path: Path) -> int:
+    """0 for a file that is not there (rotated away, not yet created)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def rotated_path(path: Path) -> Path:
     return path.with_name(path.name + ".1")
 

@@ -313,6 +313,19 @@ async def test_pull_long_poll_wakes_on_new_claim(env: Env) -> None:
     assert len(pulled.deliveries) == 1
 
 
+async def _approve(env: Env, transaction_id: str, ref: str) -> None:
+    """AIA approves H1's claim of 100 satang in full."""
+    await env.intake.RecordDecision(
+        decision_intake_pb2.RecordDecisionRequest(
+            transaction_id=transaction_id,
+            insurer_code="AIA",
+            state=S.CLAIM_STATE_APPROVED,
+            approved_amount_satang=100,
+            decision_envelope=env.decision(H1, "AIA", ref, 100),
+        )
+    )
+
+
 async def test_cancel_only_before_decision(env: Env) -> None:
     claim = await submit(env, H1, "AIA", "REF-9", 100)
     cancelled = await env.claims.CancelClaim(
@@ -321,15 +334,7 @@ async def test_cancel_only_before_decision(env: Env) -> None:
     )
     assert cancelled.state == S.CLAIM_STATE_CANCELLED
     decided = await submit(env, H1, "AIA", "REF-10", 100)
-    await env.intake.RecordDecision(
-        decision_intake_pb2.RecordDecisionRequest(
-            transaction_id=decided.transaction_id,
-            insurer_code="AIA",
-            state=S.CLAIM_STATE_APPROVED,
-            approved_amount_satang=100,
-            decision_envelope=env.decision(H1, "AIA", "REF-10", 100),
-        )
-    )
+    await _approve(env, decided.transaction_id, "REF-10")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await env.claims.CancelClaim(
             pb.CancelClaimRequest(transaction_id=decided.transaction_id), metadata=env.md(H1)
@@ -338,15 +343,7 @@ async def test_cancel_only_before_decision(env: Env) -> None:
     assert reason_of(err.value) == "CLAIM_NOT_CANCELLABLE"
     # A decision on the cancelled claim says why it conflicts: an insurer cannot read the claim.
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await env.intake.RecordDecision(
-            decision_intake_pb2.RecordDecisionRequest(
-                transaction_id=claim.transaction_id,
-                insurer_code="AIA",
-                state=S.CLAIM_STATE_APPROVED,
-                approved_amount_satang=100,
-                decision_envelope=env.decision(H1, "AIA", "REF-9", 100),
-            )
-        )
+        await _approve(env, claim.transaction_id, "REF-9")
     assert reason_of(err.value) == "DECISION_CONFLICT"
     assert error_metadata(err.value) == {"state": "CLAIM_STATE_CANCELLED"}
 

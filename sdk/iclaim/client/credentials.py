@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iclaim.crypto.envelope import ProtectedHeader
+from iclaim.crypto.envelope import ProtectedHeader, key_for_kid
 from iclaim.crypto.signing import b64url_decode
 
 DEV_CREDENTIALS = Path(".iclaim/dev/credentials.json")
@@ -28,12 +28,7 @@ class Credentials:
     previous_encryption_private_jwks: tuple[dict[str, Any], ...] = field(default=(), repr=False)
 
     def decryption_key_for(self, header: ProtectedHeader) -> dict[str, Any]:
-        """The private key the envelope names by kid; the current one otherwise
-        (opening then fails with a typed EnvelopeError)."""
-        for jwk in (self.encryption_private_jwk, *self.previous_encryption_private_jwks):
-            if jwk.get("kid") == header.kid:
-                return jwk
-        return self.encryption_private_jwk
+        return key_for_kid((self.encryption_private_jwk, *self.previous_encryption_private_jwks), header)
 
 
 def load_dev_credentials(code: str | None = None, path: Path | None = None) -> Credentials:

@@ -10,7 +10,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -306,6 +306,16 @@ def open_envelope(envelope: str, private_jwk: dict[str, Any] | str) -> tuple[Pro
     """Checks the iClaim header, then decrypts under the shared policy; every
     failure is an EnvelopeError."""
     return open_envelope_with(envelope, lambda _: private_jwk)
+
+
+def key_for_kid(private_jwks: Sequence[dict[str, Any]], header: ProtectedHeader) -> dict[str, Any]:
+    """The private key the envelope names by kid, among a principal's current
+    key (first) and its previous ones; the current one otherwise (opening then
+    fails with a typed EnvelopeError)."""
+    for jwk in private_jwks:
+        if jwk.get("kid") == header.kid:
+            return jwk
+    return private_jwks[0]
 
 
 def open_envelope_with(

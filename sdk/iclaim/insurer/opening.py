@@ -9,9 +9,8 @@ is an invalid claim document (§8), never a crash.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from iclaim.crypto.envelope import EnvelopeError, ProtectedHeader, open_envelope_with
+from iclaim.crypto.envelope import EnvelopeError, key_for_kid, open_envelope_with
 from iclaim.fhir import FhirError
 from iclaim.fhir.claim import read_claim
 from iclaim.insurer.credentials import InsurerCredentials
@@ -25,18 +24,11 @@ class InvalidDocument:
     problem: str
 
 
-def _key_for(insurer: InsurerCredentials, header: ProtectedHeader) -> dict[str, Any]:
-    """The private key the envelope names by kid; the current one otherwise
-    (opening then refuses it with a typed error)."""
-    for jwk in insurer.decryption_jwks:
-        if jwk.get("kid") == header.kid:
-            return jwk
-    return insurer.encryption_private_jwk
-
-
 def open_claim(insurer: InsurerCredentials, delivery: ipb.ClaimDelivery) -> IncomingClaim | InvalidDocument:
     try:
-        header, plaintext = open_envelope_with(delivery.envelope, lambda h: _key_for(insurer, h))
+        header, plaintext = open_envelope_with(
+            delivery.envelope, lambda h: key_for_kid(insurer.decryption_jwks, h)
+        )
     except EnvelopeError as exc:
         return InvalidDocument(exc.reason)
     if header.recipient != insurer.code or header.sender != delivery.hospital_code:
