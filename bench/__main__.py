@@ -353,11 +353,18 @@ async def _beside_echo(phase: Awaitable[dict[str, Any]], concurrency: int) -> di
     return result
 
 
+def _busy(phase: dict[str, Any]) -> str:
+    """How busy the machine's CPUs were while the load ran, in percent."""
+    shares = phase.get("machine")
+    return f"{round(shares['busy'] * 100)}%" if shares else "-"
+
+
 def table(claims: dict[str, Any]) -> str:
     """One line per phase: what a reader compares between runs."""
     head = (
         f"{'phase':<18}{'claims/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'hub ms/claim':>13}"
-        f"{'echo-eq':>9}{'echo µs':>9}{'PG writes':>10}{'PG commits':>11}{'int. RPCs':>10}{'sandbox s':>10}"
+        f"{'echo-eq':>9}{'echo µs':>9}{'PG writes':>10}{'PG commits':>11}{'int. RPCs':>10}"
+        f"{'sandbox s':>10}{'busy':>6}"
     )
     rows = [head]
     phases = [(f"closed {c}", r) for c, r in claims.get("closed_loop", {}).items()]
@@ -373,7 +380,7 @@ def table(claims: dict[str, Any]) -> str:
             f"{label:<18}{r['claims_per_s']:>9}{r['p50_ms']!s:>9}{r['p99_ms']!s:>9}{pc['hub_cpu_ms']:>13}"
             f"{pc.get('echo_equivalents', '-')!s:>9}{unit!s:>9}"
             f"{pc['postgres_write_transactions']:>10}{pc.get('postgres_commits', '-')!s:>11}"
-            f"{pc['rpcs']['internal_per_claim']:>10}{r['cpu']['sandbox_s']:>10}"
+            f"{pc['rpcs']['internal_per_claim']:>10}{r['cpu']['sandbox_s']:>10}{_busy(r):>6}"
         )
     idle = claims.get("idle")
     if idle:

@@ -64,3 +64,30 @@ def snapshot(pids: Mapping[str, int]) -> dict[str, float]:
 
 def used(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
     return {name: round(after[name] - before.get(name, 0.0), 2) for name in after}
+
+
+# /proc/stat's first line: user nice system idle iowait irq softirq steal (guest
+# time is counted in user already).
+_BUSY_FIELDS = (0, 1, 2, 5, 6)
+_IDLE_FIELDS = (3, 4)
+_STEAL_FIELD = 7
+
+
+def machine_ticks(stat_text: str | None = None) -> dict[str, int]:
+    """Clock ticks the whole machine (all CPUs) spent busy, idle and stolen by
+    the hypervisor since boot."""
+    text = Path("/proc/stat").read_text() if stat_text is None else stat_text
+    values = [int(v) for v in text.splitlines()[0].split()[1:]]
+    return {
+        "busy": sum(values[i] for i in _BUSY_FIELDS),
+        "idle": sum(values[i] for i in _IDLE_FIELDS),
+        "steal": values[_STEAL_FIELD] if len(values) > _STEAL_FIELD else 0,
+    }
+
+
+def machine_shares(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, float]:
+    """How the machine's CPUs spent a window: the busy share (every process and
+    the kernel, ours or not) and the share the hypervisor gave to others."""
+    spent = {key: after[key] - before[key] for key in ("busy", "idle", "steal")}
+    total = max(sum(spent.values()), 1)
+    return {"busy": round(spent["busy"] / total, 3), "steal": round(spent["steal"] / total, 3)}

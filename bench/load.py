@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.cpu import machine_shares, machine_ticks
 from bench.echo_server import METHOD
 from iclaim.client.credentials import load_dev_credentials
 from iclaim.client.hospital import HospitalClient
@@ -133,9 +134,9 @@ async def claims_load(
         if flood is not None:
             await asyncio.sleep(2.0)  # let the stuck lane fill its in-flight cap first
         with progress(f"claims {run_id}", total) as submitted:
-            start = time.perf_counter()
+            start, ticks = time.perf_counter(), machine_ticks()
             await asyncio.gather(*(worker() for _ in range(concurrency)))
-            elapsed = time.perf_counter() - start
+            elapsed, machine = time.perf_counter() - start, machine_shares(ticks, machine_ticks())
         stop.set()
         stuck_sent = await flood if flood is not None else 0
     return {
@@ -149,6 +150,7 @@ async def claims_load(
         "undecided": undecided,
         "by_mode": {mode: latency_summary(values) for mode, values in sorted(by_mode.items())},
         "stuck_claims": stuck_sent,
+        "machine": machine,
         # This load generator's own CPU (it is not part of the stack).
         "load_cpu_s": round(time.process_time(), 2),
     }
@@ -205,10 +207,10 @@ async def open_load(credentials: Path, rate: float, seconds: float, run_id: str)
             else:
                 undecided += 1
 
-        start = time.perf_counter()
+        start, ticks = time.perf_counter(), machine_ticks()
         with progress(f"open loop {run_id}", total) as sent:
             late_sends = await paced(rate, len(work), lambda n, at: one(at, work[n]), sent.advance)
-        elapsed = time.perf_counter() - start
+        elapsed, machine = time.perf_counter() - start, machine_shares(ticks, machine_ticks())
     return {
         "claims": total,
         "target_per_s": round(rate, 1),
@@ -219,6 +221,7 @@ async def open_load(credentials: Path, rate: float, seconds: float, run_id: str)
         "undecided": undecided,
         "by_mode": {mode: latency_summary(values) for mode, values in sorted(by_mode.items())},
         "late_sends": late_sends,
+        "machine": machine,
         "load_cpu_s": round(time.process_time(), 2),
     }
 

@@ -1,0 +1,52 @@
+"""The bench's machine busy share: from /proc/stat's first line, read at the
+start and end of a load, so a reader sees how near the CPUs were to full."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.__main__ import table
+from bench.cpu import machine_shares, machine_ticks
+
+# cpu user nice system idle iowait irq softirq steal guest guest_nice
+BEFORE = "cpu  1000 10 300 5000 40 0 50 20 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"
+AFTER = "cpu  1700 10 450 5200 60 0 90 40 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"
+
+
+def test_ticks_sum_busy_idle_and_steal_from_the_machine_line() -> None:
+    assert machine_ticks(BEFORE) == {"busy": 1360, "idle": 5040, "steal": 20}
+
+
+def test_shares_are_of_every_tick_in_the_window() -> None:
+    # busy 890, idle 220, steal 20 of 1130 ticks
+    assert machine_shares(machine_ticks(BEFORE), machine_ticks(AFTER)) == {"busy": 0.788, "steal": 0.018}
+
+
+def test_the_machine_as_it_runs_now_reads_as_shares() -> None:
+    first = machine_ticks()
+    shares = machine_shares(first, machine_ticks())
+    assert 0.0 <= shares["busy"] <= 1.0 and 0.0 <= shares["steal"] <= 1.0
+
+
+def _phase(machine: dict[str, float] | None) -> dict[str, Any]:
+    phase: dict[str, Any] = {
+        "claims_per_s": 100.0,
+        "p50_ms": 1.0,
+        "p99_ms": 2.0,
+        "cpu": {"sandbox_s": 1.0},
+        "per_claim": {
+            "hub_cpu_ms": 6.0,
+            "postgres_write_transactions": 1.5,
+            "rpcs": {"internal_per_claim": 2.0},
+        },
+    }
+    if machine is not None:
+        phase["machine"] = machine
+    return phase
+
+
+def test_the_table_shows_the_busy_share_or_a_dash() -> None:
+    phases = {"64": _phase({"busy": 0.954, "steal": 0.0}), "1": _phase(None)}
+    rows = table({"closed_loop": phases}).splitlines()
+    assert rows[0].endswith("busy")
+    assert rows[1].endswith(" 95%") and rows[2].endswith(" -")
