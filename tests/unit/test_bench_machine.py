@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.__main__ import table
+import pytest
+
+from bench.__main__ import bench_echo, table
 from bench.cpu import machine_shares, machine_ticks
 
 # cpu user nice system idle iowait irq softirq steal guest guest_nice
@@ -50,3 +52,13 @@ def test_the_table_shows_the_busy_share_or_a_dash() -> None:
     rows = table({"closed_loop": phases}).splitlines()
     assert rows[0].endswith("busy")
     assert rows[1].endswith(" 95%") and rows[2].endswith(" -")
+
+
+async def test_the_echo_unit_leaves_out_the_clients_start_up() -> None:
+    """A real echo run, briefly: the client's start-up (Python, gRPC) is
+    reported apart and is not in the CPU a request costs."""
+    result = await bench_echo(0.5, 4)
+    assert result["requests"] > 0
+    # Starting Python and importing gRPC costs well over 0.1 s of CPU anywhere.
+    assert result["start_up_cpu_s"] >= 0.1
+    assert result["cpu_s"] * 1e6 / result["requests"] == pytest.approx(result["cpu_us_per_request"], rel=0.01)
