@@ -63,7 +63,7 @@ image-check: $(PROTO_STAMP)
 lint: $(PROTO_STAMP)
 	$(VENV)/bin/ruff check sdk/iclaim iclaim_hub iclaim_ops services gateway sandbox portal/iclaim_portal tests bench tools
 	$(VENV)/bin/ruff format --check sdk/iclaim iclaim_hub iclaim_ops services gateway sandbox portal/iclaim_portal tests bench tools
-	$(VENV)/bin/mypy sdk/iclaim iclaim_hub iclaim_ops services gateway sandbox portal/iclaim_portal
+	$(VENV)/bin/mypy sdk/iclaim iclaim_hub iclaim_ops services gateway sandbox portal/iclaim_portal bench
 	$(VENV)/bin/lint-imports
 
 clean:

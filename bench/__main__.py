@@ -85,7 +85,8 @@ async def _child_json(*args: str) -> dict[str, Any]:
     out, _ = await proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"{args} failed")
-    return json.loads(out.decode().strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
 
 
 def cpu_report(used: dict[str, float], infra_used: dict[str, Any], load_cpu_s: float) -> dict[str, Any]:
@@ -338,7 +339,7 @@ def paced_echo_rate(closed_loop: dict[str, Any], override: str) -> float:
     if fastest is None:
         return 0.0
     per_claim = fastest["per_claim"]["rpcs"]["by_process_per_claim"].values()
-    return round(max(per_claim, default=0.0) * fastest["claims_per_s"], 1)
+    return round(float(max(per_claim, default=0.0)) * float(fastest["claims_per_s"]), 1)
 
 
 async def _beside_echo(phase: Awaitable[dict[str, Any]], concurrency: int) -> dict[str, Any]:

@@ -94,7 +94,7 @@ async def _rpc_throughput(url: str, master_key: bytes, n: int, now_us: int) -> t
     producers, per = 64, 40
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            stub = pbg.AuditLogServiceStub(channel)  # type: ignore[no-untyped-call]
+            stub = pbg.AuditLogServiceStub(channel)
 
             async def producer(p: int) -> None:
                 for k in range(per):

@@ -9,8 +9,9 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -106,7 +107,7 @@ async def _sealed(
 
 async def claims_load(
     credentials: Path, total: int, concurrency: int, run_id: str, stuck: str | None = None
-) -> dict:
+) -> dict[str, Any]:
     creds = load_dev_credentials(path=credentials)
     async with HospitalClient(creds) as client:
         modes = {i.code: mode_name(i) for i in await client.list_insurers()}
@@ -168,13 +169,13 @@ async def claims_load(
 async def paced(
     rate: float,
     count: int,
-    send: Callable[[int, float], Awaitable[None]],
+    send: Callable[[int, float], Coroutine[Any, Any, None]],
     sent: Callable[[], None] = lambda: None,
 ) -> int:
     """Starts `send(n, scheduled)` for n in range(count), `rate` a second from now,
     each at its scheduled time whatever the answers (open loop), and waits for all.
     Returns how many started late: this process fell behind its own schedule."""
-    tasks = []
+    tasks: list[asyncio.Task[None]] = []
     late = 0
     start = time.perf_counter()
     for n in range(count):
@@ -190,7 +191,7 @@ async def paced(
     return late
 
 
-async def open_load(credentials: Path, rate: float, seconds: float, run_id: str) -> dict:
+async def open_load(credentials: Path, rate: float, seconds: float, run_id: str) -> dict[str, Any]:
     """Open loop: claims sent at a fixed rate whatever the answers, each
     latency measured from its scheduled send time, so a server that falls
     behind shows its queue instead of slowing the sender down."""
@@ -236,9 +237,9 @@ async def open_load(credentials: Path, rate: float, seconds: float, run_id: str)
     }
 
 
-async def echo_load(port: int, seconds: float, concurrency: int) -> dict:
+async def echo_load(port: int, seconds: float, concurrency: int) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary(METHOD)
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(METHOD)
         payload = b"x" * 600  # about a SubmitClaim's size
         done = 0
         deadline = time.perf_counter() + seconds
@@ -262,13 +263,13 @@ async def echo_load(port: int, seconds: float, concurrency: int) -> dict:
     }
 
 
-async def echo_paced_load(port: int, rate: float, seconds: float) -> dict:
+async def echo_paced_load(port: int, rate: float, seconds: float) -> dict[str, Any]:
     """Echo calls sent at `rate` a second whatever the answers (open loop): what
     one call costs at a hub process's own rate, where calls seldom share a
     wakeup of the server's threads, unlike the closed loop's thousands a second."""
     total = max(1, int(rate * seconds))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary(METHOD)
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(METHOD)
         payload = b"x" * 600
 
         async def one(n: int, scheduled: float) -> None:

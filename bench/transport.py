@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 from aiohttp import ClientSession, TCPConnector, web
@@ -46,13 +47,15 @@ async def serve_http(port: int) -> None:
     await asyncio.Event().wait()
 
 
-async def _client_calls(transport: str, port: int, rate: float, seconds: float, server_pid: int) -> dict:
+async def _client_calls(
+    transport: str, port: int, rate: float, seconds: float, server_pid: int
+) -> dict[str, Any]:
     """Paced calls after a warm-up; both sides' CPU a call, and how many were answered."""
     total = max(1, int(rate * seconds))
     answered = 0
     if transport == "grpc":
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=INTERNAL_CLIENT_OPTIONS)
-        call = channel.unary_unary(METHOD)
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(METHOD)
 
         async def send() -> None:
             await call(PAYLOAD, timeout=5)
@@ -91,7 +94,7 @@ async def _client_calls(transport: str, port: int, rate: float, seconds: float, 
     }
 
 
-def measure(transport: str, rate: float, seconds: float) -> dict:
+def measure(transport: str, rate: float, seconds: float) -> dict[str, Any]:
     """One transport: its server started in a process of its own, driven from here."""
     port = free_port()
     server = subprocess.Popen(

@@ -39,6 +39,7 @@ from bench.soak.replay import Replayer
 from bench.soak.report import Run, report
 from bench.soak.wire import Captured, Tap, tapped
 from bench.soak.witness import Witness
+from iclaim.client.billing import BillingClient
 from iclaim.client.channel import GatewayClient
 from iclaim.client.credentials import Credentials, load_dev_credentials
 from iclaim.client.hospital import HospitalClient
@@ -137,7 +138,7 @@ async def run(cfg: SoakConfig, state_dir: Path) -> tuple[bool, list[str]]:
 
             return apply
 
-        async def billing_tap(client: GatewayClient) -> GatewayClient:
+        async def billing_tap(client: BillingClient) -> BillingClient:
             # A sample of billing's calls replayed too (a payment posted twice).
             return await tapped(client, Tap(attempts, sampled, BILLING_CAPTURED))
 
