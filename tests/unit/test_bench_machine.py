@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from bench import load
 from bench.__main__ import bench_echo, table
 from bench.cpu import machine_shares, machine_ticks
 
@@ -62,3 +63,16 @@ async def test_the_echo_unit_leaves_out_the_clients_start_up() -> None:
     # Starting Python and importing gRPC costs well over 0.1 s of CPU anywhere.
     assert result["start_up_cpu_s"] >= 0.1
     assert result["cpu_s"] * 1e6 / result["requests"] == pytest.approx(result["cpu_us_per_request"], rel=0.01)
+
+
+def test_sealing_ahead_of_the_load_is_not_the_loads_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claims sealed before the timed part: their CPU is reported apart, and the
+    load generator's figure counts only from the first submission on."""
+    monkeypatch.setattr(load.time, "process_time", lambda: 9.5)
+    spent = load._own_cpu(0.4, 5.2)  # started at 0.4 s of CPU, sealed by 5.2 s
+    assert spent == {"load_cpu_s": 4.3, "start_up_cpu_s": 0.4, "sealing_cpu_s": 4.8}
+
+
+def test_without_sealing_the_load_counts_from_the_start_of_its_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(load.time, "process_time", lambda: 3.4)
+    assert load._own_cpu(0.4) == {"load_cpu_s": 3.0, "start_up_cpu_s": 0.4}
