@@ -64,6 +64,8 @@ class StandInAutovacuum:
         # Transaction ids its statements took (each ANALYZE of a table takes
         # one), so that the bench can leave them out of the claims' commits.
         self.transactions = 0
+        # Its backend, so that the bench can show its CPU apart within PostgreSQL's.
+        self.backend_pid: int | None = None
 
     async def start(self) -> bool:
         """True if the server's autovacuum is off and the stand-in started."""
@@ -71,6 +73,7 @@ class StandInAutovacuum:
         if await conn.fetchval("SHOW autovacuum") == "on":
             await conn.close()
             return False
+        self.backend_pid = conn.get_server_pid()
         self._task = asyncio.create_task(self._run(conn))
         return True
 

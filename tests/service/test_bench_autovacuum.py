@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from bench.autovacuum import run_due, tables_due
+from bench.autovacuum import StandInAutovacuum, run_due, tables_due
 
 
 async def _due(conn: asyncpg.Connection) -> list[tuple[str, bool]]:
@@ -37,4 +37,24 @@ async def test_analyse_after_changes_vacuum_after_inserts(database_url: str) -> 
         )
         assert stats["reltuples"] == 1180 and stats["last_vacuum"] and stats["last_analyze"]
     finally:
+        await conn.close()
+
+
+async def test_the_stand_in_names_its_backend_for_the_cpu_split(database_url: str) -> None:
+    """The bench shows the stand-in's CPU apart within PostgreSQL's by its
+    backend: the pid it records must be its own connection's."""
+    stand_in = StandInAutovacuum(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        started = await stand_in.start()
+        autovacuum_on = await conn.fetchval("SHOW autovacuum") == "on"
+        assert started is not autovacuum_on
+        if started:
+            rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            pids = {r["pid"] for r in rows}
+            assert stand_in.backend_pid in pids and stand_in.backend_pid != conn.get_server_pid()
+        else:
+            assert stand_in.backend_pid is None
+    finally:
+        await stand_in.stop()
         await conn.close()

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from bench import load
+from bench import infra, load
+from bench.infra import InfraSnapshot
 from bench.__main__ import bench_echo, table
 from bench.cpu import machine_shares, machine_ticks
 
@@ -76,3 +77,15 @@ def test_sealing_ahead_of_the_load_is_not_the_loads_cpu(monkeypatch: pytest.Monk
 def test_without_sealing_the_load_counts_from_the_start_of_its_work(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(load.time, "process_time", lambda: 3.4)
     assert load._own_cpu(0.4) == {"load_cpu_s": 3.0, "start_up_cpu_s": 0.4}
+
+
+def test_the_autovacuum_stand_ins_backend_is_shown_apart_within_postgres() -> None:
+    """Its CPU leaves the "postgres" line for its own; together they are what
+    every backend and server process spent, so the hub's total is unchanged."""
+    before = InfraSnapshot(postgres={10: 1.0, 11: 2.0, 12: 0.5}, redis={20: 1.0}, next_xid=100, commits=5)
+    after = InfraSnapshot(postgres={10: 1.5, 11: 4.25, 13: 0.75}, redis={20: 1.5}, next_xid=130, commits=9)
+    split = infra.used(before, after, stand_in_pid=11)
+    assert split["postgres"] == 1.25 and split["postgres_autovacuum_stand_in"] == 2.25
+    whole = infra.used(before, after)
+    assert whole["postgres"] == 3.5 and whole["postgres_autovacuum_stand_in"] == 0.0
+    assert split["write_transactions"] == 30 and split["redis"] == 0.5
