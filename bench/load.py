@@ -54,8 +54,8 @@ def _own_cpu(started_cpu_s: float, sealed_cpu_s: float | None = None) -> dict[st
     importing gRPC take about 0.4 s here, 7 % of a 3 s echo run's CPU, which
     would inflate the echo unit and flatter every echo-equivalent. Claims
     sealed ahead of the load (until `sealed_cpu_s`) are kept apart too: the
-    hospital's share of a claim, spent before the timed part, is about 0.7 ms
-    a claim here, more than the load itself costs at 64 in flight."""
+    hospital's share of a claim, spent before the timed part, is 0.8-1.2 ms a
+    claim here, more than the load itself costs at 64 in flight."""
     now = time.process_time()
     load_from_s = started_cpu_s if sealed_cpu_s is None else sealed_cpu_s
     spent = {"load_cpu_s": round(now - load_from_s, 2), "start_up_cpu_s": round(started_cpu_s, 2)}

@@ -1,5 +1,7 @@
-"""The bench's machine busy share: from /proc/stat's first line, read at the
-start and end of a load, so a reader sees how near the CPUs were to full."""
+"""What the bench counts, and where: the machine's busy share (from /proc/stat's
+first line, read at the start and end of a load, so a reader sees how near the
+CPUs were to full), the load generator's own CPU apart from its start-up and
+sealing, and the autovacuum stand-in's CPU apart within PostgreSQL's."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ from typing import Any
 import pytest
 
 from bench import infra, load
-from bench.infra import InfraSnapshot
 from bench.__main__ import bench_echo, table
 from bench.cpu import machine_shares, machine_ticks
 
@@ -82,8 +83,12 @@ def test_without_sealing_the_load_counts_from_the_start_of_its_work(monkeypatch:
 def test_the_autovacuum_stand_ins_backend_is_shown_apart_within_postgres() -> None:
     """Its CPU leaves the "postgres" line for its own; together they are what
     every backend and server process spent, so the hub's total is unchanged."""
-    before = InfraSnapshot(postgres={10: 1.0, 11: 2.0, 12: 0.5}, redis={20: 1.0}, next_xid=100, commits=5)
-    after = InfraSnapshot(postgres={10: 1.5, 11: 4.25, 13: 0.75}, redis={20: 1.5}, next_xid=130, commits=9)
+    before = infra.InfraSnapshot(
+        postgres={10: 1.0, 11: 2.0, 12: 0.5}, redis={20: 1.0}, next_xid=100, commits=5
+    )
+    after = infra.InfraSnapshot(
+        postgres={10: 1.5, 11: 4.25, 13: 0.75}, redis={20: 1.5}, next_xid=130, commits=9
+    )
     split = infra.used(before, after, stand_in_pid=11)
     assert split["postgres"] == 1.25 and split["postgres_autovacuum_stand_in"] == 2.25
     whole = infra.used(before, after)
