@@ -45,7 +45,7 @@ from bench.autovacuum import NAPTIME_S, StandInAutovacuum
 from bench.isolation import bench_isolation
 from iclaim_hub.crypto.secretbox import SecretBox
 from iclaim_ops.devstack.infra import Infra, create_scratch_database, drop_database
-from iclaim_ops.devstack.stack import SANDBOX, Ports, Stack, free_port
+from iclaim_ops.devstack.stack import SANDBOX, Ports, Stack, free_port, layout_from_env
 from iclaim_ops.devstack.up import prepare
 
 
@@ -77,7 +77,13 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version()}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        # Which hub processes ran (ICLAIM_HUB_LAYOUT: split, or cohost with router and adapter in one).
+        "hub_layout": layout_from_env(),
+    }
 
 
 async def _child_json(*args: str) -> dict[str, Any]:
@@ -128,13 +134,12 @@ class Measured:
     idle_commits_per_s: float = 0.0
 
     def metrics_ports(self) -> dict[str, int]:
+        """Each hub service's /metrics, by process name (the layout's processes)."""
         p = self.stack.ports
         return {
-            "claim_router": p.router_metrics,
-            "insurer_adapter": p.adapter_metrics,
-            "audit_log": p.audit_metrics,
-            "billing": p.billing_metrics,
-            "authz": p.authz_metrics,
+            s.name: getattr(p, f"{s.grpc_port_field}_metrics")
+            for s in self.stack.services
+            if s.grpc_port_field is not None
         }
 
     def _maintenance(self) -> int:

@@ -102,7 +102,10 @@ async def soak_stack(
             database_url = await ensure_database(pg.server_url)
             master_key = SecretBox.new_master_key()
             env = {**STACK_ENV, "ICLAIM_LOG_LEVEL": log_level}
-            stack = Stack(state_dir, database_url, redis_server.url, master_key, Ports.free(), env)
+            # The chaos schedule kills the split layout's processes (chaos.HUB), each alone.
+            stack = Stack(
+                state_dir, database_url, redis_server.url, master_key, Ports.free(), env, layout="split"
+            )
             infra = Infra(database_url, redis_server.url, [])
             await prepare(state_dir, infra, master_key, stack.gateway, state_dir / "credentials.json")
             await stack.start()

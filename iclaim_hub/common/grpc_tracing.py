@@ -95,6 +95,21 @@ def _with_metadata(details: grpc.aio.ClientCallDetails, extra: Sequence[tuple[st
     )
 
 
+def outgoing_metadata() -> list[tuple[str, str]]:
+    """What an internal call carries without a channel's interceptor (an
+    in-process call, iclaim_hub.common.local_channel): the bound request id and,
+    tracing on, the current span's context as traceparent."""
+    extra: list[tuple[str, str]] = []
+    rid = request_id(structlog.contextvars.get_contextvars().get("request_id"))
+    if rid:
+        extra.append((REQUEST_ID_HEADER, rid))
+    if tracing.enabled() and trace.get_current_span().get_span_context().is_valid:
+        carrier: dict[str, str] = {}
+        inject(carrier)
+        extra.extend(carrier.items())
+    return extra
+
+
 class HubClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """The hub's internal unary calls: a CLIENT span whose context goes as
     traceparent (tracing on), and the bound request id."""

@@ -278,6 +278,8 @@ class HubServer(grpc.aio.Server):
 
     def __init__(self, server: grpc.aio.Server) -> None:
         self._server = server
+        # Full method -> guarded handler: what a LocalChannel in the same process calls.
+        self.handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers([_GuardedGenericHandler(h) for h in generic_rpc_handlers])
@@ -286,6 +288,7 @@ class HubServer(grpc.aio.Server):
         self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
     ) -> None:
         guarded = {m: guard_handler(f"/{service_name}/{m}", h) for m, h in method_handlers.items()}
+        self.handlers.update({f"/{service_name}/{m}": h for m, h in guarded.items()})
         self._server.add_registered_method_handlers(service_name, guarded)
 
     def add_insecure_port(self, address: str) -> int:

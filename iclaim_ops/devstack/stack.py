@@ -84,6 +84,16 @@ SERVICES = (
 ENVOY = ServiceSpec("envoy", "gateway.envoy", None)
 # Not part of the hub: started last, stopped first, with an environment of its own.
 SANDBOX = ServiceSpec("sandbox", "sandbox", "sandbox_health")
+# The "cohost" layout (ICLAIM_HUB_LAYOUT=cohost): the router and the insurer
+# adapter in one process (iclaim_ops.cohost), the hand-offs between them in-process.
+ROUTER_ADAPTER = ServiceSpec("router_adapter", "iclaim_ops.cohost", "router")
+COHOST_SERVICES = tuple(
+    ROUTER_ADAPTER if s.name == "claim_router" else s for s in SERVICES if s.name != "insurer_adapter"
+)
+LAYOUTS = {"split": SERVICES, "cohost": COHOST_SERVICES}
+LAYOUT_ENV = "ICLAIM_HUB_LAYOUT"
+# The processes that serve the AdminService (the insurer adapter's), so get its token.
+ADMIN_HOSTS = frozenset({"insurer_adapter", ROUTER_ADAPTER.name})
 HUB = (*SERVICES, ENVOY)
 ADMIN_TOKEN_ENV = "ICLAIM_ADMIN_TOKEN"
 # What the sandbox process may see of the stack's settings: its own knobs only.
@@ -92,6 +102,10 @@ SANDBOX_ENV_NAMES = ("ICLAIM_LOG_LEVEL", "ICLAIM_STATE_DIR")
 # The sandbox is a top-level package of the repository, not of an installed
 # distribution: `python -m sandbox` finds it through PYTHONPATH from any cwd.
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def layout_from_env() -> str:
+    return os.environ.get(LAYOUT_ENV, "split")
 
 
 @dataclass
@@ -107,6 +121,16 @@ class Stack:
     admin_token: str = ""
     # Delivery mode -> how many sandbox insurers use it (for the ready line).
     sandbox_modes: dict[str, int] = field(default_factory=dict)
+    # Which hub processes run (LAYOUTS): ICLAIM_HUB_LAYOUT, "split" unless set.
+    layout: str = field(default_factory=layout_from_env)
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"{LAYOUT_ENV} must be one of {', '.join(LAYOUTS)}")
+
+    @property
+    def services(self) -> tuple[ServiceSpec, ...]:
+        return LAYOUTS[self.layout]
 
     @property
     def gateway(self) -> str:
@@ -169,7 +193,7 @@ class Stack:
         )
         env.update({k: v for k, v in self.extra_env.items() if not k.startswith(SANDBOX_ENV_PREFIXES)})
         env.pop(ADMIN_TOKEN_ENV, None)
-        if spec is not None and spec.name == "insurer_adapter" and self.admin_token:
+        if spec is not None and spec.name in ADMIN_HOSTS and self.admin_token:
             env[ADMIN_TOKEN_ENV] = self.admin_token
         return env
 
@@ -276,9 +300,9 @@ class Stack:
         self.admin_token = prepared.admin_token
         self.sandbox_modes = prepared.sandbox_modes
         try:
-            for spec in SERVICES:
+            for spec in self.services:
                 await self.start_process(spec)
-            await asyncio.gather(*(self.wait_healthy(s) for s in SERVICES))
+            await asyncio.gather(*(self.wait_healthy(s) for s in self.services))
             await self.start_process(ENVOY)
             await self.wait_healthy(ENVOY)
             await self.start_process(SANDBOX)
@@ -297,7 +321,7 @@ class Stack:
         return {name: p.pid for name, p in self.procs.items() if p.returncode is None}
 
     async def restart(self, name: str) -> None:
-        spec = next(s for s in (*SERVICES, ENVOY, SANDBOX) if s.name == name)
+        spec = next(s for s in (*self.services, ENVOY, SANDBOX) if s.name == name)
         await self.start_process(spec)
         await self.wait_healthy(spec)
 
@@ -319,7 +343,7 @@ class Stack:
     async def stop(self) -> None:
         """SIGTERM in reverse start order (sandbox, gateway, then the services),
         SIGKILL after the grace."""
-        order = [SANDBOX.name, ENVOY.name, *(s.name for s in reversed(SERVICES))]
+        order = [SANDBOX.name, ENVOY.name, *(s.name for s in reversed(self.services))]
         for name in order:
             proc = self.procs.get(name)
             if proc is not None and proc.returncode is None:

@@ -112,18 +112,22 @@ def _channel(target: str) -> grpc.aio.Channel | None:
     )
 
 
-async def build_server(config: Config) -> GrpcApp:
+async def build_server(config: Config, *, adapter_channel: grpc.aio.Channel | None = None) -> GrpcApp:
+    """`adapter_channel`: the insurer adapter's, when the caller hosts it (an
+    in-process channel, iclaim_ops.cohost) instead of config.adapter_target."""
     # Everything opened goes on this stack: closed in reverse order on stop, or at
     # once if building fails half way.
     resources = contextlib.AsyncExitStack()
     try:
-        return await _build(config, resources)
+        return await _build(config, resources, adapter_channel)
     except BaseException:
         await resources.aclose()
         raise
 
 
-async def _build(config: Config, resources: contextlib.AsyncExitStack) -> GrpcApp:
+async def _build(
+    config: Config, resources: contextlib.AsyncExitStack, hosted_adapter: grpc.aio.Channel | None
+) -> GrpcApp:
     pool = await create_pool(config.database_url, max_size=20)
     resources.push_async_callback(pool.close)
     registry = RegistryStore(pool, SecretBox(config.master_key))
@@ -133,9 +137,11 @@ async def _build(config: Config, resources: contextlib.AsyncExitStack) -> GrpcAp
     await store.migrate()
     await store.forget_old_interest(STALE_INTEREST_S)
 
-    adapter_channel, audit_channel, billing_channel = channels = [
-        _channel(t) for t in (config.adapter_target, config.audit_target, config.billing_target)
+    audit_channel, billing_channel = channels = [
+        _channel(t) for t in (config.audit_target, config.billing_target)
     ]
+    adapter_channel = hosted_adapter if hosted_adapter is not None else _channel(config.adapter_target)
+    channels.append(adapter_channel)
     for ch in channels:
         if ch is not None:
             resources.push_async_callback(ch.close)

@@ -146,15 +146,17 @@ class AdapterApp(GrpcApp):
     endpoints: EndpointCache | None = None
 
 
-async def build_server(config: Config) -> AdapterApp:
+async def build_server(config: Config, *, router_channel: grpc.aio.Channel | None = None) -> AdapterApp:
     """Migrates and builds the dispatcher, the reporter and the server, bound to
-    config.serve.listen_addr (port 0 picks a free one)."""
+    config.serve.listen_addr (port 0 picks a free one). `router_channel`: the
+    router's, when the caller hosts it (an in-process channel, iclaim_ops.cohost)
+    instead of config.router_target."""
     settings = config.delivery
     identity = None
     if config.client_cert is not None and config.client_key is not None:
         identity = ClientIdentity.load(config.client_cert, config.client_key)
     pool = await create_pool(config.database_url)
-    channel = grpc.aio.insecure_channel(
+    channel = router_channel or grpc.aio.insecure_channel(
         internal_target(config.router_target),
         options=INTERNAL_CLIENT_OPTIONS,
         interceptors=client_interceptors(),

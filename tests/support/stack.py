@@ -40,9 +40,10 @@ class RunningStack:
 
 @asynccontextmanager
 async def running_stack_in(
-    state_dir: Path, env: dict[str, str] | None = None, redis_db: int | None = None
+    state_dir: Path, env: dict[str, str] | None = None, redis_db: int | None = None, layout: str = "split"
 ) -> AsyncIterator[RunningStack]:
-    """The stack on a scratch database; `env` adds to STACK_ENV (every process)."""
+    """The stack on a scratch database; `env` adds to STACK_ENV (every process);
+    `layout` picks the hub's processes (iclaim_ops.devstack.stack.LAYOUTS)."""
     name, database_url = await create_db()
     if redis_db is None:
         redis_db = int(os.environ.get("ICLAIM_TEST_STACK_REDIS_DB", "12"))
@@ -51,7 +52,15 @@ async def running_stack_in(
 
     sync_redis.Redis.from_url(redis_url).flushdb()
     master_key = SecretBox.new_master_key()
-    stack = Stack(state_dir, database_url, redis_url, master_key, Ports.free(), {**STACK_ENV, **(env or {})})
+    stack = Stack(
+        state_dir,
+        database_url,
+        redis_url,
+        master_key,
+        Ports.free(),
+        {**STACK_ENV, **(env or {})},
+        layout=layout,
+    )
     credentials_path = state_dir / "credentials.json"
     infra = Infra(database_url, redis_url, [])
     await prepare(state_dir, infra, master_key, stack.gateway, credentials_path)

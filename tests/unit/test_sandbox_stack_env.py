@@ -1,5 +1,5 @@
 """What each process of the dev stack is given: the hub's services never see
-the sandbox's knobs and only insurer_adapter gets the admin token; the sandbox
+the sandbox's knobs and only the process serving the AdminService gets the admin token; the sandbox
 (a participant) gets nothing of the hub's secrets. And the ready line."""
 
 from __future__ import annotations
@@ -81,3 +81,24 @@ def test_the_ready_line_counts_insurers_by_mode(stack: Stack) -> None:
     line = ready_line(stack, stack.state_dir / "credentials.json")
     assert "insurers 61 (20 grpc, 20 webhook, 21 pull;" in line
     assert str(stack.sandbox_credentials) in line and str(stack.admin_config) in line
+
+
+def test_the_cohost_layout_runs_router_and_adapter_as_one_process_with_the_token(tmp_path: Path) -> None:
+    s = Stack(tmp_path, "postgresql://stack/db", "redis://stack/0", "m" * 43, Ports.free(), layout="cohost")
+    s.admin_token = "t" * 43
+    names = [spec.name for spec in s.services]
+    assert names == ["audit_log", "billing", "router_adapter", "authz"]
+    # It serves the adapter's AdminService, so it alone gets the token.
+    holders = [spec.name for spec in s.services if s.env(spec).get("ICLAIM_ADMIN_TOKEN") == s.admin_token]
+    assert holders == ["router_adapter"]
+
+
+def test_the_layout_comes_from_the_environment_and_a_bad_one_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ICLAIM_HUB_LAYOUT", "cohost")
+    assert Stack(tmp_path, "", "", "").layout == "cohost"
+    monkeypatch.delenv("ICLAIM_HUB_LAYOUT")
+    assert [s.name for s in Stack(tmp_path, "", "", "").services] == [s.name for s in SERVICES]
+    with pytest.raises(ValueError, match="ICLAIM_HUB_LAYOUT"):
+        Stack(tmp_path, "", "", "", layout="monolith")
