@@ -101,7 +101,7 @@ async def run(cfg: SoakConfig, state_dir: Path) -> tuple[bool, list[str]]:
     run_id = secrets.token_hex(3)
     t0 = time.monotonic()
     unsettled: list[str] = []
-    async with soak_stack(state_dir, cfg.log_level) as (stack, pg, redis):
+    async with soak_stack(state_dir, cfg.log_level, cfg.layout) as (stack, pg, redis):
         say(f"soak: stack up in {time.monotonic() - t0:.0f} s (gateway {stack.gateway})")
         # The checkpoint key as it is before any chaos; checkpoints kept as the run goes.
         _, key_at_start = await verify_database(stack.database_url)
@@ -146,7 +146,9 @@ async def run(cfg: SoakConfig, state_dir: Path) -> tuple[bool, list[str]]:
         planned = plan(cfg.claims, hospitals, insurers, run_id, rng)
         his = His(clients, planned, rng, billing.offer)
         reposter = DecisionReposter(his, insurer_creds, billing.chosen, rng, wrap({"PostDecision"}))
-        events = schedule(cfg.claims, cfg.kills, cfg.flushes, cfg.pg_restarts, cfg.insurer_kills, rng)
+        events = schedule(
+            cfg.claims, cfg.kills, cfg.flushes, cfg.pg_restarts, cfg.insurer_kills, rng, cfg.layout
+        )
         chaos = Chaos(stack, pg, redis, his, replayer, events, rng)
         await chaos.open_gate()
         stop = asyncio.Event()
@@ -158,7 +160,7 @@ async def run(cfg: SoakConfig, state_dir: Path) -> tuple[bool, list[str]]:
         t_load = time.monotonic()
         say(
             f"soak: {cfg.claims} claims to {len(insurers)} insurers from {len(hospitals)} hospitals,"
-            f" {len(events)} chaos events (seed {cfg.seed})"
+            f" {len(events)} chaos events (seed {cfg.seed}, hub layout {cfg.layout})"
         )
         with progress("soak claims", cfg.claims) as shown:
             async with asyncio.TaskGroup() as tg:

@@ -16,16 +16,23 @@ from dataclasses import dataclass, field
 from bench.soak.his import His
 from bench.soak.infra import RedisServer
 from bench.soak.replay import Replayer
-from iclaim_ops.devstack.stack import ENVOY, SANDBOX, SERVICES, Stack
+from iclaim_ops.devstack.stack import ENVOY, LAYOUTS, ROUTER_ADAPTER, SANDBOX, Stack
 from iclaim_ops.devstack.private_postgres import PrivatePostgres
 
-HUB = tuple(
-    s.name for s in (*SERVICES, ENVOY)
-)  # claim_router, insurer_adapter, audit_log, billing, authz, envoy
 # The processes a claim's acknowledgement and decision pass through: each
 # round of kills takes these before the others, so a run with fewer kills
 # than hub processes (CI's 5 of 6) still kills every one of them.
-CLAIM_PATH = ("claim_router", "insurer_adapter", "envoy", "authz")
+_ON_CLAIM_PATH = ("claim_router", "insurer_adapter", ROUTER_ADAPTER.name, "envoy", "authz")
+
+
+def hub_of(layout: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The hub's processes in `layout` (LAYOUTS), and those of them on the claim path."""
+    hub = tuple(s.name for s in (*LAYOUTS[layout], ENVOY))
+    return hub, tuple(name for name in _ON_CLAIM_PATH if name in hub)
+
+
+# The split layout's: claim_router, insurer_adapter, audit_log, billing, authz, envoy.
+HUB, CLAIM_PATH = hub_of("split")
 FLUSH, PG, INSURERS = "redis-flush", "postgres-restart", "insurer-kill"
 PG_MODES = ("fast", "immediate")  # "immediate": as if the server crashed
 RESTART_TRIES = 3
@@ -47,16 +54,23 @@ class Tally:
 
 
 def schedule(
-    claims: int, kills: int, flushes: int, pg_restarts: int, insurer_kills: int, rng: random.Random
+    claims: int,
+    kills: int,
+    flushes: int,
+    pg_restarts: int,
+    insurer_kills: int,
+    rng: random.Random,
+    layout: str = "split",
 ) -> list[tuple[int, str]]:
-    """(claim index, event), in order. Each hub process is killed as evenly as
-    `kills` allows (each round: the claim path's processes, then the others,
-    each group in a random order); the events themselves are shuffled and
-    spread over 3 %..90 % of the claims."""
-    rest = tuple(name for name in HUB if name not in CLAIM_PATH)
+    """(claim index, event), in order. Each hub process of `layout` is killed as
+    evenly as `kills` allows (each round: the claim path's processes, then the
+    others, each group in a random order); the events themselves are shuffled
+    and spread over 3 %..90 % of the claims."""
+    hub, claim_path = hub_of(layout)
+    rest = tuple(name for name in hub if name not in claim_path)
     victims: list[str] = []
     while len(victims) < kills:
-        victims.extend(rng.sample(CLAIM_PATH, len(CLAIM_PATH)) + rng.sample(rest, len(rest)))
+        victims.extend(rng.sample(claim_path, len(claim_path)) + rng.sample(rest, len(rest)))
     events = victims[:kills] + [FLUSH] * flushes + [PG] * pg_restarts + [INSURERS] * insurer_kills
     rng.shuffle(events)
     if not events:

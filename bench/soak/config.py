@@ -6,6 +6,8 @@ import os
 import secrets
 from dataclasses import dataclass
 
+from iclaim_ops.devstack.stack import LAYOUT_ENV, LAYOUTS, layout_from_env
+
 
 def _int(name: str, default: int, lo: int = 0) -> int:
     value = int(os.environ.get(name, "") or default)
@@ -16,6 +18,13 @@ def _int(name: str, default: int, lo: int = 0) -> int:
 
 def _float(name: str, default: float) -> float:
     return float(os.environ.get(name, "") or default)
+
+
+def _layout() -> str:
+    layout = layout_from_env()
+    if layout not in LAYOUTS:
+        raise ValueError(f"{LAYOUT_ENV} must be one of {', '.join(LAYOUTS)}")
+    return layout
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,7 @@ class SoakConfig:
     seed: int = 0
     log_level: str = "WARNING"
     keep: bool = False  # keep the state folder (logs) even when every check passed
+    layout: str = "split"  # the hub's processes (ICLAIM_HUB_LAYOUT: split or cohost)
 
     @classmethod
     def from_env(cls) -> SoakConfig:
@@ -46,4 +56,5 @@ class SoakConfig:
             seed=_int("SOAK_SEED", secrets.randbelow(2**31)),
             log_level=os.environ.get("SOAK_LOG_LEVEL", cls.log_level),
             keep=os.environ.get("SOAK_KEEP", "") not in ("", "0"),
+            layout=_layout(),
         )

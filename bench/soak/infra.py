@@ -91,7 +91,7 @@ STACK_ENV = {
 
 @asynccontextmanager
 async def soak_stack(
-    state_dir: Path, log_level: str
+    state_dir: Path, log_level: str, layout: str = "split"
 ) -> AsyncIterator[tuple[Stack, PrivatePostgres, RedisServer]]:
     """Private PostgreSQL and Redis, the registry seeded, every hub process and
     the sandbox insurers started; everything stopped afterwards."""
@@ -102,9 +102,8 @@ async def soak_stack(
             database_url = await ensure_database(pg.server_url)
             master_key = SecretBox.new_master_key()
             env = {**STACK_ENV, "ICLAIM_LOG_LEVEL": log_level}
-            # The chaos schedule kills the split layout's processes (chaos.HUB), each alone.
             stack = Stack(
-                state_dir, database_url, redis_server.url, master_key, Ports.free(), env, layout="split"
+                state_dir, database_url, redis_server.url, master_key, Ports.free(), env, layout=layout
             )
             infra = Infra(database_url, redis_server.url, [])
             await prepare(state_dir, infra, master_key, stack.gateway, state_dir / "credentials.json")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from bench.soak import report
-from bench.soak.chaos import CLAIM_PATH, FLUSH, HUB, INSURERS, PG, Tally, schedule
+from bench.soak.chaos import CLAIM_PATH, FLUSH, HUB, INSURERS, PG, Tally, hub_of, schedule
 from bench.soak.checks import Ledger, RouterClaim, StateChange
 from bench.soak.config import SoakConfig
 from bench.soak.evidence import Evidence
@@ -250,3 +250,14 @@ def test_the_full_soak_kills_each_hub_process_five_times() -> None:
     events = schedule(10_000, 30, 5, 3, 3, random.Random(1))
     assert Counter(e for _, e in events if e in HUB) == Counter({name: 5 for name in HUB})
     assert Counter(e for _, e in events if e not in HUB) == Counter({FLUSH: 5, PG: 3, INSURERS: 3})
+
+
+def test_the_cohost_layouts_schedule_kills_its_own_processes() -> None:
+    hub, claim_path = hub_of("cohost")
+    assert hub == ("audit_log", "billing", "router_adapter", "authz", "envoy")
+    assert claim_path == ("router_adapter", "envoy", "authz")
+    events = schedule(10_000, 30, 5, 3, 3, random.Random(1), "cohost")
+    assert Counter(e for _, e in events if e in hub) == Counter({name: 6 for name in hub})
+    # Fewer kills than processes: the claim path's go first.
+    few = schedule(1000, 3, 0, 0, 0, random.Random(2), "cohost")
+    assert {e for _, e in few} == set(claim_path)
