@@ -1,6 +1,7 @@
 """What each process of the dev stack is given: the hub's services never see
-the sandbox's knobs and only the process serving the AdminService gets the admin token; the sandbox
-(a participant) gets nothing of the hub's secrets. And the ready line."""
+the sandbox's knobs and only the process serving the AdminService gets the
+admin token; the sandbox (a participant) gets nothing of the hub's secrets.
+The layouts' processes. And the ready line."""
 
 from __future__ import annotations
 
