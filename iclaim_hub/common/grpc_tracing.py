@@ -110,6 +110,36 @@ def outgoing_metadata() -> list[tuple[str, str]]:
     return extra
 
 
+class ClientSpan:
+    """The CLIENT span of one internal call; `finish` records its status code."""
+
+    def __init__(self, span: trace.Span) -> None:
+        self.span = span
+
+    def finish(self, code: grpc.StatusCode) -> None:
+        self.span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code != grpc.StatusCode.OK:
+            self.span.set_status(Status(StatusCode.ERROR, code.name))
+
+
+@contextlib.contextmanager
+def client_span(full_method: str) -> Iterator[ClientSpan | None]:
+    """A CLIENT span, current inside the block, for a call made within a traced
+    call; None with tracing off or from background loops (report senders, the
+    audit relay), which work for no traced call and start no trace of their own."""
+    if not tracing.enabled() or not trace.get_current_span().get_span_context().is_valid:
+        yield None
+        return
+    with tracing.tracer.start_as_current_span(
+        full_method.lstrip("/"),
+        kind=trace.SpanKind.CLIENT,
+        attributes=_rpc_attributes(full_method),
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        yield ClientSpan(span)
+
+
 class HubClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """The hub's internal unary calls: a CLIENT span whose context goes as
     traceparent (tracing on), and the bound request id."""
@@ -120,36 +150,18 @@ class HubClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        extra: list[tuple[str, str]] = []
-        rid = request_id(structlog.contextvars.get_contextvars().get("request_id"))
-        if rid:
-            extra.append((REQUEST_ID_HEADER, rid))
-        # Background loops (report senders, the audit relay) work for no traced
-        # call: their calls start no trace of their own.
-        if not tracing.enabled() or not trace.get_current_span().get_span_context().is_valid:
-            details = _with_metadata(client_call_details, extra) if extra else client_call_details
-            return await continuation(details, request)
         method = client_call_details.method
         name = method.decode() if isinstance(method, bytes) else str(method)
-        with tracing.tracer.start_as_current_span(
-            name.lstrip("/"),
-            kind=trace.SpanKind.CLIENT,
-            attributes=_rpc_attributes(name),
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            carrier: dict[str, str] = {}
-            inject(carrier)
-            call = await continuation(
-                _with_metadata(client_call_details, [*extra, *carrier.items()]), request
-            )
-            try:
-                code = await call.code()
-            except grpc.aio.AioRpcError as err:  # raised by some call types instead of returned
-                code = err.code()
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code != grpc.StatusCode.OK:
-                span.set_status(Status(StatusCode.ERROR, code.name))
+        with client_span(name) as span:
+            extra = outgoing_metadata()
+            details = _with_metadata(client_call_details, extra) if extra else client_call_details
+            call = await continuation(details, request)
+            if span is not None:
+                try:
+                    code = await call.code()
+                except grpc.aio.AioRpcError as err:  # raised by some call types instead of returned
+                    code = err.code()
+                span.finish(code)
             return call
 
 

@@ -9,10 +9,12 @@ insurer adapter each call the other several times a claim.
 What the wire would have given and this keeps: a deadline (DEADLINE_EXCEEDED),
 status with trailing metadata (an `AioRpcError`, as callers already catch),
 UNIMPLEMENTED for a method nobody serves, UNAVAILABLE before the other side
-serves. What it does not: the request is the caller's object, not a copy, so a
-handler must not change it (none does; the hub's handlers read requests) and
-the size limit of the receiving server is not applied (callers already bound
-what one call carries: iclaim_hub.common.handoff).
+serves; the bound request id and, tracing on, a CLIENT span whose context goes
+as traceparent (iclaim_hub.common.grpc_tracing, as the channels' interceptor).
+What it does not: the request is the caller's object, not a copy, so a handler
+must not change it (none does; the hub's handlers read requests) and the size
+limit of the receiving server is not applied (callers already bound what one
+call carries: iclaim_hub.common.handoff).
 """
 
 from __future__ import annotations
@@ -134,12 +136,20 @@ class LocalChannel:
             raise _error(grpc.StatusCode.UNIMPLEMENTED, "method not found")
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        context = _LocalContext((*metadata, *grpc_tracing.outgoing_metadata()), deadline)
-        try:
-            async with asyncio.timeout_at(deadline):
-                # Duck-typed: the hub's handlers use only what _LocalContext has.
-                return await handler.unary_unary(request, cast(Any, context))
-        except _Aborted as aborted:
-            raise _error(aborted.code, aborted.details, aborted.trailing) from None
-        except TimeoutError:
-            raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
+        with grpc_tracing.client_span(method) as span:
+            context = _LocalContext((*metadata, *grpc_tracing.outgoing_metadata()), deadline)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    # Duck-typed: the hub's handlers use only what _LocalContext has.
+                    answer = await handler.unary_unary(request, cast(Any, context))
+            except _Aborted as aborted:
+                error = _error(aborted.code, aborted.details, aborted.trailing)
+            except TimeoutError:
+                error = _error(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+            else:
+                if span is not None:
+                    span.finish(grpc.StatusCode.OK)
+                return answer
+            if span is not None:
+                span.finish(error.code())
+            raise error

@@ -1,7 +1,8 @@
 """The in-process channel (iclaim_hub.common.local_channel): a generated stub on
 it reaches the service's guarded handler and sees what a wire call would have
 given it: the answer, the status and reason of an error as an AioRpcError,
-DEADLINE_EXCEEDED, UNIMPLEMENTED and UNAVAILABLE, the request id."""
+DEADLINE_EXCEEDED, UNIMPLEMENTED and UNAVAILABLE, the request id, and within a
+traced call a CLIENT span that the handler's SERVER span continues."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ import pytest
 import structlog
 from prometheus_client import REGISTRY
 
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
 from iclaim.errors import NotFound, reason_in_trailers
+from iclaim_hub.common import grpc_tracing, tracing
 from iclaim_hub.common.local_channel import LocalChannel
 from iclaim_hub.common.server import HubServer, new_server
 from iclaim_hub.internal.v1 import (
@@ -142,3 +149,38 @@ async def test_the_bound_request_id_goes_along(served: tuple[Reports, LocalChann
     (_, first), (_, second) = servicer.seen
     assert first.get("x-request-id") == REQUEST_ID
     assert "x-request-id" not in second and second.get("x-other") == "1"
+
+
+async def test_within_a_traced_call_it_opens_a_client_span_the_handler_continues(
+    served: tuple[Reports, LocalChannel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "_enabled", True)
+    monkeypatch.setattr(tracing, "tracer", provider.get_tracer("test"))
+    _, channel = served
+    with tracing.tracer.start_as_current_span("caller"):
+        await _stub(channel).ReportTaken(_taken("AIA"), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await _stub(channel).ReportTaken(_taken("MISSING"), timeout=5)
+    by_kind: dict[SpanKind, list[Any]] = {}
+    for s in exporter.get_finished_spans():
+        by_kind.setdefault(s.kind, []).append(s)
+    caller = by_kind[SpanKind.INTERNAL][0]
+    ok, refused = by_kind[SpanKind.CLIENT]
+    assert ok.parent.span_id == caller.context.span_id
+    assert ok.attributes["rpc.grpc.status_code"] == grpc.StatusCode.OK.value[0]
+    assert refused.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    assert refused.status.status_code == StatusCode.ERROR
+    # Each handler's SERVER span continues its call's CLIENT span, in the caller's trace.
+    servers = by_kind[SpanKind.SERVER]
+    assert [s.parent.span_id for s in servers] == [ok.context.span_id, refused.context.span_id]
+    assert {s.context.trace_id for s in (*servers, ok, refused)} == {caller.context.trace_id}
+
+
+async def test_untraced_it_opens_no_span(served: tuple[Reports, LocalChannel]) -> None:
+    _, channel = served
+    with grpc_tracing.client_span("/x/Y") as span:
+        assert span is None
+    await _stub(channel).ReportTaken(_taken("AIA"), timeout=5)
