@@ -14,6 +14,7 @@ killing either alone would not.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import structlog
@@ -69,13 +70,16 @@ class CohostApp:
     async def stop(self, grace: float) -> None:
         # The router first: no new claims, its hand-offs drained; then the
         # adapter, whose reports to a stopped router wait in PostgreSQL for the
-        # next start (its report outbox), as they would across processes.
+        # next start (its report outbox), as they would across processes. Both
+        # within the one grace the process was given: what the router leaves of it.
+        loop = asyncio.get_running_loop()
+        until = loop.time() + grace
         try:
             await self.router.stop(grace)
         finally:
             self.to_router.stop()
             try:
-                await self.adapter.stop(grace)
+                await self.adapter.stop(max(0.0, until - loop.time()))
             finally:
                 self.to_adapter.stop()
 
