@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from iclaim_hub.common.local_channel import LocalChannel
+from iclaim_hub.common.local_channel import Handlers, LocalChannel
 from iclaim_hub.common.server import GrpcApp, HubServer, ServeConfig, run_service
 from services.claim_router import server as router_server
 from services.insurer_adapter import server as adapter_server
@@ -42,11 +42,11 @@ class Config:
         return cls(router=router_server.Config.from_env(), adapter=adapter_server.Config.from_env())
 
 
-def _handlers(app: GrpcApp) -> dict[str, object]:
+def _handlers(app: GrpcApp) -> Handlers:
     server = app.server
     if not isinstance(server, HubServer):
         raise TypeError("a hosted service must be built on HubServer")
-    return server.handlers  # type: ignore[return-value]
+    return server.handlers
 
 
 @dataclass
@@ -61,8 +61,8 @@ class CohostApp:
         return self.router.port
 
     async def start(self) -> None:
-        self.to_router.serve(_handlers(self.router))  # type: ignore[arg-type]
-        self.to_adapter.serve(_handlers(self.adapter))  # type: ignore[arg-type]
+        self.to_router.serve(_handlers(self.router))
+        self.to_adapter.serve(_handlers(self.adapter))
         # The adapter first: the router hands claims off from its first moment.
         await self.adapter.start()
         await self.router.start()

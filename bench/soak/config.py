@@ -6,7 +6,7 @@ import os
 import secrets
 from dataclasses import dataclass
 
-from iclaim_ops.devstack.stack import LAYOUT_ENV, LAYOUTS, layout_from_env
+from iclaim_ops.devstack.stack import layout_from_env
 
 
 def _int(name: str, default: int, lo: int = 0) -> int:
@@ -18,13 +18,6 @@ def _int(name: str, default: int, lo: int = 0) -> int:
 
 def _float(name: str, default: float) -> float:
     return float(os.environ.get(name, "") or default)
-
-
-def _layout() -> str:
-    layout = layout_from_env()
-    if layout not in LAYOUTS:
-        raise ValueError(f"{LAYOUT_ENV} must be one of {', '.join(LAYOUTS)}")
-    return layout
 
 
 @dataclass(frozen=True)
@@ -56,5 +49,5 @@ class SoakConfig:
             seed=_int("SOAK_SEED", secrets.randbelow(2**31)),
             log_level=os.environ.get("SOAK_LOG_LEVEL", cls.log_level),
             keep=os.environ.get("SOAK_KEEP", "") not in ("", "0"),
-            layout=_layout(),
+            layout=layout_from_env(),
         )

@@ -104,8 +104,14 @@ SANDBOX_ENV_NAMES = ("ICLAIM_LOG_LEVEL", "ICLAIM_STATE_DIR")
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
+def checked_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"{LAYOUT_ENV} must be one of {', '.join(LAYOUTS)}")
+    return layout
+
+
 def layout_from_env() -> str:
-    return os.environ.get(LAYOUT_ENV, "split")
+    return checked_layout(os.environ.get(LAYOUT_ENV, "split"))
 
 
 @dataclass
@@ -125,8 +131,7 @@ class Stack:
     layout: str = field(default_factory=layout_from_env)
 
     def __post_init__(self) -> None:
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"{LAYOUT_ENV} must be one of {', '.join(LAYOUTS)}")
+        checked_layout(self.layout)
 
     @property
     def services(self) -> tuple[ServiceSpec, ...]:

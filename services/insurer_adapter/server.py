@@ -156,11 +156,13 @@ async def build_server(config: Config, *, router_channel: grpc.aio.Channel | Non
     if config.client_cert is not None and config.client_key is not None:
         identity = ClientIdentity.load(config.client_cert, config.client_key)
     pool = await create_pool(config.database_url)
-    channel = router_channel or grpc.aio.insecure_channel(
-        internal_target(config.router_target),
-        options=INTERNAL_CLIENT_OPTIONS,
-        interceptors=client_interceptors(),
-    )
+    channel = router_channel
+    if channel is None:
+        channel = grpc.aio.insecure_channel(
+            internal_target(config.router_target),
+            options=INTERNAL_CLIENT_OPTIONS,
+            interceptors=client_interceptors(),
+        )
     pusher: Pusher = ByMode(
         {
             "grpc": GrpcPusher(settings.timeout_s, identity),

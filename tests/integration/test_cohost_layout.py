@@ -17,10 +17,9 @@ import pytest
 from bench.load import claims_load
 from iclaim.client.hospital import HospitalClient
 from iclaim.v1 import claim_service_pb2 as pb
-from iclaim_hub.internal.v1 import audit_log_pb2
 from iclaim_ops.devstack.stack import ROUTER_ADAPTER
-from tests.support.audit_trail import entries_for
-from tests.support.claims import fhir
+from tests.support.audit_trail import entries_once_decided, router_changes
+from tests.support.claims import fhir, states_once_approved
 from tests.support.stack import RunningStack, run_admin, running_stack_in
 
 pytestmark = pytest.mark.integration
@@ -75,25 +74,13 @@ async def test_killing_the_process_loses_and_duplicates_no_claim(cohost_stack: R
         await stack.kill(ROUTER_ADAPTER.name, signal.SIGKILL)
         await stack.restart(ROUTER_ADAPTER.name)
         ids = [c.transaction_id for c in acked]
-        for _ in range(300):
-            states = [(await client.get_claim(t)).state for t in ids]
-            if all(s == S.CLAIM_STATE_APPROVED for s in states):
-                break
-            await asyncio.sleep(0.1)
+        states = await states_once_approved(client, ids)
         assert all(s == S.CLAIM_STATE_APPROVED for s in states), states
 
     # Each claim's state changes in the audit log exactly once: decided once,
     # whether its decision came before the kill (a push answer) or after it.
     for t in ids:
-        for _ in range(300):
-            changes = _router_changes(await entries_for(cohost_stack, t, want=3))
-            if "CLAIM_STATE_APPROVED" in changes:
-                break
-            await asyncio.sleep(0.1)
+        changes = router_changes(await entries_once_decided(cohost_stack, t))
         assert changes.count("CLAIM_STATE_RECEIVED") == 1, (t, changes)
         assert changes.count("CLAIM_STATE_APPROVED") == 1, (t, changes)
         assert changes.count("CLAIM_STATE_DELIVERED") <= 1, (t, changes)
-
-
-def _router_changes(entries: list[audit_log_pb2.LogEntry]) -> list[str]:
-    return [e.event.outcome_reason for e in entries if e.event.service_type == "claim_router"]

@@ -11,9 +11,8 @@ import pytest
 from iclaim.client.hospital import HospitalClient
 from iclaim_ops.devstack.stack import SERVICES
 from iclaim.v1 import claim_service_pb2 as pb
-from iclaim_hub.internal.v1 import audit_log_pb2
 from tests.support.stack import RunningStack
-from tests.support.claims import fhir
+from tests.support.claims import fhir, states_once_approved
 
 pytestmark = pytest.mark.integration
 S = pb.ClaimState
@@ -44,11 +43,7 @@ async def test_router_sigkilled_before_delivery_delivers_each_claim_once(
         await stack.restart("claim_router")
 
         ids = [c.transaction_id for c in acked]
-        for _ in range(300):
-            states = [(await client.get_claim(t)).state for t in ids]
-            if all(s == S.CLAIM_STATE_APPROVED for s in states):
-                break
-            await asyncio.sleep(0.1)
+        states = await states_once_approved(client, ids)
         assert all(s == S.CLAIM_STATE_APPROVED for s in states), states
 
     conn = await running_stack.db()
@@ -68,7 +63,7 @@ async def test_killing_router_and_audit_mid_run_loses_and_duplicates_no_audit_en
 ) -> None:
     """Claims flow while the audit service and then the router (a producer) are
     SIGKILLed; every claim's state changes end up in the log exactly once."""
-    from tests.support.audit_trail import entries_for
+    from tests.support.audit_trail import entries_once_decided, router_changes
 
     stack = running_stack.stack
     tids: list[str] = []
@@ -97,18 +92,8 @@ async def test_killing_router_and_audit_mid_run_loses_and_duplicates_no_audit_en
                     break
                 await asyncio.sleep(0.05)
 
-    def router_changes(entries: list[audit_log_pb2.LogEntry]) -> list[str]:
-        return [e.event.outcome_reason for e in entries if e.event.service_type == "claim_router"]
-
     for t in tids:
-        # The gateway's own entries (each GetClaim above) can outnumber `want`
-        # before the relay, in backoff after the kills, has sent the decision:
-        # wait for the decision itself, bounded, then count.
-        for _ in range(300):
-            entries = await entries_for(running_stack, t, want=3)
-            if "CLAIM_STATE_APPROVED" in router_changes(entries):
-                break
-            await asyncio.sleep(0.1)
+        entries = await entries_once_decided(running_stack, t)
         changes = router_changes(entries)
         assert changes.count("CLAIM_STATE_RECEIVED") == 1, (t, changes)
         assert changes.count("CLAIM_STATE_APPROVED") == 1, (t, changes)

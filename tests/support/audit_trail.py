@@ -23,3 +23,20 @@ async def entries_for(stack: RunningStack, tid: str, want: int) -> list[audit_lo
                 return list(resp.entries)
             await asyncio.sleep(0.1)
     return list(resp.entries)
+
+
+def router_changes(entries: list[audit_log_pb2.LogEntry]) -> list[str]:
+    """The claim states the router logged, in log order."""
+    return [e.event.outcome_reason for e in entries if e.event.service_type == "claim_router"]
+
+
+async def entries_once_decided(stack: RunningStack, tid: str) -> list[audit_log_pb2.LogEntry]:
+    """`tid`'s entries once the router's APPROVED is among them (up to 30 s: the
+    gateway's own entries for each GetClaim can outnumber `want` before the
+    relay, in backoff after a kill, has sent the decision)."""
+    for _ in range(300):
+        entries = await entries_for(stack, tid, want=3)
+        if "CLAIM_STATE_APPROVED" in router_changes(entries):
+            break
+        await asyncio.sleep(0.1)
+    return entries

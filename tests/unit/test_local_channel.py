@@ -93,20 +93,21 @@ async def test_a_call_reaches_the_guarded_handler_and_is_counted(
     assert _handled("OK") == before + 1
 
 
-async def test_a_typed_error_arrives_as_its_status_and_reason(served: tuple[Reports, LocalChannel]) -> None:
+@pytest.mark.parametrize(
+    ("insurer", "code", "reason"),
+    [
+        ("MISSING", grpc.StatusCode.NOT_FOUND, "CLAIM_NOT_FOUND"),  # a typed error: its status and reason
+        ("CRASH", grpc.StatusCode.INTERNAL, "INTERNAL"),  # a crash: INTERNAL, never UNKNOWN
+    ],
+)
+async def test_an_error_arrives_as_its_status_and_reason(
+    served: tuple[Reports, LocalChannel], insurer: str, code: grpc.StatusCode, reason: str
+) -> None:
     _, channel = served
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await _stub(channel).ReportTaken(_taken("MISSING"), timeout=5)
-    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-    assert reason_in_trailers(caught.value.trailing_metadata()) == "CLAIM_NOT_FOUND"
-
-
-async def test_a_crash_is_internal_never_unknown(served: tuple[Reports, LocalChannel]) -> None:
-    _, channel = served
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await _stub(channel).ReportTaken(_taken("CRASH"), timeout=5)
-    assert caught.value.code() == grpc.StatusCode.INTERNAL
-    assert reason_in_trailers(caught.value.trailing_metadata()) == "INTERNAL"
+        await _stub(channel).ReportTaken(_taken(insurer), timeout=5)
+    assert caught.value.code() == code
+    assert reason_in_trailers(caught.value.trailing_metadata()) == reason
 
 
 async def test_a_slow_handler_meets_the_callers_deadline(served: tuple[Reports, LocalChannel]) -> None:

@@ -103,3 +103,6 @@ def test_the_layout_comes_from_the_environment_and_a_bad_one_is_refused(
     assert [s.name for s in Stack(tmp_path, "", "", "").services] == [s.name for s in SERVICES]
     with pytest.raises(ValueError, match="ICLAIM_HUB_LAYOUT"):
         Stack(tmp_path, "", "", "", layout="monolith")
+    monkeypatch.setenv("ICLAIM_HUB_LAYOUT", "monolith")
+    with pytest.raises(ValueError, match="ICLAIM_HUB_LAYOUT"):
+        Stack(tmp_path, "", "", "")
