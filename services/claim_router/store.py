@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -27,6 +28,7 @@ from services.claim_router.domain import (
 )
 from services.claim_router.model import ClaimRecord, Event, Leased, LocalWaiters, Mutation, OutboxEvent
 from services.claim_router.recent import RecentClaims
+from services.claim_router.claim_writes import INSERT_MANY, INSERT_ONE, UPDATE_MANY, UPDATE_ONE, announced
 from services.claim_router.write_combiner import WriteCombiner
 
 SCHEMA = "router"
@@ -41,11 +43,6 @@ LEGACY_NOTIFY_CHANNEL = "iclaim_claim_changed"
 PULL_NOTIFY_CHANNEL = "iclaim_pull_ready"
 
 
-_COLUMNS = (
-    "transaction_id, hospital_code, insurer_code, claim_ref, state, billed_amount_satang,"
-    " approved_amount_satang, envelope, envelope_sha256, decision_envelope, status_reason,"
-    " delivery_mode, submitted_at, decided_at, updated_at, delivered_at, taken_at, traceparent"
-)
 # What a read returns: the claim without its envelope (kilobytes stored out of
 # line, which only a delivery sends on), but with the envelope's size: stored
 # since migration 0006 (the envelope is dropped once the claim is done), else
@@ -140,23 +137,21 @@ WRITES_IN_FLIGHT = 2
 PULL_POLLER_FRESH_S = 90.0
 
 
-def _announced(row: str, me: int, terminal: int) -> str:
-    """When a write of claim `row` (its new version) is announced: unless the
-    writing replica ($me) knows that no waiter elsewhere needs it. Its own
-    waiters are told in process (ChangeHub.writing). A submission's waiter
-    (`waiter`) waits for a state in $terminal only; a claim stored by an earlier
-    release (waiter NULL), or a store without a replica id ($me NULL), announces
-    every change, as before."""
-    return (
-        f"NOT (${me}::text IS NOT NULL AND {row}.waiter IS NOT NULL"
-        f" AND ({row}.waiter IN ('', ${me}) OR {row}.state <> ALL(${terminal}::smallint[]))"
-        " AND NOT EXISTS (SELECT 1 FROM router.claim_interest i"
-        f"  WHERE i.transaction_id = {row}.transaction_id AND i.replica <> ${me}))"
-    )
-
-
 # A claim as read, as it is to be, and the events that change emits.
 _Change = tuple[ClaimRecord, ClaimRecord, Sequence[Event]]
+# A claim to store: the record, its events, whether this replica waits for its
+# decision and the pull lease it is stored with (insert's arguments).
+_New = tuple[ClaimRecord, Sequence[Event], bool, float | None]
+
+
+def _ref(hospital_code: str, claim_ref: str) -> str:
+    """A claim's (hospital, claim_ref), the key a resubmission finds it by, as
+    one string (a NUL is in neither: proto strings are checked text)."""
+    return f"{hospital_code}\x00{claim_ref}"
+
+
+def _ref_key(rec: ClaimRecord) -> str:
+    return _ref(rec.hospital_code, rec.claim_ref)
 
 
 def _event_columns(events: Sequence[Event]) -> tuple[list[str], list[bytes]]:
@@ -175,6 +170,11 @@ class PgClaimStore:
         # so that one held up (a row lock, a slow flush) does not hold up all.
         self._writes: WriteCombiner[_Change, ClaimRecord] = WriteCombiner(
             self._write_rows, lambda change: change[0].transaction_id, in_flight=WRITES_IN_FLIGHT
+        )
+        # New claims that meet share a statement too, two (hospital, claim_ref)
+        # alike never the same one: the later finds the earlier stored.
+        self._inserts: WriteCombiner[_New, asyncpg.Record] = WriteCombiner(
+            self._insert_rows, lambda new: _ref_key(new[0]), in_flight=WRITES_IN_FLIGHT
         )
         # Given each claim an update stores, so that this replica's waiters
         # answer from it instead of reading it again (ChangeHub).
@@ -201,70 +201,16 @@ class PgClaimStore:
     ) -> tuple[ClaimRecord, bool]:
         """Stores a new claim unless (hospital, claim_ref) exists; returns (stored, created).
         The claim, its events and its notifications go in one statement (one
-        round trip, one implicit transaction). `waits`: this replica's caller
+        round trip, one implicit transaction), shared with the claims other
+        callers store meanwhile (group commit, as for updates). `waits`: this replica's caller
         waits for the decision (the claim's `waiter`). `pull_lease_s`: a pull
         claim handed straight to a PullClaims call waiting here, so stored
         leased for that long and delivered (`rec` DELIVERED, its events both
         changes): the lease a poll would take next, in the same commit."""
-        # A push claim is stored already leased for its first hand-off, which the
-        # caller starts at once with the record in hand: no second commit to
-        # lease it, and the poller leaves it alone unless that hand-off fails.
-        push = rec.delivery_mode != DELIVERY_PULL
-        if pull_lease_s is not None and (push or rec.state != State.DELIVERED):
+        if pull_lease_s is not None and (rec.delivery_mode != DELIVERY_PULL or rec.state != State.DELIVERED):
             raise ValueError("only a pull claim, DELIVERED, is stored leased")
-        topics, payloads = _event_columns(events)
-        row = await self._pool.fetchrow(
-            "WITH inserted AS ("
-            f"  INSERT INTO router.claims ({_COLUMNS}, next_attempt_at, delivery_attempts, waiter,"
-            "   lease_until, envelope_bytes)"
-            "  VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,now(),NULL,now(),"
-            "   CASE WHEN $23::float8 IS NULL THEN NULL ELSE now() END,"
-            "   CASE WHEN $23::float8 IS NULL THEN NULL ELSE now() END, $15,"
-            "   now() + make_interval(secs => $13), $14, $22,"
-            "   now() + make_interval(secs => $23::float8), $24)"
-            "  ON CONFLICT (hospital_code, claim_ref) DO NOTHING"
-            # Only what the database decided: the rest is `rec` (the envelope
-            # alone is kilobytes, stored out of line).
-            "  RETURNING transaction_id, insurer_code, delivery_mode, submitted_at, updated_at,"
-            "  delivered_at, taken_at, lease_until, xmin AS row_version),"
-            f" {_emit_cte('inserted', 16)}"
-            # Nobody waits for a claim to be RECEIVED (a watch reads the claim
-            # once subscribed; the submission waits for the decision), so only a
-            # pull claim notifies, its insurer's waiting PullClaims, and only
-            # those of another replica (this one's are woken in process). A
-            # commit with no NOTIFY also skips PostgreSQL's notification queue lock.
-            " SELECT inserted.*,"
-            "  CASE WHEN inserted.delivery_mode = 'pull' AND inserted.lease_until IS NULL"
-            "   AND ($20::text IS NULL OR EXISTS ("
-            "   SELECT 1 FROM router.pull_pollers p WHERE p.insurer_code = inserted.insurer_code"
-            "    AND p.replica <> $20 AND p.seen_at > now() - make_interval(secs => $21)))"
-            "  THEN pg_notify($19, inserted.insurer_code) END"
-            " FROM inserted",
-            rec.transaction_id,
-            rec.hospital_code,
-            rec.insurer_code,
-            rec.claim_ref,
-            int(rec.state),
-            rec.billed_amount_satang,
-            rec.approved_amount_satang,
-            rec.envelope,
-            rec.envelope_sha256,
-            rec.decision_envelope,
-            rec.status_reason,
-            rec.delivery_mode,
-            PUSH_HANDOFF_LEASE_S if push else 0.0,
-            1 if push else 0,
-            rec.traceparent or None,
-            topics,
-            payloads,
-            tracing.current_traceparent() or None,
-            PULL_NOTIFY_CHANNEL,
-            self._replica,
-            PULL_POLLER_FRESH_S,
-            self._waiter_column(waits),
-            pull_lease_s,
-            rec.envelope_bytes,
-        )
+        new: _New = (rec, events, waits, pull_lease_s)
+        row = (await self._inserts.write([new], tracing.current_traceparent() or None)).get(_ref_key(rec))
         if row is not None:
             # A claim stored leased is offered to no one: nobody else to wake.
             offered = rec.delivery_mode == DELIVERY_PULL and row["lease_until"] is None
@@ -283,6 +229,56 @@ class PgClaimStore:
         existing = await self.find_by_ref(rec.hospital_code, rec.claim_ref)
         assert existing is not None
         return existing, False
+
+    async def _insert_rows(self, items: list[tuple[_New, str | None]]) -> dict[str, asyncpg.Record]:
+        """One statement for the new claims the combiner gathered, each with the
+        trace its events carry; returns the rows stored, by (hospital, claim_ref).
+        In (hospital, claim_ref) order, so that two statements that meet on a
+        resubmitted claim wait for each other in one order, never in a cycle."""
+        items = sorted(items, key=lambda item: _ref_key(item[0][0]))
+        recs = [rec for (rec, _, _, _), _ in items]
+        # A push claim is stored already leased for its first hand-off, which the
+        # caller starts at once with the record in hand: no second commit to
+        # lease it, and the poller leaves it alone unless that hand-off fails.
+        push = [rec.delivery_mode != DELIVERY_PULL for rec in recs]
+        events = [
+            (rec.transaction_id, topic, payload, traceparent)
+            for (rec, evs, _, _), traceparent in items
+            for topic, payload in evs
+        ]
+        columns: list[list[Any]] = [
+            [rec.transaction_id for rec in recs],
+            [rec.hospital_code for rec in recs],
+            [rec.insurer_code for rec in recs],
+            [rec.claim_ref for rec in recs],
+            [int(rec.state) for rec in recs],
+            [rec.billed_amount_satang for rec in recs],
+            [rec.approved_amount_satang for rec in recs],
+            [rec.envelope for rec in recs],
+            [rec.envelope_sha256 for rec in recs],
+            [rec.decision_envelope for rec in recs],
+            [rec.status_reason for rec in recs],
+            [rec.delivery_mode for rec in recs],
+            [PUSH_HANDOFF_LEASE_S if is_push else 0.0 for is_push in push],
+            [1 if is_push else 0 for is_push in push],
+            [rec.traceparent or None for rec in recs],
+            [self._waiter_column(waits) for (_, _, waits, _), _ in items],
+            [pull_lease_s for (_, _, _, pull_lease_s), _ in items],
+            [rec.envelope_bytes for rec in recs],
+        ]
+        one = len(recs) == 1
+        rows = await self._pool.fetch(
+            INSERT_ONE if one else INSERT_MANY,
+            *([column[0] for column in columns] if one else columns),
+            [txid for txid, _, _, _ in events],
+            [topic for _, topic, _, _ in events],
+            [payload for _, _, payload, _ in events],
+            [traceparent for _, _, _, traceparent in events],
+            PULL_NOTIFY_CHANNEL,
+            self._replica,
+            PULL_POLLER_FRESH_S,
+        )
+        return {_ref(r["hospital_code"], r["claim_ref"]): r for r in rows}
 
     async def find_by_ref(self, hospital_code: str, claim_ref: str) -> ClaimRecord | None:
         row = await self._pool.fetchrow(
@@ -457,48 +453,13 @@ class PgClaimStore:
         the trace its events carry; in claim order, as every writer locks rows."""
         items = sorted(items, key=lambda item: item[0][0].transaction_id)
         changes = [change for change, _ in items]
-        ids = [cur.transaction_id for cur, _, _ in changes]
         events = [
             (cur.transaction_id, topic, payload, traceparent)
             for (cur, _, evs), traceparent in items
             for topic, payload in evs
         ]
-        rows = await self._pool.fetch(
-            "WITH input AS ("
-            "  SELECT * FROM unnest($1::text[], $2::smallint[], $3::bigint[], $4::text[], $5::text[],"
-            "   $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::bool[], $10::xid[])"
-            "  AS i(transaction_id, state, approved_amount_satang, decision_envelope, status_reason,"
-            "   decided_at, delivered_at, taken_at, touched, row_version)),"
-            " updated AS ("
-            "  UPDATE router.claims c SET state = i.state, approved_amount_satang = i.approved_amount_satang,"
-            "  decision_envelope = i.decision_envelope, status_reason = i.status_reason,"
-            "  decided_at = i.decided_at, delivered_at = i.delivered_at, taken_at = i.taken_at,"
-            # Data minimisation: once no delivery can send the envelope again
-            # (ENVELOPE_SPENT_STATES) the hub stops keeping it; its size and
-            # hash stay (audit sizes, a resubmission's comparison).
-            "  envelope = CASE WHEN i.state = ANY($20::smallint[]) THEN '' ELSE c.envelope END,"
-            "  envelope_bytes = coalesce(c.envelope_bytes, octet_length(c.envelope)),"
-            # Only a change the claim's readers see moves updated_at (not a hand-off note).
-            "  updated_at = CASE WHEN i.touched THEN now() ELSE c.updated_at END,"
-            # A pull claim under review is no longer offered: its lease is over.
-            "  lease_until = CASE WHEN i.state = $11::smallint THEN NULL ELSE c.lease_until END"
-            "  FROM input i WHERE c.transaction_id = i.transaction_id AND c.xmin = i.row_version"
-            # Only what the database decided: the rest is the change as computed.
-            "  RETURNING c.transaction_id, c.state, c.updated_at, c.waiter, c.xmin AS row_version),"
-            # Each claim's events, in order, only for the claims written.
-            " emitted AS ("
-            "  INSERT INTO router.outbox (topic, payload, traceparent)"
-            "  SELECT e.topic, e.payload, e.traceparent FROM updated"
-            "  JOIN unnest($12::text[], $13::text[], $14::bytea[], $15::text[]) WITH ORDINALITY"
-            "   AS e(transaction_id, topic, payload, traceparent, n)"
-            "   ON e.transaction_id = updated.transaction_id"
-            "  ORDER BY e.n)"
-            " SELECT updated.transaction_id, updated.updated_at, updated.row_version,"
-            f"  CASE WHEN {_announced('updated', 18, 19)} THEN pg_notify($17, updated.transaction_id) END,"
-            f"  CASE WHEN {_announced('updated', 18, 19)} THEN"
-            "   pg_notify($16, updated.transaction_id || ' ' || updated.state) END"
-            " FROM updated",
-            ids,
+        columns: list[list[Any]] = [
+            [cur.transaction_id for cur, _, _ in changes],
             [int(new.state) for _, new, _ in changes],
             [new.approved_amount_satang for _, new, _ in changes],
             [new.decision_envelope for _, new, _ in changes],
@@ -508,6 +469,11 @@ class PgClaimStore:
             [new.taken_at for _, new, _ in changes],
             [new.updated_at != cur.updated_at for cur, new, _ in changes],
             [cur.row_version for cur, _, _ in changes],
+        ]
+        one = len(changes) == 1
+        rows = await self._pool.fetch(
+            UPDATE_ONE if one else UPDATE_MANY,
+            *([column[0] for column in columns] if one else columns),
             int(State.PENDING_REVIEW),
             [txid for txid, _, _, _ in events],
             [topic for _, topic, _, _ in events],
@@ -542,7 +508,7 @@ class PgClaimStore:
             f" SELECT pg_notify($5, c.transaction_id), pg_notify($6, c.transaction_id || ' ' || c.state)"
             " FROM unnest($4::text[]) AS u(transaction_id)"
             " JOIN router.claims c ON c.transaction_id = u.transaction_id"
-            f" WHERE {_announced('c', 7, 8)}",
+            f" WHERE {announced('c', 7, 8)}",
             topics,
             payloads,
             tracing.current_traceparent() or None,
@@ -553,7 +519,7 @@ class PgClaimStore:
             _states(TERMINAL_STATES),
         )
 
-    # --- waits elsewhere (see _announced) ---------------------------------------------
+    # --- waits elsewhere (see claim_writes.announced) ------------------------------
     async def note_interest(self, transaction_id: str) -> int | None:
         if self._replica is None:
             return None
@@ -690,7 +656,7 @@ class PgClaimStore:
 
     def _tell_waiters_here(self, written: Sequence[ClaimRecord]) -> None:
         """This replica's waiters for claims written outside `_write`: told in
-        process, as the announcement may not be made (`_announced`)."""
+        process, as the announcement may not be made (`claim_writes.announced`)."""
         if self._waiters is None or not written:
             return
         with self._waiters.writing([rec.transaction_id for rec in written]) as hand_off:

@@ -2,7 +2,7 @@
 via PostgreSQL LISTEN/NOTIFY on one dedicated connection. A claim's waiters
 are told the new state the notification carries, so they need not read it.
 Changes written by this replica reach its waiters in process (`writing`); a
-write is announced only where another replica may wait (store `_announced`)."""
+write is announced only where another replica may wait (claim_writes `announced`)."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ deciding again when another writer got there first."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
@@ -251,19 +252,26 @@ async def test_a_taken_report_after_the_decision_reads_nothing(
     assert still is not None and still.state == State.APPROVED
 
 
-class _FirstWritesSlow:
-    """The pool, holding the first claim writes (as many as a store runs at
-    once) 0.3 s each, so that the others meet behind them."""
+# How the store's combined statements begin: updates, inserts.
+_UPDATES = "WITH input AS"
+_INSERTS = "WITH incoming AS"
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+
+class _FirstWritesSlow:
+    """The pool, holding the first claim writes of a kind (`kind`: how their
+    statement begins; as many as a store runs at once) 0.3 s each, so that the
+    others meet behind them."""
+
+    def __init__(self, pool: asyncpg.Pool, kind: str = _UPDATES) -> None:
         self._pool = pool
+        self._kind = kind
         self.writes = 0
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._pool, name)  # reads go straight through
 
     async def fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
-        if sql.startswith("WITH input AS"):
+        if sql.startswith(self._kind):
             self.writes += 1
             if self.writes <= WRITES_IN_FLIGHT:
                 await asyncio.sleep(0.3)
@@ -321,6 +329,128 @@ async def test_one_claims_writes_that_meet_are_decided_in_turn(
     # written beside or behind the first were refused by their version and decided again).
     assert read is not None and read.approved_amount_satang == 111
     assert len(seen) >= 5
+
+
+_TRACE: contextvars.ContextVar[str] = contextvars.ContextVar("trace", default="")
+
+
+def _trace(n: int) -> str:
+    return f"00-{n:032x}-{n:016x}-01"
+
+
+async def test_inserts_that_meet_share_one_statement(
+    store: tuple[PgClaimStore, asyncpg.Pool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New claims stored while the store's statements are under way go together
+    in the next, each with its own events, trace and delivery columns; one
+    (hospital, claim_ref) is stored once: a resubmission that meets its first
+    submission goes in a later statement and finds it, as one of a claim
+    stored before does."""
+    s, pool = store
+    # The trace each caller's events carry: its own task's, as a request's span.
+    monkeypatch.setattr("services.claim_router.store.tracing.current_traceparent", _TRACE.get)
+    earlier, _ = await s.insert(_claim("MEET0"), [])
+    await s.insert(_claim("ALONE4", "pull").with_changes(state=State.DELIVERED), [], pull_lease_s=60.0)
+
+    async def submit(
+        rec: ClaimRecord, trace: int, pull_lease_s: float | None = None
+    ) -> tuple[ClaimRecord, bool]:
+        _TRACE.set(_trace(trace))  # in its own task: its own context
+        return await s.insert(rec, [("audit", rec.claim_ref.encode())], pull_lease_s=pull_lease_s)
+
+    def again(ref: str) -> ClaimRecord:  # a resubmission: another transaction id
+        return _claim(ref).with_changes(transaction_id="txn_" + ref.lower().rjust(27, "0") + "b")
+
+    slow = _FirstWritesSlow(pool, _INSERTS)
+    s._pool = slow  # type: ignore[assignment]
+    first = []
+    for n in range(WRITES_IN_FLIGHT):
+        first.append(asyncio.create_task(submit(_claim(f"SLOW{n}"), 100 + n)))
+        await asyncio.sleep(0.02)  # its statement under way before the next
+    met = await asyncio.gather(
+        submit(_claim("MEET1"), 1),
+        submit(_claim("MEET2"), 2),
+        submit(again("MEET2"), 3),
+        submit(again("MEET0"), 4),
+        submit(_claim("MEET4", "pull").with_changes(state=State.DELIVERED), 5, pull_lease_s=60.0),
+        submit(_claim("MEET5", "pull"), 6),
+    )
+    alone = await asyncio.gather(*first)
+    s._pool = pool
+    # The slow ones alone; the rest in one; the resubmission of MEET2 after it.
+    assert slow.writes == WRITES_IN_FLIGHT + 2
+    [(m1, c1), (m2, c2), (m2_again, c3), (m0_again, c4), (m4, c5), (m5, c6)] = met
+    assert (c1, c2, c3, c4, c5, c6) == (True, True, False, False, True, True)
+    assert m2_again.transaction_id == m2.transaction_id and m0_again.transaction_id == earlier.transaction_id
+    for rec in (*[r for r, _ in alone], m1, m2, m4, m5):
+        read = await s.get(rec.transaction_id)
+        assert read is not None and (read, read.row_version) == (_read_back(rec), rec.row_version)
+    assert (m4.handed_off_at is not None, m5.handed_off_at is None) == (True, True)
+    # Each stored claim's event once, with its caller's trace; none for the two not stored.
+    outbox = await pool.fetch("SELECT payload, traceparent FROM router.outbox")
+    assert sorted((bytes(r["payload"]), r["traceparent"]) for r in outbox) == sorted(
+        [(b"SLOW0", _trace(100)), (b"SLOW1", _trace(101))][:WRITES_IN_FLIGHT]
+        + [(b"MEET1", _trace(1)), (b"MEET2", _trace(2)), (b"MEET4", _trace(5)), (b"MEET5", _trace(6))]
+    )
+    rows = {
+        r["claim_ref"]: r
+        for r in await pool.fetch(
+            "SELECT claim_ref, xmin::text AS writer, delivery_attempts, lease_until IS NOT NULL AS leased,"
+            " delivered_at IS NOT NULL AS delivered, taken_at IS NOT NULL AS taken,"
+            " next_attempt_at > submitted_at AS held FROM router.claims"
+        )
+    }
+    assert len({rows[ref]["writer"] for ref in ("MEET1", "MEET2", "MEET4", "MEET5")}) == 1
+    columns = ("delivery_attempts", "leased", "delivered", "taken", "held")
+    # Each row as it would have been stored alone.
+    assert (
+        [rows["MEET1"][c] for c in columns]
+        == [rows["SLOW0"][c] for c in columns]
+        == [1, False, False, False, True]
+    )
+    assert (
+        [rows["MEET4"][c] for c in columns]
+        == [rows["ALONE4"][c] for c in columns]
+        == [0, True, True, True, False]
+    )
+    assert [rows["MEET5"][c] for c in columns] == [0, False, False, False, False]
+
+
+async def test_lone_writes_keep_one_cached_plan(database_url: str) -> None:
+    """A claim stored or changed alone (the usual case below full load) runs a
+    statement PostgreSQL plans once and caches: over arrays it plans afresh
+    at nearly every call, which costs it more than the write. Counted by the
+    connection's plan cache, not by a clock."""
+    pool = await create_pool(database_url, max_size=1)  # one connection: one plan cache
+    try:
+        s = PgClaimStore(pool)
+        await s.migrate()
+        # A table of some size, its statistics taken, as a running hub's.
+        await pool.execute(
+            "INSERT INTO router.claims (transaction_id, hospital_code, insurer_code, claim_ref, state,"
+            " billed_amount_satang, envelope, envelope_sha256, delivery_mode)"
+            " SELECT 'txn_old' || g, '10670', 'AIA', 'OLD' || g, 9, 100, 'e', '', 'grpc'"
+            " FROM generate_series(1, 2000) g"
+        )
+        await pool.execute("ANALYZE router.claims")
+        for n in range(12):
+            claim, _ = await s.insert(_claim(f"PLAN{n}"), [("audit", b"stored")])
+            await s.transition(
+                claim.transaction_id,
+                lambda cur: (cur.with_changes(state=State.DELIVERED), [("audit", b"d")]),
+                claim,
+            )
+        plans = {
+            r["kind"]: (r["generic_plans"], r["custom_plans"])
+            for r in await pool.fetch(
+                "SELECT split_part(statement, ' ', 2) AS kind, generic_plans, custom_plans"
+                " FROM pg_prepared_statements WHERE statement LIKE 'WITH in%'"
+            )
+        }
+    finally:
+        await pool.close()
+    # PostgreSQL tries five custom plans before it settles on the generic one.
+    assert plans == {"incoming": (7, 5), "input": (7, 5)}
 
 
 async def test_only_deliveries_read_the_envelope(store: tuple[PgClaimStore, asyncpg.Pool]) -> None:
