@@ -6,7 +6,8 @@ commit, write_combiner); see _rows_from_params for why both."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 _INSERTED_COLUMNS = (
     "transaction_id, hospital_code, insurer_code, claim_ref, state, billed_amount_satang,"
@@ -30,7 +31,7 @@ def announced(row: str, me: int, terminal: int) -> str:
     )
 
 
-# A new claim's values, as the insert statement takes them ($1..$18, in order).
+# A new claim's values, as the insert statement takes them ($1..$18).
 _INCOMING = (
     ("transaction_id", "text"),
     ("hospital_code", "text"),
@@ -114,11 +115,11 @@ def _insert_statement(many: bool) -> str:
     )
 
 
-INSERT_ONE = _insert_statement(many=False)
-INSERT_MANY = _insert_statement(many=True)
+_INSERT_ONE = _insert_statement(many=False)
+_INSERT_MANY = _insert_statement(many=True)
 
 
-# A claim's change, as the update statement takes it ($1..$10, in order).
+# A claim's change, as the update statement takes it ($1..$10).
 _CHANGED = (
     ("transaction_id", "text"),
     ("state", "smallint"),
@@ -170,5 +171,25 @@ def _update_statement(many: bool) -> str:
     )
 
 
-UPDATE_ONE = _update_statement(many=False)
-UPDATE_MANY = _update_statement(many=True)
+_UPDATE_ONE = _update_statement(many=False)
+_UPDATE_MANY = _update_statement(many=True)
+
+
+def _params(columns: Sequence[tuple[str, str]], rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The statement's first parameters, as _rows_from_params reads them: a lone
+    row's values, or one array per column; each row a value by column name."""
+    if len(rows) == 1:
+        return [rows[0][name] for name, _ in columns]
+    return [[row[name] for row in rows] for name, _ in columns]
+
+
+def insert(claims: Sequence[Mapping[str, Any]]) -> tuple[str, list[Any]]:
+    """The insert statement for `claims` (each a value per _INCOMING column) and
+    its first parameters; the events' and notifications' follow them."""
+    return (_INSERT_ONE if len(claims) == 1 else _INSERT_MANY), _params(_INCOMING, claims)
+
+
+def update(changes: Sequence[Mapping[str, Any]]) -> tuple[str, list[Any]]:
+    """The update statement for `changes` (each a value per _CHANGED column) and
+    its first parameters; the rest follow them."""
+    return (_UPDATE_ONE if len(changes) == 1 else _UPDATE_MANY), _params(_CHANGED, changes)

@@ -28,7 +28,8 @@ from services.claim_router.domain import (
 )
 from services.claim_router.model import ClaimRecord, Event, Leased, LocalWaiters, Mutation, OutboxEvent
 from services.claim_router.recent import RecentClaims
-from services.claim_router.claim_writes import INSERT_MANY, INSERT_ONE, UPDATE_MANY, UPDATE_ONE, announced
+from services.claim_router import claim_writes
+from services.claim_router.claim_writes import announced
 from services.claim_router.write_combiner import WriteCombiner
 
 SCHEMA = "router"
@@ -158,6 +159,23 @@ def _event_columns(events: Sequence[Event]) -> tuple[list[str], list[bytes]]:
     return [topic for topic, _ in events], [payload for _, payload in events]
 
 
+def _changed(cur: ClaimRecord, new: ClaimRecord) -> dict[str, Any]:
+    """A claim's change for the update statement (claim_writes._CHANGED)."""
+    return {
+        "transaction_id": cur.transaction_id,
+        "state": int(new.state),
+        "approved_amount_satang": new.approved_amount_satang,
+        "decision_envelope": new.decision_envelope,
+        "status_reason": new.status_reason,
+        "decided_at": new.decided_at,
+        "delivered_at": new.handed_off_at,
+        "taken_at": new.taken_at,
+        # Only a change the claim's readers see moves updated_at.
+        "touched": new.updated_at != cur.updated_at,
+        "row_version": cur.row_version,
+    }
+
+
 class PgClaimStore:
     """Implements the use cases' ClaimStore, PushDeliverer's PushStore and
     OutboxRelay's OutboxStore."""
@@ -230,46 +248,50 @@ class PgClaimStore:
         assert existing is not None
         return existing, False
 
+    def _incoming(self, rec: ClaimRecord, waits: bool, pull_lease_s: float | None) -> dict[str, Any]:
+        """A new claim's values for the insert statement (claim_writes._INCOMING)."""
+        # A push claim is stored already leased for its first hand-off, which the
+        # caller starts at once with the record in hand: no second commit to
+        # lease it, and the poller leaves it alone unless that hand-off fails.
+        push = rec.delivery_mode != DELIVERY_PULL
+        return {
+            "transaction_id": rec.transaction_id,
+            "hospital_code": rec.hospital_code,
+            "insurer_code": rec.insurer_code,
+            "claim_ref": rec.claim_ref,
+            "state": int(rec.state),
+            "billed_amount_satang": rec.billed_amount_satang,
+            "approved_amount_satang": rec.approved_amount_satang,
+            "envelope": rec.envelope,
+            "envelope_sha256": rec.envelope_sha256,
+            "decision_envelope": rec.decision_envelope,
+            "status_reason": rec.status_reason,
+            "delivery_mode": rec.delivery_mode,
+            "handoff_lease_s": PUSH_HANDOFF_LEASE_S if push else 0.0,
+            "delivery_attempts": 1 if push else 0,
+            "traceparent": rec.traceparent or None,
+            "waiter": self._waiter_column(waits),
+            "pull_lease_s": pull_lease_s,
+            "envelope_bytes": rec.envelope_bytes,
+        }
+
     async def _insert_rows(self, items: list[tuple[_New, str | None]]) -> dict[str, asyncpg.Record]:
         """One statement for the new claims the combiner gathered, each with the
         trace its events carry; returns the rows stored, by (hospital, claim_ref).
         In (hospital, claim_ref) order, so that two statements that meet on a
         resubmitted claim wait for each other in one order, never in a cycle."""
         items = sorted(items, key=lambda item: _ref_key(item[0][0]))
-        recs = [rec for (rec, _, _, _), _ in items]
-        # A push claim is stored already leased for its first hand-off, which the
-        # caller starts at once with the record in hand: no second commit to
-        # lease it, and the poller leaves it alone unless that hand-off fails.
-        push = [rec.delivery_mode != DELIVERY_PULL for rec in recs]
         events = [
             (rec.transaction_id, topic, payload, traceparent)
             for (rec, evs, _, _), traceparent in items
             for topic, payload in evs
         ]
-        columns: list[list[Any]] = [
-            [rec.transaction_id for rec in recs],
-            [rec.hospital_code for rec in recs],
-            [rec.insurer_code for rec in recs],
-            [rec.claim_ref for rec in recs],
-            [int(rec.state) for rec in recs],
-            [rec.billed_amount_satang for rec in recs],
-            [rec.approved_amount_satang for rec in recs],
-            [rec.envelope for rec in recs],
-            [rec.envelope_sha256 for rec in recs],
-            [rec.decision_envelope for rec in recs],
-            [rec.status_reason for rec in recs],
-            [rec.delivery_mode for rec in recs],
-            [PUSH_HANDOFF_LEASE_S if is_push else 0.0 for is_push in push],
-            [1 if is_push else 0 for is_push in push],
-            [rec.traceparent or None for rec in recs],
-            [self._waiter_column(waits) for (_, _, waits, _), _ in items],
-            [pull_lease_s for (_, _, _, pull_lease_s), _ in items],
-            [rec.envelope_bytes for rec in recs],
-        ]
-        one = len(recs) == 1
+        sql, claims = claim_writes.insert(
+            [self._incoming(rec, waits, pull_lease_s) for (rec, _, waits, pull_lease_s), _ in items]
+        )
         rows = await self._pool.fetch(
-            INSERT_ONE if one else INSERT_MANY,
-            *([column[0] for column in columns] if one else columns),
+            sql,
+            *claims,
             [txid for txid, _, _, _ in events],
             [topic for _, topic, _, _ in events],
             [payload for _, _, payload, _ in events],
@@ -458,22 +480,10 @@ class PgClaimStore:
             for (cur, _, evs), traceparent in items
             for topic, payload in evs
         ]
-        columns: list[list[Any]] = [
-            [cur.transaction_id for cur, _, _ in changes],
-            [int(new.state) for _, new, _ in changes],
-            [new.approved_amount_satang for _, new, _ in changes],
-            [new.decision_envelope for _, new, _ in changes],
-            [new.status_reason for _, new, _ in changes],
-            [new.decided_at for _, new, _ in changes],
-            [new.handed_off_at for _, new, _ in changes],
-            [new.taken_at for _, new, _ in changes],
-            [new.updated_at != cur.updated_at for cur, new, _ in changes],
-            [cur.row_version for cur, _, _ in changes],
-        ]
-        one = len(changes) == 1
+        sql, claims = claim_writes.update([_changed(cur, new) for cur, new, _ in changes])
         rows = await self._pool.fetch(
-            UPDATE_ONE if one else UPDATE_MANY,
-            *([column[0] for column in columns] if one else columns),
+            sql,
+            *claims,
             int(State.PENDING_REVIEW),
             [txid for txid, _, _, _ in events],
             [topic for _, topic, _, _ in events],

@@ -16,7 +16,7 @@ from iclaim.crypto.envelope import seal
 from iclaim.fhir.claim_response import build_claim_response, parse_claim_response
 from iclaim.v1 import claim_service_pb2 as pb
 from tests.support.stack import RunningStack
-from tests.support.claims import fhir
+from tests.support.claims import fhir, submit
 from tests.support.wire import metric_value, raw_call, reason_of
 
 pytestmark = pytest.mark.integration
@@ -25,24 +25,6 @@ S = pb.ClaimState
 
 def ref() -> str:
     return f"IT-{secrets.token_hex(5)}"
-
-
-async def submit(
-    client: HospitalClient,
-    insurer: str,
-    policy: str,
-    amount: int,
-    wait_s: float = 15,
-    claim_ref: str | None = None,
-) -> pb.Claim:
-    r = claim_ref or ref()
-    return await client.submit_claim(
-        fhir(client.creds.code, insurer, r, policy, amount),
-        insurer_code=insurer,
-        claim_ref=r,
-        amount_satang=amount,
-        decision_timeout_s=wait_s,
-    )
 
 
 async def until_decided(client: HospitalClient, tid: str, timeout_s: float = 30) -> list[pb.Claim]:

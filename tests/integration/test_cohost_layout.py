@@ -19,7 +19,7 @@ from iclaim.client.hospital import HospitalClient
 from iclaim.v1 import claim_service_pb2 as pb
 from iclaim_ops.devstack.stack import ROUTER_ADAPTER
 from tests.support.audit_trail import entries_once_decided, router_changes
-from tests.support.claims import fhir, states_once_approved
+from tests.support.claims import states_once_approved, submit
 from tests.support.stack import RunningStack, run_admin, running_stack_in
 
 pytestmark = pytest.mark.integration
@@ -59,15 +59,7 @@ async def test_killing_the_process_loses_and_duplicates_no_claim(cohost_stack: R
 
         async def one(n: int) -> None:
             r = f"COHOST-{secrets.token_hex(4)}-{n}"
-            acked.append(
-                await client.submit_claim(
-                    fhir(client.creds.code, "AIA", r, "POL-COHOST", 3_000 + n),
-                    insurer_code="AIA",
-                    claim_ref=r,
-                    amount_satang=3_000 + n,
-                    decision_timeout_s=0,
-                )
-            )
+            acked.append(await submit(client, "AIA", "POL-COHOST", 3_000 + n, wait_s=0, claim_ref=r))
 
         await asyncio.gather(*(one(n) for n in range(12)))
         # Killed at once, some claims handed off and pushed, others not yet.

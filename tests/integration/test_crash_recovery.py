@@ -12,7 +12,7 @@ from iclaim.client.hospital import HospitalClient
 from iclaim_ops.devstack.stack import SERVICES
 from iclaim.v1 import claim_service_pb2 as pb
 from tests.support.stack import RunningStack
-from tests.support.claims import fhir, states_once_approved
+from tests.support.claims import fhir, states_once_approved, submit
 
 pytestmark = pytest.mark.integration
 S = pb.ClaimState
@@ -29,14 +29,7 @@ async def test_router_sigkilled_before_delivery_delivers_each_claim_once(
     async with HospitalClient(running_stack.creds()) as client:
         for n in range(8):
             r = f"CRASH-{secrets.token_hex(4)}-{n}"
-            acked.append(
-                await client.submit_claim(
-                    fhir(client.creds.code, "AIA", r, "POL-CRASH", 1_000 + n),
-                    insurer_code="AIA",
-                    claim_ref=r,
-                    amount_satang=1_000 + n,
-                )
-            )
+            acked.append(await submit(client, "AIA", "POL-CRASH", 1_000 + n, wait_s=0, claim_ref=r))
         assert all(c.state == S.CLAIM_STATE_RECEIVED for c in acked)
         await stack.kill("claim_router", signal.SIGKILL)
         await stack.restart("insurer_adapter")
