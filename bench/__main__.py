@@ -371,6 +371,20 @@ def _busy(phase: dict[str, Any]) -> str:
     return f"{round(shares['busy'] * 100)}%" if shares else "-"
 
 
+OPEN_LOOP_P99_TARGET_MS = 150.0  # issue 13's open-loop target
+
+
+def open_loop_seconds(seconds: list[dict[str, Any]]) -> str:
+    """Whether the open loop's tail is a few slow seconds or the whole run."""
+    over = [s for s in seconds if s["p99_ms"] > OPEN_LOOP_P99_TARGET_MS]
+    worst = max(seconds, key=lambda s: s["p99_ms"])
+    return (
+        f"open loop by second of sending: {len(over)} of {len(seconds)} seconds with p99 over"
+        f" {OPEN_LOOP_P99_TARGET_MS:.0f} ms; worst second {worst['second']}: p99 {worst['p99_ms']} ms,"
+        f" p50 {worst['p50_ms']} ms"
+    )
+
+
 def table(claims: dict[str, Any]) -> str:
     """One line per phase: what a reader compares between runs."""
     head = (
@@ -394,6 +408,9 @@ def table(claims: dict[str, Any]) -> str:
             f"{pc['postgres_write_transactions']:>10}{pc.get('postgres_commits', '-')!s:>11}"
             f"{pc['rpcs']['internal_per_claim']:>10}{r['cpu']['sandbox_s']:>10}{_busy(r):>6}"
         )
+    seconds = claims.get("open_loop", {}).get("by_second")
+    if seconds:
+        rows.append(open_loop_seconds(seconds))
     idle = claims.get("idle")
     if idle:
         rows.append(

@@ -45,6 +45,19 @@ def latency_summary(latencies: list[float]) -> dict[str, float | int]:
     }
 
 
+def by_second(samples: list[tuple[float, float]]) -> list[dict[str, float | int]]:
+    """Open-loop latencies (scheduled send time from the start, latency), one
+    summary per second of sending: a queue that builds over the run and a
+    stall of a second or two give the same p99, and this tells them apart."""
+    buckets: dict[int, list[float]] = {}
+    for at, latency in samples:
+        buckets.setdefault(int(at), []).append(latency)
+    return [
+        {"second": s, **latency_summary(buckets[s]), "max_ms": round(max(buckets[s]) * 1000, 1)}
+        for s in sorted(buckets)
+    ]
+
+
 STUCK_EVERY_S = 0.05  # claims to a never-answering insurer, beside the measured ones
 
 
@@ -212,6 +225,7 @@ async def open_load(credentials: Path, rate: float, seconds: float, run_id: str)
         sealed_cpu_s = time.process_time()
         latencies: list[float] = []
         by_mode: dict[str, list[float]] = {}
+        timeline: list[tuple[float, float]] = []
         undecided = 0
 
         async def one(scheduled: float, item: tuple[str, str, int, str]) -> None:
@@ -224,6 +238,7 @@ async def open_load(credentials: Path, rate: float, seconds: float, run_id: str)
             if claim.state == pb.CLAIM_STATE_APPROVED:
                 latencies.append(time.perf_counter() - scheduled)
                 by_mode.setdefault(modes.get(insurer, "unknown"), []).append(latencies[-1])
+                timeline.append((scheduled - start, latencies[-1]))
             else:
                 undecided += 1
 
@@ -240,6 +255,7 @@ async def open_load(credentials: Path, rate: float, seconds: float, run_id: str)
         "p99_ms": round(percentile(latencies, 0.99) * 1000, 1) if latencies else None,
         "undecided": undecided,
         "by_mode": {mode: latency_summary(values) for mode, values in sorted(by_mode.items())},
+        "by_second": by_second(timeline),
         "late_sends": late_sends,
         "machine": machine,
         **_own_cpu(started_cpu_s, sealed_cpu_s),

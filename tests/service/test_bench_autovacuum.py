@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from bench.autovacuum import StandInAutovacuum, run_due, tables_due
+from bench.autovacuum import StandInAutovacuum, run_due, tables_due, throttle_as_autovacuum
 
 
 async def _due(conn: asyncpg.Connection) -> list[tuple[str, bool]]:
@@ -57,4 +57,20 @@ async def test_the_stand_in_names_its_backend_for_the_cpu_split(database_url: st
             assert stand_in.backend_pid is None
     finally:
         await stand_in.stop()
+        await conn.close()
+
+
+async def test_the_stand_in_takes_autovacuums_cost_delay(database_url: str) -> None:
+    """A manual VACUUM runs unthrottled (vacuum_cost_delay 0); autovacuum
+    sleeps by its own delay and limit. The stand-in's session takes those."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SHOW vacuum_cost_delay") == "0"
+        expected_delay = await conn.fetchval("SHOW autovacuum_vacuum_cost_delay")
+        limit = await conn.fetchval("SHOW autovacuum_vacuum_cost_limit")
+        expected_limit = await conn.fetchval("SHOW vacuum_cost_limit") if limit == "-1" else limit
+        await throttle_as_autovacuum(conn)
+        assert await conn.fetchval("SHOW vacuum_cost_delay") == expected_delay != "0"
+        assert await conn.fetchval("SHOW vacuum_cost_limit") == expected_limit
+    finally:
         await conn.close()
