@@ -55,9 +55,10 @@ REDIS_BASE_URL = os.environ.get("ICLAIM_TEST_REDIS_URL", "redis://127.0.0.1:6379
 ISOLATION_CONCURRENCY = 4
 # The open-loop phase's arrival rate, as a share of the best closed-loop rate.
 OPEN_LOOP_SHARE = 0.7
-# A short echo run right after each claims phase: its cost per request is that
-# phase's unit, so a shared machine whose speed drifts during the run (seen
-# here: ±25 % between phases minutes apart) does not skew echo-equivalents.
+# A short echo run right before and one right after each claims phase: their
+# mean cost per request is that phase's unit, so a shared machine whose speed
+# drifts during the run (seen here: ±25 % between phases minutes apart) skews
+# echo-equivalents less, and the two apart show how far it drifted.
 NEARBY_ECHO_S = 3.0
 # The paced echo (open loop at a hub process's call rate): long enough for a few
 # thousand calls at that rate.
@@ -325,7 +326,7 @@ async def bench_claims(
                 )
             result["ratio_to_echo"] = round(result["claims_per_s"] / echo["requests_per_s"], 3)
             # Cost per claim in echo-equivalents: hub CPU per claim / CPU per echo
-            # request, the echo run just after the phase (and the long one, apart).
+            # request, the echo runs on either side of the phase (and the long one, apart).
             unit = result["echo_nearby"]["cpu_us_per_request"]
             result["per_claim"]["echo_equivalents"] = round(
                 result["per_claim"]["hub_cpu_ms"] * 1000 / unit, 1
@@ -353,15 +354,27 @@ def paced_echo_rate(closed_loop: dict[str, Any], override: str) -> float:
     return round(float(max(per_claim, default=0.0)) * float(fastest["claims_per_s"]), 1)
 
 
-async def _beside_echo(phase: Awaitable[dict[str, Any]], concurrency: int) -> dict[str, Any]:
-    """The phase's result, with a short echo run measured right after it (the
-    stack idle meanwhile) as its unit of cost."""
-    result = await phase
-    near = await bench_echo(NEARBY_ECHO_S, concurrency)
-    result["echo_nearby"] = {
-        "requests_per_s": near["requests_per_s"],
-        "cpu_us_per_request": max(near["cpu_us_per_request"], 0.1),
+def nearby_unit(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The phase's unit of cost from the short echo runs on either side of it:
+    their mean, and each apart, since the machine's speed drifts within minutes
+    (the README's runs: the same tree 30 % apart an hour later)."""
+    before_us = max(before["cpu_us_per_request"], 0.1)
+    after_us = max(after["cpu_us_per_request"], 0.1)
+    return {
+        "requests_per_s": round((before["requests_per_s"] + after["requests_per_s"]) / 2, 1),
+        "cpu_us_per_request": round((before_us + after_us) / 2, 1),
+        "before_us": before_us,
+        "after_us": after_us,
     }
+
+
+async def _beside_echo(phase: Awaitable[dict[str, Any]], concurrency: int) -> dict[str, Any]:
+    """The phase's result, with short echo runs measured just before and just
+    after it (the stack idle meanwhile) as its unit of cost."""
+    before = await bench_echo(NEARBY_ECHO_S, concurrency)
+    result = await phase
+    after = await bench_echo(NEARBY_ECHO_S, concurrency)
+    result["echo_nearby"] = nearby_unit(before, after)
     return result
 
 
@@ -408,6 +421,13 @@ def table(claims: dict[str, Any]) -> str:
             f"{pc['postgres_write_transactions']:>10}{pc.get('postgres_commits', '-')!s:>11}"
             f"{pc['rpcs']['internal_per_claim']:>10}{r['cpu']['sandbox_s']:>10}{_busy(r):>6}"
         )
+    drift = [
+        f"{label} {r['echo_nearby']['before_us']:.0f}→{r['echo_nearby']['after_us']:.0f}"
+        for label, r in phases
+        if "before_us" in r.get("echo_nearby", {})
+    ]
+    if drift:
+        rows.append("echo µs before→after each phase: " + ", ".join(drift))
     seconds = claims.get("open_loop", {}).get("by_second")
     if seconds:
         rows.append(open_loop_seconds(seconds))
@@ -421,7 +441,7 @@ def table(claims: dict[str, Any]) -> str:
     if echo:
         rows.append(
             f"echo: {echo['requests_per_s']} requests/s, {echo['cpu_us_per_request']} µs CPU per request"
-            " (echo-eq. uses the short echo run after each phase: 'echo µs')"
+            " (echo-eq. uses the short echo runs before and after each phase, their mean: 'echo µs')"
         )
     paced = claims.get("echo_paced")
     if paced:
