@@ -67,12 +67,16 @@ def _dev_password(state_dir: Path) -> str:
     return password
 
 
+# The portals' databases on the dev stack's server: <prefix>_<code>, kept between runs.
+PORTAL_DB_PREFIX = "iclaim_portal"
+
+
 async def start_portals(
     state_dir: Path,
     database_url: str,
     credentials_path: Path,
     ports: tuple[int, int] = (HOSPITAL_PORT, INSURER_PORT),
-    db_prefix: str = "iclaim_portal",
+    db_prefix: str = PORTAL_DB_PREFIX,
 ) -> Portals:
     if importlib.util.find_spec("iclaim_portal") is None:
         return Portals()

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.databases import REDIS_BASE_URL, create_db, drop_db
+from iclaim_ops.devstack.portals import PORTAL_DB_PREFIX
+from tests.support.databases import REDIS_BASE_URL, create_db, database_names, drop_db
 
 pytestmark = pytest.mark.integration
 
@@ -101,6 +102,7 @@ async def run_up(state_dir: Path, env_extra: dict[str, str]) -> None:
 
 
 async def test_up_with_machine_postgres_and_redis(tmp_path: Path) -> None:
+    before = await database_names()
     name, url = await create_db()
     redis_url = f"{REDIS_BASE_URL}/13"
     redis.Redis.from_url(redis_url).flushdb()
@@ -108,6 +110,12 @@ async def test_up_with_machine_postgres_and_redis(tmp_path: Path) -> None:
         await run_up(tmp_path / "dev", {"ICLAIM_DATABASE_URL": url, "ICLAIM_REDIS_URL": redis_url})
     finally:
         await drop_db(name)
+        # `make run` keeps its portals' databases on the server it was given (their
+        # admin is made once per database); on the machine's server, CI's, they go.
+        for portal_db in await database_names() - before:
+            if portal_db.startswith(f"{PORTAL_DB_PREFIX}_"):
+                await drop_db(portal_db)
+    assert await database_names() == before, "databases left on the machine's server"
 
 
 async def test_up_fully_embedded(tmp_path: Path) -> None:
