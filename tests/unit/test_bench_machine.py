@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bench import infra, load
-from bench.__main__ import bench_echo, table
+from bench.__main__ import bench_echo, nearby_unit, table
 from bench.cpu import machine_shares, machine_ticks
 
 # cpu user nice system idle iowait irq softirq steal guest guest_nice
@@ -55,6 +55,17 @@ def test_the_table_shows_the_busy_share_or_a_dash() -> None:
     rows = table({"closed_loop": phases}).splitlines()
     assert rows[0].endswith("busy")
     assert rows[1].endswith(" 95%") and rows[2].endswith(" -")
+
+
+def test_the_table_shows_how_far_the_echo_drifted_around_each_phase() -> None:
+    phase = _phase(None)
+    phase["echo_nearby"] = nearby_unit(
+        {"requests_per_s": 4000.0, "cpu_us_per_request": 400.0},
+        {"requests_per_s": 3000.0, "cpu_us_per_request": 600.0},
+    )
+    rows = table({"closed_loop": {"64": phase}}).splitlines()
+    assert "echo µs before→after each phase: closed 64 400→600" in rows
+    assert rows[1].split()[7] == "500.0"  # the mean is the phase's unit
 
 
 async def test_the_echo_unit_leaves_out_the_clients_start_up() -> None:
