@@ -44,6 +44,8 @@ MAX_AMOUNT_SATANG = 10**13  # 100 billion THB: above any single claim
 MAX_DECISION_TIMEOUT_S = 30.0
 MAX_PULL_WAIT_S = 30.0
 MAX_PULL_CLAIMS = 100
+# Decisions one PullClaims may carry (§6.1): as many as one pull may lease.
+MAX_CARRIED_DECISIONS = 100
 # What one ListClaims or PullClaims answer may carry in envelopes: a page of
 # 1 MiB envelopes must stay within the clients' 8 MiB receive limit
 # (iclaim.limits.MAX_RESPONSE_BYTES). A page always holds at least one claim.
@@ -139,6 +141,13 @@ def postable_state_of(value: int) -> State:
             reason="DECISION_STATE_INVALID",
         )
     return state
+
+
+def check_carried_decisions(count: int) -> None:
+    if count > MAX_CARRIED_DECISIONS:
+        raise InvalidArgument(
+            f"at most {MAX_CARRIED_DECISIONS} decisions per pull", reason="TOO_MANY_DECISIONS"
+        )
 
 
 def check_max_claims(value: int) -> int:

@@ -18,7 +18,7 @@ from iclaim_hub.registry.model import (
     HEALTH_DOWN,
     HEALTH_HEALTHY,
 )
-from services.claim_router.model import ClaimRecord
+from services.claim_router.model import ClaimRecord, DecisionOutcome
 from services.claim_router.usecases import (
     DecisionRequest,
     DeliveryReport,
@@ -132,6 +132,16 @@ def decision_request_of(
         approved_amount_satang=request.approved_amount_satang,
         decision_envelope=request.decision_envelope,
         reason_code=request.reason_code,
+    )
+
+
+def decision_result_to_proto(outcome: DecisionOutcome) -> insurer_service_pb2.DecisionResult:
+    return insurer_service_pb2.DecisionResult(
+        transaction_id=outcome.transaction_id,
+        code=int(outcome.code),
+        reason=outcome.reason,
+        # State mirrors ClaimState's numbers; 0 is CLAIM_STATE_UNSPECIFIED
+        state=0 if outcome.state is None else int(outcome.state),  # type: ignore[arg-type]
     )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
+from iclaim.errors import Code
 from services.claim_router.domain import State
 
 
@@ -77,6 +78,18 @@ class Leased(list[ClaimRecord]):
     def __init__(self, records: Sequence[ClaimRecord] = (), *, exhausted: bool) -> None:
         super().__init__(records)
         self.exhausted = exhausted
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionOutcome:
+    """What became of one of several decisions recorded together: code OK
+    (recorded, or the same decision again), or the refusal PostDecision would
+    have raised; `state` the claim's, with DECISION_CONFLICT."""
+
+    transaction_id: str
+    code: Code = Code.OK
+    reason: str = ""
+    state: State | None = None
 
 
 class ClaimChange(asyncio.Event):

@@ -17,7 +17,7 @@ from typing import Generic, Protocol, TypeVar
 import structlog
 
 from iclaim.crypto.envelope import ProtectedHeader, sha256_hex
-from iclaim.errors import FailedPrecondition, IclaimError, InvalidArgument, NotFound
+from iclaim.errors import Code, FailedPrecondition, IclaimError, InvalidArgument, NotFound
 from iclaim_hub.common import tracing
 from iclaim_hub.common.fields import copy_fields
 from iclaim_hub.registry.model import (
@@ -33,7 +33,7 @@ from services.claim_router import domain
 from services.claim_router.domain import State
 from services.claim_router.events import state_change_events
 from services.claim_router.metrics import CLAIM_OUTCOMES, DECISION_LATENCY, SUBMIT_LATENCY
-from services.claim_router.model import ClaimChange, ClaimRecord, Event, Leased, Mutation
+from services.claim_router.model import ClaimChange, ClaimRecord, DecisionOutcome, Event, Leased, Mutation
 from services.claim_router.pull_handoff import PullHandOff
 
 log = structlog.get_logger("claim_router.usecases")
@@ -780,34 +780,53 @@ class ClaimRouter:
             raise InvalidArgument(
                 f"at most {MAX_REPORTS_PER_CALL} answers per call", reason="TOO_MANY_ANSWERS"
             )
-        refused: list[tuple[int, str]] = []
+        outcomes = await self._record_decisions(reqs, ROUTE_PUSH_ANSWER)
+        return [(i, o.reason) for i, o in enumerate(outcomes) if o.code != Code.OK]
+
+    async def pull_carrying(
+        self, insurer_code: str, max_claims: int, wait: DurationParts, decisions: Sequence[DecisionRequest]
+    ) -> tuple[list[ClaimRecord], list[DecisionOutcome]]:
+        """A pull that carries the insurer's decisions on claims it pulled
+        before (§6.1): the pull's own fields are checked first, then the
+        decisions recorded together as post_decision would record each, then
+        the pull served. An outage recording them is raised (none recorded)."""
+        domain.check_max_claims(max_claims)
+        domain.duration_s(*wait, field="wait", reason="WAIT_INVALID", max_s=domain.MAX_PULL_WAIT_S)
+        domain.check_carried_decisions(len(decisions))
+        outcomes = await self._record_decisions(decisions, ROUTE_PULL) if decisions else []
+        return await self.pull(insurer_code, max_claims, wait), outcomes
+
+    async def _record_decisions(self, reqs: Sequence[DecisionRequest], route: str) -> list[DecisionOutcome]:
+        """post_decision(route=route) for each, in one commit: an outcome per
+        request, in order; a refused one is not recorded, the rest are."""
+        outcomes = [DecisionOutcome(req.transaction_id) for req in reqs]
         checked: dict[str, tuple[int, domain.DecisionInput]] = {}
         for i, req in enumerate(reqs):
             try:
                 domain.check_transaction_id(req.transaction_id)
                 d = _decision_input(req, domain.postable_state_of(req.state))
                 if d.transaction_id in checked:
-                    raise InvalidArgument("one answer per claim and call", reason="TRANSACTION_REPEATED")
+                    raise InvalidArgument("one decision per claim and call", reason="TRANSACTION_REPEATED")
                 rec = self.store.recent(d.transaction_id) or await self.store.get(d.transaction_id)
                 if rec is None or rec.insurer_code != d.insurer_code:
                     raise NotFound("claim not found", reason="CLAIM_NOT_FOUND")
                 await self._check_decision(d, rec)
             except IclaimError as exc:
-                refused.append((i, exc.reason))
+                outcomes[i] = DecisionOutcome(req.transaction_id, exc.code, exc.reason)
                 continue
             checked[d.transaction_id] = (i, d)
-        conflicts: set[str] = set()
+        conflicts: dict[str, State] = {}  # transaction_id -> the claim's state
         written: set[str] = set()
-        decide = {tid: _decision(d, ROUTE_PUSH_ANSWER) for tid, (_, d) in checked.items()}
+        decide = {tid: _decision(d, route) for tid, (_, d) in checked.items()}
 
         def mutate(cur: ClaimRecord) -> tuple[ClaimRecord | None, Sequence[Event]]:
             tid = cur.transaction_id
-            conflicts.discard(tid)  # what the last run found (a retried one may differ)
+            conflicts.pop(tid, None)  # what the last run found (a retried one may differ)
             written.discard(tid)
             try:
                 new, events = decide[tid](cur)
             except FailedPrecondition:
-                conflicts.add(tid)
+                conflicts[tid] = cur.state
                 return None, []
             if new is not None:
                 written.add(tid)
@@ -816,10 +835,11 @@ class ClaimRouter:
         stored = await self.store.transition_many(list(checked), mutate)
         for tid, (i, _) in checked.items():
             if tid in conflicts:
-                refused.append((i, "DECISION_CONFLICT"))
+                conflict = (Code.FAILED_PRECONDITION, "DECISION_CONFLICT", conflicts[tid])
+                outcomes[i] = DecisionOutcome(tid, *conflict)
             elif tid in stored and tid in written:
                 _count_decided(stored[tid])
-        return sorted(refused)
+        return outcomes
 
     # --- the delivery layer's reports (§10.2-10.4) -------------------------------------
 

@@ -15,6 +15,7 @@ from iclaim.client.insurer import InsurerClient
 from iclaim.crypto.envelope import seal
 from iclaim.fhir.claim_response import build_claim_response, parse_claim_response
 from iclaim.v1 import claim_service_pb2 as pb
+from iclaim.v1 import insurer_service_pb2 as ipb
 from tests.support.stack import RunningStack
 from tests.support.claims import fhir, submit
 from tests.support.wire import metric_value, raw_call, reason_of
@@ -191,6 +192,63 @@ async def test_pull_insurer_pulls_and_decides_from_outside(running_stack: Runnin
         seen = await hospital.get_claim(claim.transaction_id)
         assert seen.approved_amount_satang == 30_000
         check_decision(hospital, seen)
+
+
+async def test_a_pull_insurer_carries_its_decision_on_the_next_pull(running_stack: RunningStack) -> None:
+    """§6.1 through Envoy and the auth service: the decision rides the signed
+    PullClaims body, is recorded, and a conflicting one comes back refused."""
+    async with (
+        HospitalClient(running_stack.creds()) as hospital,
+        InsurerClient(running_stack.creds("TESTPULL")) as insurer,
+    ):
+        claim = await submit(hospital, "TESTPULL", "POL-CARRY", 33_300, wait_s=0)
+        pulled = []
+        for _ in range(5):
+            got = await insurer.pull(max_claims=100, wait_s=2)
+            pulled += [d for d in got if d.transaction_id == claim.transaction_id]
+            if pulled:
+                break
+        assert len(pulled) == 1
+
+        def decision(state: int, amount: int, reason: str) -> ipb.PostDecisionRequest:
+            response = build_claim_response(
+                claim_ref=pulled[0].claim_ref,
+                hospital_code=hospital.creds.code,
+                insurer_code="TESTPULL",
+                state=pb.ClaimState.Name(state).removeprefix("CLAIM_STATE_"),
+                billed_satang=33_300,
+                approved_satang=amount,
+                reason_code=reason,
+            )
+            envelope = seal(
+                response,
+                hospital_key,
+                sender="TESTPULL",
+                recipient=hospital.creds.code,
+                claim_ref=pulled[0].claim_ref,
+                amount_satang=amount,
+            )
+            return ipb.PostDecisionRequest(
+                transaction_id=claim.transaction_id,
+                state=state,  # type: ignore[arg-type]
+                approved_amount_satang=amount,
+                decision_envelope=envelope,
+                reason_code=reason,
+            )
+
+        hospital_key = await insurer.hospital_key(hospital.creds.code)
+        approved = decision(S.CLAIM_STATE_APPROVED, 33_300, "")
+        _, results = await insurer.pull_carrying(10, 0.2, [approved])
+        assert [(r.transaction_id, r.code, r.reason) for r in results] == [(claim.transaction_id, 0, "")]
+        seen = await hospital.get_claim(claim.transaction_id)
+        assert seen.state == S.CLAIM_STATE_APPROVED
+        check_decision(hospital, seen)
+
+        denied = decision(S.CLAIM_STATE_DENIED, 0, "POLICY_NOT_FOUND")
+        _, results = await insurer.pull_carrying(10, 0.2, [denied])
+        assert [(r.code, r.reason, r.state) for r in results] == [
+            (grpc.StatusCode.FAILED_PRECONDITION.value[0], "DECISION_CONFLICT", S.CLAIM_STATE_APPROVED)
+        ]
 
 
 async def test_resubmission_is_idempotent_and_delivered_once(running_stack: RunningStack) -> None:

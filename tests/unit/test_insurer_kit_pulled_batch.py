@@ -5,6 +5,8 @@ and stores the valid ones together."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 
 from iclaim.errors import ResourceExhausted, Unavailable
 from iclaim.insurer.inbox import RECEIVED, Inbox, PutResult
-from iclaim.insurer.intake import store_many
+from iclaim.insurer.intake import Taken, store_many
 from iclaim.insurer.pull import run_pull
 from iclaim.v1 import insurer_service_pb2 as ipb
 
@@ -117,6 +119,10 @@ class _Host:
     def client(self, insurer_code: str) -> Any:
         return self._client
 
+    @contextlib.contextmanager
+    def gateway_for_worker(self, insurer_code: str, gateway: Any) -> Iterator[None]:
+        yield
+
     async def take_pulled(self, insurer_code: str, deliveries: list[ipb.ClaimDelivery]) -> list[Any]:
         self.taken.append([d.transaction_id for d in deliveries])
         return []
@@ -129,3 +135,74 @@ async def test_the_pull_loop_stores_each_batchs_valid_deliveries_together() -> N
     host = _Host(client)
     await asyncio.wait_for(run_pull(host, "AIA", stop), 5)  # type: ignore[arg-type]
     assert host.taken == [["txn_1", "txn_2"], ["txn_3"]]  # nothing stored for an all-invalid batch
+
+
+class _CarryingClient:
+    """A gateway that takes decisions on its pulls (§6.1): one batch, then
+    records what the next pull carries and stops the loop."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.stop = stop
+        self.carried: list[list[str]] = []
+        self.posted: list[str] = []
+
+    async def hospital_key(self, hospital_code: str) -> dict[str, Any]:
+        return {}
+
+    async def post_decision(self, transaction_id: str, **_: Any) -> None:
+        self.posted.append(transaction_id)
+
+    async def pull(self, max_claims: int = 10, wait_s: float = 0.0) -> list[ipb.ClaimDelivery]:
+        if self.carried:
+            self.stop.set()
+            await asyncio.sleep(3600)
+        return [_d("txn_1"), _d("txn_2")]
+
+    async def pull_carrying(
+        self, max_claims: int, wait_s: float, decisions: list[ipb.PostDecisionRequest]
+    ) -> tuple[list[ipb.ClaimDelivery], list[ipb.DecisionResult]]:
+        self.carried.append([d.transaction_id for d in decisions])
+        return [], [ipb.DecisionResult(transaction_id=d.transaction_id) for d in decisions]
+
+
+class _DecidingHost:
+    """Stores a batch and has a stand-in worker post each new claim's decision
+    through whatever gateway the host gives the worker for the insurer."""
+
+    def __init__(self, client: _CarryingClient) -> None:
+        self.clients: dict[str, Any] = {"AIA": client}
+        self.posts: list[asyncio.Task[Any]] = []
+
+    def client(self, insurer_code: str) -> Any:
+        return self.clients[insurer_code]
+
+    @contextlib.contextmanager
+    def gateway_for_worker(self, insurer_code: str, gateway: Any) -> Iterator[None]:
+        before, self.clients[insurer_code] = self.clients[insurer_code], gateway
+        try:
+            yield
+        finally:
+            self.clients[insurer_code] = before
+
+    async def take_pulled(self, insurer_code: str, deliveries: list[ipb.ClaimDelivery]) -> list[Taken]:
+        for d in deliveries:
+            gateway = self.clients[insurer_code]
+            self.posts.append(
+                asyncio.create_task(
+                    gateway.post_decision(
+                        d.transaction_id, state=2, approved_amount_satang=5, decision_envelope="a.b.c.d.e"
+                    )
+                )
+            )
+        return [Taken(insurer_code, d.transaction_id, PutResult.NEW) for d in deliveries]
+
+
+async def test_the_pull_loop_carries_a_batchs_decisions_on_its_next_pull() -> None:
+    stop = asyncio.Event()
+    client = _CarryingClient(stop)
+    host = _DecidingHost(client)
+    await asyncio.wait_for(run_pull(host, "AIA", stop), 5)  # type: ignore[arg-type]
+    assert client.carried == [["txn_1", "txn_2"]]
+    assert await asyncio.gather(*host.posts) == [None, None]  # recorded on the pull, not posted
+    assert client.posted == []
+    assert host.clients["AIA"] is client  # the worker's own gateway again once the loop stopped

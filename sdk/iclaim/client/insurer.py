@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
@@ -23,13 +24,26 @@ class InsurerClient(GatewayClient):
         self.stub = insurer_service_pb2_grpc.InsurerServiceStub(self.channel)
 
     async def pull(self, max_claims: int = 10, wait_s: float = 0.0) -> list[ipb.ClaimDelivery]:
+        deliveries, _ = await self.pull_carrying(max_claims, wait_s, ())
+        return deliveries
+
+    async def pull_carrying(
+        self, max_claims: int, wait_s: float, decisions: Sequence[ipb.PostDecisionRequest]
+    ) -> tuple[list[ipb.ClaimDelivery], list[ipb.DecisionResult]]:
+        """Pulls, carrying `decisions` (at most 100) on the call (§6.1).
+
+        Returns the deliveries and one result per decision, in order (code 0:
+        recorded). Fewer results than decisions (a clearinghouse of an earlier
+        release ignores them): post the rest with `post_decision`. If the call
+        fails, no decision is known recorded; carrying or posting the same one
+        again is a no-op."""
         wait = Duration()
         wait.FromNanoseconds(int(wait_s * 1e9))
         resp = await self.stub.PullClaims(
-            ipb.PullClaimsRequest(max_claims=max_claims, wait=wait),
+            ipb.PullClaimsRequest(max_claims=max_claims, wait=wait, decisions=decisions),
             timeout=DEFAULT_TIMEOUT_S + wait_s,
         )
-        return list(resp.deliveries)
+        return list(resp.deliveries), list(resp.decision_results)
 
     def open_claim(self, delivery: ipb.ClaimDelivery) -> tuple[ProtectedHeader, bytes]:
         return open_envelope_with(delivery.envelope, self.creds.decryption_key_for)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,19 @@ class InsurerHost:
 
     def client(self, code: str) -> InsurerGateway:
         return self.worker.clients[code]
+
+    @contextlib.contextmanager
+    def gateway_for_worker(self, code: str, gateway: InsurerGateway) -> Iterator[None]:
+        """The worker reaches the gateway for `code` through `gateway` (the pull
+        loop's decision carrier) until the block ends."""
+        clients = self.worker.clients
+        before = clients[code]
+        clients[code] = gateway
+        try:
+            yield
+        finally:
+            if clients.get(code) is gateway:
+                clients[code] = before
 
     def intake(self, insurers: Sequence[InsurerCredentials], **verifier_options: Any) -> Intake:
         """A receiver's intake: verifies pushes with the endpoint keys of `insurers`."""

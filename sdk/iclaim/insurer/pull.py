@@ -1,7 +1,8 @@
 """The pull loop (docs/protocol.md §6, DELIVERY_MODE_PULL): long-poll
 `PullClaims` through the gateway, store each delivery in the inbox, let the
 worker decide it. A delivery not decided within the lease is offered again;
-the inbox sees it as a duplicate.
+the inbox sees it as a duplicate. The decisions of a stored batch that are
+ready in time ride on the next pull (§6.1, `iclaim.insurer.carrier`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from iclaim.errors import IclaimError
+from iclaim.insurer.carrier import DecisionCarrier
 from iclaim.insurer.host import InsurerHost
+from iclaim.insurer.inbox import PutResult
 from iclaim.insurer.intake import check_delivery
 from iclaim.v1 import insurer_service_pb2 as ipb
 
@@ -64,13 +67,30 @@ async def run_pull(
     wait_s: float = PULL_WAIT_S,
     rand: Callable[[], float] = random.random,
 ) -> None:
-    """Pulls for one insurer served by `host` until `stop` is set."""
-    client = host.client(insurer_code)
+    """Pulls for one insurer served by `host` until `stop` is set; meanwhile
+    the worker posts that insurer's decisions through the loop's carrier."""
+    carrier = DecisionCarrier(host.client(insurer_code))
+    with host.gateway_for_worker(insurer_code, carrier):
+        try:
+            await _pull_until_stopped(host, insurer_code, carrier, stop, batch, wait_s, rand)
+        finally:
+            carrier.close()  # what it holds is posted by PostDecision
+
+
+async def _pull_until_stopped(
+    host: InsurerHost,
+    insurer_code: str,
+    carrier: DecisionCarrier,
+    stop: asyncio.Event,
+    batch: int,
+    wait_s: float,
+    rand: Callable[[], float],
+) -> None:
     failures = 0
     stopping = asyncio.ensure_future(stop.wait())
     try:
         while not stop.is_set():
-            pulling = asyncio.ensure_future(client.pull(max_claims=batch, wait_s=wait_s))
+            pulling = asyncio.ensure_future(carrier.pull(max_claims=batch, wait_s=wait_s))
             await asyncio.wait({pulling, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if stop.is_set():
                 pulling.cancel()
@@ -80,7 +100,9 @@ async def run_pull(
             try:
                 if batch_ok := _checked(insurer_code, pulling.result()):
                     # One inbox commit (one fsync) for the batch, not one each.
-                    await host.take_pulled(insurer_code, batch_ok)
+                    taken = await host.take_pulled(insurer_code, batch_ok)
+                    # Only new ones go to the worker now; their decisions may ride the next pull.
+                    carrier.expect(sum(t.result in (PutResult.NEW, PutResult.REOPENED) for t in taken))
                 failures = 0
             except Exception as exc:  # noqa: BLE001 (gateway or inbox unavailable: back off, keep pulling)
                 # What was not stored is offered again after its lease.
