@@ -117,6 +117,8 @@ REASONS = frozenset(
         "INSURER_UNAVAILABLE",
         "REQUEST_TOO_LARGE",
         "DECISION_CONFLICT",
+        "TOO_MANY_DECISIONS",
+        "TRANSACTION_REPEATED",
     }
 )
 # Values of string fields, keyed by the fields that carry them.
@@ -125,6 +127,7 @@ STRING_VALUES: dict[tuple[str, ...], frozenset[str]] = {
         "google.rpc.ErrorInfo.reason",
         "iclaim.v1.Claim.status_reason",
         "iclaim.v1.PostDecisionRequest.reason_code",
+        "iclaim.v1.DecisionResult.reason",
     ): REASONS,
     ("iclaim.v1.Adjustment.group",): frozenset({"CO", "PR", "OA", "PI", "CR"}),
     ("iclaim.v1.ProviderAdjustment.code",): frozenset({"WO", "FB", "L6", "72"}),
