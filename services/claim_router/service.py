@@ -84,15 +84,9 @@ class InsurerServicer(Serves[ClaimRouter], insurer_service_pb2_grpc.InsurerServi
         self, request: insurer_service_pb2.PullClaimsRequest, context: Ctx
     ) -> insurer_service_pb2.PullClaimsResponse:
         caller = _caller(context, "insurer")
-        wait = (request.wait.seconds, request.wait.nanos)
-        if not request.decisions:
-            leased = await self.use_cases.pull(caller.code, request.max_claims, wait)
-            return insurer_service_pb2.PullClaimsResponse(
-                deliveries=[mappers.delivery_to_proto(r) for r in leased]
-            )
         decisions = [mappers.decision_request_of(d, caller.code) for d in request.decisions]
         leased, outcomes = await self.use_cases.pull_carrying(
-            caller.code, request.max_claims, wait, decisions
+            caller.code, request.max_claims, (request.wait.seconds, request.wait.nanos), decisions
         )
         return insurer_service_pb2.PullClaimsResponse(
             deliveries=[mappers.delivery_to_proto(r) for r in leased],

@@ -571,8 +571,9 @@ class ClaimRouter:
     async def pull(self, insurer_code: str, max_claims: int, wait: DurationParts) -> list[ClaimRecord]:
         """Leases up to max_claims open claims to a pull insurer, waiting up to
         `wait` for the first one."""
-        domain.check_max_claims(max_claims)
-        wait_s = domain.duration_s(*wait, field="wait", reason="WAIT_INVALID", max_s=domain.MAX_PULL_WAIT_S)
+        return await self._lease_for_pull(insurer_code, max_claims, _pull_wait_s(max_claims, wait))
+
+    async def _lease_for_pull(self, insurer_code: str, max_claims: int, wait_s: float) -> list[ClaimRecord]:
         await self._record_pull(insurer_code)
         # Newly noted: a claim stored elsewhere by a statement that began before
         # the note committed is not announced here, so the first wait is short.
@@ -790,11 +791,10 @@ class ClaimRouter:
         before (§6.1): the pull's own fields are checked first, then the
         decisions recorded together as post_decision would record each, then
         the pull served. An outage recording them is raised (none recorded)."""
-        domain.check_max_claims(max_claims)
-        domain.duration_s(*wait, field="wait", reason="WAIT_INVALID", max_s=domain.MAX_PULL_WAIT_S)
+        wait_s = _pull_wait_s(max_claims, wait)
         domain.check_carried_decisions(len(decisions))
         outcomes = await self._record_decisions(decisions, ROUTE_PULL) if decisions else []
-        return await self.pull(insurer_code, max_claims, wait), outcomes
+        return await self._lease_for_pull(insurer_code, max_claims, wait_s), outcomes
 
     async def _record_decisions(self, reqs: Sequence[DecisionRequest], route: str) -> list[DecisionOutcome]:
         """post_decision(route=route) for each, in one commit: an outcome per
@@ -835,8 +835,9 @@ class ClaimRouter:
         stored = await self.store.transition_many(list(checked), mutate)
         for tid, (i, _) in checked.items():
             if tid in conflicts:
-                conflict = (Code.FAILED_PRECONDITION, "DECISION_CONFLICT", conflicts[tid])
-                outcomes[i] = DecisionOutcome(tid, *conflict)
+                outcomes[i] = DecisionOutcome(
+                    tid, Code.FAILED_PRECONDITION, "DECISION_CONFLICT", state=conflicts[tid]
+                )
             elif tid in stored and tid in written:
                 _count_decided(stored[tid])
         return outcomes
@@ -1029,6 +1030,12 @@ def _decision_input(req: DecisionRequest, state: State) -> domain.DecisionInput:
         decision_envelope=req.decision_envelope,
         reason_code=req.reason_code,
     )
+
+
+def _pull_wait_s(max_claims: int, wait: DurationParts) -> float:
+    """A pull's own fields checked: its long-poll in seconds."""
+    domain.check_max_claims(max_claims)
+    return domain.duration_s(*wait, field="wait", reason="WAIT_INVALID", max_s=domain.MAX_PULL_WAIT_S)
 
 
 def _decision(d: domain.DecisionInput, route: str) -> Mutation:

@@ -45,15 +45,7 @@ class Gateway:
     async def hospital_key(self, hospital_code: str) -> dict[str, Any]:
         return {}
 
-    async def post_decision(
-        self,
-        transaction_id: str,
-        *,
-        state: int,
-        approved_amount_satang: int,
-        decision_envelope: str,
-        reason_code: str = "",
-    ) -> pb.Claim:
+    async def post_decision(self, transaction_id: str, **_: Any) -> pb.Claim:
         self.posted.append(transaction_id)
         return pb.Claim(transaction_id=transaction_id)
 
