@@ -8,8 +8,10 @@ claim: hub CPU, its cost in echo-equivalents (hub CPU per claim / CPU of one
 echo request, server and client, measured in the same run), PostgreSQL write
 transactions (transaction ids assigned: each a WAL flush at commit), PostgreSQL
 commits as pg_stat_database counts them (read-only ones too; less the idle
-stack's, measured once before the phases) and the hub's gRPC calls; and the submit->decision latency per
-delivery mode. Phases: closed loop at each BENCH_CONCURRENCY (1 in flight
+stack's, measured once before the phases), the hub's gRPC calls and its
+processes' context switches (Envoy's and the Python services' threads, not
+PostgreSQL's or Redis's: the 'switches' column); and the submit->decision
+latency per delivery mode. Phases: closed loop at each BENCH_CONCURRENCY (1 in flight
 gives the latency a push adds), open loop at 70 % of the best closed-loop rate
 (latency from the scheduled send time), and isolation: claims to ten insurers
 without and with an insurer that never answers (bench/isolation.py). Where the
@@ -113,6 +115,15 @@ def cpu_report(used: dict[str, float], infra_used: dict[str, Any], load_cpu_s: f
     }
 
 
+def switches_per_claim(before: dict[str, int], after: dict[str, int], claims: int) -> dict[str, Any]:
+    """Context switches a claim cost each hub process (Envoy, authz, router,
+    adapter, audit, billing; PostgreSQL's and Redis's are not counted) and,
+    apart, the sandbox's; `hub` is the hub processes' sum."""
+    per = {name: round((after[name] - before.get(name, 0)) / claims, 1) for name in after}
+    sandbox = per.pop(SANDBOX.name, 0.0)
+    return {"hub": round(sum(per.values()), 1), "hub_by_process": per, "sandbox": sandbox}
+
+
 @dataclass(frozen=True)
 class _Mark:
     """Where a measured window starts."""
@@ -120,6 +131,7 @@ class _Mark:
     infra: infra.InfraSnapshot
     cpu: dict[str, float]
     maintenance: int
+    switches: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -151,6 +163,7 @@ class Measured:
             await infra.snapshot(PG_ADMIN_URL, self.database, self.redis_url),
             cpu.snapshot(self.stack.pids()),
             self._maintenance(),
+            cpu.switches_snapshot(self.stack.pids()),
         )
 
     async def _spent_since(self, mark: _Mark, load_cpu_s: float) -> tuple[dict[str, Any], int, int]:
@@ -173,6 +186,7 @@ class Measured:
         mark = await self._mark()
         result = await _child_json("bench.load", *load_args)
         result["cpu"], writes, maintenance = await self._spent_since(mark, result.pop("load_cpu_s", 0.0))
+        switched = cpu.switches_snapshot(self.stack.pids())
         rpcs_after = rpcs.scrape(self.metrics_ports())
         result["autovacuum_stand_in_transactions"] = maintenance
         claims = max(int(result["claims"]), 1)
@@ -181,6 +195,7 @@ class Measured:
             "postgres_write_transactions": round((writes - maintenance) / claims, 2),
             "postgres_commits": await self._commits_since(mark, claims),
             "rpcs": rpcs.used(rpcs_before, rpcs_after, claims),
+            "context_switches": switches_per_claim(mark.switches, switched, claims),
         }
         return result
 
@@ -403,7 +418,7 @@ def table(claims: dict[str, Any]) -> str:
     head = (
         f"{'phase':<18}{'claims/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'hub ms/claim':>13}"
         f"{'echo-eq':>9}{'echo µs':>9}{'PG writes':>10}{'PG commits':>11}{'int. RPCs':>10}"
-        f"{'sandbox s':>10}{'busy':>6}"
+        f"{'sandbox s':>10}{'switches':>9}{'busy':>6}"
     )
     rows = [head]
     phases = [(f"closed {c}", r) for c, r in claims.get("closed_loop", {}).items()]
@@ -419,7 +434,8 @@ def table(claims: dict[str, Any]) -> str:
             f"{label:<18}{r['claims_per_s']:>9}{r['p50_ms']!s:>9}{r['p99_ms']!s:>9}{pc['hub_cpu_ms']:>13}"
             f"{pc.get('echo_equivalents', '-')!s:>9}{unit!s:>9}"
             f"{pc['postgres_write_transactions']:>10}{pc.get('postgres_commits', '-')!s:>11}"
-            f"{pc['rpcs']['internal_per_claim']:>10}{r['cpu']['sandbox_s']:>10}{_busy(r):>6}"
+            f"{pc['rpcs']['internal_per_claim']:>10}{r['cpu']['sandbox_s']:>10}"
+            f"{pc.get('context_switches', {}).get('hub', '-')!s:>9}{_busy(r):>6}"
         )
     drift = [
         f"{label} {r['echo_nearby']['before_us']:.0f}→{r['echo_nearby']['after_us']:.0f}"

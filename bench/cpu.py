@@ -40,18 +40,23 @@ def children_of() -> dict[int, list[int]]:
     return tree
 
 
-def tree_cpu_seconds(pid: int, tree: Mapping[int, list[int]] | None = None) -> float:
+def _tree(pid: int, tree: Mapping[int, list[int]]) -> list[int]:
     """The process and its live descendants."""
-    tree = children_of() if tree is None else tree
-    total, todo, seen = 0.0, [pid], set()
+    found, todo, seen = [], [pid], set()
     while todo:
         p = todo.pop()
         if p in seen:
             continue
         seen.add(p)
-        total += cpu_seconds(p)
+        found.append(p)
         todo.extend(tree.get(p, ()))
-    return total
+    return found
+
+
+def tree_cpu_seconds(pid: int, tree: Mapping[int, list[int]] | None = None) -> float:
+    """The process and its live descendants."""
+    tree = children_of() if tree is None else tree
+    return sum(cpu_seconds(p) for p in _tree(pid, tree))
 
 
 def snapshot(pids: Mapping[str, int]) -> dict[str, float]:
@@ -60,6 +65,40 @@ def snapshot(pids: Mapping[str, int]) -> dict[str, float]:
     out = {name: tree_cpu_seconds(pid, tree) for name, pid in pids.items()}
     out["self"] = cpu_seconds(os.getpid())
     return out
+
+
+_SWITCH_LINES = ("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")
+
+
+def status_switches(status_text: str) -> int:
+    """Voluntary + involuntary context switches in one /proc/.../status text."""
+    lines = status_text.splitlines()
+    return sum(int(line.split(":", 1)[1]) for line in lines if line.startswith(_SWITCH_LINES))
+
+
+def switches(pid: int | str) -> int:
+    """Context switches so far of every live thread of one process (0 if it
+    is gone). A voluntary one is a thread that went to sleep and was woken
+    again: each hop between processes costs a few, whatever it carries, so
+    per claim they show what batching saves and what light load costs. A
+    thread that has exited takes its count with it."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0
+    total = 0
+    for task in tasks:
+        try:
+            total += status_switches((task / "status").read_text())
+        except OSError:  # the thread exited meanwhile
+            continue
+    return total
+
+
+def switches_snapshot(pids: Mapping[str, int]) -> dict[str, int]:
+    """Context switches so far of each named process tree."""
+    tree = children_of()
+    return {name: sum(switches(p) for p in _tree(pid, tree)) for name, pid in pids.items()}
 
 
 def used(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
