@@ -57,6 +57,15 @@ def test_the_table_shows_the_busy_share_or_a_dash() -> None:
     assert rows[1].endswith(" 95%") and rows[2].endswith(" -")
 
 
+def test_the_table_shows_the_hub_switches_per_claim_or_a_dash() -> None:
+    counted = _phase(None)
+    counted["per_claim"]["context_switches"] = {"hub": 41.5, "hub_by_process": {}, "sandbox": 9.0}
+    rows = table({"closed_loop": {"64": counted, "1": _phase(None)}}).splitlines()
+    column = rows[0].index("switches")
+    assert rows[1][column : column + len("switches")].strip() == "41.5"
+    assert rows[2][column : column + len("switches")].strip() == "-"
+
+
 def test_the_table_shows_how_far_the_echo_drifted_around_each_phase() -> None:
     phase = _phase(None)
     phase["echo_nearby"] = nearby_unit(

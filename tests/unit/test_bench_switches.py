@@ -1,15 +1,14 @@
 """Context switches per claim (bench/cpu.py, bench/__main__.py): read from
-every live thread's /proc status, summed over a process tree, and shown per
-claim for the hub apart from the sandbox."""
+every live thread's /proc status, summed over a process tree, and counted per
+claim for the hub apart from the sandbox (the table's column:
+test_bench_machine.py)."""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
-from typing import Any
-
-from bench.__main__ import switches_per_claim, table
+from bench.__main__ import switches_per_claim
 from bench.cpu import status_switches, switches, switches_snapshot
 from iclaim_ops.devstack.stack import SANDBOX
 
@@ -52,29 +51,3 @@ def test_per_claim_the_hub_is_summed_and_the_sandbox_kept_apart() -> None:
     after = {"envoy": 300, "claim_router": 1600, SANDBOX.name: 450}
     got = switches_per_claim(before, after, 100)
     assert got == {"hub": 8.0, "hub_by_process": {"envoy": 2.0, "claim_router": 6.0}, "sandbox": 4.0}
-
-
-def _phase(per_claim_extra: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "claims_per_s": 100.0,
-        "p50_ms": 1.0,
-        "p99_ms": 2.0,
-        "cpu": {"sandbox_s": 1.0},
-        "per_claim": {
-            "hub_cpu_ms": 6.0,
-            "postgres_write_transactions": 1.5,
-            "rpcs": {"internal_per_claim": 2.0},
-            **per_claim_extra,
-        },
-    }
-
-
-def test_the_table_shows_the_hub_switches_per_claim_or_a_dash() -> None:
-    phases = {
-        "64": _phase({"context_switches": {"hub": 41.5, "hub_by_process": {}, "sandbox": 9.0}}),
-        "1": _phase({}),
-    }
-    rows = table({"closed_loop": phases}).splitlines()
-    column = rows[0].index("switches")
-    assert rows[1][column : column + len("switches")].strip() == "41.5"
-    assert rows[2][column : column + len("switches")].strip() == "-"
